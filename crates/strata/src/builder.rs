@@ -1,0 +1,245 @@
+//! [`CacheBuilder`]: every setting of a [`Cache`], with defaults suited to a web service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::breaker::{Breaker, BreakerConfig};
+use crate::cache::{Cache, Inner};
+use crate::codec::{Codec, Format};
+use crate::error::{Error, Result};
+use crate::flight::Flights;
+use crate::l1::L1;
+use crate::l2::{L2, L2Config, TlsOptions, Topology};
+use crate::metrics::Metrics;
+use crate::ttl::TtlPolicy;
+
+/// Builds a [`Cache`]. Start from [`Cache::builder`].
+///
+/// ```no_run
+/// # async fn demo() -> strata::Result<()> {
+/// use std::time::Duration;
+/// let cache = strata::Cache::builder()
+///     .cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000", "redis://10.0.0.3:7000"])
+///     .username("app")
+///     .password(std::env::var("REDIS_PASSWORD").unwrap_or_default())
+///     .l1_capacity_bytes(64 << 20)
+///     .op_timeout(Duration::from_millis(100))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct CacheBuilder {
+    topology: Option<Topology>,
+    username: Option<String>,
+    password: Option<String>,
+    tls: Option<TlsOptions>,
+    op_timeout: Duration,
+    connect_timeout: Duration,
+    l1_bytes: u64,
+    l1_max_entry_bytes: Option<u64>,
+    l1_max_ttl: Duration,
+    ttl: TtlPolicy,
+    format: Format,
+    compress_above: usize,
+    max_value_bytes: usize,
+    breaker: BreakerConfig,
+    require_redis: bool,
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        Self {
+            topology: None,
+            username: None,
+            password: None,
+            tls: None,
+            op_timeout: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(1),
+            l1_bytes: 64 << 20,
+            l1_max_entry_bytes: None,
+            l1_max_ttl: Duration::from_secs(30),
+            ttl: TtlPolicy::default(),
+            format: Format::MessagePack,
+            compress_above: 1024,
+            max_value_bytes: 1 << 20,
+            breaker: BreakerConfig::default(),
+            require_redis: false,
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// One Redis server (`redis://host:port/db`, `rediss://` for TLS).
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.topology = Some(Topology::Standalone(url.into()));
+        self
+    }
+
+    /// A Redis Cluster. Pass every node you know: the client must start even if some are down.
+    pub fn cluster<I, S>(mut self, seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.topology = Some(Topology::Cluster(seeds.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// A master found through Redis Sentinel.
+    pub fn sentinel<I, S>(mut self, sentinels: I, master_name: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.topology = Some(Topology::Sentinel {
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+            master_name: master_name.into(),
+        });
+        self
+    }
+
+    /// Any [`Topology`].
+    pub fn topology(mut self, topology: Topology) -> Self {
+        self.topology = Some(topology);
+        self
+    }
+
+    /// ACL user name (overrides one in the URL).
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// Password (overrides one in the URL). Never logged.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// TLS material for `rediss://` URLs.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Upper bound on every Redis call (default 250 ms). When it passes, the call counts as a
+    /// failure for the circuit breaker and `get_or_set` goes to the loader.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// Upper bound on making a connection (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Byte budget of the in-process tier (default 64 MiB); 0 disables it.
+    pub fn l1_capacity_bytes(mut self, bytes: u64) -> Self {
+        self.l1_bytes = bytes;
+        self
+    }
+
+    /// Largest single entry the in-process tier keeps (default: 1/16 of its budget).
+    pub fn l1_max_entry_bytes(mut self, bytes: u64) -> Self {
+        self.l1_max_entry_bytes = Some(bytes);
+        self
+    }
+
+    /// Longest an entry stays in the in-process tier (default 30 s). It never outlives the
+    /// Redis copy, whatever this says.
+    pub fn l1_max_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_max_ttl = ttl;
+        self
+    }
+
+    /// TTL classes, jitter and the negative-caching TTL.
+    pub fn ttl_policy(mut self, policy: TtlPolicy) -> Self {
+        self.ttl = policy;
+        self
+    }
+
+    /// Serialization format for new writes (default MessagePack).
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Serialized values at least this large are LZ4-compressed (default 1 KiB).
+    pub fn compress_above(mut self, bytes: usize) -> Self {
+        self.compress_above = bytes;
+        self
+    }
+
+    /// Largest serialized value accepted (default 1 MiB). Larger writes are an error; larger
+    /// loaded values are returned but not cached.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// Circuit breaker tuning.
+    pub fn breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Make [`build`](Self::build) fail when Redis does not answer a PING (default: start anyway
+    /// and serve from the loader until Redis is reachable — a cache must not stop a service).
+    pub fn require_redis(mut self, require: bool) -> Self {
+        self.require_redis = require;
+        self
+    }
+
+    /// Validates the settings, prepares the Redis client and sends one PING to warm the
+    /// connection.
+    pub async fn build(self) -> Result<Cache> {
+        let topology =
+            self.topology.ok_or_else(|| Error::config("no Redis configured: call redis_url, cluster or sentinel"))?;
+        self.ttl.validate()?;
+        if self.op_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::config("timeouts must be positive"));
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > 512 << 20 {
+            return Err(Error::config("max_value_bytes must be between 1 byte and 512 MiB (the Redis limit)"));
+        }
+        if self.breaker.failure_threshold == 0 {
+            return Err(Error::config("breaker failure_threshold must be at least 1"));
+        }
+        let l2 = L2::new(&L2Config {
+            topology,
+            username: self.username,
+            password: self.password,
+            tls: self.tls,
+            op_timeout: self.op_timeout,
+            connect_timeout: self.connect_timeout,
+        })?;
+        let l1 = (self.l1_bytes > 0)
+            .then(|| L1::new(self.l1_bytes, self.l1_max_entry_bytes.unwrap_or(self.l1_bytes / 16).max(1)));
+        let inner = Inner {
+            l1,
+            l1_max_ttl: self.l1_max_ttl,
+            l2,
+            breaker: Breaker::new(self.breaker),
+            flights: Flights::default(),
+            metrics: Metrics::default(),
+            codec: Codec {
+                format: self.format,
+                compress_above: self.compress_above,
+                max_value_bytes: self.max_value_bytes,
+            },
+            ttl: self.ttl,
+        };
+        let cache = Cache { inner: Arc::new(inner) };
+        if let Err(err) = cache.ping().await {
+            if self.require_redis {
+                return Err(err);
+            }
+            tracing::warn!(error = %err, "redis unreachable at start; serving from loaders until it is back");
+        }
+        Ok(cache)
+    }
+}

@@ -1,0 +1,159 @@
+//! The crate's one public error type.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, coarsely. Use the `is_*` classifiers on [`Error`] rather than matching
+/// exhaustively: new kinds may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A key segment was empty, too long, or contained a forbidden character.
+    InvalidKey,
+    /// An encoded value was larger than the configured maximum.
+    ValueTooLarge,
+    /// A value could not be serialized.
+    Serialization,
+    /// Bytes under a key were not a valid Strata envelope (treated as a miss by reads).
+    Corrupt,
+    /// Redis answered with an error or the connection failed.
+    Redis,
+    /// A Redis call did not finish within its timeout.
+    Timeout,
+    /// The circuit breaker is open: Redis is considered unhealthy and was not called.
+    CircuitOpen,
+    /// The caller's loader failed (shared with every caller waiting on the same load).
+    Loader,
+    /// The cache was configured wrongly (bad URL, impossible sizes, ...).
+    Config,
+}
+
+/// The error returned by every fallible `strata` operation.
+///
+/// It is cheap to clone (the source is reference-counted) so that one loader failure can be
+/// handed to every caller that waited on the same single-flight load.
+#[derive(Clone)]
+pub struct Error {
+    kind: ErrorKind,
+    message: Arc<str>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into().into(), source: None }
+    }
+
+    pub(crate) fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self { kind, message: message.into().into(), source: Some(Arc::from(source.into())) }
+    }
+
+    pub(crate) fn invalid_key(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidKey, message)
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+
+    pub(crate) fn corrupt(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Corrupt, message)
+    }
+
+    pub(crate) fn redis(context: &str, err: redis::RedisError) -> Self {
+        let kind = if err.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Redis };
+        Self::with_source(kind, format!("redis {context} failed: {err}"), err)
+    }
+
+    pub(crate) fn timeout(context: &str, after: std::time::Duration) -> Self {
+        Self::new(ErrorKind::Timeout, format!("redis {context} timed out after {after:?}"))
+    }
+
+    pub(crate) fn circuit_open() -> Self {
+        Self::new(ErrorKind::CircuitOpen, "redis circuit breaker is open; L2 skipped")
+    }
+
+    pub(crate) fn loader(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        let source = source.into();
+        Self::with_source(ErrorKind::Loader, format!("loader failed: {source}"), source)
+    }
+
+    /// The Redis error code (`WRONGTYPE`, `NOAUTH`, `MOVED`, ...) when Redis replied with one.
+    pub fn redis_code(&self) -> Option<&str> {
+        self.source.as_deref()?.downcast_ref::<redis::RedisError>()?.code()
+    }
+
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    /// A key segment was invalid (empty, too long, whitespace, control or glob characters).
+    pub fn is_invalid_key(&self) -> bool {
+        self.kind == ErrorKind::InvalidKey
+    }
+    /// The encoded value exceeded the configured maximum size.
+    pub fn is_value_too_large(&self) -> bool {
+        self.kind == ErrorKind::ValueTooLarge
+    }
+    /// The value could not be serialized.
+    pub fn is_serialization(&self) -> bool {
+        self.kind == ErrorKind::Serialization
+    }
+    /// Cached bytes were not a valid envelope for the requested type.
+    pub fn is_corrupt(&self) -> bool {
+        self.kind == ErrorKind::Corrupt
+    }
+    /// Redis returned an error or the connection failed.
+    pub fn is_redis(&self) -> bool {
+        self.kind == ErrorKind::Redis
+    }
+    /// A Redis call timed out.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ErrorKind::Timeout
+    }
+    /// The circuit breaker was open, so Redis was not called.
+    pub fn is_circuit_open(&self) -> bool {
+        self.kind == ErrorKind::CircuitOpen
+    }
+    /// Redis could not be used: an error, a timeout, or an open breaker.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Redis | ErrorKind::Timeout | ErrorKind::CircuitOpen)
+    }
+    /// The loader passed to `get_or_set` failed.
+    pub fn is_loader(&self) -> bool {
+        self.kind == ErrorKind::Loader
+    }
+    /// The cache configuration was invalid.
+    pub fn is_config(&self) -> bool {
+        self.kind == ErrorKind::Config
+    }
+    /// The loader's own error, when this is a loader failure.
+    pub fn loader_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        if self.kind == ErrorKind::Loader { self.source.as_deref() } else { None }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error").field("kind", &self.kind).field("message", &self.message).finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

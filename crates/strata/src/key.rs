@@ -1,0 +1,259 @@
+//! The key schema `app:v{N}:entity:id[:variant]` and its validation.
+//!
+//! Every key the cache reads or writes is a [`Key`], built by a [`KeySchema`] (or checked by
+//! [`Key::parse`]), so a malformed key is an error at construction, never a surprise in Redis.
+//! The namespace of a key is its prefix up to the entity segment (`app:v1:user`): metrics,
+//! inspection and namespace invalidation all group by it. The `v{N}` segment lets a deploy retire
+//! a whole schema by bumping `N`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Longest app or entity segment, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest id segment, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+/// Variants longer than this (in bytes) are replaced by a hash of themselves.
+pub const MAX_VARIANT_LEN: usize = 64;
+/// Longest raw key accepted by [`Key::parse`], in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Builds validated keys for one application and schema version.
+///
+/// ```
+/// let schema = strata::KeySchema::new("shop", 3)?;
+/// let key = schema.key("user", "42")?;
+/// assert_eq!(key.as_str(), "shop:v3:user:42");
+/// assert_eq!(key.namespace(), "shop:v3:user");
+/// assert!(schema.key("user", "has space").is_err());
+/// # Ok::<(), strata::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySchema {
+    app: Arc<str>,
+    version: u32,
+}
+
+impl KeySchema {
+    /// A schema for `app` at version `version`. `app` must match `[A-Za-z0-9_-]{1,64}`.
+    pub fn new(app: &str, version: u32) -> Result<Self> {
+        check_name("app", app)?;
+        Ok(Self { app: app.into(), version })
+    }
+
+    /// The application segment.
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
+    /// The schema version (the `N` of `v{N}`).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The same app one version later: how a deploy retires every key of the old schema.
+    pub fn bumped(&self) -> Self {
+        Self { app: self.app.clone(), version: self.version + 1 }
+    }
+
+    /// The namespace string for an entity: `app:v{N}:entity`.
+    pub fn namespace(&self, entity: &str) -> Result<String> {
+        check_name("entity", entity)?;
+        Ok(format!("{}:v{}:{}", self.app, self.version, entity))
+    }
+
+    /// `app:v{N}:entity:id`.
+    pub fn key(&self, entity: &str, id: &str) -> Result<Key> {
+        let ns = self.namespace(entity)?;
+        check_segment("id", id, MAX_ID_LEN)?;
+        Ok(Key::from_parts(format!("{ns}:{id}"), ns.len()))
+    }
+
+    /// `app:v{N}:entity:id:variant`. A variant longer than [`MAX_VARIANT_LEN`] bytes is replaced by
+    /// `h` followed by 32 hex digits of its SHA-256, so long variants still make short keys.
+    pub fn key_with_variant(&self, entity: &str, id: &str, variant: &str) -> Result<Key> {
+        let base = self.key(entity, id)?;
+        check_chars("variant", variant)?;
+        if variant.is_empty() {
+            return Err(Error::invalid_key("variant segment is empty"));
+        }
+        let variant =
+            if variant.len() > MAX_VARIANT_LEN { hash_segment(variant.as_bytes()) } else { variant.to_owned() };
+        Ok(Key::from_parts(format!("{}:{variant}", base.as_str()), base.ns_len))
+    }
+
+    /// Like [`key_with_variant`](Self::key_with_variant) but for free-form input (a query string,
+    /// a filter set): the variant is always hashed, so any bytes are accepted.
+    pub fn key_with_hashed_variant(&self, entity: &str, id: &str, raw: impl AsRef<[u8]>) -> Result<Key> {
+        let base = self.key(entity, id)?;
+        Ok(Key::from_parts(format!("{}:{}", base.as_str(), hash_segment(raw.as_ref())), base.ns_len))
+    }
+}
+
+/// A validated cache key. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    full: Arc<str>,
+    ns_len: usize,
+}
+
+impl Key {
+    fn from_parts(full: String, ns_len: usize) -> Self {
+        Self { full: full.into(), ns_len }
+    }
+
+    /// Validates a raw key that was not built by a [`KeySchema`] (for example one read back from
+    /// Redis). Segments are split on `:`; each must be non-empty and free of whitespace, control
+    /// and glob characters. The namespace is `app:vN:entity` when the key follows the schema, and
+    /// the first segment otherwise.
+    pub fn parse(raw: &str) -> Result<Key> {
+        if raw.len() > MAX_KEY_LEN {
+            return Err(Error::invalid_key(format!("key is {} bytes; the maximum is {MAX_KEY_LEN}", raw.len())));
+        }
+        let segments: Vec<&str> = raw.split(':').collect();
+        for segment in &segments {
+            if segment.is_empty() {
+                return Err(Error::invalid_key(format!("key {raw:?} has an empty segment")));
+            }
+            check_chars("key", segment)?;
+        }
+        let schema_like = segments.len() >= 4
+            && segments[1].strip_prefix('v').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let ns_len =
+            if schema_like { segments[0].len() + segments[1].len() + segments[2].len() + 2 } else { segments[0].len() };
+        Ok(Key::from_parts(raw.to_owned(), ns_len))
+    }
+
+    /// The full Redis key.
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    /// The namespace: `app:v{N}:entity` for schema keys.
+    pub fn namespace(&self) -> &str {
+        &self.full[..self.ns_len]
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<str> {
+        &self.full
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({:?})", &*self.full)
+    }
+}
+
+impl TryFrom<&str> for Key {
+    type Error = Error;
+    fn try_from(raw: &str) -> Result<Key> {
+        Key::parse(raw)
+    }
+}
+
+fn hash_segment(raw: &[u8]) -> String {
+    let digest = Sha256::digest(raw);
+    let mut out = String::with_capacity(33);
+    out.push('h');
+    for byte in &digest[..16] {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+fn check_name(what: &str, value: &str) -> Result<()> {
+    if value.is_empty() || value.len() > MAX_NAME_LEN {
+        return Err(Error::invalid_key(format!(
+            "{what} segment must be 1 to {MAX_NAME_LEN} bytes, got {}",
+            value.len()
+        )));
+    }
+    if let Some(c) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
+        return Err(Error::invalid_key(format!("{what} segment {value:?} contains {c:?}; allowed: A-Z a-z 0-9 _ -")));
+    }
+    Ok(())
+}
+
+fn check_segment(what: &str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() || value.len() > max {
+        return Err(Error::invalid_key(format!("{what} segment must be 1 to {max} bytes, got {}", value.len())));
+    }
+    check_chars(what, value)
+}
+
+/// Whitespace and control characters break tooling and logs; glob characters would make
+/// pattern invalidation (SCAN MATCH) hit other keys; `:` is the separator; braces are Redis
+/// Cluster hash tags, which would silently pin unrelated keys to one slot.
+fn check_chars(what: &str, value: &str) -> Result<()> {
+    match value.chars().find(|c| c.is_whitespace() || c.is_control() || "*?[]\\{}:".contains(*c)) {
+        Some(c) => Err(Error::invalid_key(format!(
+            "{what} segment {value:?} contains forbidden character {c:?} (whitespace, control, glob, ':' and braces are not allowed)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_schema_keys() -> Result<()> {
+        let s = KeySchema::new("app", 2)?;
+        assert_eq!(s.key("user", "7")?.as_str(), "app:v2:user:7");
+        assert_eq!(s.key_with_variant("user", "7", "full")?.as_str(), "app:v2:user:7:full");
+        assert_eq!(s.bumped().key("user", "7")?.as_str(), "app:v3:user:7");
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_bad_segments() -> Result<()> {
+        let s = KeySchema::new("app", 1)?;
+        for id in ["", "a b", "a\tb", "a\nb", "a*", "a?", "[a]", "a\\b", "a:b", "{tag}", "a\u{7f}"] {
+            let err = s.key("user", id).expect_err(id);
+            assert!(err.is_invalid_key(), "{id:?}: {err}");
+        }
+        assert!(KeySchema::new("my app", 1).is_err());
+        assert!(KeySchema::new("", 1).is_err());
+        assert!(s.key("us.er", "1").is_err());
+        assert!(s.key("user", &"x".repeat(MAX_ID_LEN + 1)).is_err());
+        assert!(s.key("user", "ünïcode-ok").is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn hashes_long_variants_deterministically() -> Result<()> {
+        let s = KeySchema::new("app", 1)?;
+        let long = "f".repeat(500);
+        let a = s.key_with_variant("search", "q", &long)?;
+        let b = s.key_with_variant("search", "q", &long)?;
+        assert_eq!(a, b);
+        assert!(a.as_str().len() < 60, "{a}");
+        let hashed = s.key_with_hashed_variant("search", "q", "name = 'x y' * ?")?;
+        assert!(hashed.as_str().starts_with("app:v1:search:q:h"));
+        assert_ne!(hashed, s.key_with_hashed_variant("search", "q", "name = 'x y' * !")?);
+        Ok(())
+    }
+
+    #[test]
+    fn parses_raw_keys_and_namespaces() -> Result<()> {
+        assert_eq!(Key::parse("app:v1:user:9")?.namespace(), "app:v1:user");
+        assert_eq!(Key::parse("app:v1:user:9:x")?.namespace(), "app:v1:user");
+        assert_eq!(Key::parse("session:abc")?.namespace(), "session");
+        assert_eq!(Key::parse("plain")?.namespace(), "plain");
+        assert!(Key::parse("a::b").is_err());
+        assert!(Key::parse("a b").is_err());
+        Ok(())
+    }
+}

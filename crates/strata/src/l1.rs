@@ -1,0 +1,118 @@
+//! L1: the in-process tier, a moka cache bounded in bytes.
+//!
+//! Entries keep the decoded value (type-erased), so an L1 hit is a hash lookup plus a clone:
+//! no deserialization. The weight of an entry is an estimate of the memory it holds: the key,
+//! twice the encoded payload (the encoded size stands in for the decoded value's heap size) and a
+//! fixed overhead. moka applies evictions in batches; to keep the budget strict we run its pending
+//! maintenance before an insert that could cross the budget.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache as Moka;
+
+use crate::flight::Shared;
+
+/// Per-entry bookkeeping overhead counted in the weight (key Arc, moka node, timers).
+const ENTRY_OVERHEAD: u64 = 96;
+
+#[derive(Clone)]
+pub(crate) enum Slot {
+    Present(Shared),
+    /// A cached "not found".
+    Absent,
+}
+
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub(crate) slot: Slot,
+    weight: u32,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<Arc<str>, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _key: &Arc<str>, entry: &Entry, _now: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+    fn expire_after_update(
+        &self,
+        _k: &Arc<str>,
+        entry: &Entry,
+        _now: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+pub(crate) struct L1 {
+    cache: Moka<Arc<str>, Entry>,
+    pub(crate) budget: u64,
+    max_entry: u64,
+    /// Weight inserted since moka last ran its maintenance (its own size lags behind).
+    unsettled: AtomicU64,
+}
+
+impl L1 {
+    pub(crate) fn new(budget_bytes: u64, max_entry_bytes: u64) -> Self {
+        let cache = Moka::builder()
+            .max_capacity(budget_bytes)
+            .weigher(|_k: &Arc<str>, e: &Entry| e.weight)
+            .expire_after(PerEntryTtl)
+            .build();
+        Self { cache, budget: budget_bytes, max_entry: max_entry_bytes, unsettled: AtomicU64::new(0) }
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<Slot> {
+        self.cache.get(key).map(|e| e.slot)
+    }
+
+    /// Stores a value for at most `ttl`. `encoded_len` is the size of its envelope.
+    pub(crate) fn insert(&self, key: &Arc<str>, slot: Slot, encoded_len: usize, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let weight = key.len() as u64 + 2 * encoded_len as u64 + ENTRY_OVERHEAD;
+        if weight > self.max_entry {
+            // Too big for this tier: drop any older copy so it cannot be served instead.
+            self.cache.invalidate(key);
+            return;
+        }
+        let pending = self.unsettled.fetch_add(weight, Ordering::AcqRel) + weight;
+        let weight = u32::try_from(weight).unwrap_or(u32::MAX);
+        self.cache.insert(key.clone(), Entry { slot, weight, ttl });
+        if self.cache.weighted_size() + pending > self.budget {
+            self.cache.run_pending_tasks();
+            self.unsettled.store(0, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn remove(&self, key: &str) {
+        self.cache.invalidate(key);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// (entries, weighted bytes) after applying pending maintenance.
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        self.unsettled.store(0, Ordering::Release);
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+
+    /// Sum of the weights of the entries actually present (walks the cache; for tests/inspection).
+    pub(crate) fn resident_bytes(&self) -> u64 {
+        self.cache.iter().map(|(_, e)| u64::from(e.weight)).sum()
+    }
+}
+
+/// Downcasts a shared value to `T` and clones it out.
+pub(crate) fn typed<T: Clone + 'static>(shared: &Shared) -> Option<T> {
+    (shared.as_ref() as &dyn Any).downcast_ref::<T>().cloned()
+}

@@ -1,0 +1,304 @@
+//! L2: the Redis tier — standalone, Cluster or Sentinel — behind one connection type.
+//!
+//! Standalone uses redis-rs's `ConnectionManager` (multiplexed, reconnects by itself) created
+//! lazily, so a cache can start while Redis is down. Cluster uses redis-rs's async cluster
+//! connection seeded with every node given; it is created on first use and re-created after a
+//! failed connect. Sentinel resolves the current master through the sentinels and re-resolves
+//! after a connection-level error or a `READONLY` reply (the old master was demoted).
+//!
+//! Every call is bounded by the operation timeout here, whatever the driver's own settings.
+
+use std::future::Future;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
+
+use crate::error::{Error, Result};
+
+/// Where Redis is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Topology {
+    /// One server: `redis://host:port` or `rediss://host:port` for TLS.
+    Standalone(String),
+    /// A Redis Cluster; give every node you know (the client survives any one of them being down).
+    Cluster(Vec<String>),
+    /// A master found through Redis Sentinel.
+    Sentinel {
+        /// Sentinel addresses (`redis://host:port`).
+        sentinels: Vec<String>,
+        /// The monitored master's name.
+        master_name: String,
+    },
+}
+
+/// TLS material for `rediss://` connections (PEM bytes). Without a CA, the system roots are used.
+#[derive(Clone, Default)]
+pub struct TlsOptions {
+    /// CA certificate(s) that signed the server certificates.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate, for servers that require client authentication.
+    pub client_cert_pem: Option<Vec<u8>>,
+    /// Key of the client certificate.
+    pub client_key_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("ca_pem", &self.ca_pem.is_some())
+            .field("client_cert_pem", &self.client_cert_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsOptions {
+    fn certificates(&self) -> redis::TlsCertificates {
+        let client_tls = match (&self.client_cert_pem, &self.client_key_pem) {
+            (Some(cert), Some(key)) => {
+                Some(redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() })
+            }
+            _ => None,
+        };
+        redis::TlsCertificates { client_tls, root_cert: self.ca_pem.clone() }
+    }
+}
+
+/// Everything needed to reach Redis.
+#[derive(Debug, Clone)]
+pub(crate) struct L2Config {
+    pub(crate) topology: Topology,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) tls: Option<TlsOptions>,
+    pub(crate) op_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+}
+
+/// A connection usable for any command; cheap to clone.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        p: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(p, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(p, offset, count),
+        }
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Backend {
+    Single(ConnectionManager),
+    Cluster { client: redis::cluster::ClusterClient, conn: Slot },
+    Sentinel { client: tokio::sync::Mutex<SentinelClient>, manager_config: ConnectionManagerConfig, conn: Slot },
+}
+
+/// A connection made on demand and dropped to force a fresh one.
+#[derive(Default)]
+struct Slot {
+    current: RwLock<Option<Conn>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    async fn get<F, Fut>(&self, connect: F) -> RedisResult<Conn>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = RedisResult<Conn>>,
+    {
+        if let Some(conn) = self.read() {
+            return Ok(conn);
+        }
+        let _gate = self.connecting.lock().await;
+        if let Some(conn) = self.read() {
+            return Ok(conn);
+        }
+        let conn = connect().await?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn read(&self) -> Option<Conn> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn reset(&self) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+pub(crate) struct L2 {
+    backend: Backend,
+    pub(crate) op_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl L2 {
+    /// Validates the configuration and prepares the client. Does not wait for Redis.
+    pub(crate) fn new(config: &L2Config) -> Result<Self> {
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.op_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let backend = match &config.topology {
+            Topology::Standalone(url) => {
+                let info = connection_info(url, config)?;
+                let client = match &config.tls {
+                    Some(tls) => redis::Client::build_with_tls(info, tls.certificates()),
+                    None => redis::Client::open(info),
+                }
+                .map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))?;
+                let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
+                    .map_err(|e| Error::config(format!("cannot create connection manager: {e}")))?;
+                Backend::Single(manager)
+            }
+            Topology::Cluster(seeds) => {
+                if seeds.is_empty() {
+                    return Err(Error::config("a cluster topology needs at least one seed node"));
+                }
+                let infos = seeds.iter().map(|u| connection_info(u, config)).collect::<Result<Vec<_>>>()?;
+                let mut builder = ClusterClientBuilder::new(infos)
+                    .connection_timeout(config.connect_timeout)
+                    .response_timeout(config.op_timeout)
+                    .retries(3)
+                    .min_retry_wait(10)
+                    .max_retry_wait(200);
+                if let Some(u) = &config.username {
+                    builder = builder.username(u);
+                }
+                if let Some(p) = &config.password {
+                    builder = builder.password(p);
+                }
+                if let Some(tls) = &config.tls {
+                    builder = builder.certs(tls.certificates());
+                }
+                let client =
+                    builder.build().map_err(|e| Error::config(format!("invalid cluster configuration: {e}")))?;
+                Backend::Cluster { client, conn: Slot::default() }
+            }
+            Topology::Sentinel { sentinels, master_name } => {
+                let addrs = sentinels
+                    .iter()
+                    .map(|u| {
+                        u.as_str()
+                            .into_connection_info()
+                            .map(|i| i.addr().clone())
+                            .map_err(|e| Error::config(format!("invalid sentinel url {u:?}: {e}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut builder = SentinelClientBuilder::new(addrs, master_name, SentinelServerType::Master)
+                    .map_err(|e| Error::config(format!("invalid sentinel configuration: {e}")))?;
+                if let Some(u) = &config.username {
+                    builder = builder.set_client_to_redis_username(u);
+                }
+                if let Some(p) = &config.password {
+                    builder = builder.set_client_to_redis_password(p);
+                }
+                if let Some(tls) = &config.tls {
+                    builder = builder
+                        .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                        .set_client_to_redis_certificates(tls.certificates());
+                }
+                let client =
+                    builder.build().map_err(|e| Error::config(format!("invalid sentinel configuration: {e}")))?;
+                Backend::Sentinel { client: tokio::sync::Mutex::new(client), manager_config, conn: Slot::default() }
+            }
+        };
+        Ok(Self { backend, op_timeout: config.op_timeout, connect_timeout: config.connect_timeout })
+    }
+
+    async fn conn(&self) -> RedisResult<Conn> {
+        match &self.backend {
+            Backend::Single(m) => Ok(Conn::Single(m.clone())),
+            Backend::Cluster { client, conn } => {
+                conn.get(|| async { client.get_async_connection().await.map(Conn::Cluster) }).await
+            }
+            Backend::Sentinel { client, manager_config, conn } => {
+                conn.get(|| async {
+                    let master = client.lock().await.async_get_client().await?;
+                    ConnectionManager::new_lazy_with_config(master, manager_config.clone()).map(Conn::Single)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Runs `op` on a connection, bounded by the operation timeout (the connect timeout when a
+    /// connection has to be made first).
+    pub(crate) async fn run<T, F, Fut>(&self, context: &str, op: F) -> Result<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let budget = self.op_timeout + self.connect_timeout;
+        let attempt = async {
+            let conn = self.conn().await?;
+            tokio::time::timeout(self.op_timeout, op(conn)).await.unwrap_or_else(|_| Err(timeout_error()))
+        };
+        let result = match tokio::time::timeout(budget, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(timeout_error()),
+        };
+        result.map_err(|e| {
+            self.after_error(&e);
+            if e.is_timeout() { Error::timeout(context, self.op_timeout) } else { Error::redis(context, e) }
+        })
+    }
+
+    /// Whether keys must be grouped by hash slot for multi-key commands and pipelines.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
+    }
+
+    fn after_error(&self, err: &redis::RedisError) {
+        if let Backend::Sentinel { conn, .. } = &self.backend {
+            let demoted = matches!(err.code(), Some("READONLY" | "MASTERDOWN"));
+            if demoted || err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
+                conn.reset();
+            }
+        }
+    }
+}
+
+fn timeout_error() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "operation timed out"))
+}
+
+fn connection_info(url: &str, config: &L2Config) -> Result<redis::ConnectionInfo> {
+    let info = url.into_connection_info().map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(u) = &config.username {
+        settings = settings.set_username(u);
+    }
+    if let Some(p) = &config.password {
+        settings = settings.set_password(p);
+    }
+    Ok(info.set_redis_settings(settings))
+}

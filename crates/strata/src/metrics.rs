@@ -1,0 +1,162 @@
+//! Counters kept by the cache, per namespace and global, readable through
+//! [`Cache::metrics`](crate::Cache::metrics). Prometheus export builds on these snapshots.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::breaker::BreakerState;
+
+/// Distinct namespaces tracked individually; further ones are counted under [`OTHER_NAMESPACE`]
+/// so that keys from untrusted input cannot grow the metrics without bound.
+pub const MAX_NAMESPACES: usize = 512;
+/// The bucket for namespaces past [`MAX_NAMESPACES`].
+pub const OTHER_NAMESPACE: &str = "_other";
+
+macro_rules! counters {
+    ($(#[$doc:meta] $name:ident),* $(,)?) => {
+        #[derive(Debug, Default)]
+        pub(crate) struct NsCounters { $(pub(crate) $name: AtomicU64,)* }
+
+        /// Counters for one namespace (or the sum of all, from [`MetricsSnapshot::total`]).
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct NamespaceStats { $(#[$doc] pub $name: u64,)* }
+
+        impl NsCounters {
+            fn snapshot(&self) -> NamespaceStats {
+                NamespaceStats { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl std::ops::AddAssign for NamespaceStats {
+            fn add_assign(&mut self, other: Self) { $(self.$name += other.$name;)* }
+        }
+    };
+}
+
+counters! {
+    /// Reads answered by the in-process tier.
+    l1_hits,
+    /// Reads the in-process tier could not answer.
+    l1_misses,
+    /// Reads answered by Redis.
+    l2_hits,
+    /// Reads Redis could not answer (absent key, or Redis unavailable).
+    l2_misses,
+    /// Reads answered by a cached "not found".
+    negative_hits,
+    /// Loader invocations (one per single-flight group).
+    loader_calls,
+    /// Loader invocations that returned an error.
+    loader_errors,
+    /// Total time spent in loaders, in microseconds.
+    loader_micros,
+    /// Values written to Redis.
+    sets,
+    /// Keys deleted.
+    deletes,
+    /// Undecodable values found in Redis (each one was treated as a miss and removed).
+    corrupt,
+    /// Loaded values too large to cache (returned to the caller, not stored).
+    oversized,
+}
+
+impl NsCounters {
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Global counters (not tied to a namespace).
+#[derive(Debug, Default)]
+pub(crate) struct Globals {
+    pub(crate) l2_errors: AtomicU64,
+    pub(crate) l2_timeouts: AtomicU64,
+    pub(crate) breaker_rejections: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    namespaces: RwLock<HashMap<Arc<str>, Arc<NsCounters>>>,
+    pub(crate) globals: Globals,
+}
+
+impl Metrics {
+    /// The counters of `namespace`, created on first use.
+    pub(crate) fn ns(&self, namespace: &str) -> Arc<NsCounters> {
+        if let Some(c) = self.read().get(namespace) {
+            return c.clone();
+        }
+        let mut map = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+        let name: &str =
+            if map.len() >= MAX_NAMESPACES && !map.contains_key(namespace) { OTHER_NAMESPACE } else { namespace };
+        map.entry(name.into()).or_default().clone()
+    }
+
+    pub(crate) fn snapshot(&self, breaker_state: BreakerState, breaker_opens: u64, l1: (u64, u64)) -> MetricsSnapshot {
+        let namespaces = self.read().iter().map(|(k, v)| (k.to_string(), v.snapshot())).collect();
+        let g = &self.globals;
+        MetricsSnapshot {
+            namespaces,
+            l2_errors: g.l2_errors.load(Ordering::Relaxed),
+            l2_timeouts: g.l2_timeouts.load(Ordering::Relaxed),
+            breaker_rejections: g.breaker_rejections.load(Ordering::Relaxed),
+            breaker_state,
+            breaker_opens,
+            l1_entries: l1.0,
+            l1_bytes: l1.1,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<NsCounters>>> {
+        self.namespaces.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A point-in-time copy of every counter.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// Counters per namespace (`app:vN:entity`).
+    pub namespaces: BTreeMap<String, NamespaceStats>,
+    /// Redis calls that failed (excluding timeouts).
+    pub l2_errors: u64,
+    /// Redis calls that timed out.
+    pub l2_timeouts: u64,
+    /// Redis calls skipped because the breaker was open.
+    pub breaker_rejections: u64,
+    /// The breaker's state now.
+    pub breaker_state: BreakerState,
+    /// How many times the breaker has opened.
+    pub breaker_opens: u64,
+    /// Entries in the in-process tier.
+    pub l1_entries: u64,
+    /// Weighted bytes in the in-process tier.
+    pub l1_bytes: u64,
+}
+
+impl MetricsSnapshot {
+    /// The sum over all namespaces.
+    pub fn total(&self) -> NamespaceStats {
+        let mut total = NamespaceStats::default();
+        for stats in self.namespaces.values() {
+            total += *stats;
+        }
+        total
+    }
+
+    /// Counters of one namespace (zero when it has seen no traffic).
+    pub fn namespace(&self, namespace: &str) -> NamespaceStats {
+        self.namespaces.get(namespace).copied().unwrap_or_default()
+    }
+}
+
+impl NamespaceStats {
+    /// Fraction of reads answered by either tier (including cached "not found").
+    pub fn hit_ratio(&self) -> f64 {
+        let hits = self.l1_hits + self.l2_hits;
+        let reads = self.l1_hits + self.l1_misses;
+        if reads == 0 { 0.0 } else { hits as f64 / reads as f64 }
+    }
+}

@@ -1,0 +1,127 @@
+//! TTL classes and jitter: every write carries a TTL, spread by ±jitter so that keys written
+//! together do not all expire together.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// How long a value lives: a named class (resolved through [`TtlPolicy`]) or an exact duration.
+/// Either way the written TTL gets the policy's jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ttl {
+    /// [`TtlPolicy::short`] (default 1 minute).
+    Short,
+    /// [`TtlPolicy::medium`] (default 10 minutes).
+    Medium,
+    /// [`TtlPolicy::long`] (default 1 hour).
+    Long,
+    /// An explicit duration.
+    Exactly(Duration),
+}
+
+impl From<Duration> for Ttl {
+    fn from(d: Duration) -> Self {
+        Ttl::Exactly(d)
+    }
+}
+
+/// The durations behind the TTL classes, the jitter, and the negative-caching TTL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TtlPolicy {
+    /// Duration of [`Ttl::Short`].
+    pub short: Duration,
+    /// Duration of [`Ttl::Medium`].
+    pub medium: Duration,
+    /// Duration of [`Ttl::Long`].
+    pub long: Duration,
+    /// TTL of a cached "not found" (negative caching); kept short on purpose.
+    pub negative: Duration,
+    /// Each written TTL is multiplied by a uniform factor in `[1 - jitter, 1 + jitter]`.
+    /// A fraction in `[0, 0.5]`; 0.1 means ±10 %.
+    pub jitter: f64,
+}
+
+impl Default for TtlPolicy {
+    fn default() -> Self {
+        Self {
+            short: Duration::from_secs(60),
+            medium: Duration::from_secs(600),
+            long: Duration::from_secs(3600),
+            negative: Duration::from_secs(30),
+            jitter: 0.1,
+        }
+    }
+}
+
+impl TtlPolicy {
+    /// The nominal duration of a TTL, before jitter.
+    pub fn nominal(&self, ttl: Ttl) -> Duration {
+        match ttl {
+            Ttl::Short => self.short,
+            Ttl::Medium => self.medium,
+            Ttl::Long => self.long,
+            Ttl::Exactly(d) => d,
+        }
+    }
+
+    /// The TTL to write: nominal ± jitter, never below one millisecond.
+    pub fn jittered(&self, ttl: Ttl) -> Duration {
+        self.apply_jitter(self.nominal(ttl))
+    }
+
+    /// The TTL for a cached "not found", with jitter.
+    pub fn jittered_negative(&self) -> Duration {
+        self.apply_jitter(self.negative)
+    }
+
+    fn apply_jitter(&self, base: Duration) -> Duration {
+        let factor =
+            if self.jitter > 0.0 { rand::rng().random_range(1.0 - self.jitter..=1.0 + self.jitter) } else { 1.0 };
+        base.mul_f64(factor).max(Duration::from_millis(1))
+    }
+
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        if !(0.0..=0.5).contains(&self.jitter) {
+            return Err(crate::Error::config(format!("ttl jitter must be in [0, 0.5], got {}", self.jitter)));
+        }
+        for (name, d) in
+            [("short", self.short), ("medium", self.medium), ("long", self.long), ("negative", self.negative)]
+        {
+            if d < Duration::from_millis(1) {
+                return Err(crate::Error::config(format!("ttl class {name} must be at least 1 ms")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_bounds_and_varies() {
+        let policy = TtlPolicy { jitter: 0.2, ..TtlPolicy::default() };
+        let base = Duration::from_secs(100);
+        let samples: Vec<Duration> = (0..2000).map(|_| policy.jittered(Ttl::Exactly(base))).collect();
+        assert!(samples.iter().all(|d| *d >= Duration::from_secs(80) && *d <= Duration::from_secs(120)));
+        let min = samples.iter().min().copied().unwrap_or_default();
+        let max = samples.iter().max().copied().unwrap_or_default();
+        assert!(max - min > Duration::from_secs(30), "jitter should spread values: {min:?}..{max:?}");
+    }
+
+    #[test]
+    fn classes_resolve_and_zero_jitter_is_exact() {
+        let policy = TtlPolicy { jitter: 0.0, ..TtlPolicy::default() };
+        assert_eq!(policy.jittered(Ttl::Short), Duration::from_secs(60));
+        assert_eq!(policy.jittered(Ttl::Long), Duration::from_secs(3600));
+        assert_eq!(policy.jittered(Ttl::Exactly(Duration::ZERO)), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn validation_rejects_bad_jitter() {
+        assert!(TtlPolicy { jitter: 0.9, ..TtlPolicy::default() }.validate().is_err());
+        assert!(TtlPolicy::default().validate().is_ok());
+    }
+}
