@@ -8,7 +8,7 @@ use crate::cache::{Cache, Inner};
 use crate::codec::{Codec, Format};
 use crate::error::{Error, Result};
 use crate::flight::Flights;
-use crate::l1::L1;
+use crate::l1::{L1, L1Policy};
 use crate::l2::{L2, L2Config, TlsOptions, Topology};
 use crate::metrics::Metrics;
 use crate::ttl::TtlPolicy;
@@ -40,6 +40,7 @@ pub struct CacheBuilder {
     l1_bytes: u64,
     l1_max_entry_bytes: Option<u64>,
     l1_max_ttl: Duration,
+    l1_policy: L1Policy,
     ttl: TtlPolicy,
     format: Format,
     compress_above: usize,
@@ -60,6 +61,7 @@ impl Default for CacheBuilder {
             l1_bytes: 64 << 20,
             l1_max_entry_bytes: None,
             l1_max_ttl: Duration::from_secs(30),
+            l1_policy: L1Policy::TinyLfu,
             ttl: TtlPolicy::default(),
             format: Format::MessagePack,
             compress_above: 1024,
@@ -156,6 +158,12 @@ impl CacheBuilder {
         self
     }
 
+    /// How L1 picks what to keep when full (default [`L1Policy::TinyLfu`]).
+    pub fn l1_policy(mut self, policy: L1Policy) -> Self {
+        self.l1_policy = policy;
+        self
+    }
+
     /// TTL classes, jitter and the negative-caching TTL.
     pub fn ttl_policy(mut self, policy: TtlPolicy) -> Self {
         self.ttl = policy;
@@ -217,8 +225,9 @@ impl CacheBuilder {
             op_timeout: self.op_timeout,
             connect_timeout: self.connect_timeout,
         })?;
-        let l1 = (self.l1_bytes > 0)
-            .then(|| L1::new(self.l1_bytes, self.l1_max_entry_bytes.unwrap_or(self.l1_bytes / 16).max(1)));
+        let l1 = (self.l1_bytes > 0).then(|| {
+            L1::new(self.l1_bytes, self.l1_max_entry_bytes.unwrap_or(self.l1_bytes / 16).max(1), self.l1_policy)
+        });
         let inner = Inner {
             l1,
             l1_max_ttl: self.l1_max_ttl,

@@ -49,6 +49,19 @@ impl moka::Expiry<Arc<str>, Entry> for PerEntryTtl {
     }
 }
 
+/// How L1 chooses what to keep when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum L1Policy {
+    /// moka's TinyLFU: admits a new entry only if it is used more often than the entry it would
+    /// evict. Best hit ratio on skewed, stable workloads; a key read once may not be kept.
+    #[default]
+    TinyLfu,
+    /// Least recently used: every new entry is admitted. Better when recent keys are the hot
+    /// ones (sessions, feeds).
+    Lru,
+}
+
 pub(crate) struct L1 {
     cache: Moka<Arc<str>, Entry>,
     pub(crate) budget: u64,
@@ -58,8 +71,13 @@ pub(crate) struct L1 {
 }
 
 impl L1 {
-    pub(crate) fn new(budget_bytes: u64, max_entry_bytes: u64) -> Self {
+    pub(crate) fn new(budget_bytes: u64, max_entry_bytes: u64, policy: L1Policy) -> Self {
+        let policy = match policy {
+            L1Policy::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
+            L1Policy::Lru => moka::policy::EvictionPolicy::lru(),
+        };
         let cache = Moka::builder()
+            .eviction_policy(policy)
             .max_capacity(budget_bytes)
             .weigher(|_k: &Arc<str>, e: &Entry| e.weight)
             .expire_after(PerEntryTtl)

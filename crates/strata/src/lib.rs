@@ -83,6 +83,7 @@ pub use cache::{Cache, CacheValue};
 pub use codec::Format;
 pub use error::{Error, ErrorKind, Result};
 pub use key::{Key, KeySchema, MAX_ID_LEN, MAX_KEY_LEN, MAX_NAME_LEN, MAX_VARIANT_LEN};
+pub use l1::L1Policy;
 pub use l2::{TlsOptions, Topology};
 pub use metrics::{MAX_NAMESPACES, MetricsSnapshot, NamespaceStats, OTHER_NAMESPACE};
 pub use ttl::{Ttl, TtlPolicy};

@@ -1,0 +1,10 @@
+//! Workloads behind `strata bench` and `strata demo`.
+//!
+//! Every workload is bounded in operations and time, talks only to loopback Redis processes it
+//! starts itself (or a URL it is given), reports latencies from HDR histograms, and measures the
+//! variants it compares in the same run, interleaved, so that machine noise hits all of them.
+
+pub mod demo;
+pub mod hit_latency;
+pub mod stats;
+pub mod workload;

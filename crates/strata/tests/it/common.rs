@@ -1,0 +1,121 @@
+//! Test support: real Redis (standalone or a 3+3 cluster) and caches pointed at it.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::time::Duration;
+
+use strata::{BreakerConfig, Cache, CacheBuilder};
+use strata_cluster::{RedisCluster, RedisServer};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A running Redis deployment owned by one test; killed on drop.
+pub enum Redis {
+    Standalone(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    pub fn standalone() -> Self {
+        Redis::Standalone(RedisServer::start().expect("start redis-server"))
+    }
+
+    pub fn cluster() -> Self {
+        Redis::Cluster(RedisCluster::start(3, 1).expect("start a 3-master, 3-replica cluster"))
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Redis::Standalone(_) => "standalone",
+            Redis::Cluster(_) => "cluster",
+        }
+    }
+
+    /// A cache builder for this deployment with test-friendly timeouts.
+    pub fn builder(&self) -> CacheBuilder {
+        let b = match self {
+            Redis::Standalone(s) => Cache::builder().redis_url(s.url()),
+            Redis::Cluster(c) => Cache::builder().cluster(c.seed_urls()),
+        };
+        b.op_timeout(Duration::from_millis(500))
+            .connect_timeout(Duration::from_millis(500))
+            .breaker(BreakerConfig { failure_threshold: 3, open_for: Duration::from_millis(300) })
+    }
+
+    pub async fn cache(&self) -> Cache {
+        self.builder().build().await.expect("build cache")
+    }
+
+    /// A plain client, as another application (or `redis-cli`) would use.
+    pub fn raw(&self) -> Box<dyn redis::ConnectionLike> {
+        match self {
+            Redis::Standalone(s) => Box::new(s.node().connection().expect("connect")),
+            Redis::Cluster(c) => {
+                let client = redis::cluster::ClusterClient::new(c.seed_urls()).expect("cluster client");
+                Box::new(client.get_connection().expect("cluster connection"))
+            }
+        }
+    }
+
+    /// Every key on every master (SCAN per node).
+    pub fn all_keys(&self) -> Vec<String> {
+        let mut conns = Vec::new();
+        match self {
+            Redis::Standalone(s) => conns.push(s.node().connection().expect("connect")),
+            Redis::Cluster(c) => {
+                for i in c.master_indices().expect("masters") {
+                    conns.push(c.nodes()[i].connection().expect("connect"));
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        for mut conn in conns {
+            let iter: redis::Iter<'_, String> =
+                redis::cmd("SCAN").cursor_arg(0).arg("COUNT").arg(1000).clone().iter(&mut conn).expect("scan");
+            keys.extend(iter.collect::<Result<Vec<_>, _>>().expect("scan"));
+        }
+        keys
+    }
+
+    /// Kills every node.
+    pub fn kill_all(&mut self) {
+        match self {
+            Redis::Standalone(s) => s.node_mut().kill().expect("kill"),
+            Redis::Cluster(c) => {
+                for i in 0..c.nodes().len() {
+                    c.node_mut(i).kill().expect("kill");
+                }
+            }
+        }
+    }
+
+    /// Restarts every node and waits until the deployment serves again.
+    pub fn restart_all(&mut self) {
+        match self {
+            Redis::Standalone(s) => s.node_mut().restart().expect("restart"),
+            Redis::Cluster(c) => {
+                for i in 0..c.nodes().len() {
+                    c.node_mut(i).restart().expect("restart");
+                }
+                c.wait_healthy(Duration::from_secs(60)).expect("cluster healthy after restart");
+            }
+        }
+    }
+}
+
+/// Declares one `#[tokio::test]` per topology that runs `$check(Redis)`.
+#[macro_export]
+macro_rules! on_both {
+    ($check:ident) => {
+        mod $check {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() -> common::TestResult {
+                super::$check(common::Redis::standalone()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() -> common::TestResult {
+                super::$check(common::Redis::cluster()).await
+            }
+            use $crate::common;
+        }
+    };
+}

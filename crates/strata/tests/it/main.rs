@@ -1,0 +1,13 @@
+//! Integration tests of the `strata` library against real Redis processes (standalone and a
+//! 3-master + 3-replica cluster), started on free ports by `strata-cluster`.
+
+mod common;
+
+mod batch;
+mod corrupt;
+mod l1_budget;
+mod resilience;
+mod stampede;
+mod topologies;
+mod ttl;
+mod values;

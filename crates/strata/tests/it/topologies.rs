@@ -1,0 +1,97 @@
+use std::time::{Duration, Instant};
+
+use strata::{Cache, KeySchema, Ttl};
+use strata_cluster::{RedisServer, SentinelSetup};
+
+use crate::common::TestResult;
+
+/// Sentinel: the cache finds the master through the sentinels, and after the master is killed
+/// and a replica promoted, it follows the new master; callers of `get_or_set` see no error at
+/// any point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_follows_a_failover() -> TestResult {
+    let mut setup = SentinelSetup::builder()
+        .replicas(1)
+        .sentinels(3)
+        .quorum(2)
+        .master_name("cache")
+        .down_after_ms(1000)
+        .failover_timeout_ms(3000)
+        .start()?;
+    let cache = Cache::builder()
+        .sentinel(setup.sentinel_urls(), "cache")
+        .l1_capacity_bytes(0)
+        .op_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(300))
+        .breaker(strata::BreakerConfig { failure_threshold: 3, open_for: Duration::from_millis(300) })
+        .build()
+        .await?;
+    let schema = KeySchema::new("it", 1)?;
+    let key = schema.key("user", "1")?;
+    cache.set(&key, &"one".to_string(), Ttl::Medium).await?;
+    assert_eq!(cache.get::<String>(&key).await?, Some("one".into()));
+
+    let old = setup.current_master()?;
+    setup.data_node_mut(old).kill()?;
+    let waiter =
+        std::thread::spawn(move || setup.wait_for_master(Some(old), Duration::from_secs(30)).map(|i| (setup, i)));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut n = 0u32;
+    while !waiter.is_finished() {
+        let k = schema.key("user", &format!("during-{n}"))?;
+        assert_eq!(cache.get_or_set(&k, Ttl::Short, || async move { Ok::<_, std::io::Error>(n) }).await?, n);
+        assert!(Instant::now() < deadline, "failover did not finish");
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (setup, new_master) = waiter.join().map_err(|_| "waiter panicked")??;
+    assert_ne!(new_master, old);
+
+    // Writes now land on the promoted master.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = schema.key("user", "after")?;
+    loop {
+        if cache.set(&after, &"two".to_string(), Ttl::Medium).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cache never reached the new master: {:?}", cache.metrics());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut conn = setup.data_nodes()[new_master].connection()?;
+    let stored: Option<Vec<u8>> = redis::cmd("GET").arg(after.as_str()).query(&mut conn)?;
+    assert!(stored.is_some(), "the value is on the new master");
+    Ok(())
+}
+
+/// Authentication: the right password works; a wrong one is a clear error from `require_redis`
+/// and, for a running service, a silent fallback to the loader.
+#[tokio::test]
+async fn wrong_password_falls_back_to_the_loader() -> TestResult {
+    let server = RedisServer::builder().password("s3cret-pw").start()?;
+    let plain = format!("redis://127.0.0.1:{}", server.port());
+    let key = KeySchema::new("it", 1)?.key("user", "1")?;
+
+    let good = Cache::builder().redis_url(&plain).password("s3cret-pw").require_redis(true).build().await?;
+    good.set(&key, &1u32, Ttl::Short).await?;
+    assert_eq!(good.get::<u32>(&key).await?, Some(1));
+
+    let err = Cache::builder()
+        .redis_url(&plain)
+        .password("wrong")
+        .require_redis(true)
+        .build()
+        .await
+        .err()
+        .ok_or("expected an error")?;
+    assert!(err.is_unavailable(), "{err}");
+    assert!(!err.to_string().contains("wrong"), "the password must not leak into messages: {err}");
+    let shown = err.to_string().to_uppercase();
+    assert!(shown.contains("WRONGPASS") || shown.contains("AUTH"), "{err}");
+
+    let bad = Cache::builder().redis_url(&plain).password("wrong").build().await?;
+    let v = bad.get_or_set(&key, Ttl::Short, || async { Ok::<_, std::io::Error>(2u32) }).await?;
+    assert_eq!(v, 2, "the loader's value, not an error");
+    let nopass = Cache::builder().redis_url(&plain).build().await?;
+    assert_eq!(nopass.get_or_set(&key, Ttl::Short, || async { Ok::<_, std::io::Error>(3u32) }).await?, 3);
+    Ok(())
+}
