@@ -1,8 +1,8 @@
 //! Batch reads and writes: `get_many` and `set_many`.
 //!
-//! On a cluster, keys are grouped by hash slot and each group is one MGET (reads) or one
-//! pipeline (writes); the groups are sent concurrently over the multiplexed connections, so a
-//! batch costs about one round trip per node and never meets a CROSSSLOT error. On a single
+//! On a cluster, keys are grouped by hash slot and each group is one pipeline (an MGET, plus the
+//! keys' PTTLs when L1 is on; or the SETs); the groups are sent concurrently over the multiplexed
+//! connections, so they travel together, and a batch never meets a CROSSSLOT error. On a single
 //! server the keys are simply chunked.
 
 use std::collections::HashMap;
@@ -11,12 +11,13 @@ use std::sync::Arc;
 use futures::future::join_all;
 use redis::cluster_routing::Slot as HashSlot;
 
-use crate::cache::{Cache, CacheValue, L2Read, expiry_ms, ttl_millis};
-use crate::codec::{Decoded, Meta};
+use crate::cache::{Cache, CacheValue, L2Read};
+use crate::codec::Meta;
 use crate::error::Result;
 use crate::key::Key;
 use crate::l1::Slot;
 use crate::metrics::NsCounters;
+use crate::tiers::{expiry_ms, ttl_millis};
 use crate::ttl::Ttl;
 
 /// Most keys sent in one MGET or pipeline.
@@ -30,47 +31,45 @@ impl Cache {
         let mut missing = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let ns = self.inner.metrics.ns(key.namespace());
-            match self.l1_lookup::<T>(key, &ns) {
+            match self.l1_lookup::<T>(key, &ns, true) {
                 Some(found) => out[i] = found,
                 None => missing.push(i),
             }
         }
+        let with_pttl = self.inner.l1.is_some();
         let reads = self.groups(keys, missing).into_iter().map(|group| async move {
-            let names: Vec<&str> = group.iter().map(|&i| keys[i].as_str()).collect();
+            let mut pipe = redis::pipe();
+            pipe.cmd("MGET");
+            for &i in &group {
+                pipe.arg(keys[i].as_str());
+            }
+            if with_pttl {
+                for &i in &group {
+                    pipe.cmd("PTTL").arg(keys[i].as_str());
+                }
+            }
             let got = self
-                .l2_call("MGET", |mut c| async move {
-                    redis::cmd("MGET").arg(&names).query_async::<Vec<Option<Vec<u8>>>>(&mut c).await
-                })
-                .await;
+                .l2_call("MGET", |mut c| async move { pipe.query_async::<Vec<redis::Value>>(&mut c).await })
+                .await
+                .and_then(|replies| parse_mget(replies, group.len(), with_pttl));
             (group, got)
         });
         for (group, got) in join_all(reads).await {
-            let values = match got {
-                Ok(values) if values.len() == group.len() => values,
-                _ => {
-                    for &i in &group {
-                        NsCounters::inc(&self.inner.metrics.ns(keys[i].namespace()).l2_misses);
-                    }
-                    continue;
+            let Ok(replies) = got else {
+                for &i in &group {
+                    NsCounters::inc(&self.inner.metrics.ns(keys[i].namespace()).l2_misses);
                 }
+                continue;
             };
-            for (i, bytes) in group.into_iter().zip(values) {
+            for (i, (bytes, pttl)) in group.into_iter().zip(replies) {
                 let key = &keys[i];
                 let ns = self.inner.metrics.ns(key.namespace());
                 let Some(bytes) = bytes else {
                     NsCounters::inc(&ns.l2_misses);
                     continue;
                 };
-                match self.decode_or_discard::<T>(key, &ns, bytes).await? {
-                    L2Read::Hit(Decoded::Value(v, meta), len) => {
-                        self.fill_l1(key, Slot::Present(Arc::new(v.clone())), len, meta);
-                        out[i] = Some(v);
-                    }
-                    L2Read::Hit(Decoded::Negative(meta), len) => {
-                        NsCounters::inc(&ns.negative_hits);
-                        self.fill_l1(key, Slot::Absent, len, meta);
-                    }
-                    L2Read::Miss => {}
+                if let L2Read::Value(v) = self.accept_bytes::<T>(key, &ns, bytes, pttl, true).await {
+                    out[i] = Some(v);
                 }
             }
         }
@@ -84,17 +83,26 @@ impl Cache {
     pub async fn set_many<T: CacheValue>(&self, items: &[(Key, T)], ttl: impl Into<Ttl>) -> Result<()> {
         let ttl = ttl.into();
         let mut encoded = Vec::with_capacity(items.len());
-        for (_, value) in items {
+        for (key, value) in items {
             let ttl = self.inner.ttl.jittered(ttl);
             let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
-            encoded.push((self.inner.codec.encode(Some(value), meta)?, ttl_millis(ttl), meta));
+            match self.inner.codec.encode(Some(value), meta) {
+                Ok(e) => encoded.push((e, ttl)),
+                Err(err) => {
+                    // As with `set`: the value the caller meant to replace must not keep serving.
+                    if let Err(del) = self.delete(key).await {
+                        tracing::warn!(key = %key, error = %del, "could not remove the value a rejected write meant to replace");
+                    }
+                    return Err(err);
+                }
+            }
         }
         let keys: Vec<Key> = items.iter().map(|(k, _)| k.clone()).collect();
         let writes = self.groups(&keys, (0..items.len()).collect()).into_iter().map(|group| {
             let mut pipe = redis::pipe();
             for &i in &group {
-                let (bytes, px, _) = &encoded[i];
-                pipe.cmd("SET").arg(keys[i].as_str()).arg(bytes.as_slice()).arg("PX").arg(*px).ignore();
+                let (e, ttl) = &encoded[i];
+                pipe.cmd("SET").arg(keys[i].as_str()).arg(e.bytes.as_slice()).arg("PX").arg(ttl_millis(*ttl)).ignore();
             }
             async move {
                 let written =
@@ -109,8 +117,8 @@ impl Cache {
                 match &written {
                     Ok(()) => {
                         NsCounters::inc(&self.inner.metrics.ns(key.namespace()).sets);
-                        let (bytes, _, meta) = &encoded[i];
-                        self.fill_l1(key, Slot::Present(Arc::new(value.clone())), bytes.len(), *meta);
+                        let (e, ttl) = &encoded[i];
+                        self.fill_l1(key, Slot::Present(Arc::new(value.clone())), e.raw_len, *ttl);
                     }
                     Err(_) => {
                         if let Some(l1) = &self.inner.l1 {
@@ -137,4 +145,31 @@ impl Cache {
         }
         by_slot.into_values().flat_map(|g| g.chunks(CHUNK).map(<[usize]>::to_vec).collect::<Vec<_>>()).collect()
     }
+}
+
+/// One key's reply: its bytes (if any) and its PTTL (when asked for).
+type Fetched = (Option<Vec<u8>>, Option<i64>);
+
+/// Splits one group's pipeline replies into (value bytes, PTTL) per key. A reply of an unexpected
+/// shape fails the group (its keys read as misses) rather than the call.
+fn parse_mget(
+    mut replies: Vec<redis::Value>,
+    n: usize,
+    with_pttl: bool,
+) -> Result<Vec<Fetched>> {
+    let bad = |what: &str| crate::Error::corrupt(format!("unexpected MGET pipeline reply: {what}"));
+    if replies.len() != 1 + if with_pttl { n } else { 0 } {
+        return Err(bad("wrong number of replies"));
+    }
+    let pttls: Vec<Option<i64>> = if with_pttl {
+        replies.drain(1..).map(|v| redis::from_redis_value::<i64>(v).ok()).collect()
+    } else {
+        vec![None; n]
+    };
+    let values: Vec<Option<Vec<u8>>> =
+        replies.pop().map(redis::from_redis_value).transpose().map_err(|e| bad(&e.to_string()))?.unwrap_or_default();
+    if values.len() != n {
+        return Err(bad("wrong number of values"));
+    }
+    Ok(values.into_iter().zip(pttls).collect())
 }

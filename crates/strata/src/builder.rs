@@ -126,8 +126,11 @@ impl CacheBuilder {
         self
     }
 
-    /// Upper bound on every Redis call (default 250 ms). When it passes, the call counts as a
-    /// failure for the circuit breaker and `get_or_set` goes to the loader.
+    /// Upper bound on each Redis call once connected (default 250 ms); a call that must first
+    /// (re)connect can also take up to the connect timeout. When it passes, the call counts as a
+    /// failure for the circuit breaker and `get_or_set` goes to the loader. A `get_or_set` miss
+    /// makes at most two calls (read, then write-back), and skips the write-back when the read
+    /// found Redis unhealthy.
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
         self.op_timeout = timeout;
         self

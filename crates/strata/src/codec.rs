@@ -68,17 +68,30 @@ pub(crate) struct Meta {
     pub(crate) load_us: u32,
 }
 
+/// Deepest nesting the MessagePack decoder follows (JSON's own limit is 128 too): bounds the
+/// stack a crafted value with a valid checksum could make the decoder use.
+const MAX_DEPTH: usize = 128;
+
+/// An encoded envelope and the size of the value before compression.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) raw_len: usize,
+}
+
 /// What a decoded envelope holds.
 #[derive(Debug)]
-pub(crate) enum Decoded<T> {
-    Value(T, Meta),
-    /// A cached "not found".
-    Negative(Meta),
+pub(crate) struct Decoded<T> {
+    /// The value; `None` for a cached "not found".
+    pub(crate) value: Option<T>,
+    pub(crate) meta: Meta,
+    /// Serialized size before compression: what the decoded value costs in memory, roughly.
+    pub(crate) raw_len: usize,
 }
 
 impl Codec {
     /// Encodes `Some(value)` or a negative entry (`None`).
-    pub(crate) fn encode<T: Serialize + ?Sized>(&self, value: Option<&T>, meta: Meta) -> Result<Vec<u8>> {
+    pub(crate) fn encode<T: Serialize + ?Sized>(&self, value: Option<&T>, meta: Meta) -> Result<Encoded> {
         let (mut flags, payload) = match value {
             None => (FLAG_NEGATIVE, Vec::new()),
             Some(v) => (self.format.bits(), self.serialize(v)?),
@@ -89,6 +102,7 @@ impl Codec {
                 format!("value is {} bytes serialized; the maximum is {} bytes", payload.len(), self.max_value_bytes),
             ));
         }
+        let raw_len = payload.len();
         let payload = if !payload.is_empty() && payload.len() >= self.compress_above {
             let compressed = lz4_flex::compress_prepend_size(&payload);
             // Incompressible data stays raw: compression must never make a value bigger.
@@ -110,7 +124,7 @@ impl Codec {
         crc.update(&payload);
         out.extend_from_slice(&crc.finalize().to_le_bytes());
         out.extend_from_slice(&payload);
-        Ok(out)
+        Ok(Encoded { bytes: out, raw_len })
     }
 
     /// Decodes bytes read from Redis into `T` (or a negative entry).
@@ -142,7 +156,7 @@ impl Codec {
         let payload = &bytes[HEADER_LEN..];
         if flags & FLAG_NEGATIVE != 0 {
             return if payload.is_empty() && flags == FLAG_NEGATIVE {
-                Ok(Decoded::Negative(meta))
+                Ok(Decoded { value: None, meta, raw_len: 0 })
             } else {
                 Err(Error::corrupt("negative entry with a payload"))
             };
@@ -160,12 +174,18 @@ impl Codec {
         } else {
             payload
         };
+        // The envelope is intact (checksum verified), so a payload that does not deserialize
+        // was written with another type: a type mismatch, not corruption.
         let value = match flags & FLAG_FORMAT_MASK {
-            0 => rmp_serde::from_slice(raw).map_err(|e| Error::corrupt(format!("messagepack decode: {e}")))?,
-            1 => serde_json::from_slice(raw).map_err(|e| Error::corrupt(format!("json decode: {e}")))?,
+            0 => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(raw);
+                de.set_max_depth(MAX_DEPTH);
+                T::deserialize(&mut de).map_err(|e| Error::type_mismatch(format!("messagepack payload: {e}")))?
+            }
+            1 => serde_json::from_slice(raw).map_err(|e| Error::type_mismatch(format!("json payload: {e}")))?,
             other => return Err(Error::corrupt(format!("unknown format {other}"))),
         };
-        Ok(Decoded::Value(value, meta))
+        Ok(Decoded { value: Some(value), meta, raw_len: raw.len() })
     }
 
     fn serialize<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>> {
@@ -206,10 +226,19 @@ mod tests {
     const META: Meta = Meta { expires_at_ms: 1_700_000_000_000, load_us: 1234 };
 
     fn roundtrip(c: &Codec, p: &Profile) -> Result<(Profile, Meta)> {
-        match c.decode::<Profile>(&c.encode(Some(p), META)?)? {
-            Decoded::Value(v, m) => Ok((v, m)),
-            Decoded::Negative(_) => Err(Error::corrupt("unexpected negative")),
+        let d = c.decode::<Profile>(&c.encode(Some(p), META)?.bytes)?;
+        Ok((d.value.ok_or_else(|| Error::corrupt("unexpected negative"))?, d.meta))
+    }
+
+    fn with_checksum(mut bytes: Vec<u8>) -> Vec<u8> {
+        if bytes.len() >= HEADER_LEN {
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&bytes[..16]);
+            crc.update(&bytes[HEADER_LEN..]);
+            let sum = crc.finalize().to_le_bytes();
+            bytes[16..20].copy_from_slice(&sum);
         }
+        bytes
     }
 
     #[test]
@@ -226,8 +255,13 @@ mod tests {
     #[test]
     fn compresses_large_values_only() -> Result<()> {
         let c = codec(Format::MessagePack);
-        let small = c.encode(Some(&profile(1)), META)?;
+        let small = c.encode(Some(&profile(1)), META)?.bytes;
         let large = c.encode(Some(&profile(2000)), META)?;
+        assert_eq!(
+            large.raw_len,
+            rmp_serde::to_vec_named(&profile(2000)).map_err(|e| Error::corrupt(e.to_string()))?.len()
+        );
+        let large = large.bytes;
         assert_eq!(small[2] & FLAG_LZ4, 0);
         assert_ne!(large[2] & FLAG_LZ4, 0);
         assert!(
@@ -238,16 +272,17 @@ mod tests {
 
     #[test]
     fn reads_values_written_in_the_other_format() -> Result<()> {
-        let bytes = codec(Format::Json).encode(Some(&profile(3)), META)?;
-        assert!(matches!(codec(Format::MessagePack).decode::<Profile>(&bytes)?, Decoded::Value(..)));
+        let bytes = codec(Format::Json).encode(Some(&profile(3)), META)?.bytes;
+        assert_eq!(codec(Format::MessagePack).decode::<Profile>(&bytes)?.value, Some(profile(3)));
         Ok(())
     }
 
     #[test]
     fn negative_entries_roundtrip() -> Result<()> {
         let c = codec(Format::MessagePack);
-        let bytes = c.encode::<Profile>(None, META)?;
-        assert!(matches!(c.decode::<Profile>(&bytes)?, Decoded::Negative(m) if m == META));
+        let bytes = c.encode::<Profile>(None, META)?.bytes;
+        let d = c.decode::<Profile>(&bytes)?;
+        assert!(d.value.is_none() && d.meta == META);
         Ok(())
     }
 
@@ -261,18 +296,27 @@ mod tests {
     #[test]
     fn every_corruption_is_an_error_never_a_panic() -> Result<()> {
         let c = codec(Format::MessagePack);
-        let good = c.encode(Some(&profile(300)), META)?;
-        let mut cases: Vec<Vec<u8>> = vec![vec![], b"hello".to_vec(), b"{\"id\":1}".to_vec(), vec![0xD7; 64]];
-        for i in 0..good.len() {
-            let mut flipped = good.clone();
-            flipped[i] ^= 0x5A;
-            cases.push(flipped);
-            cases.push(good[..i].to_vec());
-        }
-        for bytes in cases {
-            if let Ok(Decoded::Value(v, _)) = c.decode::<Profile>(&bytes) {
-                assert_eq!(v, profile(300), "a corrupted buffer decoded to a different value");
-                assert_eq!(bytes, good);
+        for good in [c.encode(Some(&profile(300)), META)?.bytes, c.encode(Some(&profile(2)), META)?.bytes] {
+            let mut cases: Vec<Vec<u8>> = vec![vec![], b"hello".to_vec(), b"{\"id\":1}".to_vec(), vec![0xD7; 64]];
+            for i in 0..good.len() {
+                for mask in [0x01, 0x5A, 0xFF] {
+                    let mut flipped = good.clone();
+                    flipped[i] ^= mask;
+                    cases.push(flipped.clone());
+                    // With the checksum fixed up, the mutation reaches LZ4 and MessagePack.
+                    cases.push(with_checksum(flipped));
+                }
+                cases.push(good[..i].to_vec());
+                cases.push(with_checksum(good[..i].to_vec()));
+            }
+            for bytes in cases {
+                // Any outcome but a panic is acceptable; an unchanged checksum must catch flips.
+                let _ = c.decode::<Profile>(&bytes);
+            }
+            for i in 0..good.len() {
+                let mut flipped = good.clone();
+                flipped[i] ^= 0x01;
+                assert!(c.decode::<Profile>(&flipped).is_err(), "a flipped bit at {i} must be detected");
             }
         }
         Ok(())
@@ -281,24 +325,39 @@ mod tests {
     #[test]
     fn decompression_bombs_are_refused() -> Result<()> {
         let c = codec(Format::MessagePack);
-        let mut bytes = c.encode(Some(&profile(2000)), META)?;
+        let mut bytes = c.encode(Some(&profile(2000)), META)?.bytes;
         assert_ne!(bytes[2] & FLAG_LZ4, 0);
         bytes[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&bytes[..16]);
-        crc.update(&bytes[HEADER_LEN..]);
-        let sum = crc.finalize().to_le_bytes();
-        bytes[16..20].copy_from_slice(&sum);
+        let bytes = with_checksum(bytes);
         let err = c.decode::<Profile>(&bytes).expect_err("bomb");
         assert!(err.is_corrupt(), "{err}");
         Ok(())
     }
 
     #[test]
-    fn a_value_of_another_type_is_corrupt() -> Result<()> {
+    fn a_value_of_another_type_is_a_type_mismatch() -> Result<()> {
         let c = codec(Format::MessagePack);
-        let bytes = c.encode(Some(&"just a string"), META)?;
-        assert!(c.decode::<Profile>(&bytes).expect_err("type mismatch").is_corrupt());
+        let bytes = c.encode(Some(&"just a string"), META)?.bytes;
+        let err = c.decode::<Profile>(&bytes).expect_err("type mismatch");
+        assert!(err.is_type_mismatch() && !err.is_corrupt(), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() -> Result<()> {
+        // A realistic recursive type (trees, JSON-like values). Every level is a MessagePack
+        // array, which the decoder's depth limit counts.
+        #[derive(Debug, Serialize, Deserialize)]
+        struct Nest(Vec<Nest>);
+        // 100,000 nested one-element arrays: a valid envelope around a hostile payload.
+        let mut payload = vec![0x91u8; 100_000];
+        payload.push(0x90);
+        let c = codec(Format::MessagePack);
+        let mut bytes = c.encode(Some(&Nest(vec![])), META)?.bytes;
+        bytes.truncate(HEADER_LEN);
+        bytes.extend_from_slice(&payload);
+        let err = c.decode::<Nest>(&with_checksum(bytes)).expect_err("too deep");
+        assert!(err.is_type_mismatch() || err.is_corrupt(), "{err}");
         Ok(())
     }
 }

@@ -19,6 +19,9 @@ pub enum ErrorKind {
     Serialization,
     /// Bytes under a key were not a valid Strata envelope (treated as a miss by reads).
     Corrupt,
+    /// A valid envelope whose value does not deserialize into the requested type (written by
+    /// another version of the application, or read with the wrong type).
+    TypeMismatch,
     /// Redis answered with an error or the connection failed.
     Redis,
     /// A Redis call did not finish within its timeout.
@@ -40,11 +43,12 @@ pub struct Error {
     kind: ErrorKind,
     message: Arc<str>,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    unhealthy: bool,
 }
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into().into(), source: None }
+        Self { kind, message: message.into().into(), source: None, unhealthy: false }
     }
 
     pub(crate) fn with_source(
@@ -52,7 +56,7 @@ impl Error {
         message: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        Self { kind, message: message.into().into(), source: Some(Arc::from(source.into())) }
+        Self { kind, message: message.into().into(), source: Some(Arc::from(source.into())), unhealthy: false }
     }
 
     pub(crate) fn invalid_key(message: impl Into<String>) -> Self {
@@ -67,13 +71,29 @@ impl Error {
         Self::new(ErrorKind::Corrupt, message)
     }
 
+    pub(crate) fn type_mismatch(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::TypeMismatch, message)
+    }
+
     pub(crate) fn redis(context: &str, err: redis::RedisError) -> Self {
         let kind = if err.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Redis };
-        Self::with_source(kind, format!("redis {context} failed: {err}"), err)
+        let unhealthy = redis_unhealthy(&err);
+        let mut e = Self::with_source(kind, format!("redis {context} failed: {err}"), err);
+        e.unhealthy = unhealthy;
+        e
     }
 
     pub(crate) fn timeout(context: &str, after: std::time::Duration) -> Self {
-        Self::new(ErrorKind::Timeout, format!("redis {context} timed out after {after:?}"))
+        let mut e = Self::new(ErrorKind::Timeout, format!("redis {context} timed out after {after:?}"));
+        e.unhealthy = true;
+        e
+    }
+
+    /// Whether this error says Redis itself is unhealthy (unreachable, slow, failing over,
+    /// refusing us), as opposed to rejecting one request (OOM on a write, NOPERM on one key,
+    /// WRONGTYPE): only the former should open the circuit breaker.
+    pub(crate) fn is_unhealthy(&self) -> bool {
+        self.unhealthy
     }
 
     pub(crate) fn circuit_open() -> Self {
@@ -106,9 +126,13 @@ impl Error {
     pub fn is_serialization(&self) -> bool {
         self.kind == ErrorKind::Serialization
     }
-    /// Cached bytes were not a valid envelope for the requested type.
+    /// Cached bytes were not a valid Strata envelope.
     pub fn is_corrupt(&self) -> bool {
         self.kind == ErrorKind::Corrupt
+    }
+    /// A valid cached value could not be read as the requested type.
+    pub fn is_type_mismatch(&self) -> bool {
+        self.kind == ErrorKind::TypeMismatch
     }
     /// Redis returned an error or the connection failed.
     pub fn is_redis(&self) -> bool {
@@ -138,6 +162,28 @@ impl Error {
     pub fn loader_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         if self.kind == ErrorKind::Loader { self.source.as_deref() } else { None }
     }
+}
+
+/// Connection-level failures, timeouts, and the replies of a node that cannot serve now.
+fn redis_unhealthy(err: &redis::RedisError) -> bool {
+    if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal() {
+        return true;
+    }
+    matches!(
+        err.code(),
+        Some(
+            "LOADING"
+                | "CLUSTERDOWN"
+                | "TRYAGAIN"
+                | "MASTERDOWN"
+                | "BUSY"
+                | "READONLY"
+                | "NOAUTH"
+                | "WRONGPASS"
+                | "NOREPLICAS"
+                | "MISCONF"
+        )
+    ) || err.code().is_none()
 }
 
 impl fmt::Display for Error {

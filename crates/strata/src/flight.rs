@@ -17,30 +17,26 @@ use crate::error::Result;
 /// A loaded value, type-erased so one map serves every value type.
 pub(crate) type Shared = Arc<dyn Any + Send + Sync>;
 type Cell = Arc<OnceCell<Result<Shared>>>;
+/// Key, value type, and a discriminator for flights of one type that produce different results.
+type FlightKey = (Arc<str>, TypeId, u8);
 
 #[derive(Default)]
 pub(crate) struct Flights {
-    in_flight: Mutex<HashMap<(Arc<str>, TypeId), Cell>>,
+    in_flight: Mutex<HashMap<FlightKey, Cell>>,
 }
 
 impl Flights {
-    /// Runs `load` unless a load for the same key and type is already running, in which case the
+    /// Runs `load` unless a load for the same key and kind is already running, in which case the
     /// caller waits for that one. Returns the shared result.
-    pub(crate) async fn run<F, Fut>(&self, key: &Arc<str>, type_id: TypeId, load: F) -> Result<Shared>
+    pub(crate) async fn run<F, Fut>(&self, key: &Arc<str>, kind: (TypeId, u8), load: F) -> Result<Shared>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Shared>>,
     {
-        let map_key = (key.clone(), type_id);
+        let map_key = (key.clone(), kind.0, kind.1);
         let cell = self.lock().entry(map_key.clone()).or_default().clone();
-        let result = cell.get_or_init(load).await.clone();
-        // The first caller to finish retires the cell; later misses start a fresh load (which will
-        // normally hit the tiers the finished load has just filled).
-        let mut map = self.lock();
-        if map.get(&map_key).is_some_and(|current| Arc::ptr_eq(current, &cell)) {
-            map.remove(&map_key);
-        }
-        result
+        let guard = Retire { flights: self, key: map_key, cell };
+        guard.cell.get_or_init(load).await.clone()
     }
 
     /// Keys with a load in progress.
@@ -49,8 +45,30 @@ impl Flights {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Arc<str>, TypeId), Cell>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Cell>> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Retires a flight's cell when a caller leaves, finished or cancelled: once the result is in
+/// (later misses start a fresh load, which normally hits the tiers this one filled), or when the
+/// leaving caller was the last one waiting (nobody else can complete it; without this a cancelled
+/// sole caller would leak its entry).
+struct Retire<'a> {
+    flights: &'a Flights,
+    key: FlightKey,
+    cell: Cell,
+}
+
+impl Drop for Retire<'_> {
+    fn drop(&mut self) {
+        let mut map = self.flights.lock();
+        let Some(current) = map.get(&self.key) else { return };
+        // Clones are only taken under this lock, so the count cannot grow while we look:
+        // two references are the map's and ours.
+        if Arc::ptr_eq(current, &self.cell) && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2) {
+            map.remove(&self.key);
+        }
     }
 }
 
@@ -72,7 +90,7 @@ mod tests {
                 let (flights, calls, key) = (flights.clone(), calls.clone(), key.clone());
                 tokio::spawn(async move {
                     flights
-                        .run(&key, TypeId::of::<u8>(), || async {
+                        .run(&key, (TypeId::of::<u8>(), 0), || async {
                             calls.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             Err::<Shared, _>(Error::config("boom"))
@@ -97,7 +115,7 @@ mod tests {
             let (flights, key) = (flights.clone(), key.clone());
             tokio::spawn(async move {
                 flights
-                    .run(&key, TypeId::of::<u8>(), || async {
+                    .run(&key, (TypeId::of::<u8>(), 0), || async {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         Ok(Arc::new(1u8) as Shared)
                     })
@@ -108,12 +126,35 @@ mod tests {
         let waiter = {
             let (flights, key) = (flights.clone(), key.clone());
             tokio::spawn(async move {
-                flights.run(&key, TypeId::of::<u8>(), || async { Ok(Arc::new(2u8) as Shared) }).await
+                flights.run(&key, (TypeId::of::<u8>(), 0), || async { Ok(Arc::new(2u8) as Shared) }).await
             })
         };
         tokio::time::sleep(Duration::from_millis(1)).await;
         leader.abort();
         let value = waiter.await.expect("task").expect("value");
         assert_eq!(value.downcast_ref::<u8>(), Some(&2));
+        assert_eq!(flights.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_sole_caller_leaves_nothing_behind() {
+        let flights = Arc::new(Flights::default());
+        let caller = {
+            let flights = flights.clone();
+            tokio::spawn(async move {
+                let key: Arc<str> = "k".into();
+                flights
+                    .run(&key, (TypeId::of::<u8>(), 0), || async {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        Ok(Arc::new(1u8) as Shared)
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(flights.len(), 1);
+        caller.abort();
+        let _ = caller.await;
+        assert_eq!(flights.len(), 0, "the entry of an abandoned load must be removed");
     }
 }

@@ -56,8 +56,9 @@ impl KeySchema {
     }
 
     /// The same app one version later: how a deploy retires every key of the old schema.
-    pub fn bumped(&self) -> Self {
-        Self { app: self.app.clone(), version: self.version + 1 }
+    pub fn bumped(&self) -> Result<Self> {
+        let version = self.version.checked_add(1).ok_or_else(|| Error::invalid_key("schema version overflow"))?;
+        Ok(Self { app: self.app.clone(), version })
     }
 
     /// The namespace string for an entity: `app:v{N}:entity`.
@@ -80,6 +81,12 @@ impl KeySchema {
         check_chars("variant", variant)?;
         if variant.is_empty() {
             return Err(Error::invalid_key("variant segment is empty"));
+        }
+        if looks_hashed(variant) {
+            // Reserved for hashed variants: a literal one could alias a hashed one.
+            return Err(Error::invalid_key(format!(
+                "variant {variant:?} has the form of a hashed variant (h + 32 hex digits); use key_with_hashed_variant"
+            )));
         }
         let variant =
             if variant.len() > MAX_VARIANT_LEN { hash_segment(variant.as_bytes()) } else { variant.to_owned() };
@@ -172,6 +179,12 @@ fn hash_segment(raw: &[u8]) -> String {
     out
 }
 
+fn looks_hashed(variant: &str) -> bool {
+    variant.len() == 33
+        && variant.starts_with('h')
+        && variant[1..].bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn check_name(what: &str, value: &str) -> Result<()> {
     if value.is_empty() || value.len() > MAX_NAME_LEN {
         return Err(Error::invalid_key(format!(
@@ -213,7 +226,8 @@ mod tests {
         let s = KeySchema::new("app", 2)?;
         assert_eq!(s.key("user", "7")?.as_str(), "app:v2:user:7");
         assert_eq!(s.key_with_variant("user", "7", "full")?.as_str(), "app:v2:user:7:full");
-        assert_eq!(s.bumped().key("user", "7")?.as_str(), "app:v3:user:7");
+        assert_eq!(s.bumped()?.key("user", "7")?.as_str(), "app:v3:user:7");
+        assert!(KeySchema::new("app", u32::MAX)?.bumped().is_err());
         Ok(())
     }
 
@@ -243,6 +257,9 @@ mod tests {
         let hashed = s.key_with_hashed_variant("search", "q", "name = 'x y' * ?")?;
         assert!(hashed.as_str().starts_with("app:v1:search:q:h"));
         assert_ne!(hashed, s.key_with_hashed_variant("search", "q", "name = 'x y' * !")?);
+        // A literal variant may not take the hashed form, or it could alias a hashed one.
+        let hashed_form = &a.as_str()["app:v1:search:q:".len()..];
+        assert!(s.key_with_variant("search", "q", hashed_form).expect_err("reserved").is_invalid_key());
         Ok(())
     }
 

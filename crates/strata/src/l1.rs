@@ -2,8 +2,8 @@
 //!
 //! Entries keep the decoded value (type-erased), so an L1 hit is a hash lookup plus a clone:
 //! no deserialization. The weight of an entry is an estimate of the memory it holds: the key,
-//! twice the encoded payload (the encoded size stands in for the decoded value's heap size) and a
-//! fixed overhead. moka applies evictions in batches; to keep the budget strict we run its pending
+//! twice the uncompressed serialized size (which stands in for the decoded value's heap size:
+//! decoded strings and vectors carry headers and spare capacity) and a fixed overhead. moka applies evictions in batches; to keep the budget strict we run its pending
 //! maintenance before an insert that could cross the budget.
 
 use std::any::Any;
@@ -89,12 +89,14 @@ impl L1 {
         self.cache.get(key).map(|e| e.slot)
     }
 
-    /// Stores a value for at most `ttl`. `encoded_len` is the size of its envelope.
-    pub(crate) fn insert(&self, key: &Arc<str>, slot: Slot, encoded_len: usize, ttl: Duration) {
+    /// Stores a value for at most `ttl`. `value_len` is its uncompressed serialized size.
+    pub(crate) fn insert(&self, key: &Arc<str>, slot: Slot, value_len: usize, ttl: Duration) {
+        let weight = key.len() as u64 + 2 * value_len as u64 + ENTRY_OVERHEAD;
         if ttl.is_zero() {
+            // Nothing to keep, and an older copy must not be served instead.
+            self.cache.invalidate(key);
             return;
         }
-        let weight = key.len() as u64 + 2 * encoded_len as u64 + ENTRY_OVERHEAD;
         if weight > self.max_entry {
             // Too big for this tier: drop any older copy so it cannot be served instead.
             self.cache.invalidate(key);

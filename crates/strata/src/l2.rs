@@ -164,7 +164,9 @@ impl L2 {
     pub(crate) fn new(config: &L2Config) -> Result<Self> {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.op_timeout))
+            // Our own timer bounds every call (see `run`); a second one inside the driver would
+            // only add cost to each request.
+            .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let backend = match &config.topology {
@@ -189,7 +191,8 @@ impl L2 {
                     .response_timeout(config.op_timeout)
                     .retries(3)
                     .min_retry_wait(10)
-                    .max_retry_wait(200);
+                    .max_retry_wait(200)
+                    .tcp_settings(tcp_settings());
                 if let Some(u) = &config.username {
                     builder = builder.username(u);
                 }
@@ -204,17 +207,28 @@ impl L2 {
                 Backend::Cluster { client, conn: Slot::default() }
             }
             Topology::Sentinel { sentinels, master_name } => {
-                let addrs = sentinels
+                let infos = sentinels
                     .iter()
                     .map(|u| {
                         u.as_str()
                             .into_connection_info()
-                            .map(|i| i.addr().clone())
                             .map_err(|e| Error::config(format!("invalid sentinel url {u:?}: {e}")))
                     })
                     .collect::<Result<Vec<_>>>()?;
+                let addrs = infos.iter().map(|i| i.addr().clone());
                 let mut builder = SentinelClientBuilder::new(addrs, master_name, SentinelServerType::Master)
-                    .map_err(|e| Error::config(format!("invalid sentinel configuration: {e}")))?;
+                    .map_err(|e| Error::config(format!("invalid sentinel configuration: {e}")))?
+                    .set_client_to_redis_tcp_settings(tcp_settings())
+                    .set_client_to_sentinel_tcp_settings(tcp_settings());
+                // Sentinels may require their own credentials: take them from the sentinel URLs.
+                if let Some(settings) = infos.iter().map(|i| i.redis_settings()).find(|s| s.password().is_some()) {
+                    if let Some(u) = settings.username() {
+                        builder = builder.set_client_to_sentinel_username(u);
+                    }
+                    if let Some(p) = settings.password() {
+                        builder = builder.set_client_to_sentinel_password(p);
+                    }
+                }
                 if let Some(u) = &config.username {
                     builder = builder.set_client_to_redis_username(u);
                 }
@@ -234,7 +248,16 @@ impl L2 {
         Ok(Self { backend, op_timeout: config.op_timeout, connect_timeout: config.connect_timeout })
     }
 
-    async fn conn(&self) -> RedisResult<Conn> {
+    /// The connection when one is ready without waiting (always, for a standalone server).
+    fn ready_conn(&self) -> Option<Conn> {
+        match &self.backend {
+            Backend::Single(m) => Some(Conn::Single(m.clone())),
+            Backend::Cluster { conn, .. } | Backend::Sentinel { conn, .. } => conn.read(),
+        }
+    }
+
+    /// Makes (or waits for another caller to make) the connection.
+    async fn connect(&self) -> RedisResult<Conn> {
         match &self.backend {
             Backend::Single(m) => Ok(Conn::Single(m.clone())),
             Backend::Cluster { client, conn } => {
@@ -250,22 +273,24 @@ impl L2 {
         }
     }
 
-    /// Runs `op` on a connection, bounded by the operation timeout (the connect timeout when a
-    /// connection has to be made first).
+    /// Runs `op` on a connection, bounded by the operation timeout, plus the connect timeout
+    /// when a connection has to be made first. On the hot path (connection ready) exactly one
+    /// timer is armed.
     pub(crate) async fn run<T, F, Fut>(&self, context: &str, op: F) -> Result<T>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let budget = self.op_timeout + self.connect_timeout;
-        let attempt = async {
-            let conn = self.conn().await?;
-            tokio::time::timeout(self.op_timeout, op(conn)).await.unwrap_or_else(|_| Err(timeout_error()))
-        };
-        let result = match tokio::time::timeout(budget, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(timeout_error()),
-        };
+        let result = async {
+            let conn = match self.ready_conn() {
+                Some(conn) => conn,
+                None => {
+                    tokio::time::timeout(self.connect_timeout, self.connect()).await.map_err(|_| timeout_error())??
+                }
+            };
+            tokio::time::timeout(self.op_timeout, op(conn)).await.map_err(|_| timeout_error())?
+        }
+        .await;
         result.map_err(|e| {
             self.after_error(&e);
             if e.is_timeout() { Error::timeout(context, self.op_timeout) } else { Error::redis(context, e) }
@@ -279,8 +304,11 @@ impl L2 {
 
     fn after_error(&self, err: &redis::RedisError) {
         if let Backend::Sentinel { conn, .. } = &self.backend {
+            // A slow master is not a reason to ask the sentinels again; a lost connection or a
+            // demoted master is.
             let demoted = matches!(err.code(), Some("READONLY" | "MASTERDOWN"));
-            if demoted || err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
+            let lost = !err.is_timeout() && (err.is_io_error() || err.is_connection_dropped());
+            if demoted || lost || err.is_connection_refusal() {
                 conn.reset();
             }
         }
@@ -291,8 +319,21 @@ fn timeout_error() -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "operation timed out"))
 }
 
+/// TCP options for every connection: no Nagle delay (a request split over two segments would
+/// otherwise wait for the peer's delayed ACK), and keepalive so a silently vanished peer is noticed.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    redis::io::tcp::TcpSettings::default().set_nodelay(true).set_keepalive(keepalive)
+}
+
 fn connection_info(url: &str, config: &L2Config) -> Result<redis::ConnectionInfo> {
-    let info = url.into_connection_info().map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))?;
+    let info = url
+        .into_connection_info()
+        .map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))?
+        .set_tcp_settings(tcp_settings());
     let mut settings = info.redis_settings().clone();
     if let Some(u) = &config.username {
         settings = settings.set_username(u);

@@ -75,6 +75,7 @@ mod key;
 mod l1;
 mod l2;
 mod metrics;
+mod tiers;
 mod ttl;
 
 pub use breaker::{BreakerConfig, BreakerState};
@@ -86,4 +87,4 @@ pub use key::{Key, KeySchema, MAX_ID_LEN, MAX_KEY_LEN, MAX_NAME_LEN, MAX_VARIANT
 pub use l1::L1Policy;
 pub use l2::{TlsOptions, Topology};
 pub use metrics::{MAX_NAMESPACES, MetricsSnapshot, NamespaceStats, OTHER_NAMESPACE};
-pub use ttl::{Ttl, TtlPolicy};
+pub use ttl::{MAX_TTL, Ttl, TtlPolicy};

@@ -58,8 +58,10 @@ counters! {
     deletes,
     /// Undecodable values found in Redis (each one was treated as a miss and removed).
     corrupt,
-    /// Loaded values too large to cache (returned to the caller, not stored).
-    oversized,
+    /// Valid values of another type (another application version?): a miss, left in place.
+    type_mismatches,
+    /// Loaded values that could not be cached, too large or unserializable (returned, not stored).
+    uncacheable,
 }
 
 impl NsCounters {

@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use rand::Rng;
 
-/// How long a value lives: a named class (resolved through [`TtlPolicy`]) or an exact duration.
-/// Either way the written TTL gets the policy's jitter.
+/// Longest TTL written (10 years); longer ones, `Duration::MAX` included, are clamped to it.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// How long a value lives: a named class (resolved through [`TtlPolicy`]) or a duration.
+/// Every variant but [`Ttl::Exact`] gets the policy's ±jitter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Ttl {
@@ -16,13 +19,16 @@ pub enum Ttl {
     Medium,
     /// [`TtlPolicy::long`] (default 1 hour).
     Long,
-    /// An explicit duration.
-    Exactly(Duration),
+    /// A duration of your choice, with jitter.
+    Custom(Duration),
+    /// A duration without jitter (for values that must all expire at one moment).
+    Exact(Duration),
 }
 
 impl From<Duration> for Ttl {
+    /// A plain duration is [`Ttl::Custom`]: jittered.
     fn from(d: Duration) -> Self {
-        Ttl::Exactly(d)
+        Ttl::Custom(d)
     }
 }
 
@@ -61,13 +67,17 @@ impl TtlPolicy {
             Ttl::Short => self.short,
             Ttl::Medium => self.medium,
             Ttl::Long => self.long,
-            Ttl::Exactly(d) => d,
+            Ttl::Custom(d) | Ttl::Exact(d) => d,
         }
     }
 
-    /// The TTL to write: nominal ± jitter, never below one millisecond.
+    /// The TTL to write: nominal ± jitter (none for [`Ttl::Exact`]), between 1 ms and
+    /// [`MAX_TTL`].
     pub fn jittered(&self, ttl: Ttl) -> Duration {
-        self.apply_jitter(self.nominal(ttl))
+        match ttl {
+            Ttl::Exact(d) => clamp(d),
+            other => self.apply_jitter(self.nominal(other)),
+        }
     }
 
     /// The TTL for a cached "not found", with jitter.
@@ -76,12 +86,18 @@ impl TtlPolicy {
     }
 
     fn apply_jitter(&self, base: Duration) -> Duration {
-        let factor =
-            if self.jitter > 0.0 { rand::rng().random_range(1.0 - self.jitter..=1.0 + self.jitter) } else { 1.0 };
-        base.mul_f64(factor).max(Duration::from_millis(1))
+        let base = clamp(base);
+        if self.jitter <= 0.0 {
+            return base;
+        }
+        let factor = rand::rng().random_range(1.0 - self.jitter..=1.0 + self.jitter);
+        clamp(Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(MAX_TTL))
     }
 
     pub(crate) fn validate(&self) -> crate::Result<()> {
+        if !self.jitter.is_finite() {
+            return Err(crate::Error::config("ttl jitter must be a finite number"));
+        }
         if !(0.0..=0.5).contains(&self.jitter) {
             return Err(crate::Error::config(format!("ttl jitter must be in [0, 0.5], got {}", self.jitter)));
         }
@@ -96,6 +112,10 @@ impl TtlPolicy {
     }
 }
 
+fn clamp(d: Duration) -> Duration {
+    d.clamp(Duration::from_millis(1), MAX_TTL)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,7 +124,7 @@ mod tests {
     fn jitter_stays_in_bounds_and_varies() {
         let policy = TtlPolicy { jitter: 0.2, ..TtlPolicy::default() };
         let base = Duration::from_secs(100);
-        let samples: Vec<Duration> = (0..2000).map(|_| policy.jittered(Ttl::Exactly(base))).collect();
+        let samples: Vec<Duration> = (0..2000).map(|_| policy.jittered(Ttl::Custom(base))).collect();
         assert!(samples.iter().all(|d| *d >= Duration::from_secs(80) && *d <= Duration::from_secs(120)));
         let min = samples.iter().min().copied().unwrap_or_default();
         let max = samples.iter().max().copied().unwrap_or_default();
@@ -116,7 +136,17 @@ mod tests {
         let policy = TtlPolicy { jitter: 0.0, ..TtlPolicy::default() };
         assert_eq!(policy.jittered(Ttl::Short), Duration::from_secs(60));
         assert_eq!(policy.jittered(Ttl::Long), Duration::from_secs(3600));
-        assert_eq!(policy.jittered(Ttl::Exactly(Duration::ZERO)), Duration::from_millis(1));
+        assert_eq!(policy.jittered(Ttl::Custom(Duration::ZERO)), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn huge_ttls_are_clamped_not_a_panic() {
+        let policy = TtlPolicy::default();
+        for ttl in [Ttl::Custom(Duration::MAX), Ttl::Exact(Duration::MAX)] {
+            assert_eq!(policy.jittered(ttl), MAX_TTL);
+        }
+        let exact = Duration::from_secs(42);
+        assert!((0..100).all(|_| policy.jittered(Ttl::Exact(exact)) == exact));
     }
 
     #[test]

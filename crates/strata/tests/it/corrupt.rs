@@ -25,16 +25,25 @@ async fn garbage_is_a_miss_and_is_removed(redis: Redis) -> TestResult {
     }
     assert_eq!(cache.metrics().namespace("it:v1:profile").corrupt, garbage.len() as u64);
 
-    // A value of another Redis type (a list) is foreign too.
-    let listed = schema.key("profile", "list")?;
-    let _: i64 = redis::cmd("RPUSH").arg(listed.as_str()).arg("x").query(raw.as_mut())?;
-    assert_eq!(cache.get::<Profile>(&listed).await?, None);
-    let exists: bool = redis::cmd("EXISTS").arg(listed.as_str()).query(raw.as_mut())?;
-    assert!(!exists, "a non-string value under a cache key is removed");
+    // Values of another Redis type (lists) are foreign too. More of them than the breaker's
+    // threshold (3 in these tests): data errors must not be taken for an unhealthy Redis.
+    for i in 0..6 {
+        let listed = schema.key("profile", &format!("list{i}"))?;
+        let _: i64 = redis::cmd("RPUSH").arg(listed.as_str()).arg("x").query(raw.as_mut())?;
+        assert_eq!(cache.get::<Profile>(&listed).await?, None);
+        let exists: bool = redis::cmd("EXISTS").arg(listed.as_str()).query(raw.as_mut())?;
+        assert!(!exists, "a non-string value under a cache key is removed");
+    }
+    assert_eq!(cache.metrics().breaker_state, strata::BreakerState::Closed);
 
-    // A valid envelope holding another type: a miss for this type; get_or_set repairs the key.
+    // A valid envelope holding another type (another version of the app may be using it): a
+    // miss for this type, left in place; get_or_set then replaces it with the loader's value.
     let key = schema.key("profile", "typed")?;
     cache.set(&key, &"a plain string".to_string(), Ttl::Short).await?;
+    assert_eq!(cache.get::<Profile>(&key).await?, None);
+    let exists: bool = redis::cmd("EXISTS").arg(key.as_str()).query(raw.as_mut())?;
+    assert!(exists, "a value of another type is not deleted by a read");
+    assert_eq!(cache.metrics().namespace("it:v1:profile").type_mismatches, 1);
     let profile = Profile { id: 1, name: "Ada".into() };
     let loaded = cache.get_or_set(&key, Ttl::Short, || async { Ok::<_, std::io::Error>(profile.clone()) }).await?;
     assert_eq!(loaded, profile);

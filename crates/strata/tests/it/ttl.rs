@@ -26,19 +26,28 @@ async fn ttls_are_jittered_and_always_present(redis: Redis) -> TestResult {
         cache.get_or_set_optional::<u32, _, _, _>(&absent, nominal, || async { Ok::<_, std::io::Error>(None) }).await?;
     }
     cache.set(&schema.key("class", "short")?, &1, Ttl::Short).await?;
+    // Ttl::Exact is not jittered; Duration::MAX is clamped, not a panic.
+    cache.set(&schema.key("exact", "1")?, &1, Ttl::Exact(Duration::from_secs(500))).await?;
+    cache.set(&schema.key("forever", "1")?, &1, Duration::MAX).await?;
 
     let mut raw = redis.raw();
     let keys = redis.all_keys();
-    assert_eq!(keys.len(), 150 + 150 + 20 + 20 + 1, "{}", redis.name());
+    assert_eq!(keys.len(), 150 + 150 + 20 + 20 + 3, "{}", redis.name());
     let (mut lo, mut hi) = (u64::MAX, 0u64);
     for key in &keys {
         let pttl: i64 = redis::cmd("PTTL").arg(key).query(raw.as_mut())?;
         assert!(pttl > 0, "{key} has no TTL (PTTL {pttl})");
         let pttl = pttl as u64;
         if key.contains(":absent:") {
-            assert!(pttl <= 36_000, "negative entry {key} uses the negative TTL, got {pttl} ms");
+            assert!((23_000..=36_000).contains(&pttl), "negative entry {key}: 30 s ± 20 %, got {pttl} ms");
         } else if key.contains(":class:") {
-            assert!(pttl <= 72_000, "Ttl::Short is 60 s ± 20 %, got {pttl} ms");
+            assert!((47_000..=72_000).contains(&pttl), "Ttl::Short is 60 s ± 20 %, got {pttl} ms");
+        } else if key.contains(":exact:") {
+            assert!((499_000..=500_000).contains(&pttl), "Ttl::Exact(500 s) got {pttl} ms");
+        } else if key.contains(":forever:") {
+            // Clamped to MAX_TTL, then jittered (a plain Duration is Ttl::Custom).
+            let max = strata::MAX_TTL.as_millis() as u64;
+            assert!((max / 10 * 8 - 60_000..=max).contains(&pttl), "clamped to MAX_TTL ± jitter, got {pttl} ms");
         } else {
             // Nominal 1000 s ± 20 %, minus the time the test took to get here.
             assert!((790_000..=1_200_000).contains(&pttl), "{key}: {pttl} ms outside 1000 s ± 20 %");

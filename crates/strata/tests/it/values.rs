@@ -65,6 +65,22 @@ async fn not_found_is_cached(redis: Redis) -> TestResult {
     // A plain get_or_set does not accept a cached "not found": it loads.
     let v = cache.get_or_set(&key, Ttl::Short, || async { Ok::<_, std::io::Error>(user(9)) }).await?;
     assert_eq!(v, user(9));
+
+    // With L1 on, each read is counted once, in the tier that served it.
+    let l1 = redis.cache().await;
+    let other = KeySchema::new("it", 1)?.key("account", "missing")?;
+    let none = || async { Ok::<_, std::io::Error>(None::<User>) };
+    assert_eq!(l1.get_or_set_optional(&other, Ttl::Long, none).await?, None); // L1 miss, L2 miss, load
+    assert_eq!(l1.get_or_set_optional(&other, Ttl::Long, none).await?, None); // L1 negative hit
+    let loaded = l1.get_or_set(&other, Ttl::Long, || async { Ok::<_, std::io::Error>(user(5)) }).await?;
+    assert_eq!(loaded, user(5)); // negative entry not accepted: L1 miss, L2 miss, load
+    let s = l1.metrics().namespace("it:v1:account");
+    assert_eq!(
+        (s.l1_hits, s.l1_misses, s.l2_hits, s.l2_misses, s.negative_hits, s.loader_calls),
+        (1, 2, 0, 2, 1, 2),
+        "{s:?}"
+    );
+    assert!((s.hit_ratio() - 1.0 / 3.0).abs() < 1e-9);
     Ok(())
 }
 on_both!(not_found_is_cached);
@@ -81,7 +97,11 @@ async fn oversized_values(redis: Redis) -> TestResult {
     let loaded = cache.get_or_set(&key, Ttl::Short, || async { Ok::<_, std::io::Error>(vec![2u8; 20_000]) }).await?;
     assert_eq!(loaded.len(), 20_000);
     assert!(redis.all_keys().is_empty());
-    assert_eq!(cache.metrics().namespace("it:v1:blob").oversized, 1);
+    assert_eq!(cache.metrics().namespace("it:v1:blob").uncacheable, 1);
+    // A rejected write removes the value it meant to replace, so the old one is not served.
+    cache.set(&key, &vec![3u8; 10], Ttl::Short).await?;
+    assert!(cache.set(&key, &big, Ttl::Short).await.is_err());
+    assert_eq!(cache.get::<Vec<u8>>(&key).await?, None);
     Ok(())
 }
 on_both!(oversized_values);

@@ -1,0 +1,249 @@
+//! The plumbing under [`Cache`]: L1 lookups, L2 reads and writes through the breaker, decoding,
+//! removal of foreign bytes, and the TTL arithmetic that keeps an L1 copy from outliving Redis's.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::cache::{Cache, CacheValue, L2Read};
+use crate::codec::{Encoded, Meta};
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::l1::{Slot, typed};
+use crate::l2::Conn;
+use crate::metrics::NsCounters;
+
+/// Deletes a key only if it still holds the bytes we found corrupt, so a good value written
+/// meanwhile by someone else survives.
+const DELETE_IF_EQUAL: &str =
+    r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+impl Cache {
+    /// L1 lookup: `Some(Some(v))` a value, `Some(None)` a cached "not found" (only when the
+    /// caller accepts one), `None` a miss. Counts exactly what it serves.
+    pub(crate) fn l1_lookup<T: CacheValue>(
+        &self,
+        key: &Key,
+        ns: &NsCounters,
+        accept_negative: bool,
+    ) -> Option<Option<T>> {
+        if let Some(l1) = &self.inner.l1 {
+            match l1.get(key.as_str()) {
+                Some(Slot::Present(shared)) => {
+                    if let Some(v) = typed::<T>(&shared) {
+                        NsCounters::inc(&ns.l1_hits);
+                        return Some(Some(v));
+                    }
+                }
+                Some(Slot::Absent) if accept_negative => {
+                    NsCounters::inc(&ns.l1_hits);
+                    NsCounters::inc(&ns.negative_hits);
+                    return Some(None);
+                }
+                _ => {}
+            }
+        }
+        NsCounters::inc(&ns.l1_misses);
+        None
+    }
+
+    /// GET (with PTTL in the same round trip when L1 is on, to bound the L1 copy's lifetime by
+    /// Redis's clock rather than ours), decode, count, fill L1.
+    pub(crate) async fn read_l2<T: CacheValue>(
+        &self,
+        key: &Key,
+        ns: &NsCounters,
+        accept_negative: bool,
+    ) -> Result<L2Read<T>> {
+        let k = key.as_str();
+        let got = if self.inner.l1.is_some() {
+            self.l2_call("GET", |mut c| async move {
+                redis::pipe().cmd("GET").arg(k).cmd("PTTL").arg(k).query_async::<(Option<Vec<u8>>, i64)>(&mut c).await
+            })
+            .await
+            .map(|(bytes, pttl)| (bytes, Some(pttl)))
+        } else {
+            self.l2_call(
+                "GET",
+                |mut c| async move { redis::cmd("GET").arg(k).query_async::<Option<Vec<u8>>>(&mut c).await },
+            )
+            .await
+            .map(|bytes| (bytes, None))
+        };
+        match got {
+            Ok((Some(bytes), pttl)) => Ok(self.accept_bytes(key, ns, bytes, pttl, accept_negative).await),
+            Ok((None, _)) => {
+                NsCounters::inc(&ns.l2_misses);
+                Ok(L2Read::Miss)
+            }
+            Err(err) if err.redis_code() == Some("WRONGTYPE") => {
+                // Not a string: not something this cache wrote.
+                self.discard_foreign(key, ns, None).await;
+                Ok(L2Read::Miss)
+            }
+            Err(err) => {
+                NsCounters::inc(&ns.l2_misses);
+                Err(err)
+            }
+        }
+    }
+
+    /// Decodes bytes read from Redis, counts the outcome, fills L1 on a hit, and removes bytes
+    /// that are not a Strata envelope. A valid envelope of another type is a miss, left alone:
+    /// another version of the application may still be using it.
+    pub(crate) async fn accept_bytes<T: CacheValue>(
+        &self,
+        key: &Key,
+        ns: &NsCounters,
+        bytes: Vec<u8>,
+        pttl: Option<i64>,
+        accept_negative: bool,
+    ) -> L2Read<T> {
+        match self.inner.codec.decode::<T>(&bytes) {
+            Ok(decoded) => {
+                let ttl = l1_ttl(decoded.meta, pttl);
+                match decoded.value {
+                    Some(v) => {
+                        NsCounters::inc(&ns.l2_hits);
+                        self.fill_l1(key, Slot::Present(Arc::new(v.clone())), decoded.raw_len, ttl);
+                        L2Read::Value(v)
+                    }
+                    None if accept_negative => {
+                        NsCounters::inc(&ns.l2_hits);
+                        NsCounters::inc(&ns.negative_hits);
+                        self.fill_l1(key, Slot::Absent, 0, ttl);
+                        L2Read::Negative
+                    }
+                    None => {
+                        NsCounters::inc(&ns.l2_misses);
+                        L2Read::Miss
+                    }
+                }
+            }
+            Err(err) if err.is_type_mismatch() => {
+                NsCounters::inc(&ns.l2_misses);
+                NsCounters::inc(&ns.type_mismatches);
+                tracing::debug!(key = %key, error = %err, "cached value is of another type; treating as a miss");
+                L2Read::Miss
+            }
+            Err(err) => {
+                tracing::warn!(key = %key, error = %err, "undecodable value in redis; treating as a miss and removing it");
+                self.discard_foreign(key, ns, Some(bytes)).await;
+                L2Read::Miss
+            }
+        }
+    }
+
+    async fn discard_foreign(&self, key: &Key, ns: &NsCounters, seen: Option<Vec<u8>>) {
+        NsCounters::inc(&ns.corrupt);
+        NsCounters::inc(&ns.l2_misses);
+        if let Some(l1) = &self.inner.l1 {
+            l1.remove(key.as_str());
+        }
+        let k = key.as_str();
+        let removed = match seen {
+            Some(bytes) => {
+                let script = redis::Script::new(DELETE_IF_EQUAL);
+                self.l2_call(
+                    "EVALSHA",
+                    |mut c| async move { script.key(k).arg(bytes).invoke_async::<i64>(&mut c).await },
+                )
+                .await
+            }
+            None => {
+                self.l2_call("DEL", |mut c| async move { redis::cmd("DEL").arg(k).query_async::<i64>(&mut c).await })
+                    .await
+            }
+        };
+        if let Err(err) = removed {
+            tracing::warn!(key = %key, error = %err, "could not remove undecodable value");
+        }
+    }
+
+    /// SET with PX, then L1 for the same TTL. On failure the L1 copy is dropped too.
+    pub(crate) async fn write_l2(&self, key: &Key, encoded: Encoded, ttl: Duration, slot: Slot) -> Result<()> {
+        let k = key.as_str();
+        let raw_len = encoded.raw_len;
+        let bytes = encoded.bytes;
+        let px = ttl_millis(ttl);
+        let written: Result<()> = self
+            .l2_call("SET", |mut c| async move {
+                redis::cmd("SET").arg(k).arg(bytes).arg("PX").arg(px).query_async(&mut c).await
+            })
+            .await;
+        match written {
+            Ok(()) => {
+                NsCounters::inc(&self.inner.metrics.ns(key.namespace()).sets);
+                self.fill_l1(key, slot, raw_len, ttl);
+                Ok(())
+            }
+            Err(err) => {
+                if let Some(l1) = &self.inner.l1 {
+                    l1.remove(key.as_str());
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Puts an entry in L1 for at most `ttl` (what is left of the Redis copy) and `l1_max_ttl`.
+    /// `value_len` is the uncompressed serialized size, the basis of the entry's weight.
+    pub(crate) fn fill_l1(&self, key: &Key, slot: Slot, value_len: usize, ttl: Duration) {
+        if let Some(l1) = &self.inner.l1 {
+            l1.insert(key.shared(), slot, value_len, ttl.min(self.inner.l1_max_ttl));
+        }
+    }
+
+    /// One Redis call through the breaker, with timeout and error accounting. Only errors that
+    /// say Redis is unhealthy count against the breaker (see [`Error::is_unhealthy`]).
+    pub(crate) async fn l2_call<T, F, Fut>(&self, context: &str, op: F) -> Result<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let globals = &self.inner.metrics.globals;
+        let Some(permit) = self.inner.breaker.try_acquire() else {
+            globals.breaker_rejections.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::circuit_open());
+        };
+        let result = self.inner.l2.run(context, op).await;
+        match &result {
+            Ok(_) => self.inner.breaker.record(permit, true),
+            Err(err) => {
+                let counter = if err.is_timeout() { &globals.l2_timeouts } else { &globals.l2_errors };
+                counter.fetch_add(1, Ordering::Relaxed);
+                self.inner.breaker.record(permit, !err.is_unhealthy());
+            }
+        }
+        result
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.inner.l2.is_cluster()
+    }
+}
+
+/// How long an L1 copy of a value read from Redis may live: what is left of it by the envelope's
+/// logical expiry and, when known, by Redis's own PTTL (immune to clock skew between writer and
+/// reader). PTTL -2 means the key vanished meanwhile: do not keep it.
+pub(crate) fn l1_ttl(meta: Meta, pttl: Option<i64>) -> Duration {
+    let by_envelope = Duration::from_millis(meta.expires_at_ms.saturating_sub(now_ms()));
+    match pttl {
+        Some(ms) if ms >= 0 => by_envelope.min(Duration::from_millis(ms as u64)),
+        Some(-2) => Duration::ZERO,
+        _ => by_envelope,
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub(crate) fn expiry_ms(ttl: Duration) -> u64 {
+    now_ms().saturating_add(ttl_millis(ttl))
+}
+
+pub(crate) fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
