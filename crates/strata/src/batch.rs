@@ -152,11 +152,7 @@ type Fetched = (Option<Vec<u8>>, Option<i64>);
 
 /// Splits one group's pipeline replies into (value bytes, PTTL) per key. A reply of an unexpected
 /// shape fails the group (its keys read as misses) rather than the call.
-fn parse_mget(
-    mut replies: Vec<redis::Value>,
-    n: usize,
-    with_pttl: bool,
-) -> Result<Vec<Fetched>> {
+fn parse_mget(mut replies: Vec<redis::Value>, n: usize, with_pttl: bool) -> Result<Vec<Fetched>> {
     let bad = |what: &str| crate::Error::corrupt(format!("unexpected MGET pipeline reply: {what}"));
     if replies.len() != 1 + if with_pttl { n } else { 0 } {
         return Err(bad("wrong number of replies"));
