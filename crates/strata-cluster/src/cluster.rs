@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::SLOT_COUNT;
 use crate::cli;
 use crate::config::{Credentials, Mode};
 use crate::detached::{Detached, DetachedCluster, DetachedProcess};
@@ -13,7 +14,6 @@ use crate::launch::{NodeRequest, Workdir, ensure_fresh_node_dir, launch_all};
 use crate::node::RedisNode;
 use crate::options::{CommonOptions, common_builder_methods};
 use crate::probe::{self, SlotRange};
-use crate::slot::SLOT_COUNT;
 
 /// Default `cluster-node-timeout`.
 pub const DEFAULT_NODE_TIMEOUT_MS: u64 = 2000;
@@ -118,7 +118,23 @@ impl RedisCluster {
 
     /// Index of the master currently serving `key`.
     pub fn node_for_key(&self, key: &[u8]) -> Result<usize> {
-        self.node_for_slot(crate::slot::key_slot(key))
+        self.node_for_slot(self.key_slot(key)?)
+    }
+
+    /// The hash slot of `key`, as Redis computes it (`CLUSTER KEYSLOT` on the first live node).
+    pub fn key_slot(&self, key: &[u8]) -> Result<u16> {
+        let mut last_err = None;
+        for node in &self.nodes {
+            let Some(mut con) = node.probe() else { continue };
+            match redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query::<u16>(&mut con) {
+                Ok(slot) => return Ok(slot),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(match last_err {
+            Some(e) => ClusterError::new(ErrorKind::Redis, format!("CLUSTER KEYSLOT failed: {e}")),
+            None => ClusterError::new(ErrorKind::Redis, "no cluster node answered CLUSTER KEYSLOT"),
+        })
     }
 
     fn live_slots(&self) -> Result<Vec<SlotRange>> {

@@ -76,7 +76,6 @@ mod options;
 mod ports;
 mod probe;
 mod sentinel;
-mod slot;
 mod standalone;
 
 pub use binaries::{REDIS_CLI_ENV, REDIS_SERVER_ENV, RedisBinaries, redis_available, redis_cli, redis_server};
@@ -87,5 +86,6 @@ pub use error::{ClusterError, ErrorKind, INSTALL_HINT, Result};
 pub use node::{DEFAULT_START_TIMEOUT, NodeKind, RedisNode, STOP_GRACE};
 pub use ports::{check_port_free, free_port, is_port_free};
 pub use sentinel::{DEFAULT_MASTER_NAME, SentinelBuilder, SentinelSetup};
-pub use slot::{SLOT_COUNT, key_slot};
+/// Number of hash slots in a Redis Cluster.
+pub const SLOT_COUNT: u16 = 16384;
 pub use standalone::{RedisServer, ServerBuilder};

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use common::{pid_exists, pid_running, ping};
-use strata_cluster::{Detached, RedisCluster, key_slot};
+use strata_cluster::{Detached, RedisCluster};
 
 #[test]
 fn three_masters_three_replicas_are_healthy_and_dropped_cleanly() {
@@ -36,7 +36,10 @@ fn three_masters_three_replicas_are_healthy_and_dropped_cleanly() {
 
     // Writing to the owning master works; another master answers MOVED.
     let owner = cluster.node_for_key(b"user:42").expect("owner");
-    assert_eq!(cluster.node_for_slot(key_slot(b"user:42")).expect("owner"), owner);
+    // CLUSTER KEYSLOT foo is 12182 (Redis documentation); hash tags pin keys together.
+    assert_eq!(cluster.key_slot(b"foo").expect("slot"), 12182);
+    assert_eq!(cluster.key_slot(b"{user42}.a").expect("slot"), cluster.key_slot(b"user42").expect("slot"));
+    assert_eq!(cluster.node_for_slot(cluster.key_slot(b"user:42").expect("slot")).expect("owner"), owner);
     let mut con = cluster.nodes()[owner].connection().expect("connect");
     let () = redis::cmd("SET").arg("user:42").arg("x").query(&mut con).expect("SET on owner");
     let other = *masters.iter().find(|&&m| m != owner).expect("another master");
