@@ -1,16 +1,20 @@
 //! `strata`: the operator CLI. Thin: it parses arguments and calls the library crates.
 //!
-//! Exit codes: 0 success, 1 the command failed (the message says why), 2 invalid arguments.
+//! Conventions: `--help` on every command; `--json` prints the JSON alone on stdout, while
+//! progress bars and logs go to stderr; colours only when stdout is a terminal.
+//!
+//! Exit codes: 0 success; 1 the command failed (one line on stderr says why); 2 invalid
+//! arguments.
+
+mod commands;
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use strata_bench::workload::{Layout, Target};
-use strata_bench::{demo, hit_latency};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "strata", version, about = "Operate Strata caches and the Redis beneath them")]
+#[command(after_help = "Exit codes: 0 success, 1 failure (the message says why), 2 invalid arguments.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,58 +22,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a local Redis Cluster, run a cache-aside workload over a slow source with and
-    /// without Strata, and print latencies, hits and source load.
-    Demo {
-        /// Operations per pass.
-        #[arg(long, default_value_t = 40_000)]
-        operations: u64,
-        /// Concurrent workers.
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-        /// Latency of one source query, in milliseconds.
-        #[arg(long, default_value_t = 2)]
-        source_delay_ms: u64,
-        /// Print the results as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Run a benchmark scenario. Without --url it starts its own local Redis and stops it after.
-    Bench {
-        /// The scenario to run.
-        #[arg(long, value_enum, default_value_t = Scenario::HitLatency)]
-        scenario: Scenario,
-        /// Redis URL(s): one for a standalone server, several for cluster seeds.
-        #[arg(long = "url")]
-        urls: Vec<String>,
-        /// Local deployment to start when no --url is given.
-        #[arg(long, value_enum, default_value_t = LayoutArg::Standalone)]
-        topology: LayoutArg,
-        /// Interleaved rounds.
-        #[arg(long, default_value_t = 30)]
-        rounds: usize,
-        /// Timed Redis reads per variant per round.
-        #[arg(long, default_value_t = 1000)]
-        ops_per_round: usize,
-        /// Upper bound on the run, in seconds.
-        #[arg(long, default_value_t = 120)]
-        max_seconds: u64,
-        /// Print the results as JSON on stdout (progress stays on stderr).
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Scenario {
-    /// L1 hit, L2 hit and a raw redis-rs GET of the same value, interleaved.
-    HitLatency,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LayoutArg {
-    Standalone,
-    Cluster,
+    /// Start a local Redis Cluster (config per node, nodes, cluster creation) and print its URLs.
+    Up(commands::up::Args),
+    /// Stop the nodes a `strata up` started (by pid); --purge also removes their data.
+    Down(commands::down::Args),
+    /// Show every node: address, role, slots, keys, memory, ops/s, links; and the cluster state.
+    Status(commands::status::Args),
+    /// Keyspace by namespace: keys, memory, keys without TTL, TTL histogram; per-node memory and hits.
+    Inspect(commands::inspect::Args),
+    /// Remove every key of a namespace or matching a pattern, on every master (SCAN + UNLINK).
+    Invalidate(commands::invalidate::Args),
+    /// Retire a whole key schema for a deployment by bumping its version.
+    Flush(commands::flush::Args),
+    /// Write a production redis.conf and users.acl for a workload.
+    Config(commands::config::Args),
+    /// Back up every master (RDB) with a manifest of the slots each file holds.
+    Backup(commands::backup::Args),
+    /// Restore a backup into a running deployment (keys, values and TTLs).
+    Restore(commands::restore::Args),
+    /// Run a cache-aside workload over a slow source, with and without Strata, on a local cluster.
+    Demo(commands::demo::Args),
+    /// Run a benchmark scenario.
+    Bench(commands::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,71 +52,25 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("STRATA_LOG"))
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("strata: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+    let result = match cli.command {
+        Command::Up(a) => commands::up::run(a),
+        Command::Down(a) => commands::down::run(a),
+        Command::Status(a) => commands::status::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Invalidate(a) => commands::invalidate::run(a),
+        Command::Flush(a) => commands::flush::run(a),
+        Command::Config(a) => commands::config::run(a),
+        Command::Backup(a) => commands::backup::run(a),
+        Command::Restore(a) => commands::restore::run(a),
+        Command::Demo(a) => commands::demo::run(a),
+        Command::Bench(a) => commands::bench::run(a),
     };
-    match runtime.block_on(execute(cli.command)) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("strata: {err:#}");
+            let text = format!("{err:#}").lines().map(str::trim).collect::<Vec<_>>().join(" | ");
+            eprintln!("strata: {text}");
             ExitCode::FAILURE
         }
     }
-}
-
-async fn execute(command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Demo { operations, concurrency, source_delay_ms, json } => {
-            let target = Target::start_local(Layout::Cluster)?;
-            let options = demo::Options {
-                operations,
-                concurrency,
-                source_delay: Duration::from_millis(source_delay_ms),
-                ..demo::Options::default()
-            };
-            if !json {
-                eprintln!(
-                    "local cluster: {}\nworkload: {} users, {} ops, 80 % reads, Zipf(0.99), {} workers, source delay {} ms",
-                    target.urls().join(" "),
-                    options.users,
-                    options.operations,
-                    options.concurrency,
-                    source_delay_ms
-                );
-            }
-            let report = demo::run(&target, &options).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{}", demo::render(&report));
-            }
-        }
-        Command::Bench { scenario: Scenario::HitLatency, urls, topology, rounds, ops_per_round, max_seconds, json } => {
-            let target = if urls.is_empty() {
-                Target::start_local(match topology {
-                    LayoutArg::Standalone => Layout::Standalone,
-                    LayoutArg::Cluster => Layout::Cluster,
-                })?
-            } else {
-                Target::external(urls)?
-            };
-            let options = hit_latency::Options {
-                rounds,
-                ops_per_round,
-                max_duration: Duration::from_secs(max_seconds),
-                ..hit_latency::Options::default()
-            };
-            let report = hit_latency::run(&target, &options).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{}", hit_latency::render(&report));
-            }
-        }
-    }
-    Ok(())
 }

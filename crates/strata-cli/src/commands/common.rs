@@ -1,0 +1,104 @@
+//! What the subcommands share: how to name a deployment, and how to print results.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use strata_ops::{Credentials, Deployment};
+
+/// Default directory of `strata up` (relative to the working directory).
+pub(crate) const DEFAULT_DIR: &str = ".strata/cluster";
+
+/// Which deployment a command works on: a URL of any node, or the directory of `strata up`.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct TargetArgs {
+    /// URL of any node (`redis://[user:password@]host:port`); the rest of a cluster is discovered.
+    #[arg(long, conflicts_with = "dir")]
+    pub(crate) url: Option<String>,
+    /// Directory of a cluster started by `strata up` (default: .strata/cluster when no --url).
+    #[arg(long)]
+    pub(crate) dir: Option<PathBuf>,
+    /// ACL user name.
+    #[arg(long, env = "STRATA_REDIS_USER")]
+    pub(crate) user: Option<String>,
+    /// Password; prefer the environment variable or --password-file (arguments show in `ps`).
+    #[arg(long, env = "STRATA_REDIS_PASSWORD", hide_env_values = true)]
+    pub(crate) password: Option<String>,
+    /// File holding the password (first line).
+    #[arg(long, conflicts_with = "password")]
+    pub(crate) password_file: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    /// The credentials given on the command line, environment or file.
+    pub(crate) fn credentials(&self) -> anyhow::Result<Credentials> {
+        let password = match &self.password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the password file {}", path.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            None => self.password.clone(),
+        };
+        Ok(Credentials { user: self.user.clone(), password })
+    }
+
+    /// Discovers the deployment.
+    pub(crate) fn deployment(&self) -> anyhow::Result<Deployment> {
+        let credentials = self.credentials()?;
+        Ok(match (&self.url, &self.dir) {
+            (Some(url), _) => Deployment::discover(url, &credentials)?,
+            (None, Some(dir)) => Deployment::from_dir(dir, &credentials)?,
+            (None, None) => Deployment::from_dir(std::path::Path::new(DEFAULT_DIR), &credentials)?,
+        })
+    }
+}
+
+/// `--json` or a human-readable rendering.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub(crate) struct OutputArgs {
+    /// Print the result as JSON on stdout (and nothing else there).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl OutputArgs {
+    /// Prints `value` as pretty JSON, or `human()` otherwise.
+    pub(crate) fn print<T: serde::Serialize>(&self, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+        } else {
+            print!("{}", human());
+        }
+        Ok(())
+    }
+}
+
+/// Wraps `text` in an ANSI style when stdout is a terminal (and NO_COLOR is unset).
+pub(crate) fn paint(text: &str, style: Style) -> String {
+    if !std::io::stdout().is_terminal() || std::env::var_os("NO_COLOR").is_some() {
+        return text.to_owned();
+    }
+    let code = match style {
+        Style::Good => "32",
+        Style::Bad => "31",
+        Style::Bold => "1",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+/// Styles for [`paint`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Style {
+    Good,
+    Bad,
+    Bold,
+}
+
+/// A tokio runtime for the commands that drive async library code.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}

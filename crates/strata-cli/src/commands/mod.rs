@@ -1,0 +1,14 @@
+//! One module per subcommand; `common` holds what they share.
+
+pub(crate) mod backup;
+pub(crate) mod bench;
+pub(crate) mod common;
+pub(crate) mod config;
+pub(crate) mod demo;
+pub(crate) mod down;
+pub(crate) mod flush;
+pub(crate) mod inspect;
+pub(crate) mod invalidate;
+pub(crate) mod restore;
+pub(crate) mod status;
+pub(crate) mod up;

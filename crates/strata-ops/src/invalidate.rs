@@ -1,0 +1,1 @@
+//! `invalidate` (being written).
