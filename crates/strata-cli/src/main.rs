@@ -28,6 +28,8 @@ enum Command {
     Down(commands::down::Args),
     /// Show every node: address, role, slots, keys, memory, ops/s, links; and the cluster state.
     Status(commands::status::Args),
+    /// Check a cluster: every slot served once, nodes up and linked, masters replicated.
+    Check(commands::status::CheckArgs),
     /// Keyspace by namespace: keys, memory, keys without TTL, TTL histogram; per-node memory and hits.
     Inspect(commands::inspect::Args),
     /// Remove every key of a namespace or matching a pattern, on every master (SCAN + UNLINK).
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Up(a) => commands::up::run(a),
         Command::Down(a) => commands::down::run(a),
         Command::Status(a) => commands::status::run(a),
+        Command::Check(a) => commands::status::run_check(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Invalidate(a) => commands::invalidate::run(a),
         Command::Flush(a) => commands::flush::run(a),

@@ -85,7 +85,6 @@ pub(crate) fn paint(text: &str, style: Style) -> String {
     let code = match style {
         Style::Good => "32",
         Style::Bad => "31",
-        Style::Bold => "1",
     };
     format!("\x1b[{code}m{text}\x1b[0m")
 }
@@ -95,7 +94,6 @@ pub(crate) fn paint(text: &str, style: Style) -> String {
 pub(crate) enum Style {
     Good,
     Bad,
-    Bold,
 }
 
 /// A tokio runtime for the commands that drive async library code.

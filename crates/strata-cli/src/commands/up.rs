@@ -1,9 +1,194 @@
-//! `strata up` (being written).
+//! `strata up`: a local Redis Cluster from `redis-server` itself, left running for development.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::ValueEnum;
+use serde::Serialize;
+use strata_cluster::{Detached, RedisCluster};
+
+use super::common::{DEFAULT_DIR, OutputArgs, Style, paint};
 
 /// Arguments of `strata up`.
 #[derive(clap::Args, Debug)]
-pub(crate) struct Args {}
+pub(crate) struct Args {
+    /// Directory for the nodes' configs, logs, data and the pid file.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    dir: PathBuf,
+    /// First client port (node i uses P+i); default: free ports.
+    #[arg(long)]
+    base_port: Option<u16>,
+    /// Masters (at least 3).
+    #[arg(long, default_value_t = 3)]
+    masters: usize,
+    /// Replicas per master.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Persistence of every node.
+    #[arg(long, value_enum, default_value_t = Persistence::None)]
+    persistence: Persistence,
+    /// Memory limit per node (Redis syntax: 256mb, 1gb; 0 = unlimited).
+    #[arg(long, default_value = "256mb", value_parser = parse_memory)]
+    maxmemory: String,
+    /// Eviction policy once maxmemory is reached (see `strata config` for the trade-offs).
+    #[arg(long, value_enum, default_value_t = Policy::AllkeysLfu)]
+    policy: Policy,
+    /// cluster-node-timeout: how long a master may be unreachable before its replica takes over.
+    #[arg(long, default_value_t = 2000)]
+    node_timeout_ms: u64,
+    #[command(flatten)]
+    output: OutputArgs,
+}
 
-pub(crate) fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("strata up is not available yet")
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Persistence {
+    /// Append-only file, fsync every second.
+    Aof,
+    /// RDB snapshots.
+    Rdb,
+    /// Nothing on disk: a pure cache.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Policy {
+    AllkeysLfu,
+    AllkeysLru,
+    VolatileTtl,
+    VolatileLfu,
+    VolatileLru,
+    AllkeysRandom,
+    VolatileRandom,
+    Noeviction,
+}
+
+impl Policy {
+    fn redis_name(self) -> String {
+        self.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+    }
+}
+
+fn parse_memory(s: &str) -> Result<String, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &lower[digits.len()..];
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || !["", "b", "k", "kb", "m", "mb", "g", "gb"].contains(&unit)
+    {
+        return Err(format!("{s:?} is not a memory size like 256mb or 2gb"));
+    }
+    Ok(lower)
+}
+
+/// What `strata up` reports.
+#[derive(Debug, Serialize)]
+struct UpReport {
+    dir: PathBuf,
+    already_running: bool,
+    urls: Vec<String>,
+    pids: Vec<u32>,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(running) = running_cluster(&args.dir) {
+        let report =
+            UpReport { dir: args.dir.clone(), already_running: true, urls: running.urls(), pids: running.pids() };
+        eprintln!(
+            "a cluster started by `strata up` is already running in {}; not starting another",
+            args.dir.display()
+        );
+        return args.output.print(&report, || render(&report));
+    }
+    if is_cluster_dir(&args.dir) {
+        anyhow::bail!(
+            "{} holds a stopped cluster; remove it with `strata down --dir {} --purge` before starting a new one",
+            args.dir.display(),
+            args.dir.display()
+        );
+    }
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let mut builder = RedisCluster::builder()
+        .dir(&args.dir)
+        .masters(args.masters)
+        .replicas(args.replicas)
+        .node_timeout_ms(args.node_timeout_ms)
+        .own_process_group(true)
+        .config_line(format!("maxmemory {}", args.maxmemory))
+        .config_line(format!("maxmemory-policy {}", args.policy.redis_name()));
+    if let Some(port) = args.base_port {
+        builder = builder.base_port(port);
+    }
+    builder = match args.persistence {
+        Persistence::Aof => builder.appendonly(true),
+        Persistence::Rdb => builder.config_line("save 3600 1 300 100 60 10000"),
+        Persistence::None => builder,
+    };
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!(
+        "starting {} masters + {} replicas, creating the cluster",
+        args.masters,
+        args.masters * args.replicas
+    ));
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    // On failure the builder kills whatever it started: nothing half-started stays running.
+    let started = builder.start();
+    spinner.finish_and_clear();
+    let cluster = started.map_err(|e| {
+        // An empty directory we created is not worth keeping.
+        let _ = std::fs::remove_dir(&args.dir);
+        anyhow::anyhow!(e)
+    })?;
+    let expected_replicas = args.masters * args.replicas;
+    let detached = cluster.detach()?;
+    settle(&detached, expected_replicas)?;
+    let report =
+        UpReport { dir: args.dir.clone(), already_running: false, urls: detached.urls(), pids: detached.pids() };
+    args.output.print(&report, || render(&report))
+}
+
+/// Waits until the cluster's own view (CLUSTER NODES, as `status` reads it) lists every replica:
+/// right after creation, gossip can still show a new replica as a slot-less master.
+fn settle(detached: &Detached, expected_replicas: usize) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let url = detached.urls().into_iter().next().context("no node recorded")?;
+    loop {
+        let deployment = strata_ops::Deployment::discover(&url, &strata_ops::Credentials::default())?;
+        let replicas = deployment.nodes.iter().filter(|n| n.role == strata_ops::Role::Replica).count();
+        if replicas == expected_replicas {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the cluster reports {replicas} replicas, expected {expected_replicas}; see {}",
+                detached.dir().display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether `dir` holds what `strata up` writes (a pid file, or node directories with a cluster
+/// config). `down --purge` deletes only such directories.
+pub(crate) fn is_cluster_dir(dir: &std::path::Path) -> bool {
+    dir.join(strata_cluster::PID_FILE).exists() || dir.join("node-0").join("nodes.conf").exists()
+}
+
+/// The cluster recorded in `dir`, if any of its processes is alive.
+pub(crate) fn running_cluster(dir: &std::path::Path) -> Option<Detached> {
+    let detached = Detached::load(dir).ok()?;
+    detached.pids().iter().any(|&pid| std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(detached)
+}
+
+fn render(r: &UpReport) -> String {
+    let mut out = String::new();
+    if !r.already_running {
+        out += &format!("{} cluster of {} nodes in {}\n", paint("started", Style::Good), r.urls.len(), r.dir.display());
+    }
+    out += "seed nodes (give a client all of them):\n";
+    for url in &r.urls {
+        out += &format!("  {url}\n");
+    }
+    out += &format!("stop with: strata down --dir {}\n", r.dir.display());
+    out
 }
