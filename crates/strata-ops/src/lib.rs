@@ -13,6 +13,7 @@ pub mod config;
 mod error;
 pub mod inspect;
 pub mod invalidate;
+pub mod restore;
 pub mod status;
 mod target;
 

@@ -1,9 +1,73 @@
-//! `strata invalidate` (being written).
+//! `strata invalidate`: remove every key of a namespace or matching a pattern, on every master.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use strata_ops::invalidate::{DEFAULT_BATCH, InvalidateOptions, InvalidateReport, MAX_BATCH, Selector, invalidate};
+
+use super::common::{OutputArgs, Style, TargetArgs, paint};
 
 /// Arguments of `strata invalidate`.
 #[derive(clap::Args, Debug)]
-pub(crate) struct Args {}
+#[command(group(clap::ArgGroup::new("selector").required(true).args(["namespace", "pattern"])))]
+#[command(after_help = "--namespace shop:v1:user removes exactly the keys `strata inspect` lists under that \
+                        namespace (shop:v1:user:*, not shop:v1:users:*). --pattern takes a Redis glob as is \
+                        (escape * ? [ ] \\ yourself). Try --dry-run first.")]
+pub(crate) struct Args {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// A namespace: app:vN:entity (e.g. shop:v1:user) or a first key segment (e.g. session).
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// A Redis glob pattern (SCAN MATCH syntax), used as given.
+    #[arg(long, value_name = "GLOB")]
+    pattern: Option<String>,
+    /// Count the matching keys; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keys per UNLINK round trip.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH as u64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_BATCH as u64))]
+    batch: u64,
+}
 
-pub(crate) fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("strata invalidate is not available yet")
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let selector = match (args.namespace, args.pattern) {
+        (Some(ns), _) => Selector::Namespace(ns),
+        (None, Some(p)) => Selector::Pattern(p),
+        (None, None) => anyhow::bail!("give --namespace or --pattern"),
+    };
+    let options =
+        InvalidateOptions { selector, dry_run: args.dry_run, batch: usize::try_from(args.batch).unwrap_or(MAX_BATCH) };
+    // Bad input is reported before connecting to anything.
+    options.check()?;
+    let deployment = args.target.deployment()?;
+    let verb = if args.dry_run { "matched" } else { "removed" };
+    let progress = ProgressBar::no_length()
+        .with_style(ProgressStyle::with_template(&format!("{{spinner}} {{human_pos}} keys {verb} ({{elapsed}})"))?);
+    progress.enable_steady_tick(std::time::Duration::from_millis(100));
+    let report = invalidate(&deployment, &options, &progress);
+    progress.finish_and_clear();
+    let report = report?;
+    args.output.print(&report, || human(&report))
+}
+
+fn human(report: &InvalidateReport) -> String {
+    let what = match &report.namespace {
+        Some(ns) => format!("namespace {ns}"),
+        None => format!("pattern {}", report.pattern),
+    };
+    if report.dry_run {
+        format!(
+            "{} keys match {what} on {} master(s) ({})\n",
+            report.matched,
+            report.masters,
+            paint("dry run: nothing removed", Style::Good)
+        )
+    } else {
+        format!(
+            "{} keys removed ({} matched) for {what} on {} master(s)\n",
+            report.removed, report.matched, report.masters
+        )
+    }
 }
