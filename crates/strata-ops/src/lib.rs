@@ -10,6 +10,7 @@
 
 pub mod backup;
 pub mod config;
+mod config_conf;
 mod error;
 pub mod inspect;
 pub mod invalidate;

@@ -1,0 +1,170 @@
+//! `strata config` as a user runs it: files, JSON, exit codes, and a server started from them.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn strata(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strata")).args(args).env_remove("STRATA_LOG").output().expect("run strata")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).expect("UTF-8 output")
+}
+
+/// The `user password` lines of a credentials file.
+fn credentials(dir: &Path) -> Vec<(String, String)> {
+    fs::read_to_string(dir.join("credentials"))
+        .expect("credentials")
+        .lines()
+        .map(|l| {
+            let (u, p) = l.split_once(' ').expect("user password");
+            (u.to_owned(), p.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn json_run_writes_the_files_and_refuses_to_overwrite_them() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("redis");
+    let out_s = out.to_str().expect("UTF-8 path");
+
+    let first = strata(&["config", "--role", "app", "--out", out_s, "--json"]);
+    assert_eq!(first.status.code(), Some(0), "stderr: {}", text(&first.stderr));
+    let stdout = text(&first.stdout);
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is one JSON document");
+    assert_eq!(doc["role"], "app");
+    assert_eq!(doc["maxmemory_policy"], "allkeys-lfu");
+    let files: Vec<&str> = doc["files"].as_array().expect("files").iter().filter_map(|f| f.as_str()).collect();
+    assert_eq!(files.len(), 4, "{files:?}");
+    for name in ["redis.conf", "users.acl", "replication.conf", "credentials"] {
+        let path = out.join(name);
+        assert!(files.contains(&path.to_str().expect("path")), "{name} not listed in {files:?}");
+        assert!(path.exists(), "{name} not written");
+    }
+    let mode = fs::metadata(out.join("credentials")).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let users = credentials(&out);
+    assert_eq!(users.len(), 5);
+    for (_, password) in &users {
+        assert!(!stdout.contains(password.as_str()) && !text(&first.stderr).contains(password.as_str()));
+    }
+
+    // Again without --force: exit 1, one line on stderr, nothing changed.
+    let second = strata(&["config", "--role", "app", "--out", out_s, "--json"]);
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = text(&second.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("strata: "), "{stderr}");
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert!(second.stdout.is_empty());
+    assert_eq!(credentials(&out), users);
+
+    // With --force: new passwords.
+    let third = strata(&["config", "--role", "session", "--out", out_s, "--force"]);
+    assert_eq!(third.status.code(), Some(0), "stderr: {}", text(&third.stderr));
+    assert_ne!(credentials(&out), users);
+    assert!(fs::read_to_string(out.join("redis.conf")).expect("conf").contains("maxmemory-policy volatile-ttl"));
+}
+
+#[test]
+fn bad_arguments_exit_2_and_bad_values_exit_1() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().to_str().expect("path");
+
+    let role = strata(&["config", "--role", "database", "--out", out]);
+    assert_eq!(role.status.code(), Some(2), "{}", text(&role.stderr));
+    let json = strata(&["config", "--role", "app", "--json"]);
+    assert_eq!(json.status.code(), Some(2), "--json without --out: {}", text(&json.stderr));
+
+    let memory = strata(&["config", "--role", "app", "--maxmemory", "lots", "--out", out]);
+    assert_eq!(memory.status.code(), Some(1));
+    let stderr = text(&memory.stderr);
+    assert!(stderr.starts_with("strata: ") && stderr.contains("--maxmemory"), "{stderr}");
+    assert_eq!(fs::read_dir(tmp.path()).expect("read_dir").count(), 0, "files written despite the error");
+}
+
+#[test]
+fn without_out_every_file_goes_to_stdout_with_a_warning() {
+    let run = strata(&["config", "--role", "cache-only", "--cluster"]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let stdout = text(&run.stdout);
+    for name in ["redis.conf", "users.acl", "replication.conf", "credentials"] {
+        assert!(stdout.contains(&format!("==> {name} ")), "{name} missing");
+    }
+    assert!(stdout.contains("maxmemory-policy allkeys-lru\n"));
+    assert!(stdout.contains("cluster-enabled yes\n"));
+    let stderr = text(&run.stderr);
+    assert!(stderr.contains("warning") && stderr.contains("passwords"), "{stderr}");
+}
+
+/// A redis-server from the generated files; killed and reaped on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn generated_files_run_a_real_server_and_the_credentials_log_in() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let conf = tmp.path().join("conf");
+    let data = tmp.path().join("data");
+    fs::create_dir_all(&data).expect("data dir");
+    let run = strata(&[
+        "config",
+        "--role",
+        "app",
+        "--key-prefix",
+        "shop",
+        "--maxmemory",
+        "32mb",
+        "--out",
+        conf.to_str().expect("path"),
+        "--conf-dir",
+        conf.to_str().expect("path"),
+        "--data-dir",
+        data.to_str().expect("path"),
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+
+    let port = strata_cluster::free_port().expect("port");
+    let child = Command::new(strata_cluster::redis_server().expect("redis-server"))
+        .arg(conf.join("redis.conf"))
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .arg("--logfile")
+        .arg(data.join("redis.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+    let mut server = Server(child);
+
+    let users = credentials(&conf);
+    let password = &users.iter().find(|(u, _)| u == "app").expect("app user").1;
+    let url = format!("redis://app:{password}@127.0.0.1:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut con = loop {
+        if let Some(status) = server.0.try_wait().expect("try_wait") {
+            panic!("redis-server exited: {status}: {}", fs::read_to_string(data.join("redis.log")).unwrap_or_default());
+        }
+        match redis::Client::open(url.as_str()).expect("url").get_connection() {
+            Ok(con) => break con,
+            Err(e) => assert!(Instant::now() < deadline, "cannot log in as app: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _: () = redis::cmd("SET").arg("shop:x").arg("1").query(&mut con).expect("SET on the prefix");
+    let denied: redis::RedisResult<()> = redis::cmd("SET").arg("app:x").arg("1").query(&mut con);
+    assert!(denied.is_err(), "a key outside --key-prefix was writable");
+    let config: redis::RedisResult<Vec<String>> =
+        redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query(&mut con);
+    assert!(config.is_err(), "the app user may not read the config");
+}
