@@ -102,6 +102,8 @@ impl Cache {
             let mut pipe = redis::pipe();
             for &i in &group {
                 let (e, ttl) = &encoded[i];
+                // Lease first, as in `write_l2`: no load in flight may store over this value.
+                pipe.cmd("DEL").arg(crate::lease::lease_key(keys[i].as_str())).ignore();
                 pipe.cmd("SET").arg(keys[i].as_str()).arg(e.bytes.as_slice()).arg("PX").arg(ttl_millis(*ttl)).ignore();
             }
             async move {

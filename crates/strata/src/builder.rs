@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::flight::Flights;
 use crate::l1::{L1, L1Policy};
 use crate::l2::{L2, L2Config, TlsOptions, Topology};
+use crate::lease::LeaseConfig;
 use crate::metrics::Metrics;
 use crate::ttl::TtlPolicy;
 
@@ -46,6 +47,7 @@ pub struct CacheBuilder {
     compress_above: usize,
     max_value_bytes: usize,
     breaker: BreakerConfig,
+    leases: LeaseConfig,
     require_redis: bool,
 }
 
@@ -67,6 +69,7 @@ impl Default for CacheBuilder {
             compress_above: 1024,
             max_value_bytes: 1 << 20,
             breaker: BreakerConfig::default(),
+            leases: LeaseConfig::default(),
             require_redis: false,
         }
     }
@@ -198,6 +201,12 @@ impl CacheBuilder {
         self
     }
 
+    /// Distributed single-flight and stale-set protection (on by default; see [`LeaseConfig`]).
+    pub fn leases(mut self, config: LeaseConfig) -> Self {
+        self.leases = config;
+        self
+    }
+
     /// Make [`build`](Self::build) fail when Redis does not answer a PING (default: start anyway
     /// and serve from the loader until Redis is reachable — a cache must not stop a service).
     pub fn require_redis(mut self, require: bool) -> Self {
@@ -216,6 +225,9 @@ impl CacheBuilder {
         }
         if self.max_value_bytes == 0 || self.max_value_bytes > 512 << 20 {
             return Err(Error::config("max_value_bytes must be between 1 byte and 512 MiB (the Redis limit)"));
+        }
+        if self.leases.ttl < Duration::from_millis(10) {
+            return Err(Error::config("lease ttl must be at least 10 ms"));
         }
         if self.breaker.failure_threshold == 0 {
             return Err(Error::config("breaker failure_threshold must be at least 1"));
@@ -244,6 +256,7 @@ impl CacheBuilder {
                 max_value_bytes: self.max_value_bytes,
             },
             ttl: self.ttl,
+            leases: self.leases,
         };
         let cache = Cache { inner: Arc::new(inner) };
         if let Err(err) = cache.ping().await {

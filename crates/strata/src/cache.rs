@@ -15,6 +15,7 @@ use crate::flight::{Flights, Shared};
 use crate::key::Key;
 use crate::l1::{L1, Slot};
 use crate::l2::L2;
+use crate::lease::LeaseConfig;
 use crate::metrics::{Metrics, MetricsSnapshot, NsCounters};
 use crate::tiers::expiry_ms;
 use crate::ttl::{Ttl, TtlPolicy};
@@ -40,6 +41,17 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     pub(crate) codec: Codec,
     pub(crate) ttl: TtlPolicy,
+    pub(crate) leases: LeaseConfig,
+}
+
+/// How a miss was coordinated with other processes.
+pub(crate) enum Coordinated {
+    /// Another process loaded it meanwhile.
+    Found(Shared),
+    /// This caller holds the lease (token) and must load.
+    Holder(String),
+    /// Load without a lease (waited too long, or Redis failed: then skip the write-back).
+    LoadAlone { redis_failed: bool },
 }
 
 /// What the L2 read of one key found, after decoding (and filling L1 on a hit).
@@ -47,6 +59,9 @@ pub(crate) enum L2Read<T> {
     Value(T),
     /// A cached "not found" (only reported when the caller accepts it).
     Negative,
+    /// Something is stored that this caller cannot use: a "not found" it does not accept, or a
+    /// value of another type. Loading will replace it.
+    Unusable,
     Miss,
 }
 
@@ -108,9 +123,13 @@ impl Cache {
         if let Some(l1) = &self.inner.l1 {
             l1.remove(key.as_str());
         }
-        let k = key.as_str();
-        let removed: i64 =
-            self.l2_call("DEL", |mut c| async move { redis::cmd("DEL").arg(k).query_async(&mut c).await }).await?;
+        // The lease goes too (same slot): a load in flight must not store its value after this.
+        let (k, lease) = (key.as_str(), crate::lease::lease_key(key.as_str()));
+        let (removed, _): (i64, i64) = self
+            .l2_call("DEL", |mut c| async move {
+                redis::pipe().cmd("EXISTS").arg(k).cmd("DEL").arg(k).arg(&lease).query_async(&mut c).await
+            })
+            .await?;
         NsCounters::inc(&self.inner.metrics.ns(key.namespace()).deletes);
         Ok(removed > 0)
     }
@@ -269,12 +288,23 @@ impl Cache {
         Fut: Future<Output = std::result::Result<Option<T>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let redis_failed = match self.read_l2::<T>(key, ns, negative_is_hit).await {
+        // Coordinate with other processes only on a true miss: a stored value this caller cannot
+        // use (see `L2Read::Unusable`) is simply replaced by its load.
+        let (mut redis_failed, coordinate) = match self.read_l2::<T>(key, ns, negative_is_hit).await {
             Ok(L2Read::Value(v)) => return Ok(Arc::new(Some(v))),
             Ok(L2Read::Negative) => return Ok(Arc::new(None::<T>)),
-            Ok(L2Read::Miss) => false,
-            Err(err) => err.is_unhealthy() || err.is_circuit_open(),
+            Ok(L2Read::Miss) => (false, true),
+            Ok(L2Read::Unusable) => (false, false),
+            Err(err) => (err.is_unhealthy() || err.is_circuit_open(), false),
         };
+        let mut lease = None;
+        if coordinate && !redis_failed && self.inner.leases.enabled {
+            match self.coordinate::<T>(key, ns, negative_is_hit).await {
+                Coordinated::Found(shared) => return Ok(shared),
+                Coordinated::Holder(token) => lease = Some(token),
+                Coordinated::LoadAlone { redis_failed: failed } => redis_failed = failed,
+            }
+        }
         NsCounters::inc(&ns.loader_calls);
         let started = tokio::time::Instant::now();
         let loaded = loader().await;
@@ -284,6 +314,9 @@ impl Cache {
             Ok(v) => v,
             Err(e) => {
                 NsCounters::inc(&ns.loader_errors);
+                if let Some(token) = &lease {
+                    self.release_lease(key, token).await;
+                }
                 return Err(Error::loader(e));
             }
         };
@@ -299,11 +332,11 @@ impl Cache {
                     None => Slot::Absent,
                 };
                 let raw_len = encoded.raw_len;
-                // Redis just failed this flight's read: do not make the caller wait on it again.
-                let written = if redis_failed {
-                    Err(Error::circuit_open())
-                } else {
-                    self.write_l2(key, encoded, ttl, slot.clone()).await
+                // Redis just failed this flight: do not make the caller wait on it again.
+                let written = match (&lease, redis_failed) {
+                    (_, true) => Err(Error::circuit_open()),
+                    (Some(token), false) => self.fill_leased(key, encoded, ttl, slot.clone(), token).await,
+                    (None, false) => self.write_l2(key, encoded, ttl, slot.clone()).await,
                 };
                 if let Err(err) = written {
                     tracing::debug!(key = %key, error = %err, "loaded value not written to redis");
@@ -315,6 +348,9 @@ impl Cache {
             }
             Err(err) => {
                 NsCounters::inc(&ns.uncacheable);
+                if let Some(token) = &lease {
+                    self.release_lease(key, token).await;
+                }
                 tracing::warn!(key = %key, error = %err, "loaded value not cached");
             }
         }

@@ -54,6 +54,10 @@ counters! {
     loader_micros,
     /// Values written to Redis.
     sets,
+    /// Misses that waited for another process's load (distributed single-flight).
+    lease_waits,
+    /// Loaded values not stored because an invalidation (or a lease takeover) happened during the load.
+    stale_writes_refused,
     /// Keys deleted.
     deletes,
     /// Undecodable values found in Redis (each one was treated as a miss and removed).

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::l1::{Slot, typed};
 use crate::l2::Conn;
+use crate::lease::lease_key;
 use crate::metrics::NsCounters;
 
 /// Deletes a key only if it still holds the bytes we found corrupt, so a good value written
@@ -117,7 +118,7 @@ impl Cache {
                     }
                     None => {
                         NsCounters::inc(&ns.l2_misses);
-                        L2Read::Miss
+                        L2Read::Unusable
                     }
                 }
             }
@@ -125,7 +126,7 @@ impl Cache {
                 NsCounters::inc(&ns.l2_misses);
                 NsCounters::inc(&ns.type_mismatches);
                 tracing::debug!(key = %key, error = %err, "cached value is of another type; treating as a miss");
-                L2Read::Miss
+                L2Read::Unusable
             }
             Err(err) => {
                 tracing::warn!(key = %key, error = %err, "undecodable value in redis; treating as a miss and removing it");
@@ -161,15 +162,28 @@ impl Cache {
         }
     }
 
-    /// SET with PX, then L1 for the same TTL. On failure the L1 copy is dropped too.
+    /// Revoke the key's lease, SET with PX, then L1 for the same TTL. On failure the L1 copy is
+    /// dropped too. The DEL comes first in one pipeline: a lease holder's store that lands
+    /// after it is refused, one that lands before it is overwritten by this SET.
     pub(crate) async fn write_l2(&self, key: &Key, encoded: Encoded, ttl: Duration, slot: Slot) -> Result<()> {
-        let k = key.as_str();
+        let (k, lease) = (key.as_str(), lease_key(key.as_str()));
         let raw_len = encoded.raw_len;
         let bytes = encoded.bytes;
         let px = ttl_millis(ttl);
         let written: Result<()> = self
             .l2_call("SET", |mut c| async move {
-                redis::cmd("SET").arg(k).arg(bytes).arg("PX").arg(px).query_async(&mut c).await
+                redis::pipe()
+                    .cmd("DEL")
+                    .arg(&lease)
+                    .ignore()
+                    .cmd("SET")
+                    .arg(k)
+                    .arg(bytes)
+                    .arg("PX")
+                    .arg(px)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await
             })
             .await;
         match written {

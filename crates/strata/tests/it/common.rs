@@ -30,6 +30,14 @@ impl Redis {
         }
     }
 
+    /// The URLs of every node, and whether this is a cluster.
+    pub fn urls(&self) -> (Vec<String>, bool) {
+        match self {
+            Redis::Standalone(s) => (vec![s.url()], false),
+            Redis::Cluster(c) => (c.seed_urls(), true),
+        }
+    }
+
     /// A cache builder for this deployment with test-friendly timeouts.
     pub fn builder(&self) -> CacheBuilder {
         let b = match self {

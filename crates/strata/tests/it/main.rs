@@ -6,6 +6,7 @@ mod common;
 mod batch;
 mod corrupt;
 mod l1_budget;
+mod leases;
 mod resilience;
 mod stampede;
 mod topologies;

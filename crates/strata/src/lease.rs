@@ -1,0 +1,227 @@
+//! Leases: distributed single-flight and protection against stale sets, in the spirit of
+//! memcache leases (Nishtala et al., "Scaling Memcache at Facebook", NSDI 2013).
+//!
+//! On an L2 miss, the single-flight leader of each process tries to take the key's lease:
+//! `SET {key}:lease <token> NX PX <lease_ttl>`. The braces make the lease hash to the same
+//! cluster slot as the key, so one script can touch both.
+//!
+//! - The **holder** runs the loader and stores the value with a compare-and-set script that
+//!   writes only if its token still holds the lease, then releases it.
+//! - Every **invalidation** made through Strata (`delete`, `set`, `set_many`) deletes the lease
+//!   together with the key. A loader that started before the invalidation therefore cannot
+//!   store its (possibly stale) value after it: the race "reader loads v1; writer stores v2 and
+//!   invalidates; reader stores v1" ends with the reader's write refused.
+//! - **Other processes** wait: they poll Redis with capped, jittered backoff until the value
+//!   appears, and take the lease over when it expires (its holder died or hung past
+//!   `lease_ttl`). After `lease_max_wait` they load on their own rather than fail.
+//!
+//! Writes made directly in Redis by other clients do not delete the lease; such writers should
+//! `DEL` the lease key too (or accept that a concurrent load may overwrite them once).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::cache::{Cache, CacheValue, Coordinated, L2Read};
+use crate::codec::Encoded;
+use crate::error::Result;
+use crate::key::Key;
+use crate::l1::Slot;
+use crate::metrics::NsCounters;
+use crate::tiers::ttl_millis;
+
+/// Takes the lease unless the value is already there, atomically: a holder that stores its value
+/// and releases the lease between our read and our SET NX must not let us load a second time.
+/// KEYS: key, lease. ARGV: token, px. Returns 0 value present, 1 lease taken, 2 lease held.
+const ACQUIRE_UNLESS_PRESENT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 2";
+
+/// Stores the value only while the caller's token still holds the lease, then releases it.
+/// KEYS: key, lease. ARGV: token, value, px. Returns 1 when stored, 0 when the lease was lost.
+pub(crate) const FILL_IF_LEASED: &str = r"
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0";
+
+/// Releases the lease if the caller's token still holds it (a failed or uncacheable load).
+/// KEYS: lease. ARGV: token.
+const RELEASE_IF_HELD: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+/// Lease settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// Whether processes coordinate loads through Redis (default on). Off: each process loads
+    /// on its own miss (in-process single-flight still applies).
+    pub enabled: bool,
+    /// How long a lease lives: a holder that dies is replaced after this (default 10 s). Keep it
+    /// above the slowest normal load.
+    pub ttl: Duration,
+    /// Longest a caller waits for another process's load before loading itself (default 10 s).
+    pub max_wait: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self { enabled: true, ttl: Duration::from_secs(10), max_wait: Duration::from_secs(10) }
+    }
+}
+
+/// The lease key of `key`: same slot (hash tag), and outside the key's own namespace segments.
+pub(crate) fn lease_key(key: &str) -> String {
+    format!("{{{key}}}:lease")
+}
+
+/// A fresh random token.
+pub(crate) fn token() -> String {
+    format!("{:032x}", rand::rng().random::<u128>())
+}
+
+/// Backoff between polls of a waiting caller: 5 ms doubling to 50 ms, ±25 % jitter so waiters
+/// in different processes do not poll in lockstep.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let base = 5u64.saturating_mul(1 << attempt.min(4)).min(50);
+    let jitter = rand::rng().random_range(0.75..1.25);
+    Duration::from_millis(base).mul_f64(jitter)
+}
+
+impl Cache {
+    /// The single-flight leader's coordination with other processes after an L2 miss: take the
+    /// lease, or wait for its holder's value (taking the lease over if the holder goes away).
+    pub(crate) async fn coordinate<T: CacheValue>(
+        &self,
+        key: &Key,
+        ns: &NsCounters,
+        accept_negative: bool,
+    ) -> Coordinated {
+        let lease = lease_key(key.as_str());
+        let token = token();
+        let px = ttl_millis(self.inner.leases.ttl);
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            let (k, l, t) = (key.as_str(), lease.as_str(), token.as_str());
+            let script = redis::Script::new(ACQUIRE_UNLESS_PRESENT);
+            let taken = self
+                .l2_call("lease acquire", |mut c| async move {
+                    script.key(k).key(l).arg(t).arg(px).invoke_async::<i64>(&mut c).await
+                })
+                .await;
+            match taken {
+                Ok(1) => return Coordinated::Holder(token),
+                Ok(0) => {
+                    // Present: use it; a value we cannot use (another type, or a cached "not
+                    // found" this caller does not accept) is replaced by loading without a lease.
+                    return match self.read_l2::<T>(key, ns, accept_negative).await {
+                        Ok(L2Read::Value(v)) => Coordinated::Found(Arc::new(Some(v))),
+                        Ok(L2Read::Negative) => Coordinated::Found(Arc::new(None::<T>)),
+                        Ok(L2Read::Miss | L2Read::Unusable) => Coordinated::LoadAlone { redis_failed: false },
+                        Err(err) => {
+                            Coordinated::LoadAlone { redis_failed: err.is_unhealthy() || err.is_circuit_open() }
+                        }
+                    };
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    return Coordinated::LoadAlone { redis_failed: err.is_unhealthy() || err.is_circuit_open() };
+                }
+            }
+            // Held by another process: wait for its value (or for the lease to go).
+            if attempt == 0 {
+                NsCounters::inc(&ns.lease_waits);
+            }
+            if started.elapsed() >= self.inner.leases.max_wait {
+                tracing::warn!(key = %key, waited = ?started.elapsed(), "gave up waiting for another process's load");
+                return Coordinated::LoadAlone { redis_failed: false };
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+            match self.read_l2::<T>(key, ns, accept_negative).await {
+                Ok(L2Read::Value(v)) => return Coordinated::Found(Arc::new(Some(v))),
+                Ok(L2Read::Negative) => return Coordinated::Found(Arc::new(None::<T>)),
+                Ok(L2Read::Miss) => {}
+                Ok(L2Read::Unusable) => return Coordinated::LoadAlone { redis_failed: false },
+                Err(err) => {
+                    return Coordinated::LoadAlone { redis_failed: err.is_unhealthy() || err.is_circuit_open() };
+                }
+            }
+        }
+    }
+
+    /// Gives the lease back without storing anything (the load failed or its value cannot be
+    /// cached), so other processes need not wait for it to expire. Best effort.
+    pub(crate) async fn release_lease(&self, key: &Key, token: &str) {
+        let lease = lease_key(key.as_str());
+        let script = redis::Script::new(RELEASE_IF_HELD);
+        let released =
+            self.l2_call("lease release", |mut c| async move {
+                script.key(lease).arg(token).invoke_async::<i64>(&mut c).await
+            })
+            .await;
+        if let Err(err) = released {
+            tracing::debug!(key = %key, error = %err, "could not release lease; it will expire");
+        }
+    }
+
+    /// Stores a loaded value if `token` still holds the key's lease. A lease lost meanwhile (an
+    /// invalidation revoked it, or it expired and another caller took over) refuses the write:
+    /// the value may be stale. It is still returned to the caller, but cached nowhere.
+    pub(crate) async fn fill_leased(
+        &self,
+        key: &Key,
+        encoded: Encoded,
+        ttl: Duration,
+        slot: Slot,
+        token: &str,
+    ) -> Result<()> {
+        let (k, lease) = (key.as_str(), lease_key(key.as_str()));
+        let raw_len = encoded.raw_len;
+        let bytes = encoded.bytes;
+        let px = ttl_millis(ttl);
+        let script = redis::Script::new(FILL_IF_LEASED);
+        let stored: i64 = self
+            .l2_call("lease fill", |mut c| async move {
+                script.key(k).key(lease).arg(token).arg(bytes).arg(px).invoke_async(&mut c).await
+            })
+            .await?;
+        let ns = self.inner.metrics.ns(key.namespace());
+        if stored == 1 {
+            NsCounters::inc(&ns.sets);
+            self.fill_l1(key, slot, raw_len, ttl);
+        } else {
+            NsCounters::inc(&ns.stale_writes_refused);
+            tracing::debug!(key = %key, "lease lost during the load: value not cached");
+            if let Some(l1) = &self.inner.l1 {
+                l1.remove(key.as_str());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_keys_share_the_slot_of_their_key() {
+        use redis::cluster_routing::Slot;
+        for key in ["app:v1:user:1", "app:v1:user:2:full", "x"] {
+            assert_eq!(Slot::for_key(lease_key(key)), Slot::for_key(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(0) <= Duration::from_millis(7));
+        assert!((0..100).all(|_| backoff(20) <= Duration::from_micros(62_500)));
+        assert_ne!(token(), token());
+    }
+}

@@ -1,0 +1,229 @@
+//! Leases: the stale-set race, and distributed single-flight across real processes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use strata::{Cache, KeySchema, LeaseConfig, Ttl};
+use tokio::sync::oneshot;
+
+use crate::common::{Redis, TestResult};
+use crate::on_both;
+
+/// The stale-set race, driven step by step: a reader misses and loads v1 (holding the lease);
+/// a writer updates the source to v2 and invalidates; the reader's value must not be stored.
+async fn a_load_that_overlaps_an_invalidation_is_not_stored(redis: Redis) -> TestResult {
+    let reader = redis.cache().await;
+    let writer = redis.cache().await;
+    let schema = KeySchema::new("it", 1)?;
+    for (i, invalidate_with_set) in [false, true].into_iter().enumerate() {
+        let key = schema.key("race", &i.to_string())?;
+        let (loaded_tx, loaded_rx) = oneshot::channel::<()>();
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        let load = {
+            let (reader, key) = (reader.clone(), key.clone());
+            tokio::spawn(async move {
+                reader
+                    .get_or_set(&key, Ttl::Medium, || async move {
+                        let v1 = "v1".to_owned(); // read from the source before the write
+                        let _ = loaded_tx.send(());
+                        let _ = release_rx.await;
+                        Ok::<_, std::io::Error>(v1)
+                    })
+                    .await
+            })
+        };
+        loaded_rx.await?;
+        // The writer changes the source to v2, then invalidates through Strata.
+        if invalidate_with_set {
+            writer.set(&key, &"v2".to_owned(), Ttl::Medium).await?;
+        } else {
+            writer.delete(&key).await?;
+        }
+        release_tx.send(()).map_err(|_| "reader gone")?;
+        assert_eq!(load.await??, "v1", "the caller still gets what it read");
+
+        let mut raw = redis.raw();
+        let stored: Option<Vec<u8>> = redis::cmd("GET").arg(key.as_str()).query(raw.as_mut())?;
+        let fresh = writer.builder_free_get(&key).await?;
+        if invalidate_with_set {
+            assert_eq!(fresh.as_deref(), Some("v2"), "{}: the newer value survives", redis.name());
+        } else {
+            assert!(stored.is_none(), "{}: the stale v1 must not be stored after the delete", redis.name());
+        }
+        // The reader did not keep the stale value in its own L1 either.
+        let again = reader.get_or_set(&key, Ttl::Medium, || async { Ok::<_, std::io::Error>("v2".to_owned()) }).await?;
+        assert_eq!(again, "v2");
+    }
+    assert_eq!(reader.metrics().namespace("it:v1:race").stale_writes_refused, 2);
+    Ok(())
+}
+on_both!(a_load_that_overlaps_an_invalidation_is_not_stored);
+
+/// Reads through a fresh L1-less cache, so the answer comes from Redis.
+trait FreshGet {
+    async fn builder_free_get(&self, key: &strata::Key) -> strata::Result<Option<String>>;
+}
+impl FreshGet for Cache {
+    async fn builder_free_get(&self, key: &strata::Key) -> strata::Result<Option<String>> {
+        self.clear_l1();
+        self.get(key).await
+    }
+}
+
+/// 1,000 concurrent callers in 4 processes on one cold key: the source is asked once.
+async fn one_load_across_four_processes(redis: Redis) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let workers: Vec<Child> =
+        (0..4).map(|i| spawn_worker(&redis, dir.path(), i, 250, 400, 10_000)).collect::<std::io::Result<_>>()?;
+    wait_for_files(dir.path(), "ready-", 4, Duration::from_secs(60))?;
+    std::fs::write(dir.path().join("go"), b"")?;
+    let results = workers.into_iter().map(finish).collect::<Result<Vec<_>, _>>()?;
+    let loads = source_calls(dir.path());
+    assert_eq!(loads, 1, "{}: 1,000 callers in 4 processes must load once, got {loads}", redis.name());
+    for r in &results {
+        assert_eq!((r.served, r.errors), (250, 0), "{r:?}");
+    }
+    assert!(results.iter().map(|r| r.lease_waits).sum::<u64>() >= 3, "the other processes waited: {results:?}");
+    Ok(())
+}
+on_both!(one_load_across_four_processes);
+
+/// The lease holder dies mid-load (SIGKILL): after the lease expires, a waiting process takes
+/// over, loads, and serves its callers.
+async fn a_dead_holder_is_replaced(redis: Redis) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // Worker 0 takes the lease and its load never ends.
+    let mut holder = spawn_worker(&redis, dir.path(), 0, 10, 600_000, 1_500)?;
+    wait_for_files(dir.path(), "ready-", 1, Duration::from_secs(60))?;
+    std::fs::write(dir.path().join("go"), b"")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while source_calls(dir.path()) < 1 {
+        assert!(Instant::now() < deadline, "the first load never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waiter = spawn_worker(&redis, dir.path(), 1, 50, 100, 1_500)?;
+    std::thread::sleep(Duration::from_millis(300));
+    holder.kill()?;
+    holder.wait()?;
+    let result = finish(waiter)?;
+    assert_eq!((result.served, result.errors), (50, 0), "{result:?}");
+    assert_eq!(source_calls(dir.path()), 2, "the dead holder's load, then the takeover");
+    assert!(result.lease_waits >= 1, "{result:?}");
+    Ok(())
+}
+on_both!(a_dead_holder_is_replaced);
+
+#[derive(Debug, serde::Deserialize)]
+struct WorkerResult {
+    served: usize,
+    errors: usize,
+    lease_waits: u64,
+}
+
+/// Starts this test binary as a worker process (see [`stampede_worker`]).
+fn spawn_worker(
+    redis: &Redis,
+    dir: &Path,
+    id: usize,
+    callers: usize,
+    load_ms: u64,
+    lease_ms: u64,
+) -> std::io::Result<Child> {
+    let (urls, cluster) = redis.urls();
+    Command::new(std::env::current_exe()?)
+        .args(["--ignored", "--exact", "leases::stampede_worker", "--nocapture", "--test-threads=1", "--quiet"])
+        .env("STRATA_IT_WORKER_URLS", urls.join(","))
+        .env("STRATA_IT_WORKER_CLUSTER", if cluster { "1" } else { "0" })
+        .env("STRATA_IT_WORKER_DIR", dir)
+        .env("STRATA_IT_WORKER_ID", id.to_string())
+        .env("STRATA_IT_WORKER_CALLERS", callers.to_string())
+        .env("STRATA_IT_WORKER_LOAD_MS", load_ms.to_string())
+        .env("STRATA_IT_WORKER_LEASE_MS", lease_ms.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+}
+
+fn finish(child: Child) -> Result<WorkerResult, Box<dyn std::error::Error + Send + Sync>> {
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line =
+        text.lines().find_map(|l| l.strip_prefix("WORKER_RESULT ")).ok_or_else(|| format!("no result: {text}"))?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn source_calls(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("source")).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+fn wait_for_files(dir: &Path, prefix: &str, n: usize, timeout: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let count =
+            std::fs::read_dir(dir)?.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count();
+        if count >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(std::io::Error::other(format!("only {count} of {n} workers became ready")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A worker process of the tests above (not a test on its own): `callers` concurrent
+/// `get_or_set` calls on one key, whose loader appends a line to `source` (the call count the
+/// parent checks) and takes `load_ms`. Prints `WORKER_RESULT {json}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "worker process started by the lease tests"]
+async fn stampede_worker() -> TestResult {
+    let env = |name: &str| std::env::var(name).map_err(|_| format!("{name} not set"));
+    let urls: Vec<String> = env("STRATA_IT_WORKER_URLS")?.split(',').map(str::to_owned).collect();
+    let dir = PathBuf::from(env("STRATA_IT_WORKER_DIR")?);
+    let id = env("STRATA_IT_WORKER_ID")?;
+    let callers: usize = env("STRATA_IT_WORKER_CALLERS")?.parse()?;
+    let load_ms: u64 = env("STRATA_IT_WORKER_LOAD_MS")?.parse()?;
+    let lease = Duration::from_millis(env("STRATA_IT_WORKER_LEASE_MS")?.parse()?);
+    let builder = if env("STRATA_IT_WORKER_CLUSTER")? == "1" {
+        Cache::builder().cluster(urls)
+    } else {
+        Cache::builder().redis_url(urls[0].clone())
+    };
+    let cache = builder
+        .leases(LeaseConfig { enabled: true, ttl: lease, max_wait: Duration::from_secs(30) })
+        .require_redis(true)
+        .build()
+        .await?;
+    let key = KeySchema::new("it", 1)?.key("stampede", "hot")?;
+    std::fs::write(dir.join(format!("ready-{id}")), b"")?;
+    while !dir.join("go").exists() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (cache, key, dir) = (cache.clone(), key.clone(), dir.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_set(&key, Ttl::Medium, || async move {
+                        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(dir.join("source"))?;
+                        f.write_all(b"load\n")?;
+                        tokio::time::sleep(Duration::from_millis(load_ms)).await;
+                        Ok::<_, std::io::Error>("the value".to_owned())
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let (mut served, mut errors) = (0, 0);
+    for t in tasks {
+        match t.await? {
+            Ok(v) if v == "the value" => served += 1,
+            _ => errors += 1,
+        }
+    }
+    let lease_waits = cache.metrics().namespace("it:v1:stampede").lease_waits;
+    println!("WORKER_RESULT {}", serde_json::json!({ "served": served, "errors": errors, "lease_waits": lease_waits }));
+    Ok(())
+}
