@@ -188,3 +188,82 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing_running() {
         assert!(help.status.success() && !help.stdout.is_empty(), "{cmd} --help");
     }
 }
+
+#[test]
+fn up_and_down_never_touch_what_is_not_theirs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+
+    // `up` refuses a non-empty directory it did not make.
+    let foreign = tmp.path().join("project");
+    std::fs::create_dir_all(&foreign).expect("mkdir");
+    std::fs::write(foreign.join("precious.txt"), "important").expect("write");
+    let err = one_line_error(&strata(&["up", "--dir", &foreign.to_string_lossy()]));
+    assert!(err.contains("not empty"), "{err}");
+    let err = one_line_error(&strata(&["down", "--dir", &foreign.to_string_lossy(), "--purge"]));
+    assert!(err.contains("no cluster"), "{err}");
+    assert!(foreign.join("precious.txt").exists());
+
+    let dir = tmp.path().join("cluster");
+    let d = dir.to_string_lossy().to_string();
+    let _guard = Down(dir.clone());
+    assert!(strata(&["up", "--dir", &d]).status.success());
+    // A file added later by someone else survives `down --purge`, and so does the directory.
+    std::fs::write(dir.join("notes.txt"), "mine").expect("write");
+    // A stdout reader that goes away is not a crash.
+    let mut piped = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["status", "--dir", &d])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(piped.stdout.take());
+    let out = piped.wait_with_output().expect("wait");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(out.status.code(), Some(101));
+
+    // A damaged pid file: `down` refuses, stops nothing blindly, purges nothing.
+    let pid_file = dir.join(strata_cluster::PID_FILE);
+    let good = std::fs::read_to_string(&pid_file).expect("pid file");
+    std::fs::write(&pid_file, format!("{good}garbage line\n")).expect("write");
+    let err = one_line_error(&strata(&["down", "--dir", &d, "--purge"]));
+    assert!(err.contains("pid file"), "{err}");
+    assert_eq!(processes_in(&dir).len(), 6, "nodes still running, data still there");
+    std::fs::write(&pid_file, good).expect("restore");
+
+    assert!(strata(&["down", "--dir", &d, "--purge"]).status.success());
+    assert!(processes_in(&dir).is_empty());
+    assert!(dir.join("notes.txt").exists(), "a file `up` did not create is kept");
+    assert!(!dir.join("node-0").exists(), "the nodes' files are gone");
+
+    // A stale pid file naming another process (pid 1): neither "running" nor signalled.
+    let stale = tmp.path().join("stale");
+    std::fs::create_dir_all(&stale).expect("mkdir");
+    std::fs::write(stale.join(strata_cluster::PID_FILE), "# pid port url\n1 6379 redis://127.0.0.1:6379\n")
+        .expect("write");
+    let err = one_line_error(&strata(&["up", "--dir", &stale.to_string_lossy()]));
+    assert!(err.contains("stopped cluster"), "{err}");
+    let down = json(&strata(&["down", "--dir", &stale.to_string_lossy(), "--json"]));
+    assert_eq!(down["stopped"], serde_json::json!([]), "pid 1 is not ours");
+}
+
+#[test]
+fn the_database_in_the_url_is_the_one_used() {
+    let server = strata_cluster::RedisServer::start().expect("redis");
+    let mut con = server.connection().expect("connect");
+    for db in [0, 3] {
+        let () = redis::cmd("SELECT").arg(db).query(&mut con).expect("select");
+        let () = redis::cmd("SET").arg("x:1").arg(db).query(&mut con).expect("set");
+    }
+    let out = json(&strata(&["invalidate", "--url", &format!("{}/3", server.url()), "--pattern", "x:*", "--json"]));
+    assert_eq!(out["removed"], 1);
+    let () = redis::cmd("SELECT").arg(0).query(&mut con).expect("select");
+    let kept: Option<i64> = redis::cmd("GET").arg("x:1").query(&mut con).expect("get");
+    assert_eq!(kept, Some(0), "database 0 untouched");
+    let () = redis::cmd("SELECT").arg(3).query(&mut con).expect("select");
+    let gone: Option<i64> = redis::cmd("GET").arg("x:1").query(&mut con).expect("get");
+    assert_eq!(gone, None, "database 3 invalidated");
+
+    let cluster = strata_cluster::RedisCluster::builder().masters(3).replicas(0).start().expect("cluster");
+    let err = one_line_error(&strata(&["status", "--url", &format!("{}/2", cluster.seed_urls()[0])]));
+    assert!(err.contains("database 0"), "{err}");
+}

@@ -99,10 +99,17 @@ impl Detached {
         self.processes.iter().map(|p| p.url.clone()).collect()
     }
 
-    /// SIGTERM every process that is still a `redis-server`, wait up to 10 s,
-    /// then SIGKILL the rest, and remove the pid file. The directory is kept.
+    /// The recorded processes that are still ours: alive, a `redis-server`, and working inside
+    /// this setup's directory (a pid reused after a reboot by another program, or by another
+    /// Redis, is not ours).
+    pub fn running_pids(&self) -> Vec<u32> {
+        self.pids().into_iter().filter(|&p| is_alive(p) && is_ours(p, &self.dir)).collect()
+    }
+
+    /// SIGTERM every process that is still ours (see [`running_pids`](Self::running_pids)),
+    /// wait up to 10 s, then SIGKILL the rest, and remove the pid file. The directory is kept.
     pub fn stop(&self) -> Result<()> {
-        let live: Vec<u32> = self.pids().into_iter().filter(|&p| is_redis(p)).collect();
+        let live = self.running_pids();
         for &pid in &live {
             signal_pid(pid, Signal::SIGTERM)?;
             signal_pid(pid, Signal::SIGCONT)?;
@@ -111,7 +118,7 @@ impl Detached {
         while live.iter().any(|&p| is_alive(p)) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(50));
         }
-        for &pid in live.iter().filter(|&&p| is_alive(p) && is_redis(p)) {
+        for &pid in live.iter().filter(|&&p| is_alive(p) && is_ours(p, &self.dir)) {
             signal_pid(pid, Signal::SIGKILL)?;
         }
         match fs::remove_file(self.pid_file()) {
@@ -122,11 +129,15 @@ impl Detached {
     }
 }
 
-/// Guard against pid reuse: only signal processes whose command line is a redis-server.
-fn is_redis(pid: u32) -> bool {
-    fs::read(format!("/proc/{pid}/cmdline"))
+/// Guard against pid reuse: a redis-server (by command line, which Redis rewrites to
+/// `redis-server ADDR`) whose working directory is inside `dir` (nodes run in their node
+/// directories).
+fn is_ours(pid: u32, dir: &Path) -> bool {
+    let redis = fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| String::from_utf8_lossy(&c).contains("redis-server"))
-        .unwrap_or(false)
+        .unwrap_or(false);
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    redis && fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
 }
 
 /// Alive and not a zombie.

@@ -67,23 +67,29 @@ pub struct Deployment {
     /// Every node (one for a standalone server).
     pub nodes: Vec<Node>,
     credentials: Credentials,
+    /// Database number from the URL (always 0 on a cluster).
+    db: i64,
 }
 
 impl Deployment {
     /// Finds the deployment behind `url` (any node of a cluster will do). Credentials in the
     /// URL (`redis://user:password@host:port`) are used unless `credentials` override them.
     pub fn discover(url: &str, credentials: &Credentials) -> Result<Self> {
-        let info = url.into_connection_info().map_err(|e| OpsError::invalid(format!("invalid URL {url:?}: {e}")))?;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| OpsError::invalid(format!("invalid URL {:?}: {}", redact(url), redact(&e.to_string()))))?;
         let addr = match info.addr() {
             redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
             other => return Err(OpsError::invalid(format!("unsupported address {other} (plain TCP only for now)"))),
         };
         let settings = info.redis_settings();
+        let db = settings.db();
         let credentials = Credentials {
             user: credentials.user.clone().or_else(|| settings.username().map(str::to_owned)),
             password: credentials.password.clone().or_else(|| settings.password().map(str::to_owned)),
         };
-        let mut con = connect(&addr, &credentials)?;
+        // Probe on database 0: a cluster node refuses SELECT, and we want to say why ourselves.
+        let mut con = connect(&addr, &credentials, 0)?;
         let info: String = redis::cmd("INFO").arg("cluster").query(&mut con).map_err(|e| OpsError::redis(&addr, &e))?;
         if !info.contains("cluster_enabled:1") {
             let role = replication_role(&mut con, &addr)?;
@@ -96,12 +102,17 @@ impl Deployment {
                 link_state: "connected".into(),
                 failure_flags: Vec::new(),
             };
-            return Ok(Self { cluster: false, nodes: vec![node], credentials });
+            return Ok(Self { cluster: false, nodes: vec![node], credentials, db });
         }
         let text: String =
             redis::cmd("CLUSTER").arg("NODES").query(&mut con).map_err(|e| OpsError::redis(&addr, &e))?;
+        if db != 0 {
+            return Err(OpsError::invalid(format!(
+                "{addr} is a cluster node: clusters have only database 0, not {db}"
+            )));
+        }
         let nodes = parse_cluster_nodes(&text, &addr)?;
-        Ok(Self { cluster: true, nodes, credentials })
+        Ok(Self { cluster: true, nodes, credentials, db })
     }
 
     /// Finds the deployment started by `strata up` in `dir` (through its pid file), asking the
@@ -136,9 +147,34 @@ impl Deployment {
         self.nodes.iter().filter(|n| n.role == Role::Master && (!self.cluster || !n.slots.is_empty()))
     }
 
-    /// A connection to one of this deployment's nodes, with this deployment's credentials.
+    /// The masters, or an error naming what to do when there are none: a command that works on
+    /// the keys must not report success after touching nothing (for example when `--url` names a
+    /// standalone replica).
+    pub fn masters_checked(&self, command: &str) -> Result<Vec<&Node>> {
+        let masters: Vec<&Node> = self.masters().collect();
+        if !masters.is_empty() {
+            return Ok(masters);
+        }
+        Err(match self.nodes.first() {
+            Some(Node { addr, role: Role::Replica, master_addr, .. }) if !self.cluster => OpsError::invalid(format!(
+                "{command}: {addr} is a replica{}; point --url at the master",
+                master_addr.as_ref().map(|m| format!(" of {m}")).unwrap_or_default()
+            )),
+            _ => {
+                OpsError::new(OpsErrorKind::Redis, format!("{command}: the deployment reports no master serving keys"))
+            }
+        })
+    }
+
+    /// A connection to one of this deployment's nodes, with this deployment's credentials and
+    /// database.
     pub fn connect(&self, addr: &str) -> Result<redis::Connection> {
-        connect(addr, &self.credentials)
+        connect(addr, &self.credentials, self.db)
+    }
+
+    /// The database number from the URL (0 on a cluster).
+    pub fn db(&self) -> i64 {
+        self.db
     }
 
     /// The credentials used for every node.
@@ -153,12 +189,12 @@ impl Deployment {
 }
 
 /// A blocking connection with connect and I/O timeouts.
-pub(crate) fn connect(addr: &str, credentials: &Credentials) -> Result<redis::Connection> {
+pub(crate) fn connect(addr: &str, credentials: &Credentials, db: i64) -> Result<redis::Connection> {
     let (host, port) = addr
         .rsplit_once(':')
         .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_owned(), p)))
         .ok_or_else(|| OpsError::invalid(format!("invalid address {addr:?}")))?;
-    let mut settings = redis::RedisConnectionInfo::default();
+    let mut settings = redis::RedisConnectionInfo::default().set_db(db);
     if let Some(u) = &credentials.user {
         settings = settings.set_username(u);
     }
@@ -172,6 +208,14 @@ pub(crate) fn connect(addr: &str, credentials: &Credentials) -> Result<redis::Co
     con.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| OpsError::redis(addr, &e))?;
     con.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| OpsError::redis(addr, &e))?;
     Ok(con)
+}
+
+/// A URL (or a message quoting one) with any `user:password@` part masked.
+fn redact(text: &str) -> String {
+    match (text.find("://"), text.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &text[..scheme], &text[at + 1..]),
+        _ => text.to_owned(),
+    }
 }
 
 fn replication_role(con: &mut redis::Connection, addr: &str) -> Result<(Role, Option<String>)> {
@@ -274,5 +318,14 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0
         assert_eq!(failed.link_state, "disconnected");
         assert!(parse_cluster_nodes("garbage", "x").is_err());
         Ok(())
+    }
+
+    #[test]
+    fn secrets_in_urls_are_masked_in_errors() {
+        let err = Deployment::discover("redis://admin:TOPSECRET@127.0.0.1:notaport", &Credentials::default())
+            .expect_err("bad port");
+        assert!(!err.to_string().contains("TOPSECRET"), "{err}");
+        assert_eq!(redact("redis://u:p@h:1"), "redis://***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
     }
 }

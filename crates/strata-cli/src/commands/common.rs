@@ -66,14 +66,16 @@ pub(crate) struct OutputArgs {
 }
 
 impl OutputArgs {
-    /// Prints `value` as pretty JSON, or `human()` otherwise.
+    /// Prints `value` as pretty JSON, or `human()` otherwise. A reader that closed the pipe
+    /// (`strata inspect | head`) is not an error.
     pub(crate) fn print<T: serde::Serialize>(&self, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
-        if self.json {
-            println!("{}", serde_json::to_string_pretty(value)?);
-        } else {
-            print!("{}", human());
+        let text = if self.json { format!("{}\n", serde_json::to_string_pretty(value)?) } else { human() };
+        let mut out = std::io::stdout().lock();
+        match std::io::Write::write_all(&mut out, text.as_bytes()).and_then(|()| std::io::Write::flush(&mut out)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 }
 

@@ -32,19 +32,21 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if !super::up::is_cluster_dir(&args.dir) {
         anyhow::bail!("no cluster started by `strata up` in {}", args.dir.display());
     }
-    let mut alive = Vec::new();
-    // The pid file is gone once a cluster was stopped; its data may remain (for --purge).
-    if let Ok(detached) = Detached::load(&args.dir) {
-        alive =
-            detached.pids().into_iter().filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()).collect();
-        // Only processes that are still the redis-servers we started are signalled (checked by
-        // strata-cluster against /proc/PID/cmdline).
+    let mut stopped = Vec::new();
+    // The pid file is gone once a cluster was stopped; its data may remain (for --purge). A pid
+    // file that exists but cannot be read is an error: never purge data under nodes we could
+    // not stop.
+    if args.dir.join(strata_cluster::PID_FILE).exists() {
+        let detached = Detached::load(&args.dir).with_context(|| {
+            format!("cannot read the pid file in {}; stop its nodes by hand before --purge", args.dir.display())
+        })?;
+        stopped = detached.running_pids();
         detached.stop()?;
     }
     if args.purge {
-        std::fs::remove_dir_all(&args.dir).with_context(|| format!("removing {}", args.dir.display()))?;
+        purge(&args.dir)?;
     }
-    let report = DownReport { dir: args.dir.clone(), stopped: alive, purged: args.purge };
+    let report = DownReport { dir: args.dir.clone(), stopped, purged: args.purge };
     args.output.print(&report, || {
         let mut out = if report.stopped.is_empty() {
             format!("nothing was running in {}\n", report.dir.display())
@@ -56,4 +58,27 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         }
         out
     })
+}
+
+/// Removes what `strata up` created in `dir` (node directories, logs, pid and marker files), then
+/// the directory itself if nothing else is left in it.
+fn purge(dir: &std::path::Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let ours = name.starts_with("node-")
+            || (name.starts_with("cluster-") && name.ends_with(".log"))
+            || name == strata_cluster::PID_FILE
+            || name == super::up::MARKER;
+        if !ours {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
+            .with_context(|| format!("removing {}", path.display()))?;
+    }
+    if std::fs::remove_dir(dir).is_err() {
+        eprintln!("kept {}: it holds files `strata up` did not create", dir.display());
+    }
+    Ok(())
 }

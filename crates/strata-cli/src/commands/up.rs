@@ -108,7 +108,18 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             args.dir.display()
         );
     }
+    // Never mix our files into a directory with other content: `down --purge` must be able to
+    // remove everything that is ours and nothing else.
+    if std::fs::read_dir(&args.dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        anyhow::bail!(
+            "{} is not empty and was not made by `strata up`; choose a new or empty directory",
+            args.dir.display()
+        );
+    }
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let _lock = DirLock::take(&args.dir)?;
+    std::fs::write(args.dir.join(MARKER), "made by `strata up`; `strata down --purge` removes this directory\n")
+        .with_context(|| format!("writing into {}", args.dir.display()))?;
     let mut builder = RedisCluster::builder()
         .dir(&args.dir)
         .masters(args.masters)
@@ -135,13 +146,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let started = builder.start();
     spinner.finish_and_clear();
     let cluster = started.map_err(|e| {
-        // An empty directory we created is not worth keeping.
-        let _ = std::fs::remove_dir(&args.dir);
+        // The builder stopped what it started; leave the directory as it was (empty).
+        let _ = std::fs::remove_file(args.dir.join(MARKER));
         anyhow::anyhow!(e)
     })?;
     let expected_replicas = args.masters * args.replicas;
     let detached = cluster.detach()?;
-    settle(&detached, expected_replicas)?;
+    if let Err(err) = settle(&detached, expected_replicas) {
+        // Do not leave a cluster running behind a failed `up`.
+        let _ = detached.stop();
+        return Err(err.context(format!("the cluster was stopped again; its files are in {}", args.dir.display())));
+    }
     let report =
         UpReport { dir: args.dir.clone(), already_running: false, urls: detached.urls(), pids: detached.pids() };
     args.output.print(&report, || render(&report))
@@ -168,16 +183,53 @@ fn settle(detached: &Detached, expected_replicas: usize) -> anyhow::Result<()> {
     }
 }
 
-/// Whether `dir` holds what `strata up` writes (a pid file, or node directories with a cluster
-/// config). `down --purge` deletes only such directories.
+/// The file `strata up` writes first into its directory.
+pub(crate) const MARKER: &str = ".strata-up";
+const LOCK: &str = ".strata-up.lock";
+
+/// Whether `dir` was made by `strata up` (its marker, or its pid file).
 pub(crate) fn is_cluster_dir(dir: &std::path::Path) -> bool {
-    dir.join(strata_cluster::PID_FILE).exists() || dir.join("node-0").join("nodes.conf").exists()
+    dir.join(MARKER).exists() || dir.join(strata_cluster::PID_FILE).exists()
 }
 
-/// The cluster recorded in `dir`, if any of its processes is alive.
+/// The cluster recorded in `dir`, if any of its processes is still one of ours (alive, a
+/// redis-server, working in this directory: a pid reused by something else does not count).
 pub(crate) fn running_cluster(dir: &std::path::Path) -> Option<Detached> {
     let detached = Detached::load(dir).ok()?;
-    detached.pids().iter().any(|&pid| std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(detached)
+    (!detached.running_pids().is_empty()).then_some(detached)
+}
+
+/// An exclusive lock on a `strata up` directory while it is being set up, so two concurrent
+/// `up`s cannot both start nodes in it. A lock left by a dead process is taken over.
+struct DirLock(PathBuf);
+
+impl DirLock {
+    fn take(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let path = dir.join(LOCK);
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    std::io::Write::write_all(&mut f, std::process::id().to_string().as_bytes())?;
+                    return Ok(Self(path));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                    if std::path::Path::new(&format!("/proc/{}", owner.trim())).exists() {
+                        anyhow::bail!("another `strata up` (pid {}) is setting up {}", owner.trim(), dir.display());
+                    }
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => return Err(e).with_context(|| format!("locking {}", dir.display())),
+            }
+        }
+        anyhow::bail!("could not lock {}", dir.display())
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn render(r: &UpReport) -> String {
