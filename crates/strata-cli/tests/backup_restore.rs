@@ -76,6 +76,14 @@ fn backup_then_restore_through_the_cli() {
         assert!(dir.join(f["file"].as_str().expect("file")).is_file());
     }
     assert!(dir.join("manifest.json").is_file());
+    // A backup holds every cached value: private directory and files.
+    let mode =
+        |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).expect("stat").permissions()) & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("manifest.json")), 0o600);
+    for f in files {
+        assert_eq!(mode(&dir.join(f["file"].as_str().expect("file"))), 0o600);
+    }
 
     // The same directory again: refused without --force.
     let err = one_line_failure(&strata(&["backup", "--url", &url(&source), "--out", dir_s, "--json"]));
@@ -133,4 +141,31 @@ fn backup_then_restore_through_the_cli() {
         "--json",
     ]));
     assert!(err.contains("SHA-256"), "{err}");
+}
+
+/// A snapshot that never starts (the master holds the diskless transfer back for a minute):
+/// `--timeout-secs` bounds the backup, which fails with one line and leaves nothing behind.
+#[test]
+fn backup_times_out_with_timeout_secs() {
+    let server = strata_cluster::RedisServer::builder()
+        .password(PASSWORD)
+        .config_line("repl-diskless-sync yes")
+        .config_line("repl-diskless-sync-delay 60")
+        .start()
+        .expect("server");
+    let url = format!("redis://127.0.0.1:{}", server.port());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("backup");
+    let dir_s = dir.to_str().expect("utf-8 path");
+    let started = std::time::Instant::now();
+    let out = strata(&["backup", "--url", &url, "--out", dir_s, "--timeout-secs", "2", "--json"]);
+    let took = started.elapsed();
+    let err = one_line_failure(&out);
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    assert!(err.contains("did not finish within 2 s"), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{}", server.port())), "{err}");
+    assert_eq!(std::fs::read_dir(&dir).expect("ls").count(), 0, "nothing left in {}", dir.display());
+
+    let out = strata(&["backup", "--url", &url, "--out", dir_s, "--timeout-secs", "0"]);
+    assert_eq!(out.status.code(), Some(2), "0 is refused by the parser");
 }

@@ -1,5 +1,6 @@
 //! `strata config` as a user runs it: files, JSON, exit codes, and a server started from them.
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -111,11 +112,11 @@ impl Drop for Server {
     }
 }
 
-#[test]
-fn generated_files_run_a_real_server_and_the_credentials_log_in() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let conf = tmp.path().join("conf");
-    let data = tmp.path().join("data");
+/// Generates an `app` config for `--key-prefix shop` with `strata config`, starts a
+/// redis-server from it and returns it with the credentials and its port once `app` can log in.
+fn start_generated_server(tmp: &Path) -> (Server, Vec<(String, String)>, u16) {
+    let conf = tmp.join("conf");
+    let data = tmp.join("data");
     fs::create_dir_all(&data).expect("data dir");
     let run = strata(&[
         "config",
@@ -151,20 +152,118 @@ fn generated_files_run_a_real_server_and_the_credentials_log_in() {
     let password = &users.iter().find(|(u, _)| u == "app").expect("app user").1;
     let url = format!("redis://app:{password}@127.0.0.1:{port}/");
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut con = loop {
+    loop {
         if let Some(status) = server.0.try_wait().expect("try_wait") {
             panic!("redis-server exited: {status}: {}", fs::read_to_string(data.join("redis.log")).unwrap_or_default());
         }
         match redis::Client::open(url.as_str()).expect("url").get_connection() {
-            Ok(con) => break con,
+            Ok(_) => break,
             Err(e) => assert!(Instant::now() < deadline, "cannot log in as app: {e}"),
         }
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+    (server, users, port)
+}
+
+fn password<'a>(users: &'a [(String, String)], user: &str) -> &'a str {
+    &users.iter().find(|(u, _)| u == user).unwrap_or_else(|| panic!("{user} in credentials")).1
+}
+
+#[test]
+fn generated_files_run_a_real_server_and_the_credentials_log_in() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_server, users, port) = start_generated_server(tmp.path());
+    let url = format!("redis://app:{}@127.0.0.1:{port}/", password(&users, "app"));
+    let mut con = redis::Client::open(url.as_str()).expect("url").get_connection().expect("log in as app");
     let _: () = redis::cmd("SET").arg("shop:x").arg("1").query(&mut con).expect("SET on the prefix");
     let denied: redis::RedisResult<()> = redis::cmd("SET").arg("app:x").arg("1").query(&mut con);
     assert!(denied.is_err(), "a key outside --key-prefix was writable");
     let config: redis::RedisResult<Vec<String>> =
         redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query(&mut con);
     assert!(config.is_err(), "the app user may not read the config");
+}
+
+/// The ACL entries logged for the `app` user so far (`ACL LOG`, read as admin).
+fn acl_denials(admin: &mut redis::Connection) -> Vec<String> {
+    let entries: Vec<HashMap<String, redis::Value>> = redis::cmd("ACL").arg("LOG").query(admin).expect("ACL LOG");
+    entries
+        .iter()
+        .filter(|e| matches!(e.get("username"), Some(v) if redis::from_redis_value_ref::<String>(v).is_ok_and(|u| u == "app")))
+        .map(|e| format!("{e:?}"))
+        .collect()
+}
+
+/// The real library, logged in as the generated `app` user, does everything it needs: writes
+/// (which also delete the key's lease), reads, deletes, `get_or_set` through a lease and the
+/// fill script, batches; and it is refused keys outside the prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_works_as_the_generated_app_user() {
+    use strata::{Cache, KeySchema, Ttl};
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_server, users, port) = start_generated_server(tmp.path());
+    let admin_url = format!("redis://admin:{}@127.0.0.1:{port}/", password(&users, "admin"));
+    let mut admin = redis::Client::open(admin_url.as_str()).expect("url").get_connection().expect("admin");
+    let _: () = redis::cmd("ACL").arg("LOG").arg("RESET").query(&mut admin).expect("ACL LOG RESET");
+
+    let cache = Cache::builder()
+        .redis_url(format!("redis://127.0.0.1:{port}/"))
+        .username("app")
+        .password(password(&users, "app"))
+        .op_timeout(Duration::from_secs(2))
+        .require_redis(true)
+        .build()
+        .await
+        .expect("the library logs in as app");
+    let schema = KeySchema::new("shop", 1).expect("schema");
+    let user = |id: &str| schema.key("user", id).expect("key");
+
+    cache.set(&user("1"), &"ada".to_owned(), Ttl::Medium).await.expect("set (DEL lease + SET)");
+    cache.clear_l1();
+    assert_eq!(cache.get::<String>(&user("1")).await.expect("get").as_deref(), Some("ada"));
+    let stored: Option<Vec<u8>> = redis::cmd("GET").arg("shop:v1:user:1").query(&mut admin).expect("GET");
+    assert!(stored.is_some(), "set did not reach Redis");
+
+    // get_or_set on a cold key: lease taken with a script, value stored by the fill script.
+    let loaded = cache
+        .get_or_set(&user("2"), Ttl::Medium, || async { Ok::<_, std::io::Error>("grace".to_owned()) })
+        .await
+        .expect("get_or_set");
+    assert_eq!(loaded, "grace");
+    let stored: Option<Vec<u8>> = redis::cmd("GET").arg("shop:v1:user:2").query(&mut admin).expect("GET");
+    assert!(stored.is_some(), "get_or_set did not store its value through the lease");
+    let lease: bool = redis::cmd("EXISTS").arg("{shop:v1:user:2}:lease").query(&mut admin).expect("EXISTS");
+    assert!(!lease, "the lease was not released");
+    // A second process-local load is served from Redis (no loader call).
+    cache.clear_l1();
+    let again = cache
+        .get_or_set(&user("2"), Ttl::Medium, || async { Err::<String, _>(std::io::Error::other("loader called")) })
+        .await
+        .expect("served from Redis");
+    assert_eq!(again, "grace");
+
+    cache.clear_l1();
+    let many = cache.get_many::<String>(&[user("1"), user("2"), user("3")]).await.expect("get_many");
+    assert_eq!(many, vec![Some("ada".to_owned()), Some("grace".to_owned()), None]);
+
+    assert!(cache.delete(&user("1")).await.expect("delete (key + lease)"));
+    cache.clear_l1();
+    assert_eq!(cache.get::<String>(&user("1")).await.expect("get"), None);
+
+    // The schema version key is readable by the app user.
+    let _: () = redis::cmd("SET").arg("strata:schema:shop").arg("1").query(&mut admin).expect("SET schema");
+    let app_url = format!("redis://app:{}@127.0.0.1:{port}/", password(&users, "app"));
+    let mut app = redis::Client::open(app_url.as_str()).expect("url").get_connection().expect("app");
+    let version: String = redis::cmd("GET").arg("strata:schema:shop").query(&mut app).expect("GET schema");
+    assert_eq!(version, "1");
+
+    assert_eq!(acl_denials(&mut admin), Vec::<String>::new(), "the library was refused something");
+
+    // Outside the prefix: refused by the ACL.
+    let other = KeySchema::new("billing", 1).expect("schema").key("invoice", "1").expect("key");
+    let err = cache.set(&other, &"x".to_owned(), Ttl::Short).await.expect_err("a key outside the prefix");
+    assert!(err.is_unavailable() || err.is_redis(), "{err}");
+    let exists: bool = redis::cmd("EXISTS").arg("billing:v1:invoice:1").query(&mut admin).expect("EXISTS");
+    assert!(!exists);
+    assert!(!acl_denials(&mut admin).is_empty(), "the denial shows in ACL LOG");
 }

@@ -241,8 +241,9 @@ fn directive(out: &mut String, key: &str, value: &str) {
     let _ = writeln!(out, "{key} {value}");
 }
 
-/// Quote a value for a Redis config file (double quotes, backslash escapes).
-pub(crate) fn quote(s: &str) -> String {
+/// Quotes a value for a Redis config file (double quotes, backslash escapes for quotes,
+/// backslashes and control characters, so no value can start a new directive).
+pub fn quote(s: &str) -> String {
     let mut q = String::with_capacity(s.len() + 2);
     q.push('"');
     for c in s.chars() {

@@ -80,7 +80,7 @@ mod standalone;
 
 pub use binaries::{REDIS_CLI_ENV, REDIS_SERVER_ENV, RedisBinaries, redis_available, redis_cli, redis_server};
 pub use cluster::{ClusterBuilder, DEFAULT_HEALTHY_TIMEOUT, DEFAULT_NODE_TIMEOUT_MS, RedisCluster};
-pub use config::Credentials;
+pub use config::{Credentials, quote as quote_config_value};
 pub use detached::{Detached, DetachedCluster, DetachedProcess, PID_FILE};
 pub use error::{ClusterError, ErrorKind, INSTALL_HINT, Result};
 pub use node::{DEFAULT_START_TIMEOUT, NodeKind, RedisNode, STOP_GRACE};

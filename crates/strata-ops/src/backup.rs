@@ -7,14 +7,23 @@
 //! renamed when complete; `manifest.json` is written last (through a temporary file), so a
 //! directory with a manifest always holds a complete backup. On failure the files of this run
 //! are removed and no manifest is left. [`restore`](crate::restore) replays a backup.
+//!
+//! A backup holds every value of the cache, so it is private: a directory created here gets
+//! mode 0700, and every file (`*.part`, `*.rdb`, `manifest.json`) is created 0600 before any byte
+//! is written to it (an existing directory keeps its mode: choose where backups go).
+//!
+//! Each snapshot has a deadline ([`BackupOptions::timeout`], `--timeout-secs`): a master that
+//! stops answering (paused, overloaded, partitioned) fails the backup with one clear line
+//! instead of hanging it; `redis-cli` is killed and its partial file removed.
 
-use std::fs::{self, File};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
@@ -34,6 +43,15 @@ pub const DEFAULT_PARALLELISM: usize = 2;
 
 /// Keys moved per pipelined batch by default.
 pub const DEFAULT_BATCH: usize = 500;
+
+/// Default deadline of one master's snapshot (10 minutes).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Mode of a backup directory created by [`backup`].
+pub const DIR_MODE: u32 = 0o700;
+
+/// Mode of every file written into a backup directory.
+pub const FILE_MODE: u32 = 0o600;
 
 /// The manifest of a backup directory (`manifest.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,12 +102,15 @@ pub struct BackupOptions {
     pub force: bool,
     /// Masters snapshotted at the same time (at least 1).
     pub parallelism: usize,
+    /// Longest one master's snapshot may take (connecting, INFO, and the RDB transfer); past it
+    /// `redis-cli` is killed and the backup fails.
+    pub timeout: Duration,
 }
 
 impl BackupOptions {
     /// Options writing into `out`, refusing an existing backup, [`DEFAULT_PARALLELISM`] at a time.
     pub fn new(out: impl Into<PathBuf>) -> Self {
-        Self { out: out.into(), force: false, parallelism: DEFAULT_PARALLELISM }
+        Self { out: out.into(), force: false, parallelism: DEFAULT_PARALLELISM, timeout: DEFAULT_TIMEOUT }
     }
 }
 
@@ -104,16 +125,21 @@ pub fn backup(deployment: &Deployment, options: &BackupOptions, progress: &Progr
             out.display()
         )));
     }
-    fs::create_dir_all(out).map_err(|e| local(format!("creating {}", out.display()), &e))?;
+    if options.timeout.is_zero() {
+        return Err(OpsError::invalid("the snapshot timeout must be positive"));
+    }
+    let masters = deployment.masters_checked("backup")?;
+    // Only the directories created here get 0700; an existing one keeps its owner's choice.
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(out)
+        .map_err(|e| local(format!("creating {}", out.display()), &e))?;
     if manifest_path.exists() {
         // --force: the old manifest would describe files about to be overwritten.
         fs::remove_file(&manifest_path).map_err(|e| local(format!("removing {}", manifest_path.display()), &e))?;
     }
     let cli = strata_cluster::redis_cli()?;
-    let masters: Vec<&Node> = deployment.masters().collect();
-    if masters.is_empty() {
-        return Err(OpsError::new(OpsErrorKind::Redis, "the deployment reports no master serving slots"));
-    }
     let created_unix_ms = now_ms();
     progress.set_length(masters.len() as u64);
     progress.set_position(0);
@@ -128,7 +154,7 @@ pub fn backup(deployment: &Deployment, options: &BackupOptions, progress: &Progr
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(node) = masters.get(i) else { break };
                     progress.set_message(format!("snapshot of {}", node.addr));
-                    let result = backup_node(deployment, node, out, &cli);
+                    let result = backup_node(deployment, node, out, &cli, options.timeout);
                     let failed = result.is_err();
                     if let Ok(mut slots) = results.lock() {
                         slots[i] = Some(result);
@@ -171,10 +197,16 @@ pub fn backup(deployment: &Deployment, options: &BackupOptions, progress: &Progr
     Ok(manifest)
 }
 
-/// Snapshots one master into `out` with `redis-cli --rdb`.
-fn backup_node(deployment: &Deployment, node: &Node, out: &Path, cli: &Path) -> Result<BackupFile> {
+/// Snapshots one master into `out` with `redis-cli --rdb`, within `timeout`.
+fn backup_node(deployment: &Deployment, node: &Node, out: &Path, cli: &Path, timeout: Duration) -> Result<BackupFile> {
     let addr = &node.addr;
+    let deadline = Instant::now() + timeout;
     let mut con = deployment.connect(addr)?;
+    // A paused master accepts the connection and never answers: bound INFO and DBSIZE too.
+    let io_timeout = Some(timeout.min(Duration::from_secs(30)));
+    con.set_read_timeout(io_timeout)
+        .and_then(|()| con.set_write_timeout(io_timeout))
+        .map_err(|e| OpsError::redis(addr, &e))?;
     let info: String = redis::cmd("INFO").arg("server").query(&mut con).map_err(|e| OpsError::redis(addr, &e))?;
     let redis_version = info
         .lines()
@@ -187,6 +219,9 @@ fn backup_node(deployment: &Deployment, node: &Node, out: &Path, cli: &Path) -> 
     let (host, port) = split_addr(addr)?;
     let file = format!("{}-{port}.rdb", sanitize(host));
     let part = out.join(format!("{file}.part"));
+    // Created 0600 before redis-cli writes a byte into it (redis-cli opens it with O_TRUNC,
+    // which keeps the mode).
+    create_private(&part)?;
     let taken_unix_ms = now_ms();
     let mut command = Command::new(cli);
     command.arg("-h").arg(host).arg("-p").arg(port.to_string());
@@ -199,7 +234,24 @@ fn backup_node(deployment: &Deployment, node: &Node, out: &Path, cli: &Path) -> 
         None => command.env_remove("REDISCLI_AUTH"),
     };
     command.arg("--rdb").arg(&part).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let output = command.output().map_err(|e| local(format!("running {}", cli.display()), &e))?;
+    let output = match run_with_deadline(&mut command, cli, deadline) {
+        Ok(Some(output)) => output,
+        Ok(None) => {
+            let _ = fs::remove_file(&part);
+            return Err(OpsError::new(
+                OpsErrorKind::Unreachable,
+                format!(
+                    "snapshot of {addr} did not finish within {} s (redis-cli --rdb killed); is the node \
+                     paused or overloaded? raise --timeout-secs for very large datasets",
+                    timeout.as_secs_f64()
+                ),
+            ));
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&part);
+            return Err(e);
+        }
+    };
     if !output.status.success() || !part.is_file() {
         let _ = fs::remove_file(&part);
         let text = format!("{}\n{}", String::from_utf8_lossy(&output.stderr), String::from_utf8_lossy(&output.stdout));
@@ -220,6 +272,58 @@ fn backup_node(deployment: &Deployment, node: &Node, out: &Path, cli: &Path) -> 
         taken_at: rfc3339(taken_unix_ms),
         taken_unix_ms,
     })
+}
+
+/// Creates (or truncates) `path` with mode [`FILE_MODE`], setting the mode of an existing file too.
+fn create_private(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)
+        .map_err(|e| local(format!("creating {}", path.display()), &e))?;
+    // `mode` only applies to a new file: a leftover one keeps its bits otherwise.
+    use std::os::unix::fs::PermissionsExt as _;
+    file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
+        .map_err(|e| local(format!("setting the permissions of {}", path.display()), &e))?;
+    Ok(file)
+}
+
+/// Runs `command` until it exits or `deadline` passes; then it is killed and `None` returned.
+/// Its stdout and stderr are drained by threads, so a chatty child cannot block on a full pipe.
+fn run_with_deadline(command: &mut Command, program: &Path, deadline: Instant) -> Result<Option<std::process::Output>> {
+    let mut child = command.spawn().map_err(|e| local(format!("running {}", program.display()), &e))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(local(format!("waiting for {}", program.display()), &e));
+            }
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    Ok(status.map(|status| std::process::Output { status, stdout, stderr }))
 }
 
 /// One clear error from a failed `redis-cli --rdb`.
@@ -247,7 +351,8 @@ fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
     let text = serde_json::to_string_pretty(manifest).map_err(|e| local_msg(format!("encoding the manifest: {e}")))?;
     let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).open(&tmp)?;
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(FILE_MODE))?;
         f.write_all(text.as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_all()?;

@@ -16,7 +16,8 @@
 //!   user is disabled). Redis does not accept comments in ACL files, so the roles are explained
 //!   in `redis.conf` next to `aclfile`. Passwords are stored only as SHA-256 hashes;
 //! * `replication.conf` (0600): `masteruser` / `masterauth`, included by `redis.conf`, so
-//!   `redis.conf` itself holds no secret;
+//!   `redis.conf` holds no secret as generated. It is still written 0640: `CONFIG REWRITE` (which
+//!   Sentinel runs on every failover) copies `masterauth` from the included file into it;
 //! * `credentials` (0600): `user password` per line, the plaintext passwords.
 //!
 //! With [`Secrets::Placeholder`] the hashes are all zeros (no password matches them) and no
@@ -418,7 +419,8 @@ pub fn render(options: &ConfigOptions) -> Result<RenderedConfig> {
         GeneratedFile {
             name: REDIS_CONF,
             contents: render_redis_conf(options, maxmemory_bytes),
-            mode: 0o644,
+            // Not 0644: CONFIG REWRITE (Sentinel runs it on failover) copies masterauth into it.
+            mode: 0o640,
             secret: false,
         },
         GeneratedFile { name: USERS_ACL, contents: render_users_acl(options, hash_of), mode: 0o600, secret: false },
@@ -439,17 +441,35 @@ pub fn render(options: &ConfigOptions) -> Result<RenderedConfig> {
     Ok(RenderedConfig { workload: options.workload, files, passwords })
 }
 
+/// The schema key apps read (`flush --bump-version` writes it): `strata:schema:<prefix>`.
+pub fn schema_key(key_prefix: &str) -> String {
+    format!("strata:schema:{key_prefix}")
+}
+
+/// The key patterns of the `app` and `readonly` users: the prefix's keys (`<prefix>:*`) and their
+/// lease keys (`{<prefix>:...}:lease`: the key in hash-tag braces, so a pattern starting with a
+/// literal `{`; Redis globs treat braces as plain characters).
+pub fn key_patterns(key_prefix: &str) -> [String; 2] {
+    [format!("{key_prefix}:*"), format!("{{{key_prefix}:*")]
+}
+
 /// The ACL rules of one user (after `user <name> on #<hash>`).
 pub(crate) fn acl_rules(user: &str, key_prefix: &str) -> String {
+    let [keys, leases] = key_patterns(key_prefix);
+    let schema = schema_key(key_prefix);
     match user {
         "admin" => "~* &* +@all".to_owned(),
         // Everything but dangerous and administrative commands (FLUSHALL, KEYS, CONFIG, DEBUG,
-        // SHUTDOWN, MONITOR, ...), on the prefix's keys and Strata's channels only. ROLE is
-        // @dangerous but harmless, and Sentinel clients need it to check who is master.
-        "app" => format!("resetkeys ~{key_prefix}:* resetchannels &{CHANNEL_PATTERN} +@all -@dangerous -@admin +role"),
+        // SHUTDOWN, MONITOR, ...), on the prefix's keys, their lease keys and Strata's channels
+        // only, plus read access to the schema key. ROLE is @dangerous but harmless, and Sentinel
+        // clients need it to check who is master. The library's commands (GET, SET, DEL, EXISTS,
+        // PTTL, MGET, EVAL, EVALSHA, SCRIPT LOAD) are all in +@all minus those categories.
+        "app" => format!(
+            "resetkeys ~{keys} ~{leases} %R~{schema} resetchannels &{CHANNEL_PATTERN} +@all -@dangerous -@admin +role"
+        ),
         "readonly" => format!(
-            "resetkeys ~{key_prefix}:* resetchannels -@all +@read +@connection -@dangerous -@admin +role \
-             +cluster|slots +cluster|shards +cluster|nodes +cluster|info"
+            "resetkeys %R~{keys} %R~{leases} %R~{schema} resetchannels -@all +@read +@connection -@dangerous -@admin \
+             +role +cluster|slots +cluster|shards +cluster|nodes +cluster|info"
         ),
         "metrics" => "resetkeys resetchannels -@all +ping +info +cluster|info +cluster|nodes +latency|latest \
                       +latency|history +latency|histogram +latency|doctor +latency|graph +slowlog|get +slowlog|len"
@@ -538,19 +558,9 @@ pub(crate) fn shell_word(s: &str) -> String {
     }
 }
 
-/// Quotes a value for a Redis config file (double quotes, backslash escapes).
+/// Quotes a value for a Redis config file: the same rules as the local test nodes' configs.
 pub(crate) fn quote(s: &str) -> String {
-    let mut q = String::with_capacity(s.len() + 2);
-    q.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => q.push_str("\\\""),
-            '\\' => q.push_str("\\\\"),
-            c => q.push(c),
-        }
-    }
-    q.push('"');
-    q
+    strata_cluster::quote_config_value(s)
 }
 
 #[cfg(test)]
@@ -624,7 +634,8 @@ mod tests {
             assert!(acl.contains(&format!("user {user} on #{} ", sha256_hex(password.as_bytes()))));
             assert!(r.file(CREDENTIALS).expect("credentials").contains(&format!("{user} {password}\n")));
         }
-        assert!(acl.contains("~shop:* "));
+        assert!(acl.contains(" ~shop:* ~{shop:* %R~strata:schema:shop "), "{acl}");
+        assert!(acl.contains(" %R~shop:* %R~{shop:* %R~strata:schema:shop "), "{acl}");
         assert!(acl.lines().all(|l| l.starts_with("user ")), "ACL files take no comments");
         assert_ne!(r.password("app"), r.password("admin"));
         let debug = format!("{r:?}");

@@ -24,6 +24,9 @@ pub(super) fn render_redis_conf(o: &ConfigOptions, maxmemory_bytes: u64) -> Stri
         s,
         &format!("Install users.acl and replication.conf (both mode 0600, owned by the redis user) in {conf_dir}."),
     );
+    comment(s, "This file is written with mode 0640 (owner redis, no access for others): CONFIG REWRITE, which");
+    comment(s, "Sentinel runs on every failover, copies `masteruser` and `masterauth` from the included");
+    comment(s, "replication.conf into this file, so after a failover it holds the replication password.");
     comment(s, "Every setting below is explained for this workload; settings not listed keep Redis's defaults.");
     if o.secrets == Secrets::Placeholder {
         comment(s, "EXAMPLE with PLACEHOLDER secrets: the users.acl hashes are all zeros (no password matches,");
@@ -183,14 +186,26 @@ pub(super) fn render_redis_conf(o: &ConfigOptions, maxmemory_bytes: u64) -> Stri
     comment(s, "  admin     every command, key and channel: operators and `strata` admin commands.");
     comment(
         s,
-        &format!("  app       the application: keys `{prefix}:*` only, channels `{CHANNEL_PATTERN}` only (Strata"),
+        &format!("  app       the application: keys `{prefix}:*` and their lease keys `{{{prefix}:*` (Strata's"),
     );
-    comment(s, "            invalidation), every command except @dangerous and @admin (FLUSHALL, FLUSHDB, KEYS,");
-    comment(s, "            CONFIG, DEBUG, SHUTDOWN, MONITOR, ACL, SAVE ...); ROLE is allowed for Sentinel clients.");
     comment(
         s,
-        &format!("  readonly  @read commands on `{prefix}:*` (minus @dangerous such as KEYS): dashboards, debugging."),
+        &format!("            `{{key}}:lease`), read-only `strata:schema:{prefix}` (the schema version), channels"),
     );
+    comment(
+        s,
+        &format!("            `{CHANNEL_PATTERN}` only (Strata invalidation); every command except @dangerous and"),
+    );
+    comment(s, "            @admin (FLUSHALL, FLUSHDB, KEYS, CONFIG, DEBUG, SHUTDOWN, MONITOR, ACL, SAVE ...), so");
+    comment(s, "            GET/SET/DEL/EXISTS/PTTL/MGET/EVAL/EVALSHA/SCRIPT LOAD work (scripts only touch keys the");
+    comment(s, "            user may touch); ROLE is allowed for Sentinel clients.");
+    comment(
+        s,
+        &format!(
+            "  readonly  @read commands on `{prefix}:*`, `{{{prefix}:*` and `strata:schema:{prefix}` (minus @dangerous"
+        ),
+    );
+    comment(s, "            such as KEYS): dashboards, debugging.");
     comment(s, "  metrics   INFO, PING, CLUSTER INFO/NODES, LATENCY and SLOWLOG reads; no key at all, and no");
     comment(s, "            CONFIG GET (it would reveal masterauth): enough for a Prometheus exporter.");
     comment(

@@ -7,10 +7,21 @@
 //! (hit ratio, memory) are reported.
 //!
 //! Without sampling, counts are exact for a keyspace that does not change during the scan
-//! (keys returned twice by SCAN are counted once). With [`InspectOptions::sample`], only the
+//! (keys returned twice by SCAN are counted once). Counting each key once needs a set of key
+//! hashes (8 bytes each, about 16 with the table's overhead); it is capped at [`MAX_DEDUP_KEYS`]
+//! over the whole inspection (about 80 MB). Past the cap, further keys are counted without
+//! de-duplication (SCAN rarely returns a key twice: only while the table is resized) and the
+//! report says `exact: false`. With [`InspectOptions::sample`], only the
 //! first N keys SCAN returns on each master are measured (SCAN walks the hash table, so this is
 //! a sample uncorrelated with key names) and every figure is extrapolated by the node's key
 //! count: the report is marked `sampled`.
+//!
+//! Memory is `MEMORY USAGE key SAMPLES 0`: exact for aggregates (hashes, lists, sets ...) too,
+//! where the default samples only 5 elements. It costs time proportional to the key's elements.
+//!
+//! Strata's lease keys (`{app:vN:entity:id}:lease`) are counted in a bucket of their own,
+//! `app:vN:entity (leases)` (see [`namespace_of`]): a namespace's figures stay those of its
+//! values, and a large lease bucket points at loads that are slow or stuck.
 //!
 //! `PTTL` counts as a keyspace lookup in Redis (`MEMORY USAGE` does not): an inspection adds
 //! one hit per key measured to the node's `keyspace_hits`. The hit ratios reported are read
@@ -20,6 +31,7 @@ use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -38,6 +50,13 @@ pub const OTHER_NAMESPACE: &str = "(other)";
 pub const NO_NAMESPACE: &str = "(no namespace)";
 /// Default number of biggest keys reported.
 pub const DEFAULT_BIG_KEYS: usize = 10;
+/// Keys remembered (as 64-bit hashes) to count each key once, over the whole inspection; past
+/// it, counts are approximate (`exact: false`).
+pub const MAX_DEDUP_KEYS: u64 = 5_000_000;
+/// Appended to a namespace for the bucket of its lease keys: `shop:v1:user (leases)`.
+pub const LEASE_BUCKET_SUFFIX: &str = " (leases)";
+/// How a Strata lease key ends: `{<key>}:lease`.
+const LEASE_KEY_SUFFIX: &[u8] = b"}:lease";
 /// Names of the TTL histogram buckets, in order.
 pub const TTL_BUCKETS: [&str; 6] = ["none", "<1m", "<10m", "<1h", "<1d", ">=1d"];
 
@@ -47,9 +66,25 @@ pub const TTL_BUCKETS: [&str; 6] = ["none", "<1m", "<10m", "<1h", "<1d", ">=1d"]
 /// segments with a second segment `v` + digits) belongs to `app:v{N}:entity`; any other key
 /// to its first `:`-separated segment (`session:abc` → `session`, `shop:v1:user` →
 /// `shop`); a key without `:` to [`NO_NAMESPACE`]. Non-UTF-8 bytes are replaced (lossy).
+/// A Strata lease key `{KEY}:lease` belongs to the namespace of `KEY` followed by
+/// [`LEASE_BUCKET_SUFFIX`] (`{shop:v1:user:42}:lease` → `shop:v1:user (leases)`).
 ///
-/// `strata invalidate --namespace NS` removes exactly the keys for which this returns `NS`.
+/// `strata invalidate --namespace NS` removes exactly the keys for which this returns `NS`
+/// (and the lease keys of those keys).
 pub fn namespace_of(key: &[u8]) -> Cow<'_, str> {
+    if let Some(inner) = lease_target(key) {
+        return Cow::Owned(format!("{}{LEASE_BUCKET_SUFFIX}", namespace_of_value(inner)));
+    }
+    namespace_of_value(key)
+}
+
+/// The key a Strata lease key (`{KEY}:lease`) protects, None for any other key.
+pub fn lease_target(key: &[u8]) -> Option<&[u8]> {
+    key.strip_prefix(b"{").and_then(|k| k.strip_suffix(LEASE_KEY_SUFFIX)).filter(|k| !k.is_empty())
+}
+
+/// [`namespace_of`] without the lease rule.
+fn namespace_of_value(key: &[u8]) -> Cow<'_, str> {
     let mut parts = key.splitn(4, |b| *b == b':');
     let first = parts.next().unwrap_or_default();
     let Some(second) = parts.next() else {
@@ -243,6 +278,10 @@ pub struct InspectReport {
     pub no_ttl_keys: u64,
     /// The biggest keys seen (among the sampled ones when sampled), biggest first.
     pub big_keys: Vec<BigKey>,
+    /// Whether the counts are exact: no sample, and every key counted once (false when the
+    /// keyspace was larger than [`MAX_DEDUP_KEYS`]: a key SCAN returned twice past that point
+    /// is counted twice).
+    pub exact: bool,
 }
 
 /// Inspects every master of `deployment` (see the module documentation). `progress` gets the
@@ -252,16 +291,17 @@ pub fn inspect(deployment: &Deployment, options: &InspectOptions, progress: &Pro
     if options.sample == Some(0) {
         return Err(OpsError::invalid("--sample must be at least 1"));
     }
-    let scanned: Vec<&str> = deployment.masters().map(|n| n.addr.as_str()).collect();
+    let scanned: Vec<&str> = deployment.masters_checked("inspect")?.into_iter().map(|n| n.addr.as_str()).collect();
     let state = RandomState::new();
+    let dedup = Dedup { state, budget: AtomicU64::new(MAX_DEDUP_KEYS), overflowed: AtomicU64::new(0) };
     let results: Vec<Result<(NodeStats, Option<NodeScan>)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = deployment
             .nodes
             .iter()
             .map(|node| {
                 let scan = scanned.contains(&node.addr.as_str());
-                let state = &state;
-                scope.spawn(move || inspect_node(deployment, node, scan, options, progress, state))
+                let dedup = &dedup;
+                scope.spawn(move || inspect_node(deployment, node, scan, options, progress, dedup))
             })
             .collect();
         handles
@@ -279,6 +319,7 @@ pub fn inspect(deployment: &Deployment, options: &InspectOptions, progress: &Pro
         total_memory_bytes: 0,
         no_ttl_keys: 0,
         big_keys: Vec::new(),
+        exact: options.sample.is_none() && dedup.overflowed.load(Ordering::Relaxed) == 0,
     };
     for result in results {
         let (stats, scan) = result?;
@@ -313,6 +354,32 @@ pub fn inspect(deployment: &Deployment, options: &InspectOptions, progress: &Pro
     Ok(report)
 }
 
+/// The key hashes remembered to count each key once, shared by the masters' threads.
+struct Dedup {
+    state: RandomState,
+    /// Hashes that may still be remembered.
+    budget: AtomicU64,
+    /// Keys counted without de-duplication because the budget was spent.
+    overflowed: AtomicU64,
+}
+
+impl Dedup {
+    /// Whether `key` is new on this node (always true once the budget is spent).
+    fn first_time(&self, seen: &mut HashSet<u64>, key: &[u8]) -> bool {
+        let hash = self.state.hash_one(key);
+        if seen.contains(&hash) {
+            return false;
+        }
+        let take = self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1));
+        if take.is_ok() {
+            seen.insert(hash);
+        } else {
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+}
+
 /// What the scan of one master found (before extrapolation).
 #[derive(Debug, Default)]
 struct NodeScan {
@@ -332,7 +399,7 @@ fn inspect_node(
     scan: bool,
     options: &InspectOptions,
     progress: &ProgressBar,
-    state: &RandomState,
+    dedup: &Dedup,
 ) -> Result<(NodeStats, Option<NodeScan>)> {
     let connected = deployment.connect(&node.addr).and_then(|mut con| {
         let stats = node_stats(&mut con, node)?;
@@ -348,7 +415,7 @@ fn inspect_node(
         return Ok((stats, None));
     }
     progress.inc_length(options.sample.map_or(stats.keys, |n| stats.keys.min(n as u64)));
-    let found = scan_node(&mut con, node, options, progress, state)?;
+    let found = scan_node(&mut con, node, options, progress, dedup)?;
     stats.scanned_keys = found.scanned;
     stats.inspect_lookups = found.lookups;
     Ok((stats, Some(found)))
@@ -412,7 +479,7 @@ fn scan_node(
     node: &Node,
     options: &InspectOptions,
     progress: &ProgressBar,
-    state: &RandomState,
+    dedup: &Dedup,
 ) -> Result<NodeScan> {
     let err = |e: redis::RedisError| OpsError::redis(&node.addr, &e);
     let limit = options.sample.unwrap_or(usize::MAX) as u64;
@@ -423,14 +490,15 @@ fn scan_node(
         let (next, keys): (u64, Vec<Vec<u8>>) =
             redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(SCAN_COUNT).query(con).map_err(err)?;
         // SCAN may return a key twice (when the table shrinks between calls): count it once.
-        let mut keys: Vec<Vec<u8>> = keys.into_iter().filter(|k| seen.insert(state.hash_one(k))).collect();
+        let mut keys: Vec<Vec<u8>> = keys.into_iter().filter(|k| dedup.first_time(&mut seen, k)).collect();
         let room = usize::try_from(limit - out.scanned).unwrap_or(usize::MAX);
         let truncated = keys.len() > room;
         keys.truncate(room);
         if !keys.is_empty() {
             let mut pipe = redis::pipe();
             for key in &keys {
-                pipe.cmd("PTTL").arg(key).cmd("MEMORY").arg("USAGE").arg(key);
+                // SAMPLES 0: every element of an aggregate is measured (the default samples 5).
+                pipe.cmd("PTTL").arg(key).cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0);
             }
             let replies: Vec<Option<i64>> = pipe.query(con).map_err(err)?;
             out.lookups += keys.len() as u64;
@@ -512,6 +580,28 @@ mod tests {
         assert_eq!(namespace_of(b"plain"), NO_NAMESPACE);
         assert_eq!(namespace_of(b":x"), "");
         assert_eq!(namespace_of(b"\xff:v1:e:1"), "\u{fffd}:v1:e");
+        // Lease keys: their own bucket, named after their key's namespace.
+        assert_eq!(namespace_of(b"{shop:v1:user:42}:lease"), "shop:v1:user (leases)");
+        assert_eq!(namespace_of(b"{session:abc}:lease"), "session (leases)");
+        assert_eq!(namespace_of(b"{plain}:lease"), "(no namespace) (leases)");
+        assert_eq!(namespace_of(b"{}:lease"), "{}");
+        assert_eq!(namespace_of(b"{shop:v1:user:42}:leases"), "{shop:v1:user", "not a lease key");
+        assert_eq!(lease_target(b"{shop:v1:user:42}:lease"), Some(&b"shop:v1:user:42"[..]));
+    }
+
+    #[test]
+    fn dedup_turns_approximate_past_its_budget() {
+        let dedup = Dedup { state: RandomState::new(), budget: AtomicU64::new(2), overflowed: AtomicU64::new(0) };
+        let mut seen = HashSet::new();
+        assert!(dedup.first_time(&mut seen, b"a"));
+        assert!(!dedup.first_time(&mut seen, b"a"), "remembered");
+        assert!(dedup.first_time(&mut seen, b"b"));
+        assert_eq!(dedup.overflowed.load(Ordering::Relaxed), 0);
+        assert!(dedup.first_time(&mut seen, b"c"));
+        assert!(dedup.first_time(&mut seen, b"c"), "past the budget, a repeat counts again");
+        assert!(!dedup.first_time(&mut seen, b"b"), "keys remembered before stay remembered");
+        assert_eq!(dedup.overflowed.load(Ordering::Relaxed), 2);
+        assert_eq!(seen.len(), 2);
     }
 
     #[test]

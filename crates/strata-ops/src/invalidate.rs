@@ -7,21 +7,28 @@
 //! (computed locally, no `CLUSTER KEYSLOT` round trip) into one `UNLINK` per slot. Replicas are
 //! not scanned: they follow their masters.
 //!
+//! Each removed key's Strata lease (`{KEY}:lease`, same slot) is unlinked with it, as the
+//! library's own `delete` does: a load that started before the invalidation must not store its
+//! value after it. Leases are not counted in the report.
+//!
+//! No set of the keys seen is kept (memory stays flat on any keyspace): `UNLINK` is idempotent
+//! and `removed` counts its replies, so a key SCAN returns twice is removed and counted once.
+//! `matched` counts SCAN's replies and may count such a key twice (rare: only while the hash
+//! table is resized); in a dry run it is therefore an upper bound.
+//!
 //! Flushing retires a whole key schema: the schema version of an app lives in the Redis key
 //! `strata:schema:APP` (an integer; absent means 1). [`bump_version`] raises it by one; apps
 //! that read it build their keys with the new `v{N}` prefix, and the old keys expire by their
 //! TTL (or are removed at once with `purge_old`). See `docs/operations/inspect-invalidate.md`.
 
-use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher;
+use std::collections::HashMap;
 
 use indicatif::ProgressBar;
 use redis::cluster_routing::Slot;
 use serde::Serialize;
 
 use crate::error::{OpsError, Result};
-use crate::inspect::{SCAN_COUNT, namespace_of};
+use crate::inspect::{SCAN_COUNT, lease_target, namespace_of};
 use crate::target::{Deployment, Node};
 
 /// Default number of keys per `UNLINK` round trip.
@@ -142,7 +149,7 @@ pub struct InvalidateReport {
     /// The namespace, when invalidating one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// Keys found (each counted once).
+    /// Keys found (SCAN replies: a key returned twice while the table resizes counts twice).
     pub matched: u64,
     /// Keys removed (`UNLINK` replies: a key that expired in between is matched, not removed).
     pub removed: u64,
@@ -164,14 +171,13 @@ pub fn invalidate(
         Selector::Namespace(ns) => Some(ns.clone()),
         Selector::Pattern(_) => None,
     };
-    let masters: Vec<&Node> = deployment.masters().collect();
-    let state = RandomState::new();
+    let masters = deployment.masters_checked("invalidate")?;
     let results: Vec<Result<(u64, u64)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = masters
             .iter()
             .map(|node| {
-                let (pattern, namespace, state) = (&pattern, namespace.as_deref(), &state);
-                scope.spawn(move || invalidate_node(deployment, node, pattern, namespace, options, progress, state))
+                let (pattern, namespace) = (&pattern, namespace.as_deref());
+                scope.spawn(move || invalidate_node(deployment, node, pattern, namespace, options, progress))
             })
             .collect();
         handles
@@ -202,10 +208,8 @@ fn invalidate_node(
     namespace: Option<&str>,
     options: &InvalidateOptions,
     progress: &ProgressBar,
-    state: &RandomState,
 ) -> Result<(u64, u64)> {
     let mut con = deployment.connect(&node.addr)?;
-    let mut seen: HashSet<u64> = HashSet::new();
     let mut pending: Vec<Vec<u8>> = Vec::new();
     let (mut matched, mut removed) = (0u64, 0u64);
     let mut cursor: u64 = 0;
@@ -222,10 +226,6 @@ fn invalidate_node(
             // The pattern `NS:*` of a first-segment namespace also matches schema keys
             // (`NS:v1:entity:id`), which belong to their own namespace.
             if namespace.is_some_and(|ns| namespace_of(&key) != ns) {
-                continue;
-            }
-            // SCAN may return a key twice (deleting shrinks the table): count it once.
-            if !seen.insert(state.hash_one(&key)) {
                 continue;
             }
             matched += 1;
@@ -249,7 +249,8 @@ fn invalidate_node(
     Ok((matched, removed))
 }
 
-/// UNLINKs `keys` (emptied) in one round trip: one command per slot on a cluster.
+/// UNLINKs `keys` (emptied) and their lease keys in one round trip: one command per slot on a
+/// cluster. Returns the keys removed (leases not counted).
 fn unlink(
     con: &mut redis::Connection,
     node: &Node,
@@ -257,23 +258,51 @@ fn unlink(
     keys: &mut Vec<Vec<u8>>,
     progress: &ProgressBar,
 ) -> Result<u64> {
+    // On a cluster, a key with its own hash tag (`{tenant}:x`) has its lease in another slot,
+    // maybe on another node: such leases are left to expire (the library cannot script them
+    // together with their key either).
+    let leases: Vec<Vec<u8>> = keys
+        .iter()
+        .filter(|k| lease_target(k).is_none())
+        .map(|k| (k, lease_key(k)))
+        .filter(|(k, lease)| !cluster || Slot::for_key(k) == Slot::for_key(lease))
+        .map(|(_, lease)| lease)
+        .collect();
     let mut pipe = redis::pipe();
     if cluster {
-        let mut by_slot: HashMap<Slot, Vec<Vec<u8>>> = HashMap::new();
-        for key in keys.drain(..) {
-            by_slot.entry(Slot::for_key(&key)).or_default().push(key);
-        }
-        for group in by_slot.values() {
+        let group = |keys: Vec<Vec<u8>>| {
+            let mut by_slot: HashMap<Slot, Vec<Vec<u8>>> = HashMap::new();
+            for key in keys {
+                by_slot.entry(Slot::for_key(&key)).or_default().push(key);
+            }
+            by_slot
+        };
+        for group in group(std::mem::take(keys)).values() {
             pipe.cmd("UNLINK").arg(group);
+        }
+        for group in group(leases).values() {
+            pipe.cmd("UNLINK").arg(group).ignore();
         }
     } else {
         pipe.cmd("UNLINK").arg(&*keys);
+        if !leases.is_empty() {
+            pipe.cmd("UNLINK").arg(&leases).ignore();
+        }
         keys.clear();
     }
     let counts: Vec<u64> = pipe.query(con).map_err(|e| OpsError::redis(&node.addr, &e))?;
     let removed = counts.iter().sum();
     progress.inc(removed);
     Ok(removed)
+}
+
+/// The Strata lease key of `key`: `{KEY}:lease` (the library's `lease_key`).
+fn lease_key(key: &[u8]) -> Vec<u8> {
+    let mut lease = Vec::with_capacity(key.len() + 8);
+    lease.push(b'{');
+    lease.extend_from_slice(key);
+    lease.extend_from_slice(b"}:lease");
+    lease
 }
 
 /// The key holding `app`'s schema version.
@@ -363,7 +392,8 @@ return old
 
 /// A connection to the master serving `key` (the one master of a standalone server).
 fn connection_for_key(deployment: &Deployment, key: &str) -> Result<(String, redis::Connection)> {
-    let first = deployment.masters().next().ok_or_else(|| OpsError::invalid("the deployment has no master"))?;
+    let masters = deployment.masters_checked("flush")?;
+    let first = *masters.first().ok_or_else(|| OpsError::invalid("the deployment has no master"))?;
     let mut con = deployment.connect(&first.addr)?;
     if !deployment.cluster {
         return Ok((first.addr.clone(), con));
@@ -371,7 +401,7 @@ fn connection_for_key(deployment: &Deployment, key: &str) -> Result<(String, red
     let slot: u16 =
         redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(&mut con).map_err(|e| OpsError::redis(&first.addr, &e))?;
     let owner =
-        deployment.masters().find(|n| n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))).ok_or_else(|| {
+        masters.iter().copied().find(|n| n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))).ok_or_else(|| {
             OpsError::invalid(format!("no master serves slot {slot} (of {key}); is the cluster healthy?"))
         })?;
     if owner.addr == first.addr {

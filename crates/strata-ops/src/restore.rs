@@ -182,7 +182,7 @@ enum Target {
 
 impl Target {
     fn connect(deployment: &Deployment) -> Result<Self> {
-        let masters: Vec<&Node> = deployment.masters().collect();
+        let masters: Vec<&Node> = deployment.masters_checked("restore")?;
         let first = masters
             .first()
             .ok_or_else(|| OpsError::new(OpsErrorKind::Redis, "the target reports no master serving slots"))?;

@@ -345,3 +345,70 @@ fn failed_backup_leaves_no_manifest() {
         .expect_err("no manifest");
     assert!(err.is_invalid_input() && err.to_string().contains(MANIFEST_FILE), "{err}");
 }
+
+#[test]
+fn backups_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = RedisServer::start().expect("server");
+    redis::cmd("SET").arg("app:v1:secret:1").arg("card").exec(&mut server.connection().expect("con")).expect("SET");
+    let deployment = Deployment::discover(&server.url(), &Credentials::default()).expect("discover");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("nested").join("backup");
+    let manifest = backup::backup(&deployment, &BackupOptions::new(&dir), &ProgressBar::hidden()).expect("backup");
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "a backup directory is private");
+    assert_eq!(mode(&tmp.path().join("nested")), 0o700, "created parents too");
+    assert_eq!(mode(&dir.join(MANIFEST_FILE)), 0o600);
+    assert_eq!(mode(&dir.join(&manifest.files[0].file)), 0o600);
+
+    // Forced over a loosened backup: the files are tightened again.
+    for name in [MANIFEST_FILE.to_owned(), manifest.files[0].file.clone()] {
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let forced = BackupOptions { force: true, ..BackupOptions::new(&dir) };
+    let manifest = backup::backup(&deployment, &forced, &ProgressBar::hidden()).expect("forced backup");
+    assert_eq!(mode(&dir.join(MANIFEST_FILE)), 0o600);
+    assert_eq!(mode(&dir.join(&manifest.files[0].file)), 0o600);
+}
+
+/// A paused (SIGSTOPped) master fails the backup within its deadline, with one clear line.
+#[test]
+fn a_hung_master_fails_the_backup_in_time() {
+    let server = RedisServer::start().expect("server");
+    let deployment = Deployment::discover(&server.url(), &Credentials::default()).expect("discover");
+    server.node().pause().expect("SIGSTOP");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let options = BackupOptions { timeout: Duration::from_secs(2), ..BackupOptions::new(tmp.path()) };
+    let started = Instant::now();
+    let result = backup::backup(&deployment, &options, &ProgressBar::hidden());
+    let took = started.elapsed();
+    server.node().resume().expect("SIGCONT");
+    let err = result.expect_err("a paused master cannot be backed up");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(err.is_unreachable(), "{err}");
+    assert!(!err.to_string().contains('\n'), "{err}");
+    assert_eq!(std::fs::read_dir(tmp.path()).expect("ls").count(), 0, "nothing left behind");
+}
+
+/// `redis-cli --rdb` itself hangs (the master holds the transfer back): it is killed at the
+/// deadline, its partial file removed.
+#[test]
+fn a_stalled_snapshot_is_killed_at_the_deadline() {
+    // Diskless sync waits this long for more replicas before it starts the transfer.
+    let server = RedisServer::builder()
+        .config_line("repl-diskless-sync yes")
+        .config_line("repl-diskless-sync-delay 60")
+        .start()
+        .expect("server");
+    let deployment = Deployment::discover(&server.url(), &Credentials::default()).expect("discover");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let options = BackupOptions { timeout: Duration::from_secs(2), ..BackupOptions::new(tmp.path()) };
+    let started = Instant::now();
+    let err = backup::backup(&deployment, &options, &ProgressBar::hidden()).expect_err("stalled");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "took {took:?}");
+    let text = err.to_string();
+    assert!(text.contains("did not finish within 2 s") && text.contains("--timeout-secs"), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+    assert_eq!(std::fs::read_dir(tmp.path()).expect("ls").count(), 0, "no .part left behind");
+}

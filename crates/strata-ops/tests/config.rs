@@ -186,6 +186,21 @@ fn check_workload(workload: Workload) {
     ok(&mut app, &["UNLINK", "app:y"]);
     ok(&mut app, &["PUBLISH", "strata:invalidate", "app:x"]);
     ok(&mut app, &["EVAL", "return redis.call('GET', KEYS[1])", "1", "app:x"]);
+    // Lease keys (`{key}:lease`, hash-tagged) and the scripts that touch a key and its lease.
+    ok(&mut app, &["SET", "{app:v1:user:1}:lease", "token", "NX", "PX", "10000"]);
+    ok(
+        &mut app,
+        &["EVAL", "return redis.call('DEL', KEYS[1], KEYS[2])", "2", "app:v1:user:1", "{app:v1:user:1}:lease"],
+    );
+    ok(&mut app, &["SCRIPT", "LOAD", "return 1"]);
+    ok(&mut app, &["EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", "0"]);
+    // The schema key: readable, not writable (only operators bump it).
+    ok(&mut admin, &["SET", "strata:schema:app", "2"]);
+    let version: String = query(&mut app, &["GET", "strata:schema:app"]).expect("GET schema");
+    assert_eq!(version, "2");
+    denied(&mut app, &["SET", "strata:schema:app", "3"], "NOPERM");
+    denied(&mut app, &["GET", "strata:schema:other"], "NOPERM");
+    denied(&mut app, &["SET", "{other:v1:user:1}:lease", "token"], "NOPERM");
     denied(&mut app, &["SET", "other:x", "1"], "NOPERM");
     denied(&mut app, &["GET", "other:x"], "NOPERM");
     denied(&mut app, &["EVAL", "return redis.call('GET', KEYS[1])", "1", "other:x"], "NOPERM");
@@ -206,6 +221,9 @@ fn check_workload(workload: Workload) {
     let got: String = query(&mut readonly, &["GET", "app:x"]).expect("readonly GET");
     assert_eq!(got, "1");
     ok(&mut readonly, &["TTL", "app:x"]);
+    ok(&mut readonly, &["PTTL", "{app:v1:user:1}:lease"]);
+    ok(&mut readonly, &["GET", "strata:schema:app"]);
+    denied(&mut readonly, &["SET", "{app:v1:user:1}:lease", "2"], "NOPERM");
     denied(&mut readonly, &["SET", "app:x", "2"], "NOPERM");
     denied(&mut readonly, &["DEL", "app:x"], "NOPERM");
     denied(&mut readonly, &["GET", "other:x"], "NOPERM");
@@ -324,7 +342,7 @@ fn secret_files_are_0600_and_never_overwritten_silently() {
     assert_eq!(mode(CREDENTIALS), 0o600);
     assert_eq!(mode(REPLICATION_CONF), 0o600);
     assert_eq!(mode(USERS_ACL), 0o600);
-    assert_eq!(mode(REDIS_CONF), 0o644);
+    assert_eq!(mode(REDIS_CONF), 0o640, "CONFIG REWRITE copies masterauth into redis.conf");
     let credentials = fs::read_to_string(conf_dir.join(CREDENTIALS)).expect("credentials");
     for user in ACL_USERS {
         let password = rendered.password(user).expect("password");

@@ -89,7 +89,8 @@ fn exercise(deployment: &Deployment, masters: usize) {
     assert_eq!(report.big_keys.len(), 10);
     assert!(report.big_keys.windows(2).all(|w| w[0].memory_bytes >= w[1].memory_bytes));
     let json = serde_json::to_value(&report).expect("json");
-    for field in ["namespaces", "ttl_histogram", "nodes", "sampled"] {
+    assert!(report.exact);
+    for field in ["namespaces", "ttl_histogram", "nodes", "sampled", "exact"] {
         assert!(json.get(field).is_some(), "{field} missing");
     }
     for field in ["addr", "used_memory_bytes", "maxmemory_bytes", "hit_ratio", "evicted_keys", "expired_keys", "keys"] {
@@ -112,6 +113,7 @@ fn exercise(deployment: &Deployment, masters: usize) {
     }
     assert!(sampled.total_keys.abs_diff(559) <= 10, "estimate {}", sampled.total_keys);
     assert_eq!(serde_json::to_value(&sampled).expect("json")["sampled"], true);
+    assert!(!sampled.exact, "a sample is never exact");
 
     // Dry run: counted, nothing removed.
     let options = InvalidateOptions { dry_run: true, ..InvalidateOptions::namespace("shop:v1:user") };
@@ -209,4 +211,77 @@ fn unreachable_deployment_is_a_clear_error() {
     let err = Deployment::discover(&format!("redis://127.0.0.1:{port}"), &Credentials::default())
         .expect_err("nothing listens there");
     assert!(err.is_unreachable(), "{err}");
+}
+
+/// Lease keys get their own bucket and go with their keys on invalidation; aggregates are
+/// measured exactly (`MEMORY USAGE ... SAMPLES 0`).
+#[test]
+fn leases_and_aggregates() {
+    let server = RedisServer::start().expect("server");
+    let mut con = server.connection().expect("connection");
+    for i in 0..20 {
+        redis::cmd("SET").arg(format!("shop:v1:user:{i}")).arg("v").arg("EX").arg(600).exec(&mut con).expect("SET");
+    }
+    for i in 0..5 {
+        let lease = format!("{{shop:v1:user:{i}}}:lease");
+        redis::cmd("SET").arg(&lease).arg("token").arg("PX").arg(60_000).exec(&mut con).expect("SET lease");
+    }
+    // A hash table (not a listpack) with very uneven values: the default MEMORY USAGE samples
+    // 5 of its 300 fields and extrapolates, SAMPLES 0 counts them all.
+    let mut hset = redis::cmd("HSET");
+    hset.arg("shop:v1:blob:1");
+    for f in 0..300 {
+        hset.arg(format!("f{f}")).arg("x".repeat(if f % 50 == 0 { 20_000 } else { 70 }));
+    }
+    hset.exec(&mut con).expect("HSET");
+    let exact: u64 =
+        redis::cmd("MEMORY").arg("USAGE").arg("shop:v1:blob:1").arg("SAMPLES").arg(0).query(&mut con).expect("MEMORY");
+    let sampled: u64 = redis::cmd("MEMORY").arg("USAGE").arg("shop:v1:blob:1").query(&mut con).expect("MEMORY");
+    assert_ne!(exact, sampled, "the default estimate happens to be exact; the test needs another shape");
+
+    let deployment = Deployment::discover(&server.url(), &Credentials::default()).expect("discover");
+    let report = inspect(&deployment, &InspectOptions::default(), &hidden()).expect("inspect");
+    let got = counts(&report.namespaces);
+    assert_eq!(got.get("shop:v1:user"), Some(&(20, 0)), "{got:?}");
+    assert_eq!(got.get("shop:v1:user (leases)"), Some(&(5, 0)), "{got:?}");
+    assert_eq!(report.namespaces["shop:v1:blob"].memory_bytes, exact, "memory of an aggregate is exact");
+    assert_eq!(report.big_keys[0].key, "shop:v1:blob:1");
+    assert_eq!(report.big_keys[0].memory_bytes, exact);
+    assert!(report.exact);
+
+    let done = invalidate(&deployment, &InvalidateOptions::namespace("shop:v1:user"), &hidden()).expect("invalidate");
+    assert_eq!((done.matched, done.removed), (20, 20), "leases are removed, not counted");
+    let leases: Vec<String> = redis::cmd("KEYS").arg("{*").query(&mut con).expect("KEYS");
+    assert!(leases.is_empty(), "leases left behind: {leases:?}");
+}
+
+/// A standalone replica named by --url: every command that works on the keys refuses it
+/// instead of reporting success after touching nothing.
+#[test]
+fn a_standalone_replica_is_refused() {
+    let master = RedisServer::start().expect("master");
+    redis::cmd("SET").arg("shop:v1:user:1").arg("v").exec(&mut master.connection().expect("con")).expect("SET");
+    let replica =
+        RedisServer::builder().config_line(format!("replicaof 127.0.0.1 {}", master.port())).start().expect("replica");
+    let deployment = Deployment::discover(&replica.url(), &Credentials::default()).expect("discover");
+    let check = |what: &str, err: strata_ops::OpsError| {
+        let text = err.to_string();
+        assert!(text.contains("replica") && text.contains("master"), "{what}: {text}");
+        assert!(text.contains(what), "{what}: {text}");
+    };
+    check("inspect", inspect(&deployment, &InspectOptions::default(), &hidden()).expect_err("inspect a replica"));
+    check(
+        "invalidate",
+        invalidate(&deployment, &InvalidateOptions::namespace("shop:v1:user"), &hidden()).expect_err("invalidate"),
+    );
+    check("flush", bump_version(&deployment, "shop", Some(10), &hidden()).expect_err("bump on a replica"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let err = strata_ops::backup::backup(
+        &deployment,
+        &strata_ops::backup::BackupOptions::new(tmp.path().join("b")),
+        &hidden(),
+    )
+    .expect_err("backup of a replica");
+    check("backup", err);
+    assert!(!tmp.path().join("b").exists(), "nothing created");
 }

@@ -11,7 +11,8 @@ use super::common::{OutputArgs, Style, TargetArgs, paint};
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Each master streams a fresh RDB snapshot (as `redis-cli --rdb` does), so remote \
 nodes work too. DIR receives one .rdb file per master and manifest.json (node, slots, keys, size, SHA-256, \
-Redis version, time), written last: a directory with a manifest holds a complete backup.")]
+Redis version, time), written last: a directory with a manifest holds a complete backup. A new DIR is \
+created 0700 and every file 0600 (a backup holds every cached value).")]
 pub(crate) struct Args {
     #[command(flatten)]
     target: TargetArgs,
@@ -24,13 +25,22 @@ pub(crate) struct Args {
     /// Masters snapshotted at the same time.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     parallel: u16,
+    /// Deadline of one master's snapshot, in seconds: past it `redis-cli --rdb` is killed and
+    /// the backup fails (a paused or overloaded master must not hang it).
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_secs: u64,
     #[command(flatten)]
     output: OutputArgs,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let deployment = args.target.deployment()?;
-    let options = BackupOptions { out: args.out.clone(), force: args.force, parallelism: usize::from(args.parallel) };
+    let options = BackupOptions {
+        out: args.out.clone(),
+        force: args.force,
+        parallelism: usize::from(args.parallel),
+        timeout: Duration::from_secs(args.timeout_secs),
+    };
     let bar = progress_bar("snapshots", "requesting snapshots");
     let result = backup::backup(&deployment, &options, &bar);
     bar.finish_and_clear();

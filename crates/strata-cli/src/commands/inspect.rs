@@ -14,7 +14,10 @@ const HUMAN_NAMESPACES: usize = 50;
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Counts are exact without --sample (SCAN of every master, PTTL and MEMORY USAGE of every \
                         key, pipelined per batch). With --sample N, N keys per master are measured and every \
-                        figure is extrapolated: the output says so (\"sampled\": true).")]
+                        figure is extrapolated: the output says so (\"sampled\": true). Past 5 million keys, a key SCAN returns \
+                        twice may be counted twice (\"exact\": false). Lease keys ({KEY}:lease) are counted under \
+                        \"NAMESPACE (leases)\". Control characters in key names are shown escaped (\\n, \\x1b) in \
+                        the table, as they are in the JSON.")]
 pub(crate) struct Args {
     #[command(flatten)]
     target: TargetArgs,
@@ -46,7 +49,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
 
 fn human(report: &InspectReport) -> String {
     let mut out = String::new();
-    let estimate = if report.sampled { " (estimated from a sample)" } else { "" };
+    let estimate = if report.sampled {
+        " (estimated from a sample)"
+    } else if !report.exact {
+        " (approximate: too many keys to count each once)"
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
         "Keyspace{estimate}: {} keys, {}, {} without TTL",
@@ -56,9 +65,10 @@ fn human(report: &InspectReport) -> String {
     );
     let mut rows: Vec<_> = report.namespaces.iter().collect();
     rows.sort_by(|a, b| b.1.memory_bytes.cmp(&a.1.memory_bytes).then_with(|| a.0.cmp(b.0)));
-    let width = rows.iter().take(HUMAN_NAMESPACES).map(|(n, _)| n.chars().count()).max().unwrap_or(0).max(9);
+    let names: Vec<String> = rows.iter().take(HUMAN_NAMESPACES).map(|(n, _)| printable(n)).collect();
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(9);
     let _ = writeln!(out, "\n{:<width$}  {:>10}  {:>10}  {:>10}", "NAMESPACE", "KEYS", "MEMORY", "NO TTL");
-    for (name, ns) in rows.iter().take(HUMAN_NAMESPACES) {
+    for (name, (_, ns)) in names.iter().zip(rows.iter()) {
         let no_ttl = if ns.no_ttl_keys > 0 {
             paint(&format!("{:>10}", ns.no_ttl_keys), Style::Bad)
         } else {
@@ -79,7 +89,7 @@ fn human(report: &InspectReport) -> String {
         let _ = writeln!(out, "\nBiggest keys");
         for key in &report.big_keys {
             let ttl = key.ttl_ms.map_or_else(|| "no TTL".to_owned(), |ms| format!("TTL {}s", ms / 1000));
-            let _ = writeln!(out, "  {:>10}  {}  ({ttl}, {})", bytes(key.memory_bytes), key.key, key.node);
+            let _ = writeln!(out, "  {:>10}  {}  ({ttl}, {})", bytes(key.memory_bytes), printable(&key.key), key.node);
         }
     }
     let _ = writeln!(out, "\nNodes");
@@ -111,6 +121,31 @@ fn human(report: &InspectReport) -> String {
     out
 }
 
+/// `text` with control characters escaped (`\n`, `\t`, `\x1b`, `\u{9b}` ...) and backslashes
+/// doubled, so a key name cannot move the cursor, recolour or rewrite the operator's terminal.
+pub(crate) fn printable(text: &str) -> String {
+    if !text.chars().any(|c| c.is_control() || c == '\\') {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() && (c as u32) < 0x100 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// `1.5 MiB`-style sizes.
 pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -121,4 +156,15 @@ pub(crate) fn bytes(n: u64) -> String {
         unit += 1;
     }
     if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("shop:v1:user:42"), "shop:v1:user:42");
+        assert_eq!(printable("a\x1b[2Jb\nc\td\\e\u{9b}"), "a\\x1b[2Jb\\nc\\td\\\\e\\x9b");
+    }
 }

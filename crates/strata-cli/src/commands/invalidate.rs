@@ -10,7 +10,8 @@ use super::common::{OutputArgs, Style, TargetArgs, paint};
 #[command(group(clap::ArgGroup::new("selector").required(true).args(["namespace", "pattern"])))]
 #[command(after_help = "--namespace shop:v1:user removes exactly the keys `strata inspect` lists under that \
                         namespace (shop:v1:user:*, not shop:v1:users:*). --pattern takes a Redis glob as is \
-                        (escape * ? [ ] \\ yourself). Try --dry-run first.")]
+                        (escape * ? [ ] \\ yourself). Each removed key's Strata lease ({KEY}:lease) goes with it, so a load \
+                        in flight cannot store a value loaded before the invalidation. Try --dry-run first.")]
 pub(crate) struct Args {
     #[command(flatten)]
     target: TargetArgs,
