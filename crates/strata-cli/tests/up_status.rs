@@ -267,3 +267,19 @@ fn the_database_in_the_url_is_the_one_used() {
     let err = one_line_error(&strata(&["status", "--url", &format!("{}/2", cluster.seed_urls()[0])]));
     assert!(err.contains("database 0"), "{err}");
 }
+
+#[test]
+fn a_hung_node_is_reported_not_waited_for() {
+    let mut cluster = strata_cluster::RedisCluster::start(3, 1).expect("cluster");
+    let replica = cluster.replica_indices().expect("replicas")[0];
+    let addr = cluster.nodes()[replica].addr();
+    cluster.node_mut(replica).pause().expect("pause");
+    let seed = cluster.seed_urls()[cluster.master_indices().expect("masters")[0]].clone();
+    let out = strata(&["status", "--url", &seed, "--json"]);
+    cluster.node_mut(replica).resume().expect("resume");
+    let status = json(&out);
+    let node = status["nodes"].as_array().expect("nodes").iter().find(|n| n["addr"] == addr.as_str()).cloned();
+    let node = node.expect("the paused node is listed");
+    assert_eq!(node["reachable"], false, "{node}");
+    assert!(node["error"].is_string());
+}

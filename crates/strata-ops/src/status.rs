@@ -63,7 +63,7 @@ pub fn status(deployment: &Deployment) -> Result<Status> {
             reachable: false,
             error: None,
         };
-        match deployment.connect(&node.addr).and_then(|mut con| {
+        match deployment.probe(&node.addr).and_then(|mut con| {
             let info: String =
                 redis::cmd("INFO").arg("all").query(&mut con).map_err(|e| crate::OpsError::redis(&node.addr, &e))?;
             let cluster_info: Option<String> =

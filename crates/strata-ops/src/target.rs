@@ -10,7 +10,10 @@ use serde::Serialize;
 use crate::error::{OpsError, OpsErrorKind, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bulk operations (SCAN batches, MEMORY USAGE pipelines, RESTORE batches).
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Discovery probes (INFO, CLUSTER NODES): a hung node should not hold a command up for long.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Credentials for every node of a deployment. Never printed.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -90,6 +93,7 @@ impl Deployment {
         };
         // Probe on database 0: a cluster node refuses SELECT, and we want to say why ourselves.
         let mut con = connect(&addr, &credentials, 0)?;
+        con.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(|e| OpsError::redis(&addr, &e))?;
         let info: String = redis::cmd("INFO").arg("cluster").query(&mut con).map_err(|e| OpsError::redis(&addr, &e))?;
         if !info.contains("cluster_enabled:1") {
             let role = replication_role(&mut con, &addr)?;
@@ -170,6 +174,14 @@ impl Deployment {
     /// database.
     pub fn connect(&self, addr: &str) -> Result<redis::Connection> {
         connect(addr, &self.credentials, self.db)
+    }
+
+    /// A connection for quick questions (INFO, CLUSTER INFO): a hung node answers an error after
+    /// a few seconds instead of holding the command up.
+    pub fn probe(&self, addr: &str) -> Result<redis::Connection> {
+        let con = self.connect(addr)?;
+        con.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(|e| OpsError::redis(addr, &e))?;
+        Ok(con)
     }
 
     /// The database number from the URL (0 on a cluster).
