@@ -11,7 +11,8 @@
 //!        │ bounded in bytes, per-entry   │
 //!        │ TTL ≤ the Redis copy's TTL    │
 //!        └───────────────┬───────────────┘
-//!                 miss   │  single-flight: one load per key per process
+//!                 miss   │  single-flight: one load per key per process,
+//!                        │  one per key across processes (lease in Redis)
 //!        ┌───────────────▼───────────────┐
 //!        │ circuit breaker + timeouts    │── open / slow / down ──┐
 //!        └───────────────┬───────────────┘                        │
@@ -37,7 +38,12 @@
 //!   written without one. A "not found" from the source can be cached with its own shorter TTL
 //!   ([`Cache::get_or_set_optional`]).
 //! - **Stampede protection** in-process: concurrent misses on one key run the loader once and
-//!   share its value or its error.
+//!   share its value or its error. Across processes, leases in Redis ([`LeaseConfig`]) make N
+//!   processes missing one key run the loader once in total; the lease expires if its holder
+//!   dies, and another process takes over.
+//! - **No stale sets**: a value loaded before an invalidation (`delete`, `set`) can never be
+//!   stored after it — the holder stores with a compare-and-set on its lease, and every write
+//!   through Strata revokes the lease.
 //! - **Resilience**: every Redis call has a timeout; a circuit breaker stops calling Redis after
 //!   consecutive failures and probes it again later. While Redis is unhealthy, `get_or_set`
 //!   serves from the loader and callers see no error.
