@@ -42,6 +42,8 @@ enum Command {
     Backup(commands::backup::Args),
     /// Restore a backup into a running deployment (keys, values and TTLs).
     Restore(commands::restore::Args),
+    /// Drills against a deployment: `stampede` (distributed single-flight).
+    Drill(commands::drill::Args),
     /// Run a cache-aside workload over a slow source, with and without Strata, on a local cluster.
     Demo(commands::demo::Args),
     /// Run a benchmark scenario.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Config(a) => commands::config::run(a),
         Command::Backup(a) => commands::backup::run(a),
         Command::Restore(a) => commands::restore::run(a),
+        Command::Drill(a) => commands::drill::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Bench(a) => commands::bench::run(a),
     };

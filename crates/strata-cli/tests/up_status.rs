@@ -183,6 +183,7 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing_running() {
         "restore",
         "bench",
         "demo",
+        "drill",
     ] {
         let help = strata(&[cmd, "--help"]);
         assert!(help.status.success() && !help.stdout.is_empty(), "{cmd} --help");

@@ -6,6 +6,7 @@ pub(crate) mod common;
 pub(crate) mod config;
 pub(crate) mod demo;
 pub(crate) mod down;
+pub(crate) mod drill;
 pub(crate) mod flush;
 pub(crate) mod inspect;
 pub(crate) mod invalidate;
