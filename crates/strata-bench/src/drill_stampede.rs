@@ -114,7 +114,7 @@ pub fn run(urls: &[String], options: &Options, worker_command: &[String]) -> any
 /// Deletes the drill's key and its lease (same slot, so one DEL) once every worker is done.
 fn remove_key(urls: &[String], key: &str) -> anyhow::Result<()> {
     let mut del = redis::cmd("DEL");
-    del.arg(key).arg(format!("{{{key}}}:lease"));
+    del.arg(key).arg(strata::lease_key(key));
     if urls.len() > 1 {
         let mut con = redis::cluster::ClusterClient::new(urls.to_vec())?.get_connection()?;
         del.query::<i64>(&mut con)?;

@@ -56,7 +56,6 @@ pub const MAX_DEDUP_KEYS: u64 = 5_000_000;
 /// Appended to a namespace for the bucket of its lease keys: `shop:v1:user (leases)`.
 pub const LEASE_BUCKET_SUFFIX: &str = " (leases)";
 /// How a Strata lease key ends: `{<key>}:lease`.
-const LEASE_KEY_SUFFIX: &[u8] = b"}:lease";
 /// Names of the TTL histogram buckets, in order.
 pub const TTL_BUCKETS: [&str; 6] = ["none", "<1m", "<10m", "<1h", "<1d", ">=1d"];
 
@@ -80,25 +79,16 @@ pub fn namespace_of(key: &[u8]) -> Cow<'_, str> {
 
 /// The key a Strata lease key (`{KEY}:lease`) protects, None for any other key.
 pub fn lease_target(key: &[u8]) -> Option<&[u8]> {
-    key.strip_prefix(b"{").and_then(|k| k.strip_suffix(LEASE_KEY_SUFFIX)).filter(|k| !k.is_empty())
+    strata::lease_target(key)
 }
 
-/// [`namespace_of`] without the lease rule.
+/// [`namespace_of`] without the lease rule: the library's rule, plus a bucket for keys with no
+/// `:` at all.
 fn namespace_of_value(key: &[u8]) -> Cow<'_, str> {
-    let mut parts = key.splitn(4, |b| *b == b':');
-    let first = parts.next().unwrap_or_default();
-    let Some(second) = parts.next() else {
+    if !key.contains(&b':') {
         return Cow::Borrowed(NO_NAMESPACE);
-    };
-    let third = parts.next();
-    let rest = parts.next();
-    let versioned = second.len() > 1 && second[0] == b'v' && second[1..].iter().all(u8::is_ascii_digit);
-    match (third, rest) {
-        (Some(third), Some(_)) if versioned => {
-            String::from_utf8_lossy(&key[..first.len() + second.len() + third.len() + 2])
-        }
-        _ => String::from_utf8_lossy(first),
     }
+    String::from_utf8_lossy(strata::namespace_of(key))
 }
 
 /// Options of [`inspect`].

@@ -264,7 +264,7 @@ fn unlink(
     let leases: Vec<Vec<u8>> = keys
         .iter()
         .filter(|k| lease_target(k).is_none())
-        .map(|k| (k, lease_key(k)))
+        .map(|k| (k, strata::lease_key(k)))
         .filter(|(k, lease)| !cluster || Slot::for_key(k) == Slot::for_key(lease))
         .map(|(_, lease)| lease)
         .collect();
@@ -294,15 +294,6 @@ fn unlink(
     let removed = counts.iter().sum();
     progress.inc(removed);
     Ok(removed)
-}
-
-/// The Strata lease key of `key`: `{KEY}:lease` (the library's `lease_key`).
-fn lease_key(key: &[u8]) -> Vec<u8> {
-    let mut lease = Vec::with_capacity(key.len() + 8);
-    lease.push(b'{');
-    lease.extend_from_slice(key);
-    lease.extend_from_slice(b"}:lease");
-    lease
 }
 
 /// The key holding `app`'s schema version.

@@ -128,10 +128,7 @@ impl Key {
             }
             check_chars("key", segment)?;
         }
-        let schema_like = segments.len() >= 4
-            && segments[1].strip_prefix('v').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        let ns_len =
-            if schema_like { segments[0].len() + segments[1].len() + segments[2].len() + 2 } else { segments[0].len() };
+        let ns_len = namespace_of(raw.as_bytes()).len();
         Ok(Key::from_parts(raw.to_owned(), ns_len))
     }
 
@@ -166,6 +163,23 @@ impl TryFrom<&str> for Key {
     type Error = Error;
     fn try_from(raw: &str) -> Result<Key> {
         Key::parse(raw)
+    }
+}
+
+/// The namespace of a raw key: `app:vN:entity` when the key follows the schema (at least four
+/// segments, the second `v` + digits), otherwise its first `:`-separated segment (the whole key
+/// when it has no `:`). Works on any bytes, so tools can group keys they did not write.
+pub fn namespace_of(key: &[u8]) -> &[u8] {
+    let mut parts = key.splitn(4, |b| *b == b':');
+    let first = parts.next().unwrap_or_default();
+    let (second, third, rest) = (parts.next(), parts.next(), parts.next());
+    match (second, third, rest) {
+        (Some(second), Some(third), Some(_))
+            if second.len() > 1 && second[0] == b'v' && second[1..].iter().all(u8::is_ascii_digit) =>
+        {
+            &key[..first.len() + second.len() + third.len() + 2]
+        }
+        _ => first,
     }
 }
 
@@ -270,6 +284,12 @@ mod tests {
         assert_eq!(Key::parse("session:abc")?.namespace(), "session");
         assert_eq!(Key::parse("plain")?.namespace(), "plain");
         assert!(Key::parse("a::b").is_err());
+        // The same rule on raw bytes, for keys this library did not write.
+        assert_eq!(namespace_of(b"shop:v12:user:1"), b"shop:v12:user");
+        assert_eq!(namespace_of(b"shop:vx:user:1"), b"shop");
+        assert_eq!(namespace_of(b"shop:v1:user"), b"shop");
+        assert_eq!(namespace_of(b"\xff:v1:e:1"), b"\xff:v1:e");
+        assert_eq!(namespace_of(b"plain"), b"plain");
         assert!(Key::parse("a b").is_err());
         Ok(())
     }

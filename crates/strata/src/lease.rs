@@ -74,9 +74,19 @@ impl Default for LeaseConfig {
     }
 }
 
-/// The lease key of `key`: same slot (hash tag), and outside the key's own namespace segments.
-pub(crate) fn lease_key(key: &str) -> String {
-    format!("{{{key}}}:lease")
+const LEASE_PREFIX: &[u8] = b"{";
+const LEASE_SUFFIX: &[u8] = b"}:lease";
+
+/// The lease key of `key`: `{KEY}:lease`. The hash tag puts it in the key's cluster slot, and it
+/// falls outside the key's own namespace. Tools that delete keys behind Strata's back should
+/// delete this one too.
+pub fn lease_key(key: impl AsRef<[u8]>) -> Vec<u8> {
+    [LEASE_PREFIX, key.as_ref(), LEASE_SUFFIX].concat()
+}
+
+/// The key a lease key protects (the inverse of [`lease_key`]); `None` for any other key.
+pub fn lease_target(key: &[u8]) -> Option<&[u8]> {
+    key.strip_prefix(LEASE_PREFIX).and_then(|k| k.strip_suffix(LEASE_SUFFIX)).filter(|k| !k.is_empty())
 }
 
 /// A fresh random token.
@@ -107,7 +117,7 @@ impl Cache {
         let started = tokio::time::Instant::now();
         let mut attempt = 0;
         loop {
-            let (k, l, t) = (key.as_str(), lease.as_str(), token.as_str());
+            let (k, l, t) = (key.as_str(), lease.as_slice(), token.as_str());
             let script = redis::Script::new(ACQUIRE_UNLESS_PRESENT);
             let taken = self
                 .l2_call("lease acquire", |mut c| async move {
@@ -215,7 +225,11 @@ mod tests {
         use redis::cluster_routing::Slot;
         for key in ["app:v1:user:1", "app:v1:user:2:full", "x"] {
             assert_eq!(Slot::for_key(lease_key(key)), Slot::for_key(key), "{key}");
+            assert_eq!(lease_target(&lease_key(key)), Some(key.as_bytes()));
         }
+        assert_eq!(lease_key("a:b"), b"{a:b}:lease");
+        assert_eq!(lease_target(b"{a:b}:leases"), None);
+        assert_eq!(lease_target(b"{}:lease"), None);
     }
 
     #[test]
