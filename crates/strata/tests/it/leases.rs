@@ -46,7 +46,7 @@ async fn a_load_that_overlaps_an_invalidation_is_not_stored(redis: Redis) -> Tes
 
         let mut raw = redis.raw();
         let stored: Option<Vec<u8>> = redis::cmd("GET").arg(key.as_str()).query(raw.as_mut())?;
-        let fresh = writer.builder_free_get(&key).await?;
+        let fresh = read_from_redis(&writer, &key).await?;
         if invalidate_with_set {
             assert_eq!(fresh.as_deref(), Some("v2"), "{}: the newer value survives", redis.name());
         } else {
@@ -61,15 +61,10 @@ async fn a_load_that_overlaps_an_invalidation_is_not_stored(redis: Redis) -> Tes
 }
 on_both!(a_load_that_overlaps_an_invalidation_is_not_stored);
 
-/// Reads through a fresh L1-less cache, so the answer comes from Redis.
-trait FreshGet {
-    async fn builder_free_get(&self, key: &strata::Key) -> strata::Result<Option<String>>;
-}
-impl FreshGet for Cache {
-    async fn builder_free_get(&self, key: &strata::Key) -> strata::Result<Option<String>> {
-        self.clear_l1();
-        self.get(key).await
-    }
+/// Reads `key` from Redis (the cache's L1 is cleared first).
+async fn read_from_redis(cache: &Cache, key: &strata::Key) -> strata::Result<Option<String>> {
+    cache.clear_l1();
+    cache.get(key).await
 }
 
 /// 1,000 concurrent callers in 4 processes on one cold key: the source is asked once.
