@@ -5,6 +5,7 @@
 //! variants it compares in the same run, interleaved, so that machine noise hits all of them.
 
 pub mod demo;
+pub mod drill_coherence;
 pub mod drill_stampede;
 pub mod hit_latency;
 pub mod stats;

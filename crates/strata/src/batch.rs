@@ -38,6 +38,7 @@ impl Cache {
         }
         let with_pttl = self.inner.l1.is_some();
         let reads = self.groups(keys, missing).into_iter().map(|group| async move {
+            let tickets: Vec<_> = group.iter().map(|&i| self.inner.coherence.ticket(keys[i].as_str())).collect();
             let mut pipe = redis::pipe();
             pipe.cmd("MGET");
             for &i in &group {
@@ -52,23 +53,23 @@ impl Cache {
                 .l2_call("MGET", |mut c| async move { pipe.query_async::<Vec<redis::Value>>(&mut c).await })
                 .await
                 .and_then(|replies| parse_mget(replies, group.len(), with_pttl));
-            (group, got)
+            (group, tickets, got)
         });
-        for (group, got) in join_all(reads).await {
+        for (group, tickets, got) in join_all(reads).await {
             let Ok(replies) = got else {
                 for &i in &group {
                     NsCounters::inc(&self.inner.metrics.ns(keys[i].namespace()).l2_misses);
                 }
                 continue;
             };
-            for (i, (bytes, pttl)) in group.into_iter().zip(replies) {
+            for ((i, ticket), (bytes, pttl)) in group.into_iter().zip(tickets).zip(replies) {
                 let key = &keys[i];
                 let ns = self.inner.metrics.ns(key.namespace());
                 let Some(bytes) = bytes else {
                     NsCounters::inc(&ns.l2_misses);
                     continue;
                 };
-                if let L2Read::Value(v) = self.accept_bytes::<T>(key, &ns, bytes, pttl, true).await {
+                if let L2Read::Value(v) = self.accept_bytes::<T>(key, &ns, bytes, pttl, true, ticket).await {
                     out[i] = Some(v);
                 }
             }
@@ -106,23 +107,32 @@ impl Cache {
                 pipe.cmd("DEL").arg(crate::lease::lease_key(keys[i].as_str())).ignore();
                 pipe.cmd("SET").arg(keys[i].as_str()).arg(e.bytes.as_slice()).arg("PX").arg(ttl_millis(*ttl)).ignore();
             }
+            let coherence = &self.inner.coherence;
+            let tickets: Vec<_> = group
+                .iter()
+                .map(|&i| (coherence.expect_echo(keys[i].as_str()), coherence.ticket(keys[i].as_str())))
+                .collect();
             async move {
                 let written =
                     self.l2_call("SET pipeline", |mut c| async move { pipe.query_async::<()>(&mut c).await }).await;
-                (group, written)
+                (group, tickets, written)
             }
         });
         let mut first_error = None;
-        for (group, written) in join_all(writes).await {
-            for i in group {
+        for (group, tickets, written) in join_all(writes).await {
+            for (i, (echo, ticket)) in group.into_iter().zip(tickets) {
                 let (key, value) = &items[i];
                 match &written {
                     Ok(()) => {
                         NsCounters::inc(&self.inner.metrics.ns(key.namespace()).sets);
                         let (e, ttl) = &encoded[i];
-                        self.fill_l1(key, Slot::Present(Arc::new(value.clone())), e.raw_len, *ttl);
+                        let slot = Slot::Present(Arc::new(value.clone()));
+                        self.fill_l1_after_write(key, slot, e.raw_len, *ttl, echo, ticket).await;
                     }
                     Err(_) => {
+                        if let Some(echo) = echo {
+                            self.inner.coherence.forget(echo);
+                        }
                         if let Some(l1) = &self.inner.l1 {
                             l1.remove(key.as_str());
                         }

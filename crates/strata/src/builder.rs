@@ -6,8 +6,10 @@ use std::time::Duration;
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::cache::{Cache, Inner};
 use crate::codec::{Codec, Format};
+use crate::coherence::Coherence;
 use crate::error::{Error, Result};
 use crate::flight::Flights;
+use crate::invalidation::{Invalidation, Supervisor};
 use crate::l1::{L1, L1Policy};
 use crate::l2::{L2, L2Config, TlsOptions, Topology};
 use crate::lease::LeaseConfig;
@@ -48,6 +50,7 @@ pub struct CacheBuilder {
     max_value_bytes: usize,
     breaker: BreakerConfig,
     leases: LeaseConfig,
+    invalidation: Invalidation,
     require_redis: bool,
 }
 
@@ -70,6 +73,7 @@ impl Default for CacheBuilder {
             max_value_bytes: 1 << 20,
             breaker: BreakerConfig::default(),
             leases: LeaseConfig::default(),
+            invalidation: Invalidation::default(),
             require_redis: false,
         }
     }
@@ -207,6 +211,15 @@ impl CacheBuilder {
         self
     }
 
+    /// Cross-instance L1 invalidation through Redis client tracking (default: on, every key).
+    /// With it, a write anywhere — through any instance or straight to Redis — evicts the key
+    /// from every instance's L1 within milliseconds, and L1 stops serving while that cannot be
+    /// guaranteed. See [`Invalidation`].
+    pub fn invalidation(mut self, config: Invalidation) -> Self {
+        self.invalidation = config;
+        self
+    }
+
     /// Make [`build`](Self::build) fail when Redis does not answer a PING (default: start anyway
     /// and serve from the loader until Redis is reachable — a cache must not stop a service).
     pub fn require_redis(mut self, require: bool) -> Self {
@@ -232,18 +245,26 @@ impl CacheBuilder {
         if self.breaker.failure_threshold == 0 {
             return Err(Error::config("breaker failure_threshold must be at least 1"));
         }
-        let l2 = L2::new(&L2Config {
+        self.invalidation.validate()?;
+        let l2_config = L2Config {
             topology,
             username: self.username,
             password: self.password,
             tls: self.tls,
             op_timeout: self.op_timeout,
             connect_timeout: self.connect_timeout,
-        })?;
+        };
+        let l2 = L2::new(&l2_config)?;
         let l1 = (self.l1_bytes > 0).then(|| {
             L1::new(self.l1_bytes, self.l1_max_entry_bytes.unwrap_or(self.l1_bytes / 16).max(1), self.l1_policy)
         });
+        let sentinel = matches!(l2_config.topology, Topology::Sentinel { .. });
+        if sentinel && self.invalidation.enabled && l1.is_some() {
+            tracing::warn!("L1 invalidation is not supported with Sentinel yet; L1 copies live at most l1_max_ttl");
+        }
+        let tracked = self.invalidation.enabled && l1.is_some() && !sentinel;
         let inner = Inner {
+            coherence: Coherence::new(tracked, self.invalidation.prefixes.clone()),
             l1,
             l1_max_ttl: self.l1_max_ttl,
             l2,
@@ -258,7 +279,11 @@ impl CacheBuilder {
             ttl: self.ttl,
             leases: self.leases,
         };
-        let cache = Cache { inner: Arc::new(inner) };
+        let inner = Arc::new(inner);
+        if tracked && let Some(task) = Supervisor::start(&inner, self.invalidation, l2_config).await {
+            let _ = inner.coherence.task.set(task);
+        }
+        let cache = Cache { inner };
         if let Err(err) = cache.ping().await {
             if self.require_redis {
                 return Err(err);

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::codec::{Codec, Meta};
+use crate::coherence::Coherence;
 use crate::error::{Error, Result};
 use crate::flight::{Flights, Shared};
 use crate::key::Key;
@@ -42,6 +43,8 @@ pub(crate) struct Inner {
     pub(crate) codec: Codec,
     pub(crate) ttl: TtlPolicy,
     pub(crate) leases: LeaseConfig,
+    /// Whether L1 may serve and admit entries (see [`crate::coherence`]).
+    pub(crate) coherence: Coherence,
 }
 
 /// How a miss was coordinated with other processes.
@@ -207,7 +210,8 @@ impl Cache {
     /// A copy of every counter.
     pub fn metrics(&self) -> MetricsSnapshot {
         let l1 = self.inner.l1.as_ref().map(L1::usage).unwrap_or_default();
-        self.inner.metrics.snapshot(self.inner.breaker.state(), self.inner.breaker.opens(), l1)
+        let coherence = crate::invalidation::counters(&self.inner);
+        self.inner.metrics.snapshot(self.inner.breaker.state(), self.inner.breaker.opens(), l1, coherence)
     }
 
     /// The circuit breaker's state now.
@@ -290,6 +294,8 @@ impl Cache {
     {
         // Coordinate with other processes only on a true miss: a stored value this caller cannot
         // use (see `L2Read::Unusable`) is simply replaced by its load.
+        // For the L1 fill when Redis cannot take the value: nothing may have changed since now.
+        let ticket = self.inner.coherence.ticket(key.as_str());
         let (mut redis_failed, coordinate) = match self.read_l2::<T>(key, ns, negative_is_hit).await {
             Ok(L2Read::Value(v)) => return Ok(Arc::new(Some(v))),
             Ok(L2Read::Negative) => return Ok(Arc::new(None::<T>)),
@@ -342,7 +348,7 @@ impl Cache {
                     tracing::debug!(key = %key, error = %err, "loaded value not written to redis");
                     if err.is_unavailable() {
                         // Keep serving from L1 while Redis is away, so the source is not hammered.
-                        self.fill_l1(key, slot, raw_len, ttl);
+                        self.fill_l1_from_source(key, slot, raw_len, ttl, ticket);
                     }
                 }
             }

@@ -58,7 +58,7 @@ impl std::fmt::Debug for TlsOptions {
 }
 
 impl TlsOptions {
-    fn certificates(&self) -> redis::TlsCertificates {
+    pub(crate) fn certificates(&self) -> redis::TlsCertificates {
         let client_tls = match (&self.client_cert_pem, &self.client_key_pem) {
             (Some(cert), Some(key)) => {
                 Some(redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() })
@@ -329,7 +329,7 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
     redis::io::tcp::TcpSettings::default().set_nodelay(true).set_keepalive(keepalive)
 }
 
-fn connection_info(url: &str, config: &L2Config) -> Result<redis::ConnectionInfo> {
+pub(crate) fn connection_info(url: &str, config: &L2Config) -> Result<redis::ConnectionInfo> {
     let info = url
         .into_connection_info()
         .map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))?

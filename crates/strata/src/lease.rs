@@ -192,20 +192,34 @@ impl Cache {
         token: &str,
     ) -> Result<()> {
         let (k, lease) = (key.as_str(), lease_key(key.as_str()));
+        let echo = self.inner.coherence.expect_echo(k);
+        let ticket = self.inner.coherence.ticket(k);
         let raw_len = encoded.raw_len;
         let bytes = encoded.bytes;
         let px = ttl_millis(ttl);
         let script = redis::Script::new(FILL_IF_LEASED);
-        let stored: i64 = self
+        let stored: Result<i64> = self
             .l2_call("lease fill", |mut c| async move {
                 script.key(k).key(lease).arg(token).arg(bytes).arg(px).invoke_async(&mut c).await
             })
-            .await?;
+            .await;
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(err) => {
+                if let Some(echo) = echo {
+                    self.inner.coherence.forget(echo);
+                }
+                return Err(err);
+            }
+        };
         let ns = self.inner.metrics.ns(key.namespace());
         if stored == 1 {
             NsCounters::inc(&ns.sets);
-            self.fill_l1(key, slot, raw_len, ttl);
+            self.fill_l1_after_write(key, slot, raw_len, ttl, echo, ticket).await;
         } else {
+            if let Some(echo) = echo {
+                self.inner.coherence.forget(echo);
+            }
             NsCounters::inc(&ns.stale_writes_refused);
             tracing::debug!(key = %key, "lease lost during the load: value not cached");
             if let Some(l1) = &self.inner.l1 {

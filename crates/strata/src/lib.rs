@@ -44,6 +44,14 @@
 //! - **No stale sets**: a value loaded before an invalidation (`delete`, `set`) can never be
 //!   stored after it — the holder stores with a compare-and-set on its lease, and every write
 //!   through Strata revokes the lease.
+//! - **Coherence across instances**: each cache keeps one RESP3 connection per Redis master
+//!   with `CLIENT TRACKING ... BCAST` on ([`Invalidation`]). Any write to a key — through any
+//!   instance or by another client — evicts it from every instance's L1 within about a
+//!   millisecond (measured by `strata drill coherence`); L1 is flushed and closed while a
+//!   tracking connection is down or the cluster topology changes, so no instance serves a copy
+//!   that could have missed an invalidation. A read that raced an invalidation is never
+//!   inserted (each L1 fill carries a ticket from before its round trip); an instance keeps
+//!   what it wrote itself.
 //! - **Resilience**: every Redis call has a timeout; a circuit breaker stops calling Redis after
 //!   consecutive failures and probes it again later. While Redis is unhealthy, `get_or_set`
 //!   serves from the loader and callers see no error.
@@ -75,8 +83,10 @@ mod breaker;
 mod builder;
 mod cache;
 mod codec;
+mod coherence;
 mod error;
 mod flight;
+mod invalidation;
 mod key;
 mod l1;
 mod l2;
@@ -90,6 +100,7 @@ pub use builder::CacheBuilder;
 pub use cache::{Cache, CacheValue};
 pub use codec::Format;
 pub use error::{Error, ErrorKind, Result};
+pub use invalidation::Invalidation;
 pub use key::{Key, KeySchema, MAX_ID_LEN, MAX_KEY_LEN, MAX_NAME_LEN, MAX_VARIANT_LEN, namespace_of};
 pub use l1::L1Policy;
 pub use l2::{TlsOptions, Topology};

@@ -100,7 +100,13 @@ impl Metrics {
         map.entry(name.into()).or_default().clone()
     }
 
-    pub(crate) fn snapshot(&self, breaker_state: BreakerState, breaker_opens: u64, l1: (u64, u64)) -> MetricsSnapshot {
+    pub(crate) fn snapshot(
+        &self,
+        breaker_state: BreakerState,
+        breaker_opens: u64,
+        l1: (u64, u64),
+        coherence: (u64, u64, bool),
+    ) -> MetricsSnapshot {
         let namespaces = self.read().iter().map(|(k, v)| (k.to_string(), v.snapshot())).collect();
         let g = &self.globals;
         MetricsSnapshot {
@@ -112,6 +118,9 @@ impl Metrics {
             breaker_opens,
             l1_entries: l1.0,
             l1_bytes: l1.1,
+            invalidations: coherence.0,
+            l1_flushes: coherence.1,
+            l1_coherent: coherence.2,
         }
     }
 
@@ -140,6 +149,14 @@ pub struct MetricsSnapshot {
     pub l1_entries: u64,
     /// Weighted bytes in the in-process tier.
     pub l1_bytes: u64,
+    /// Keys named by invalidation messages from Redis (each evicted from L1 if present).
+    pub invalidations: u64,
+    /// Times the whole L1 was dropped because an invalidation could have been missed
+    /// (tracking connection lost or regained, topology change, FLUSHALL).
+    pub l1_flushes: u64,
+    /// Whether L1 is serving now: every tracking connection is up (always true with
+    /// invalidation off, or on Sentinel).
+    pub l1_coherent: bool,
 }
 
 impl MetricsSnapshot {

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cache::{Cache, CacheValue, L2Read};
 use crate::codec::{Encoded, Meta};
+use crate::coherence::{Echo, Ticket};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::l1::{Slot, typed};
@@ -58,6 +59,7 @@ impl Cache {
         accept_negative: bool,
     ) -> Result<L2Read<T>> {
         let k = key.as_str();
+        let ticket = self.inner.coherence.ticket(k);
         let got = if self.inner.l1.is_some() {
             self.l2_call("GET", |mut c| async move {
                 redis::pipe().cmd("GET").arg(k).cmd("PTTL").arg(k).query_async::<(Option<Vec<u8>>, i64)>(&mut c).await
@@ -73,7 +75,7 @@ impl Cache {
             .map(|bytes| (bytes, None))
         };
         match got {
-            Ok((Some(bytes), pttl)) => Ok(self.accept_bytes(key, ns, bytes, pttl, accept_negative).await),
+            Ok((Some(bytes), pttl)) => Ok(self.accept_bytes(key, ns, bytes, pttl, accept_negative, ticket).await),
             Ok((None, _)) => {
                 NsCounters::inc(&ns.l2_misses);
                 Ok(L2Read::Miss)
@@ -100,6 +102,7 @@ impl Cache {
         bytes: Vec<u8>,
         pttl: Option<i64>,
         accept_negative: bool,
+        ticket: Ticket,
     ) -> L2Read<T> {
         match self.inner.codec.decode::<T>(&bytes) {
             Ok(decoded) => {
@@ -107,13 +110,13 @@ impl Cache {
                 match decoded.value {
                     Some(v) => {
                         NsCounters::inc(&ns.l2_hits);
-                        self.fill_l1(key, Slot::Present(Arc::new(v.clone())), decoded.raw_len, ttl);
+                        self.fill_l1(key, Slot::Present(Arc::new(v.clone())), decoded.raw_len, ttl, ticket);
                         L2Read::Value(v)
                     }
                     None if accept_negative => {
                         NsCounters::inc(&ns.l2_hits);
                         NsCounters::inc(&ns.negative_hits);
-                        self.fill_l1(key, Slot::Absent, 0, ttl);
+                        self.fill_l1(key, Slot::Absent, 0, ttl, ticket);
                         L2Read::Negative
                     }
                     None => {
@@ -167,6 +170,8 @@ impl Cache {
     /// after it is refused, one that lands before it is overwritten by this SET.
     pub(crate) async fn write_l2(&self, key: &Key, encoded: Encoded, ttl: Duration, slot: Slot) -> Result<()> {
         let (k, lease) = (key.as_str(), lease_key(key.as_str()));
+        let echo = self.inner.coherence.expect_echo(k);
+        let ticket = self.inner.coherence.ticket(k);
         let raw_len = encoded.raw_len;
         let bytes = encoded.bytes;
         let px = ttl_millis(ttl);
@@ -189,10 +194,13 @@ impl Cache {
         match written {
             Ok(()) => {
                 NsCounters::inc(&self.inner.metrics.ns(key.namespace()).sets);
-                self.fill_l1(key, slot, raw_len, ttl);
+                self.fill_l1_after_write(key, slot, raw_len, ttl, echo, ticket).await;
                 Ok(())
             }
             Err(err) => {
+                if let Some(echo) = echo {
+                    self.inner.coherence.forget(echo);
+                }
                 if let Some(l1) = &self.inner.l1 {
                     l1.remove(key.as_str());
                 }
@@ -201,11 +209,51 @@ impl Cache {
         }
     }
 
-    /// Puts an entry in L1 for at most `ttl` (what is left of the Redis copy) and `l1_max_ttl`.
-    /// `value_len` is the uncompressed serialized size, the basis of the entry's weight.
-    pub(crate) fn fill_l1(&self, key: &Key, slot: Slot, value_len: usize, ttl: Duration) {
-        if let Some(l1) = &self.inner.l1 {
-            l1.insert(key.shared(), slot, value_len, ttl.min(self.inner.l1_max_ttl));
+    /// Puts an entry in L1 for at most `ttl` (what is left of the Redis copy) and `l1_max_ttl`,
+    /// unless the key may have changed since `ticket` was taken, before the Redis round trip
+    /// that produced `slot` (see [`crate::coherence`]). `value_len` is the uncompressed
+    /// serialized size, the basis of the entry's weight.
+    pub(crate) fn fill_l1(&self, key: &Key, slot: Slot, value_len: usize, ttl: Duration, ticket: Ticket) {
+        self.fill_l1_if(key, slot, value_len, ttl, || self.inner.coherence.admits(&ticket));
+    }
+
+    /// [`fill_l1`](Self::fill_l1) with a value this instance has just written, once the write's
+    /// own invalidation has come back (see [`crate::coherence`]).
+    pub(crate) async fn fill_l1_after_write(
+        &self,
+        key: &Key,
+        slot: Slot,
+        value_len: usize,
+        ttl: Duration,
+        echo: Option<Echo>,
+        before: Ticket,
+    ) {
+        if self.inner.l1.is_none() {
+            if let Some(echo) = echo {
+                self.inner.coherence.forget(echo);
+            }
+            return;
+        }
+        if let Some(ticket) = self.inner.coherence.after_write(echo, before, self.inner.l2.op_timeout).await {
+            self.fill_l1(key, slot, value_len, ttl, ticket);
+        }
+    }
+
+    /// [`fill_l1`](Self::fill_l1) for a value fresh from the loader that Redis could not take:
+    /// kept while Redis is away (so the source is not hammered) unless the key was invalidated.
+    pub(crate) fn fill_l1_from_source(&self, key: &Key, slot: Slot, value_len: usize, ttl: Duration, ticket: Ticket) {
+        self.fill_l1_if(key, slot, value_len, ttl, || self.inner.coherence.admits_loaded(&ticket));
+    }
+
+    fn fill_l1_if(&self, key: &Key, slot: Slot, value_len: usize, ttl: Duration, admits: impl Fn() -> bool) {
+        let Some(l1) = &self.inner.l1 else { return };
+        if !admits() {
+            return;
+        }
+        l1.insert(key.shared(), slot, value_len, ttl.min(self.inner.l1_max_ttl));
+        // Insert, then re-check: an invalidation processed in between is caught here.
+        if !admits() {
+            l1.remove(key.as_str());
         }
     }
 

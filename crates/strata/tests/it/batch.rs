@@ -43,7 +43,7 @@ async fn thousand_keys_across_slots(redis: Redis) -> TestResult {
     // The writer's L1 answers get_many without Redis.
     let again: Vec<Option<String>> = writer.get_many(&keys).await?;
     assert!(again.iter().all(Option::is_some));
-    assert_eq!(writer.metrics().total().l1_hits, 1000);
+    assert_eq!(writer.metrics().total().l1_hits, 1000, "{:?}", writer.metrics());
     Ok(())
 }
 on_both!(thousand_keys_across_slots);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use strata::{BreakerConfig, Cache, CacheBuilder};
+use strata::{BreakerConfig, Cache, CacheBuilder, Invalidation};
 use strata_cluster::{RedisCluster, RedisServer};
 
 pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -44,8 +44,12 @@ impl Redis {
             Redis::Standalone(s) => Cache::builder().redis_url(s.url()),
             Redis::Cluster(c) => Cache::builder().cluster(c.seed_urls()),
         };
+        // A PING unanswered for 500 ms (the default) would count as a lost tracking connection
+        // and flush L1; a test machine running many clusters at once can be that slow.
+        let invalidation = Invalidation::default().heartbeat(Duration::from_millis(200), Duration::from_secs(2));
         b.op_timeout(Duration::from_millis(500))
             .connect_timeout(Duration::from_millis(500))
+            .invalidation(invalidation)
             .breaker(BreakerConfig { failure_threshold: 3, open_for: Duration::from_millis(300) })
     }
 
@@ -61,6 +65,14 @@ impl Redis {
                 let client = redis::cluster::ClusterClient::new(c.seed_urls()).expect("cluster client");
                 Box::new(client.get_connection().expect("cluster connection"))
             }
+        }
+    }
+
+    /// A plain connection to every node, masters and replicas.
+    pub fn node_connections(&self) -> Vec<redis::Connection> {
+        match self {
+            Redis::Standalone(s) => vec![s.node().connection().expect("connect")],
+            Redis::Cluster(c) => c.nodes().iter().map(|n| n.connection().expect("connect")).collect(),
         }
     }
 

@@ -4,6 +4,7 @@
 mod common;
 
 mod batch;
+mod coherence;
 mod corrupt;
 mod l1_budget;
 mod leases;

@@ -1,0 +1,396 @@
+//! Cross-instance L1 invalidation: RESP3 client-side caching (`CLIENT TRACKING ... BCAST`).
+//!
+//! Each cache opens one extra connection per Redis master (standalone: the server) and turns on
+//! broadcast tracking for the configured key prefixes (all keys by default). Redis then pushes
+//! an `invalidate` message naming every key modified on that node — by any client, Strata or
+//! `redis-cli` — and the message removes the key from this instance's L1 only: no instance
+//! re-reads anything until one of its own callers asks again (no invalidation storm). Why
+//! tracking rather than a pub/sub backplane is in `docs/decisions/0004-l1-invalidation.md`.
+//!
+//! A message can be missed only when its connection is lost, so L1 serves only while every
+//! tracking connection is up ([`Coherence`]):
+//!
+//! - a lost connection (the driver's disconnection notice, or no PONG to the heartbeat within
+//!   its timeout) flushes L1 at once, and nothing enters L1 until tracking is on again;
+//! - a cluster topology change (failover, slot move, node added or removed), polled with
+//!   `CLUSTER NODES`, flushes L1 and connects to the new masters first.
+//!
+//! The worst case — a node dies silently — bounds staleness by the heartbeat interval plus its
+//! timeout. Sentinel deployments are not tracked yet: there L1 copies live at most `l1_max_ttl`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use crate::cache::Inner;
+use crate::error::{Error, Result};
+use crate::l2::{L2Config, Topology, connection_info};
+
+/// How long `build` waits at most for tracking to be up on every node.
+const STARTUP_WAIT: Duration = Duration::from_secs(3);
+
+/// Settings of cross-instance L1 invalidation ([`CacheBuilder::invalidation`](crate::CacheBuilder::invalidation)).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Invalidation {
+    /// Track at all. Off: L1 copies may be stale for up to `l1_max_ttl` after a write elsewhere.
+    pub enabled: bool,
+    /// Key prefixes to track (`BCAST PREFIX`); empty tracks every key. Must not overlap.
+    pub prefixes: Vec<String>,
+    /// How often each tracking connection is pinged.
+    pub heartbeat: Duration,
+    /// A PING unanswered for this long counts as a lost connection.
+    pub heartbeat_timeout: Duration,
+    /// How often the cluster topology is checked for changes.
+    pub topology_interval: Duration,
+}
+
+impl Default for Invalidation {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            prefixes: Vec::new(),
+            heartbeat: Duration::from_millis(200),
+            heartbeat_timeout: Duration::from_millis(500),
+            topology_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Invalidation {
+    /// No tracking: each instance's L1 is bounded only by its TTLs.
+    pub fn disabled() -> Self {
+        Self { enabled: false, ..Self::default() }
+    }
+
+    /// Track only keys starting with one of `prefixes` (e.g. your [`KeySchema`](crate::KeySchema)
+    /// apps, `"shop:"`): less traffic when Redis holds other data too.
+    pub fn prefixes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, prefixes: I) -> Self {
+        self.prefixes = prefixes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the heartbeat interval and timeout (their sum bounds staleness when a node vanishes
+    /// silently).
+    pub fn heartbeat(mut self, every: Duration, timeout: Duration) -> Self {
+        self.heartbeat = every;
+        self.heartbeat_timeout = timeout;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.heartbeat.is_zero() || self.heartbeat_timeout.is_zero() || self.topology_interval.is_zero() {
+            return Err(Error::config("invalidation heartbeat, timeout and topology interval must be positive"));
+        }
+        for (i, a) in self.prefixes.iter().enumerate() {
+            if a.is_empty() {
+                return Err(Error::config("an invalidation prefix must not be empty (leave the list empty instead)"));
+            }
+            if self.prefixes.iter().enumerate().any(|(j, b)| i != j && b.starts_with(a.as_str())) {
+                return Err(Error::config(format!("invalidation prefix {a:?} overlaps another one")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One tracking connection, and whether the driver still reports it alive.
+struct Node {
+    conn: MultiplexedConnection,
+    alive: Arc<AtomicBool>,
+}
+
+/// Owns the tracking connections; runs until its cache is dropped.
+pub(crate) struct Supervisor {
+    cache: Weak<Inner>,
+    config: Invalidation,
+    l2: L2Config,
+    nodes: HashMap<String, Node>,
+    /// The masters (and their slots) last seen; a change flushes L1.
+    topology: Option<String>,
+    lost: mpsc::UnboundedSender<()>,
+}
+
+impl Supervisor {
+    /// Connects to every node (bounded by the connect timeout, so a cache can start while Redis
+    /// is down) and keeps the connections up from a background task. Not for Sentinel.
+    pub(crate) async fn start(
+        cache: &Arc<Inner>,
+        config: Invalidation,
+        l2: L2Config,
+    ) -> Option<tokio::task::AbortHandle> {
+        let (lost, mut lost_rx) = mpsc::unbounded_channel();
+        let connect_timeout = l2.connect_timeout;
+        let mut supervisor =
+            Supervisor { cache: Arc::downgrade(cache), config, l2, nodes: HashMap::new(), topology: None, lost };
+        let first_round = Arc::new(AtomicBool::new(false));
+        let first_done = first_round.clone();
+        let handle = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(supervisor.config.heartbeat);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = lost_rx.recv() => {}
+                }
+                let Some(cache) = supervisor.cache.upgrade() else { return };
+                supervisor.round(&cache).await;
+                first_done.store(true, Ordering::SeqCst);
+            }
+        });
+        // Let the first round finish (L1 stays closed until tracking is up); a cache that starts
+        // while Redis is down goes on as soon as that round has failed.
+        let deadline = tokio::time::Instant::now() + STARTUP_WAIT.max(connect_timeout * 2);
+        while !first_round.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if !cache.coherence.is_healthy() {
+            tracing::warn!("L1 invalidation not established yet; L1 stays empty until it is");
+        }
+        Some(handle.abort_handle())
+    }
+
+    /// Checks the topology, (re)connects, pings, and sets the health: L1 serves only when every
+    /// master has a live tracking connection.
+    async fn round(&mut self, cache: &Inner) {
+        let l1 = cache.l1.as_ref();
+        let masters = match self.masters().await {
+            Ok(masters) => masters,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot read the cluster topology");
+                if cache.coherence.is_healthy() {
+                    cache.coherence.reset(false, l1);
+                }
+                return;
+            }
+        };
+        let fingerprint = masters.iter().map(|(addr, slots)| format!("{addr} {slots}")).collect::<Vec<_>>().join("\n");
+        if self.topology.as_ref().is_some_and(|seen| *seen != fingerprint) {
+            tracing::info!("redis topology changed; flushing L1");
+            cache.coherence.reset(false, l1);
+        }
+        self.topology = Some(fingerprint);
+        self.nodes.retain(|addr, node| masters.iter().any(|(a, _)| a == addr) && node.alive.load(Ordering::SeqCst));
+        let missing: Vec<String> =
+            masters.iter().map(|(a, _)| a.clone()).filter(|a| !self.nodes.contains_key(a)).collect();
+        let connected = futures::future::join_all(missing.iter().map(|addr| self.connect(addr))).await;
+        for (addr, node) in missing.into_iter().zip(connected) {
+            match node {
+                Ok(node) => {
+                    self.nodes.insert(addr, node);
+                }
+                Err(err) => tracing::debug!(node = %addr, error = %err, "tracking connection failed"),
+            }
+        }
+        self.heartbeat().await;
+        let all_up = !masters.is_empty() && masters.iter().all(|(a, _)| self.nodes.contains_key(a));
+        if all_up != cache.coherence.is_healthy() {
+            cache.coherence.reset(all_up, l1);
+            // A connection lost between the check and the switch has already flushed; make sure
+            // it is not overruled.
+            if all_up && self.nodes.values().any(|n| !n.alive.load(Ordering::SeqCst)) {
+                cache.coherence.reset(false, l1);
+            }
+        }
+    }
+
+    /// PINGs every tracking connection; one that does not answer in time is dropped.
+    async fn heartbeat(&mut self) {
+        let timeout = self.config.heartbeat_timeout;
+        let pings = self.nodes.iter_mut().map(|(addr, node)| async move {
+            let pong = tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut node.conn)).await;
+            (addr.clone(), matches!(pong, Ok(Ok(_))))
+        });
+        let dead: Vec<String> =
+            futures::future::join_all(pings).await.into_iter().filter(|(_, ok)| !ok).map(|(a, _)| a).collect();
+        for addr in dead {
+            tracing::warn!(node = %addr, "tracking connection missed its heartbeat; flushing L1");
+            if let Some(node) = self.nodes.remove(&addr) {
+                node.alive.store(false, Ordering::SeqCst);
+            }
+            if let Some(cache) = self.cache.upgrade() {
+                cache.coherence.reset(false, cache.l1.as_ref());
+            }
+        }
+    }
+
+    /// The masters to track, with their slot ranges (empty for a standalone server).
+    async fn masters(&mut self) -> Result<Vec<(String, String)>> {
+        let seeds = match &self.l2.topology {
+            Topology::Standalone(url) => return Ok(vec![(url.clone(), String::new())]),
+            Topology::Cluster(seeds) => seeds.clone(),
+            Topology::Sentinel { .. } => return Ok(Vec::new()),
+        };
+        let scheme = if seeds.iter().any(|s| s.starts_with("rediss://")) { "rediss" } else { "redis" };
+        // Ask a node we already talk to, else the seeds, in turn.
+        let mut last_err = Error::config("no cluster seed answered");
+        let mut asked: Vec<_> = self.nodes.iter_mut().collect();
+        asked.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, node) in asked {
+            let cmd = redis::cmd("CLUSTER").arg("NODES").clone();
+            let fut = cmd.query_async::<String>(&mut node.conn);
+            if let Ok(Ok(text)) = tokio::time::timeout(self.config.heartbeat_timeout, fut).await {
+                return Ok(parse_masters(&text, scheme));
+            }
+        }
+        for seed in &seeds {
+            match self.cluster_nodes_from(seed).await {
+                Ok(text) => return Ok(parse_masters(&text, scheme)),
+                Err(err) => last_err = err,
+            }
+        }
+        Err(last_err)
+    }
+
+    async fn cluster_nodes_from(&self, seed: &str) -> Result<String> {
+        let client = self.client(seed, ProtocolVersion::RESP2)?;
+        let fetch = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("CLUSTER").arg("NODES").query_async::<String>(&mut conn).await
+        };
+        match tokio::time::timeout(self.l2.connect_timeout, fetch).await {
+            Ok(Ok(text)) => Ok(text),
+            Ok(Err(err)) => Err(Error::redis("CLUSTER NODES", err)),
+            Err(_) => Err(Error::timeout("CLUSTER NODES", self.l2.connect_timeout)),
+        }
+    }
+
+    fn client(&self, url: &str, protocol: ProtocolVersion) -> Result<redis::Client> {
+        let info = connection_info(url, &self.l2)?;
+        let settings = info.redis_settings().clone().set_protocol(protocol);
+        let info = info.set_redis_settings(settings);
+        match &self.l2.tls {
+            Some(tls) => redis::Client::build_with_tls(info, tls.certificates()),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))
+    }
+
+    /// Opens a RESP3 connection whose push messages evict from L1, and turns tracking on.
+    async fn connect(&self, url: &str) -> Result<Node> {
+        let client = self.client(url, ProtocolVersion::RESP3)?;
+        let alive = Arc::new(AtomicBool::new(true));
+        let (cache, flag, lost) = (self.cache.clone(), alive.clone(), self.lost.clone());
+        // Runs in the driver's task: evictions are applied before the next message is read.
+        let on_push = move |push: PushInfo| -> std::result::Result<(), ()> {
+            let Some(cache) = cache.upgrade() else { return Err(()) };
+            on_push(&cache, push, &flag, &lost);
+            Ok(())
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.l2.connect_timeout))
+            .set_response_timeout(Some(self.config.heartbeat_timeout.max(self.l2.op_timeout)))
+            .set_push_sender(on_push);
+        let setup = async {
+            let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+            redis::cmd("CLIENT").arg("SETNAME").arg("strata-invalidation").exec_async(&mut conn).await?;
+            let mut tracking = redis::cmd("CLIENT");
+            tracking.arg("TRACKING").arg("ON").arg("BCAST");
+            for prefix in &self.config.prefixes {
+                tracking.arg("PREFIX").arg(prefix);
+            }
+            tracking.exec_async(&mut conn).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        match tokio::time::timeout(self.l2.connect_timeout * 2, setup).await {
+            Ok(Ok(conn)) => Ok(Node { conn, alive }),
+            Ok(Err(err)) => Err(Error::redis("CLIENT TRACKING", err)),
+            Err(_) => Err(Error::timeout("CLIENT TRACKING", self.l2.connect_timeout * 2)),
+        }
+    }
+}
+
+/// Applies one push message from a tracking connection.
+fn on_push(cache: &Inner, push: PushInfo, alive: &AtomicBool, lost: &mpsc::UnboundedSender<()>) {
+    let l1 = cache.l1.as_ref();
+    match push.kind {
+        PushKind::Invalidate => match push.data.first() {
+            Some(Value::Array(keys)) => {
+                for key in keys {
+                    if let Value::BulkString(bytes) = key {
+                        cache.coherence.invalidate(bytes, l1);
+                    }
+                }
+            }
+            // A nil key list: the node was flushed (FLUSHALL / FLUSHDB).
+            _ => cache.coherence.reset(cache.coherence.is_healthy(), l1),
+        },
+        PushKind::Disconnection if alive.swap(false, Ordering::SeqCst) => {
+            tracing::warn!("tracking connection lost; flushing L1 until it is back");
+            cache.coherence.reset(false, l1);
+            // Wake the supervisor to reconnect now rather than at its next tick.
+            let _ = lost.send(());
+        }
+        _ => {}
+    }
+}
+
+/// Masters that own slots, from `CLUSTER NODES` output, as (url, slots), sorted. Failed or
+/// address-less nodes are left out; a suspected (`fail?`) one stays, so its loss keeps L1 off until failover.
+fn parse_masters(text: &str, scheme: &str) -> Vec<(String, String)> {
+    let mut masters: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (addr, flags) = (fields.get(1)?, fields.get(2)?.split(',').collect::<Vec<_>>());
+            if !flags.contains(&"master") || flags.iter().any(|f| matches!(*f, "fail" | "noaddr" | "handshake")) {
+                return None;
+            }
+            let host_port = addr.split(['@', ',']).next()?;
+            // Migration markers (`[slot->-id]`) appear only in a node's view of itself: leave
+            // them out so that asking another node does not look like a topology change. The
+            // move itself shows when the slot changes owner.
+            let slots: Vec<&str> =
+                fields.get(8..).unwrap_or_default().iter().filter(|s| !s.starts_with('[')).copied().collect();
+            // A master without slots holds no keys (a node joining, or a replica not yet
+            // attached in this node's view); it is tracked once slots move to it.
+            if slots.is_empty() {
+                return None;
+            }
+            Some((format!("{scheme}://{host_port}"), slots.join(" ")))
+        })
+        .collect();
+    masters.sort();
+    masters
+}
+
+/// Counters of the invalidation machinery, for [`MetricsSnapshot`](crate::MetricsSnapshot).
+pub(crate) fn counters(cache: &Inner) -> (u64, u64, bool) {
+    let c = &cache.coherence;
+    (c.invalidated_keys.load(Ordering::Relaxed), c.flushes.load(Ordering::Relaxed), c.is_healthy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masters_are_parsed_from_cluster_nodes() {
+        let text = "\
+a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7002@17002,host master - 0 0 2 connected 5461-10922 [5000->-a1]
+c3 127.0.0.1:7003@17003 slave b2 0 0 2 connected
+d4 127.0.0.1:7004@17004 master,fail - 0 0 3 disconnected 10923-16383
+e5 :0@0 master,noaddr - 0 0 0 disconnected
+f6 127.0.0.1:7006@17006 master - 0 0 0 connected";
+        assert_eq!(
+            parse_masters(text, "redis"),
+            vec![
+                ("redis://127.0.0.1:7001".to_string(), "0-5460".to_string()),
+                ("redis://127.0.0.1:7002".to_string(), "5461-10922".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn overlapping_prefixes_are_rejected() {
+        assert!(Invalidation::default().prefixes(["shop:", "shopping:"]).validate().is_ok());
+        assert!(Invalidation::default().prefixes(["shop:", "shop:v1"]).validate().is_err());
+        assert!(Invalidation::default().prefixes([""]).validate().is_err());
+    }
+}

@@ -1,0 +1,236 @@
+//! Cross-instance L1 coherence: writes anywhere evict every instance's L1 copy, a lost
+//! invalidation connection flushes L1, and no stale copy survives a burst of concurrent writes.
+//! Every cache keeps L1 copies for up to a minute, so only invalidation can explain a fresh read.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use strata::{Cache, Invalidation, Key, KeySchema, Ttl};
+
+use crate::common::{Redis, TestResult};
+use crate::on_both;
+
+/// Longer than any test: an L1 copy can only go away by invalidation.
+const L1_LIFETIME: Duration = Duration::from_secs(60);
+/// How long an instance may take to see a change (generous: a loaded 2-core machine).
+const PATIENCE: Duration = Duration::from_secs(3);
+
+async fn instance(redis: &Redis) -> Result<Cache, strata::Error> {
+    redis.builder().l1_max_ttl(L1_LIFETIME).build().await
+}
+
+/// Reads through `cache` until it returns `want`, or fails after [`PATIENCE`].
+async fn until_reads(cache: &Cache, key: &Key, want: Option<&str>, what: &str) -> TestResult {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got: Option<String> = cache.get(key).await?;
+        if got.as_deref() == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what}: still reads {got:?}, want {want:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Reads `key` twice through each cache so the second read is an L1 hit, and checks that it was.
+async fn prime(caches: &[&Cache], key: &Key, want: &str) -> TestResult {
+    for cache in caches {
+        let before = cache.metrics().total().l1_hits;
+        for _ in 0..2 {
+            assert_eq!(cache.get::<String>(key).await?.as_deref(), Some(want));
+        }
+        assert!(cache.metrics().total().l1_hits > before, "the value must be served from L1");
+        assert!(cache.metrics().l1_coherent);
+    }
+    Ok(())
+}
+
+async fn writes_through_one_instance_reach_the_others(redis: Redis) -> TestResult {
+    let (a, b, c) = (instance(&redis).await?, instance(&redis).await?, instance(&redis).await?);
+    let key = KeySchema::new("it", 1)?.key("coherence", "abc")?;
+    a.set(&key, &"v0".to_owned(), Ttl::Long).await?;
+    prime(&[&b, &c], &key, "v0").await?;
+    for round in 1..=20 {
+        let value = format!("v{round}");
+        a.set(&key, &value, Ttl::Long).await?;
+        until_reads(&b, &key, Some(&value), "B after A's set").await?;
+        until_reads(&c, &key, Some(&value), "C after A's set").await?;
+    }
+    a.delete(&key).await?;
+    until_reads(&b, &key, None, "B after A's delete").await?;
+    until_reads(&c, &key, None, "C after A's delete").await?;
+    assert!(b.metrics().invalidations >= 21, "{}: {:?}", redis.name(), b.metrics());
+    Ok(())
+}
+on_both!(writes_through_one_instance_reach_the_others);
+
+async fn a_plain_client_write_evicts_every_l1(redis: Redis) -> TestResult {
+    let caches = [instance(&redis).await?, instance(&redis).await?, instance(&redis).await?];
+    let refs: Vec<&Cache> = caches.iter().collect();
+    let schema = KeySchema::new("it", 1)?;
+    let (key, donor) = (schema.key("coherence", "plain")?, schema.key("coherence", "donor")?);
+    caches[0].set(&key, &"old".to_owned(), Ttl::Long).await?;
+    caches[0].set(&donor, &"new".to_owned(), Ttl::Long).await?;
+    prime(&refs, &key, "old").await?;
+
+    // Another application copies a valid value over the key, as `redis-cli` could.
+    let mut raw = redis.raw();
+    let bytes: Vec<u8> = redis::cmd("GET").arg(donor.as_str()).query(raw.as_mut())?;
+    redis::cmd("SET").arg(key.as_str()).arg(bytes).query::<()>(raw.as_mut())?;
+    for (i, cache) in caches.iter().enumerate() {
+        until_reads(cache, &key, Some("new"), &format!("instance {i} after a plain SET")).await?;
+    }
+    prime(&refs, &key, "new").await?;
+    redis::cmd("DEL").arg(key.as_str()).query::<()>(raw.as_mut())?;
+    for (i, cache) in caches.iter().enumerate() {
+        until_reads(cache, &key, None, &format!("instance {i} after a plain DEL")).await?;
+    }
+    Ok(())
+}
+on_both!(a_plain_client_write_evicts_every_l1);
+
+async fn killing_the_tracking_connection_flushes_l1(redis: Redis) -> TestResult {
+    let cache = instance(&redis).await?;
+    let writer = instance(&redis).await?;
+    let key = KeySchema::new("it", 1)?.key("coherence", "killed")?;
+    writer.set(&key, &"v1".to_owned(), Ttl::Long).await?;
+    prime(&[&cache], &key, "v1").await?;
+    let flushes = cache.metrics().l1_flushes;
+
+    // Kill every tracking connection (both caches'), then write with a plain client at once:
+    // that write's invalidation may be lost, so the cache must not trust its L1 copy any more.
+    let mut killed = 0;
+    for mut node in redis.node_connections() {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut node)?;
+        for id in list.lines().filter(|l| l.contains("name=strata-invalidation")).filter_map(client_id) {
+            killed += redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query::<i64>(&mut node)?;
+        }
+    }
+    assert!(killed >= 2, "{}: found {killed} tracking connections", redis.name());
+    let mut raw = redis.raw();
+    let v2: Vec<u8> = {
+        writer.set(&key, &"v2".to_owned(), Ttl::Long).await?;
+        redis::cmd("GET").arg(key.as_str()).query(raw.as_mut())?
+    };
+    redis::cmd("SET").arg(key.as_str()).arg(v2).query::<()>(raw.as_mut())?;
+    until_reads(&cache, &key, Some("v2"), "after its tracking connection was killed").await?;
+    assert!(cache.metrics().l1_flushes > flushes, "{:?}", cache.metrics());
+
+    // Tracking comes back by itself, and invalidations flow again.
+    let deadline = Instant::now() + PATIENCE;
+    while !cache.metrics().l1_coherent {
+        assert!(Instant::now() < deadline, "tracking did not come back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    prime(&[&cache], &key, "v2").await?;
+    writer.set(&key, &"v3".to_owned(), Ttl::Long).await?;
+    until_reads(&cache, &key, Some("v3"), "after tracking came back").await?;
+    Ok(())
+}
+on_both!(killing_the_tracking_connection_flushes_l1);
+
+fn client_id(line: &str) -> Option<u64> {
+    line.split_whitespace().find_map(|f| f.strip_prefix("id="))?.parse().ok()
+}
+
+/// Readers hammer a key while writers change it: once the writes stop and the invalidation
+/// delay has passed, no reader may still hold an older value (the fill/invalidation race).
+async fn no_stale_copy_survives_a_burst_of_writes(redis: Redis) -> TestResult {
+    let schema = KeySchema::new("it", 1)?;
+    let writers = [instance(&redis).await?, instance(&redis).await?];
+    let readers = [instance(&redis).await?, instance(&redis).await?, instance(&redis).await?];
+    for k in 0..4 {
+        let key = schema.key("coherence", &format!("burst{k}"))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reading: Vec<_> = readers
+            .iter()
+            .map(|r| {
+                let (r, key, stop) = (r.clone(), key.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = r.get::<String>(&key).await;
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for i in 0..200 {
+            writers[i % 2].set(&key, &format!("w{i}"), Ttl::Long).await?;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in reading {
+            r.await?;
+        }
+        for (i, reader) in readers.iter().enumerate() {
+            until_reads(reader, &key, Some("w199"), &format!("reader {i}, key {k}")).await?;
+        }
+    }
+    Ok(())
+}
+on_both!(no_stale_copy_survives_a_burst_of_writes);
+
+/// An instance in another process sees a write made here.
+async fn another_process_sees_the_write(redis: Redis) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cache = instance(&redis).await?;
+    let key = KeySchema::new("it", 1)?.key("coherence", "process")?;
+    cache.set(&key, &"before".to_owned(), Ttl::Long).await?;
+    let worker = spawn_reader(&redis, dir.path())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.path().join("primed").exists() {
+        assert!(Instant::now() < deadline, "the reader process never primed its L1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cache.set(&key, &"after".to_owned(), Ttl::Long).await?;
+    let out = worker.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("READER saw after"), "{}: reader output: {text}", redis.name());
+    Ok(())
+}
+on_both!(another_process_sees_the_write);
+
+fn spawn_reader(redis: &Redis, dir: &Path) -> std::io::Result<Child> {
+    let (urls, cluster) = redis.urls();
+    Command::new(std::env::current_exe()?)
+        .args(["--ignored", "--exact", "coherence::reader_process", "--nocapture", "--test-threads=1", "--quiet"])
+        .env("STRATA_IT_READER_URLS", urls.join(","))
+        .env("STRATA_IT_READER_CLUSTER", if cluster { "1" } else { "0" })
+        .env("STRATA_IT_READER_DIR", dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reader process started by another_process_sees_the_write"]
+async fn reader_process() -> TestResult {
+    let env = |name: &str| std::env::var(name).map_err(|_| format!("{name} not set"));
+    let urls: Vec<String> = env("STRATA_IT_READER_URLS")?.split(',').map(str::to_owned).collect();
+    let dir = PathBuf::from(env("STRATA_IT_READER_DIR")?);
+    let builder = if env("STRATA_IT_READER_CLUSTER")? == "1" {
+        Cache::builder().cluster(urls)
+    } else {
+        Cache::builder().redis_url(&urls[0])
+    };
+    let invalidation = Invalidation::default().heartbeat(Duration::from_millis(200), Duration::from_secs(2));
+    let cache = builder.l1_max_ttl(L1_LIFETIME).invalidation(invalidation).require_redis(true).build().await?;
+    let key = KeySchema::new("it", 1)?.key("coherence", "process")?;
+    for _ in 0..2 {
+        assert_eq!(cache.get::<String>(&key).await?.as_deref(), Some("before"));
+    }
+    assert!(cache.metrics().total().l1_hits >= 1, "primed from L1");
+    std::fs::write(dir.join("primed"), b"")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some(v) = cache.get::<String>(&key).await?.filter(|v| v != "before") {
+            println!("READER saw {v}");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    println!("READER timed out");
+    Ok(())
+}
