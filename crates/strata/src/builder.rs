@@ -8,6 +8,7 @@ use crate::cache::{Cache, Inner};
 use crate::codec::{Codec, Format};
 use crate::error::{Error, Result};
 use crate::flight::Flights;
+use crate::hot::{HotKeys, HotRegistry};
 use crate::l1::{L1, L1Policy};
 use crate::l2::{L2, L2Config, TlsOptions, Topology};
 use crate::lease::LeaseConfig;
@@ -48,6 +49,7 @@ pub struct CacheBuilder {
     max_value_bytes: usize,
     breaker: BreakerConfig,
     leases: LeaseConfig,
+    hot: HotKeys,
     require_redis: bool,
 }
 
@@ -70,6 +72,7 @@ impl Default for CacheBuilder {
             max_value_bytes: 1 << 20,
             breaker: BreakerConfig::default(),
             leases: LeaseConfig::default(),
+            hot: HotKeys::default(),
             require_redis: false,
         }
     }
@@ -207,6 +210,12 @@ impl CacheBuilder {
         self
     }
 
+    /// Hot keys replicated over several copies in Redis (none by default; see [`HotKeys`]).
+    pub fn hot_keys(mut self, hot: HotKeys) -> Self {
+        self.hot = hot;
+        self
+    }
+
     /// Make [`build`](Self::build) fail when Redis does not answer a PING (default: start anyway
     /// and serve from the loader until Redis is reachable — a cache must not stop a service).
     pub fn require_redis(mut self, require: bool) -> Self {
@@ -229,6 +238,7 @@ impl CacheBuilder {
         if self.leases.ttl < Duration::from_millis(10) {
             return Err(Error::config("lease ttl must be at least 10 ms"));
         }
+        self.hot.validate()?;
         if self.breaker.failure_threshold == 0 {
             return Err(Error::config("breaker failure_threshold must be at least 1"));
         }
@@ -257,6 +267,7 @@ impl CacheBuilder {
             },
             ttl: self.ttl,
             leases: self.leases,
+            hot: HotRegistry::new(self.hot),
         };
         let cache = Cache { inner: Arc::new(inner) };
         if let Err(err) = cache.ping().await {

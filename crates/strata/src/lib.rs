@@ -71,12 +71,14 @@
 //! ```
 
 mod batch;
+mod batch_load;
 mod breaker;
 mod builder;
 mod cache;
 mod codec;
 mod error;
 mod flight;
+mod hot;
 mod key;
 mod l1;
 mod l2;
@@ -90,6 +92,7 @@ pub use builder::CacheBuilder;
 pub use cache::{Cache, CacheValue};
 pub use codec::Format;
 pub use error::{Error, ErrorKind, Result};
+pub use hot::{HotKeys, MAX_HOT_COPIES, MAX_HOT_COPY_TTL, hot_copy_keys};
 pub use key::{Key, KeySchema, MAX_ID_LEN, MAX_KEY_LEN, MAX_NAME_LEN, MAX_VARIANT_LEN, namespace_of};
 pub use l1::L1Policy;
 pub use l2::{TlsOptions, Topology};
