@@ -55,8 +55,8 @@ struct Pending {
 
 impl Cache {
     /// Batch cache-aside read. Keys found in L1 or Redis are served from there; `loader` is called
-    /// **once** with every key still missing (each at most once, duplicates in `keys` removed)
-    /// and returns the values it found; those are cached (for `ttl`, jittered, one slot group per
+    /// **once** with every key still missing (each once, in the order of its first appearance in
+    /// `keys`) and returns the values it found; those are cached (for `ttl`, jittered, one slot group per
     /// write round) and returned. The result lines up with `keys`; a key the loader did not
     /// return is `None` and is not cached (see
     /// [`get_or_set_many_optional`](Self::get_or_set_many_optional) to cache it as "not found").
@@ -169,6 +169,9 @@ impl Cache {
         Fut: Future<Output = std::result::Result<HashMap<Key, T>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // The loader sees the keys in the caller's order, not in slot-group order.
+        let mut to_load = to_load;
+        to_load.sort_unstable_by_key(|(u, _)| *u);
         // A batch spanning namespaces counts as one loader call in each of them.
         let namespaces: HashSet<&str> = to_load.iter().map(|(u, _)| keys[*u].namespace()).collect();
         let counters: Vec<Arc<NsCounters>> = namespaces.iter().map(|ns| self.inner.metrics.ns(ns)).collect();
