@@ -64,9 +64,14 @@ impl Cache {
     ///
     /// Same contract as [`get_or_set`](Self::get_or_set): a loader error is returned as an
     /// [`is_loader`](Error::is_loader) error (nothing is cached); Redis down, slow or behind an
-    /// open breaker is not an error: the loader's values are returned (and kept in L1). Stale-set
-    /// protection and coordination with concurrent loads: see the `batch_load` module docs in
-    /// the crate source; in short, the same leases as `get_or_set`.
+    /// open breaker is not an error: the loader's values are returned (and kept in L1).
+    ///
+    /// Concurrency, with leases on (the default): each missing key is taken with the same lease
+    /// as `get_or_set`, so a value loaded before a concurrent `set`/`delete`/`set_many` of its
+    /// key is returned but not stored. A key whose lease another caller holds (a `get_or_set`
+    /// in this or another process, another batch) is waited for, up to
+    /// [`LeaseConfig::max_wait`](crate::LeaseConfig::max_wait), rather than loaded twice. With
+    /// leases off, concurrent loads of one key may both run, and the later write wins.
     pub async fn get_or_set_many<T, F, Fut, E>(
         &self,
         keys: &[Key],

@@ -1,21 +1,6 @@
 //! Hot keys: a key read so often that its Redis node becomes the bottleneck is replicated over
-//! K copies in other cluster slots (so, on a cluster, mostly on other nodes); each L2 read picks
-//! one copy at random.
-//!
-//! - A copy of `KEY` is named `KEY:~hot:N`; the numbers N are the first K, counting from 0,
-//!   whose slots differ from the key's and from each other's. Every instance computes the same
-//!   names, and a pattern invalidation of the namespace (`app:v1:entity:*`) matches them too.
-//!   See [`hot_copy_keys`].
-//! - **Reads** (`get`, `get_or_set`, `get_or_set_optional`) of a hot key, after an L1 miss, read
-//!   one random copy. On a copy miss they fall back to the key itself (and the loader), then
-//!   refill that copy with `SET NX` (never over a copy written meanwhile).
-//! - **Writes**: `set` writes the new value to every copy; `set_not_found`, `delete` and
-//!   `set_many` delete every copy.
-//! - **Coherence bound**: a copy lives at most [`HotKeys::copy_ttl`] (default 5 s), and an L1
-//!   entry filled from a copy never outlives the copy. So a write that does not update the
-//!   copies — made by an instance that does not know the key is hot, directly in Redis, or
-//!   racing with a refill — is seen by every reader at most `copy_ttl` (plus the write's own
-//!   duration) later. Keep `copy_ttl` to the staleness you can accept.
+//! K copies in other cluster slots. The contract (naming, reads, writes, coherence bound) is
+//! documented on [`HotKeys`], the public face of this module.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -42,6 +27,25 @@ pub const MAX_HOT_COPY_TTL: Duration = Duration::from_secs(300);
 /// Which keys are hot, and for how long their copies live. Give it to
 /// [`CacheBuilder::hot_keys`](crate::CacheBuilder::hot_keys); keys can also be marked at run time
 /// with [`Cache::mark_hot`].
+///
+/// A hot key is replicated over K copies in other cluster slots (so, on a cluster, mostly on
+/// other nodes), and each L2 read picks one copy at random:
+///
+/// - A copy of `KEY` is named `KEY:~hot:N`; the numbers N are the first K, counting from 0,
+///   whose slots differ from the key's and from each other's. Every instance computes the same
+///   names ([`hot_copy_keys`]), and a pattern invalidation of the namespace
+///   (`app:v1:entity:*`) matches them too.
+/// - **Reads** (`get`, `get_or_set`, `get_or_set_optional`) of a hot key, after an L1 miss,
+///   read one random copy. On a copy miss they fall back to the key itself (and the loader),
+///   then refill that copy with `SET NX` (never over a copy written meanwhile). `get_many` and
+///   `get_or_set_many` read the key itself.
+/// - **Writes**: `set` writes the new value to every copy; `set_not_found`, `delete` and
+///   `set_many` delete every copy.
+/// - **Coherence bound**: a copy lives at most [`copy_ttl`](Self::copy_ttl) (default 5 s), and
+///   an L1 entry filled from a copy never outlives the copy. So a write that does not update
+///   the copies (made by an instance that does not know the key is hot, directly in Redis, by
+///   `get_or_set_many`, or racing with a refill) is seen by every reader at most `copy_ttl`
+///   after it completes. Keep `copy_ttl` to the staleness you can accept.
 ///
 /// ```
 /// # fn demo() -> strata::Result<()> {
@@ -106,8 +110,8 @@ fn valid_copies(n: usize) -> bool {
     (1..=MAX_HOT_COPIES).contains(&n)
 }
 
-/// The names of the first `copies` copies of `key` (see the [module docs](self)): each in a
-/// cluster slot of its own, none in the key's slot. Tools that delete keys behind Strata's back
+/// The names of the first `copies` copies of `key` (see [`HotKeys`]): each in a cluster slot of
+/// its own, none in the key's slot. Tools that delete keys behind Strata's back
 /// should delete these too (a pattern on the key's namespace matches them).
 pub fn hot_copy_keys(key: &str, copies: usize) -> Vec<String> {
     let mut slots = vec![HashSlot::for_key(key)];
@@ -169,7 +173,7 @@ pub(crate) enum HotRead<T> {
 impl Cache {
     /// Marks `key` hot at run time: this instance's reads spread over `copies` copies
     /// (1 to [`MAX_HOT_COPIES`]) and its writes update them. Other instances are unaffected
-    /// until they mark it too; the [module docs](crate::HotKeys) bound what they may miss.
+    /// until they mark it too; [`HotKeys`] bounds what their writes may leave stale.
     pub fn mark_hot(&self, key: &Key, copies: usize) -> Result<()> {
         if !valid_copies(copies) {
             return Err(Error::config(format!("hot key copies must be 1 to {MAX_HOT_COPIES}, got {copies}")));
