@@ -37,7 +37,8 @@ pub const MAX_HOT_COPY_TTL: Duration = Duration::from_secs(300);
 ///   (`app:v1:entity:*`) matches them too.
 /// - **Reads** (`get`, `get_or_set`, `get_or_set_optional`) of a hot key, after an L1 miss,
 ///   read one random copy. On a copy miss they fall back to the key itself (and the loader),
-///   then refill that copy with `SET NX` (never over a copy written meanwhile). `get_many` and
+///   then refill that copy with `SET NX` (never over a copy written meanwhile); when the copy
+///   read fails, nothing is refilled. `get_many` and
 ///   `get_or_set_many` read the key itself.
 /// - **Writes**: `set` writes the new value to every copy; `set_not_found`, `delete` and
 ///   `set_many` delete every copy.
@@ -219,7 +220,12 @@ impl Cache {
                     .await
             })
             .await;
-        let Ok((Some(bytes), pttl)) = got else { return HotRead::Missed(copy) };
+        let (bytes, pttl) = match got {
+            Ok((Some(bytes), pttl)) => (bytes, pttl),
+            Ok((None, _)) => return HotRead::Missed(copy),
+            // Redis is failing: read the key as usual, and spare the caller a refill attempt.
+            Err(_) => return HotRead::NotHot,
+        };
         // A copy that does not decode is only a miss: it expires within the copy TTL, and the
         // key itself is what holds the truth.
         let Ok(decoded) = self.inner.codec.decode::<T>(&bytes) else { return HotRead::Missed(copy) };
