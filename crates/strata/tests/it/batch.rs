@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::cluster_routing::Slot;
-use strata::{Key, KeySchema, Ttl};
+use strata::{Key, KeySchema, LeaseConfig, Ttl};
 use tokio::sync::oneshot;
 
 use crate::common::{Redis, TestResult};
@@ -293,3 +293,22 @@ async fn get_or_set_many_waits_for_a_single_load_in_flight(redis: Redis) -> Test
     Ok(())
 }
 on_both!(get_or_set_many_waits_for_a_single_load_in_flight);
+
+/// With leases off the batch stores its values with plain SETs and leaves no lease key behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_or_set_many_without_leases() -> TestResult {
+    let redis = Redis::standalone();
+    let cache = redis.builder().leases(LeaseConfig { enabled: false, ..LeaseConfig::default() }).build().await?;
+    let schema = KeySchema::new("it", 1)?;
+    let keys: Vec<Key> = (0..10).map(|i| schema.key("nolease", &i.to_string())).collect::<strata::Result<_>>()?;
+    let calls = Calls::default();
+    let got: Vec<Option<String>> = cache.get_or_set_many(&keys, Ttl::Medium, source(&calls)).await?;
+    assert!(got.iter().zip(&keys).all(|(v, k)| v.as_deref() == Some(format!("loaded {k}").as_str())));
+    let mut stored = redis.all_keys();
+    stored.sort();
+    let mut want: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    want.sort();
+    assert_eq!(stored, want);
+    assert_eq!(calls.lock().expect("lock").len(), 1);
+    Ok(())
+}
