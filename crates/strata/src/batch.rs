@@ -36,42 +36,9 @@ impl Cache {
                 None => missing.push(i),
             }
         }
-        let with_pttl = self.inner.l1.is_some();
-        let reads = self.groups(keys, missing).into_iter().map(|group| async move {
-            let tickets: Vec<_> = group.iter().map(|&i| self.inner.coherence.ticket(keys[i].as_str())).collect();
-            let mut pipe = redis::pipe();
-            pipe.cmd("MGET");
-            for &i in &group {
-                pipe.arg(keys[i].as_str());
-            }
-            if with_pttl {
-                for &i in &group {
-                    pipe.cmd("PTTL").arg(keys[i].as_str());
-                }
-            }
-            let got = self
-                .l2_call("MGET", |mut c| async move { pipe.query_async::<Vec<redis::Value>>(&mut c).await })
-                .await
-                .and_then(|replies| parse_mget(replies, group.len(), with_pttl));
-            (group, tickets, got)
-        });
-        for (group, tickets, got) in join_all(reads).await {
-            let Ok(replies) = got else {
-                for &i in &group {
-                    NsCounters::inc(&self.inner.metrics.ns(keys[i].namespace()).l2_misses);
-                }
-                continue;
-            };
-            for ((i, ticket), (bytes, pttl)) in group.into_iter().zip(tickets).zip(replies) {
-                let key = &keys[i];
-                let ns = self.inner.metrics.ns(key.namespace());
-                let Some(bytes) = bytes else {
-                    NsCounters::inc(&ns.l2_misses);
-                    continue;
-                };
-                if let L2Read::Value(v) = self.accept_bytes::<T>(key, &ns, bytes, pttl, true, ticket).await {
-                    out[i] = Some(v);
-                }
+        for (i, read) in self.read_l2_many::<T>(keys, missing, true).await {
+            if let Ok(L2Read::Value(v)) = read {
+                out[i] = Some(v);
             }
         }
         Ok(out)
@@ -143,11 +110,70 @@ impl Cache {
                 first_error.get_or_insert(err);
             }
         }
+        for (key, _) in items {
+            self.hot_invalidate(key).await;
+        }
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Reads the keys at `wanted` from Redis: one MGET pipeline per slot group, the groups sent
+    /// concurrently. Decodes, counts and fills L1 like a single read. A group that fails reports
+    /// its error for each of its keys.
+    pub(crate) async fn read_l2_many<T: CacheValue>(
+        &self,
+        keys: &[Key],
+        wanted: Vec<usize>,
+        accept_negative: bool,
+    ) -> Vec<(usize, Result<L2Read<T>>)> {
+        let with_pttl = self.inner.l1.is_some();
+        let reads = self.groups(keys, wanted).into_iter().map(|group| async move {
+            let tickets: Vec<_> = group.iter().map(|&i| self.inner.coherence.ticket(keys[i].as_str())).collect();
+            let mut pipe = redis::pipe();
+            pipe.cmd("MGET");
+            for &i in &group {
+                pipe.arg(keys[i].as_str());
+            }
+            if with_pttl {
+                for &i in &group {
+                    pipe.cmd("PTTL").arg(keys[i].as_str());
+                }
+            }
+            let got = self
+                .l2_call("MGET", |mut c| async move { pipe.query_async::<Vec<redis::Value>>(&mut c).await })
+                .await
+                .and_then(|replies| parse_mget(replies, group.len(), with_pttl));
+            (group, tickets, got)
+        });
+        let mut out = Vec::new();
+        for (group, tickets, got) in join_all(reads).await {
+            let replies = match got {
+                Ok(replies) => replies,
+                Err(err) => {
+                    for i in group {
+                        NsCounters::inc(&self.inner.metrics.ns(keys[i].namespace()).l2_misses);
+                        out.push((i, Err(err.clone())));
+                    }
+                    continue;
+                }
+            };
+            for ((i, ticket), (bytes, pttl)) in group.into_iter().zip(tickets).zip(replies) {
+                let key = &keys[i];
+                let ns = self.inner.metrics.ns(key.namespace());
+                let read = match bytes {
+                    Some(bytes) => self.accept_bytes::<T>(key, &ns, bytes, pttl, accept_negative, ticket).await,
+                    None => {
+                        NsCounters::inc(&ns.l2_misses);
+                        L2Read::Miss
+                    }
+                };
+                out.push((i, Ok(read)));
+            }
+        }
+        out
+    }
+
     /// Indices of `keys` (restricted to `wanted`) grouped so that each group can be one command.
-    fn groups(&self, keys: &[Key], wanted: Vec<usize>) -> Vec<Vec<usize>> {
+    pub(crate) fn groups(&self, keys: &[Key], wanted: Vec<usize>) -> Vec<Vec<usize>> {
         if !self.is_cluster() {
             return wanted.chunks(CHUNK).map(<[usize]>::to_vec).collect();
         }

@@ -9,6 +9,7 @@ use crate::codec::{Codec, Format};
 use crate::coherence::Coherence;
 use crate::error::{Error, Result};
 use crate::flight::Flights;
+use crate::hot::{HotKeys, HotRegistry};
 use crate::invalidation::{Invalidation, Supervisor};
 use crate::l1::{L1, L1Policy};
 use crate::l2::{L2, L2Config, TlsOptions, Topology};
@@ -51,6 +52,7 @@ pub struct CacheBuilder {
     breaker: BreakerConfig,
     leases: LeaseConfig,
     invalidation: Invalidation,
+    hot: HotKeys,
     require_redis: bool,
 }
 
@@ -74,6 +76,7 @@ impl Default for CacheBuilder {
             breaker: BreakerConfig::default(),
             leases: LeaseConfig::default(),
             invalidation: Invalidation::default(),
+            hot: HotKeys::default(),
             require_redis: false,
         }
     }
@@ -220,6 +223,12 @@ impl CacheBuilder {
         self
     }
 
+    /// Hot keys replicated over several copies in Redis (none by default; see [`HotKeys`]).
+    pub fn hot_keys(mut self, hot: HotKeys) -> Self {
+        self.hot = hot;
+        self
+    }
+
     /// Make [`build`](Self::build) fail when Redis does not answer a PING (default: start anyway
     /// and serve from the loader until Redis is reachable — a cache must not stop a service).
     pub fn require_redis(mut self, require: bool) -> Self {
@@ -242,6 +251,7 @@ impl CacheBuilder {
         if self.leases.ttl < Duration::from_millis(10) {
             return Err(Error::config("lease ttl must be at least 10 ms"));
         }
+        self.hot.validate()?;
         if self.breaker.failure_threshold == 0 {
             return Err(Error::config("breaker failure_threshold must be at least 1"));
         }
@@ -278,6 +288,7 @@ impl CacheBuilder {
             },
             ttl: self.ttl,
             leases: self.leases,
+            hot: HotRegistry::new(self.hot),
         };
         let inner = Arc::new(inner);
         if tracked && let Some(task) = Supervisor::start(&inner, self.invalidation, l2_config).await {

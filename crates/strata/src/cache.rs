@@ -13,6 +13,7 @@ use crate::codec::{Codec, Meta};
 use crate::coherence::Coherence;
 use crate::error::{Error, Result};
 use crate::flight::{Flights, Shared};
+use crate::hot::{HotRead, HotRegistry};
 use crate::key::Key;
 use crate::l1::{L1, Slot};
 use crate::l2::L2;
@@ -45,6 +46,7 @@ pub(crate) struct Inner {
     pub(crate) leases: LeaseConfig,
     /// Whether L1 may serve and admit entries (see [`crate::coherence`]).
     pub(crate) coherence: Coherence,
+    pub(crate) hot: HotRegistry,
 }
 
 /// How a miss was coordinated with other processes.
@@ -84,8 +86,18 @@ impl Cache {
         if let Some(found) = self.l1_lookup::<T>(key, &ns, true) {
             return Ok(found);
         }
+        let copy = match self.hot_read::<T>(key, &ns, true).await {
+            HotRead::Hit(found) => return Ok(found),
+            HotRead::Missed(copy) => Some(copy),
+            HotRead::NotHot => None,
+        };
         match self.read_l2::<T>(key, &ns, true).await {
-            Ok(L2Read::Value(v)) => Ok(Some(v)),
+            Ok(L2Read::Value(v)) => {
+                if let Some(copy) = copy {
+                    self.hot_refill(&copy, Some(&v)).await;
+                }
+                Ok(Some(v))
+            }
             Ok(_) | Err(_) => Ok(None),
         }
     }
@@ -110,7 +122,9 @@ impl Cache {
                 return Err(err);
             }
         };
-        self.write_l2(key, encoded, ttl, Slot::Present(Arc::new(value.clone()))).await
+        self.write_l2(key, encoded, ttl, Slot::Present(Arc::new(value.clone()))).await?;
+        self.hot_write(key, value).await;
+        Ok(())
     }
 
     /// Caches "not found" for `key` with the negative TTL of the [`TtlPolicy`].
@@ -118,7 +132,9 @@ impl Cache {
         let ttl = self.inner.ttl.jittered_negative();
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
         let encoded = self.inner.codec.encode::<()>(None, meta)?;
-        self.write_l2(key, encoded, ttl, Slot::Absent).await
+        self.write_l2(key, encoded, ttl, Slot::Absent).await?;
+        self.hot_invalidate(key).await;
+        Ok(())
     }
 
     /// Removes a key from L1 and Redis. Returns whether Redis held it.
@@ -134,6 +150,7 @@ impl Cache {
             })
             .await?;
         NsCounters::inc(&self.inner.metrics.ns(key.namespace()).deletes);
+        self.hot_invalidate(key).await;
         Ok(removed > 0)
     }
 
@@ -263,6 +280,11 @@ impl Cache {
         if let Some(found) = self.l1_lookup::<T>(key, &ns, negative_is_hit) {
             return Ok(found);
         }
+        let copy = match self.hot_read::<T>(key, &ns, negative_is_hit).await {
+            HotRead::Hit(found) => return Ok(found),
+            HotRead::Missed(copy) => Some(copy),
+            HotRead::NotHot => None,
+        };
         // Plain and optional loads of one type are separate flights: one may not satisfy the other.
         let kind = (TypeId::of::<T>(), u8::from(negative_is_hit));
         let shared = self
@@ -271,7 +293,12 @@ impl Cache {
             .run(key.shared(), kind, || self.load_through::<T, F, Fut, E>(key, ttl, loader, negative_is_hit, &ns))
             .await?;
         match shared.downcast_ref::<Option<T>>() {
-            Some(v) => Ok(v.clone()),
+            Some(v) => {
+                if let Some(copy) = copy {
+                    self.hot_refill(&copy, v.as_ref()).await;
+                }
+                Ok(v.clone())
+            }
             None => Err(Error::config("internal error: single-flight result of an unexpected type")),
         }
     }

@@ -34,7 +34,7 @@ use crate::tiers::ttl_millis;
 /// Takes the lease unless the value is already there, atomically: a holder that stores its value
 /// and releases the lease between our read and our SET NX must not let us load a second time.
 /// KEYS: key, lease. ARGV: token, px. Returns 0 value present, 1 lease taken, 2 lease held.
-const ACQUIRE_UNLESS_PRESENT: &str = r"
+pub(crate) const ACQUIRE_UNLESS_PRESENT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 2";
@@ -51,7 +51,7 @@ return 0";
 
 /// Releases the lease if the caller's token still holds it (a failed or uncacheable load).
 /// KEYS: lease. ARGV: token.
-const RELEASE_IF_HELD: &str = r"
+pub(crate) const RELEASE_IF_HELD: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 

@@ -56,6 +56,13 @@
 //!   consecutive failures and probes it again later. While Redis is unhealthy, `get_or_set`
 //!   serves from the loader and callers see no error.
 //! - **Batches**: [`Cache::get_many`] / [`Cache::set_many`] group keys by cluster slot.
+//!   [`Cache::get_or_set_many`] is batch cache-aside: one MGET round per slot group, then one
+//!   loader call with every key still missing, written back per slot group under the same
+//!   leases as `get_or_set` (no stale sets; a key another caller is loading is waited for).
+//! - **Hot keys** ([`HotKeys`], [`Cache::mark_hot`]): a hot key is replicated over K copies in
+//!   other cluster slots and each read picks one at random; `set` writes every copy, `delete`
+//!   removes them. Copies live at most a short copy TTL, which bounds how long a write that
+//!   skipped them (an instance unaware the key is hot) can go unseen.
 //! - **Metrics**: [`Cache::metrics`] returns hits and misses per tier and namespace, loader
 //!   calls, errors and the breaker state.
 //!
@@ -79,6 +86,7 @@
 //! ```
 
 mod batch;
+mod batch_load;
 mod breaker;
 mod builder;
 mod cache;
@@ -86,6 +94,7 @@ mod codec;
 mod coherence;
 mod error;
 mod flight;
+mod hot;
 mod invalidation;
 mod key;
 mod l1;
@@ -100,6 +109,7 @@ pub use builder::CacheBuilder;
 pub use cache::{Cache, CacheValue};
 pub use codec::Format;
 pub use error::{Error, ErrorKind, Result};
+pub use hot::{HotKeys, MAX_HOT_COPIES, MAX_HOT_COPY_TTL, hot_copy_keys};
 pub use invalidation::Invalidation;
 pub use key::{Key, KeySchema, MAX_ID_LEN, MAX_KEY_LEN, MAX_NAME_LEN, MAX_VARIANT_LEN, namespace_of};
 pub use l1::L1Policy;

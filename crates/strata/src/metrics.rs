@@ -66,6 +66,8 @@ counters! {
     type_mismatches,
     /// Loaded values that could not be cached, too large or unserializable (returned, not stored).
     uncacheable,
+    /// L2 reads of a hot key answered by one of its copies (also counted in `l2_hits`).
+    hot_copy_hits,
 }
 
 impl NsCounters {

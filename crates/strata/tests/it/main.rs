@@ -6,6 +6,7 @@ mod common;
 mod batch;
 mod coherence;
 mod corrupt;
+mod hot;
 mod l1_budget;
 mod leases;
 mod resilience;
