@@ -268,11 +268,7 @@ impl CacheBuilder {
         let l1 = (self.l1_bytes > 0).then(|| {
             L1::new(self.l1_bytes, self.l1_max_entry_bytes.unwrap_or(self.l1_bytes / 16).max(1), self.l1_policy)
         });
-        let sentinel = matches!(l2_config.topology, Topology::Sentinel { .. });
-        if sentinel && self.invalidation.enabled && l1.is_some() {
-            tracing::warn!("L1 invalidation is not supported with Sentinel yet; L1 copies live at most l1_max_ttl");
-        }
-        let tracked = self.invalidation.enabled && l1.is_some() && !sentinel;
+        let tracked = self.invalidation.enabled && l1.is_some();
         let inner = Inner {
             coherence: Coherence::new(tracked, self.invalidation.prefixes.clone()),
             l1,

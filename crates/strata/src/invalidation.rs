@@ -16,7 +16,8 @@
 //!   `CLUSTER NODES`, flushes L1 and connects to the new masters first.
 //!
 //! The worst case — a node dies silently — bounds staleness by the heartbeat interval plus its
-//! timeout. Sentinel deployments are not tracked yet: there L1 copies live at most `l1_max_ttl`.
+//! timeout. With Sentinel, the tracked node is the master the sentinels name, asked again at
+//! every topology check: a failover is a topology change.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,12 +114,15 @@ pub(crate) struct Supervisor {
     nodes: HashMap<String, Node>,
     /// The masters (and their slots) last seen; a change flushes L1.
     topology: Option<String>,
+    masters: Vec<(String, String)>,
+    /// When the topology was last read.
+    checked: Option<tokio::time::Instant>,
     lost: mpsc::UnboundedSender<()>,
 }
 
 impl Supervisor {
     /// Connects to every node (bounded by the connect timeout, so a cache can start while Redis
-    /// is down) and keeps the connections up from a background task. Not for Sentinel.
+    /// is down) and keeps the connections up from a background task.
     pub(crate) async fn start(
         cache: &Arc<Inner>,
         config: Invalidation,
@@ -126,8 +130,16 @@ impl Supervisor {
     ) -> Option<tokio::task::AbortHandle> {
         let (lost, mut lost_rx) = mpsc::unbounded_channel();
         let connect_timeout = l2.connect_timeout;
-        let mut supervisor =
-            Supervisor { cache: Arc::downgrade(cache), config, l2, nodes: HashMap::new(), topology: None, lost };
+        let mut supervisor = Supervisor {
+            cache: Arc::downgrade(cache),
+            config,
+            l2,
+            nodes: HashMap::new(),
+            topology: None,
+            masters: Vec::new(),
+            checked: None,
+            lost,
+        };
         let first_round = Arc::new(AtomicBool::new(false));
         let first_done = first_round.clone();
         let handle = tokio::spawn(async move {
@@ -159,22 +171,32 @@ impl Supervisor {
     /// master has a live tracking connection.
     async fn round(&mut self, cache: &Inner) {
         let l1 = cache.l1.as_ref();
-        let masters = match self.masters().await {
-            Ok(masters) => masters,
-            Err(err) => {
-                tracing::debug!(error = %err, "cannot read the cluster topology");
-                if cache.coherence.is_healthy() {
-                    cache.coherence.reset(false, l1);
+        // The topology is read every `topology_interval`, and at every round while L1 is closed
+        // (so that it reopens as soon as possible).
+        let due = self.checked.is_none_or(|at| at.elapsed() >= self.config.topology_interval)
+            || !cache.coherence.is_healthy();
+        if due {
+            let masters = match self.masters().await {
+                Ok(masters) => masters,
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot read the topology");
+                    if cache.coherence.is_healthy() {
+                        cache.coherence.reset(false, l1);
+                    }
+                    return;
                 }
-                return;
+            };
+            self.checked = Some(tokio::time::Instant::now());
+            let fingerprint =
+                masters.iter().map(|(addr, slots)| format!("{addr} {slots}")).collect::<Vec<_>>().join("\n");
+            if self.topology.as_ref().is_some_and(|seen| *seen != fingerprint) {
+                tracing::info!("redis topology changed; flushing L1");
+                cache.coherence.reset(false, l1);
             }
-        };
-        let fingerprint = masters.iter().map(|(addr, slots)| format!("{addr} {slots}")).collect::<Vec<_>>().join("\n");
-        if self.topology.as_ref().is_some_and(|seen| *seen != fingerprint) {
-            tracing::info!("redis topology changed; flushing L1");
-            cache.coherence.reset(false, l1);
+            self.topology = Some(fingerprint);
+            self.masters = masters;
         }
-        self.topology = Some(fingerprint);
+        let masters = self.masters.clone();
         self.nodes.retain(|addr, node| masters.iter().any(|(a, _)| a == addr) && node.alive.load(Ordering::SeqCst));
         let missing: Vec<String> =
             masters.iter().map(|(a, _)| a.clone()).filter(|a| !self.nodes.contains_key(a)).collect();
@@ -224,7 +246,10 @@ impl Supervisor {
         let seeds = match &self.l2.topology {
             Topology::Standalone(url) => return Ok(vec![(url.clone(), String::new())]),
             Topology::Cluster(seeds) => seeds.clone(),
-            Topology::Sentinel { .. } => return Ok(Vec::new()),
+            Topology::Sentinel { sentinels, master_name } => {
+                let master = self.sentinel_master(sentinels, master_name).await?;
+                return Ok(vec![(master, String::new())]);
+            }
         };
         let scheme = if seeds.iter().any(|s| s.starts_with("rediss://")) { "rediss" } else { "redis" };
         // Ask a node we already talk to, else the seeds, in turn.
@@ -242,6 +267,33 @@ impl Supervisor {
             match self.cluster_nodes_from(seed).await {
                 Ok(text) => return Ok(parse_masters(&text, scheme)),
                 Err(err) => last_err = err,
+            }
+        }
+        Err(last_err)
+    }
+
+    /// The master's URL as the sentinels see it now (the first that answers). A failover
+    /// changes it, which the caller treats as a topology change.
+    async fn sentinel_master(&self, sentinels: &[String], name: &str) -> Result<String> {
+        let scheme = if self.l2.tls.is_some() { "rediss" } else { "redis" };
+        let mut last_err = Error::config("no sentinel configured");
+        for sentinel in sentinels {
+            // The sentinel URLs carry the sentinels' own credentials, if any.
+            let client = redis::Client::open(sentinel.as_str())
+                .map_err(|e| Error::config(format!("invalid sentinel url {sentinel:?}: {e}")))?;
+            let ask = async {
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(name)
+                    .query_async::<Option<(String, u16)>>(&mut conn)
+                    .await
+            };
+            match tokio::time::timeout(self.l2.connect_timeout, ask).await {
+                Ok(Ok(Some((host, port)))) => return Ok(format!("{scheme}://{host}:{port}")),
+                Ok(Ok(None)) => last_err = Error::config(format!("sentinel knows no master named {name:?}")),
+                Ok(Err(err)) => last_err = Error::redis("SENTINEL get-master-addr-by-name", err),
+                Err(_) => last_err = Error::timeout("SENTINEL get-master-addr-by-name", self.l2.connect_timeout),
             }
         }
         Err(last_err)

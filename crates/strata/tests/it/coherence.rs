@@ -271,3 +271,55 @@ async fn a_slot_move_or_a_failover_drops_l1() -> TestResult {
     }
     Ok(())
 }
+
+/// Sentinel: the tracked node is the master the sentinels name; after a failover, L1 is dropped
+/// and instances stay coherent through the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_instances_stay_coherent_through_a_failover() -> TestResult {
+    let mut setup = strata_cluster::SentinelSetup::builder()
+        .replicas(1)
+        .sentinels(3)
+        .quorum(2)
+        .master_name("cache")
+        .down_after_ms(1000)
+        .failover_timeout_ms(3000)
+        .start()?;
+    let invalidation = Invalidation::default().heartbeat(Duration::from_millis(200), Duration::from_secs(2));
+    let mut caches = Vec::new();
+    for _ in 0..2 {
+        let cache = Cache::builder()
+            .sentinel(setup.sentinel_urls(), "cache")
+            .l1_max_ttl(L1_LIFETIME)
+            .op_timeout(Duration::from_millis(500))
+            .connect_timeout(Duration::from_millis(500))
+            .invalidation(invalidation.clone())
+            .build()
+            .await?;
+        caches.push(cache);
+    }
+    let (a, b) = (&caches[0], &caches[1]);
+    let key = KeySchema::new("it", 1)?.key("coherence", "sentinel")?;
+    a.set(&key, &"v1".to_owned(), Ttl::Long).await?;
+    prime(&[b], &key, "v1").await?;
+    a.set(&key, &"v2".to_owned(), Ttl::Long).await?;
+    until_reads(b, &key, Some("v2"), "B before the failover").await?;
+
+    let flushes = b.metrics().l1_flushes;
+    let old = setup.current_master()?;
+    setup.data_node_mut(old).kill()?;
+    let _setup = tokio::task::spawn_blocking(move || {
+        setup.wait_for_master(Some(old), Duration::from_secs(30)).map(|_| setup).map_err(|e| e.to_string())
+    })
+    .await??;
+    assert!(b.metrics().l1_flushes > flushes, "losing the master dropped L1: {:?}", b.metrics());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.set(&key, &"v3".to_owned(), Ttl::Long).await.is_err() || !b.metrics().l1_coherent {
+        assert!(Instant::now() < deadline, "no coherence after the failover: {:?}", b.metrics());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_reads(b, &key, Some("v3"), "B after the failover").await?;
+    prime(&[b], &key, "v3").await?;
+    a.set(&key, &"v4".to_owned(), Ttl::Long).await?;
+    until_reads(b, &key, Some("v4"), "B through the new master").await?;
+    Ok(())
+}
