@@ -8,6 +8,7 @@ use crate::cache::{Cache, Inner};
 use crate::codec::{Codec, Format};
 use crate::error::{Error, Result};
 use crate::flight::Flights;
+use crate::fresh::{Freshness, Refreshes};
 use crate::l1::{L1, L1Policy};
 use crate::l2::{L2, L2Config, TlsOptions, Topology};
 use crate::lease::LeaseConfig;
@@ -48,6 +49,7 @@ pub struct CacheBuilder {
     max_value_bytes: usize,
     breaker: BreakerConfig,
     leases: LeaseConfig,
+    freshness: Freshness,
     require_redis: bool,
 }
 
@@ -70,6 +72,7 @@ impl Default for CacheBuilder {
             max_value_bytes: 1 << 20,
             breaker: BreakerConfig::default(),
             leases: LeaseConfig::default(),
+            freshness: Freshness::default(),
             require_redis: false,
         }
     }
@@ -207,6 +210,13 @@ impl CacheBuilder {
         self
     }
 
+    /// Early refresh, stale-while-revalidate, fail-safe and loader timeouts for every load of
+    /// this cache (default: all off; see [`Freshness`]).
+    pub fn freshness(mut self, freshness: Freshness) -> Self {
+        self.freshness = freshness;
+        self
+    }
+
     /// Make [`build`](Self::build) fail when Redis does not answer a PING (default: start anyway
     /// and serve from the loader until Redis is reachable — a cache must not stop a service).
     pub fn require_redis(mut self, require: bool) -> Self {
@@ -229,6 +239,7 @@ impl CacheBuilder {
         if self.leases.ttl < Duration::from_millis(10) {
             return Err(Error::config("lease ttl must be at least 10 ms"));
         }
+        self.freshness.validate()?;
         if self.breaker.failure_threshold == 0 {
             return Err(Error::config("breaker failure_threshold must be at least 1"));
         }
@@ -257,6 +268,8 @@ impl CacheBuilder {
             },
             ttl: self.ttl,
             leases: self.leases,
+            freshness: self.freshness,
+            refreshes: Arc::new(Refreshes::default()),
         };
         let cache = Cache { inner: Arc::new(inner) };
         if let Err(err) = cache.ping().await {

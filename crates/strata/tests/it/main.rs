@@ -5,6 +5,7 @@ mod common;
 
 mod batch;
 mod corrupt;
+mod freshness;
 mod l1_budget;
 mod leases;
 mod resilience;
