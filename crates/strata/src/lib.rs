@@ -44,12 +44,17 @@
 //! - **No stale sets**: a value loaded before an invalidation (`delete`, `set`) can never be
 //!   stored after it — the holder stores with a compare-and-set on its lease, and every write
 //!   through Strata revokes the lease.
+//! - **Freshness** ([`Freshness`], off by default): XFetch probabilistic early refresh from the
+//!   load time stored with each value, stale-while-revalidate, fail-safe (the last good value
+//!   stands in, up to a maximum staleness, when the loader fails or passes its soft timeout) and
+//!   a hard timeout on the wait. Background refreshes need a loader that can outlive the call:
+//!   [`Cache::get_or_refresh`]; `get_or_set` gets the fail-safe and the timeouts.
 //! - **Resilience**: every Redis call has a timeout; a circuit breaker stops calling Redis after
 //!   consecutive failures and probes it again later. While Redis is unhealthy, `get_or_set`
 //!   serves from the loader and callers see no error.
 //! - **Batches**: [`Cache::get_many`] / [`Cache::set_many`] group keys by cluster slot.
 //! - **Metrics**: [`Cache::metrics`] returns hits and misses per tier and namespace, loader
-//!   calls, errors and the breaker state.
+//!   calls, errors, stale serves and refreshes, and the breaker state.
 //!
 //! ## Example
 //!
