@@ -148,6 +148,10 @@ impl Cache {
     /// - When Redis is down, slow, or the breaker is open, the loader's value is returned with no
     ///   error; the cache is simply bypassed.
     /// - A value too large to cache is returned but not stored.
+    /// - With [`Freshness`](crate::Freshness) set: fail-safe (a failed load, or one past the
+    ///   soft timeout, returns the last good value within the fail-safe window; the load is then
+    ///   abandoned) and the hard timeout on the loader. Early refresh and stale-while-revalidate
+    ///   need a loader that can outlive the call: [`get_or_refresh`](Self::get_or_refresh).
     ///
     /// ```
     /// # use std::sync::{Arc, atomic::{AtomicUsize, Ordering}};
