@@ -7,6 +7,7 @@
 pub mod demo;
 pub mod drill_coherence;
 pub mod drill_stampede;
+pub mod expiry;
 pub mod hit_latency;
 pub mod stats;
 pub mod workload;

@@ -55,7 +55,7 @@ impl Cache {
             let ttl = self.inner.ttl.jittered(ttl);
             let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
             match self.inner.codec.encode(Some(value), meta) {
-                Ok(e) => encoded.push((e, ttl)),
+                Ok(e) => encoded.push((e, ttl, meta)),
                 Err(err) => {
                     // As with `set`: the value the caller meant to replace must not keep serving.
                     if let Err(del) = self.delete(key).await {
@@ -69,10 +69,15 @@ impl Cache {
         let writes = self.groups(&keys, (0..items.len()).collect()).into_iter().map(|group| {
             let mut pipe = redis::pipe();
             for &i in &group {
-                let (e, ttl) = &encoded[i];
+                let (e, ttl, _) = &encoded[i];
                 // Lease first, as in `write_l2`: no load in flight may store over this value.
                 pipe.cmd("DEL").arg(crate::lease::lease_key(keys[i].as_str())).ignore();
-                pipe.cmd("SET").arg(keys[i].as_str()).arg(e.bytes.as_slice()).arg("PX").arg(ttl_millis(*ttl)).ignore();
+                pipe.cmd("SET")
+                    .arg(keys[i].as_str())
+                    .arg(e.bytes.as_slice())
+                    .arg("PX")
+                    .arg(ttl_millis(self.physical_ttl(*ttl)))
+                    .ignore();
             }
             let coherence = &self.inner.coherence;
             let tickets: Vec<_> = group
@@ -92,9 +97,10 @@ impl Cache {
                 match &written {
                     Ok(()) => {
                         NsCounters::inc(&self.inner.metrics.ns(key.namespace()).sets);
-                        let (e, ttl) = &encoded[i];
+                        let (e, ttl, meta) = &encoded[i];
                         let slot = Slot::Present(Arc::new(value.clone()));
-                        self.fill_l1_after_write(key, slot, e.raw_len, *ttl, echo, ticket).await;
+                        let ttl = self.physical_ttl(*ttl);
+                        self.fill_l1_after_write(key, slot, e.raw_len, ttl, (*meta).into(), echo, ticket).await;
                     }
                     Err(_) => {
                         if let Some(echo) = echo {

@@ -28,7 +28,7 @@ use crate::codec::{Encoded, Meta};
 use crate::coherence::{Echo, Ticket};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::l1::Slot;
+use crate::l1::{Slot, Stamp};
 use crate::lease::{ACQUIRE_UNLESS_PRESENT, FILL_IF_LEASED, RELEASE_IF_HELD, backoff, lease_key, token};
 use crate::metrics::NsCounters;
 use crate::tiers::{expiry_ms, ttl_millis};
@@ -50,6 +50,7 @@ enum Store {
 struct Pending {
     /// Taken before the load: an L1 fill from it must not outlive a write made meanwhile.
     ticket: Ticket,
+    stamp: Stamp,
     encoded: Encoded,
     ttl: std::time::Duration,
     slot: Slot,
@@ -142,7 +143,8 @@ impl Cache {
                 Ok(L2Read::Value(v)) => found[u] = Some(Some(v)),
                 Ok(L2Read::Negative) => found[u] = Some(None),
                 Ok(L2Read::Miss) => absent.push(u),
-                Ok(L2Read::Unusable) => to_load.push((u, Store::Plain)),
+                // Kept past its logical expiry by a freshness grace period: reload it.
+                Ok(L2Read::Unusable | L2Read::Stale(..)) => to_load.push((u, Store::Plain)),
                 Err(err) => to_load.push((u, store_after(&err))),
             }
         }
@@ -237,10 +239,12 @@ impl Cache {
             };
             let slot = value.map_or(Slot::Absent, |v| Slot::Present(Arc::new(v)));
             let Some(&ticket) = tickets.get(&u) else { continue };
+            // Redis and L1 keep the value for the freshness grace period on top of its TTL.
+            let (ttl, stamp) = (self.physical_ttl(ttl), Stamp::from(meta));
             if store == Store::L1Only {
-                self.fill_l1_from_source(key, slot, encoded.raw_len, ttl, ticket);
+                self.fill_l1_from_source(key, slot, encoded.raw_len, ttl, stamp, ticket);
             } else {
-                pending.insert(u, Pending { ticket, encoded, ttl, slot, store });
+                pending.insert(u, Pending { ticket, stamp, encoded, ttl, slot, store });
             }
         }
         if !values.is_empty() {
@@ -304,7 +308,7 @@ impl Cache {
                     Ok(L2Read::Negative) => found[u] = Some(None),
                     // Still loading elsewhere, or deleted since: try the lease again.
                     Ok(L2Read::Miss) => pending.push(u),
-                    Ok(L2Read::Unusable) => to_load.push((u, Store::Plain)),
+                    Ok(L2Read::Unusable | L2Read::Stale(..)) => to_load.push((u, Store::Plain)),
                     Err(err) => to_load.push((u, store_after(&err))),
                 }
             }
@@ -349,14 +353,14 @@ impl Cache {
                 }
                 Ok(_) => {
                     NsCounters::inc(&ns.sets);
-                    self.fill_l1_after_write(key, p.slot, p.encoded.raw_len, p.ttl, echo, p.ticket).await;
+                    self.fill_l1_after_write(key, p.slot, p.encoded.raw_len, p.ttl, p.stamp, echo, p.ticket).await;
                 }
                 // Keep serving from L1 while Redis is away, so the source is not hammered.
                 Err(err) if err.is_unavailable() => {
                     if let Some(echo) = echo {
                         self.inner.coherence.forget(echo);
                     }
-                    self.fill_l1_from_source(key, p.slot, p.encoded.raw_len, p.ttl, p.ticket);
+                    self.fill_l1_from_source(key, p.slot, p.encoded.raw_len, p.ttl, p.stamp, p.ticket);
                 }
                 Err(err) => {
                     if let Some(echo) = echo {

@@ -9,6 +9,7 @@ use crate::codec::{Codec, Format};
 use crate::coherence::Coherence;
 use crate::error::{Error, Result};
 use crate::flight::Flights;
+use crate::fresh::{Freshness, Refreshes};
 use crate::hot::{HotKeys, HotRegistry};
 use crate::invalidation::{Invalidation, Supervisor};
 use crate::l1::{L1, L1Policy};
@@ -53,6 +54,7 @@ pub struct CacheBuilder {
     leases: LeaseConfig,
     invalidation: Invalidation,
     hot: HotKeys,
+    freshness: Freshness,
     require_redis: bool,
 }
 
@@ -77,6 +79,7 @@ impl Default for CacheBuilder {
             leases: LeaseConfig::default(),
             invalidation: Invalidation::default(),
             hot: HotKeys::default(),
+            freshness: Freshness::default(),
             require_redis: false,
         }
     }
@@ -229,6 +232,13 @@ impl CacheBuilder {
         self
     }
 
+    /// Early refresh, stale-while-revalidate, fail-safe and loader timeouts for every load of
+    /// this cache (default: all off; see [`Freshness`]).
+    pub fn freshness(mut self, freshness: Freshness) -> Self {
+        self.freshness = freshness;
+        self
+    }
+
     /// Make [`build`](Self::build) fail when Redis does not answer a PING (default: start anyway
     /// and serve from the loader until Redis is reachable — a cache must not stop a service).
     pub fn require_redis(mut self, require: bool) -> Self {
@@ -252,6 +262,7 @@ impl CacheBuilder {
             return Err(Error::config("lease ttl must be at least 10 ms"));
         }
         self.hot.validate()?;
+        self.freshness.validate()?;
         if self.breaker.failure_threshold == 0 {
             return Err(Error::config("breaker failure_threshold must be at least 1"));
         }
@@ -285,6 +296,8 @@ impl CacheBuilder {
             ttl: self.ttl,
             leases: self.leases,
             hot: HotRegistry::new(self.hot),
+            freshness: self.freshness,
+            refreshes: Arc::new(Refreshes::default()),
         };
         let inner = Arc::new(inner);
         if tracked && let Some(task) = Supervisor::start(&inner, self.invalidation, l2_config).await {

@@ -13,9 +13,10 @@ use crate::codec::{Codec, Meta};
 use crate::coherence::Coherence;
 use crate::error::{Error, Result};
 use crate::flight::{Flights, Shared};
+use crate::fresh::{Bounded, Freshness, Refreshes};
 use crate::hot::{HotRead, HotRegistry};
 use crate::key::Key;
-use crate::l1::{L1, Slot};
+use crate::l1::{L1, Slot, Stamp};
 use crate::l2::L2;
 use crate::lease::LeaseConfig;
 use crate::metrics::{Metrics, MetricsSnapshot, NsCounters};
@@ -47,6 +48,8 @@ pub(crate) struct Inner {
     /// Whether L1 may serve and admit entries (see [`crate::coherence`]).
     pub(crate) coherence: Coherence,
     pub(crate) hot: HotRegistry,
+    pub(crate) freshness: Freshness,
+    pub(crate) refreshes: Arc<Refreshes>,
 }
 
 /// How a miss was coordinated with other processes.
@@ -68,6 +71,9 @@ pub(crate) enum L2Read<T> {
     /// value of another type. Loading will replace it.
     Unusable,
     Miss,
+    /// A value past its logical expiry, kept by a freshness grace period: not a hit, but it may
+    /// be served stale (see [`Freshness`]).
+    Stale(T, Stamp),
 }
 
 impl Cache {
@@ -122,7 +128,7 @@ impl Cache {
                 return Err(err);
             }
         };
-        self.write_l2(key, encoded, ttl, Slot::Present(Arc::new(value.clone()))).await?;
+        self.write_l2(key, encoded, ttl, Slot::Present(Arc::new(value.clone())), meta.into()).await?;
         self.hot_write(key, value).await;
         Ok(())
     }
@@ -132,7 +138,7 @@ impl Cache {
         let ttl = self.inner.ttl.jittered_negative();
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
         let encoded = self.inner.codec.encode::<()>(None, meta)?;
-        self.write_l2(key, encoded, ttl, Slot::Absent).await?;
+        self.write_l2(key, encoded, ttl, Slot::Absent, meta.into()).await?;
         self.hot_invalidate(key).await;
         Ok(())
     }
@@ -162,6 +168,10 @@ impl Cache {
     /// - When Redis is down, slow, or the breaker is open, the loader's value is returned with no
     ///   error; the cache is simply bypassed.
     /// - A value too large to cache is returned but not stored.
+    /// - With [`Freshness`](crate::Freshness) set: fail-safe (a failed load, or one past the
+    ///   soft timeout, returns the last good value within the fail-safe window; the load is then
+    ///   abandoned) and the hard timeout on the loader. Early refresh and stale-while-revalidate
+    ///   need a loader that can outlive the call: [`get_or_refresh`](Self::get_or_refresh).
     ///
     /// ```
     /// # use std::sync::{Arc, atomic::{AtomicUsize, Ordering}};
@@ -290,7 +300,7 @@ impl Cache {
         let shared = self
             .inner
             .flights
-            .run(key.shared(), kind, || self.load_through::<T, F, Fut, E>(key, ttl, loader, negative_is_hit, &ns))
+            .run(key.shared(), kind, || self.load_through::<T, F, Fut, E>(key, ttl, loader, negative_is_hit, true, &ns))
             .await?;
         match shared.downcast_ref::<Option<T>>() {
             Some(v) => {
@@ -304,13 +314,16 @@ impl Cache {
     }
 
     /// The single-flight leader's work: check Redis (another instance may have loaded the key),
-    /// else run the loader and write both tiers.
-    async fn load_through<T, F, Fut, E>(
+    /// else run the loader and write both tiers. `caller_waits`: the caller awaits this load
+    /// directly, so a soft timeout (with a stale value to serve instead) abandons it;
+    /// `get_or_refresh` runs it in a task and lets it finish.
+    pub(crate) async fn load_through<T, F, Fut, E>(
         &self,
         key: &Key,
         ttl: Ttl,
         loader: F,
         negative_is_hit: bool,
+        caller_waits: bool,
         ns: &NsCounters,
     ) -> Result<Shared>
     where
@@ -323,16 +336,21 @@ impl Cache {
         // use (see `L2Read::Unusable`) is simply replaced by its load.
         // For the L1 fill when Redis cannot take the value: nothing may have changed since now.
         let ticket = self.inner.coherence.ticket(key.as_str());
-        let (mut redis_failed, coordinate) = match self.read_l2::<T>(key, ns, negative_is_hit).await {
+        // An expired value kept by a grace period is coordinated like a miss.
+        let (mut redis_failed, coordinate, stale) = match self.read_l2::<T>(key, ns, negative_is_hit).await {
             Ok(L2Read::Value(v)) => return Ok(Arc::new(Some(v))),
             Ok(L2Read::Negative) => return Ok(Arc::new(None::<T>)),
-            Ok(L2Read::Miss) => (false, true),
-            Ok(L2Read::Unusable) => (false, false),
-            Err(err) => (err.is_unhealthy() || err.is_circuit_open(), false),
+            Ok(L2Read::Miss) => (false, true, None),
+            Ok(L2Read::Stale(v, stamp)) => (false, true, Some((v, stamp))),
+            Ok(L2Read::Unusable) => (false, false, None),
+            Err(err) => (err.is_unhealthy() || err.is_circuit_open(), false, self.l1_entry::<T>(key)),
         };
+        let stale_present = stale.is_some();
+        // Fail-safe: what may stand in for a failed or too slow load.
+        let fallback = stale.filter(|(_, stamp)| self.inner.freshness.fail_safe_allows(*stamp)).map(|(v, _)| v);
         let mut lease = None;
         if coordinate && !redis_failed && self.inner.leases.enabled {
-            match self.coordinate::<T>(key, ns, negative_is_hit).await {
+            match self.coordinate::<T>(key, ns, negative_is_hit, stale_present).await {
                 Coordinated::Found(shared) => return Ok(shared),
                 Coordinated::Holder(token) => lease = Some(token),
                 Coordinated::LoadAlone { redis_failed: failed } => redis_failed = failed,
@@ -340,17 +358,32 @@ impl Cache {
         }
         NsCounters::inc(&ns.loader_calls);
         let started = tokio::time::Instant::now();
-        let loaded = loader().await;
+        let soft = if caller_waits && fallback.is_some() { self.inner.freshness.soft_timeout } else { None };
+        let loaded = match crate::fresh::bounded(loader(), soft, self.inner.freshness.hard_timeout).await {
+            Bounded::Done(Ok(v)) => Ok(v),
+            Bounded::Done(Err(e)) => {
+                NsCounters::inc(&ns.loader_errors);
+                Err(Error::loader(e))
+            }
+            Bounded::Soft(after) | Bounded::Hard(after) => {
+                NsCounters::inc(&ns.loader_timeouts);
+                Err(Error::loader_timeout(after))
+            }
+        };
         let load_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
         ns.loader_micros.fetch_add(u64::from(load_us), std::sync::atomic::Ordering::Relaxed);
         let value = match loaded {
             Ok(v) => v,
-            Err(e) => {
-                NsCounters::inc(&ns.loader_errors);
+            Err(err) => {
                 if let Some(token) = &lease {
                     self.release_lease(key, token).await;
                 }
-                return Err(Error::loader(e));
+                if let Some(v) = fallback {
+                    NsCounters::inc(&ns.stale_served);
+                    tracing::warn!(key = %key, error = %err, "load failed; serving the last good value (fail-safe)");
+                    return Ok(Arc::new(Some(v)));
+                }
+                return Err(err);
             }
         };
         let ttl = match &value {
@@ -368,14 +401,14 @@ impl Cache {
                 // Redis just failed this flight: do not make the caller wait on it again.
                 let written = match (&lease, redis_failed) {
                     (_, true) => Err(Error::circuit_open()),
-                    (Some(token), false) => self.fill_leased(key, encoded, ttl, slot.clone(), token).await,
-                    (None, false) => self.write_l2(key, encoded, ttl, slot.clone()).await,
+                    (Some(token), false) => self.fill_leased(key, encoded, ttl, slot.clone(), token, meta.into()).await,
+                    (None, false) => self.write_l2(key, encoded, ttl, slot.clone(), meta.into()).await,
                 };
                 if let Err(err) = written {
                     tracing::debug!(key = %key, error = %err, "loaded value not written to redis");
                     if err.is_unavailable() {
                         // Keep serving from L1 while Redis is away, so the source is not hammered.
-                        self.fill_l1_from_source(key, slot, raw_len, ttl, ticket);
+                        self.fill_l1_from_source(key, slot, raw_len, self.physical_ttl(ttl), meta.into(), ticket);
                     }
                 }
             }

@@ -30,6 +30,9 @@ pub enum ErrorKind {
     CircuitOpen,
     /// The caller's loader failed (shared with every caller waiting on the same load).
     Loader,
+    /// The loader did not finish within the hard timeout of [`Freshness`](crate::Freshness)
+    /// (and no stale value could be served instead).
+    LoaderTimeout,
     /// The cache was configured wrongly (bad URL, impossible sizes, ...).
     Config,
 }
@@ -100,6 +103,10 @@ impl Error {
         Self::new(ErrorKind::CircuitOpen, "redis circuit breaker is open; L2 skipped")
     }
 
+    pub(crate) fn loader_timeout(after: std::time::Duration) -> Self {
+        Self::new(ErrorKind::LoaderTimeout, format!("loader did not finish within {after:?}"))
+    }
+
     pub(crate) fn loader(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         let source = source.into();
         Self::with_source(ErrorKind::Loader, format!("loader failed: {source}"), source)
@@ -138,9 +145,11 @@ impl Error {
     pub fn is_redis(&self) -> bool {
         self.kind == ErrorKind::Redis
     }
-    /// A Redis call timed out.
+    /// A Redis call timed out, or a loader passed its hard timeout
+    /// ([`ErrorKind::LoaderTimeout`]; not a sign of Redis trouble, see
+    /// [`is_unavailable`](Self::is_unavailable)).
     pub fn is_timeout(&self) -> bool {
-        self.kind == ErrorKind::Timeout
+        matches!(self.kind, ErrorKind::Timeout | ErrorKind::LoaderTimeout)
     }
     /// The circuit breaker was open, so Redis was not called.
     pub fn is_circuit_open(&self) -> bool {

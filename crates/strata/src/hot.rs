@@ -233,12 +233,19 @@ impl Cache {
         let ttl = l1_ttl(decoded.meta, Some(pttl));
         let found = match decoded.value {
             Some(v) => {
-                self.fill_l1(key, Slot::Present(Arc::new(v.clone())), decoded.raw_len, ttl, ticket);
+                self.fill_l1(
+                    key,
+                    Slot::Present(Arc::new(v.clone())),
+                    decoded.raw_len,
+                    ttl,
+                    decoded.meta.into(),
+                    ticket,
+                );
                 Some(v)
             }
             None if accept_negative => {
                 NsCounters::inc(&ns.negative_hits);
-                self.fill_l1(key, Slot::Absent, 0, ttl, ticket);
+                self.fill_l1(key, Slot::Absent, 0, ttl, decoded.meta.into(), ticket);
                 None
             }
             None => return HotRead::Missed(copy),

@@ -25,9 +25,26 @@ pub(crate) enum Slot {
     Absent,
 }
 
+/// When an entry's value stops being fresh and how long it took to load: what freshness
+/// decisions (early refresh, serving stale) need on an L1 hit without asking Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    /// Logical expiry, Unix milliseconds (the entry may live on past it, as a stale copy).
+    pub(crate) expires_at_ms: u64,
+    /// Load time of the value in microseconds (0 when written by `set`).
+    pub(crate) load_us: u32,
+}
+
+impl From<crate::codec::Meta> for Stamp {
+    fn from(meta: crate::codec::Meta) -> Self {
+        Self { expires_at_ms: meta.expires_at_ms, load_us: meta.load_us }
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) slot: Slot,
+    pub(crate) stamp: Stamp,
     weight: u32,
     ttl: Duration,
 }
@@ -85,12 +102,12 @@ impl L1 {
         Self { cache, budget: budget_bytes, max_entry: max_entry_bytes, unsettled: AtomicU64::new(0) }
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<Slot> {
-        self.cache.get(key).map(|e| e.slot)
+    pub(crate) fn get(&self, key: &str) -> Option<(Slot, Stamp)> {
+        self.cache.get(key).map(|e| (e.slot, e.stamp))
     }
 
     /// Stores a value for at most `ttl`. `value_len` is its uncompressed serialized size.
-    pub(crate) fn insert(&self, key: &Arc<str>, slot: Slot, value_len: usize, ttl: Duration) {
+    pub(crate) fn insert(&self, key: &Arc<str>, slot: Slot, value_len: usize, ttl: Duration, stamp: Stamp) {
         let weight = key.len() as u64 + 2 * value_len as u64 + ENTRY_OVERHEAD;
         if ttl.is_zero() {
             // Nothing to keep, and an older copy must not be served instead.
@@ -104,7 +121,7 @@ impl L1 {
         }
         let pending = self.unsettled.fetch_add(weight, Ordering::AcqRel) + weight;
         let weight = u32::try_from(weight).unwrap_or(u32::MAX);
-        self.cache.insert(key.clone(), Entry { slot, weight, ttl });
+        self.cache.insert(key.clone(), Entry { slot, stamp, weight, ttl });
         if self.cache.weighted_size() + pending > self.budget {
             self.cache.run_pending_tasks();
             self.unsettled.store(0, Ordering::Release);

@@ -27,15 +27,17 @@ use crate::cache::{Cache, CacheValue, Coordinated, L2Read};
 use crate::codec::Encoded;
 use crate::error::Result;
 use crate::key::Key;
-use crate::l1::Slot;
+use crate::l1::{Slot, Stamp};
 use crate::metrics::NsCounters;
 use crate::tiers::ttl_millis;
 
 /// Takes the lease unless the value is already there, atomically: a holder that stores its value
 /// and releases the lease between our read and our SET NX must not let us load a second time.
-/// KEYS: key, lease. ARGV: token, px. Returns 0 value present, 1 lease taken, 2 lease held.
+/// KEYS: key, lease. ARGV: token, px, 1 when the key holds a stale value (kept past its logical
+/// expiry by a freshness grace period: present, yet to be replaced).
+/// Returns 0 value present, 1 lease taken, 2 lease held.
 pub(crate) const ACQUIRE_UNLESS_PRESENT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 2";
 
@@ -105,12 +107,15 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
 impl Cache {
     /// The single-flight leader's coordination with other processes after an L2 miss: take the
     /// lease, or wait for its holder's value (taking the lease over if the holder goes away).
+    /// `stale`: the key holds an expired value, which does not count as present.
     pub(crate) async fn coordinate<T: CacheValue>(
         &self,
         key: &Key,
         ns: &NsCounters,
         accept_negative: bool,
+        stale: bool,
     ) -> Coordinated {
+        let stale_flag = if stale { "1" } else { "0" };
         let lease = lease_key(key.as_str());
         let token = token();
         let px = ttl_millis(self.inner.leases.ttl);
@@ -121,7 +126,7 @@ impl Cache {
             let script = redis::Script::new(ACQUIRE_UNLESS_PRESENT);
             let taken = self
                 .l2_call("lease acquire", |mut c| async move {
-                    script.key(k).key(l).arg(t).arg(px).invoke_async::<i64>(&mut c).await
+                    script.key(k).key(l).arg(t).arg(px).arg(stale_flag).invoke_async::<i64>(&mut c).await
                 })
                 .await;
             match taken {
@@ -132,7 +137,9 @@ impl Cache {
                     return match self.read_l2::<T>(key, ns, accept_negative).await {
                         Ok(L2Read::Value(v)) => Coordinated::Found(Arc::new(Some(v))),
                         Ok(L2Read::Negative) => Coordinated::Found(Arc::new(None::<T>)),
-                        Ok(L2Read::Miss | L2Read::Unusable) => Coordinated::LoadAlone { redis_failed: false },
+                        Ok(L2Read::Miss | L2Read::Unusable | L2Read::Stale(..)) => {
+                            Coordinated::LoadAlone { redis_failed: false }
+                        }
                         Err(err) => {
                             Coordinated::LoadAlone { redis_failed: err.is_unhealthy() || err.is_circuit_open() }
                         }
@@ -156,7 +163,8 @@ impl Cache {
             match self.read_l2::<T>(key, ns, accept_negative).await {
                 Ok(L2Read::Value(v)) => return Coordinated::Found(Arc::new(Some(v))),
                 Ok(L2Read::Negative) => return Coordinated::Found(Arc::new(None::<T>)),
-                Ok(L2Read::Miss) => {}
+                // Still the old value: the holder has not stored yet.
+                Ok(L2Read::Miss | L2Read::Stale(..)) => {}
                 Ok(L2Read::Unusable) => return Coordinated::LoadAlone { redis_failed: false },
                 Err(err) => {
                     return Coordinated::LoadAlone { redis_failed: err.is_unhealthy() || err.is_circuit_open() };
@@ -190,12 +198,14 @@ impl Cache {
         ttl: Duration,
         slot: Slot,
         token: &str,
+        stamp: Stamp,
     ) -> Result<()> {
         let (k, lease) = (key.as_str(), lease_key(key.as_str()));
         let echo = self.inner.coherence.expect_echo(k);
         let ticket = self.inner.coherence.ticket(k);
         let raw_len = encoded.raw_len;
         let bytes = encoded.bytes;
+        let ttl = self.physical_ttl(ttl);
         let px = ttl_millis(ttl);
         let script = redis::Script::new(FILL_IF_LEASED);
         let stored: Result<i64> = self
@@ -215,7 +225,7 @@ impl Cache {
         let ns = self.inner.metrics.ns(key.namespace());
         if stored == 1 {
             NsCounters::inc(&ns.sets);
-            self.fill_l1_after_write(key, slot, raw_len, ttl, echo, ticket).await;
+            self.fill_l1_after_write(key, slot, raw_len, ttl, stamp, echo, ticket).await;
         } else {
             if let Some(echo) = echo {
                 self.inner.coherence.forget(echo);

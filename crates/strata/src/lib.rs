@@ -52,6 +52,11 @@
 //!   that could have missed an invalidation. A read that raced an invalidation is never
 //!   inserted (each L1 fill carries a ticket from before its round trip); an instance keeps
 //!   what it wrote itself.
+//! - **Freshness** ([`Freshness`], off by default): XFetch probabilistic early refresh from the
+//!   load time stored with each value, stale-while-revalidate, fail-safe (the last good value
+//!   stands in, up to a maximum staleness, when the loader fails or passes its soft timeout) and
+//!   a hard timeout on the wait. Background refreshes need a loader that can outlive the call:
+//!   [`Cache::get_or_refresh`]; `get_or_set` gets the fail-safe and the timeouts.
 //! - **Resilience**: every Redis call has a timeout; a circuit breaker stops calling Redis after
 //!   consecutive failures and probes it again later. While Redis is unhealthy, `get_or_set`
 //!   serves from the loader and callers see no error.
@@ -64,7 +69,7 @@
 //!   removes them. Copies live at most a short copy TTL, which bounds how long a write that
 //!   skipped them (an instance unaware the key is hot) can go unseen.
 //! - **Metrics**: [`Cache::metrics`] returns hits and misses per tier and namespace, loader
-//!   calls, errors and the breaker state.
+//!   calls, errors, stale serves and refreshes, and the breaker state.
 //!
 //! ## Example
 //!
@@ -94,6 +99,7 @@ mod codec;
 mod coherence;
 mod error;
 mod flight;
+mod fresh;
 mod hot;
 mod invalidation;
 mod key;
@@ -101,6 +107,7 @@ mod l1;
 mod l2;
 mod lease;
 mod metrics;
+mod refresh;
 mod tiers;
 mod ttl;
 
@@ -109,6 +116,7 @@ pub use builder::CacheBuilder;
 pub use cache::{Cache, CacheValue};
 pub use codec::Format;
 pub use error::{Error, ErrorKind, Result};
+pub use fresh::Freshness;
 pub use hot::{HotKeys, MAX_HOT_COPIES, MAX_HOT_COPY_TTL, hot_copy_keys};
 pub use invalidation::Invalidation;
 pub use key::{Key, KeySchema, MAX_ID_LEN, MAX_KEY_LEN, MAX_NAME_LEN, MAX_VARIANT_LEN, namespace_of};

@@ -68,6 +68,16 @@ counters! {
     uncacheable,
     /// L2 reads of a hot key answered by one of its copies (also counted in `l2_hits`).
     hot_copy_hits,
+    /// Reads answered with a value past its logical expiry (stale-while-revalidate, or fail-safe after a failed or slow load; see [`Freshness`](crate::Freshness)).
+    stale_served,
+    /// Background refreshes started by XFetch before the value expired.
+    early_refreshes,
+    /// Background refreshes started by a stale-while-revalidate read.
+    stale_refreshes,
+    /// Background refreshes whose loader failed or timed out (the old value stays).
+    refresh_errors,
+    /// Loads that passed a soft or hard timeout.
+    loader_timeouts,
 }
 
 impl NsCounters {

@@ -11,7 +11,7 @@ use crate::codec::{Encoded, Meta};
 use crate::coherence::{Echo, Ticket};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::l1::{Slot, typed};
+use crate::l1::{Slot, Stamp, typed};
 use crate::l2::Conn;
 use crate::lease::lease_key;
 use crate::metrics::NsCounters;
@@ -32,13 +32,16 @@ impl Cache {
     ) -> Option<Option<T>> {
         if let Some(l1) = &self.inner.l1 {
             match l1.get(key.as_str()) {
-                Some(Slot::Present(shared)) => {
+                // With a grace period, L1 keeps copies past their logical expiry for
+                // `get_or_refresh`; a plain read treats them as misses.
+                Some((_, stamp)) if self.inner.freshness.grace_ms() > 0 && stamp.expires_at_ms <= now_ms() => {}
+                Some((Slot::Present(shared), _)) => {
                     if let Some(v) = typed::<T>(&shared) {
                         NsCounters::inc(&ns.l1_hits);
                         return Some(Some(v));
                     }
                 }
-                Some(Slot::Absent) if accept_negative => {
+                Some((Slot::Absent, _)) if accept_negative => {
                     NsCounters::inc(&ns.l1_hits);
                     NsCounters::inc(&ns.negative_hits);
                     return Some(None);
@@ -106,17 +109,32 @@ impl Cache {
     ) -> L2Read<T> {
         match self.inner.codec.decode::<T>(&bytes) {
             Ok(decoded) => {
-                let ttl = l1_ttl(decoded.meta, pttl);
+                let stamp = Stamp::from(decoded.meta);
+                let grace = self.inner.freshness.grace_ms();
+                let physical = Meta { expires_at_ms: decoded.meta.expires_at_ms.saturating_add(grace), ..decoded.meta };
+                let ttl = l1_ttl(physical, pttl);
+                let expired = decoded.meta.expires_at_ms <= now_ms();
                 match decoded.value {
+                    // Kept in Redis past its logical expiry (a freshness grace period): not a hit,
+                    // but `get_or_refresh` and fail-safe may still serve it.
+                    Some(v) if expired => {
+                        NsCounters::inc(&ns.l2_misses);
+                        self.fill_l1(key, Slot::Present(Arc::new(v.clone())), decoded.raw_len, ttl, stamp, ticket);
+                        L2Read::Stale(v, stamp)
+                    }
+                    None if expired => {
+                        NsCounters::inc(&ns.l2_misses);
+                        L2Read::Miss
+                    }
                     Some(v) => {
                         NsCounters::inc(&ns.l2_hits);
-                        self.fill_l1(key, Slot::Present(Arc::new(v.clone())), decoded.raw_len, ttl, ticket);
+                        self.fill_l1(key, Slot::Present(Arc::new(v.clone())), decoded.raw_len, ttl, stamp, ticket);
                         L2Read::Value(v)
                     }
                     None if accept_negative => {
                         NsCounters::inc(&ns.l2_hits);
                         NsCounters::inc(&ns.negative_hits);
-                        self.fill_l1(key, Slot::Absent, 0, ttl, ticket);
+                        self.fill_l1(key, Slot::Absent, 0, ttl, stamp, ticket);
                         L2Read::Negative
                     }
                     None => {
@@ -167,13 +185,22 @@ impl Cache {
 
     /// Revoke the key's lease, SET with PX, then L1 for the same TTL. On failure the L1 copy is
     /// dropped too. The DEL comes first in one pipeline: a lease holder's store that lands
-    /// after it is refused, one that lands before it is overwritten by this SET.
-    pub(crate) async fn write_l2(&self, key: &Key, encoded: Encoded, ttl: Duration, slot: Slot) -> Result<()> {
+    /// after it is refused, one that lands before it is overwritten by this SET. `ttl` is the
+    /// logical TTL; Redis and L1 keep the value for the freshness grace period on top of it.
+    pub(crate) async fn write_l2(
+        &self,
+        key: &Key,
+        encoded: Encoded,
+        ttl: Duration,
+        slot: Slot,
+        stamp: Stamp,
+    ) -> Result<()> {
         let (k, lease) = (key.as_str(), lease_key(key.as_str()));
         let echo = self.inner.coherence.expect_echo(k);
         let ticket = self.inner.coherence.ticket(k);
         let raw_len = encoded.raw_len;
         let bytes = encoded.bytes;
+        let ttl = self.physical_ttl(ttl);
         let px = ttl_millis(ttl);
         let written: Result<()> = self
             .l2_call("SET", |mut c| async move {
@@ -194,7 +221,7 @@ impl Cache {
         match written {
             Ok(()) => {
                 NsCounters::inc(&self.inner.metrics.ns(key.namespace()).sets);
-                self.fill_l1_after_write(key, slot, raw_len, ttl, echo, ticket).await;
+                self.fill_l1_after_write(key, slot, raw_len, ttl, stamp, echo, ticket).await;
                 Ok(())
             }
             Err(err) => {
@@ -213,18 +240,20 @@ impl Cache {
     /// unless the key may have changed since `ticket` was taken, before the Redis round trip
     /// that produced `slot` (see [`crate::coherence`]). `value_len` is the uncompressed
     /// serialized size, the basis of the entry's weight.
-    pub(crate) fn fill_l1(&self, key: &Key, slot: Slot, value_len: usize, ttl: Duration, ticket: Ticket) {
-        self.fill_l1_if(key, slot, value_len, ttl, || self.inner.coherence.admits(&ticket));
+    pub(crate) fn fill_l1(&self, key: &Key, slot: Slot, value_len: usize, ttl: Duration, stamp: Stamp, ticket: Ticket) {
+        self.fill_l1_if(key, slot, value_len, ttl, stamp, || self.inner.coherence.admits(&ticket));
     }
 
     /// [`fill_l1`](Self::fill_l1) with a value this instance has just written, once the write's
     /// own invalidation has come back (see [`crate::coherence`]).
+    #[allow(clippy::too_many_arguments)] // the entry's parts plus the write's coherence state
     pub(crate) async fn fill_l1_after_write(
         &self,
         key: &Key,
         slot: Slot,
         value_len: usize,
         ttl: Duration,
+        stamp: Stamp,
         echo: Option<Echo>,
         before: Ticket,
     ) {
@@ -235,26 +264,48 @@ impl Cache {
             return;
         }
         if let Some(ticket) = self.inner.coherence.after_write(echo, before, self.inner.l2.op_timeout).await {
-            self.fill_l1(key, slot, value_len, ttl, ticket);
+            self.fill_l1(key, slot, value_len, ttl, stamp, ticket);
         }
     }
 
     /// [`fill_l1`](Self::fill_l1) for a value fresh from the loader that Redis could not take:
     /// kept while Redis is away (so the source is not hammered) unless the key was invalidated.
-    pub(crate) fn fill_l1_from_source(&self, key: &Key, slot: Slot, value_len: usize, ttl: Duration, ticket: Ticket) {
-        self.fill_l1_if(key, slot, value_len, ttl, || self.inner.coherence.admits_loaded(&ticket));
+    pub(crate) fn fill_l1_from_source(
+        &self,
+        key: &Key,
+        slot: Slot,
+        value_len: usize,
+        ttl: Duration,
+        stamp: Stamp,
+        ticket: Ticket,
+    ) {
+        self.fill_l1_if(key, slot, value_len, ttl, stamp, || self.inner.coherence.admits_loaded(&ticket));
     }
 
-    fn fill_l1_if(&self, key: &Key, slot: Slot, value_len: usize, ttl: Duration, admits: impl Fn() -> bool) {
+    fn fill_l1_if(
+        &self,
+        key: &Key,
+        slot: Slot,
+        value_len: usize,
+        ttl: Duration,
+        stamp: Stamp,
+        admits: impl Fn() -> bool,
+    ) {
         let Some(l1) = &self.inner.l1 else { return };
         if !admits() {
             return;
         }
-        l1.insert(key.shared(), slot, value_len, ttl.min(self.inner.l1_max_ttl));
+        l1.insert(key.shared(), slot, value_len, ttl.min(self.inner.l1_max_ttl), stamp);
         // Insert, then re-check: an invalidation processed in between is caught here.
         if !admits() {
             l1.remove(key.as_str());
         }
+    }
+
+    /// How long Redis keeps a value written with logical TTL `ttl`: the freshness grace period
+    /// (stale-while-revalidate, fail-safe) on top.
+    pub(crate) fn physical_ttl(&self, ttl: Duration) -> Duration {
+        ttl.saturating_add(Duration::from_millis(self.inner.freshness.grace_ms()))
     }
 
     /// One Redis call through the breaker, with timeout and error accounting. Only errors that

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use clap::ValueEnum;
-use strata_bench::hit_latency;
 use strata_bench::workload::{Layout, Target};
+use strata_bench::{expiry, hit_latency};
 
 use super::common::{OutputArgs, runtime};
 
@@ -21,9 +21,9 @@ pub(crate) struct Args {
     /// Local deployment to start when no --url is given.
     #[arg(long, value_enum, default_value_t = LayoutArg::Standalone)]
     topology: LayoutArg,
-    /// Interleaved rounds.
-    #[arg(long, default_value_t = 30)]
-    rounds: usize,
+    /// Interleaved rounds (default: 30 for hit-latency, 6 for expiry).
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Timed Redis reads per variant per round.
     #[arg(long, default_value_t = 1000)]
     ops_per_round: usize,
@@ -38,6 +38,9 @@ pub(crate) struct Args {
 enum Scenario {
     /// L1 hit, L2 hit and a raw redis-rs GET of the same value, interleaved.
     HitLatency,
+    /// A hot key read by several tasks across its expiry with a slow loader: plain get_or_set
+    /// against get_or_refresh with XFetch and stale-while-revalidate, interleaved.
+    Expiry,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -47,7 +50,6 @@ enum LayoutArg {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
-    let Scenario::HitLatency = args.scenario;
     runtime()?.block_on(async {
         let target = if args.urls.is_empty() {
             Target::start_local(match args.topology {
@@ -57,8 +59,18 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         } else {
             Target::external(args.urls)?
         };
+        if let Scenario::Expiry = args.scenario {
+            let defaults = expiry::Options::default();
+            let options = expiry::Options {
+                rounds: args.rounds.unwrap_or(defaults.rounds),
+                max_duration: Duration::from_secs(args.max_seconds),
+                ..defaults
+            };
+            let report = expiry::run(&target, &options).await?;
+            return args.output.print(&report, || expiry::render(&report));
+        }
         let options = hit_latency::Options {
-            rounds: args.rounds,
+            rounds: args.rounds.unwrap_or(30),
             ops_per_round: args.ops_per_round,
             max_duration: Duration::from_secs(args.max_seconds),
             ..hit_latency::Options::default()
