@@ -31,7 +31,7 @@ impl Cache {
         let mut missing = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let ns = self.inner.metrics.ns(key.namespace());
-            match self.l1_lookup::<T>(key, &ns, true) {
+            match self.l1_lookup::<T>(key, &ns, true).await {
                 Some(found) => out[i] = found,
                 None => missing.push(i),
             }
@@ -86,7 +86,8 @@ impl Cache {
         for (key, value) in items {
             let ttl = self.inner.ttl.jittered(ttl);
             let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
-            match self.inner.codec.encode(Some(value), meta) {
+            let marks = self.capture_marks(key, &[]).await;
+            match self.inner.codec.encode_marked(Some(value), meta, &marks) {
                 Ok(e) => encoded.push((e, ttl)),
                 Err(err) => {
                     // As with `set`: the value the caller meant to replace must not keep serving.
@@ -120,7 +121,7 @@ impl Cache {
                     Ok(()) => {
                         NsCounters::inc(&self.inner.metrics.ns(key.namespace()).sets);
                         let (e, ttl) = &encoded[i];
-                        self.fill_l1(key, Slot::Present(Arc::new(value.clone())), e.raw_len, *ttl);
+                        self.fill_l1(key, Slot::Present(Arc::new(value.clone())), e.marks.clone(), e.raw_len, *ttl);
                     }
                     Err(_) => {
                         if let Some(l1) = &self.inner.l1 {

@@ -49,6 +49,7 @@ pub struct CacheBuilder {
     breaker: BreakerConfig,
     leases: LeaseConfig,
     require_redis: bool,
+    stamp_refresh: Duration,
 }
 
 impl Default for CacheBuilder {
@@ -71,6 +72,7 @@ impl Default for CacheBuilder {
             breaker: BreakerConfig::default(),
             leases: LeaseConfig::default(),
             require_redis: false,
+            stamp_refresh: Duration::from_secs(1),
         }
     }
 }
@@ -207,6 +209,16 @@ impl CacheBuilder {
         self
     }
 
+    /// How long this instance trusts what it read of a namespace's or tag's stamp (default 1 s):
+    /// the longest another instance's [`invalidate_namespace`](Cache::invalidate_namespace) or
+    /// [`invalidate_tag`](Cache::invalidate_tag) can go unnoticed here. Each instance reads each
+    /// stamp it uses at most once per interval; zero reads it on every cache read (one more
+    /// round trip per read).
+    pub fn stamp_refresh(mut self, interval: Duration) -> Self {
+        self.stamp_refresh = interval;
+        self
+    }
+
     /// Make [`build`](Self::build) fail when Redis does not answer a PING (default: start anyway
     /// and serve from the loader until Redis is reachable — a cache must not stop a service).
     pub fn require_redis(mut self, require: bool) -> Self {
@@ -257,6 +269,7 @@ impl CacheBuilder {
             },
             ttl: self.ttl,
             leases: self.leases,
+            stamps: crate::namespace::Stamps::new(self.stamp_refresh),
         };
         let cache = Cache { inner: Arc::new(inner) };
         if let Err(err) = cache.ping().await {

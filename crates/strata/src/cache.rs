@@ -17,6 +17,7 @@ use crate::l1::{L1, Slot};
 use crate::l2::L2;
 use crate::lease::LeaseConfig;
 use crate::metrics::{Metrics, MetricsSnapshot, NsCounters};
+use crate::tags::Tag;
 use crate::tiers::expiry_ms;
 use crate::ttl::{Ttl, TtlPolicy};
 
@@ -42,6 +43,7 @@ pub(crate) struct Inner {
     pub(crate) codec: Codec,
     pub(crate) ttl: TtlPolicy,
     pub(crate) leases: LeaseConfig,
+    pub(crate) stamps: crate::namespace::Stamps,
 }
 
 /// How a miss was coordinated with other processes.
@@ -78,7 +80,7 @@ impl Cache {
     /// with another type reads as `None` too (and is counted as a type mismatch).
     pub async fn get<T: CacheValue>(&self, key: &Key) -> Result<Option<T>> {
         let ns = self.inner.metrics.ns(key.namespace());
-        if let Some(found) = self.l1_lookup::<T>(key, &ns, true) {
+        if let Some(found) = self.l1_lookup::<T>(key, &ns, true).await {
             return Ok(found);
         }
         match self.read_l2::<T>(key, &ns, true).await {
@@ -96,9 +98,21 @@ impl Cache {
     /// [`is_unavailable`](Error::is_unavailable) error when Redis could not be written, in which
     /// case this instance's L1 copy is dropped too.
     pub async fn set<T: CacheValue>(&self, key: &Key, value: &T, ttl: impl Into<Ttl>) -> Result<()> {
-        let ttl = self.inner.ttl.jittered(ttl.into());
+        self.set_with_tags(key, value, ttl.into(), &[]).await
+    }
+
+    /// `set` with validated tags.
+    pub(crate) async fn set_with_tags<T: CacheValue>(
+        &self,
+        key: &Key,
+        value: &T,
+        ttl: Ttl,
+        tags: &[Tag],
+    ) -> Result<()> {
+        let ttl = self.inner.ttl.jittered(ttl);
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
-        let encoded = match self.inner.codec.encode(Some(value), meta) {
+        let marks = self.capture_marks(key, tags).await;
+        let encoded = match self.inner.codec.encode_marked(Some(value), meta, &marks) {
             Ok(encoded) => encoded,
             Err(err) => {
                 if let Err(del) = self.delete(key).await {
@@ -114,7 +128,8 @@ impl Cache {
     pub async fn set_not_found(&self, key: &Key) -> Result<()> {
         let ttl = self.inner.ttl.jittered_negative();
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
-        let encoded = self.inner.codec.encode::<()>(None, meta)?;
+        let marks = self.capture_marks(key, &[]).await;
+        let encoded = self.inner.codec.encode_marked::<()>(None, meta, &marks)?;
         self.write_l2(key, encoded, ttl, Slot::Absent).await
     }
 
@@ -180,7 +195,7 @@ impl Cache {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let load = || async move { loader().await.map(Some) };
-        match self.get_or_load::<T, _, _, _>(key, ttl.into(), load, false).await? {
+        match self.get_or_load::<T, _, _, _>(key, ttl.into(), &[], load, false).await? {
             Some(v) => Ok(v),
             None => Err(Error::loader("loader produced no value")),
         }
@@ -201,7 +216,7 @@ impl Cache {
         Fut: Future<Output = std::result::Result<Option<T>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.get_or_load::<T, _, _, _>(key, ttl.into(), loader, true).await
+        self.get_or_load::<T, _, _, _>(key, ttl.into(), &[], loader, true).await
     }
 
     /// A copy of every counter.
@@ -242,10 +257,11 @@ impl Cache {
         Ok(())
     }
 
-    async fn get_or_load<T, F, Fut, E>(
+    pub(crate) async fn get_or_load<T, F, Fut, E>(
         &self,
         key: &Key,
         ttl: Ttl,
+        tags: &[Tag],
         loader: F,
         negative_is_hit: bool,
     ) -> Result<Option<T>>
@@ -256,7 +272,7 @@ impl Cache {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let ns = self.inner.metrics.ns(key.namespace());
-        if let Some(found) = self.l1_lookup::<T>(key, &ns, negative_is_hit) {
+        if let Some(found) = self.l1_lookup::<T>(key, &ns, negative_is_hit).await {
             return Ok(found);
         }
         // Plain and optional loads of one type are separate flights: one may not satisfy the other.
@@ -264,7 +280,7 @@ impl Cache {
         let shared = self
             .inner
             .flights
-            .run(key.shared(), kind, || self.load_through::<T, F, Fut, E>(key, ttl, loader, negative_is_hit, &ns))
+            .run(key.shared(), kind, || self.load_through::<T, F, Fut, E>(key, ttl, tags, loader, negative_is_hit, &ns))
             .await?;
         match shared.downcast_ref::<Option<T>>() {
             Some(v) => Ok(v.clone()),
@@ -274,10 +290,12 @@ impl Cache {
 
     /// The single-flight leader's work: check Redis (another instance may have loaded the key),
     /// else run the loader and write both tiers.
+    #[allow(clippy::too_many_arguments)]
     async fn load_through<T, F, Fut, E>(
         &self,
         key: &Key,
         ttl: Ttl,
+        tags: &[Tag],
         loader: F,
         negative_is_hit: bool,
         ns: &NsCounters,
@@ -305,6 +323,8 @@ impl Cache {
                 Coordinated::LoadAlone { redis_failed: failed } => redis_failed = failed,
             }
         }
+        // Before the load: an invalidation during it must make its value old.
+        let marks = self.capture_marks(key, tags).await;
         NsCounters::inc(&ns.loader_calls);
         let started = tokio::time::Instant::now();
         let loaded = loader().await;
@@ -325,7 +345,7 @@ impl Cache {
             None => self.inner.ttl.jittered_negative(),
         };
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us };
-        match self.inner.codec.encode(value.as_ref(), meta) {
+        match self.inner.codec.encode_marked(value.as_ref(), meta, &marks) {
             Ok(encoded) => {
                 let slot = match &value {
                     Some(v) => Slot::Present(Arc::new(v.clone())),
@@ -342,7 +362,7 @@ impl Cache {
                     tracing::debug!(key = %key, error = %err, "loaded value not written to redis");
                     if err.is_unavailable() {
                         // Keep serving from L1 while Redis is away, so the source is not hammered.
-                        self.fill_l1(key, slot, raw_len, ttl);
+                        self.fill_l1(key, slot, marks, raw_len, ttl);
                     }
                 }
             }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache as Moka;
 
 use crate::flight::Shared;
+use crate::tags::Marks;
 
 /// Per-entry bookkeeping overhead counted in the weight (key Arc, moka node, timers).
 const ENTRY_OVERHEAD: u64 = 96;
@@ -28,6 +29,8 @@ pub(crate) enum Slot {
 #[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) slot: Slot,
+    /// The generations the value was produced under: an L1 hit is checked against stamps too.
+    pub(crate) marks: Arc<Marks>,
     weight: u32,
     ttl: Duration,
 }
@@ -85,12 +88,12 @@ impl L1 {
         Self { cache, budget: budget_bytes, max_entry: max_entry_bytes, unsettled: AtomicU64::new(0) }
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<Slot> {
-        self.cache.get(key).map(|e| e.slot)
+    pub(crate) fn get(&self, key: &str) -> Option<(Slot, Arc<Marks>)> {
+        self.cache.get(key).map(|e| (e.slot, e.marks))
     }
 
     /// Stores a value for at most `ttl`. `value_len` is its uncompressed serialized size.
-    pub(crate) fn insert(&self, key: &Arc<str>, slot: Slot, value_len: usize, ttl: Duration) {
+    pub(crate) fn insert(&self, key: &Arc<str>, slot: Slot, marks: Arc<Marks>, value_len: usize, ttl: Duration) {
         let weight = key.len() as u64 + 2 * value_len as u64 + ENTRY_OVERHEAD;
         if ttl.is_zero() {
             // Nothing to keep, and an older copy must not be served instead.
@@ -104,7 +107,7 @@ impl L1 {
         }
         let pending = self.unsettled.fetch_add(weight, Ordering::AcqRel) + weight;
         let weight = u32::try_from(weight).unwrap_or(u32::MAX);
-        self.cache.insert(key.clone(), Entry { slot, weight, ttl });
+        self.cache.insert(key.clone(), Entry { slot, marks, weight, ttl });
         if self.cache.weighted_size() + pending > self.budget {
             self.cache.run_pending_tasks();
             self.unsettled.store(0, Ordering::Release);

@@ -192,7 +192,7 @@ impl Cache {
         token: &str,
     ) -> Result<()> {
         let (k, lease) = (key.as_str(), lease_key(key.as_str()));
-        let raw_len = encoded.raw_len;
+        let (raw_len, marks) = (encoded.raw_len, encoded.marks);
         let bytes = encoded.bytes;
         let px = ttl_millis(ttl);
         let script = redis::Script::new(FILL_IF_LEASED);
@@ -204,7 +204,7 @@ impl Cache {
         let ns = self.inner.metrics.ns(key.namespace());
         if stored == 1 {
             NsCounters::inc(&ns.sets);
-            self.fill_l1(key, slot, raw_len, ttl);
+            self.fill_l1(key, slot, marks, raw_len, ttl);
         } else {
             NsCounters::inc(&ns.stale_writes_refused);
             tracing::debug!(key = %key, "lease lost during the load: value not cached");

@@ -66,6 +66,10 @@ counters! {
     type_mismatches,
     /// Loaded values that could not be cached, too large or unserializable (returned, not stored).
     uncacheable,
+    /// Values found in either tier but not served: their namespace or a tag was invalidated after they were produced (a miss; removed).
+    invalidated,
+    /// Invalidations of the namespace made through this instance (`invalidate_namespace`).
+    invalidations,
 }
 
 impl NsCounters {

@@ -14,23 +14,28 @@ use crate::l1::{Slot, typed};
 use crate::l2::Conn;
 use crate::lease::lease_key;
 use crate::metrics::NsCounters;
+use crate::tags::Marks;
 
 /// Deletes a key only if it still holds the bytes we found corrupt, so a good value written
 /// meanwhile by someone else survives.
-const DELETE_IF_EQUAL: &str =
+pub(crate) const DELETE_IF_EQUAL: &str =
     r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 impl Cache {
     /// L1 lookup: `Some(Some(v))` a value, `Some(None)` a cached "not found" (only when the
     /// caller accepts one), `None` a miss. Counts exactly what it serves.
-    pub(crate) fn l1_lookup<T: CacheValue>(
+    pub(crate) async fn l1_lookup<T: CacheValue>(
         &self,
         key: &Key,
         ns: &NsCounters,
         accept_negative: bool,
     ) -> Option<Option<T>> {
         if let Some(l1) = &self.inner.l1 {
-            match l1.get(key.as_str()) {
+            let found = match l1.get(key.as_str()) {
+                Some((slot, marks)) if self.l1_current(key, &marks, ns).await => Some(slot),
+                _ => None,
+            };
+            match found {
                 Some(Slot::Present(shared)) => {
                     if let Some(v) = typed::<T>(&shared) {
                         NsCounters::inc(&ns.l1_hits);
@@ -102,18 +107,20 @@ impl Cache {
         accept_negative: bool,
     ) -> L2Read<T> {
         match self.inner.codec.decode::<T>(&bytes) {
+            Ok(decoded) if !self.l2_current(key, &decoded.marks, ns, &bytes).await => L2Read::Miss,
             Ok(decoded) => {
                 let ttl = l1_ttl(decoded.meta, pttl);
+                let marks = decoded.marks;
                 match decoded.value {
                     Some(v) => {
                         NsCounters::inc(&ns.l2_hits);
-                        self.fill_l1(key, Slot::Present(Arc::new(v.clone())), decoded.raw_len, ttl);
+                        self.fill_l1(key, Slot::Present(Arc::new(v.clone())), marks, decoded.raw_len, ttl);
                         L2Read::Value(v)
                     }
                     None if accept_negative => {
                         NsCounters::inc(&ns.l2_hits);
                         NsCounters::inc(&ns.negative_hits);
-                        self.fill_l1(key, Slot::Absent, 0, ttl);
+                        self.fill_l1(key, Slot::Absent, marks, 0, ttl);
                         L2Read::Negative
                     }
                     None => {
@@ -167,7 +174,7 @@ impl Cache {
     /// after it is refused, one that lands before it is overwritten by this SET.
     pub(crate) async fn write_l2(&self, key: &Key, encoded: Encoded, ttl: Duration, slot: Slot) -> Result<()> {
         let (k, lease) = (key.as_str(), lease_key(key.as_str()));
-        let raw_len = encoded.raw_len;
+        let (raw_len, marks) = (encoded.raw_len, encoded.marks);
         let bytes = encoded.bytes;
         let px = ttl_millis(ttl);
         let written: Result<()> = self
@@ -189,7 +196,7 @@ impl Cache {
         match written {
             Ok(()) => {
                 NsCounters::inc(&self.inner.metrics.ns(key.namespace()).sets);
-                self.fill_l1(key, slot, raw_len, ttl);
+                self.fill_l1(key, slot, marks, raw_len, ttl);
                 Ok(())
             }
             Err(err) => {
@@ -203,9 +210,9 @@ impl Cache {
 
     /// Puts an entry in L1 for at most `ttl` (what is left of the Redis copy) and `l1_max_ttl`.
     /// `value_len` is the uncompressed serialized size, the basis of the entry's weight.
-    pub(crate) fn fill_l1(&self, key: &Key, slot: Slot, value_len: usize, ttl: Duration) {
+    pub(crate) fn fill_l1(&self, key: &Key, slot: Slot, marks: Arc<Marks>, value_len: usize, ttl: Duration) {
         if let Some(l1) = &self.inner.l1 {
-            l1.insert(key.shared(), slot, value_len, ttl.min(self.inner.l1_max_ttl));
+            l1.insert(key.shared(), slot, marks, value_len, ttl.min(self.inner.l1_max_ttl));
         }
     }
 

@@ -7,6 +7,7 @@ mod batch;
 mod corrupt;
 mod l1_budget;
 mod leases;
+mod namespaces;
 mod resilience;
 mod stampede;
 mod topologies;

@@ -1,0 +1,396 @@
+//! Namespace and tag invalidation in O(1), checked lazily.
+//!
+//! [`Cache::invalidate_namespace`] and [`Cache::invalidate_tag`] raise one stamp key in Redis
+//! with one command (an `EVAL` of a short script), whatever the number of keys: nothing is
+//! scanned or deleted. The stamp holds a generation, `max(previous + 1, Redis TIME in ms)`: it
+//! only grows, and a stamp that is lost (evicted, flushed) is re-created by the next read at
+//! Redis's current time, above every generation handed out before — so losing it invalidates
+//! (safe) instead of resurrecting old values.
+//!
+//! Every value records the generations of its namespace and tags as its writer knew them
+//! **before** producing it (before the loader ran), see [`Marks`]. A read, from either tier,
+//! compares them with the current stamps: a value produced before an invalidation is a miss
+//! (counted as `invalidated`, removed lazily). Generations are compared, never clocks, so
+//! clock skew between machines cannot make an old value look new.
+//!
+//! Stamps are cached per instance for [`CacheBuilder::stamp_refresh`](crate::CacheBuilder::stamp_refresh)
+//! (default 1 s). The instance that invalidates knows at once; **another instance stops serving
+//! old values at most `stamp_refresh` after the invalidation returned** (plus one round trip).
+//! When a stamp cannot be read (Redis unreachable), values that depend on it are not served.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, join_all};
+
+use crate::cache::{Cache, CacheValue};
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::metrics::NsCounters;
+use crate::tags::{Marks, Tag, dedup_tags, namespace_stamp_key, stamp_id, stamp_key};
+use crate::tiers::{DELETE_IF_EQUAL, now_ms};
+use crate::ttl::Ttl;
+
+/// Raises a stamp: `max(old + 1, now in ms)`, as a decimal string. A non-numeric value (written
+/// by someone else) counts as 0, so an invalidation also repairs it. KEYS: stamp.
+const BUMP: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local old = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local new = string.format('%d', math.max(old + 1, now))
+redis.call('SET', KEYS[1], new)
+return new";
+
+/// Reads a stamp, creating it at Redis's current time when absent. KEYS: stamp.
+const READ_OR_CREATE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+local t = redis.call('TIME')
+local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+redis.call('SET', KEYS[1], now)
+return now";
+
+static READ_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(READ_OR_CREATE));
+
+/// Most stamps one instance remembers; past it, stale ones are dropped (then all): forgetting
+/// only costs a read.
+const MAX_KNOWN: usize = 4096;
+
+/// This instance's knowledge of stamps, keyed by stamp id (a namespace, or `APP:tag:NAME`).
+pub(crate) struct Stamps {
+    refresh: Duration,
+    known: RwLock<HashMap<Arc<str>, Known>>,
+    /// Raised by every forget: a read that started before one must not re-install what it read.
+    epoch: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    generation: u64,
+    /// When the read that learnt it was sent: the stamp was at least `generation` from then on.
+    asked_at: Instant,
+}
+
+impl Stamps {
+    pub(crate) fn new(refresh: Duration) -> Self {
+        Self { refresh, known: RwLock::default(), epoch: AtomicU64::new(0) }
+    }
+
+    /// The generation of `id` if it was learnt less than `refresh` before `now`.
+    fn fresh(&self, id: &str, now: Instant) -> Option<u64> {
+        let known = *self.read().get(id)?;
+        (now.saturating_duration_since(known.asked_at) < self.refresh).then_some(known.generation)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Records what a read (or a bump) sent at `asked_at` found. Generations never go down here:
+    /// a stamp that went back in Redis (a failover lost a write) cannot resurrect what this
+    /// instance already knows to be old.
+    fn learn(&self, id: &str, generation: u64, asked_at: Instant, epoch: u64) {
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        if known.len() >= MAX_KNOWN && !known.contains_key(id) {
+            let refresh = self.refresh;
+            known.retain(|_, k| asked_at.saturating_duration_since(k.asked_at) < refresh);
+            if known.len() >= MAX_KNOWN {
+                known.clear();
+            }
+        }
+        let entry = known.entry(id.into()).or_insert(Known { generation, asked_at });
+        entry.generation = entry.generation.max(generation);
+        entry.asked_at = entry.asked_at.max(asked_at);
+    }
+
+    fn forget(&self, id: Option<&str>) {
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        match id {
+            Some(id) => {
+                known.remove(id);
+            }
+            None => known.clear(),
+        }
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Known>> {
+        self.known.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Whether a stored value may be served, given its marks and the stamps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Current,
+    /// Produced before an invalidation of its namespace or of one of its tags.
+    Invalidated,
+    /// A stamp could not be read: do not serve, do not remove.
+    Unknown,
+}
+
+impl Cache {
+    /// Invalidates every value of a namespace (`app:vN:entity`, as [`Key::namespace`] returns
+    /// it, or a single first segment), on every instance, in O(1): one Redis command raises the
+    /// namespace's stamp (`{NS}:stamp`); no key is scanned or deleted. Old values are misses from
+    /// then on — at once on this instance, within
+    /// [`stamp_refresh`](crate::CacheBuilder::stamp_refresh) on the others — and expire by
+    /// their TTL. A load that started before this call cannot cache its value over it.
+    ///
+    /// Errors: [`is_invalid_key`](Error::is_invalid_key) for a malformed namespace, or an
+    /// unavailability error when Redis could not be written (nothing was invalidated).
+    ///
+    /// To retire every namespace of an app at once (a deploy that changes value types), build
+    /// keys with the next schema version instead: [`KeySchema::bumped`](crate::KeySchema::bumped).
+    pub async fn invalidate_namespace(&self, namespace: &str) -> Result<()> {
+        let stamp = namespace_stamp_key(namespace)?;
+        self.bump(&stamp).await?;
+        NsCounters::inc(&self.inner.metrics.ns(namespace).invalidations);
+        Ok(())
+    }
+
+    /// Invalidates every value written with `tag` ([`set_tagged`](Self::set_tagged),
+    /// [`get_or_set_tagged`](Self::get_or_set_tagged)), in any namespace, like
+    /// [`invalidate_namespace`](Self::invalidate_namespace): one command on the tag's stamp key.
+    pub async fn invalidate_tag(&self, tag: &Tag) -> Result<()> {
+        self.bump(&tag.stamp_key()).await.map(drop)
+    }
+
+    /// [`set`](Self::set) for a value that carries tags (at most [`MAX_TAGS`](crate::MAX_TAGS)),
+    /// so that [`invalidate_tag`](Self::invalidate_tag) of any of them invalidates it.
+    pub async fn set_tagged<T: CacheValue>(
+        &self,
+        key: &Key,
+        value: &T,
+        ttl: impl Into<Ttl>,
+        tags: &[Tag],
+    ) -> Result<()> {
+        let tags = dedup_tags(tags)?;
+        self.set_with_tags(key, value, ttl.into(), &tags).await
+    }
+
+    /// [`get_or_set`](Self::get_or_set) whose loaded value carries `tags`. Concurrent calls for
+    /// one key share one load; the value is cached with the tags of the call that ran it.
+    pub async fn get_or_set_tagged<T, F, Fut, E>(
+        &self,
+        key: &Key,
+        ttl: impl Into<Ttl>,
+        tags: &[Tag],
+        loader: F,
+    ) -> Result<T>
+    where
+        T: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tags = dedup_tags(tags)?;
+        let load = || async move { loader().await.map(Some) };
+        match self.get_or_load::<T, _, _, _>(key, ttl.into(), &tags, load, false).await? {
+            Some(v) => Ok(v),
+            None => Err(Error::loader("loader produced no value")),
+        }
+    }
+
+    /// Drops this instance's knowledge of one stamp (`redis_key` as Redis names it; other keys
+    /// are ignored), so the next read asks Redis. For the invalidation listener: a change to a
+    /// stamp key seen there is then honoured at once rather than after `stamp_refresh`.
+    #[allow(dead_code)] // called by the invalidation listener
+    pub(crate) fn forget_stamp(&self, redis_key: &str) {
+        if let Some(id) = stamp_id(redis_key) {
+            self.inner.stamps.forget(Some(id));
+        }
+    }
+
+    /// Drops every known stamp (after a lost connection, a failover: anything may have been
+    /// missed).
+    #[allow(dead_code)] // called by the invalidation listener
+    pub(crate) fn forget_all_stamps(&self) {
+        self.inner.stamps.forget(None);
+    }
+
+    /// The marks for a value about to be produced for `key`: generations as known now (read
+    /// from Redis when not fresh). A generation that cannot be read is recorded as 0, which
+    /// makes the value invalid wherever it is read: it cannot be checked.
+    pub(crate) async fn capture_marks(&self, key: &Key, tags: &[Tag]) -> Arc<Marks> {
+        let ids = std::iter::once(key.namespace()).chain(tags.iter().map(Tag::id));
+        let gens = self.generations(ids).await;
+        let mut gens = gens.into_iter().map(|g| g.unwrap_or(0));
+        let ns_gen = gens.next().unwrap_or(0);
+        let tags = tags.iter().cloned().zip(gens).collect();
+        Arc::new(Marks { created_at_ms: now_ms(), ns_gen, tags })
+    }
+
+    /// Compares a value's marks with the current stamps.
+    pub(crate) async fn verdict(&self, key: &Key, marks: &Marks) -> Verdict {
+        if marks.ns_gen == 0 {
+            // Unknown when written (a version-1 envelope, or Redis was away): cannot be trusted.
+            return Verdict::Invalidated;
+        }
+        let recorded =
+            std::iter::once((key.namespace(), marks.ns_gen)).chain(marks.tags.iter().map(|(t, g)| (t.id(), *g)));
+        let now = Instant::now();
+        let mut unsure = Vec::new();
+        for (id, generation) in recorded {
+            match self.inner.stamps.fresh(id, now) {
+                Some(current) if current > generation => return Verdict::Invalidated,
+                Some(_) => {}
+                None => unsure.push((id, generation)),
+            }
+        }
+        if unsure.is_empty() {
+            return Verdict::Current;
+        }
+        let current = self.generations(unsure.iter().map(|(id, _)| *id)).await;
+        let mut verdict = Verdict::Current;
+        for ((_, generation), current) in unsure.into_iter().zip(current) {
+            match current {
+                Some(current) if current > generation => return Verdict::Invalidated,
+                Some(_) => {}
+                None => verdict = Verdict::Unknown,
+            }
+        }
+        verdict
+    }
+
+    /// L1 hook: whether an entry may be served. An invalidated one is removed and counted.
+    pub(crate) async fn l1_current(&self, key: &Key, marks: &Marks, ns: &NsCounters) -> bool {
+        match self.verdict(key, marks).await {
+            Verdict::Current => true,
+            Verdict::Invalidated => {
+                NsCounters::inc(&ns.invalidated);
+                if let Some(l1) = &self.inner.l1 {
+                    l1.remove(key.as_str());
+                }
+                false
+            }
+            Verdict::Unknown => false,
+        }
+    }
+
+    /// L2 hook: whether a decoded value may be served. An invalidated one is counted as a miss
+    /// and removed from Redis if it still holds these bytes (a newer value written meanwhile
+    /// stays): an absent key lets the next load take the lease, so other processes wait for it
+    /// instead of all loading.
+    pub(crate) async fn l2_current(&self, key: &Key, marks: &Marks, ns: &NsCounters, bytes: &[u8]) -> bool {
+        match self.verdict(key, marks).await {
+            Verdict::Current => return true,
+            Verdict::Invalidated => NsCounters::inc(&ns.invalidated),
+            Verdict::Unknown => {
+                NsCounters::inc(&ns.l2_misses);
+                return false;
+            }
+        }
+        NsCounters::inc(&ns.l2_misses);
+        if let Some(l1) = &self.inner.l1 {
+            l1.remove(key.as_str());
+        }
+        let script = redis::Script::new(DELETE_IF_EQUAL);
+        let k = key.as_str();
+        let removed = self
+            .l2_call("EVALSHA", |mut c| async move { script.key(k).arg(bytes).invoke_async::<i64>(&mut c).await })
+            .await;
+        if let Err(err) = removed {
+            tracing::debug!(key = %key, error = %err, "could not remove an invalidated value; it expires by its TTL");
+        }
+        false
+    }
+
+    /// The current generation of each stamp id: known fresh, or read (concurrently) from Redis.
+    /// Boxed: it sits under every read, and an unboxed future this deep overflows the compiler's
+    /// `Send` check in callers that spawn a read.
+    fn generations<'a>(&'a self, ids: impl Iterator<Item = &'a str>) -> BoxFuture<'a, Vec<Option<u64>>> {
+        let now = Instant::now();
+        let reads: Vec<_> = ids
+            .map(|id| async move {
+                match self.inner.stamps.fresh(id, now) {
+                    Some(g) => Some(g),
+                    None => self.read_stamp(id).await.ok(),
+                }
+            })
+            .collect();
+        Box::pin(join_all(reads))
+    }
+
+    async fn read_stamp(&self, id: &str) -> Result<u64> {
+        let (epoch, asked_at) = (self.inner.stamps.epoch(), Instant::now());
+        let key = stamp_key(id);
+        let k = key.as_str();
+        let raw: String = self
+            .l2_call("stamp read", |mut c| async move { READ_SCRIPT.key(k).invoke_async(&mut c).await })
+            .await
+            .inspect_err(|err| tracing::debug!(stamp = %key, error = %err, "could not read stamp"))?;
+        let generation = raw.parse::<u64>().map_err(|_| {
+            tracing::warn!(stamp = %key, value = %raw, "stamp is not a generation; invalidate it to repair it");
+            Error::corrupt(format!("stamp {key} holds {raw:?}, not a generation"))
+        })?;
+        self.inner.stamps.learn(id, generation, asked_at, epoch);
+        Ok(generation)
+    }
+
+    async fn bump(&self, stamp: &str) -> Result<u64> {
+        let (epoch, asked_at) = (self.inner.stamps.epoch(), Instant::now());
+        let generation: u64 = self
+            .l2_call("stamp bump", |mut c| async move {
+                redis::cmd("EVAL").arg(BUMP).arg(1).arg(stamp).query_async(&mut c).await
+            })
+            .await?;
+        if let Some(id) = stamp_id(stamp) {
+            self.inner.stamps.learn(id, generation, asked_at, epoch);
+        }
+        Ok(generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_fresh_for_the_refresh_interval_only() {
+        let stamps = Stamps::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(stamps.fresh("a", t0), None);
+        stamps.learn("a", 10, t0, stamps.epoch());
+        assert_eq!(stamps.fresh("a", t0 + Duration::from_millis(999)), Some(10));
+        assert_eq!(stamps.fresh("a", t0 + Duration::from_secs(1)), None);
+        // A zero interval means: always ask Redis.
+        let strict = Stamps::new(Duration::ZERO);
+        strict.learn("a", 10, t0, strict.epoch());
+        assert_eq!(strict.fresh("a", t0), None);
+    }
+
+    #[test]
+    fn generations_never_go_down_and_forgets_win_over_reads_in_flight() {
+        let stamps = Stamps::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        stamps.learn("a", 10, t0, stamps.epoch());
+        stamps.learn("a", 7, t0 + Duration::from_millis(500), stamps.epoch());
+        assert_eq!(stamps.fresh("a", t0 + Duration::from_millis(1200)), Some(10));
+        // A read sent before a forget must not re-install its (possibly old) answer.
+        let epoch = stamps.epoch();
+        stamps.forget(Some("a"));
+        stamps.learn("a", 10, t0, epoch);
+        assert_eq!(stamps.fresh("a", t0), None);
+        stamps.learn("b", 1, t0, stamps.epoch());
+        stamps.forget(None);
+        assert_eq!(stamps.fresh("b", t0), None);
+    }
+
+    #[test]
+    fn the_stamp_cache_is_bounded() {
+        let stamps = Stamps::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        for i in 0..MAX_KNOWN * 2 {
+            stamps.learn(&format!("ns{i}"), 1, t0, stamps.epoch());
+        }
+        assert!(stamps.read().len() <= MAX_KNOWN);
+        assert_eq!(stamps.fresh(&format!("ns{}", MAX_KNOWN * 2 - 1), t0), Some(1));
+    }
+}
