@@ -104,5 +104,6 @@ pub use l1::L1Policy;
 pub use l2::{TlsOptions, Topology};
 pub use lease::{LeaseConfig, lease_key, lease_target};
 pub use metrics::{MAX_NAMESPACES, MetricsSnapshot, NamespaceStats, OTHER_NAMESPACE};
+pub use namespace::bump_stamp;
 pub use tags::{MAX_TAG_LEN, MAX_TAGS, Tag, is_stamp_key, namespace_stamp_key};
 pub use ttl::{MAX_TTL, Ttl, TtlPolicy};

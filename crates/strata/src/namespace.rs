@@ -32,26 +32,43 @@ use crate::key::Key;
 use crate::metrics::NsCounters;
 use crate::tags::{Marks, Tag, dedup_tags, namespace_stamp_key, stamp_id, stamp_key};
 use crate::tiers::{DELETE_IF_EQUAL, now_ms};
-use crate::ttl::Ttl;
+use crate::ttl::{MAX_TTL, Ttl};
 
 /// Raises a stamp: `max(old + 1, now in ms)`, as a decimal string. A non-numeric value (written
-/// by someone else) counts as 0, so an invalidation also repairs it. KEYS: stamp.
+/// by someone else) counts as 0, so an invalidation also repairs it. KEYS: stamp. ARGV: ttl ms.
 const BUMP: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local old = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 local new = string.format('%d', math.max(old + 1, now))
-redis.call('SET', KEYS[1], new)
+redis.call('SET', KEYS[1], new, 'PX', ARGV[1])
 return new";
 
-/// Reads a stamp, creating it at Redis's current time when absent. KEYS: stamp.
+/// Reads a stamp, creating it at Redis's current time when absent. Its TTL is topped up when
+/// less than half is left: rarely, since every write is also seen by invalidation listeners.
+/// KEYS: stamp. ARGV: ttl ms.
 const READ_OR_CREATE: &str = r"
 local v = redis.call('GET', KEYS[1])
-if v then return v end
+if v then
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) / 2 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+  return v
+end
 local t = redis.call('TIME')
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-redis.call('SET', KEYS[1], now)
+redis.call('SET', KEYS[1], now, 'PX', ARGV[1])
 return now";
+
+/// A stamp's TTL: no key goes without one, and a stamp still in use always has more than
+/// [`MAX_TTL`] left, so it outlives every value produced under it. One that does expire (unused
+/// for years) or is evicted is re-created above every older generation.
+const STAMP_TTL_MS: u64 = 2 * MAX_TTL.as_millis() as u64;
+
+/// Raises a stamp key the way [`Cache::invalidate_namespace`] does, over any synchronous
+/// connection to the node that holds it: for tools (`strata invalidate --stamp`). Returns the new
+/// generation. `stamp_key` comes from [`namespace_stamp_key`] or [`Tag::stamp_key`].
+pub fn bump_stamp(conn: &mut dyn redis::ConnectionLike, stamp_key: &str) -> redis::RedisResult<u64> {
+    redis::cmd("EVAL").arg(BUMP).arg(1).arg(stamp_key).arg(STAMP_TTL_MS).query(conn)
+}
 
 static READ_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(READ_OR_CREATE));
 
@@ -322,8 +339,10 @@ impl Cache {
         let (epoch, asked_at) = (self.inner.stamps.epoch(), Instant::now());
         let key = stamp_key(id);
         let k = key.as_str();
-        let raw: String = self
-            .l2_call("stamp read", |mut c| async move { READ_SCRIPT.key(k).invoke_async(&mut c).await })
+        let raw: String =
+            self.l2_call("stamp read", |mut c| async move {
+                READ_SCRIPT.key(k).arg(STAMP_TTL_MS).invoke_async(&mut c).await
+            })
             .await
             .inspect_err(|err| tracing::debug!(stamp = %key, error = %err, "could not read stamp"))?;
         let generation = raw.parse::<u64>().map_err(|_| {
@@ -338,7 +357,7 @@ impl Cache {
         let (epoch, asked_at) = (self.inner.stamps.epoch(), Instant::now());
         let generation: u64 = self
             .l2_call("stamp bump", |mut c| async move {
-                redis::cmd("EVAL").arg(BUMP).arg(1).arg(stamp).query_async(&mut c).await
+                redis::cmd("EVAL").arg(BUMP).arg(1).arg(stamp).arg(STAMP_TTL_MS).query_async(&mut c).await
             })
             .await?;
         if let Some(id) = stamp_id(stamp) {
