@@ -44,6 +44,9 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if args.stamp && args.namespace.is_none() {
+        anyhow::bail!("--stamp raises a namespace's stamp: give --namespace (or --tag for a tag)");
+    }
     let target = match (&args.tag, &args.namespace) {
         (Some(tag), _) => Some(StampTarget::Tag(tag.clone())),
         (None, Some(ns)) if args.stamp => Some(StampTarget::Namespace(ns.clone())),
