@@ -24,7 +24,11 @@
 //! [`ErrorKind::Corrupt`](crate::ErrorKind) (or a type mismatch), which the cache turns into a
 //! miss. A version-1 envelope has no generations: it decodes as "unknown", which is older than
 //! any stamp, so the cache treats it as invalidated (a miss, reloaded as version 2). Safe, at the
-//! price of one miss per key after the upgrade.
+//! price of one miss per key after the upgrade. Releases before version 2 read it as corrupt and
+//! remove it: roll the upgrade out with a schema version bump ([`KeySchema::bumped`]) so that old
+//! and new instances use disjoint keys instead of deleting each other's values.
+//!
+//! [`KeySchema::bumped`]: crate::KeySchema::bumped
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
