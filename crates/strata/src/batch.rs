@@ -86,7 +86,7 @@ impl Cache {
         for (key, value) in items {
             let ttl = self.inner.ttl.jittered(ttl);
             let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
-            let marks = self.capture_marks(key, &[]).await;
+            let marks = self.write_marks(key, &[]).await?;
             match self.inner.codec.encode_marked(Some(value), meta, &marks) {
                 Ok(e) => encoded.push((e, ttl)),
                 Err(err) => {

@@ -96,7 +96,9 @@ impl Cache {
     /// previous value is then removed from both tiers (best effort for Redis), so the cache does
     /// not keep serving what the caller meant to replace; an
     /// [`is_unavailable`](Error::is_unavailable) error when Redis could not be written, in which
-    /// case this instance's L1 copy is dropped too.
+    /// case this instance's L1 copy is dropped too. The same when the key's namespace stamp
+    /// could not be read first (see [`invalidate_namespace`](Self::invalidate_namespace)): a
+    /// value whose generation is unknown would be discarded by every reader.
     pub async fn set<T: CacheValue>(&self, key: &Key, value: &T, ttl: impl Into<Ttl>) -> Result<()> {
         self.set_with_tags(key, value, ttl.into(), &[]).await
     }
@@ -111,7 +113,7 @@ impl Cache {
     ) -> Result<()> {
         let ttl = self.inner.ttl.jittered(ttl);
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
-        let marks = self.capture_marks(key, tags).await;
+        let marks = self.write_marks(key, tags).await?;
         let encoded = match self.inner.codec.encode_marked(Some(value), meta, &marks) {
             Ok(encoded) => encoded,
             Err(err) => {
@@ -128,7 +130,7 @@ impl Cache {
     pub async fn set_not_found(&self, key: &Key) -> Result<()> {
         let ttl = self.inner.ttl.jittered_negative();
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
-        let marks = self.capture_marks(key, &[]).await;
+        let marks = self.write_marks(key, &[]).await?;
         let encoded = self.inner.codec.encode_marked::<()>(None, meta, &marks)?;
         self.write_l2(key, encoded, ttl, Slot::Absent).await
     }
@@ -324,7 +326,7 @@ impl Cache {
             }
         }
         // Before the load: an invalidation during it must make its value old.
-        let marks = self.capture_marks(key, tags).await;
+        let marks = self.capture_marks(key, tags).await.unwrap_or_else(|(marks, _)| marks);
         NsCounters::inc(&ns.loader_calls);
         let started = tokio::time::Instant::now();
         let loaded = loader().await;

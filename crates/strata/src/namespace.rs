@@ -233,15 +233,40 @@ impl Cache {
     }
 
     /// The marks for a value about to be produced for `key`: generations as known now (read
-    /// from Redis when not fresh). A generation that cannot be read is recorded as 0, which
-    /// makes the value invalid wherever it is read: it cannot be checked.
-    pub(crate) async fn capture_marks(&self, key: &Key, tags: &[Tag]) -> Arc<Marks> {
+    /// from Redis when not fresh). When one cannot be read, the error comes with marks that
+    /// record it as 0, which makes the value invalid wherever it is read: it cannot be checked.
+    pub(crate) async fn capture_marks(
+        &self,
+        key: &Key,
+        tags: &[Tag],
+    ) -> std::result::Result<Arc<Marks>, (Arc<Marks>, Error)> {
         let ids = std::iter::once(key.namespace()).chain(tags.iter().map(Tag::id));
-        let gens = self.generations(ids).await;
-        let mut gens = gens.into_iter().map(|g| g.unwrap_or(0));
+        let mut first_error = None;
+        let mut gens = self.generations(ids).await.into_iter().map(|g| {
+            g.unwrap_or_else(|err| {
+                first_error.get_or_insert(err);
+                0
+            })
+        });
         let ns_gen = gens.next().unwrap_or(0);
         let tags = tags.iter().cloned().zip(gens).collect();
-        Arc::new(Marks { created_at_ms: now_ms(), ns_gen, tags })
+        let marks = Arc::new(Marks { created_at_ms: now_ms(), ns_gen, tags });
+        match first_error {
+            None => Ok(marks),
+            Some(err) => Err((marks, err)),
+        }
+    }
+
+    /// Marks for a caller's write (`set`, `set_many`, `set_not_found`). A stamp that cannot be
+    /// read fails the write rather than storing a value every reader would discard; this
+    /// instance's L1 copy goes too, as when the write itself fails.
+    pub(crate) async fn write_marks(&self, key: &Key, tags: &[Tag]) -> Result<Arc<Marks>> {
+        self.capture_marks(key, tags).await.map_err(|(_, err)| {
+            if let Some(l1) = &self.inner.l1 {
+                l1.remove(key.as_str());
+            }
+            err
+        })
     }
 
     /// Compares a value's marks with the current stamps.
@@ -268,9 +293,9 @@ impl Cache {
         let mut verdict = Verdict::Current;
         for ((_, generation), current) in unsure.into_iter().zip(current) {
             match current {
-                Some(current) if current > generation => return Verdict::Invalidated,
-                Some(_) => {}
-                None => verdict = Verdict::Unknown,
+                Ok(current) if current > generation => return Verdict::Invalidated,
+                Ok(_) => {}
+                Err(_) => verdict = Verdict::Unknown,
             }
         }
         verdict
@@ -322,13 +347,13 @@ impl Cache {
     /// The current generation of each stamp id: known fresh, or read (concurrently) from Redis.
     /// Boxed: it sits under every read, and an unboxed future this deep overflows the compiler's
     /// `Send` check in callers that spawn a read.
-    fn generations<'a>(&'a self, ids: impl Iterator<Item = &'a str>) -> BoxFuture<'a, Vec<Option<u64>>> {
+    fn generations<'a>(&'a self, ids: impl Iterator<Item = &'a str>) -> BoxFuture<'a, Vec<Result<u64>>> {
         let now = Instant::now();
         let reads: Vec<_> = ids
             .map(|id| async move {
                 match self.inner.stamps.fresh(id, now) {
-                    Some(g) => Some(g),
-                    None => self.read_stamp(id).await.ok(),
+                    Some(g) => Ok(g),
+                    None => self.read_stamp(id).await,
                 }
             })
             .collect();

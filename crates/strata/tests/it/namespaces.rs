@@ -233,6 +233,9 @@ async fn lost_or_broken_stamps_fail_safe(redis: Redis) -> TestResult {
 
     let _: () = redis::cmd("SET").arg(&stamp).arg("garbage").query(raw.as_mut())?;
     assert_eq!(reader.get::<String>(&key).await?, None, "an unreadable stamp serves nothing");
+    let refused = reader.set(&key, &"unverifiable".to_owned(), Ttl::Medium).await.expect_err("stamp unreadable");
+    assert!(refused.is_corrupt(), "{refused}");
+    assert_eq!(reader.get::<String>(&key).await?, None);
     reader.invalidate_namespace(key.namespace()).await?;
     reader.set(&key, &"after repair".to_owned(), Ttl::Medium).await?;
     assert_eq!(reader.get::<String>(&key).await?.as_deref(), Some("after repair"));
