@@ -212,8 +212,9 @@ impl CacheBuilder {
     /// How long this instance trusts what it read of a namespace's or tag's stamp (default 1 s):
     /// the longest another instance's [`invalidate_namespace`](Cache::invalidate_namespace) or
     /// [`invalidate_tag`](Cache::invalidate_tag) can go unnoticed here. Each instance reads each
-    /// stamp it uses at most once per interval; zero reads it on every cache read (one more
-    /// round trip per read).
+    /// stamp it uses at most twice per interval (it trusts a read for half of it, and a
+    /// background tick lets L1 hits skip the check in between); zero reads it on every cache
+    /// read (one more round trip per read).
     pub fn stamp_refresh(mut self, interval: Duration) -> Self {
         self.stamp_refresh = interval;
         self
@@ -271,6 +272,7 @@ impl CacheBuilder {
             leases: self.leases,
             stamps: crate::namespace::Stamps::new(self.stamp_refresh),
         };
+        inner.stamps.start_ticker();
         let cache = Cache { inner: Arc::new(inner) };
         if let Err(err) = cache.ping().await {
             if self.require_redis {

@@ -270,7 +270,7 @@ fn read_marks(bytes: &[u8]) -> Result<(Arc<Marks>, &[u8])> {
         let tag = Tag::new(app, name).map_err(|e| Error::corrupt(format!("bad tag in envelope: {e}")))?;
         tags.push((tag, u64::from_le_bytes(le_array(take(&mut rest, 8)?))));
     }
-    Ok((Arc::new(Marks { created_at_ms, ns_gen, tags }), rest))
+    Ok((Arc::new(Marks::new(created_at_ms, ns_gen, tags)), rest))
 }
 
 /// A length-prefixed UTF-8 string.
@@ -340,11 +340,11 @@ mod tests {
     }
 
     fn marks() -> Result<Arc<Marks>> {
-        Ok(Arc::new(Marks {
-            created_at_ms: 1_700_000_000_123,
-            ns_gen: 1_700_000_000_000,
-            tags: vec![(Tag::new("shop", "tenant-7")?, 5), (Tag::new("shop", "sale")?, u64::MAX)],
-        }))
+        Ok(Arc::new(Marks::new(
+            1_700_000_000_123,
+            1_700_000_000_000,
+            vec![(Tag::new("shop", "tenant-7")?, 5), (Tag::new("shop", "sale")?, u64::MAX)],
+        )))
     }
 
     #[test]

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -77,11 +77,22 @@ static READ_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::ne
 const MAX_KNOWN: usize = 4096;
 
 /// This instance's knowledge of stamps, keyed by stamp id (a namespace, or `APP:tag:NAME`).
+///
+/// An L1 hit must not pay a lookup here each time: an entry remembers the `version` under which
+/// it was last found current, and is served without a check while `version` has not moved.
+/// `version` moves whenever what is known changes, and every `refresh / 2` (a ticker); known
+/// stamps are trusted for `refresh / 2`. A hit therefore relies on stamps read at most
+/// `refresh` ago, as documented.
 pub(crate) struct Stamps {
-    refresh: Duration,
+    /// Half of `stamp_refresh`: how long a read stamp is trusted, and the ticker's period.
+    window: Duration,
     known: RwLock<HashMap<Arc<str>, Known>>,
     /// Raised by every forget: a read that started before one must not re-install what it read.
     epoch: AtomicU64,
+    /// See above. Starts at 1 (0 means "never verified" in [`Marks::verified`]).
+    version: Arc<AtomicU64>,
+    /// Whether the ticker runs; without it, every hit is checked.
+    ticking: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -93,13 +104,47 @@ struct Known {
 
 impl Stamps {
     pub(crate) fn new(refresh: Duration) -> Self {
-        Self { refresh, known: RwLock::default(), epoch: AtomicU64::new(0) }
+        Self {
+            window: refresh / 2,
+            known: RwLock::default(),
+            epoch: AtomicU64::new(0),
+            version: Arc::new(AtomicU64::new(1)),
+            ticking: AtomicBool::new(false),
+        }
     }
 
-    /// The generation of `id` if it was learnt less than `refresh` before `now`.
+    /// Starts the ticker on the current tokio runtime (none with a zero refresh, or outside a
+    /// runtime: hits are then always checked). It stops when the cache is dropped.
+    pub(crate) fn start_ticker(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if self.window.is_zero() {
+            return;
+        }
+        let (version, period) = (Arc::clone(&self.version), self.window);
+        runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                if Arc::strong_count(&version) == 1 {
+                    break;
+                }
+                version.fetch_add(1, Ordering::AcqRel);
+            }
+        });
+        self.ticking.store(true, Ordering::Release);
+    }
+
+    /// The current version, when hits may rely on it.
+    fn version(&self) -> Option<u64> {
+        self.ticking.load(Ordering::Acquire).then(|| self.version.load(Ordering::Acquire))
+    }
+
+    /// The generation of `id` if it was learnt less than `refresh / 2` before `now`.
     fn fresh(&self, id: &str, now: Instant) -> Option<u64> {
         let known = *self.read().get(id)?;
-        (now.saturating_duration_since(known.asked_at) < self.refresh).then_some(known.generation)
+        (now.saturating_duration_since(known.asked_at) < self.window).then_some(known.generation)
     }
 
     fn epoch(&self) -> u64 {
@@ -115,15 +160,20 @@ impl Stamps {
             return;
         }
         if known.len() >= MAX_KNOWN && !known.contains_key(id) {
-            let refresh = self.refresh;
-            known.retain(|_, k| asked_at.saturating_duration_since(k.asked_at) < refresh);
+            let window = self.window;
+            known.retain(|_, k| asked_at.saturating_duration_since(k.asked_at) < window);
             if known.len() >= MAX_KNOWN {
                 known.clear();
             }
         }
+        let before = known.get(id).map(|k| k.generation);
         let entry = known.entry(id.into()).or_insert(Known { generation, asked_at });
         entry.generation = entry.generation.max(generation);
         entry.asked_at = entry.asked_at.max(asked_at);
+        if before != Some(entry.generation) {
+            // After the change: a check that sees the new version also sees the new generation.
+            self.version.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     fn forget(&self, id: Option<&str>) {
@@ -135,6 +185,7 @@ impl Stamps {
             None => known.clear(),
         }
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.version.fetch_add(1, Ordering::AcqRel);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Known>> {
@@ -250,7 +301,7 @@ impl Cache {
         });
         let ns_gen = gens.next().unwrap_or(0);
         let tags = tags.iter().cloned().zip(gens).collect();
-        let marks = Arc::new(Marks { created_at_ms: now_ms(), ns_gen, tags });
+        let marks = Arc::new(Marks::new(now_ms(), ns_gen, tags));
         match first_error {
             None => Ok(marks),
             Some(err) => Err((marks, err)),
@@ -275,6 +326,11 @@ impl Cache {
             // Unknown when written (a version-1 envelope, or Redis was away): cannot be trusted.
             return Verdict::Invalidated;
         }
+        // Read before the check: a change during it leaves the entry to be checked again.
+        let version = self.inner.stamps.version();
+        if version.is_some_and(|v| marks.verified.load(Ordering::Acquire) == v) {
+            return Verdict::Current;
+        }
         let recorded =
             std::iter::once((key.namespace(), marks.ns_gen)).chain(marks.tags.iter().map(|(t, g)| (t.id(), *g)));
         let now = Instant::now();
@@ -287,6 +343,7 @@ impl Cache {
             }
         }
         if unsure.is_empty() {
+            marks.verified.store(version.unwrap_or(0), Ordering::Release);
             return Verdict::Current;
         }
         let current = self.generations(unsure.iter().map(|(id, _)| *id)).await;
@@ -297,6 +354,9 @@ impl Cache {
                 Ok(_) => {}
                 Err(_) => verdict = Verdict::Unknown,
             }
+        }
+        if verdict == Verdict::Current {
+            marks.verified.store(version.unwrap_or(0), Ordering::Release);
         }
         verdict
     }
@@ -397,13 +457,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stamps_are_fresh_for_the_refresh_interval_only() {
+    fn stamps_are_trusted_for_half_the_refresh_interval() {
         let stamps = Stamps::new(Duration::from_secs(1));
         let t0 = Instant::now();
         assert_eq!(stamps.fresh("a", t0), None);
         stamps.learn("a", 10, t0, stamps.epoch());
-        assert_eq!(stamps.fresh("a", t0 + Duration::from_millis(999)), Some(10));
-        assert_eq!(stamps.fresh("a", t0 + Duration::from_secs(1)), None);
+        assert_eq!(stamps.fresh("a", t0 + Duration::from_millis(499)), Some(10));
+        assert_eq!(stamps.fresh("a", t0 + Duration::from_millis(500)), None);
         // A zero interval means: always ask Redis.
         let strict = Stamps::new(Duration::ZERO);
         strict.learn("a", 10, t0, strict.epoch());
@@ -415,8 +475,8 @@ mod tests {
         let stamps = Stamps::new(Duration::from_secs(1));
         let t0 = Instant::now();
         stamps.learn("a", 10, t0, stamps.epoch());
-        stamps.learn("a", 7, t0 + Duration::from_millis(500), stamps.epoch());
-        assert_eq!(stamps.fresh("a", t0 + Duration::from_millis(1200)), Some(10));
+        stamps.learn("a", 7, t0 + Duration::from_millis(300), stamps.epoch());
+        assert_eq!(stamps.fresh("a", t0 + Duration::from_millis(700)), Some(10));
         // A read sent before a forget must not re-install its (possibly old) answer.
         let epoch = stamps.epoch();
         stamps.forget(Some("a"));
@@ -425,6 +485,32 @@ mod tests {
         stamps.learn("b", 1, t0, stamps.epoch());
         stamps.forget(None);
         assert_eq!(stamps.fresh("b", t0), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_version_moves_on_every_change_and_every_half_interval() {
+        let stamps = Stamps::new(Duration::from_secs(1));
+        assert_eq!(stamps.version(), None, "no ticker yet: hits are always checked");
+        stamps.start_ticker();
+        let v0 = stamps.version().expect("ticking");
+        let t0 = Instant::now();
+        stamps.learn("a", 10, t0, stamps.epoch());
+        let v1 = stamps.version().expect("ticking");
+        assert!(v1 > v0, "a new stamp");
+        stamps.learn("a", 10, t0, stamps.epoch());
+        assert_eq!(stamps.version(), Some(v1), "nothing changed");
+        stamps.learn("a", 11, t0, stamps.epoch());
+        let v2 = stamps.version().expect("ticking");
+        assert!(v2 > v1, "a higher generation");
+        stamps.forget(Some("a"));
+        let v3 = stamps.version().expect("ticking");
+        assert!(v3 > v2, "a forget");
+        tokio::time::sleep(Duration::from_millis(510)).await;
+        assert!(stamps.version().expect("ticking") > v3, "the ticker");
+        // A zero interval: no ticker, every hit is checked.
+        let strict = Stamps::new(Duration::ZERO);
+        strict.start_ticker();
+        assert_eq!(strict.version(), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use crate::error::{Error, Result};
 use crate::key::{Key, KeySchema, check_name, check_segment};
@@ -121,16 +122,37 @@ pub fn is_stamp_key(key: &[u8]) -> bool {
 /// What a value recorded when it was written: when, and the generations of its namespace and
 /// tags at that moment. Generation 0 means unknown (a version-1 envelope, or Redis could not be
 /// asked): older than any stamp, so such a value is never served once the stamp is known.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Marks {
     /// The writer's wall clock, Unix milliseconds (0 unknown). Informational: validity is
     /// decided by generations, which do not depend on clocks agreeing.
     pub(crate) created_at_ms: u64,
     pub(crate) ns_gen: u64,
     pub(crate) tags: Vec<(Tag, u64)>,
+    /// The stamp-cache version under which these marks were last found current (0 never):
+    /// while it has not changed, an L1 hit skips the check. Not part of the envelope.
+    pub(crate) verified: AtomicU64,
 }
 
+impl Clone for Marks {
+    fn clone(&self) -> Self {
+        Marks { created_at_ms: self.created_at_ms, ns_gen: self.ns_gen, tags: self.tags.clone(), ..Marks::default() }
+    }
+}
+
+impl PartialEq for Marks {
+    fn eq(&self, other: &Self) -> bool {
+        (self.created_at_ms, self.ns_gen, &self.tags) == (other.created_at_ms, other.ns_gen, &other.tags)
+    }
+}
+
+impl Eq for Marks {}
+
 impl Marks {
+    pub(crate) fn new(created_at_ms: u64, ns_gen: u64, tags: Vec<(Tag, u64)>) -> Self {
+        Marks { created_at_ms, ns_gen, tags, ..Marks::default() }
+    }
+
     /// Marks of a value with no known generation (version-1 envelopes).
     pub(crate) fn unknown() -> Arc<Marks> {
         Arc::new(Marks::default())
