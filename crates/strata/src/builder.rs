@@ -270,7 +270,7 @@ impl CacheBuilder {
             },
             ttl: self.ttl,
             leases: self.leases,
-            stamps: crate::namespace::Stamps::new(self.stamp_refresh),
+            stamps: crate::stamps::Stamps::new(self.stamp_refresh),
         };
         inner.stamps.start_ticker();
         let cache = Cache { inner: Arc::new(inner) };

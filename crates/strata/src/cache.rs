@@ -43,7 +43,7 @@ pub(crate) struct Inner {
     pub(crate) codec: Codec,
     pub(crate) ttl: TtlPolicy,
     pub(crate) leases: LeaseConfig,
-    pub(crate) stamps: crate::namespace::Stamps,
+    pub(crate) stamps: crate::stamps::Stamps,
 }
 
 /// How a miss was coordinated with other processes.

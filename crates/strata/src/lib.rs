@@ -90,6 +90,7 @@ mod l2;
 mod lease;
 mod metrics;
 mod namespace;
+mod stamps;
 mod tags;
 mod tiers;
 mod ttl;
