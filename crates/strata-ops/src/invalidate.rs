@@ -382,7 +382,7 @@ return old
 ";
 
 /// A connection to the master serving `key` (the one master of a standalone server).
-fn connection_for_key(deployment: &Deployment, key: &str) -> Result<(String, redis::Connection)> {
+pub(crate) fn connection_for_key(deployment: &Deployment, key: &str) -> Result<(String, redis::Connection)> {
     let masters = deployment.masters_checked("flush")?;
     let first = *masters.first().ok_or_else(|| OpsError::invalid("the deployment has no master"))?;
     let mut con = deployment.connect(&first.addr)?;

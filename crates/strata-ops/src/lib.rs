@@ -15,6 +15,7 @@ mod error;
 pub mod inspect;
 pub mod invalidate;
 pub mod restore;
+pub mod stamp;
 pub mod status;
 mod target;
 

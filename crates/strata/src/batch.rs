@@ -15,7 +15,7 @@ use crate::cache::{Cache, CacheValue, L2Read};
 use crate::codec::Meta;
 use crate::error::Result;
 use crate::key::Key;
-use crate::l1::Slot;
+use crate::l1::{Checks, Slot};
 use crate::metrics::NsCounters;
 use crate::tiers::{expiry_ms, ttl_millis};
 use crate::ttl::Ttl;
@@ -31,7 +31,7 @@ impl Cache {
         let mut missing = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let ns = self.inner.metrics.ns(key.namespace());
-            match self.l1_lookup::<T>(key, &ns, true) {
+            match self.l1_lookup::<T>(key, &ns, true).await {
                 Some(found) => out[i] = found,
                 None => missing.push(i),
             }
@@ -54,7 +54,8 @@ impl Cache {
         for (key, value) in items {
             let ttl = self.inner.ttl.jittered(ttl);
             let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
-            match self.inner.codec.encode(Some(value), meta) {
+            let marks = self.write_marks(key, &[]).await?;
+            match self.inner.codec.encode_marked(Some(value), meta, &marks) {
                 Ok(e) => encoded.push((e, ttl, meta)),
                 Err(err) => {
                     // As with `set`: the value the caller meant to replace must not keep serving.
@@ -99,8 +100,8 @@ impl Cache {
                         NsCounters::inc(&self.inner.metrics.ns(key.namespace()).sets);
                         let (e, ttl, meta) = &encoded[i];
                         let slot = Slot::Present(Arc::new(value.clone()));
-                        let ttl = self.physical_ttl(*ttl);
-                        self.fill_l1_after_write(key, slot, e.raw_len, ttl, (*meta).into(), echo, ticket).await;
+                        let (ttl, checks) = (self.physical_ttl(*ttl), Checks::new(*meta, e.marks.clone()));
+                        self.fill_l1_after_write(key, slot, checks, e.raw_len, ttl, echo, ticket).await;
                     }
                     Err(_) => {
                         if let Some(echo) = echo {

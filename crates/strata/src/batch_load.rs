@@ -28,9 +28,10 @@ use crate::codec::{Encoded, Meta};
 use crate::coherence::{Echo, Ticket};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::l1::{Slot, Stamp};
+use crate::l1::{Checks, Slot};
 use crate::lease::{ACQUIRE_UNLESS_PRESENT, FILL_IF_LEASED, RELEASE_IF_HELD, backoff, lease_key, token};
 use crate::metrics::NsCounters;
+use crate::tags::Marks;
 use crate::tiers::{expiry_ms, ttl_millis};
 use crate::ttl::Ttl;
 
@@ -50,7 +51,7 @@ enum Store {
 struct Pending {
     /// Taken before the load: an L1 fill from it must not outlive a write made meanwhile.
     ticket: Ticket,
-    stamp: Stamp,
+    checks: Checks,
     encoded: Encoded,
     ttl: std::time::Duration,
     slot: Slot,
@@ -131,7 +132,7 @@ impl Cache {
         let mut found: Vec<Option<Option<T>>> = (0..unique.len()).map(|_| None).collect();
         let mut missing = Vec::new();
         for (u, key) in unique.iter().enumerate() {
-            match self.l1_lookup::<T>(key, &self.inner.metrics.ns(key.namespace()), negative) {
+            match self.l1_lookup::<T>(key, &self.inner.metrics.ns(key.namespace()), negative).await {
                 Some(hit) => found[u] = Some(hit),
                 None => missing.push(u),
             }
@@ -190,6 +191,12 @@ impl Cache {
         }
         let tickets: HashMap<usize, Ticket> =
             to_load.iter().map(|(u, _)| (*u, self.inner.coherence.ticket(keys[*u].as_str()))).collect();
+        // Before the load: an invalidation of a namespace during it must make its values old.
+        let mut marks: HashMap<usize, Arc<Marks>> = HashMap::new();
+        for (u, _) in &to_load {
+            let captured = self.capture_marks(&keys[*u], &[]).await.unwrap_or_else(|(marks, _)| marks);
+            marks.insert(*u, captured);
+        }
         let started = tokio::time::Instant::now();
         let loaded = loader(to_load.iter().map(|(u, _)| keys[*u].clone()).collect()).await;
         let load_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
@@ -226,7 +233,8 @@ impl Cache {
                 None => self.inner.ttl.jittered_negative(),
             };
             let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us };
-            let encoded = match self.inner.codec.encode(value.as_ref(), meta) {
+            let Some(key_marks) = marks.get(&u) else { continue };
+            let encoded = match self.inner.codec.encode_marked(value.as_ref(), meta, key_marks) {
                 Ok(encoded) => encoded,
                 Err(err) => {
                     NsCounters::inc(&self.inner.metrics.ns(key.namespace()).uncacheable);
@@ -240,11 +248,11 @@ impl Cache {
             let slot = value.map_or(Slot::Absent, |v| Slot::Present(Arc::new(v)));
             let Some(&ticket) = tickets.get(&u) else { continue };
             // Redis and L1 keep the value for the freshness grace period on top of its TTL.
-            let (ttl, stamp) = (self.physical_ttl(ttl), Stamp::from(meta));
+            let (ttl, checks) = (self.physical_ttl(ttl), Checks::new(meta, key_marks.clone()));
             if store == Store::L1Only {
-                self.fill_l1_from_source(key, slot, encoded.raw_len, ttl, stamp, ticket);
+                self.fill_l1_from_source(key, slot, checks, encoded.raw_len, ttl, ticket);
             } else {
-                pending.insert(u, Pending { ticket, stamp, encoded, ttl, slot, store });
+                pending.insert(u, Pending { ticket, checks, encoded, ttl, slot, store });
             }
         }
         if !values.is_empty() {
@@ -353,14 +361,14 @@ impl Cache {
                 }
                 Ok(_) => {
                     NsCounters::inc(&ns.sets);
-                    self.fill_l1_after_write(key, p.slot, p.encoded.raw_len, p.ttl, p.stamp, echo, p.ticket).await;
+                    self.fill_l1_after_write(key, p.slot, p.checks, p.encoded.raw_len, p.ttl, echo, p.ticket).await;
                 }
                 // Keep serving from L1 while Redis is away, so the source is not hammered.
                 Err(err) if err.is_unavailable() => {
                     if let Some(echo) = echo {
                         self.inner.coherence.forget(echo);
                     }
-                    self.fill_l1_from_source(key, p.slot, p.encoded.raw_len, p.ttl, p.stamp, p.ticket);
+                    self.fill_l1_from_source(key, p.slot, p.checks, p.encoded.raw_len, p.ttl, p.ticket);
                 }
                 Err(err) => {
                     if let Some(echo) = echo {

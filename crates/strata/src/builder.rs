@@ -56,6 +56,7 @@ pub struct CacheBuilder {
     hot: HotKeys,
     freshness: Freshness,
     require_redis: bool,
+    stamp_refresh: Duration,
 }
 
 impl Default for CacheBuilder {
@@ -81,6 +82,7 @@ impl Default for CacheBuilder {
             hot: HotKeys::default(),
             freshness: Freshness::default(),
             require_redis: false,
+            stamp_refresh: Duration::from_secs(1),
         }
     }
 }
@@ -239,6 +241,17 @@ impl CacheBuilder {
         self
     }
 
+    /// How long this instance trusts what it read of a namespace's or tag's stamp (default 1 s):
+    /// the longest another instance's [`invalidate_namespace`](Cache::invalidate_namespace) or
+    /// [`invalidate_tag`](Cache::invalidate_tag) can go unnoticed here. Each instance reads each
+    /// stamp it uses at most twice per interval (it trusts a read for half of it, and a
+    /// background tick lets L1 hits skip the check in between); zero reads it on every cache
+    /// read (one more round trip per read).
+    pub fn stamp_refresh(mut self, interval: Duration) -> Self {
+        self.stamp_refresh = interval;
+        self
+    }
+
     /// Make [`build`](Self::build) fail when Redis does not answer a PING (default: start anyway
     /// and serve from the loader until Redis is reachable — a cache must not stop a service).
     pub fn require_redis(mut self, require: bool) -> Self {
@@ -298,7 +311,9 @@ impl CacheBuilder {
             hot: HotRegistry::new(self.hot),
             freshness: self.freshness,
             refreshes: Arc::new(Refreshes::default()),
+            stamps: crate::stamps::Stamps::new(self.stamp_refresh),
         };
+        inner.stamps.start_ticker();
         let inner = Arc::new(inner);
         if tracked && let Some(task) = Supervisor::start(&inner, self.invalidation, l2_config).await {
             let _ = inner.coherence.task.set(task);

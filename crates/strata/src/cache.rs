@@ -16,10 +16,11 @@ use crate::flight::{Flights, Shared};
 use crate::fresh::{Bounded, Freshness, Refreshes};
 use crate::hot::{HotRead, HotRegistry};
 use crate::key::Key;
-use crate::l1::{L1, Slot, Stamp};
+use crate::l1::{Checks, L1, Slot, Stamp};
 use crate::l2::L2;
 use crate::lease::LeaseConfig;
 use crate::metrics::{Metrics, MetricsSnapshot, NsCounters};
+use crate::tags::Tag;
 use crate::tiers::expiry_ms;
 use crate::ttl::{Ttl, TtlPolicy};
 
@@ -50,6 +51,7 @@ pub(crate) struct Inner {
     pub(crate) hot: HotRegistry,
     pub(crate) freshness: Freshness,
     pub(crate) refreshes: Arc<Refreshes>,
+    pub(crate) stamps: crate::stamps::Stamps,
 }
 
 /// How a miss was coordinated with other processes.
@@ -89,7 +91,7 @@ impl Cache {
     /// with another type reads as `None` too (and is counted as a type mismatch).
     pub async fn get<T: CacheValue>(&self, key: &Key) -> Result<Option<T>> {
         let ns = self.inner.metrics.ns(key.namespace());
-        if let Some(found) = self.l1_lookup::<T>(key, &ns, true) {
+        if let Some(found) = self.l1_lookup::<T>(key, &ns, true).await {
             return Ok(found);
         }
         let copy = match self.hot_read::<T>(key, &ns, true).await {
@@ -100,7 +102,7 @@ impl Cache {
         match self.read_l2::<T>(key, &ns, true).await {
             Ok(L2Read::Value(v)) => {
                 if let Some(copy) = copy {
-                    self.hot_refill(&copy, Some(&v)).await;
+                    self.hot_refill(key, &copy, Some(&v)).await;
                 }
                 Ok(Some(v))
             }
@@ -115,11 +117,25 @@ impl Cache {
     /// previous value is then removed from both tiers (best effort for Redis), so the cache does
     /// not keep serving what the caller meant to replace; an
     /// [`is_unavailable`](Error::is_unavailable) error when Redis could not be written, in which
-    /// case this instance's L1 copy is dropped too.
+    /// case this instance's L1 copy is dropped too. The same when the key's namespace stamp
+    /// could not be read first (see [`invalidate_namespace`](Self::invalidate_namespace)): a
+    /// value whose generation is unknown would be discarded by every reader.
     pub async fn set<T: CacheValue>(&self, key: &Key, value: &T, ttl: impl Into<Ttl>) -> Result<()> {
-        let ttl = self.inner.ttl.jittered(ttl.into());
+        self.set_with_tags(key, value, ttl.into(), &[]).await
+    }
+
+    /// `set` with validated tags.
+    pub(crate) async fn set_with_tags<T: CacheValue>(
+        &self,
+        key: &Key,
+        value: &T,
+        ttl: Ttl,
+        tags: &[Tag],
+    ) -> Result<()> {
+        let ttl = self.inner.ttl.jittered(ttl);
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
-        let encoded = match self.inner.codec.encode(Some(value), meta) {
+        let marks = self.write_marks(key, tags).await?;
+        let encoded = match self.inner.codec.encode_marked(Some(value), meta, &marks) {
             Ok(encoded) => encoded,
             Err(err) => {
                 if let Err(del) = self.delete(key).await {
@@ -137,7 +153,8 @@ impl Cache {
     pub async fn set_not_found(&self, key: &Key) -> Result<()> {
         let ttl = self.inner.ttl.jittered_negative();
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
-        let encoded = self.inner.codec.encode::<()>(None, meta)?;
+        let marks = self.write_marks(key, &[]).await?;
+        let encoded = self.inner.codec.encode_marked::<()>(None, meta, &marks)?;
         self.write_l2(key, encoded, ttl, Slot::Absent, meta.into()).await?;
         self.hot_invalidate(key).await;
         Ok(())
@@ -210,7 +227,7 @@ impl Cache {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let load = || async move { loader().await.map(Some) };
-        match self.get_or_load::<T, _, _, _>(key, ttl.into(), load, false).await? {
+        match self.get_or_load::<T, _, _, _>(key, ttl.into(), &[], load, false).await? {
             Some(v) => Ok(v),
             None => Err(Error::loader("loader produced no value")),
         }
@@ -231,7 +248,7 @@ impl Cache {
         Fut: Future<Output = std::result::Result<Option<T>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.get_or_load::<T, _, _, _>(key, ttl.into(), loader, true).await
+        self.get_or_load::<T, _, _, _>(key, ttl.into(), &[], loader, true).await
     }
 
     /// A copy of every counter.
@@ -273,10 +290,11 @@ impl Cache {
         Ok(())
     }
 
-    async fn get_or_load<T, F, Fut, E>(
+    pub(crate) async fn get_or_load<T, F, Fut, E>(
         &self,
         key: &Key,
         ttl: Ttl,
+        tags: &[Tag],
         loader: F,
         negative_is_hit: bool,
     ) -> Result<Option<T>>
@@ -287,7 +305,7 @@ impl Cache {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let ns = self.inner.metrics.ns(key.namespace());
-        if let Some(found) = self.l1_lookup::<T>(key, &ns, negative_is_hit) {
+        if let Some(found) = self.l1_lookup::<T>(key, &ns, negative_is_hit).await {
             return Ok(found);
         }
         let copy = match self.hot_read::<T>(key, &ns, negative_is_hit).await {
@@ -300,12 +318,14 @@ impl Cache {
         let shared = self
             .inner
             .flights
-            .run(key.shared(), kind, || self.load_through::<T, F, Fut, E>(key, ttl, loader, negative_is_hit, true, &ns))
+            .run(key.shared(), kind, || {
+                self.load_through::<T, F, Fut, E>(key, ttl, tags, loader, negative_is_hit, true, &ns)
+            })
             .await?;
         match shared.downcast_ref::<Option<T>>() {
             Some(v) => {
                 if let Some(copy) = copy {
-                    self.hot_refill(&copy, v.as_ref()).await;
+                    self.hot_refill(key, &copy, v.as_ref()).await;
                 }
                 Ok(v.clone())
             }
@@ -317,10 +337,12 @@ impl Cache {
     /// else run the loader and write both tiers. `caller_waits`: the caller awaits this load
     /// directly, so a soft timeout (with a stale value to serve instead) abandons it;
     /// `get_or_refresh` runs it in a task and lets it finish.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn load_through<T, F, Fut, E>(
         &self,
         key: &Key,
         ttl: Ttl,
+        tags: &[Tag],
         loader: F,
         negative_is_hit: bool,
         caller_waits: bool,
@@ -356,6 +378,8 @@ impl Cache {
                 Coordinated::LoadAlone { redis_failed: failed } => redis_failed = failed,
             }
         }
+        // Before the load: an invalidation during it must make its value old.
+        let marks = self.capture_marks(key, tags).await.unwrap_or_else(|(marks, _)| marks);
         NsCounters::inc(&ns.loader_calls);
         let started = tokio::time::Instant::now();
         let soft = if caller_waits && fallback.is_some() { self.inner.freshness.soft_timeout } else { None };
@@ -391,7 +415,7 @@ impl Cache {
             None => self.inner.ttl.jittered_negative(),
         };
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us };
-        match self.inner.codec.encode(value.as_ref(), meta) {
+        match self.inner.codec.encode_marked(value.as_ref(), meta, &marks) {
             Ok(encoded) => {
                 let slot = match &value {
                     Some(v) => Slot::Present(Arc::new(v.clone())),
@@ -408,7 +432,8 @@ impl Cache {
                     tracing::debug!(key = %key, error = %err, "loaded value not written to redis");
                     if err.is_unavailable() {
                         // Keep serving from L1 while Redis is away, so the source is not hammered.
-                        self.fill_l1_from_source(key, slot, raw_len, self.physical_ttl(ttl), meta.into(), ticket);
+                        let (checks, ttl) = (Checks::new(meta, marks), self.physical_ttl(ttl));
+                        self.fill_l1_from_source(key, slot, checks, raw_len, ttl, ticket);
                     }
                 }
             }

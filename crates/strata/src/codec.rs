@@ -3,27 +3,44 @@
 //! ```text
 //! offset  size  field
 //! 0       1     magic 0xD7
-//! 1       1     envelope version (1)
+//! 1       1     envelope version (2; version 1 is still read)
 //! 2       1     flags: bits 0-1 format (0 MessagePack, 1 JSON), bit 2 LZ4, bit 3 negative entry
 //! 3       1     reserved, 0
 //! 4       8     logical expiry, Unix milliseconds, little endian
 //! 12      4     load time of the value in microseconds (for early refresh), little endian
-//! 16      4     CRC-32 of bytes 0..16 followed by the payload
-//! 20      ..    payload: serialized value, LZ4 block with its length prepended when bit 2 is set
+//! 16      4     CRC-32 of bytes 0..16 followed by every byte from offset 20 on
+//! -- version 2 only --
+//! 20      8     created at, the writer's Unix milliseconds (informational)
+//! 28      8     generation of the key's namespace when the value was produced (0 unknown)
+//! 36      1     tag count, at most MAX_TAGS
+//! 37      ..    per tag: app length (1 byte), app, name length (1 byte), name, generation (8)
+//! -- both --
+//! ..      ..    payload: serialized value, LZ4 block with its length prepended when bit 2 is set
 //! ```
 //!
 //! Decoding never trusts the bytes: a short buffer, a wrong magic, an unknown version or flag, a
-//! checksum mismatch, a declared decompressed size above the limit, or a payload that does not
-//! deserialize into the requested type are all [`ErrorKind::Corrupt`](crate::ErrorKind), which
-//! the cache turns into a miss (and removes the key).
+//! checksum mismatch, a malformed tag section, a declared decompressed size above the limit, or a
+//! payload that does not deserialize into the requested type are all
+//! [`ErrorKind::Corrupt`](crate::ErrorKind) (or a type mismatch), which the cache turns into a
+//! miss. A version-1 envelope has no generations: it decodes as "unknown", which is older than
+//! any stamp, so the cache treats it as invalidated (a miss, reloaded as version 2). Safe, at the
+//! price of one miss per key after the upgrade. Releases before version 2 read it as corrupt and
+//! remove it: roll the upgrade out with a schema version bump ([`KeySchema::bumped`]) so that old
+//! and new instances use disjoint keys instead of deleting each other's values.
+//!
+//! [`KeySchema::bumped`]: crate::KeySchema::bumped
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use std::sync::Arc;
+
 use crate::error::{Error, ErrorKind, Result};
+use crate::tags::{MAX_TAGS, Marks, Tag};
 
 const MAGIC: u8 = 0xD7;
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
 const HEADER_LEN: usize = 20;
 const FLAG_FORMAT_MASK: u8 = 0b0011;
 const FLAG_LZ4: u8 = 0b0100;
@@ -77,6 +94,8 @@ const MAX_DEPTH: usize = 128;
 pub(crate) struct Encoded {
     pub(crate) bytes: Vec<u8>,
     pub(crate) raw_len: usize,
+    /// What the envelope records about namespace and tag generations (L1 keeps it too).
+    pub(crate) marks: Arc<Marks>,
 }
 
 /// What a decoded envelope holds.
@@ -87,11 +106,17 @@ pub(crate) struct Decoded<T> {
     pub(crate) meta: Meta,
     /// Serialized size before compression: what the decoded value costs in memory, roughly.
     pub(crate) raw_len: usize,
+    pub(crate) marks: Arc<Marks>,
 }
 
 impl Codec {
-    /// Encodes `Some(value)` or a negative entry (`None`).
-    pub(crate) fn encode<T: Serialize + ?Sized>(&self, value: Option<&T>, meta: Meta) -> Result<Encoded> {
+    /// Encodes `Some(value)` or a negative entry (`None`) with the generations it was produced under.
+    pub(crate) fn encode_marked<T: Serialize + ?Sized>(
+        &self,
+        value: Option<&T>,
+        meta: Meta,
+        marks: &Arc<Marks>,
+    ) -> Result<Encoded> {
         let (mut flags, payload) = match value {
             None => (FLAG_NEGATIVE, Vec::new()),
             Some(v) => (self.format.bits(), self.serialize(v)?),
@@ -115,16 +140,25 @@ impl Codec {
         } else {
             payload
         };
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+        let section = marks_section(marks)?;
+        let mut out = Vec::with_capacity(HEADER_LEN + section.len() + payload.len());
         out.extend_from_slice(&[MAGIC, VERSION, flags, 0]);
         out.extend_from_slice(&meta.expires_at_ms.to_le_bytes());
         out.extend_from_slice(&meta.load_us.to_le_bytes());
         let mut crc = crc32fast::Hasher::new();
         crc.update(&out[..16]);
+        crc.update(&section);
         crc.update(&payload);
         out.extend_from_slice(&crc.finalize().to_le_bytes());
+        out.extend_from_slice(&section);
         out.extend_from_slice(&payload);
-        Ok(Encoded { bytes: out, raw_len })
+        Ok(Encoded { bytes: out, raw_len, marks: marks.clone() })
+    }
+
+    /// [`encode_marked`](Self::encode_marked) with unknown generations.
+    #[cfg(test)]
+    pub(crate) fn encode<T: Serialize + ?Sized>(&self, value: Option<&T>, meta: Meta) -> Result<Encoded> {
+        self.encode_marked(value, meta, &Marks::unknown())
     }
 
     /// Decodes bytes read from Redis into `T` (or a negative entry).
@@ -135,7 +169,7 @@ impl Codec {
         if bytes[0] != MAGIC {
             return Err(Error::corrupt("not a strata envelope (bad magic byte)"));
         }
-        if bytes[1] != VERSION {
+        if bytes[1] != VERSION && bytes[1] != VERSION_1 {
             return Err(Error::corrupt(format!("unsupported envelope version {}", bytes[1])));
         }
         let flags = bytes[2];
@@ -153,10 +187,13 @@ impl Codec {
             expires_at_ms: u64::from_le_bytes(le_array(&bytes[4..12])),
             load_us: u32::from_le_bytes(le_array(&bytes[12..16])),
         };
-        let payload = &bytes[HEADER_LEN..];
+        let (marks, payload) = match bytes[1] {
+            VERSION_1 => (Marks::unknown(), &bytes[HEADER_LEN..]),
+            _ => read_marks(&bytes[HEADER_LEN..])?,
+        };
         if flags & FLAG_NEGATIVE != 0 {
             return if payload.is_empty() && flags == FLAG_NEGATIVE {
-                Ok(Decoded { value: None, meta, raw_len: 0 })
+                Ok(Decoded { value: None, meta, raw_len: 0, marks })
             } else {
                 Err(Error::corrupt("negative entry with a payload"))
             };
@@ -185,7 +222,7 @@ impl Codec {
             1 => serde_json::from_slice(raw).map_err(|e| Error::type_mismatch(format!("json payload: {e}")))?,
             other => return Err(Error::corrupt(format!("unknown format {other}"))),
         };
-        Ok(Decoded { value: Some(value), meta, raw_len: raw.len() })
+        Ok(Decoded { value: Some(value), meta, raw_len: raw.len(), marks })
     }
 
     fn serialize<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>> {
@@ -195,6 +232,61 @@ impl Codec {
         };
         out.map_err(|e| Error::new(ErrorKind::Serialization, format!("cannot serialize value: {e}")))
     }
+}
+
+/// The version-2 section between the header and the payload.
+fn marks_section(marks: &Marks) -> Result<Vec<u8>> {
+    if marks.tags.len() > MAX_TAGS {
+        return Err(Error::invalid_key(format!("{} tags; the maximum is {MAX_TAGS}", marks.tags.len())));
+    }
+    let mut out = Vec::with_capacity(17 + marks.tags.len() * 40);
+    out.extend_from_slice(&marks.created_at_ms.to_le_bytes());
+    out.extend_from_slice(&marks.ns_gen.to_le_bytes());
+    out.push(marks.tags.len() as u8);
+    for (tag, generation) in &marks.tags {
+        // Tag validation bounds both lengths to 64 bytes, so each fits its length byte.
+        for part in [tag.app(), tag.name()] {
+            out.push(u8::try_from(part.len()).map_err(|_| Error::invalid_key("tag segment too long"))?);
+            out.extend_from_slice(part.as_bytes());
+        }
+        out.extend_from_slice(&generation.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// Parses the version-2 section; returns the marks and the payload after them.
+fn read_marks(bytes: &[u8]) -> Result<(Arc<Marks>, &[u8])> {
+    let mut rest = bytes;
+    let created_at_ms = u64::from_le_bytes(le_array(take(&mut rest, 8)?));
+    let ns_gen = u64::from_le_bytes(le_array(take(&mut rest, 8)?));
+    let count = usize::from(take(&mut rest, 1)?[0]);
+    if count > MAX_TAGS {
+        return Err(Error::corrupt(format!("{count} tags in an envelope; the maximum is {MAX_TAGS}")));
+    }
+    let mut tags = Vec::with_capacity(count);
+    for _ in 0..count {
+        let app = take_str(&mut rest)?;
+        let name = take_str(&mut rest)?;
+        let tag = Tag::new(app, name).map_err(|e| Error::corrupt(format!("bad tag in envelope: {e}")))?;
+        tags.push((tag, u64::from_le_bytes(le_array(take(&mut rest, 8)?))));
+    }
+    Ok((Arc::new(Marks::new(created_at_ms, ns_gen, tags)), rest))
+}
+
+/// A length-prefixed UTF-8 string.
+fn take_str<'a>(rest: &mut &'a [u8]) -> Result<&'a str> {
+    let len = usize::from(take(rest, 1)?[0]);
+    std::str::from_utf8(take(rest, len)?).map_err(|_| Error::corrupt("tag is not UTF-8"))
+}
+
+/// Splits `n` bytes off the front of `rest`, or fails on a short buffer.
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
+    if rest.len() < n {
+        return Err(Error::corrupt("envelope ends inside its tag section"));
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Ok(head)
 }
 
 fn le_array<const N: usize>(slice: &[u8]) -> [u8; N] {
@@ -239,6 +331,99 @@ mod tests {
             bytes[16..20].copy_from_slice(&sum);
         }
         bytes
+    }
+
+    /// Where the payload starts in a version-2 envelope written by these tests.
+    fn payload_offset(bytes: &[u8]) -> usize {
+        let (_, payload) = read_marks(&bytes[HEADER_LEN..]).expect("a valid tag section");
+        bytes.len() - payload.len()
+    }
+
+    fn marks() -> Result<Arc<Marks>> {
+        Ok(Arc::new(Marks::new(
+            1_700_000_000_123,
+            1_700_000_000_000,
+            vec![(Tag::new("shop", "tenant-7")?, 5), (Tag::new("shop", "sale")?, u64::MAX)],
+        )))
+    }
+
+    #[test]
+    fn version_2_roundtrips_marks_for_values_and_negative_entries() -> Result<()> {
+        for format in [Format::MessagePack, Format::Json] {
+            let c = codec(format);
+            for p in [profile(1), profile(500)] {
+                let e = c.encode_marked(Some(&p), META, &marks()?)?;
+                assert_eq!(e.bytes[1], 2);
+                let d = c.decode::<Profile>(&e.bytes)?;
+                assert_eq!((d.value, d.meta, d.marks), (Some(p), META, marks()?));
+            }
+            let d = c.decode::<Profile>(&c.encode_marked::<Profile>(None, META, &marks()?)?.bytes)?;
+            assert!(d.value.is_none() && d.marks == marks()?);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn version_1_envelopes_still_decode_with_unknown_marks() -> Result<()> {
+        // A version-1 envelope as the previous release wrote it: header, then the payload.
+        let payload = rmp_serde::to_vec_named(&profile(2)).map_err(|e| Error::corrupt(e.to_string()))?;
+        let mut v1 = vec![MAGIC, 1, 0, 0];
+        v1.extend_from_slice(&META.expires_at_ms.to_le_bytes());
+        v1.extend_from_slice(&META.load_us.to_le_bytes());
+        v1.extend_from_slice(&[0; 4]);
+        v1.extend_from_slice(&payload);
+        let d = codec(Format::MessagePack).decode::<Profile>(&with_checksum(v1))?;
+        assert_eq!((d.value, d.meta), (Some(profile(2)), META));
+        assert_eq!(d.marks.ns_gen, 0);
+        assert!(d.marks.tags.is_empty() && d.marks.created_at_ms == 0);
+        let negative = with_checksum(vec![MAGIC, 1, FLAG_NEGATIVE, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(codec(Format::MessagePack).decode::<Profile>(&negative)?.value.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn hostile_tag_sections_are_corrupt_never_a_panic() -> Result<()> {
+        let c = codec(Format::MessagePack);
+        let good = c.encode_marked(Some(&profile(1)), META, &marks()?)?.bytes;
+        let tags_at = HEADER_LEN + 16;
+        let mut cases = Vec::new();
+        // More tags than allowed, a tag count past the end, a length past the end.
+        for (at, byte) in [(tags_at, (MAX_TAGS + 1) as u8), (tags_at, 15), (tags_at + 1, 250)] {
+            let mut b = good.clone();
+            b[at] = byte;
+            cases.push(b);
+        }
+        // Invalid UTF-8 and a forbidden character in the app segment ("shop" → "sh\xffp", "sh*p").
+        for byte in [0xFF, b'*'] {
+            let mut b = good.clone();
+            b[tags_at + 4] = byte;
+            cases.push(b);
+        }
+        // Cut inside the tag section, and a zero-length app.
+        cases.push(good[..tags_at + 6].to_vec());
+        let mut b = good.clone();
+        b[tags_at + 1] = 0;
+        cases.push(b);
+        for bytes in cases {
+            let err = c.decode::<Profile>(&with_checksum(bytes)).expect_err("hostile tag section");
+            assert!(err.is_corrupt() || err.is_type_mismatch(), "{err}");
+        }
+        // Every truncation and flip, with the checksum fixed up, is an outcome, not a panic.
+        for i in 0..good.len() {
+            let _ = c.decode::<Profile>(&with_checksum(good[..i].to_vec()));
+            let mut flipped = good.clone();
+            flipped[i] ^= 0xA5;
+            let _ = c.decode::<Profile>(&with_checksum(flipped));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn too_many_tags_are_refused_on_write() -> Result<()> {
+        let tags = (0..=MAX_TAGS).map(|i| Ok((Tag::new("shop", &format!("t{i}"))?, 1))).collect::<Result<Vec<_>>>()?;
+        let marks = Arc::new(Marks { tags, ..Marks::default() });
+        assert!(codec(Format::MessagePack).encode_marked(Some(&profile(1)), META, &marks).is_err());
+        Ok(())
     }
 
     #[test]
@@ -327,7 +512,8 @@ mod tests {
         let c = codec(Format::MessagePack);
         let mut bytes = c.encode(Some(&profile(2000)), META)?.bytes;
         assert_ne!(bytes[2] & FLAG_LZ4, 0);
-        bytes[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let at = payload_offset(&bytes);
+        bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         let bytes = with_checksum(bytes);
         let err = c.decode::<Profile>(&bytes).expect_err("bomb");
         assert!(err.is_corrupt(), "{err}");
@@ -354,7 +540,7 @@ mod tests {
         payload.push(0x90);
         let c = codec(Format::MessagePack);
         let mut bytes = c.encode(Some(&Nest(vec![])), META)?.bytes;
-        bytes.truncate(HEADER_LEN);
+        bytes.truncate(payload_offset(&bytes));
         bytes.extend_from_slice(&payload);
         let err = c.decode::<Nest>(&with_checksum(bytes)).expect_err("too deep");
         assert!(err.is_type_mismatch() || err.is_corrupt(), "{err}");

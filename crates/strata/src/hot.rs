@@ -14,8 +14,9 @@ use crate::cache::{Cache, CacheValue};
 use crate::codec::Meta;
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::l1::Slot;
+use crate::l1::{Checks, Slot};
 use crate::metrics::NsCounters;
+use crate::namespace::Verdict;
 use crate::tiers::{expiry_ms, l1_ttl, ttl_millis};
 
 /// Most copies of one hot key.
@@ -230,22 +231,20 @@ impl Cache {
         // A copy that does not decode is only a miss: it expires within the copy TTL, and the
         // key itself is what holds the truth.
         let Ok(decoded) = self.inner.codec.decode::<T>(&bytes) else { return HotRead::Missed(copy) };
+        // A copy made before a namespace or tag invalidation is a miss like the key itself.
+        if self.verdict(key, &decoded.marks).await != Verdict::Current {
+            return HotRead::Missed(copy);
+        }
         let ttl = l1_ttl(decoded.meta, Some(pttl));
+        let checks = Checks::new(decoded.meta, decoded.marks);
         let found = match decoded.value {
             Some(v) => {
-                self.fill_l1(
-                    key,
-                    Slot::Present(Arc::new(v.clone())),
-                    decoded.raw_len,
-                    ttl,
-                    decoded.meta.into(),
-                    ticket,
-                );
+                self.fill_l1(key, Slot::Present(Arc::new(v.clone())), checks, decoded.raw_len, ttl, ticket);
                 Some(v)
             }
             None if accept_negative => {
                 NsCounters::inc(&ns.negative_hits);
-                self.fill_l1(key, Slot::Absent, 0, ttl, decoded.meta.into(), ticket);
+                self.fill_l1(key, Slot::Absent, checks, 0, ttl, ticket);
                 None
             }
             None => return HotRead::Missed(copy),
@@ -257,9 +256,13 @@ impl Cache {
 
     /// Puts a value read or loaded through the key itself into the copy that missed, unless the
     /// copy was written meanwhile (`SET NX`): a concurrent `set` wrote a newer value there.
-    pub(crate) async fn hot_refill<T: CacheValue>(&self, copy: &str, value: Option<&T>) {
+    /// The copy records the namespace and tag generations known at refill time (a refill
+    /// racing an invalidation may keep an old value, within the copy TTL like any copy).
+    pub(crate) async fn hot_refill<T: CacheValue>(&self, key: &Key, copy: &str, value: Option<&T>) {
         let ttl = self.inner.hot.config.copy_ttl;
-        let Ok(encoded) = self.inner.codec.encode(value, Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 }) else {
+        let Ok(marks) = self.capture_marks(key, &[]).await else { return };
+        let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
+        let Ok(encoded) = self.inner.codec.encode_marked(value, meta, &marks) else {
             return;
         };
         let bytes = encoded.bytes;
@@ -288,8 +291,12 @@ impl Cache {
         }
         let copies = hot_copy_keys(key.as_str(), n);
         let ttl = self.inner.hot.config.copy_ttl;
-        let Ok(encoded) = self.inner.codec.encode(Some(value), Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 })
-        else {
+        let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
+        let encoded = match self.capture_marks(key, &[]).await {
+            Ok(marks) => self.inner.codec.encode_marked(Some(value), meta, &marks),
+            Err((_, err)) => Err(err),
+        };
+        let Ok(encoded) = encoded else {
             self.hot_invalidate(key).await;
             return;
         };

@@ -181,7 +181,7 @@ impl Supervisor {
                 Err(err) => {
                     tracing::debug!(error = %err, "cannot read the topology");
                     if cache.coherence.is_healthy() {
-                        cache.coherence.reset(false, l1);
+                        close_l1(cache);
                     }
                     return;
                 }
@@ -191,7 +191,7 @@ impl Supervisor {
                 masters.iter().map(|(addr, slots)| format!("{addr} {slots}")).collect::<Vec<_>>().join("\n");
             if self.topology.as_ref().is_some_and(|seen| *seen != fingerprint) {
                 tracing::info!("redis topology changed; flushing L1");
-                cache.coherence.reset(false, l1);
+                close_l1(cache);
             }
             self.topology = Some(fingerprint);
             self.masters = masters;
@@ -216,7 +216,7 @@ impl Supervisor {
             // A connection lost between the check and the switch has already flushed; make sure
             // it is not overruled.
             if all_up && self.nodes.values().any(|n| !n.alive.load(Ordering::SeqCst)) {
-                cache.coherence.reset(false, l1);
+                close_l1(cache);
             }
         }
     }
@@ -236,7 +236,7 @@ impl Supervisor {
                 node.alive.store(false, Ordering::SeqCst);
             }
             if let Some(cache) = self.cache.upgrade() {
-                cache.coherence.reset(false, cache.l1.as_ref());
+                close_l1(&cache);
             }
         }
     }
@@ -357,6 +357,12 @@ impl Supervisor {
     }
 }
 
+/// Something may have been missed: flush and close L1, and read namespace stamps again.
+fn close_l1(cache: &Inner) {
+    cache.coherence.reset(false, cache.l1.as_ref());
+    cache.stamps.forget(None);
+}
+
 /// Applies one push message from a tracking connection.
 fn on_push(cache: &Inner, push: PushInfo, alive: &AtomicBool, lost: &mpsc::UnboundedSender<()>) {
     let l1 = cache.l1.as_ref();
@@ -366,6 +372,11 @@ fn on_push(cache: &Inner, push: PushInfo, alive: &AtomicBool, lost: &mpsc::Unbou
                 for key in keys {
                     if let Value::BulkString(bytes) = key {
                         cache.coherence.invalidate(bytes, l1);
+                        // A namespace or tag stamp moved: read it again rather than wait for
+                        // the stamp cache to expire.
+                        if let Some(id) = std::str::from_utf8(bytes).ok().and_then(crate::tags::stamp_id) {
+                            cache.stamps.forget(Some(id));
+                        }
                     }
                 }
             }
@@ -374,7 +385,7 @@ fn on_push(cache: &Inner, push: PushInfo, alive: &AtomicBool, lost: &mpsc::Unbou
         },
         PushKind::Disconnection if alive.swap(false, Ordering::SeqCst) => {
             tracing::warn!("tracking connection lost; flushing L1 until it is back");
-            cache.coherence.reset(false, l1);
+            close_l1(cache);
             // Wake the supervisor to reconnect now rather than at its next tick.
             let _ = lost.send(());
         }

@@ -199,7 +199,7 @@ fn looks_hashed(variant: &str) -> bool {
         && variant[1..].bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn check_name(what: &str, value: &str) -> Result<()> {
+pub(crate) fn check_name(what: &str, value: &str) -> Result<()> {
     if value.is_empty() || value.len() > MAX_NAME_LEN {
         return Err(Error::invalid_key(format!(
             "{what} segment must be 1 to {MAX_NAME_LEN} bytes, got {}",
@@ -212,7 +212,7 @@ fn check_name(what: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_segment(what: &str, value: &str, max: usize) -> Result<()> {
+pub(crate) fn check_segment(what: &str, value: &str, max: usize) -> Result<()> {
     if value.is_empty() || value.len() > max {
         return Err(Error::invalid_key(format!("{what} segment must be 1 to {max} bytes, got {}", value.len())));
     }

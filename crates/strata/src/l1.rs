@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache as Moka;
 
 use crate::flight::Shared;
+use crate::tags::Marks;
 
 /// Per-entry bookkeeping overhead counted in the weight (key Arc, moka node, timers).
 const ENTRY_OVERHEAD: u64 = 96;
@@ -41,10 +42,26 @@ impl From<crate::codec::Meta> for Stamp {
     }
 }
 
+/// What L1 keeps next to a value to decide, on a hit, whether it may still serve it.
+#[derive(Clone)]
+pub(crate) struct Checks {
+    /// Logical expiry and load time, for freshness decisions.
+    pub(crate) stamp: Stamp,
+    /// The generations the value was produced under: an L1 hit is checked against stamps too.
+    pub(crate) marks: Arc<Marks>,
+}
+
+impl Checks {
+    pub(crate) fn new(meta: crate::codec::Meta, marks: Arc<Marks>) -> Self {
+        Self { stamp: meta.into(), marks }
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) slot: Slot,
-    pub(crate) stamp: Stamp,
+    /// What a hit is checked against: logical expiry (freshness) and generations (stamps).
+    pub(crate) checks: Checks,
     weight: u32,
     ttl: Duration,
 }
@@ -102,12 +119,12 @@ impl L1 {
         Self { cache, budget: budget_bytes, max_entry: max_entry_bytes, unsettled: AtomicU64::new(0) }
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<(Slot, Stamp)> {
-        self.cache.get(key).map(|e| (e.slot, e.stamp))
+    pub(crate) fn get(&self, key: &str) -> Option<(Slot, Checks)> {
+        self.cache.get(key).map(|e| (e.slot, e.checks))
     }
 
     /// Stores a value for at most `ttl`. `value_len` is its uncompressed serialized size.
-    pub(crate) fn insert(&self, key: &Arc<str>, slot: Slot, value_len: usize, ttl: Duration, stamp: Stamp) {
+    pub(crate) fn insert(&self, key: &Arc<str>, slot: Slot, checks: Checks, value_len: usize, ttl: Duration) {
         let weight = key.len() as u64 + 2 * value_len as u64 + ENTRY_OVERHEAD;
         if ttl.is_zero() {
             // Nothing to keep, and an older copy must not be served instead.
@@ -121,7 +138,7 @@ impl L1 {
         }
         let pending = self.unsettled.fetch_add(weight, Ordering::AcqRel) + weight;
         let weight = u32::try_from(weight).unwrap_or(u32::MAX);
-        self.cache.insert(key.clone(), Entry { slot, stamp, weight, ttl });
+        self.cache.insert(key.clone(), Entry { slot, checks, weight, ttl });
         if self.cache.weighted_size() + pending > self.budget {
             self.cache.run_pending_tasks();
             self.unsettled.store(0, Ordering::Release);

@@ -27,7 +27,7 @@ use crate::cache::{Cache, CacheValue, Coordinated, L2Read};
 use crate::codec::Encoded;
 use crate::error::Result;
 use crate::key::Key;
-use crate::l1::{Slot, Stamp};
+use crate::l1::{Checks, Slot, Stamp};
 use crate::metrics::NsCounters;
 use crate::tiers::ttl_millis;
 
@@ -203,7 +203,7 @@ impl Cache {
         let (k, lease) = (key.as_str(), lease_key(key.as_str()));
         let echo = self.inner.coherence.expect_echo(k);
         let ticket = self.inner.coherence.ticket(k);
-        let raw_len = encoded.raw_len;
+        let (raw_len, marks) = (encoded.raw_len, encoded.marks);
         let bytes = encoded.bytes;
         let ttl = self.physical_ttl(ttl);
         let px = ttl_millis(ttl);
@@ -225,7 +225,7 @@ impl Cache {
         let ns = self.inner.metrics.ns(key.namespace());
         if stored == 1 {
             NsCounters::inc(&ns.sets);
-            self.fill_l1_after_write(key, slot, raw_len, ttl, stamp, echo, ticket).await;
+            self.fill_l1_after_write(key, slot, Checks { stamp, marks }, raw_len, ttl, echo, ticket).await;
         } else {
             if let Some(echo) = echo {
                 self.inner.coherence.forget(echo);

@@ -60,6 +60,13 @@
 //! - **Resilience**: every Redis call has a timeout; a circuit breaker stops calling Redis after
 //!   consecutive failures and probes it again later. While Redis is unhealthy, `get_or_set`
 //!   serves from the loader and callers see no error.
+//! - **Namespaces and tags**: [`Cache::invalidate_namespace`] and [`Cache::invalidate_tag`]
+//!   invalidate any number of keys with one Redis command, in O(1): they raise a stamp
+//!   (`{app:v1:user}:stamp`, `{app:tag:NAME}:stamp`), and values produced before it are misses,
+//!   checked lazily on every read of either tier — at once on the invalidating instance, within
+//!   [`CacheBuilder::stamp_refresh`] on the others. Tags ([`Tag`]) are attached with
+//!   [`Cache::set_tagged`] / [`Cache::get_or_set_tagged`]. A deploy that retires a whole schema
+//!   bumps the key version instead ([`KeySchema::bumped`]).
 //! - **Batches**: [`Cache::get_many`] / [`Cache::set_many`] group keys by cluster slot.
 //!   [`Cache::get_or_set_many`] is batch cache-aside: one MGET round per slot group, then one
 //!   loader call with every key still missing, written back per slot group under the same
@@ -107,7 +114,10 @@ mod l1;
 mod l2;
 mod lease;
 mod metrics;
+mod namespace;
 mod refresh;
+mod stamps;
+mod tags;
 mod tiers;
 mod ttl;
 
@@ -124,4 +134,6 @@ pub use l1::L1Policy;
 pub use l2::{TlsOptions, Topology};
 pub use lease::{LeaseConfig, lease_key, lease_target};
 pub use metrics::{MAX_NAMESPACES, MetricsSnapshot, NamespaceStats, OTHER_NAMESPACE};
+pub use namespace::bump_stamp;
+pub use tags::{MAX_TAG_LEN, MAX_TAGS, Tag, is_stamp_key, namespace_stamp_key};
 pub use ttl::{MAX_TTL, Ttl, TtlPolicy};

@@ -78,6 +78,10 @@ counters! {
     refresh_errors,
     /// Loads that passed a soft or hard timeout.
     loader_timeouts,
+    /// Values found in either tier but not served: their namespace or a tag was invalidated after they were produced (a miss; removed).
+    invalidated,
+    /// Invalidations of the namespace made through this instance (`invalidate_namespace`).
+    invalidations,
 }
 
 impl NsCounters {
@@ -130,7 +134,7 @@ impl Metrics {
             breaker_opens,
             l1_entries: l1.0,
             l1_bytes: l1.1,
-            invalidations: coherence.0,
+            invalidation_messages: coherence.0,
             l1_flushes: coherence.1,
             l1_coherent: coherence.2,
         }
@@ -161,8 +165,9 @@ pub struct MetricsSnapshot {
     pub l1_entries: u64,
     /// Weighted bytes in the in-process tier.
     pub l1_bytes: u64,
-    /// Keys named by invalidation messages from Redis (each evicted from L1 if present).
-    pub invalidations: u64,
+    /// Keys named by client-tracking invalidation messages from Redis (each evicted from L1 if
+    /// present). Not to be confused with the per-namespace `invalidations` (namespace stamps).
+    pub invalidation_messages: u64,
     /// Times the whole L1 was dropped because an invalidation could have been missed
     /// (tracking connection lost or regained, topology change, FLUSHALL).
     pub l1_flushes: u64,

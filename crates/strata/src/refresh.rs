@@ -16,7 +16,7 @@ use crate::codec::Meta;
 use crate::error::{Error, Result};
 use crate::fresh::{Age, Bounded, bounded};
 use crate::key::Key;
-use crate::l1::{Slot, Stamp, typed};
+use crate::l1::{Checks, Slot, Stamp, typed};
 use crate::lease::{lease_key, token};
 use crate::metrics::NsCounters;
 use crate::tiers::{expiry_ms, now_ms, ttl_millis};
@@ -100,7 +100,7 @@ impl Cache {
     /// Any L1 copy of `key` as a `T`, fresh or stale, with its stamp (uncounted).
     pub(crate) fn l1_entry<T: CacheValue>(&self, key: &Key) -> Option<(T, Stamp)> {
         match self.inner.l1.as_ref()?.get(key.as_str())? {
-            (Slot::Present(shared), stamp) => typed::<T>(&shared).map(|v| (v, stamp)),
+            (Slot::Present(shared), checks) => typed::<T>(&shared).map(|v| (v, checks.stamp)),
             (Slot::Absent, _) => None,
         }
     }
@@ -127,7 +127,7 @@ impl Cache {
                 let ns = cache.inner.metrics.ns(key.namespace());
                 let load = move || async move { (*loader)().await.map(Some) };
                 let flight = cache.inner.flights.run(key.shared(), (TypeId::of::<T>(), 0), || {
-                    cache.load_through::<T, _, _, E>(&key, ttl, load, false, false, &ns)
+                    cache.load_through::<T, _, _, E>(&key, ttl, &[], load, false, false, &ns)
                 });
                 match flight.await?.downcast_ref::<Option<T>>() {
                     Some(Some(v)) => Ok(v.clone()),
@@ -204,6 +204,8 @@ impl Cache {
         NsCounters::inc(&ns.loader_calls);
         // For the L1 fill when Redis cannot take the value: nothing may have changed since now.
         let ticket = self.inner.coherence.ticket(key.as_str());
+        // Before the load: a namespace invalidation during it must make its value old.
+        let marks = self.capture_marks(key, &[]).await.unwrap_or_else(|(marks, _)| marks);
         let started = tokio::time::Instant::now();
         // Nobody waits on this load, but a hung loader must not block later refreshes forever.
         let limit = self.inner.freshness.hard_timeout.unwrap_or(self.inner.leases.ttl);
@@ -229,7 +231,7 @@ impl Cache {
         };
         let ttl = self.inner.ttl.jittered(ttl);
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us };
-        let encoded = match self.inner.codec.encode(Some(&value), meta) {
+        let encoded = match self.inner.codec.encode_marked(Some(&value), meta, &marks) {
             Ok(encoded) => encoded,
             Err(err) => {
                 NsCounters::inc(&ns.uncacheable);
@@ -248,7 +250,8 @@ impl Cache {
         if let Err(err) = written {
             tracing::debug!(key = %key, error = %err, "refreshed value not written to redis");
             if err.is_unavailable() {
-                self.fill_l1_from_source(key, slot, raw_len, self.physical_ttl(ttl), meta.into(), ticket);
+                let checks = Checks::new(meta, marks);
+                self.fill_l1_from_source(key, slot, checks, raw_len, self.physical_ttl(ttl), ticket);
             }
         }
     }

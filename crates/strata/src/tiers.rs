@@ -11,37 +11,43 @@ use crate::codec::{Encoded, Meta};
 use crate::coherence::{Echo, Ticket};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::l1::{Slot, Stamp, typed};
+use crate::l1::{Checks, Slot, Stamp, typed};
 use crate::l2::Conn;
 use crate::lease::lease_key;
 use crate::metrics::NsCounters;
 
 /// Deletes a key only if it still holds the bytes we found corrupt, so a good value written
 /// meanwhile by someone else survives.
-const DELETE_IF_EQUAL: &str =
+pub(crate) const DELETE_IF_EQUAL: &str =
     r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 impl Cache {
     /// L1 lookup: `Some(Some(v))` a value, `Some(None)` a cached "not found" (only when the
     /// caller accepts one), `None` a miss. Counts exactly what it serves.
-    pub(crate) fn l1_lookup<T: CacheValue>(
+    pub(crate) async fn l1_lookup<T: CacheValue>(
         &self,
         key: &Key,
         ns: &NsCounters,
         accept_negative: bool,
     ) -> Option<Option<T>> {
         if let Some(l1) = &self.inner.l1 {
-            match l1.get(key.as_str()) {
+            let found = match l1.get(key.as_str()) {
                 // With a grace period, L1 keeps copies past their logical expiry for
                 // `get_or_refresh`; a plain read treats them as misses.
-                Some((_, stamp)) if self.inner.freshness.grace_ms() > 0 && stamp.expires_at_ms <= now_ms() => {}
-                Some((Slot::Present(shared), _)) => {
+                Some((_, checks)) if self.inner.freshness.grace_ms() > 0 && checks.stamp.expires_at_ms <= now_ms() => {
+                    None
+                }
+                Some((slot, checks)) if self.l1_current(key, &checks.marks, ns).await => Some(slot),
+                _ => None,
+            };
+            match found {
+                Some(Slot::Present(shared)) => {
                     if let Some(v) = typed::<T>(&shared) {
                         NsCounters::inc(&ns.l1_hits);
                         return Some(Some(v));
                     }
                 }
-                Some((Slot::Absent, _)) if accept_negative => {
+                Some(Slot::Absent) if accept_negative => {
                     NsCounters::inc(&ns.l1_hits);
                     NsCounters::inc(&ns.negative_hits);
                     return Some(None);
@@ -108,8 +114,9 @@ impl Cache {
         ticket: Ticket,
     ) -> L2Read<T> {
         match self.inner.codec.decode::<T>(&bytes) {
+            Ok(decoded) if !self.l2_current(key, &decoded.marks, ns, &bytes).await => L2Read::Miss,
             Ok(decoded) => {
-                let stamp = Stamp::from(decoded.meta);
+                let checks = Checks::new(decoded.meta, decoded.marks);
                 let grace = self.inner.freshness.grace_ms();
                 let physical = Meta { expires_at_ms: decoded.meta.expires_at_ms.saturating_add(grace), ..decoded.meta };
                 let ttl = l1_ttl(physical, pttl);
@@ -119,7 +126,8 @@ impl Cache {
                     // but `get_or_refresh` and fail-safe may still serve it.
                     Some(v) if expired => {
                         NsCounters::inc(&ns.l2_misses);
-                        self.fill_l1(key, Slot::Present(Arc::new(v.clone())), decoded.raw_len, ttl, stamp, ticket);
+                        let stamp = checks.stamp;
+                        self.fill_l1(key, Slot::Present(Arc::new(v.clone())), checks, decoded.raw_len, ttl, ticket);
                         L2Read::Stale(v, stamp)
                     }
                     None if expired => {
@@ -128,13 +136,13 @@ impl Cache {
                     }
                     Some(v) => {
                         NsCounters::inc(&ns.l2_hits);
-                        self.fill_l1(key, Slot::Present(Arc::new(v.clone())), decoded.raw_len, ttl, stamp, ticket);
+                        self.fill_l1(key, Slot::Present(Arc::new(v.clone())), checks, decoded.raw_len, ttl, ticket);
                         L2Read::Value(v)
                     }
                     None if accept_negative => {
                         NsCounters::inc(&ns.l2_hits);
                         NsCounters::inc(&ns.negative_hits);
-                        self.fill_l1(key, Slot::Absent, 0, ttl, stamp, ticket);
+                        self.fill_l1(key, Slot::Absent, checks, 0, ttl, ticket);
                         L2Read::Negative
                     }
                     None => {
@@ -198,7 +206,7 @@ impl Cache {
         let (k, lease) = (key.as_str(), lease_key(key.as_str()));
         let echo = self.inner.coherence.expect_echo(k);
         let ticket = self.inner.coherence.ticket(k);
-        let raw_len = encoded.raw_len;
+        let (raw_len, marks) = (encoded.raw_len, encoded.marks);
         let bytes = encoded.bytes;
         let ttl = self.physical_ttl(ttl);
         let px = ttl_millis(ttl);
@@ -221,7 +229,7 @@ impl Cache {
         match written {
             Ok(()) => {
                 NsCounters::inc(&self.inner.metrics.ns(key.namespace()).sets);
-                self.fill_l1_after_write(key, slot, raw_len, ttl, stamp, echo, ticket).await;
+                self.fill_l1_after_write(key, slot, Checks { stamp, marks }, raw_len, ttl, echo, ticket).await;
                 Ok(())
             }
             Err(err) => {
@@ -240,8 +248,16 @@ impl Cache {
     /// unless the key may have changed since `ticket` was taken, before the Redis round trip
     /// that produced `slot` (see [`crate::coherence`]). `value_len` is the uncompressed
     /// serialized size, the basis of the entry's weight.
-    pub(crate) fn fill_l1(&self, key: &Key, slot: Slot, value_len: usize, ttl: Duration, stamp: Stamp, ticket: Ticket) {
-        self.fill_l1_if(key, slot, value_len, ttl, stamp, || self.inner.coherence.admits(&ticket));
+    pub(crate) fn fill_l1(
+        &self,
+        key: &Key,
+        slot: Slot,
+        checks: Checks,
+        value_len: usize,
+        ttl: Duration,
+        ticket: Ticket,
+    ) {
+        self.fill_l1_if(key, slot, checks, value_len, ttl, || self.inner.coherence.admits(&ticket));
     }
 
     /// [`fill_l1`](Self::fill_l1) with a value this instance has just written, once the write's
@@ -251,9 +267,9 @@ impl Cache {
         &self,
         key: &Key,
         slot: Slot,
+        checks: Checks,
         value_len: usize,
         ttl: Duration,
-        stamp: Stamp,
         echo: Option<Echo>,
         before: Ticket,
     ) {
@@ -264,7 +280,7 @@ impl Cache {
             return;
         }
         if let Some(ticket) = self.inner.coherence.after_write(echo, before, self.inner.l2.op_timeout).await {
-            self.fill_l1(key, slot, value_len, ttl, stamp, ticket);
+            self.fill_l1(key, slot, checks, value_len, ttl, ticket);
         }
     }
 
@@ -274,28 +290,28 @@ impl Cache {
         &self,
         key: &Key,
         slot: Slot,
+        checks: Checks,
         value_len: usize,
         ttl: Duration,
-        stamp: Stamp,
         ticket: Ticket,
     ) {
-        self.fill_l1_if(key, slot, value_len, ttl, stamp, || self.inner.coherence.admits_loaded(&ticket));
+        self.fill_l1_if(key, slot, checks, value_len, ttl, || self.inner.coherence.admits_loaded(&ticket));
     }
 
     fn fill_l1_if(
         &self,
         key: &Key,
         slot: Slot,
+        checks: Checks,
         value_len: usize,
         ttl: Duration,
-        stamp: Stamp,
         admits: impl Fn() -> bool,
     ) {
         let Some(l1) = &self.inner.l1 else { return };
         if !admits() {
             return;
         }
-        l1.insert(key.shared(), slot, value_len, ttl.min(self.inner.l1_max_ttl), stamp);
+        l1.insert(key.shared(), slot, checks, value_len, ttl.min(self.inner.l1_max_ttl));
         // Insert, then re-check: an invalidation processed in between is caught here.
         if !admits() {
             l1.remove(key.as_str());

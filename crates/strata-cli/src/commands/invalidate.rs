@@ -2,16 +2,20 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use strata_ops::invalidate::{DEFAULT_BATCH, InvalidateOptions, InvalidateReport, MAX_BATCH, Selector, invalidate};
+use strata_ops::stamp::{StampReport, StampTarget, invalidate_stamp};
 
 use super::common::{OutputArgs, Style, TargetArgs, paint};
 
 /// Arguments of `strata invalidate`.
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("selector").required(true).args(["namespace", "pattern"])))]
+#[command(group(clap::ArgGroup::new("selector").required(true).args(["namespace", "pattern", "tag"])))]
 #[command(after_help = "--namespace shop:v1:user removes exactly the keys `strata inspect` lists under that \
                         namespace (shop:v1:user:*, not shop:v1:users:*). --pattern takes a Redis glob as is \
                         (escape * ? [ ] \\ yourself). Each removed key's Strata lease ({KEY}:lease) goes with it, so a load \
-                        in flight cannot store a value loaded before the invalidation. Try --dry-run first.")]
+                        in flight cannot store a value loaded before the invalidation. Try --dry-run first. \
+                        --stamp (with --namespace) and --tag invalidate in O(1) instead: one command raises \
+                        the stamp key ({NS}:stamp, {APP:tag:NAME}:stamp); Strata caches treat older values as \
+                        misses and the keys expire by their TTL.")]
 pub(crate) struct Args {
     #[command(flatten)]
     target: TargetArgs,
@@ -23,6 +27,13 @@ pub(crate) struct Args {
     /// A Redis glob pattern (SCAN MATCH syntax), used as given.
     #[arg(long, value_name = "GLOB")]
     pattern: Option<String>,
+    /// A Strata tag, APP:NAME (e.g. shop:tenant-7): raise its stamp (O(1), like --stamp).
+    #[arg(long, value_name = "APP:NAME", conflicts_with_all = ["dry_run", "batch"])]
+    tag: Option<String>,
+    /// With --namespace: raise the namespace's stamp (one command, O(1)) instead of scanning
+    /// and deleting; only Strata readers honour it.
+    #[arg(long, requires = "namespace", conflicts_with_all = ["dry_run", "batch"])]
+    stamp: bool,
     /// Count the matching keys; remove nothing.
     #[arg(long)]
     dry_run: bool,
@@ -33,6 +44,20 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if args.stamp && args.namespace.is_none() {
+        anyhow::bail!("--stamp raises a namespace's stamp: give --namespace (or --tag for a tag)");
+    }
+    let target = match (&args.tag, &args.namespace) {
+        (Some(tag), _) => Some(StampTarget::Tag(tag.clone())),
+        (None, Some(ns)) if args.stamp => Some(StampTarget::Namespace(ns.clone())),
+        _ => None,
+    };
+    if let Some(target) = target {
+        // Bad input is reported before connecting to anything.
+        target.stamp_key()?;
+        let report = invalidate_stamp(&args.target.deployment()?, &target)?;
+        return args.output.print(&report, || stamped(&report));
+    }
     let selector = match (args.namespace, args.pattern) {
         (Some(ns), _) => Selector::Namespace(ns),
         (None, Some(p)) => Selector::Pattern(p),
@@ -51,6 +76,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     progress.finish_and_clear();
     let report = report?;
     args.output.print(&report, || human(&report))
+}
+
+fn stamped(report: &StampReport) -> String {
+    format!(
+        "{} raised to {} on {}: Strata caches no longer serve older values\n",
+        report.stamp_key, report.generation, report.node
+    )
 }
 
 fn human(report: &InvalidateReport) -> String {

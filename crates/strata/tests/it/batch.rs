@@ -146,7 +146,7 @@ async fn get_or_set_many_loads_exactly_the_missing_keys(redis: Redis) -> TestRes
     // lease is left behind.
     let from_redis: Vec<Option<String>> = other.get_many(&cold).await?;
     assert!(from_redis.iter().zip(&cold).all(|(v, k)| v.as_deref() == Some(format!("loaded {k}").as_str())));
-    let keys = redis.all_keys();
+    let keys = redis.value_keys();
     assert!(!keys.iter().any(|k| k.contains("nobody") || k.ends_with(":lease")), "{keys:?}");
     let stats = cache.metrics().namespace("it:v1:many");
     // 20 sets before the batch, 40 by it.
@@ -193,7 +193,7 @@ async fn get_or_set_many_loader_error(redis: Redis) -> TestResult {
         .expect_err("the loader failed");
     assert!(err.is_loader(), "{err:?}");
     assert!(err.to_string().contains("database down"), "{err}");
-    assert!(redis.all_keys().is_empty(), "no value and no lease left: {:?}", redis.all_keys());
+    assert!(redis.value_keys().is_empty(), "no value and no lease left: {:?}", redis.value_keys());
     assert_eq!(cache.metrics().namespace("it:v1:fail").loader_errors, 1);
     Ok(())
 }
@@ -304,7 +304,7 @@ async fn get_or_set_many_without_leases() -> TestResult {
     let calls = Calls::default();
     let got: Vec<Option<String>> = cache.get_or_set_many(&keys, Ttl::Medium, source(&calls)).await?;
     assert!(got.iter().zip(&keys).all(|(v, k)| v.as_deref() == Some(format!("loaded {k}").as_str())));
-    let mut stored = redis.all_keys();
+    let mut stored = redis.value_keys();
     stored.sort();
     let mut want: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
     want.sort();

@@ -96,6 +96,11 @@ impl Redis {
         keys
     }
 
+    /// Every key but Strata's stamp keys (one per namespace or tag in use, created by the cache).
+    pub fn value_keys(&self) -> Vec<String> {
+        self.all_keys().into_iter().filter(|k| !strata::is_stamp_key(k.as_bytes())).collect()
+    }
+
     /// Kills every node.
     pub fn kill_all(&mut self) {
         match self {

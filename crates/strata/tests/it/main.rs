@@ -10,6 +10,7 @@ mod freshness;
 mod hot;
 mod l1_budget;
 mod leases;
+mod namespaces;
 mod resilience;
 mod stampede;
 mod topologies;
