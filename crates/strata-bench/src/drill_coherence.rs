@@ -98,6 +98,8 @@ pub async fn run(urls: &[String], options: &Options, progress: bool) -> anyhow::
     for key in &all {
         writer.delete(key).await.with_context(|| format!("removing {key}"))?;
     }
+    let stamp = strata::namespace_stamp_key(scratch_namespace(&all))?;
+    plain.delete(&stamp).await?;
     result
 }
 
@@ -157,6 +159,11 @@ async fn drive(
     })
 }
 
+/// The drill's namespace (every key shares it).
+fn scratch_namespace(keys: &[Key]) -> &str {
+    keys.first().map_or("strata-drill:v1:coherence", Key::namespace)
+}
+
 /// Reads until `want` comes back or `bound` passes: (time to the fresh read, or `bound`;
 /// whether a read made at or after `bound` returned `want`).
 async fn first_fresh_read(reader: &Cache, key: &Key, want: &str, bound: Duration) -> (Duration, bool) {
@@ -187,6 +194,15 @@ impl PlainClient {
         } else {
             PlainClient::Single(redis::Client::open(urls[0].as_str())?.get_multiplexed_async_connection().await?)
         })
+    }
+
+    async fn delete(&mut self, key: &str) -> anyhow::Result<()> {
+        let del = redis::cmd("DEL").arg(key).clone();
+        match self {
+            PlainClient::Single(c) => del.query_async::<()>(c).await?,
+            PlainClient::Cluster(c) => del.query_async::<()>(c).await?,
+        }
+        Ok(())
     }
 
     /// GET `from`, SET `to` to the same bytes (with a TTL, as any cache writer should).

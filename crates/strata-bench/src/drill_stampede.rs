@@ -115,13 +115,16 @@ pub fn run(urls: &[String], options: &Options, worker_command: &[String]) -> any
 fn remove_key(urls: &[String], key: &str) -> anyhow::Result<()> {
     let mut del = redis::cmd("DEL");
     del.arg(key).arg(strata::lease_key(key));
-    if urls.len() > 1 {
-        let mut con = redis::cluster::ClusterClient::new(urls.to_vec())?.get_connection()?;
-        del.query::<i64>(&mut con)?;
+    // The namespace stamp the workers' reads created (another slot: its own command).
+    let mut del_stamp = redis::cmd("DEL");
+    del_stamp.arg(strata::namespace_stamp_key(strata::Key::parse(key)?.namespace())?);
+    let mut con: Box<dyn redis::ConnectionLike> = if urls.len() > 1 {
+        Box::new(redis::cluster::ClusterClient::new(urls.to_vec())?.get_connection()?)
     } else {
-        let mut con = redis::Client::open(urls[0].as_str())?.get_connection_with_timeout(Duration::from_secs(2))?;
-        del.query::<i64>(&mut con)?;
-    }
+        Box::new(redis::Client::open(urls[0].as_str())?.get_connection_with_timeout(Duration::from_secs(2))?)
+    };
+    del.query::<i64>(con.as_mut())?;
+    del_stamp.query::<i64>(con.as_mut())?;
     Ok(())
 }
 

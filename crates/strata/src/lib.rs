@@ -63,8 +63,9 @@
 //! - **Namespaces and tags**: [`Cache::invalidate_namespace`] and [`Cache::invalidate_tag`]
 //!   invalidate any number of keys with one Redis command, in O(1): they raise a stamp
 //!   (`{app:v1:user}:stamp`, `{app:tag:NAME}:stamp`), and values produced before it are misses,
-//!   checked lazily on every read of either tier — at once on the invalidating instance, within
-//!   [`CacheBuilder::stamp_refresh`] on the others. Tags ([`Tag`]) are attached with
+//!   checked lazily on every read of either tier — at once on the invalidating instance, on the
+//!   others as soon as client tracking reports the stamp's change, and within
+//!   [`CacheBuilder::stamp_refresh`] at worst. Tags ([`Tag`]) are attached with
 //!   [`Cache::set_tagged`] / [`Cache::get_or_set_tagged`]. A deploy that retires a whole schema
 //!   bumps the key version instead ([`KeySchema::bumped`]).
 //! - **Batches**: [`Cache::get_many`] / [`Cache::set_many`] group keys by cluster slot.
