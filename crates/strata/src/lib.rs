@@ -121,6 +121,7 @@ mod stamps;
 mod tags;
 mod tiers;
 mod ttl;
+mod write_through;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use builder::CacheBuilder;

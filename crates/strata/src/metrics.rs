@@ -78,6 +78,8 @@ counters! {
     refresh_errors,
     /// Loads that passed a soft or hard timeout.
     loader_timeouts,
+    /// Writes made with [`set_through`](crate::Cache::set_through) that reached the cache.
+    writes_through,
     /// Values found in either tier but not served: their namespace or a tag was invalidated after they were produced (a miss; removed).
     invalidated,
     /// Invalidations of the namespace made through this instance (`invalidate_namespace`).

@@ -1,0 +1,141 @@
+//! Write-through: the source first, then the cache, with no window in which the cache can end
+//! up holding a version the source no longer has.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strata::{Cache, Key, KeySchema, LeaseConfig, Ttl};
+use tokio::sync::oneshot;
+
+use crate::common::{Redis, TestResult};
+use crate::on_both;
+
+type Source = Arc<Mutex<String>>;
+
+fn store(source: &Source) -> impl FnOnce(&String) -> std::future::Ready<Result<(), std::io::Error>> + '_ {
+    move |v: &String| {
+        *source.lock().expect("source") = v.clone();
+        std::future::ready(Ok(()))
+    }
+}
+
+async fn cache_with_short_leases(redis: &Redis) -> Result<Cache, strata::Error> {
+    let leases = LeaseConfig { enabled: true, ttl: Duration::from_millis(400), max_wait: Duration::from_secs(5) };
+    redis.builder().leases(leases).build().await
+}
+
+/// What a reader with a loader on the source gets.
+async fn read_through(cache: &Cache, key: &Key, source: &Source, loads: &AtomicUsize) -> Result<String, strata::Error> {
+    cache
+        .get_or_set(key, Ttl::Medium, || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(source.lock().expect("source").clone())
+        })
+        .await
+}
+
+async fn writes_the_source_then_the_cache(redis: Redis) -> TestResult {
+    let (cache, other) = (redis.cache().await, redis.cache().await);
+    let key = KeySchema::new("it", 1)?.key("through", "1")?;
+    let source: Source = Arc::default();
+    cache.set(&key, &"old".to_owned(), Ttl::Medium).await?;
+    cache.set_through(&key, &"new".to_owned(), Ttl::Medium, store(&source)).await?;
+    assert_eq!(*source.lock().expect("source"), "new");
+    assert_eq!(cache.get::<String>(&key).await?.as_deref(), Some("new"));
+    assert_eq!(other.get::<String>(&key).await?.as_deref(), Some("new"), "{}: in Redis too", redis.name());
+    assert_eq!(cache.metrics().namespace("it:v1:through").writes_through, 1);
+    Ok(())
+}
+on_both!(writes_the_source_then_the_cache);
+
+async fn a_failing_source_write_leaves_no_cached_value(redis: Redis) -> TestResult {
+    let cache = redis.cache().await;
+    let key = KeySchema::new("it", 1)?.key("through", "2")?;
+    cache.set(&key, &"old".to_owned(), Ttl::Medium).await?;
+    let err = cache
+        .set_through(&key, &"new".to_owned(), Ttl::Medium, |_: &String| async {
+            Err::<(), _>(std::io::Error::other("database is read-only"))
+        })
+        .await
+        .err()
+        .ok_or("the source error must surface")?;
+    assert!(err.is_loader(), "{err}");
+    // The source may or may not have taken it; the cache must not claim either version.
+    assert_eq!(cache.get::<String>(&key).await?, None, "{}", redis.name());
+    let mut raw = redis.raw();
+    let lease: Option<String> = redis::cmd("GET").arg(strata::lease_key(key.as_str())).query(raw.as_mut())?;
+    assert_eq!(lease, None, "the lease is released");
+    Ok(())
+}
+on_both!(a_failing_source_write_leaves_no_cached_value);
+
+/// The writer dies right after the source write: the cache holds no old value, and once the
+/// lease expires a reader loads the new one.
+async fn a_crash_between_the_writes_leaves_no_old_value(redis: Redis) -> TestResult {
+    let (writer, reader) = (cache_with_short_leases(&redis).await?, cache_with_short_leases(&redis).await?);
+    let key = KeySchema::new("it", 1)?.key("through", "3")?;
+    let source: Source = Arc::new(Mutex::new("old".to_owned()));
+    writer.set(&key, &"old".to_owned(), Ttl::Medium).await?;
+    assert_eq!(reader.get::<String>(&key).await?.as_deref(), Some("old"));
+
+    let (written_tx, written_rx) = oneshot::channel::<()>();
+    let crashing = {
+        let (writer, key, source) = (writer.clone(), key.clone(), source.clone());
+        tokio::spawn(async move {
+            writer
+                .set_through(&key, &"new".to_owned(), Ttl::Medium, move |v: &String| {
+                    *source.lock().expect("source") = v.clone();
+                    let _ = written_tx.send(());
+                    std::future::pending::<Result<(), std::io::Error>>() // dies before returning
+                })
+                .await
+        })
+    };
+    written_rx.await?;
+    crashing.abort();
+    assert_eq!(reader.get::<String>(&key).await?, None, "{}: the old value is gone", redis.name());
+    let loads = AtomicUsize::new(0);
+    assert_eq!(read_through(&reader, &key, &source, &loads).await?, "new");
+    Ok(())
+}
+on_both!(a_crash_between_the_writes_leaves_no_old_value);
+
+/// A reader that misses while the write is in progress waits for it rather than loading the
+/// version being replaced.
+async fn a_reader_during_the_write_gets_the_new_value(redis: Redis) -> TestResult {
+    let (writer, reader) = (redis.cache().await, redis.cache().await);
+    let key = KeySchema::new("it", 1)?.key("through", "4")?;
+    let source: Source = Arc::new(Mutex::new("old".to_owned()));
+    let (started_tx, started_rx) = oneshot::channel::<()>();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let writing = {
+        let (writer, key, source) = (writer.clone(), key.clone(), source.clone());
+        tokio::spawn(async move {
+            writer
+                .set_through(&key, &"new".to_owned(), Ttl::Medium, move |v: &String| {
+                    let v = v.clone();
+                    async move {
+                        let _ = started_tx.send(());
+                        let _ = release_rx.await; // a slow UPDATE
+                        *source.lock().expect("source") = v;
+                        Ok::<_, std::io::Error>(())
+                    }
+                })
+                .await
+        })
+    };
+    started_rx.await?;
+    let loads = Arc::new(AtomicUsize::new(0));
+    let reading = {
+        let (reader, key, source, loads) = (reader.clone(), key.clone(), source.clone(), loads.clone());
+        tokio::spawn(async move { read_through(&reader, &key, &source, &loads).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    release_tx.send(()).map_err(|_| "writer gone")?;
+    writing.await??;
+    assert_eq!(reading.await??, "new", "{}", redis.name());
+    assert_eq!(loads.load(Ordering::SeqCst), 0, "the reader waited for the write instead of loading");
+    Ok(())
+}
+on_both!(a_reader_during_the_write_gets_the_new_value);
