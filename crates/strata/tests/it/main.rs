@@ -16,3 +16,4 @@ mod stampede;
 mod topologies;
 mod ttl;
 mod values;
+mod write_behind;
