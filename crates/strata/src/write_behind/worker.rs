@@ -224,7 +224,7 @@ impl Worker {
                 return Ok(Some(Outcome::Continue));
             }
             record.attempt = attempt;
-            match sink(record.clone()).await {
+            match self.call_sink(p, sink(record.clone()), renewed).await {
                 Ok(()) => {
                     self.finish(p, &entry, Some(&done), None).await?;
                     wb.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -245,6 +245,28 @@ impl Worker {
             }
         }
         Ok(None)
+    }
+
+    /// Awaits a sink call while renewing the lease, so that a call slower than `claim_idle`
+    /// does not hand the partition (and this entry) to another worker meanwhile.
+    async fn call_sink<Fut, E>(&self, p: u16, call: Fut, renewed: &mut Instant) -> std::result::Result<(), E>
+    where
+        Fut: Future<Output = std::result::Result<(), E>>,
+    {
+        let period = self.wb.config.claim_idle / 3;
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                result = &mut call => return result,
+                () = tokio::time::sleep(period) => {
+                    // A lost lease is noticed by the `keep` before the next entry; the call in
+                    // flight cannot be taken back either way.
+                    if let Err(e) = self.keep(p, renewed).await {
+                        tracing::debug!(partition = p, error = %e, "write-behind lease renewal failed");
+                    }
+                }
+            }
+        }
     }
 
     /// Settles an entry in one transaction: optionally records its idempotency key as done or
@@ -278,7 +300,10 @@ impl Worker {
             return Ok(true);
         }
         let ok = self.lease(RENEW, p, idle.as_millis() as u64).await?;
-        *renewed = Instant::now();
+        // Only a successful renewal postpones the next check: once lost, every check fails.
+        if ok {
+            *renewed = Instant::now();
+        }
         Ok(ok)
     }
 
