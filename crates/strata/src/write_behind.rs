@@ -157,6 +157,9 @@ impl WriteBehind {
     /// [`Cache::set`] after `enqueue` succeeded (in that order, so the cache never shows a
     /// write that was not accepted).
     ///
+    /// The XADD goes through the cache's circuit breaker: while it is open, `enqueue` fails at
+    /// once and nothing is queued.
+    ///
     /// A `Timeout` error after too few replicas confirmed means the entry is in the primary but
     /// may be lost in a failover; retrying with the same `idempotency_key` is safe.
     pub async fn enqueue(&self, key: &str, value: &[u8], idempotency_key: &str) -> Result<String> {
