@@ -76,6 +76,9 @@
 //!   other cluster slots and each read picks one at random; `set` writes every copy, `delete`
 //!   removes them. Copies live at most a short copy TTL, which bounds how long a write that
 //!   skipped them (an instance unaware the key is hot) can go unseen.
+//! - **Write-behind** ([`WriteBehind`]): writes acknowledged once in a Redis Stream (optionally
+//!   confirmed by replicas), drained in per-key order by workers to a sink, with retries, a
+//!   dead-letter stream and reclaim of a dead worker's entries.
 //! - **Metrics**: [`Cache::metrics`] returns hits and misses per tier and namespace, loader
 //!   calls, errors, stale serves and refreshes, and the breaker state.
 //!
@@ -121,6 +124,7 @@ mod stamps;
 mod tags;
 mod tiers;
 mod ttl;
+mod write_behind;
 mod write_through;
 
 pub use breaker::{BreakerConfig, BreakerState};
@@ -139,3 +143,4 @@ pub use metrics::{MAX_NAMESPACES, MetricsSnapshot, NamespaceStats, OTHER_NAMESPA
 pub use namespace::bump_stamp;
 pub use tags::{MAX_TAG_LEN, MAX_TAGS, Tag, is_stamp_key, namespace_stamp_key};
 pub use ttl::{MAX_TTL, Ttl, TtlPolicy};
+pub use write_behind::{Worker, WriteBehind, WriteBehindConfig, WriteBehindStats, WriteRecord};

@@ -16,4 +16,5 @@ mod stampede;
 mod topologies;
 mod ttl;
 mod values;
+mod write_behind;
 mod write_through;
