@@ -1,4 +1,4 @@
-//! `strata drill failover|restart|outage`: a cache-aside load runs while a fault is injected into
+//! `strata drill failover|restart|outage|reshard`: a cache-aside load runs while a fault is injected into
 //! a cluster made by `strata up`; the report says what the callers saw.
 //!
 //! The load: `workers` tasks, each with its own [`Cache`] (L1 off, so every call reaches Redis),
@@ -81,8 +81,12 @@ pub struct Report {
     pub node_timeout_s: f64,
     /// Which fault was injected.
     pub fault: String,
-    /// From the fault to "the cluster is healthy again" as the injector saw it, in seconds.
+    /// From the fault to the injector's last step (for failover: the old master started again
+    /// and the cluster healthy), in seconds.
     pub fault_s: f64,
+    /// From the fault to "every slot has a live master and every node says ok" (server side;
+    /// for failover: the replica took over), in seconds.
+    pub cluster_recovered_s: f64,
     /// Times the callers' breakers opened (summed over the cache instances).
     pub breaker_opens: u64,
     /// Every breaker was closed when the load stopped.
@@ -139,9 +143,10 @@ pub async fn run(dir: &std::path::Path, options: &Options) -> anyhow::Result<Rep
     tokio::time::sleep(options.duration / 3).await;
     bar.set_message(format!("injecting {:?}", options.fault));
     let (fault, outage_for) = (options.fault, options.outage_for);
+    let written: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
     let fault_start = t0.elapsed();
     let injected = tokio::task::spawn_blocking(move || {
-        let result = fault_inject::inject(&mut nodes, fault, outage_for);
+        let result = fault_inject::inject(&mut nodes, fault, outage_for, &written);
         (nodes, result)
     })
     .await?;
@@ -162,6 +167,9 @@ pub async fn run(dir: &std::path::Path, options: &Options) -> anyhow::Result<Rep
     let mut report = summarize(&calls, fault_start, fault_end);
     report.fault = options.fault.name().to_owned();
     report.fault_s = (fault_end - fault_start).as_secs_f64();
+    report.cluster_recovered_s = survival
+        .healthy_at
+        .map_or(report.fault_s, |at| at.saturating_duration_since(t0).saturating_sub(fault_start).as_secs_f64());
     report.breaker_opens = metrics.iter().map(|m| m.breaker_opens).sum();
     report.breakers_closed_at_end = metrics.iter().all(|m| m.breaker_state == strata::BreakerState::Closed);
     report.node_timeout_s = fault_inject::node_timeout(&nodes).as_secs_f64();
@@ -247,6 +255,7 @@ fn summarize(calls: &[Call], fault_start: Duration, fault_end: Duration) -> Repo
         p50_ms_after: ms(&phases[2], 0.5),
         fault: String::new(),
         fault_s: 0.0,
+        cluster_recovered_s: 0.0,
         breaker_opens: 0,
         breakers_closed_at_end: true,
         keys_checked: 0,

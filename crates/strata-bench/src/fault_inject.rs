@@ -23,6 +23,9 @@ pub enum Fault {
     Restart,
     /// Stop every node (SIGTERM) for a while, then start them all again.
     Outage,
+    /// Add a master and move a quarter of the slots to it (`redis-cli --cluster reshard`);
+    /// every key written before the move must still be there.
+    Reshard,
 }
 
 impl Fault {
@@ -32,17 +35,21 @@ impl Fault {
             Fault::Failover => "failover",
             Fault::Restart => "restart",
             Fault::Outage => "outage",
+            Fault::Reshard => "reshard",
         }
     }
 }
 
-/// What the restart drill checked (zero for the other faults).
+/// What the restart and reshard drills checked (zero for the other faults).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Survival {
-    /// Keys acknowledged more than 1 s before the kill.
+    /// Keys acknowledged more than 1 s before the kill (restart) or before the move (reshard).
     pub checked: usize,
     /// Of those, keys gone after the restart.
     pub lost: usize,
+    /// When the cluster was healthy again, as the injector saw it (for failover: the replica had
+    /// taken over, before the old master was started again).
+    pub healthy_at: Option<Instant>,
 }
 
 /// Refuses a drill the setup cannot support, before any load runs.
@@ -60,10 +67,12 @@ pub fn prepare(nodes: &Nodes, fault: Fault) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Injects `fault` and waits for recovery.
-pub fn inject(nodes: &mut Nodes, fault: Fault, outage_for: Duration) -> anyhow::Result<Survival> {
+/// Injects `fault` and waits for recovery. `written` are keys already stored (the reshard drill
+/// checks they survive the move).
+pub fn inject(nodes: &mut Nodes, fault: Fault, outage_for: Duration, written: &[String]) -> anyhow::Result<Survival> {
     match fault {
-        Fault::Failover => failover(nodes).map(|()| Survival::default()),
+        Fault::Reshard => reshard(nodes, written),
+        Fault::Failover => failover(nodes),
         Fault::Restart => restart(nodes),
         Fault::Outage => outage(nodes, outage_for).map(|()| Survival::default()),
     }
@@ -85,12 +94,14 @@ fn victim(nodes: &Nodes) -> anyhow::Result<usize> {
     nodes.by_port(port).context("the master of slot 0 is not one of the recorded nodes")
 }
 
-fn failover(nodes: &mut Nodes) -> anyhow::Result<()> {
+fn failover(nodes: &mut Nodes) -> anyhow::Result<Survival> {
     let victim = victim(nodes)?;
     nodes.signal(victim, Signal::SIGKILL)?;
     nodes.wait_healthy(Duration::from_secs(60)).context("the replica did not take over")?;
+    let healthy_at = Some(Instant::now());
     nodes.start(victim)?;
-    nodes.wait_healthy(Duration::from_secs(30))
+    nodes.wait_healthy(Duration::from_secs(30))?;
+    Ok(Survival { healthy_at, ..Survival::default() })
 }
 
 fn outage(nodes: &mut Nodes, outage_for: Duration) -> anyhow::Result<()> {
@@ -122,6 +133,7 @@ fn restart(nodes: &mut Nodes) -> anyhow::Result<Survival> {
     nodes.signal(victim, Signal::SIGKILL)?;
     nodes.start(victim)?;
     nodes.wait_healthy(Duration::from_secs(60)).context("the cluster did not recover from the restart")?;
+    let healthy_at = Some(Instant::now());
     let mut con = redis::cluster::ClusterClient::new(urls)?.get_connection()?;
     let old: Vec<&String> =
         acked.iter().filter(|(_, at)| killed.duration_since(*at) > Duration::from_secs(1)).map(|(k, _)| k).collect();
@@ -134,7 +146,69 @@ fn restart(nodes: &mut Nodes) -> anyhow::Result<Survival> {
     for (key, _) in &acked {
         let _ = redis::cmd("DEL").arg(key).query::<i64>(&mut con);
     }
-    Ok(Survival { checked: old.len(), lost })
+    Ok(Survival { checked: old.len(), lost, healthy_at })
+}
+
+/// Slots moved to the new master: a quarter of the cluster, enough to move keys of every
+/// existing master while the load runs.
+const MOVED_SLOTS: u16 = strata_cluster::SLOT_COUNT / 4;
+
+fn reshard(nodes: &mut Nodes, written: &[String]) -> anyhow::Result<Survival> {
+    let seed = format!("127.0.0.1:{}", nodes.master_port_for_slot(VICTIM_SLOT)?);
+    let new = nodes.add()?;
+    let addr = format!("127.0.0.1:{}", nodes.nodes()[new].port);
+    let dir = nodes.nodes()[new].dir.clone();
+    redis_cli(&dir, &["--cluster", "add-node", &addr, &seed])?;
+    // The new node must know every master, and every node the new one, before slots can move
+    // to it: redis-cli refuses to reshard while the nodes disagree about the configuration.
+    nodes.wait_healthy(Duration::from_secs(30)).context("the new node did not join")?;
+    let agreed = Instant::now() + Duration::from_secs(30);
+    while redis_cli(&dir, &["--cluster", "check", &seed]).is_err() {
+        anyhow::ensure!(Instant::now() < agreed, "the nodes did not agree on the configuration after add-node");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut con = redis::Client::open(nodes.nodes()[new].url.as_str())?.get_connection()?;
+    let id: String = redis::cmd("CLUSTER").arg("MYID").query(&mut con)?;
+    let slots = MOVED_SLOTS.to_string();
+    let args = ["--cluster", "reshard", &seed, "--cluster-from", "all", "--cluster-to", &id, "--cluster-slots", &slots];
+    redis_cli(&dir, &[&args[..], &["--cluster-yes"]].concat())?;
+    nodes.wait_healthy(Duration::from_secs(60)).context("the cluster did not settle after the reshard")?;
+    let healthy_at = Some(Instant::now());
+    let urls: Vec<String> = nodes.nodes().iter().map(|n| n.url.clone()).collect();
+    let mut con = redis::cluster::ClusterClient::new(urls)?.get_connection()?;
+    let mut lost = 0;
+    for key in written {
+        if !redis::cmd("EXISTS").arg(key).query::<bool>(&mut con)? {
+            lost += 1;
+        }
+    }
+    Ok(Survival { checked: written.len(), lost, healthy_at })
+}
+
+/// Runs redis-cli (bounded: `--cluster` commands end on their own; 120 s is a hung one), its
+/// output appended to `reshard-cli.log` in `dir`.
+fn redis_cli(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("reshard-cli.log"))?;
+    let mut child = std::process::Command::new(strata_cluster::redis_cli()?)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("running redis-cli")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::ensure!(status.success(), "redis-cli {} failed (see {})", args[..2].join(" "), dir.display());
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("redis-cli {} did not finish in 120 s", args[..2].join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn marker(i: usize) -> String {

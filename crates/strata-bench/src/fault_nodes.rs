@@ -111,6 +111,36 @@ impl Nodes {
         }
     }
 
+    /// Adds a node (not yet in the cluster): a new directory beside the others, the first
+    /// node's config with fresh ports and paths, started and recorded in the pid file.
+    pub fn add(&mut self) -> anyhow::Result<usize> {
+        let template = std::fs::read_to_string(self.nodes[0].dir.join("redis.conf"))?;
+        let dir = (self.nodes.len()..).map(|i| self.dir.join(format!("node-{i}"))).find(|d| !d.exists());
+        let dir = dir.context("no free node directory name")?;
+        std::fs::create_dir_all(&dir)?;
+        let (port, bus) = (strata_cluster::free_port()?, strata_cluster::free_port()?);
+        let mut conf = String::from("# added by `strata drill reshard`, from the first node's config\n");
+        for line in template.lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            conf.push_str(&match name {
+                "port" => format!("port {port}"),
+                "cluster-port" => format!("cluster-port {bus}"),
+                "dir" => format!("dir {}", strata_cluster::quote_config_value(&dir.to_string_lossy())),
+                "logfile" => {
+                    format!("logfile {}", strata_cluster::quote_config_value(&dir.join("redis.log").to_string_lossy()))
+                }
+                _ => line.to_owned(),
+            });
+            conf.push('\n');
+        }
+        std::fs::write(dir.join("redis.conf"), conf)?;
+        let url = format!("redis://127.0.0.1:{port}");
+        self.nodes.push(Node { pid: 0, port, url, dir });
+        let i = self.nodes.len() - 1;
+        self.start(i)?;
+        Ok(i)
+    }
+
     fn write_pid_file(&self) -> anyhow::Result<()> {
         let mut text = String::from("# pid port url (written by strata-cluster)\n");
         for n in &self.nodes {

@@ -1,4 +1,4 @@
-//! `strata drill failover|outage|restart` through the real binary, each on a cluster the test
+//! `strata drill failover|outage|restart|reshard` through the real binary, each on a cluster the test
 //! starts with `strata up`, asserting the acceptance conditions on the JSON report.
 
 use std::path::{Path, PathBuf};
@@ -150,4 +150,37 @@ fn restart_refuses_a_cluster_without_persistence() {
     let out = strata(&["drill", "restart", "--dir", d, "--duration", "3s"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--persistence aof"), "{out:?}");
+}
+
+#[test]
+fn reshard_to_a_new_master_loses_no_key_and_no_call() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let up = Up::start(&[]);
+    let (out, r) = up.drill(&["reshard", "--duration", "10s", "--keys", "500"]);
+    assert!(out.status.success(), "{r} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(u64_of(&r, "caller_errors"), 0, "{r}");
+    assert_eq!(u64_of(&r, "keys_checked"), 500, "{r}");
+    assert_eq!(u64_of(&r, "keys_lost"), 0, "{r}");
+    // The new master holds slots now, and it is recorded: `strata down` stops it too.
+    let pids = strata_cluster::Detached::load(&up.dir).expect("pid file");
+    assert_eq!(pids.processes().len(), 7, "{pids:?}");
+    let new = pids.processes().last().expect("new node").url.clone();
+    let mut con = redis::Client::open(new).and_then(|c| c.get_connection()).expect("connect");
+    let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut con).expect("SLOTS");
+    let port = pids.processes().last().expect("new node").port;
+    let owned: i64 = slots
+        .iter()
+        .filter(
+            |r| matches!(r.get(2), Some(redis::Value::Array(m)) if m.get(1) == Some(&redis::Value::Int(port.into()))),
+        )
+        .map(|r| match (&r[0], &r[1]) {
+            (redis::Value::Int(a), redis::Value::Int(b)) => b - a + 1,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(owned, 4096, "{slots:?}");
+    assert!(up.drill_keys().is_empty(), "{:?}", up.drill_keys());
+    let dir = up.dir.canonicalize().expect("dir");
+    drop(up);
+    assert!(processes_in(&dir).is_empty(), "left running: {:?}", processes_in(&dir));
 }

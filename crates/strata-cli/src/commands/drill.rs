@@ -31,6 +31,9 @@ enum Drill {
     Restart(FaultArgs),
     /// Stop every node of a `strata up` cluster for a while under load, then start them again.
     Outage(FaultArgs),
+    /// Add a master to a `strata up` cluster and move a quarter of the slots to it under load:
+    /// no key written before the move may be lost.
+    Reshard(FaultArgs),
     /// One worker process of `drill stampede` (started by it).
     #[command(hide = true)]
     StampedeWorker(WorkerArgs),
@@ -102,6 +105,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         Drill::Failover(a) => drill_faults::run(Fault::Failover, a),
         Drill::Restart(a) => drill_faults::run(Fault::Restart, a),
         Drill::Outage(a) => drill_faults::run(Fault::Outage, a),
+        Drill::Reshard(a) => drill_faults::run(Fault::Reshard, a),
         Drill::StampedeWorker(w) => runtime()?.block_on(drill_stampede::worker(
             w.urls,
             &w.dir,

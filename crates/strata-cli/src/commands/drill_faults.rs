@@ -1,4 +1,4 @@
-//! `strata drill failover|restart|outage`: a fault injected into a `strata up` cluster under a
+//! `strata drill failover|restart|outage|reshard`: a fault injected into a `strata up` cluster under a
 //! cache-aside load (see `strata_bench::drill_faults` for what each figure means).
 
 use std::path::PathBuf;
@@ -82,7 +82,7 @@ fn problems(r: &Report) -> Vec<String> {
         ));
     }
     if r.keys_lost > 0 {
-        out.push(format!("{} of {} keys acknowledged before the kill were lost", r.keys_lost, r.keys_checked));
+        out.push(format!("{} of {} keys written before the fault were lost", r.keys_lost, r.keys_checked));
     }
     if r.fault == "outage" && r.breaker_opens == 0 {
         out.push("no breaker opened during the outage".to_owned());
@@ -111,7 +111,7 @@ fn render(r: &Report, problems: &[String]) -> String {
         r.p50_ms_before, r.p99_ms_before, r.p50_ms_during, r.p99_ms_during, r.p50_ms_after, r.p99_ms_after
     ));
     if r.keys_checked > 0 {
-        text.push_str(&format!("  keys acknowledged >1 s before the kill: {}, lost {}\n", r.keys_checked, r.keys_lost));
+        text.push_str(&format!("  keys written before the fault: {} checked, {} lost\n", r.keys_checked, r.keys_lost));
     }
     for p in problems {
         text.push_str(&format!("  problem: {p}\n"));
