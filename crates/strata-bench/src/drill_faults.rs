@@ -110,10 +110,22 @@ struct Call {
 
 const NAMESPACE: &str = "faults";
 
-/// Runs the drill against the `strata up` cluster in `dir`.
-pub async fn run(dir: &std::path::Path, options: &Options) -> anyhow::Result<Report> {
+/// Where the drill's cluster is.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The directory of `strata up`: nodes can be stopped and started again.
+    Dir(std::path::PathBuf),
+    /// Any node of a loopback cluster: nodes can only be killed (failover).
+    Url(String),
+}
+
+/// Runs the drill against `target`.
+pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(options.workers >= 1 && options.keys >= 1, "need at least one worker and one key");
-    let mut nodes = Nodes::load(dir)?;
+    let mut nodes = match target {
+        Target::Dir(dir) => Nodes::load(dir)?,
+        Target::Url(url) => Nodes::discover(url)?,
+    };
     let urls: Vec<String> = nodes.nodes().iter().map(|n| n.url.clone()).collect();
     let schema = KeySchema::new("strata-drill", 1)?;
     let keys: Arc<Vec<strata::Key>> =

@@ -54,6 +54,11 @@ pub struct Survival {
 
 /// Refuses a drill the setup cannot support, before any load runs.
 pub fn prepare(nodes: &Nodes, fault: Fault) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        fault == Fault::Failover || nodes.can_restart(),
+        "drill {} starts nodes again: it needs the directory of `strata up` (--dir), not --url",
+        fault.name()
+    );
     nodes.wait_healthy(Duration::from_secs(10)).context("the cluster must be healthy before a drill")?;
     if fault == Fault::Restart {
         for node in nodes.nodes() {
@@ -99,8 +104,11 @@ fn failover(nodes: &mut Nodes) -> anyhow::Result<Survival> {
     nodes.signal(victim, Signal::SIGKILL)?;
     nodes.wait_healthy(Duration::from_secs(60)).context("the replica did not take over")?;
     let healthy_at = Some(Instant::now());
-    nodes.start(victim)?;
-    nodes.wait_healthy(Duration::from_secs(30))?;
+    // Found from a URL, the killed master stays down: killing is all the drill may do there.
+    if nodes.can_restart() {
+        nodes.start(victim)?;
+        nodes.wait_healthy(Duration::from_secs(30))?;
+    }
     Ok(Survival { healthy_at, ..Survival::default() })
 }
 

@@ -30,10 +30,11 @@ pub struct Node {
     pub dir: PathBuf,
 }
 
-/// The nodes of a `strata up` directory.
+/// The nodes of a `strata up` directory, or of a loopback cluster found from a URL.
 #[derive(Debug)]
 pub struct Nodes {
-    dir: PathBuf,
+    /// The `strata up` directory (None: found from a URL, so there is no pid file to keep).
+    dir: Option<PathBuf>,
     nodes: Vec<Node>,
 }
 
@@ -51,7 +52,45 @@ impl Nodes {
             nodes.push(Node { pid: p.pid, port: p.port, url: p.url.clone(), dir });
         }
         anyhow::ensure!(!nodes.is_empty(), "no nodes recorded in {}", dir.display());
-        Ok(Nodes { dir: dir.to_path_buf(), nodes })
+        Ok(Nodes { dir: Some(dir.to_path_buf()), nodes })
+    }
+
+    /// Finds every node of the cluster `url` belongs to (CLUSTER NODES), and each one's process
+    /// (INFO's `process_id`). Only loopback nodes qualify: the drill signals them.
+    pub fn discover(url: &str) -> anyhow::Result<Nodes> {
+        let mut con = connect(url).with_context(|| format!("connecting to {url}"))?;
+        let text: String = redis::cmd("CLUSTER").arg("NODES").query(&mut con)?;
+        let mut nodes = Vec::new();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else { continue };
+            if flags.contains("fail") || flags.contains("noaddr") {
+                continue;
+            }
+            let host_port = addr.split('@').next().unwrap_or_default();
+            let (host, port) = host_port.rsplit_once(':').context("malformed CLUSTER NODES address")?;
+            anyhow::ensure!(
+                host == "127.0.0.1",
+                "node {host_port} is not on loopback: the drill only signals local nodes"
+            );
+            let node_url = format!("redis://{host_port}");
+            let info: String = redis::cmd("INFO").arg("server").query(&mut connect(&node_url)?)?;
+            let pid = info
+                .lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .and_then(|v| v.trim().parse().ok())
+                .context("INFO server has no process_id")?;
+            let dir = std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .with_context(|| format!("node {host_port} (pid {pid}) is not a process on this machine"))?;
+            nodes.push(Node { pid, port: port.parse()?, url: node_url, dir });
+        }
+        anyhow::ensure!(!nodes.is_empty(), "{url} reports no cluster nodes");
+        Ok(Nodes { dir: None, nodes })
+    }
+
+    /// Whether the nodes can be started again (they come from a `strata up` directory).
+    pub fn can_restart(&self) -> bool {
+        self.dir.is_some()
     }
 
     /// The nodes.
@@ -84,6 +123,7 @@ impl Nodes {
     /// Starts node `i` again (same directory and config, so the same ports and persistence),
     /// waits until it answers PING, and records its new pid in the pid file.
     pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(self.can_restart(), "nodes found from a URL are not started again; use --dir");
         let node = self.nodes.get_mut(i).context("no such node")?;
         anyhow::ensure!(node.pid == 0, "node on port {} is running", node.port);
         let log = OpenOptions::new().create(true).append(true).open(node.dir.join("stdio.log"))?;
@@ -115,7 +155,8 @@ impl Nodes {
     /// node's config with fresh ports and paths, started and recorded in the pid file.
     pub fn add(&mut self) -> anyhow::Result<usize> {
         let template = std::fs::read_to_string(self.nodes[0].dir.join("redis.conf"))?;
-        let dir = (self.nodes.len()..).map(|i| self.dir.join(format!("node-{i}"))).find(|d| !d.exists());
+        let base = self.dir.clone().context("adding a node needs a `strata up` directory (--dir)")?;
+        let dir = (self.nodes.len()..).map(|i| base.join(format!("node-{i}"))).find(|d| !d.exists());
         let dir = dir.context("no free node directory name")?;
         std::fs::create_dir_all(&dir)?;
         let (port, bus) = (strata_cluster::free_port()?, strata_cluster::free_port()?);
@@ -146,9 +187,10 @@ impl Nodes {
         for n in &self.nodes {
             text.push_str(&format!("{} {} {}\n", n.pid, n.port, n.url));
         }
-        let tmp = self.dir.join(format!("{PID_FILE}.tmp"));
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let tmp = dir.join(format!("{PID_FILE}.tmp"));
         std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, self.dir.join(PID_FILE))?;
+        std::fs::rename(&tmp, dir.join(PID_FILE))?;
         Ok(())
     }
 

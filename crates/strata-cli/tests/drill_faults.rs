@@ -184,3 +184,28 @@ fn reshard_to_a_new_master_loses_no_key_and_no_call() {
     drop(up);
     assert!(processes_in(&dir).is_empty(), "left running: {:?}", processes_in(&dir));
 }
+
+/// With --url the drill finds the nodes itself and may only kill: failover works, the
+/// drills that start nodes again refuse.
+#[test]
+fn failover_by_url_on_a_cluster_this_test_owns() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let cluster =
+        strata_cluster::RedisCluster::builder().masters(3).replicas(1).node_timeout_ms(1000).start().expect("cluster");
+    let url = cluster.seed_urls()[0].clone();
+    let out = strata(&["drill", "outage", "--url", &url, "--duration", "3s"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dir"), "{out:?}");
+    let before = cluster.master_indices().expect("masters");
+    let out = strata(&["drill", "failover", "--url", &url, "--duration", "9s", "--json"]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert!(out.status.success(), "{r}");
+    assert_eq!(u64_of(&r, "caller_errors"), 0, "{r}");
+    assert!(u64_of(&r, "fallback_calls") > 0, "{r}");
+    let unavailable = f64_of(&r, "l2_unavailable_s");
+    assert!(unavailable > 0.0 && unavailable <= 1.0 + 2.0, "{r}");
+    // One master was killed and not started again: a former replica serves its slots.
+    let after = cluster.master_indices().expect("masters");
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert_ne!(before, after);
+}

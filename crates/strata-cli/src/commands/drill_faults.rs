@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use strata_bench::drill_faults::{self, Report};
+use strata_bench::drill_faults::{self, Report, Target};
 use strata_bench::fault_inject::Fault;
 
 use super::common::{DEFAULT_DIR, OutputArgs, Style, paint, runtime};
@@ -12,9 +12,14 @@ use super::common::{DEFAULT_DIR, OutputArgs, Style, paint, runtime};
 /// Arguments shared by the fault drills.
 #[derive(clap::Args, Debug)]
 pub(crate) struct FaultArgs {
-    /// Directory of a cluster started by `strata up` (the drill stops and starts its nodes).
-    #[arg(long, default_value = DEFAULT_DIR)]
-    dir: PathBuf,
+    /// Directory of a cluster started by `strata up` (the drill stops and starts its nodes;
+    /// default .strata/cluster when no --url).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// URL of any node of a cluster on this machine, where killing is enough (failover only:
+    /// the killed master is not started again).
+    #[arg(long, conflicts_with = "dir")]
+    url: Option<String>,
     /// Length of the whole drill (load before, during and after the fault): 30s, 1m, 500ms.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
@@ -62,7 +67,11 @@ pub(crate) fn run(fault: Fault, args: FaultArgs) -> anyhow::Result<()> {
         outage_for: args.outage_for,
         progress: !args.output.json,
     };
-    let report = runtime()?.block_on(drill_faults::run(&args.dir, &options))?;
+    let target = match (args.url, args.dir) {
+        (Some(url), _) => Target::Url(url),
+        (None, dir) => Target::Dir(dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))),
+    };
+    let report = runtime()?.block_on(drill_faults::run(&target, &options))?;
     let problems = problems(&report);
     args.output.print(&report, || render(&report, &problems))?;
     anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
