@@ -126,6 +126,7 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
         Target::Dir(dir) => Nodes::load(dir)?,
         Target::Url(url) => Nodes::discover(url)?,
     };
+    fault_inject::prepare(&nodes, options.fault)?;
     let urls: Vec<String> = nodes.nodes().iter().map(|n| n.url.clone()).collect();
     let schema = KeySchema::new("strata-drill", 1)?;
     let keys: Arc<Vec<strata::Key>> =
@@ -137,7 +138,6 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     for (i, key) in keys.iter().enumerate() {
         caches[0].get_or_set(key, Ttl::Long, || async move { Ok::<_, std::io::Error>(source(i)) }).await?;
     }
-    fault_inject::prepare(&nodes, options.fault)?;
 
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));

@@ -127,3 +127,19 @@ fn render(r: &Report, problems: &[String]) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_units_the_help_shows() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
+        for bad in ["", "s", "0s", "3h", "1.5s", "-1s", "2 hours"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}
