@@ -6,8 +6,11 @@
 
 pub mod demo;
 pub mod drill_coherence;
+pub mod drill_faults;
 pub mod drill_stampede;
 pub mod expiry;
+pub mod fault_inject;
+pub mod fault_nodes;
 pub mod hit_latency;
 pub mod stats;
 pub mod workload;

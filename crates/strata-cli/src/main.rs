@@ -42,7 +42,8 @@ enum Command {
     Backup(commands::backup::Args),
     /// Restore a backup into a running deployment (keys, values and TTLs).
     Restore(commands::restore::Args),
-    /// Drills against a deployment: `stampede` (distributed single-flight), `coherence` (L1 invalidation delay).
+    /// Drills against a deployment: `stampede` (distributed single-flight), `coherence` (L1 invalidation delay),
+    /// `failover`, `restart`, `outage`, `reshard` (faults under a cache-aside load).
     Drill(commands::drill::Args),
     /// Run a cache-aside workload over a slow source, with and without Strata, on a local cluster.
     Demo(commands::demo::Args),

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use strata_bench::{drill_coherence, drill_stampede};
 
+use strata_bench::fault_inject::Fault;
+
 use super::common::{OutputArgs, Style, TargetArgs, paint, runtime};
+use super::drill_faults::{self, FaultArgs};
 
 /// Arguments of `strata drill`.
 #[derive(clap::Args, Debug)]
@@ -21,6 +24,16 @@ enum Drill {
     /// Writes through one instance and with a plain client, reads through the others: how long
     /// until every instance's L1 serves the new value, and does any serve the old one later?
     Coherence(CoherenceArgs),
+    /// SIGKILL one master of a `strata up` cluster under load; its replica takes over.
+    Failover(FaultArgs),
+    /// SIGKILL one master of a `strata up --persistence aof` cluster and start it again at once:
+    /// keys acknowledged more than 1 s before the kill must survive.
+    Restart(FaultArgs),
+    /// Stop every node of a `strata up` cluster for a while under load, then start them again.
+    Outage(FaultArgs),
+    /// Add a master to a `strata up` cluster and move a quarter of the slots to it under load:
+    /// no key written before the move may be lost.
+    Reshard(FaultArgs),
     /// One worker process of `drill stampede` (started by it).
     #[command(hide = true)]
     StampedeWorker(WorkerArgs),
@@ -89,6 +102,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     match args.drill {
         Drill::Stampede(a) => stampede(a),
         Drill::Coherence(a) => coherence(a),
+        Drill::Failover(a) => drill_faults::run(Fault::Failover, a),
+        Drill::Restart(a) => drill_faults::run(Fault::Restart, a),
+        Drill::Outage(a) => drill_faults::run(Fault::Outage, a),
+        Drill::Reshard(a) => drill_faults::run(Fault::Reshard, a),
         Drill::StampedeWorker(w) => runtime()?.block_on(drill_stampede::worker(
             w.urls,
             &w.dir,

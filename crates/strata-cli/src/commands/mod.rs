@@ -7,6 +7,7 @@ pub(crate) mod config;
 pub(crate) mod demo;
 pub(crate) mod down;
 pub(crate) mod drill;
+pub(crate) mod drill_faults;
 pub(crate) mod flush;
 pub(crate) mod inspect;
 pub(crate) mod invalidate;

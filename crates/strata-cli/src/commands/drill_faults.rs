@@ -1,0 +1,145 @@
+//! `strata drill failover|restart|outage|reshard`: a fault injected into a `strata up` cluster under a
+//! cache-aside load (see `strata_bench::drill_faults` for what each figure means).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use strata_bench::drill_faults::{self, Report, Target};
+use strata_bench::fault_inject::Fault;
+
+use super::common::{DEFAULT_DIR, OutputArgs, Style, paint, runtime};
+
+/// Arguments shared by the fault drills.
+#[derive(clap::Args, Debug)]
+pub(crate) struct FaultArgs {
+    /// Directory of a cluster started by `strata up` (the drill stops and starts its nodes;
+    /// default .strata/cluster when no --url).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// URL of any node of a cluster on this machine, where killing is enough (failover only:
+    /// the killed master is not started again).
+    #[arg(long, conflicts_with = "dir")]
+    url: Option<String>,
+    /// Length of the whole drill (load before, during and after the fault): 30s, 1m, 500ms.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Concurrent callers, each with its own cache instance.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: u16,
+    /// Distinct keys in the load.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    keys: u32,
+    /// Upper bound on calls in total.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_calls: usize,
+    /// How long every node stays down (outage only).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    outage_for: Duration,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 2m or 500ms"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => return Err(format!("{s:?} is not a duration like 30s, 2m or 500ms")),
+    };
+    if d.is_zero() || d > Duration::from_secs(3600) {
+        return Err("the duration must be between 1 ms and 1 hour".to_owned());
+    }
+    Ok(d)
+}
+
+/// Runs one fault drill and fails (exit status) when an acceptance condition does not hold.
+pub(crate) fn run(fault: Fault, args: FaultArgs) -> anyhow::Result<()> {
+    let options = drill_faults::Options {
+        fault,
+        duration: args.duration,
+        workers: usize::from(args.workers),
+        keys: args.keys as usize,
+        max_calls: args.max_calls,
+        outage_for: args.outage_for,
+        progress: !args.output.json,
+    };
+    let target = match (args.url, args.dir) {
+        (Some(url), _) => Target::Url(url),
+        (None, dir) => Target::Dir(dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))),
+    };
+    let report = runtime()?.block_on(drill_faults::run(&target, &options))?;
+    let problems = problems(&report);
+    args.output.print(&report, || render(&report, &problems))?;
+    anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
+    Ok(())
+}
+
+/// The conditions every fault drill must meet, plus the fault's own.
+fn problems(r: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    if r.caller_errors > 0 {
+        out.push(format!("{} calls failed", r.caller_errors));
+    }
+    if r.fault == "failover" && r.l2_unavailable_s > r.node_timeout_s + 2.0 {
+        out.push(format!(
+            "L2 was unavailable for {:.2} s, more than cluster-node-timeout ({:.1} s) + 2 s",
+            r.l2_unavailable_s, r.node_timeout_s
+        ));
+    }
+    if r.keys_lost > 0 {
+        out.push(format!("{} of {} keys written before the fault were lost", r.keys_lost, r.keys_checked));
+    }
+    if r.fault == "outage" && r.breaker_opens == 0 {
+        out.push("no breaker opened during the outage".to_owned());
+    }
+    if !r.breakers_closed_at_end {
+        out.push("a breaker was still open at the end".to_owned());
+    }
+    out
+}
+
+fn render(r: &Report, problems: &[String]) -> String {
+    let verdict = if problems.is_empty() { paint("PASS", Style::Good) } else { paint("FAIL", Style::Bad) };
+    let mut text = format!(
+        "{verdict}: {} ({:.1} s to recover)\n  calls {}, caller errors {}, served by fallback {}\n  L2 unavailable {:.2} s (failing or skipped by the breaker {:.2} s), breaker opened {} time(s)\n",
+        r.fault,
+        r.fault_s,
+        r.calls,
+        r.caller_errors,
+        r.fallback_calls,
+        r.l2_unavailable_s,
+        r.l2_degraded_s,
+        r.breaker_opens
+    );
+    text.push_str(&format!(
+        "  p50 / p99 ms: before {:.2} / {:.2}, during {:.2} / {:.2}, after {:.2} / {:.2}\n",
+        r.p50_ms_before, r.p99_ms_before, r.p50_ms_during, r.p99_ms_during, r.p50_ms_after, r.p99_ms_after
+    ));
+    if r.keys_checked > 0 {
+        text.push_str(&format!("  keys written before the fault: {} checked, {} lost\n", r.keys_checked, r.keys_lost));
+    }
+    for p in problems {
+        text.push_str(&format!("  problem: {p}\n"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_units_the_help_shows() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
+        for bad in ["", "s", "0s", "3h", "1.5s", "-1s", "2 hours"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}
