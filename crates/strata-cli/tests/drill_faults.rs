@@ -116,11 +116,9 @@ fn outage_every_call_served_by_the_loader_and_the_breaker_opens() {
     assert!(processes_in(&dir).is_empty(), "left running: {:?}", processes_in(&dir));
 }
 
-/// Fails today: after every node was down, the library's cluster connection keeps failing
-/// (redis-rs 1.8 retries its slot refresh on connections that no longer exist and never
-/// reconnects to the seeds), so the breakers do not close. See docs/reliability.md.
+/// After every node was down, the breakers close again once the cluster is back (the library
+/// drops a cluster connection that lost every node and starts over from the seeds).
 #[test]
-#[ignore = "library: the cluster connection does not recover after a full outage"]
 fn outage_breakers_close_after_the_restart() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let up = Up::start(&[]);

@@ -303,14 +303,22 @@ impl L2 {
     }
 
     fn after_error(&self, err: &redis::RedisError) {
-        if let Backend::Sentinel { conn, .. } = &self.backend {
-            // A slow master is not a reason to ask the sentinels again; a lost connection or a
-            // demoted master is.
-            let demoted = matches!(err.code(), Some("READONLY" | "MASTERDOWN"));
-            let lost = !err.is_timeout() && (err.is_io_error() || err.is_connection_dropped());
-            if demoted || lost || err.is_connection_refusal() {
-                conn.reset();
+        match &self.backend {
+            Backend::Sentinel { conn, .. } => {
+                // A slow master is not a reason to ask the sentinels again; a lost connection or a
+                // demoted master is.
+                let demoted = matches!(err.code(), Some("READONLY" | "MASTERDOWN"));
+                let lost = !err.is_timeout() && (err.is_io_error() || err.is_connection_dropped());
+                if demoted || lost || err.is_connection_refusal() {
+                    conn.reset();
+                }
             }
+            // After every node has been down, redis-rs's cluster connection keeps refreshing its
+            // slots through connections that no longer exist and never goes back to the seeds
+            // (observed with 1.8.1: "No connections found" long after the cluster is healthy).
+            // Start over from the seeds instead.
+            Backend::Cluster { conn, .. } if err.kind() == redis::ErrorKind::ClusterConnectionNotFound => conn.reset(),
+            _ => {}
         }
     }
 }
