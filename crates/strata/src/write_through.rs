@@ -30,8 +30,12 @@ use crate::tiers::{expiry_ms, ttl_millis};
 use crate::ttl::Ttl;
 
 impl Cache {
-    /// Writes `value` to the source with `store_fn`, then to the cache (see the [module
-    /// docs](self) for the ordering and what it guarantees on a crash).
+    /// Writes `value` to the source with `store_fn`, then to the cache, so that a crash at any
+    /// point cannot leave the cache newer than the source. The order: take the key's lease and
+    /// delete the cached value (one round trip); run `store_fn`; store the value only if the
+    /// lease is still this call's. A crash after the first step leaves the key uncached; readers
+    /// that miss meanwhile wait for the lease instead of loading the version being replaced.
+    /// Keep the lease TTL ([`LeaseConfig`](crate::LeaseConfig)) above the slowest source write.
     ///
     /// Errors: the value is validated (size, serialization) before anything happens; a failing
     /// `store_fn` returns its error as [`is_loader`](Error::is_loader) with the cache emptied of
