@@ -77,6 +77,8 @@ pub struct Report {
     pub p50_ms_after: f64,
     /// Span of calls that failed or skipped L2 (open breaker), in seconds.
     pub l2_degraded_s: f64,
+    /// The longest call, in milliseconds (every phase).
+    pub slowest_call_ms: f64,
     /// `cluster-node-timeout` of the nodes, in seconds.
     pub node_timeout_s: f64,
     /// Which fault was injected.
@@ -166,7 +168,7 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     let fault_end = t0.elapsed();
     bar.set_message("load after the fault");
     let rest = options.duration.saturating_sub(fault_end);
-    // Enough time after recovery for the breakers (open for 2 s by default) to probe and close.
+    // Enough time after recovery for the breakers (open for 1 s by default) to probe and close.
     tokio::time::sleep(rest.max(Duration::from_secs(4))).await;
     stop.store(true, Ordering::Relaxed);
     let mut calls = Vec::new();
@@ -265,6 +267,7 @@ fn summarize(calls: &[Call], fault_start: Duration, fault_end: Duration) -> Repo
         p50_ms_before: ms(&phases[0], 0.5),
         p50_ms_during: ms(&phases[1], 0.5),
         p50_ms_after: ms(&phases[2], 0.5),
+        slowest_call_ms: calls.iter().map(|c| (c.end - c.start).as_secs_f64() * 1e3).fold(0.0, f64::max),
         fault: String::new(),
         fault_s: 0.0,
         cluster_recovered_s: 0.0,

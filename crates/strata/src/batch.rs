@@ -85,9 +85,12 @@ impl Cache {
                 .iter()
                 .map(|&i| (coherence.expect_echo(keys[i].as_str()), coherence.ticket(keys[i].as_str())))
                 .collect();
+            // Every key of a group has one hash slot: the first names the breaker.
+            let slot_key = group.first().map_or("", |&i| keys[i].as_str());
             async move {
-                let written =
-                    self.l2_call("SET pipeline", |mut c| async move { pipe.query_async::<()>(&mut c).await }).await;
+                let written = self
+                    .l2_call_for(slot_key, "SET pipeline", |mut c| async move { pipe.query_async::<()>(&mut c).await })
+                    .await;
                 (group, tickets, written)
             }
         });
@@ -145,8 +148,9 @@ impl Cache {
                     pipe.cmd("PTTL").arg(keys[i].as_str());
                 }
             }
+            let slot_key = group.first().map_or("", |&i| keys[i].as_str());
             let got = self
-                .l2_call("MGET", |mut c| async move { pipe.query_async::<Vec<redis::Value>>(&mut c).await })
+                .l2_call_for(slot_key, "MGET", |mut c| async move { pipe.query_async::<Vec<redis::Value>>(&mut c).await })
                 .await
                 .and_then(|replies| parse_mget(replies, group.len(), with_pttl));
             (group, tickets, got)

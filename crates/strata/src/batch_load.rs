@@ -417,9 +417,12 @@ impl Cache {
                 for &u in &group {
                     add(&mut pipe, u);
                 }
+                // One hash slot per group: its first key names the breaker.
+                let slot_key = group.first().map_or("", |&u| keys[u].as_str());
                 async move {
-                    let got =
-                        self.l2_call(context, |mut c| async move { pipe.query_async::<Vec<Value>>(&mut c).await });
+                    let got = self.l2_call_for(slot_key, context, |mut c| async move {
+                        pipe.query_async::<Vec<Value>>(&mut c).await
+                    });
                     (group, got.await)
                 }
             })

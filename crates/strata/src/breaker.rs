@@ -5,9 +5,14 @@
 //! `open_for` has passed. Half-open: exactly one probe call goes through; its success closes the
 //! breaker, its failure re-opens it for another `open_for`.
 //!
+//! On a Redis Cluster a call on a key also passes the breaker of its range of 256 hash slots
+//! ([`Breakers`]), so a dead master opens the breakers of its own slots and the rest of the
+//! keyspace keeps using Redis during a failover. Redis assigns slots to masters in contiguous
+//! ranges, so a range nearly always belongs to one master.
+//!
 //! Time comes from `tokio::time::Instant`, so tests drive it with `tokio::time::pause`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -21,7 +26,7 @@ pub enum BreakerState {
     Closed,
     /// Redis is skipped until the open period ends.
     Open,
-    /// One probe call is testing whether Redis is back.
+    /// The open period is over: the next call (one at a time) probes whether Redis is back.
     HalfOpen,
 }
 
@@ -47,7 +52,7 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        Self { failure_threshold: 5, open_for: Duration::from_secs(2) }
+        Self { failure_threshold: 5, open_for: Duration::from_secs(1) }
     }
 }
 
@@ -66,6 +71,9 @@ pub(crate) struct Breaker {
     failures: AtomicU32,
     opens: AtomicU64,
     slow: Mutex<Slow>,
+    /// Shared by the range breakers of a cluster: held while one of them probes, so that a
+    /// dead master's ranges (a third of them) do not all send a probe every period.
+    probe_gate: Option<Arc<AtomicBool>>,
 }
 
 /// Permission for one Redis call. Report its outcome with [`Breaker::record`]; dropping a probe
@@ -85,11 +93,39 @@ impl Breaker {
             failures: AtomicU32::new(0),
             opens: AtomicU64::new(0),
             slow: Mutex::new(Slow { state: BreakerState::Closed, opened_at: Instant::now(), probe_in_flight: false }),
+            probe_gate: None,
+        }
+    }
+
+    fn gated(config: BreakerConfig, gate: Arc<AtomicBool>) -> Self {
+        Self { probe_gate: Some(gate), ..Self::new(config) }
+    }
+
+    /// Takes the shared probe gate, if any; false when another breaker holds it.
+    fn take_gate(&self) -> bool {
+        self.probe_gate.as_ref().is_none_or(|g| !g.swap(true, Ordering::AcqRel))
+    }
+
+    fn end_probe(&self, slow: &mut Slow) {
+        slow.probe_in_flight = false;
+        if let Some(gate) = &self.probe_gate {
+            gate.store(false, Ordering::Release);
         }
     }
 
     pub(crate) fn state(&self) -> BreakerState {
-        self.lock().state
+        let slow = self.lock();
+        // Open with its period over: the next call probes. Reported as half-open so that a
+        // breaker no call has touched since (an idle slot range) does not look open forever.
+        if slow.state == BreakerState::Open && slow.opened_at.elapsed() >= self.config.open_for {
+            return BreakerState::HalfOpen;
+        }
+        slow.state
+    }
+
+    /// Whether a probe call is in flight.
+    fn probing(&self) -> bool {
+        self.lock().probe_in_flight
     }
 
     /// How many times the breaker has opened.
@@ -105,13 +141,15 @@ impl Breaker {
         let mut slow = self.lock();
         match slow.state {
             BreakerState::Closed => Some(Permit { breaker: self, probe: false, reported: false }),
-            BreakerState::Open if slow.opened_at.elapsed() >= self.config.open_for && !slow.probe_in_flight => {
+            BreakerState::Open
+                if slow.opened_at.elapsed() >= self.config.open_for && !slow.probe_in_flight && self.take_gate() =>
+            {
                 slow.state = BreakerState::HalfOpen;
                 slow.probe_in_flight = true;
                 tracing::info!("redis circuit breaker half-open: probing");
                 Some(Permit { breaker: self, probe: true, reported: false })
             }
-            BreakerState::HalfOpen if !slow.probe_in_flight => {
+            BreakerState::HalfOpen if !slow.probe_in_flight && self.take_gate() => {
                 slow.probe_in_flight = true;
                 Some(Permit { breaker: self, probe: true, reported: false })
             }
@@ -125,7 +163,7 @@ impl Breaker {
         if success {
             if permit.probe {
                 let mut slow = self.lock();
-                slow.probe_in_flight = false;
+                self.end_probe(&mut slow);
                 slow.state = BreakerState::Closed;
                 self.failures.store(0, Ordering::Relaxed);
                 self.closed.store(true, Ordering::Release);
@@ -137,7 +175,7 @@ impl Breaker {
         }
         let mut slow = self.lock();
         if permit.probe {
-            slow.probe_in_flight = false;
+            self.end_probe(&mut slow);
             self.open(&mut slow);
             return;
         }
@@ -163,11 +201,117 @@ impl Breaker {
     }
 }
 
+/// Hash slots per range breaker on a cluster: 64 ranges over the 16384 slots.
+const SLOTS_PER_BREAKER: u16 = 256;
+const CLUSTER_SLOTS: u16 = 16384;
+
+/// The breakers of one cache. `whole` guards every call; on a cluster, a call on a key also
+/// passes the breaker of its slot range. A dead master fails only its own ranges, whose
+/// breakers open after `failure_threshold` consecutive failures, while calls on the other
+/// ranges keep succeeding and keep `whole` closed. One range probes at a time: a probe on a dead
+/// master costs its caller a failed call, and a third of the ranges may be dead at once. `whole` opens after twice that many
+/// consecutive failures anywhere: Redis is down as a whole, and waiting for each of the 64
+/// range breakers to open on its own would cost callers hundreds of failed calls.
+#[derive(Debug)]
+pub(crate) struct Breakers {
+    whole: Breaker,
+    /// `[slot / 256]`; empty unless the cache talks to a cluster.
+    ranges: Box<[Breaker]>,
+}
+
+/// Permission for one Redis call from [`Breakers::try_acquire`].
+#[derive(Debug)]
+pub(crate) struct Permits<'a> {
+    whole: Permit<'a>,
+    range: Option<(&'a Breaker, Permit<'a>)>,
+}
+
+impl Breakers {
+    pub(crate) fn new(config: BreakerConfig, cluster: bool) -> Self {
+        if !cluster {
+            return Self { whole: Breaker::new(config), ranges: Box::new([]) };
+        }
+        let whole = BreakerConfig { failure_threshold: config.failure_threshold.saturating_mul(2), ..config.clone() };
+        let gate = Arc::new(AtomicBool::new(false));
+        let ranges =
+            (0..CLUSTER_SLOTS / SLOTS_PER_BREAKER).map(|_| Breaker::gated(config.clone(), gate.clone())).collect();
+        Self { whole: Breaker::new(whole), ranges }
+    }
+
+    /// Permission to call Redis on `key` (`None`: a call that names no key), or `None` when a
+    /// breaker on its way is open.
+    pub(crate) fn try_acquire(&self, key: Option<&[u8]>) -> Option<Permits<'_>> {
+        let range = match key {
+            Some(key) if !self.ranges.is_empty() => {
+                Some(&self.ranges[usize::from(redis_slot(key) / SLOTS_PER_BREAKER)])
+            }
+            _ => None,
+        };
+        let whole = self.whole.try_acquire()?;
+        // When the range refuses, `whole`'s permit is dropped unreported: a probe slot it held
+        // is freed for another call.
+        let range = match range {
+            Some(breaker) => Some((breaker, breaker.try_acquire()?)),
+            None => None,
+        };
+        Some(Permits { whole, range })
+    }
+
+    /// Reports the outcome of the call made under `permits`.
+    pub(crate) fn record(&self, permits: Permits<'_>, success: bool) {
+        self.whole.record(permits.whole, success);
+        if let Some((breaker, permit)) = permits.range {
+            breaker.record(permit, success);
+        }
+    }
+
+    /// Whether calls are being skipped now: `Open` when the whole breaker or some range breaker
+    /// is within its open period, `HalfOpen` while a probe runs or the whole breaker's period
+    /// is over. A range breaker whose period ended with no call since does not count: nothing
+    /// is skipped, and the next call on it probes.
+    pub(crate) fn state(&self) -> BreakerState {
+        let whole = self.whole.state();
+        if whole != BreakerState::Closed {
+            return whole;
+        }
+        if self.ranges.iter().any(|b| b.state() == BreakerState::Open) {
+            BreakerState::Open
+        } else if self.ranges.iter().any(Breaker::probing) {
+            BreakerState::HalfOpen
+        } else {
+            BreakerState::Closed
+        }
+    }
+
+    /// How many breakers are within their open period now.
+    pub(crate) fn open_now(&self) -> usize {
+        std::iter::once(&self.whole).chain(self.ranges.iter()).filter(|b| b.state() == BreakerState::Open).count()
+    }
+
+    /// How many times any breaker has opened.
+    pub(crate) fn opens(&self) -> u64 {
+        std::iter::once(&self.whole).chain(self.ranges.iter()).map(Breaker::opens).sum()
+    }
+}
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of the hash tag when there is a
+/// non-empty `{...}`, else of the whole key, modulo 16384.
+pub(crate) fn redis_slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % CLUSTER_SLOTS
+}
+
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if self.probe && !self.reported {
             let mut slow = self.breaker.lock();
-            slow.probe_in_flight = false;
+            self.breaker.end_probe(&mut slow);
         }
     }
 }
@@ -229,6 +373,80 @@ mod tests {
         fail(&b);
         fail(&b);
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn slots_match_redis() {
+        // Reference values from Redis's CLUSTER KEYSLOT.
+        assert_eq!(redis_slot(b"foo"), 12182);
+        assert_eq!(redis_slot(b"bar"), 5061);
+        assert_eq!(redis_slot(b"{user1000}.following"), redis_slot(b"user1000"));
+        assert_eq!(redis_slot(b"foo{{bar}}zap"), redis_slot(b"{bar"));
+        // An empty tag hashes the whole key; unclosed braces too.
+        for key in [b"a".as_slice(), b"app:v1:user:42", b"{x}y", b"foo{}{bar}", b"{abc", b"x}{"] {
+            let theirs = redis::cluster_routing::Slot::for_key(key);
+            assert_eq!(Some(theirs), redis::cluster_routing::Slot::new(redis_slot(key)), "{key:?}");
+        }
+    }
+
+    fn call(b: &Breakers, key: Option<&[u8]>, success: bool) -> bool {
+        let Some(permits) = b.try_acquire(key) else { return false };
+        b.record(permits, success);
+        true
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_range_does_not_open_the_others() {
+        let breakers = Breakers::new(BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(5) }, true);
+        // A failover: calls on the dead range fail, calls elsewhere succeed in between.
+        for _ in 0..3 {
+            assert!(call(&breakers, Some(b"foo"), false));
+            assert!(call(&breakers, Some(b"bar"), true), "slot 5061 is another range");
+        }
+        assert_eq!(breakers.state(), BreakerState::Open);
+        assert_eq!(breakers.open_now(), 1);
+        assert!(!call(&breakers, Some(b"foo"), true), "the dead range is skipped");
+        assert!(call(&breakers, Some(b"bar"), true));
+        assert!(call(&breakers, None, true));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(breakers.state(), BreakerState::Closed, "nothing is skipped once the period is over");
+        assert!(call(&breakers, Some(b"foo"), true), "the probe");
+        assert_eq!((breakers.state(), breakers.opens()), (BreakerState::Closed, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_range_probes_at_a_time() {
+        let breakers = Breakers::new(BreakerConfig { failure_threshold: 1, open_for: Duration::from_secs(5) }, true);
+        assert!(call(&breakers, Some(b"foo"), false));
+        assert!(call(&breakers, Some(b"bar"), true), "resets the whole breaker's count");
+        assert!(call(&breakers, Some(b"bar"), false));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let probe = breakers.try_acquire(Some(b"foo")).expect("first range probes");
+        assert!(breakers.try_acquire(Some(b"bar")).is_none(), "the other range waits for the gate");
+        drop(probe);
+        let probe = breakers.try_acquire(Some(b"bar")).expect("gate free again after a cancelled probe");
+        breakers.record(probe, true);
+        assert!(call(&breakers, Some(b"foo"), true), "gate free after the probe's outcome");
+        assert_eq!(breakers.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_everywhere_open_the_whole_breaker() {
+        let breakers = Breakers::new(BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(5) }, true);
+        // Six failures on six different ranges: no range reaches 3, the whole reaches 6.
+        for key in [b"a", b"b", b"c", b"d", b"e", b"f"] {
+            assert!(call(&breakers, Some(key), false));
+        }
+        assert_eq!(breakers.state(), BreakerState::Open);
+        assert!(!call(&breakers, Some(b"bar"), true));
+        assert!(!call(&breakers, None, true));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(call(&breakers, Some(b"bar"), true), "the whole breaker's probe");
+        assert_eq!(breakers.state(), BreakerState::Closed);
+        // Standalone: one breaker, the configured threshold.
+        let single = Breakers::new(BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(5) }, false);
+        (0..3).for_each(|_| assert!(call(&single, Some(b"foo"), false)));
+        assert_eq!(single.state(), BreakerState::Open);
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::breaker::{Breaker, BreakerConfig};
+use crate::breaker::{BreakerConfig, Breakers};
 use crate::cache::{Cache, Inner};
 use crate::codec::{Codec, Format};
 use crate::coherence::Coherence;
@@ -207,7 +207,9 @@ impl CacheBuilder {
         self
     }
 
-    /// Circuit breaker tuning.
+    /// Circuit breaker tuning (default: open after 5 consecutive failures, probe after 1 s). On a
+    /// cluster it applies to each range of 256 hash slots, and the breaker for the whole cluster
+    /// opens after twice as many consecutive failures.
     pub fn breaker(mut self, config: BreakerConfig) -> Self {
         self.breaker = config;
         self
@@ -289,6 +291,7 @@ impl CacheBuilder {
             connect_timeout: self.connect_timeout,
         };
         let l2 = L2::new(&l2_config)?;
+        let breakers = Breakers::new(self.breaker, l2.is_cluster());
         let l1 = (self.l1_bytes > 0).then(|| {
             L1::new(self.l1_bytes, self.l1_max_entry_bytes.unwrap_or(self.l1_bytes / 16).max(1), self.l1_policy)
         });
@@ -298,7 +301,7 @@ impl CacheBuilder {
             l1,
             l1_max_ttl: self.l1_max_ttl,
             l2,
-            breaker: Breaker::new(self.breaker),
+            breakers,
             flights: Flights::default(),
             metrics: Metrics::default(),
             codec: Codec {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::breaker::{Breaker, BreakerState};
+use crate::breaker::{BreakerState, Breakers};
 use crate::codec::{Codec, Meta};
 use crate::coherence::Coherence;
 use crate::error::{Error, Result};
@@ -40,7 +40,7 @@ pub(crate) struct Inner {
     pub(crate) l1: Option<L1>,
     pub(crate) l1_max_ttl: Duration,
     pub(crate) l2: L2,
-    pub(crate) breaker: Breaker,
+    pub(crate) breakers: Breakers,
     pub(crate) flights: Flights,
     pub(crate) metrics: Metrics,
     pub(crate) codec: Codec,
@@ -168,7 +168,7 @@ impl Cache {
         // The lease goes too (same slot): a load in flight must not store its value after this.
         let (k, lease) = (key.as_str(), crate::lease::lease_key(key.as_str()));
         let (removed, _): (i64, i64) = self
-            .l2_call("DEL", |mut c| async move {
+            .l2_call_for(k, "DEL", |mut c| async move {
                 redis::pipe().cmd("EXISTS").arg(k).cmd("DEL").arg(k).arg(&lease).query_async(&mut c).await
             })
             .await?;
@@ -255,12 +255,12 @@ impl Cache {
     pub fn metrics(&self) -> MetricsSnapshot {
         let l1 = self.inner.l1.as_ref().map(L1::usage).unwrap_or_default();
         let coherence = crate::invalidation::counters(&self.inner);
-        self.inner.metrics.snapshot(self.inner.breaker.state(), self.inner.breaker.opens(), l1, coherence)
+        self.inner.metrics.snapshot(&self.inner.breakers, l1, coherence)
     }
 
-    /// The circuit breaker's state now.
+    /// The circuit breakers' worst state now (see [`MetricsSnapshot::breaker_state`]).
     pub fn breaker_state(&self) -> BreakerState {
-        self.inner.breaker.state()
+        self.inner.breakers.state()
     }
 
     /// Sum of the weights of the entries present in L1 now (a weight estimates an entry's

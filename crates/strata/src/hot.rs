@@ -212,7 +212,7 @@ impl Cache {
         let c = copy.as_str();
         let ticket = self.inner.coherence.ticket(key.as_str());
         let got = self
-            .l2_call("GET", |mut conn| async move {
+            .l2_call_for(c, "GET", |mut conn| async move {
                 redis::pipe()
                     .cmd("GET")
                     .arg(c)
@@ -267,7 +267,7 @@ impl Cache {
         };
         let bytes = encoded.bytes;
         let refilled = self
-            .l2_call("SET", |mut c| async move {
+            .l2_call_for(copy, "SET", |mut c| async move {
                 redis::cmd("SET")
                     .arg(copy)
                     .arg(bytes)
@@ -302,7 +302,7 @@ impl Cache {
         };
         let bytes = encoded.bytes.as_slice();
         let writes = copies.iter().map(|copy| {
-            self.l2_call("SET", move |mut c| async move {
+            self.l2_call_for(copy.as_str(), "SET", move |mut c| async move {
                 redis::cmd("SET")
                     .arg(copy.as_str())
                     .arg(bytes)
@@ -325,7 +325,7 @@ impl Cache {
         }
         let copies = hot_copy_keys(key.as_str(), n);
         let deletes = copies.iter().map(|copy| {
-            self.l2_call("DEL", move |mut c| async move {
+            self.l2_call_for(copy.as_str(), "DEL", move |mut c| async move {
                 redis::cmd("DEL").arg(copy.as_str()).query_async::<()>(&mut c).await
             })
         });

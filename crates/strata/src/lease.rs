@@ -125,7 +125,7 @@ impl Cache {
             let (k, l, t) = (key.as_str(), lease.as_slice(), token.as_str());
             let script = redis::Script::new(ACQUIRE_UNLESS_PRESENT);
             let taken = self
-                .l2_call("lease acquire", |mut c| async move {
+                .l2_call_for(k, "lease acquire", |mut c| async move {
                     script.key(k).key(l).arg(t).arg(px).arg(stale_flag).invoke_async::<i64>(&mut c).await
                 })
                 .await;
@@ -179,7 +179,7 @@ impl Cache {
         let lease = lease_key(key.as_str());
         let script = redis::Script::new(RELEASE_IF_HELD);
         let released =
-            self.l2_call("lease release", |mut c| async move {
+            self.l2_call_for(key.as_str(), "lease release", |mut c| async move {
                 script.key(lease).arg(token).invoke_async::<i64>(&mut c).await
             })
             .await;
@@ -209,7 +209,7 @@ impl Cache {
         let px = ttl_millis(ttl);
         let script = redis::Script::new(FILL_IF_LEASED);
         let stored: Result<i64> = self
-            .l2_call("lease fill", |mut c| async move {
+            .l2_call_for(k, "lease fill", |mut c| async move {
                 script.key(k).key(lease).arg(token).arg(bytes).arg(px).invoke_async(&mut c).await
             })
             .await;

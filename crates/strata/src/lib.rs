@@ -58,8 +58,9 @@
 //!   a hard timeout on the wait. Background refreshes need a loader that can outlive the call:
 //!   [`Cache::get_or_refresh`]; `get_or_set` gets the fail-safe and the timeouts.
 //! - **Resilience**: every Redis call has a timeout; a circuit breaker stops calling Redis after
-//!   consecutive failures and probes it again later. While Redis is unhealthy, `get_or_set`
-//!   serves from the loader and callers see no error.
+//!   consecutive failures and probes it again later; on a cluster there is one per range of 256
+//!   hash slots as well, so a dead master's slots are skipped while the rest keep using Redis.
+//!   While Redis is unhealthy, `get_or_set` serves from the loader and callers see no error.
 //! - **Namespaces and tags**: [`Cache::invalidate_namespace`] and [`Cache::invalidate_tag`]
 //!   invalidate any number of keys with one Redis command, in O(1): they raise a stamp
 //!   (`{app:v1:user}:stamp`, `{app:tag:NAME}:stamp`), and values produced before it are misses,

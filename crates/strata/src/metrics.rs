@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::breaker::BreakerState;
+use crate::breaker::{BreakerState, Breakers};
 
 /// Distinct namespaces tracked individually; further ones are counted under [`OTHER_NAMESPACE`]
 /// so that keys from untrusted input cannot grow the metrics without bound.
@@ -120,8 +120,7 @@ impl Metrics {
 
     pub(crate) fn snapshot(
         &self,
-        breaker_state: BreakerState,
-        breaker_opens: u64,
+        breakers: &Breakers,
         l1: (u64, u64),
         coherence: (u64, u64, bool),
     ) -> MetricsSnapshot {
@@ -132,8 +131,9 @@ impl Metrics {
             l2_errors: g.l2_errors.load(Ordering::Relaxed),
             l2_timeouts: g.l2_timeouts.load(Ordering::Relaxed),
             breaker_rejections: g.breaker_rejections.load(Ordering::Relaxed),
-            breaker_state,
-            breaker_opens,
+            breaker_state: breakers.state(),
+            breaker_opens: breakers.opens(),
+            breakers_open: breakers.open_now(),
             l1_entries: l1.0,
             l1_bytes: l1.1,
             invalidation_messages: coherence.0,
@@ -159,10 +159,14 @@ pub struct MetricsSnapshot {
     pub l2_timeouts: u64,
     /// Redis calls skipped because the breaker was open.
     pub breaker_rejections: u64,
-    /// The breaker's state now.
+    /// The worst breaker state now: `Open` when any part of the keyspace is skipped (on a
+    /// cluster there is one breaker per range of 256 hash slots).
     pub breaker_state: BreakerState,
-    /// How many times the breaker has opened.
+    /// How many times a breaker has opened.
     pub breaker_opens: u64,
+    /// Breakers within their open period now: the whole-Redis breaker and, on a cluster, one
+    /// per range of 256 hash slots.
+    pub breakers_open: usize,
     /// Entries in the in-process tier.
     pub l1_entries: u64,
     /// Weighted bytes in the in-process tier.

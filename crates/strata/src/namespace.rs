@@ -267,7 +267,7 @@ impl Cache {
         let script = redis::Script::new(DELETE_IF_EQUAL);
         let k = key.as_str();
         let removed = self
-            .l2_call("EVALSHA", |mut c| async move { script.key(k).arg(bytes).invoke_async::<i64>(&mut c).await })
+            .l2_call_for(k, "EVALSHA", |mut c| async move { script.key(k).arg(bytes).invoke_async::<i64>(&mut c).await })
             .await;
         if let Err(err) = removed {
             tracing::debug!(key = %key, error = %err, "could not remove an invalidated value; it expires by its TTL");
@@ -296,7 +296,7 @@ impl Cache {
         let key = stamp_key(id);
         let k = key.as_str();
         let raw: String =
-            self.l2_call("stamp read", |mut c| async move {
+            self.l2_call_for(k, "stamp read", |mut c| async move {
                 READ_SCRIPT.key(k).arg(STAMP_TTL_MS).invoke_async(&mut c).await
             })
             .await
@@ -312,7 +312,7 @@ impl Cache {
     async fn bump(&self, stamp: &str) -> Result<u64> {
         let (epoch, asked_at) = (self.inner.stamps.epoch(), Instant::now());
         let generation: u64 = self
-            .l2_call("stamp bump", |mut c| async move {
+            .l2_call_for(stamp, "stamp bump", |mut c| async move {
                 redis::cmd("EVAL").arg(BUMP).arg(1).arg(stamp).arg(STAMP_TTL_MS).query_async(&mut c).await
             })
             .await?;

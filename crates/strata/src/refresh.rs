@@ -261,7 +261,7 @@ impl Cache {
         let (lease, token, px) = (lease_key(key.as_str()), token(), ttl_millis(self.inner.leases.ttl));
         let t = token.clone();
         let taken: Option<String> = self
-            .l2_call("lease acquire", |mut c| async move {
+            .l2_call_for(key.as_str(), "lease acquire", |mut c| async move {
                 redis::cmd("SET").arg(lease).arg(t).arg("NX").arg("PX").arg(px).query_async(&mut c).await
             })
             .await?;

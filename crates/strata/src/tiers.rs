@@ -70,13 +70,14 @@ impl Cache {
         let k = key.as_str();
         let ticket = self.inner.coherence.ticket(k);
         let got = if self.inner.l1.is_some() {
-            self.l2_call("GET", |mut c| async move {
+            self.l2_call_for(k, "GET", |mut c| async move {
                 redis::pipe().cmd("GET").arg(k).cmd("PTTL").arg(k).query_async::<(Option<Vec<u8>>, i64)>(&mut c).await
             })
             .await
             .map(|(bytes, pttl)| (bytes, Some(pttl)))
         } else {
-            self.l2_call(
+            self.l2_call_for(
+                k,
                 "GET",
                 |mut c| async move { redis::cmd("GET").arg(k).query_async::<Option<Vec<u8>>>(&mut c).await },
             )
@@ -175,14 +176,15 @@ impl Cache {
         let removed = match seen {
             Some(bytes) => {
                 let script = redis::Script::new(DELETE_IF_EQUAL);
-                self.l2_call(
+                self.l2_call_for(
+                    k,
                     "EVALSHA",
                     |mut c| async move { script.key(k).arg(bytes).invoke_async::<i64>(&mut c).await },
                 )
                 .await
             }
             None => {
-                self.l2_call("DEL", |mut c| async move { redis::cmd("DEL").arg(k).query_async::<i64>(&mut c).await })
+                self.l2_call_for(k, "DEL", |mut c| async move { redis::cmd("DEL").arg(k).query_async::<i64>(&mut c).await })
                     .await
             }
         };
@@ -211,7 +213,7 @@ impl Cache {
         let ttl = self.physical_ttl(ttl);
         let px = ttl_millis(ttl);
         let written: Result<()> = self
-            .l2_call("SET", |mut c| async move {
+            .l2_call_for(k, "SET", |mut c| async move {
                 redis::pipe()
                     .cmd("DEL")
                     .arg(&lease)
@@ -324,25 +326,44 @@ impl Cache {
         ttl.saturating_add(Duration::from_millis(self.inner.freshness.grace_ms()))
     }
 
-    /// One Redis call through the breaker, with timeout and error accounting. Only errors that
-    /// say Redis is unhealthy count against the breaker (see [`Error::is_unhealthy`]).
+    /// One Redis call that names no key, through the keyless breaker (see [`Self::l2_call_for`]).
     pub(crate) async fn l2_call<T, F, Fut>(&self, context: &str, op: F) -> Result<T>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        self.l2_call_on(None, context, op).await
+    }
+
+    /// One Redis call on `key` (and keys in its hash slot) through the breaker of its slot range,
+    /// with timeout and error accounting. Only errors that say Redis is unhealthy count against
+    /// the breaker (see [`Error::is_unhealthy`]).
+    pub(crate) async fn l2_call_for<T, F, Fut>(&self, key: impl AsRef<[u8]>, context: &str, op: F) -> Result<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.l2_call_on(Some(key.as_ref()), context, op).await
+    }
+
+    async fn l2_call_on<T, F, Fut>(&self, key: Option<&[u8]>, context: &str, op: F) -> Result<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         let globals = &self.inner.metrics.globals;
-        let Some(permit) = self.inner.breaker.try_acquire() else {
+        let breakers = &self.inner.breakers;
+        let Some(permit) = breakers.try_acquire(key) else {
             globals.breaker_rejections.fetch_add(1, Ordering::Relaxed);
             return Err(Error::circuit_open());
         };
         let result = self.inner.l2.run(context, op).await;
         match &result {
-            Ok(_) => self.inner.breaker.record(permit, true),
+            Ok(_) => breakers.record(permit, true),
             Err(err) => {
                 let counter = if err.is_timeout() { &globals.l2_timeouts } else { &globals.l2_errors };
                 counter.fetch_add(1, Ordering::Relaxed);
-                self.inner.breaker.record(permit, !err.is_unhealthy());
+                breakers.record(permit, !err.is_unhealthy());
             }
         }
         result

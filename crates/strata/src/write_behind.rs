@@ -186,7 +186,7 @@ impl WriteBehind {
         }
         let (id, reached): (String, Option<u32>) = self
             .cache
-            .l2_call("XADD", |mut c| async move {
+            .l2_call_for(&stream, "XADD", |mut c| async move {
                 if wait > 0 {
                     pipe.query_async(&mut c).await.map(|(id, n): (String, u32)| (id, Some(n)))
                 } else {

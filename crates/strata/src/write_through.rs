@@ -90,7 +90,7 @@ impl Cache {
         let px = ttl_millis(self.inner.leases.ttl);
         let t = token.as_str();
         let held: Result<()> = self
-            .l2_call("write-through lease", |mut c| async move {
+            .l2_call_for(k, "write-through lease", |mut c| async move {
                 redis::pipe()
                     .cmd("SET")
                     .arg(&lease)

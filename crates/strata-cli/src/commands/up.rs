@@ -35,7 +35,10 @@ pub(crate) struct Args {
     #[arg(long, value_enum, default_value_t = Policy::AllkeysLfu)]
     policy: Policy,
     /// cluster-node-timeout: how long a master may be unreachable before its replica takes over.
-    #[arg(long, default_value_t = 2000)]
+    /// 1 s by default: on loopback a second of silence means a dead process, not congestion, and
+    /// Redis's own failover (this timeout, failure-report gossip, a 0.5-1 s election delay) then
+    /// fits in "node timeout + 2 s" (docs/reliability.md).
+    #[arg(long, default_value_t = 1000)]
     node_timeout_ms: u64,
     #[command(flatten)]
     output: OutputArgs,

@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use strata::{BreakerState, KeySchema, Ttl};
+use strata::{BreakerState, Cache, KeySchema, Ttl};
 
 use crate::common::{Redis, TestResult};
 use crate::on_both;
@@ -91,5 +91,70 @@ async fn starts_without_redis_unless_required() -> TestResult {
     assert!(err.is_unavailable(), "{err}");
     let bad = strata::Cache::builder().redis_url("http://nope").build().await.err().ok_or("expected an error")?;
     assert!(bad.is_config(), "{bad}");
+    Ok(())
+}
+
+/// A master of a cluster dies and no replica takes over (none configured, and the node timeout
+/// is long): calls on its slots fall back to the loader and open the breakers of their slot
+/// ranges, while keys on the live masters are still read from Redis. One breaker for the whole
+/// cluster would have skipped those too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_master_does_not_stop_the_other_slots() -> TestResult {
+    let mut cluster = strata_cluster::RedisCluster::builder().masters(3).replicas(0).node_timeout_ms(60_000).start()?;
+    let cache = Cache::builder()
+        .cluster(cluster.seed_urls())
+        .l1_capacity_bytes(0)
+        .op_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500))
+        .breaker(strata::BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(60) })
+        .build()
+        .await?;
+    let schema = KeySchema::new("it", 1)?;
+    let mut keys = Vec::new();
+    for i in 0..60 {
+        let key = schema.key("item", &i.to_string())?;
+        cache.set(&key, &i, Ttl::Long).await?;
+        keys.push((cluster.node_for_key(key.as_str().as_bytes())?, key, i));
+    }
+    let dead = keys[0].0;
+    cluster.node_mut(dead).kill()?;
+    let (on_dead, on_live): (Vec<_>, Vec<_>) = keys.iter().partition(|(node, _, _)| *node == dead);
+    // A breaker guards 256 slots; a range the dead master shares with a live one may be skipped.
+    let mut dead_ranges = std::collections::HashSet::new();
+    for (_, key, _) in &on_dead {
+        dead_ranges.insert(cluster.key_slot(key.as_str().as_bytes())? / 256);
+    }
+    let mut clear_live = Vec::new();
+    for entry in &on_live {
+        if !dead_ranges.contains(&(cluster.key_slot(entry.1.as_str().as_bytes())? / 256)) {
+            clear_live.push(*entry);
+        }
+    }
+    assert!(!on_dead.is_empty() && clear_live.len() >= 10, "keys spread over the masters");
+
+    // A load as callers make it: calls on both sides interleaved. Every call is answered: the
+    // dead master's keys by the loader, the live masters' keys from Redis (their loader is never
+    // called). Several rounds: a range breaker opens after 3 consecutive failures on it.
+    let loads = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    for round in 0..4 {
+        for (n, (_, key, i)) in on_dead.iter().enumerate() {
+            let counter = loads.clone();
+            let loader = || async move {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok::<_, std::io::Error>(*i)
+            };
+            assert_eq!(cache.get_or_set(key, Ttl::Long, loader).await?, *i);
+            let (_, live, j) = clear_live[(round * on_dead.len() + n) % clear_live.len()];
+            let got = cache.get_or_set(live, Ttl::Long, || async { Err::<i32, _>(std::io::Error::other("no")) }).await;
+            assert_eq!(got?, *j, "{live} lives on a live master: served from Redis");
+        }
+    }
+    assert_eq!(loads.load(std::sync::atomic::Ordering::Relaxed) as usize, 4 * on_dead.len());
+    let snapshot = cache.metrics();
+    assert_eq!(snapshot.breaker_state, BreakerState::Open, "{snapshot:?}");
+    assert!(snapshot.breakers_open >= 1 && snapshot.breaker_rejections > 0, "{snapshot:?}");
+    for (_, key, i) in &clear_live {
+        assert_eq!(cache.get::<i32>(key).await?, Some(*i), "{key} lives on a live master");
+    }
     Ok(())
 }
