@@ -86,6 +86,7 @@ impl Cache {
                 .map(|&i| (coherence.expect_echo(keys[i].as_str()), coherence.ticket(keys[i].as_str())))
                 .collect();
             async move {
+                let pipe = &pipe;
                 let written =
                     self.l2_call("SET pipeline", |mut c| async move { pipe.query_async::<()>(&mut c).await }).await;
                 (group, tickets, written)
@@ -145,6 +146,7 @@ impl Cache {
                     pipe.cmd("PTTL").arg(keys[i].as_str());
                 }
             }
+            let pipe = &pipe;
             let got = self
                 .l2_call("MGET", |mut c| async move { pipe.query_async::<Vec<redis::Value>>(&mut c).await })
                 .await

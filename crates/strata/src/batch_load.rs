@@ -418,6 +418,7 @@ impl Cache {
                     add(&mut pipe, u);
                 }
                 async move {
+                    let pipe = &pipe;
                     let got =
                         self.l2_call(context, |mut c| async move { pipe.query_async::<Vec<Value>>(&mut c).await });
                     (group, got.await)

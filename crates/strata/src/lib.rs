@@ -120,6 +120,7 @@ mod lease;
 mod metrics;
 mod namespace;
 mod refresh;
+mod retry;
 mod stamps;
 mod tags;
 mod tiers;

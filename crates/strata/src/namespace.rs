@@ -264,7 +264,7 @@ impl Cache {
         if let Some(l1) = &self.inner.l1 {
             l1.remove(key.as_str());
         }
-        let script = redis::Script::new(DELETE_IF_EQUAL);
+        let script = &redis::Script::new(DELETE_IF_EQUAL);
         let k = key.as_str();
         let removed = self
             .l2_call("EVALSHA", |mut c| async move { script.key(k).arg(bytes).invoke_async::<i64>(&mut c).await })

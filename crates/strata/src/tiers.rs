@@ -174,7 +174,7 @@ impl Cache {
         let k = key.as_str();
         let removed = match seen {
             Some(bytes) => {
-                let script = redis::Script::new(DELETE_IF_EQUAL);
+                let (script, bytes) = (&redis::Script::new(DELETE_IF_EQUAL), bytes.as_slice());
                 self.l2_call(
                     "EVALSHA",
                     |mut c| async move { script.key(k).arg(bytes).invoke_async::<i64>(&mut c).await },
@@ -207,14 +207,14 @@ impl Cache {
         let echo = self.inner.coherence.expect_echo(k);
         let ticket = self.inner.coherence.ticket(k);
         let (raw_len, marks) = (encoded.raw_len, encoded.marks);
-        let bytes = encoded.bytes;
+        let (bytes, lease) = (encoded.bytes.as_slice(), &lease);
         let ttl = self.physical_ttl(ttl);
         let px = ttl_millis(ttl);
         let written: Result<()> = self
             .l2_call("SET", |mut c| async move {
                 redis::pipe()
                     .cmd("DEL")
-                    .arg(&lease)
+                    .arg(lease)
                     .ignore()
                     .cmd("SET")
                     .arg(k)
@@ -326,9 +326,10 @@ impl Cache {
 
     /// One Redis call through the breaker, with timeout and error accounting. Only errors that
     /// say Redis is unhealthy count against the breaker (see [`Error::is_unhealthy`]).
+    /// `op` may run more than once: see [`L2::run`](crate::l2::L2::run).
     pub(crate) async fn l2_call<T, F, Fut>(&self, context: &str, op: F) -> Result<T>
     where
-        F: FnOnce(Conn) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let globals = &self.inner.metrics.globals;
