@@ -176,10 +176,10 @@ impl L2 {
     /// The Cluster client retries by itself (redis-rs 1.8, `cluster_async` request handling,
     /// checked in its source): `MOVED` and `ASK` are followed at once (`MOVED` also refreshes
     /// the slot map); `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN` and `LOADING` are retried after a
-    /// wait drawn uniformly from `[min_retry_wait, min(max_retry_wait, 10 ms * 2^n))`; `READONLY`
-    /// refreshes the slot map and retries; a lost connection reconnects and retries. A pipeline is
-    /// retried whole when any of its replies is one of these. It gives up after `retries` (3)
-    /// retries, and none of them is counted in `l2_retries`.
+    /// wait drawn uniformly from `[min_retry_wait, min(max_retry_wait, 10 ms * 2^n))` before
+    /// retry n = 1, 2, ...; `READONLY` refreshes the slot map and retries; a lost connection
+    /// reconnects and retries. A pipeline is retried whole when any of its replies is one of
+    /// these. It gives up after `retries` (3) retries, none of them counted in `l2_retries`.
     pub(crate) fn new(config: &L2Config, retries: Arc<AtomicU64>) -> Result<Self> {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
