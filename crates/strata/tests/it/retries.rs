@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use strata::{Cache, KeySchema, Ttl};
-use strata_cluster::RedisServer;
+use strata_cluster::{RedisServer, SentinelSetup};
 
 use crate::common::TestResult;
 
@@ -112,5 +112,49 @@ async fn a_wrongtype_reply_is_not_retried() -> TestResult {
     assert_eq!(stats.namespace("it:v1:item").corrupt, 1, "{stats:?}");
     let exists: bool = redis::cmd("EXISTS").arg(key.as_str()).query(&mut raw)?;
     assert!(!exists, "the foreign key should have been removed");
+    Ok(())
+}
+
+/// Sentinel: a write that reaches a master demoted since the last call (`READONLY`) is retried
+/// on the master the sentinels name now, within the same call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_demoted_sentinel_master_moves_to_the_new_one() -> TestResult {
+    let setup = SentinelSetup::builder()
+        .replicas(1)
+        .sentinels(3)
+        .quorum(2)
+        .master_name("cache")
+        .down_after_ms(1000)
+        .failover_timeout_ms(3000)
+        .start()?;
+    let cache = Cache::builder()
+        .sentinel(setup.sentinel_urls(), "cache")
+        .l1_capacity_bytes(0)
+        .op_timeout(Duration::from_secs(5))
+        .build()
+        .await?;
+    let schema = KeySchema::new("it", 1)?;
+    cache.set(&schema.key("user", "before")?, &1u32, Ttl::Medium).await?;
+    let old = setup.current_master()?;
+
+    // A switchover: the replica is promoted while the old master keeps running, and the
+    // cache's connection to the old master stays open.
+    let mut sentinel = setup.sentinels()[0].connection()?;
+    redis::cmd("SENTINEL").arg("FAILOVER").arg("cache").query::<()>(&mut sentinel)?;
+    let new = setup.wait_for_master(Some(old), Duration::from_secs(30))?;
+    // Demote the old master now, as the sentinels will a few seconds later (they would also
+    // close its client connections, which is not the case under test).
+    let mut demoted = setup.data_nodes()[old].connection()?;
+    redis::cmd("REPLICAOF").arg("127.0.0.1").arg(setup.data_nodes()[new].port()).query::<()>(&mut demoted)?;
+    assert_eq!(cache.metrics().l2_retries, 0);
+
+    let after = schema.key("user", "after")?;
+    cache.set(&after, &2u32, Ttl::Medium).await?;
+    let stats = cache.metrics();
+    assert!(stats.l2_retries >= 1, "the write should have met READONLY first: {stats:?}");
+    assert_eq!(stats.l2_errors + stats.l2_timeouts, 0, "{stats:?}");
+    let mut conn = setup.data_nodes()[new].connection()?;
+    let stored: Option<Vec<u8>> = redis::cmd("GET").arg(after.as_str()).query(&mut conn)?;
+    assert!(stored.is_some(), "the value is on the new master");
     Ok(())
 }
