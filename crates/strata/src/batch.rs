@@ -88,6 +88,7 @@ impl Cache {
             // Every key of a group has one hash slot: the first names the breaker.
             let slot_key = group.first().map_or("", |&i| keys[i].as_str());
             async move {
+                let pipe = &pipe;
                 let written = self
                     .l2_call_for(slot_key, "SET pipeline", |mut c| async move { pipe.query_async::<()>(&mut c).await })
                     .await;
@@ -149,8 +150,11 @@ impl Cache {
                 }
             }
             let slot_key = group.first().map_or("", |&i| keys[i].as_str());
-            let got = self
-                .l2_call_for(slot_key, "MGET", |mut c| async move { pipe.query_async::<Vec<redis::Value>>(&mut c).await })
+            let pipe = &pipe;
+            let got =
+                self.l2_call_for(slot_key, "MGET", |mut c| async move {
+                    pipe.query_async::<Vec<redis::Value>>(&mut c).await
+                })
                 .await
                 .and_then(|replies| parse_mget(replies, group.len(), with_pttl));
             (group, tickets, got)

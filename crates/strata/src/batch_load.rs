@@ -420,6 +420,7 @@ impl Cache {
                 // One hash slot per group: its first key names the breaker.
                 let slot_key = group.first().map_or("", |&u| keys[u].as_str());
                 async move {
+                    let pipe = &pipe;
                     let got = self.l2_call_for(slot_key, context, |mut c| async move {
                         pipe.query_async::<Vec<Value>>(&mut c).await
                     });

@@ -12,8 +12,8 @@
 //!
 //! Time comes from `tokio::time::Instant`, so tests drive it with `tokio::time::pause`.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;

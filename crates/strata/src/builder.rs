@@ -290,7 +290,8 @@ impl CacheBuilder {
             op_timeout: self.op_timeout,
             connect_timeout: self.connect_timeout,
         };
-        let l2 = L2::new(&l2_config)?;
+        let metrics = Metrics::default();
+        let l2 = L2::new(&l2_config, metrics.globals.l2_retries.clone())?;
         let breakers = Breakers::new(self.breaker, l2.is_cluster());
         let l1 = (self.l1_bytes > 0).then(|| {
             L1::new(self.l1_bytes, self.l1_max_entry_bytes.unwrap_or(self.l1_bytes / 16).max(1), self.l1_policy)
@@ -303,7 +304,7 @@ impl CacheBuilder {
             l2,
             breakers,
             flights: Flights::default(),
-            metrics: Metrics::default(),
+            metrics,
             codec: Codec {
                 format: self.format,
                 compress_above: self.compress_above,

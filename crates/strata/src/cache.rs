@@ -167,9 +167,10 @@ impl Cache {
         }
         // The lease goes too (same slot): a load in flight must not store its value after this.
         let (k, lease) = (key.as_str(), crate::lease::lease_key(key.as_str()));
+        let lease = &lease;
         let (removed, _): (i64, i64) = self
             .l2_call_for(k, "DEL", |mut c| async move {
-                redis::pipe().cmd("EXISTS").arg(k).cmd("DEL").arg(k).arg(&lease).query_async(&mut c).await
+                redis::pipe().cmd("EXISTS").arg(k).cmd("DEL").arg(k).arg(lease).query_async(&mut c).await
             })
             .await?;
         NsCounters::inc(&self.inner.metrics.ns(key.namespace()).deletes);

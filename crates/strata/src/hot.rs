@@ -265,7 +265,7 @@ impl Cache {
         let Ok(encoded) = self.inner.codec.encode_marked(value, meta, &marks) else {
             return;
         };
-        let bytes = encoded.bytes;
+        let bytes = encoded.bytes.as_slice();
         let refilled = self
             .l2_call_for(copy, "SET", |mut c| async move {
                 redis::cmd("SET")

@@ -7,9 +7,15 @@
 //! after a connection-level error or a `READONLY` reply (the old master was demoted).
 //!
 //! Every call is bounded by the operation timeout here, whatever the driver's own settings.
+//! Within it, replies that mean "not executed, try again shortly" (`LOADING`, `TRYAGAIN`,
+//! `CLUSTERDOWN`, `MASTERDOWN`, and `READONLY` on Sentinel) are retried with exponential backoff
+//! and full jitter on standalone and Sentinel connections (see [`crate::retry`]); the Cluster
+//! client retries those, and follows `MOVED` / `ASK`, by itself. Other errors are not retried:
+//! the circuit breaker and the loader fallback deal with them.
 
 use std::future::Future;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -17,8 +23,10 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::retry::{self, Backoff};
 
 /// Where Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,11 +165,22 @@ pub(crate) struct L2 {
     backend: Backend,
     pub(crate) op_timeout: Duration,
     connect_timeout: Duration,
+    /// Attempts made again after a "try again" reply (shared with the cache's metrics).
+    retries: Arc<AtomicU64>,
 }
 
 impl L2 {
-    /// Validates the configuration and prepares the client. Does not wait for Redis.
-    pub(crate) fn new(config: &L2Config) -> Result<Self> {
+    /// Validates the configuration and prepares the client. Does not wait for Redis. Retries
+    /// made by [`run`](Self::run) are counted in `retries`.
+    ///
+    /// The Cluster client retries by itself (redis-rs 1.8, `cluster_async` request handling,
+    /// checked in its source): `MOVED` and `ASK` are followed at once (`MOVED` also refreshes
+    /// the slot map); `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN` and `LOADING` are retried after a
+    /// wait drawn uniformly from `[min_retry_wait, min(max_retry_wait, 10 ms * 2^n))` before
+    /// retry n = 1, 2, ...; `READONLY` refreshes the slot map and retries; a lost connection
+    /// reconnects and retries. A pipeline is retried whole when any of its replies is one of
+    /// these. It gives up after `retries` (3) retries, none of them counted in `l2_retries`.
+    pub(crate) fn new(config: &L2Config, retries: Arc<AtomicU64>) -> Result<Self> {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             // Our own timer bounds every call (see `run`); a second one inside the driver would
@@ -245,7 +264,7 @@ impl L2 {
                 Backend::Sentinel { client: tokio::sync::Mutex::new(client), manager_config, conn: Slot::default() }
             }
         };
-        Ok(Self { backend, op_timeout: config.op_timeout, connect_timeout: config.connect_timeout })
+        Ok(Self { backend, op_timeout: config.op_timeout, connect_timeout: config.connect_timeout, retries })
     }
 
     /// The connection when one is ready without waiting (always, for a standalone server).
@@ -274,21 +293,50 @@ impl L2 {
     }
 
     /// Runs `op` on a connection, bounded by the operation timeout, plus the connect timeout
-    /// when a connection has to be made first. On the hot path (connection ready) exactly one
-    /// timer is armed.
+    /// when a connection has to be made first. On the hot path (connection ready, first attempt
+    /// answered) exactly one timer is armed.
+    ///
+    /// On a standalone server or through Sentinel, a reply that means "not executed, try again
+    /// shortly" (see [`crate::retry`]) runs `op` again after a jittered backoff, as long as the
+    /// wait ends before the deadline set by the operation timeout when the first attempt
+    /// started; a connection made again for a retry (Sentinel, after a demotion) counts against
+    /// that same deadline. A Cluster connection is not retried here: redis-rs does it (see
+    /// [`L2::new`]), and a second layer would only hold callers longer during a failover.
     pub(crate) async fn run<T, F, Fut>(&self, context: &str, op: F) -> Result<T>
     where
-        F: FnOnce(Conn) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let result = async {
-            let conn = match self.ready_conn() {
+            let mut conn = match self.ready_conn() {
                 Some(conn) => conn,
                 None => {
                     tokio::time::timeout(self.connect_timeout, self.connect()).await.map_err(|_| timeout_error())??
                 }
             };
-            tokio::time::timeout(self.op_timeout, op(conn)).await.map_err(|_| timeout_error())?
+            let deadline = Instant::now() + self.op_timeout;
+            let mut backoff: Option<Backoff> = None;
+            loop {
+                let err = match tokio::time::timeout_at(deadline, op(conn)).await {
+                    Ok(Ok(value)) => return Ok(value),
+                    Ok(Err(err)) => err,
+                    Err(_) => return Err(timeout_error()),
+                };
+                if self.is_cluster() || !retry::is_retryable(&err, self.is_sentinel()) {
+                    return Err(err);
+                }
+                let Some(delay) = backoff.get_or_insert_with(|| Backoff::new(deadline)).next_delay() else {
+                    return Err(err);
+                };
+                self.after_error(&err);
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(context, error = %err, ?delay, "redis asked to try again; retrying");
+                tokio::time::sleep(delay).await;
+                conn = match self.ready_conn() {
+                    Some(conn) => conn,
+                    None => tokio::time::timeout_at(deadline, self.connect()).await.map_err(|_| timeout_error())??,
+                };
+            }
         }
         .await;
         result.map_err(|e| {
@@ -300,6 +348,10 @@ impl L2 {
     /// Whether keys must be grouped by hash slot for multi-key commands and pipelines.
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self.backend, Backend::Cluster { .. })
+    }
+
+    fn is_sentinel(&self) -> bool {
+        matches!(self.backend, Backend::Sentinel { .. })
     }
 
     fn after_error(&self, err: &redis::RedisError) {

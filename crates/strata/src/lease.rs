@@ -123,7 +123,7 @@ impl Cache {
         let mut attempt = 0;
         loop {
             let (k, l, t) = (key.as_str(), lease.as_slice(), token.as_str());
-            let script = redis::Script::new(ACQUIRE_UNLESS_PRESENT);
+            let script = &redis::Script::new(ACQUIRE_UNLESS_PRESENT);
             let taken = self
                 .l2_call_for(k, "lease acquire", |mut c| async move {
                     script.key(k).key(l).arg(t).arg(px).arg(stale_flag).invoke_async::<i64>(&mut c).await
@@ -176,10 +176,10 @@ impl Cache {
     /// Gives the lease back without storing anything (the load failed or its value cannot be
     /// cached), so other processes need not wait for it to expire. Best effort.
     pub(crate) async fn release_lease(&self, key: &Key, token: &str) {
-        let lease = lease_key(key.as_str());
-        let script = redis::Script::new(RELEASE_IF_HELD);
-        let released =
-            self.l2_call_for(key.as_str(), "lease release", |mut c| async move {
+        let lease = &lease_key(key.as_str());
+        let script = &redis::Script::new(RELEASE_IF_HELD);
+        let released = self
+            .l2_call_for(key.as_str(), "lease release", |mut c| async move {
                 script.key(lease).arg(token).invoke_async::<i64>(&mut c).await
             })
             .await;
@@ -204,10 +204,11 @@ impl Cache {
         let echo = self.inner.coherence.expect_echo(k);
         let ticket = self.inner.coherence.ticket(k);
         let (raw_len, marks) = (encoded.raw_len, encoded.marks);
-        let bytes = encoded.bytes;
+        let bytes = encoded.bytes.as_slice();
         let ttl = self.physical_ttl(ttl);
         let px = ttl_millis(ttl);
-        let script = redis::Script::new(FILL_IF_LEASED);
+        let script = &redis::Script::new(FILL_IF_LEASED);
+        let lease = &lease;
         let stored: Result<i64> = self
             .l2_call_for(k, "lease fill", |mut c| async move {
                 script.key(k).key(lease).arg(token).arg(bytes).arg(px).invoke_async(&mut c).await

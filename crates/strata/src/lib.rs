@@ -121,6 +121,7 @@ mod lease;
 mod metrics;
 mod namespace;
 mod refresh;
+mod retry;
 mod stamps;
 mod tags;
 mod tiers;

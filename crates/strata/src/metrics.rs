@@ -96,6 +96,8 @@ impl NsCounters {
 #[derive(Debug, Default)]
 pub(crate) struct Globals {
     pub(crate) l2_errors: AtomicU64,
+    /// Shared with the L2 client, which also retries calls made outside the breaker.
+    pub(crate) l2_retries: Arc<AtomicU64>,
     pub(crate) l2_timeouts: AtomicU64,
     pub(crate) breaker_rejections: AtomicU64,
 }
@@ -118,17 +120,13 @@ impl Metrics {
         map.entry(name.into()).or_default().clone()
     }
 
-    pub(crate) fn snapshot(
-        &self,
-        breakers: &Breakers,
-        l1: (u64, u64),
-        coherence: (u64, u64, bool),
-    ) -> MetricsSnapshot {
+    pub(crate) fn snapshot(&self, breakers: &Breakers, l1: (u64, u64), coherence: (u64, u64, bool)) -> MetricsSnapshot {
         let namespaces = self.read().iter().map(|(k, v)| (k.to_string(), v.snapshot())).collect();
         let g = &self.globals;
         MetricsSnapshot {
             namespaces,
             l2_errors: g.l2_errors.load(Ordering::Relaxed),
+            l2_retries: g.l2_retries.load(Ordering::Relaxed),
             l2_timeouts: g.l2_timeouts.load(Ordering::Relaxed),
             breaker_rejections: g.breaker_rejections.load(Ordering::Relaxed),
             breaker_state: breakers.state(),
@@ -155,6 +153,11 @@ pub struct MetricsSnapshot {
     pub namespaces: BTreeMap<String, NamespaceStats>,
     /// Redis calls that failed (excluding timeouts).
     pub l2_errors: u64,
+    /// Redis calls attempted again after a reply meaning "not executed, try again shortly"
+    /// (`LOADING`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, or `READONLY` through Sentinel), one
+    /// per extra attempt, on standalone and Sentinel connections. The Cluster client's own
+    /// retries are not counted. A call that succeeds after retries is not an error.
+    pub l2_retries: u64,
     /// Redis calls that timed out.
     pub l2_timeouts: u64,
     /// Redis calls skipped because the breaker was open.

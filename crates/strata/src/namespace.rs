@@ -264,10 +264,12 @@ impl Cache {
         if let Some(l1) = &self.inner.l1 {
             l1.remove(key.as_str());
         }
-        let script = redis::Script::new(DELETE_IF_EQUAL);
+        let script = &redis::Script::new(DELETE_IF_EQUAL);
         let k = key.as_str();
-        let removed = self
-            .l2_call_for(k, "EVALSHA", |mut c| async move { script.key(k).arg(bytes).invoke_async::<i64>(&mut c).await })
+        let removed =
+            self.l2_call_for(k, "EVALSHA", |mut c| async move {
+                script.key(k).arg(bytes).invoke_async::<i64>(&mut c).await
+            })
             .await;
         if let Err(err) = removed {
             tracing::debug!(key = %key, error = %err, "could not remove an invalidated value; it expires by its TTL");
@@ -295,8 +297,8 @@ impl Cache {
         let (epoch, asked_at) = (self.inner.stamps.epoch(), Instant::now());
         let key = stamp_key(id);
         let k = key.as_str();
-        let raw: String =
-            self.l2_call_for(k, "stamp read", |mut c| async move {
+        let raw: String = self
+            .l2_call_for(k, "stamp read", |mut c| async move {
                 READ_SCRIPT.key(k).arg(STAMP_TTL_MS).invoke_async(&mut c).await
             })
             .await

@@ -259,7 +259,7 @@ impl Cache {
     /// `SET {key}:lease <token> NX PX <lease ttl>`: the token when taken, `None` when held.
     async fn take_lease(&self, key: &Key) -> Result<Option<String>> {
         let (lease, token, px) = (lease_key(key.as_str()), token(), ttl_millis(self.inner.leases.ttl));
-        let t = token.clone();
+        let (lease, t) = (lease.as_slice(), token.as_str());
         let taken: Option<String> = self
             .l2_call_for(key.as_str(), "lease acquire", |mut c| async move {
                 redis::cmd("SET").arg(lease).arg(t).arg("NX").arg("PX").arg(px).query_async(&mut c).await

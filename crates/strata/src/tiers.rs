@@ -76,11 +76,9 @@ impl Cache {
             .await
             .map(|(bytes, pttl)| (bytes, Some(pttl)))
         } else {
-            self.l2_call_for(
-                k,
-                "GET",
-                |mut c| async move { redis::cmd("GET").arg(k).query_async::<Option<Vec<u8>>>(&mut c).await },
-            )
+            self.l2_call_for(k, "GET", |mut c| async move {
+                redis::cmd("GET").arg(k).query_async::<Option<Vec<u8>>>(&mut c).await
+            })
             .await
             .map(|bytes| (bytes, None))
         };
@@ -173,21 +171,22 @@ impl Cache {
             l1.remove(key.as_str());
         }
         let k = key.as_str();
-        let removed = match seen {
-            Some(bytes) => {
-                let script = redis::Script::new(DELETE_IF_EQUAL);
-                self.l2_call_for(
-                    k,
-                    "EVALSHA",
-                    |mut c| async move { script.key(k).arg(bytes).invoke_async::<i64>(&mut c).await },
-                )
-                .await
-            }
-            None => {
-                self.l2_call_for(k, "DEL", |mut c| async move { redis::cmd("DEL").arg(k).query_async::<i64>(&mut c).await })
+        let removed =
+            match seen {
+                Some(bytes) => {
+                    let (script, bytes) = (&redis::Script::new(DELETE_IF_EQUAL), bytes.as_slice());
+                    self.l2_call_for(k, "EVALSHA", |mut c| async move {
+                        script.key(k).arg(bytes).invoke_async::<i64>(&mut c).await
+                    })
                     .await
-            }
-        };
+                }
+                None => {
+                    self.l2_call_for(k, "DEL", |mut c| async move {
+                        redis::cmd("DEL").arg(k).query_async::<i64>(&mut c).await
+                    })
+                    .await
+                }
+            };
         if let Err(err) = removed {
             tracing::warn!(key = %key, error = %err, "could not remove undecodable value");
         }
@@ -209,14 +208,14 @@ impl Cache {
         let echo = self.inner.coherence.expect_echo(k);
         let ticket = self.inner.coherence.ticket(k);
         let (raw_len, marks) = (encoded.raw_len, encoded.marks);
-        let bytes = encoded.bytes;
+        let (bytes, lease) = (encoded.bytes.as_slice(), &lease);
         let ttl = self.physical_ttl(ttl);
         let px = ttl_millis(ttl);
         let written: Result<()> = self
             .l2_call_for(k, "SET", |mut c| async move {
                 redis::pipe()
                     .cmd("DEL")
-                    .arg(&lease)
+                    .arg(lease)
                     .ignore()
                     .cmd("SET")
                     .arg(k)
@@ -326,10 +325,11 @@ impl Cache {
         ttl.saturating_add(Duration::from_millis(self.inner.freshness.grace_ms()))
     }
 
-    /// One Redis call that names no key, through the keyless breaker (see [`Self::l2_call_for`]).
+    /// One Redis call that names no key, through the whole-Redis breaker only (see
+    /// [`Self::l2_call_for`]).
     pub(crate) async fn l2_call<T, F, Fut>(&self, context: &str, op: F) -> Result<T>
     where
-        F: FnOnce(Conn) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.l2_call_on(None, context, op).await
@@ -337,10 +337,11 @@ impl Cache {
 
     /// One Redis call on `key` (and keys in its hash slot) through the breaker of its slot range,
     /// with timeout and error accounting. Only errors that say Redis is unhealthy count against
-    /// the breaker (see [`Error::is_unhealthy`]).
+    /// the breaker (see [`Error::is_unhealthy`]). `op` may run more than once: see
+    /// [`L2::run`](crate::l2::L2::run).
     pub(crate) async fn l2_call_for<T, F, Fut>(&self, key: impl AsRef<[u8]>, context: &str, op: F) -> Result<T>
     where
-        F: FnOnce(Conn) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.l2_call_on(Some(key.as_ref()), context, op).await
@@ -348,7 +349,7 @@ impl Cache {
 
     async fn l2_call_on<T, F, Fut>(&self, key: Option<&[u8]>, context: &str, op: F) -> Result<T>
     where
-        F: FnOnce(Conn) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let globals = &self.inner.metrics.globals;

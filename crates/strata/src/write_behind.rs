@@ -184,6 +184,7 @@ impl WriteBehind {
         if wait > 0 {
             pipe.cmd("WAIT").arg(wait).arg(self.config.wait_timeout.as_millis().max(1) as u64);
         }
+        let pipe = &pipe;
         let (id, reached): (String, Option<u32>) = self
             .cache
             .l2_call_for(&stream, "XADD", |mut c| async move {

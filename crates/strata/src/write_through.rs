@@ -88,12 +88,12 @@ impl Cache {
         }
         let (k, lease, token) = (key.as_str(), lease_key(key.as_str()), token());
         let px = ttl_millis(self.inner.leases.ttl);
-        let t = token.as_str();
+        let (t, lease) = (token.as_str(), &lease);
         let held: Result<()> = self
             .l2_call_for(k, "write-through lease", |mut c| async move {
                 redis::pipe()
                     .cmd("SET")
-                    .arg(&lease)
+                    .arg(lease)
                     .arg(t)
                     .arg("PX")
                     .arg(px)

@@ -290,6 +290,7 @@ impl Worker {
         }
         pipe.cmd("XACK").arg(&stream).arg(&wb.config.group).arg(&entry.id).ignore();
         pipe.cmd("XDEL").arg(&stream).arg(&entry.id).ignore();
+        let pipe = &pipe;
         wb.cache.inner.l2.run("write-behind settle", |mut c| async move { pipe.query_async::<()>(&mut c).await }).await
     }
 
@@ -308,8 +309,8 @@ impl Worker {
     }
 
     async fn lease(&self, script: &'static str, p: u16, ttl_ms: u64) -> Result<bool> {
-        let key = self.wb.owner_key(p);
-        let consumer = self.consumer.clone();
+        let key = &self.wb.owner_key(p);
+        let consumer = self.consumer.as_str();
         let n: i64 = self
             .wb
             .cache
@@ -337,6 +338,7 @@ impl Worker {
     }
 
     async fn call<T: redis::FromRedisValue>(&self, context: &str, cmd: redis::Cmd) -> Result<T> {
+        let cmd = &cmd;
         self.wb.cache.inner.l2.run(context, |mut c| async move { cmd.query_async(&mut c).await }).await
     }
 }

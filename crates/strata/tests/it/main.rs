@@ -12,6 +12,7 @@ mod l1_budget;
 mod leases;
 mod namespaces;
 mod resilience;
+mod retries;
 mod stampede;
 mod topologies;
 mod ttl;
