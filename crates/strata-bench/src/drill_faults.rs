@@ -12,9 +12,12 @@
 //! * a **fallback call** failed or skipped L2 *and* its value came from the loader
 //!   (`loader_calls` moved): the source answered because Redis could not;
 //! * a **caller error** is a call that returned an error or a value other than the source's;
-//! * **`l2_unavailable_s`** runs from the start of the first call that saw L2 fail to the end of
-//!   the last one (0 when none did); **`l2_degraded_s`** is the same span counting breaker skips
-//!   too, i.e. how long callers were served without Redis;
+//! * **`l2_unavailable_s`** is the window of calls that saw L2 fail: from the start of the first
+//!   to the end of the last one that started less than 1 s after the window so far (0 when none
+//!   did); a failure after a full second without any (a lone timeout on a loaded machine, long
+//!   after the fault) is counted in `stray_l2_failures` instead of stretching the window.
+//!   **`l2_degraded_s`** is the same window counting breaker skips too, i.e. how long callers
+//!   were served without Redis;
 //! * the **phases**: *before* = calls started before the fault; *during* = calls started between
 //!   the fault and recovery (the later of "the injector saw the cluster healthy again" and the
 //!   end of the last call that failed or skipped L2); *after* = the rest.
@@ -77,6 +80,10 @@ pub struct Report {
     pub p50_ms_after: f64,
     /// Span of calls that failed or skipped L2 (open breaker), in seconds.
     pub l2_degraded_s: f64,
+    /// Calls that saw L2 fail after the unavailability window closed (a second without any).
+    pub stray_l2_failures: usize,
+    /// Calls that failed or skipped L2 after the degraded window closed.
+    pub stray_degraded_calls: usize,
     /// The longest call, in milliseconds (every phase).
     pub slowest_call_ms: f64,
     /// `cluster-node-timeout` of the nodes, in seconds.
@@ -236,8 +243,8 @@ async fn load(
 }
 
 fn summarize(calls: &[Call], fault_start: Duration, fault_end: Duration) -> Report {
-    let (l2_unavailable_s, _) = span(calls.iter().filter(|c| c.l2_failed));
-    let (l2_degraded_s, last) = span(calls.iter().filter(|c| c.l2_failed || c.l2_skipped));
+    let (l2_unavailable_s, _, stray_failed) = window(calls.iter().filter(|c| c.l2_failed));
+    let (l2_degraded_s, last, stray_degraded) = window(calls.iter().filter(|c| c.l2_failed || c.l2_skipped));
     let recovered = fault_end.max(last);
     let mut phases = [stats::histogram(), stats::histogram(), stats::histogram()];
     for c in calls {
@@ -267,6 +274,8 @@ fn summarize(calls: &[Call], fault_start: Duration, fault_end: Duration) -> Repo
         p50_ms_before: ms(&phases[0], 0.5),
         p50_ms_during: ms(&phases[1], 0.5),
         p50_ms_after: ms(&phases[2], 0.5),
+        stray_l2_failures: stray_failed,
+        stray_degraded_calls: stray_degraded,
         slowest_call_ms: calls.iter().map(|c| (c.end - c.start).as_secs_f64() * 1e3).fold(0.0, f64::max),
         fault: String::new(),
         fault_s: 0.0,
@@ -278,14 +287,26 @@ fn summarize(calls: &[Call], fault_start: Duration, fault_end: Duration) -> Repo
     }
 }
 
-/// Seconds from the first start to the last end of `calls`, and that last end.
-fn span<'a>(calls: impl Iterator<Item = &'a Call>) -> (f64, Duration) {
-    let (mut first, mut last) = (None::<Duration>, Duration::ZERO);
-    for c in calls {
-        first = Some(first.map_or(c.start, |f| f.min(c.start)));
-        last = last.max(c.end);
+/// A gap of this long without a failed call ends the unavailability window.
+const WINDOW_GAP: Duration = Duration::from_secs(1);
+
+/// The window of `calls` (in start order): from the first call's start to the end of the last
+/// call that started within [`WINDOW_GAP`] of the window so far, in seconds; the window's end;
+/// and how many calls came after it (stray failures, e.g. a timeout on a loaded machine long
+/// after the fault, reported apart rather than stretching the window).
+fn window<'a>(calls: impl Iterator<Item = &'a Call>) -> (f64, Duration, usize) {
+    let mut calls: Vec<&Call> = calls.collect();
+    calls.sort_by_key(|c| c.start);
+    let Some(first) = calls.first() else { return (0.0, Duration::ZERO, 0) };
+    let (start, mut end, mut stray) = (first.start, first.end, 0);
+    for c in &calls[1..] {
+        if stray == 0 && c.start <= end + WINDOW_GAP {
+            end = end.max(c.end);
+        } else {
+            stray += 1;
+        }
     }
-    (first.map_or(0.0, |f| last.saturating_sub(f).as_secs_f64()), last)
+    (end.saturating_sub(start).as_secs_f64(), end, stray)
 }
 
 #[cfg(test)]
@@ -318,6 +339,18 @@ mod tests {
         assert!((r.p99_ms_before - 1.0).abs() < 0.01, "{}", r.p99_ms_before);
         assert!((r.p99_ms_during - 500.0).abs() < 1.0, "{}", r.p99_ms_during);
         assert!((r.p99_ms_after - 2.0).abs() < 0.01, "{}", r.p99_ms_after);
+    }
+
+    #[test]
+    fn a_failure_long_after_the_window_is_counted_apart() {
+        let calls = [
+            call(1000, 1100, true, false, true),
+            call(1900, 2000, true, false, true),
+            call(9000, 9300, true, false, true),
+        ];
+        let r = summarize(&calls, Duration::from_millis(900), Duration::from_millis(2000));
+        assert!((r.l2_unavailable_s - 1.0).abs() < 1e-9, "{}", r.l2_unavailable_s);
+        assert_eq!((r.stray_l2_failures, r.stray_degraded_calls), (1, 1));
     }
 
     #[test]

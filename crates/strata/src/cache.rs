@@ -366,7 +366,10 @@ impl Cache {
             Ok(L2Read::Miss) => (false, true, None),
             Ok(L2Read::Stale(v, stamp)) => (false, true, Some((v, stamp))),
             Ok(L2Read::Unusable) => (false, false, None),
-            Err(err) => (err.is_unhealthy() || err.is_circuit_open(), false, self.l1_entry::<T>(key)),
+            Err(err) => {
+                tracing::debug!(key = %key, error = %err, "redis read failed: loading from the source");
+                (err.is_unhealthy() || err.is_circuit_open(), false, self.l1_entry::<T>(key))
+            }
         };
         let stale_present = stale.is_some();
         // Fail-safe: what may stand in for a failed or too slow load.

@@ -119,6 +119,12 @@ fn render(r: &Report, problems: &[String]) -> String {
         "  p50 / p99 ms: before {:.2} / {:.2}, during {:.2} / {:.2}, after {:.2} / {:.2}\n",
         r.p50_ms_before, r.p99_ms_before, r.p50_ms_during, r.p99_ms_during, r.p50_ms_after, r.p99_ms_after
     ));
+    if r.stray_l2_failures > 0 {
+        text.push_str(&format!(
+            "  {} call(s) saw L2 fail more than 1 s after the window closed (isolated, not part of it)\n",
+            r.stray_l2_failures
+        ));
+    }
     if r.keys_checked > 0 {
         text.push_str(&format!("  keys written before the fault: {} checked, {} lost\n", r.keys_checked, r.keys_lost));
     }
