@@ -74,7 +74,7 @@ impl Postgres {
                     .await?,
                 reprice: client
                     .prepare(
-                        "UPDATE products SET price_cents = GREATEST(0, (price_cents * (100 + $2) + 50) / 100)
+                        "UPDATE products SET price_cents = GREATEST(0, (price_cents * (100 + $2::BIGINT) + 50) / 100)
                          WHERE category = $1",
                     )
                     .await?,

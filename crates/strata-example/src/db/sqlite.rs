@@ -84,9 +84,8 @@ impl Sqlite {
         self.with(move |c| {
             c.execute(
                 "WITH RECURSIVE s(i) AS (SELECT 1 WHERE ?1 >= 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?1)
-                 INSERT INTO users (id, name, email, bio)
-                 SELECT i, 'user-' || i, 'user' || i || '@example.com', ?2 FROM s
-                 ON CONFLICT (id) DO NOTHING",
+                 INSERT OR IGNORE INTO users (id, name, email, bio)
+                 SELECT i, 'user-' || i, 'user' || i || '@example.com', ?2 FROM s",
                 params![n, BIO],
             )
         })
@@ -100,9 +99,8 @@ impl Sqlite {
         self.with(move |c| {
             c.execute(
                 "WITH RECURSIVE s(i) AS (SELECT 1 WHERE ?1 >= 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?1)
-                 INSERT INTO products (id, category, name, price_cents)
-                 SELECT i, 'cat-' || (i % ?2), 'product-' || i, 100 + (i * 37) % 10000 FROM s
-                 ON CONFLICT (id) DO NOTHING",
+                 INSERT OR IGNORE INTO products (id, category, name, price_cents)
+                 SELECT i, 'cat-' || (i % ?2), 'product-' || i, 100 + (i * 37) % 10000 FROM s",
                 params![n, k],
             )
         })

@@ -1,0 +1,11 @@
+//! Integration tests of the example service: real Redis (strata-cluster), SQLite in a temporary
+//! directory, PostgreSQL when available.
+
+mod cluster;
+mod common;
+mod counters;
+mod postgres;
+mod products;
+mod sessions;
+mod socket;
+mod users;
