@@ -68,9 +68,24 @@ async fn main() -> anyhow::Result<()> {
     // Scripts (./run demo) read this line to learn the address, also when --listen asks for port 0.
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, strata_example::app(services))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown())
         .await?;
     Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM (how `./run demo` and service managers stop the service), so
+/// that requests in flight finish.
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
