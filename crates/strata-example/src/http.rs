@@ -142,7 +142,12 @@ fn client_id(headers: &HeaderMap) -> &str {
 async fn rate_limit(State(s): State<Services>, request: Request, next: Next) -> Response {
     let decision = match s.limiter.check(client_id(request.headers())).await {
         Ok(d) => d,
-        Err(e) => return e.into_response(),
+        // Fail open: a Redis outage must not turn into an outage of every limited endpoint.
+        // The limit is a guard against abuse, not a quota that must never be exceeded.
+        Err(e) => {
+            tracing::warn!("rate limiter unavailable, request let through: {e}");
+            return next.run(request).await;
+        }
     };
     let mut response = if decision.allowed {
         next.run(request).await

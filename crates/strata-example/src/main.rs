@@ -67,9 +67,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     // Scripts (./run demo) read this line to learn the address, also when --listen asks for port 0.
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, strata_example::app(services))
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    axum::serve(listener, strata_example::app(services)).with_graceful_shutdown(shutdown()).await?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@ mod common;
 mod counters;
 mod postgres;
 mod products;
+mod resilience;
 mod sessions;
 mod socket;
 mod users;
