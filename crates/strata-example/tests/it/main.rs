@@ -4,6 +4,7 @@
 mod cluster;
 mod common;
 mod counters;
+mod db;
 mod postgres;
 mod products;
 mod resilience;
