@@ -18,7 +18,8 @@ pub struct Products {
 }
 
 impl Products {
-    pub(super) fn new(db: Db, cache: Cache, schema: KeySchema) -> Self {
+    /// Products of `db` cached in `cache` under `schema`. [`Services`](super::Services) builds one.
+    pub fn new(db: Db, cache: Cache, schema: KeySchema) -> Self {
         Self { db, cache, schema }
     }
 

@@ -19,7 +19,9 @@ pub struct Users {
 }
 
 impl Users {
-    pub(super) fn new(db: Db, cache: Cache, schema: KeySchema) -> Self {
+    /// Profiles of `db` cached in `cache` under `schema` (keys `{app}:v{N}:user:ID`). For a
+    /// benchmark or an embedding that needs users alone; [`Services`](super::Services) builds one.
+    pub fn new(db: Db, cache: Cache, schema: KeySchema) -> Self {
         Self { db, cache, schema }
     }
 
