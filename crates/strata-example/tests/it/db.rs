@@ -1,0 +1,52 @@
+//! The SQL layer alone (SQLite): what the benchmark's "direct" path runs.
+
+use strata_example::ErrorKind;
+use strata_example::db::{Backend, Db, UserUpdate};
+
+use crate::common::TestResult;
+
+#[tokio::test]
+async fn the_sqlite_layer_reads_writes_and_counts_its_queries() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = Db::open(&format!("sqlite://{}", dir.path().join("db.sqlite3").display())).await?;
+    assert_eq!(db.backend(), Backend::Sqlite);
+    db.seed_users(1_000).await?;
+    db.seed_users(1_000).await?; // idempotent
+    db.seed_products(30, 3).await?;
+    assert_eq!(db.queries(), 3);
+
+    let user = db.get_user(1_000).await?.expect("seeded");
+    assert_eq!((user.name.as_str(), user.email.as_str()), ("user-1000", "user1000@example.com"));
+    assert!(user.bio.len() > 200, "profiles have a realistic size");
+    assert_eq!(db.get_user(1_001).await?, None);
+
+    let update = UserUpdate { email: Some("ada@example.com".into()), ..UserUpdate::default() };
+    let updated = db.update_user(1_000, &update).await?.expect("exists");
+    assert_eq!((updated.name.as_str(), updated.email.as_str()), ("user-1000", "ada@example.com"));
+    assert_eq!(db.get_user(1_000).await?, Some(updated));
+    assert_eq!(db.update_user(5_000, &update).await?, None);
+
+    let listing = db.list_products("cat-0").await?;
+    assert_eq!(listing.iter().map(|p| p.id).collect::<Vec<_>>(), [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]);
+    assert_eq!(db.reprice_category("cat-0", -100).await?, 10);
+    assert!(db.list_products("cat-0").await?.iter().all(|p| p.price_cents == 0));
+    assert_eq!(db.reprice_category("cat-0", -101).await.map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
+    assert_eq!(db.get_product(4).await?.map(|p| p.category), Some("cat-1".to_owned()));
+    assert_eq!(db.queries(), 12, "rejected calls do not reach the database");
+
+    // A second handle on the same file sees the writes.
+    let again = Db::open(&format!("sqlite:{}", dir.path().join("db.sqlite3").display())).await?;
+    assert_eq!(again.get_user(1_000).await?.map(|u| u.email), Some("ada@example.com".to_owned()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_in_memory_database_and_bad_urls() -> TestResult {
+    let db = Db::open("sqlite::memory:").await?;
+    db.seed_users(10).await?;
+    assert!(db.get_user(10).await?.is_some());
+    assert_eq!(Db::open("sqlite:").await.map(drop).map_err(|e| e.kind()), Err(ErrorKind::Config));
+    let unreachable = Db::open("postgres://nobody@127.0.0.1:1/none").await;
+    assert_eq!(unreachable.map(drop).map_err(|e| e.kind()), Err(ErrorKind::Database));
+    Ok(())
+}
