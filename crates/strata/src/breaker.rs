@@ -71,9 +71,8 @@ pub(crate) struct Breaker {
     failures: AtomicU32,
     opens: AtomicU64,
     slow: Mutex<Slow>,
-    /// Shared by the range breakers of a cluster: held while one of them probes, so that a
-    /// dead master's ranges (a third of them) do not all send a probe every period.
-    probe_gate: Option<Arc<AtomicBool>>,
+    /// Shared by the range breakers of a cluster (see [`ProbeGate`]).
+    probe_gate: Option<Arc<ProbeGate>>,
 }
 
 /// Permission for one Redis call. Report its outcome with [`Breaker::record`]; dropping a probe
@@ -97,19 +96,20 @@ impl Breaker {
         }
     }
 
-    fn gated(config: BreakerConfig, gate: Arc<AtomicBool>) -> Self {
+    fn gated(config: BreakerConfig, gate: Arc<ProbeGate>) -> Self {
         Self { probe_gate: Some(gate), ..Self::new(config) }
     }
 
-    /// Takes the shared probe gate, if any; false when another breaker holds it.
+    /// Takes the shared probe gate, if any; false when it is not this breaker's turn.
     fn take_gate(&self) -> bool {
-        self.probe_gate.as_ref().is_none_or(|g| !g.swap(true, Ordering::AcqRel))
+        self.probe_gate.as_ref().is_none_or(|g| g.take())
     }
 
-    fn end_probe(&self, slow: &mut Slow) {
+    /// `outcome`: `Some(success)` when the probe ran, `None` when it was cancelled.
+    fn end_probe(&self, slow: &mut Slow, outcome: Option<bool>) {
         slow.probe_in_flight = false;
         if let Some(gate) = &self.probe_gate {
-            gate.store(false, Ordering::Release);
+            gate.release(outcome, self.config.open_for);
         }
     }
 
@@ -163,7 +163,7 @@ impl Breaker {
         if success {
             if permit.probe {
                 let mut slow = self.lock();
-                self.end_probe(&mut slow);
+                self.end_probe(&mut slow, Some(true));
                 slow.state = BreakerState::Closed;
                 self.failures.store(0, Ordering::Relaxed);
                 self.closed.store(true, Ordering::Release);
@@ -175,7 +175,7 @@ impl Breaker {
         }
         let mut slow = self.lock();
         if permit.probe {
-            self.end_probe(&mut slow);
+            self.end_probe(&mut slow, Some(false));
             self.open(&mut slow);
             return;
         }
@@ -201,6 +201,42 @@ impl Breaker {
     }
 }
 
+/// Paces the probes of the range breakers of one cluster: one at a time, and after a failed
+/// probe none for `open_for`. A probe on a dead master costs its caller a failed call (up to the
+/// operation timeout), and a third of the ranges may be dead at once; without the gate each
+/// would probe every period. A successful probe lets the next range probe at once, so the
+/// ranges of a promoted replica close one after the other within milliseconds.
+#[derive(Debug)]
+struct ProbeGate {
+    state: Mutex<(bool, Instant)>,
+}
+
+impl Default for ProbeGate {
+    fn default() -> Self {
+        Self { state: Mutex::new((false, Instant::now())) }
+    }
+}
+
+impl ProbeGate {
+    fn take(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (busy, next_at) = &mut *state;
+        if *busy || Instant::now() < *next_at {
+            return false;
+        }
+        *busy = true;
+        true
+    }
+
+    fn release(&self, outcome: Option<bool>, pause: Duration) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 = false;
+        if outcome == Some(false) {
+            state.1 = Instant::now() + pause;
+        }
+    }
+}
+
 /// Hash slots per range breaker on a cluster: 64 ranges over the 16384 slots.
 const SLOTS_PER_BREAKER: u16 = 256;
 const CLUSTER_SLOTS: u16 = 16384;
@@ -208,8 +244,7 @@ const CLUSTER_SLOTS: u16 = 16384;
 /// The breakers of one cache. `whole` guards every call; on a cluster, a call on a key also
 /// passes the breaker of its slot range. A dead master fails only its own ranges, whose
 /// breakers open after `failure_threshold` consecutive failures, while calls on the other
-/// ranges keep succeeding and keep `whole` closed. One range probes at a time: a probe on a dead
-/// master costs its caller a failed call, and a third of the ranges may be dead at once. `whole` opens after twice that many
+/// ranges keep succeeding and keep `whole` closed. Range probes are paced by a [`ProbeGate`]. `whole` opens after twice that many
 /// consecutive failures anywhere: Redis is down as a whole, and waiting for each of the 64
 /// range breakers to open on its own would cost callers hundreds of failed calls.
 #[derive(Debug)]
@@ -232,7 +267,7 @@ impl Breakers {
             return Self { whole: Breaker::new(config), ranges: Box::new([]) };
         }
         let whole = BreakerConfig { failure_threshold: config.failure_threshold.saturating_mul(2), ..config.clone() };
-        let gate = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(ProbeGate::default());
         let ranges =
             (0..CLUSTER_SLOTS / SLOTS_PER_BREAKER).map(|_| Breaker::gated(config.clone(), gate.clone())).collect();
         Self { whole: Breaker::new(whole), ranges }
@@ -311,7 +346,7 @@ impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if self.probe && !self.reported {
             let mut slow = self.breaker.lock();
-            self.breaker.end_probe(&mut slow);
+            self.breaker.end_probe(&mut slow, None);
         }
     }
 }
@@ -415,7 +450,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn one_range_probes_at_a_time() {
+    async fn range_probes_are_paced() {
         let breakers = Breakers::new(BreakerConfig { failure_threshold: 1, open_for: Duration::from_secs(5) }, true);
         assert!(call(&breakers, Some(b"foo"), false));
         assert!(call(&breakers, Some(b"bar"), true), "resets the whole breaker's count");
@@ -426,8 +461,17 @@ mod tests {
         drop(probe);
         let probe = breakers.try_acquire(Some(b"bar")).expect("gate free again after a cancelled probe");
         breakers.record(probe, true);
-        assert!(call(&breakers, Some(b"foo"), true), "gate free after the probe's outcome");
+        assert!(call(&breakers, Some(b"foo"), true), "a success lets the next range probe at once");
         assert_eq!(breakers.state(), BreakerState::Closed);
+        // After a failed probe, no range probes for a period.
+        assert!(call(&breakers, Some(b"foo"), false));
+        assert!(call(&breakers, Some(b"bar"), true), "resets the whole breaker's count");
+        assert!(call(&breakers, Some(b"bar"), false));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(call(&breakers, Some(b"foo"), false), "probe fails");
+        assert!(!call(&breakers, Some(b"bar"), true), "paced: bar's period is over but the gate waits");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(call(&breakers, Some(b"bar"), true), "bar probes after the pause");
     }
 
     #[tokio::test(start_paused = true)]
