@@ -132,7 +132,15 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Run> {
                 .map(|i| schema.key("coldstart", &format!("{nonce}-{name}-{i}")))
                 .collect::<strata::Result<_>>()?,
         );
-        let cache = target.cache_builder().require_redis(true).build().await.context("connecting the cache")?;
+        // A patient timeout for both variants: a 500-key warming batch on a busy machine would
+        // pass the default one and leave the cache cold.
+        let cache = target
+            .cache_builder()
+            .require_redis(true)
+            .op_timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .context("connecting the cache")?;
         let (mut warm_queries, mut warm_time) = (0, Duration::ZERO);
         if name == "warmed" {
             let t = Instant::now();

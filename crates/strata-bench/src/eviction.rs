@@ -9,6 +9,7 @@
 //! from INFO stats `evicted_keys` on each master. The original `maxmemory` and
 //! `maxmemory-policy` are restored at the end, whatever happened.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,22 +107,21 @@ const POLICIES: [&str; 2] = ["allkeys-lru", "allkeys-lfu"];
 
 /// Runs the scenario against `target`. It empties every master (FLUSHALL).
 pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Run> {
-    let nodes = masters(target).await?;
-    let mut cons = Vec::new();
-    let mut saved = Vec::new();
-    for url in &nodes {
-        let mut con = connect(url).await?;
-        saved.push((config_get(&mut con, "maxmemory").await?, config_get(&mut con, "maxmemory-policy").await?));
-        cons.push(con);
-    }
-    let result = replay_both(target, options, &mut cons).await;
+    let mut saved = BTreeMap::new();
+    let result = replay_both(target, options, &mut saved).await;
+    // Every node that was a master at some point gets its settings back (a failover during the
+    // run may have moved the role).
     let mut restore = Ok(());
-    for (con, (maxmemory, policy)) in cons.iter_mut().zip(&saved) {
-        let _: redis::RedisResult<()> = redis::cmd("FLUSHALL").query_async(con).await;
-        for (name, value) in [("maxmemory", maxmemory), ("maxmemory-policy", policy)] {
-            if let Err(e) = config_set(con, name, value).await {
-                restore = Err(e.context("restoring the memory settings"));
-            }
+    for (url, (maxmemory, policy)) in &saved {
+        let attempt = async {
+            let mut con = connect(url).await?;
+            let _: redis::RedisResult<()> = redis::cmd("FLUSHALL").query_async(&mut con).await;
+            config_set(&mut con, "maxmemory", maxmemory).await?;
+            config_set(&mut con, "maxmemory-policy", policy).await
+        }
+        .await;
+        if let Err(e) = attempt {
+            restore = Err(e.context(format!("restoring the memory settings of {url}")));
         }
     }
     let run = result?;
@@ -132,7 +132,7 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Run> {
 async fn replay_both(
     target: &Target,
     options: &Options,
-    cons: &mut [redis::aio::MultiplexedConnection],
+    saved: &mut BTreeMap<String, (String, String)>,
 ) -> anyhow::Result<Run> {
     let zipf = Zipf::new(options.keys, options.exponent)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -145,8 +145,22 @@ async fn replay_both(
     let mut policies = Vec::new();
     let mut curves = Vec::new();
     let mut first_requests = None;
+    let mut masters_used = 0;
     for policy in POLICIES {
         clock.phase(format!("eviction {policy}"));
+        // Masters are found again for each policy: a failover on a busy machine moves them.
+        let nodes = masters(target).await?;
+        let mut cons = Vec::new();
+        for url in &nodes {
+            let mut con = connect(url).await?;
+            if !saved.contains_key(url) {
+                let settings =
+                    (config_get(&mut con, "maxmemory").await?, config_get(&mut con, "maxmemory-policy").await?);
+                saved.insert(url.clone(), settings);
+            }
+            cons.push(con);
+        }
+        masters_used = masters_used.max(nodes.len());
         let mut evicted_before = 0;
         for con in cons.iter_mut() {
             let () = redis::cmd("FLUSHALL").query_async(con).await.context("FLUSHALL")?;
@@ -196,7 +210,7 @@ async fn replay_both(
     Ok(Run {
         figures: Figures {
             layout: target.layout,
-            masters: cons.len(),
+            masters: masters_used,
             keys: options.keys,
             value_bytes: options.value_bytes,
             working_set_bytes: options.keys * options.value_bytes as u64,

@@ -114,11 +114,15 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Run> {
         target.cache_builder().require_redis(true).l1_capacity_bytes(0).hot_keys(hot).build().await?,
     ];
     // Every key in Redis first: the phases measure reads, not the source.
+    // A patient cache for the fill: big batches on a busy machine outlast the default timeout.
+    let filler = target.cache_builder().require_redis(true).op_timeout(Duration::from_secs(10)).build().await?;
     for (c, chunk) in keys.chunks(1000).enumerate() {
         let items: Vec<(Key, Profile)> =
             chunk.iter().zip((c * 1000) as u64..).map(|(k, id)| (k.clone(), Profile::sample(id))).collect();
-        caches[0].set_many(&items, Ttl::Long).await?;
+        filler.set_many(&items, Ttl::Long).await?;
     }
+    // Shared, not cloned per call: a call must cost a key lookup, not a copy of 10k keys.
+    let keys = std::sync::Arc::new(keys);
     let nodes = masters(target).await?;
     let mut cons = Vec::new();
     for url in &nodes {

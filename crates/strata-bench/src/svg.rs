@@ -67,7 +67,7 @@ const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 380.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 40.0;
+const TOP: f64 = 58.0;
 const BOTTOM: f64 = 55.0;
 /// Colours distinguishable with the common colour-vision deficiencies (Okabe-Ito).
 const PALETTE: [&str; 7] = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"];
@@ -150,6 +150,7 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> String {
         b = TOP + plot_h,
         r = LEFT + plot_w,
     );
+    let mut lx = LEFT;
     for (i, s) in series.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
         let coords: Vec<String> =
@@ -161,8 +162,8 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> String {
                 coords.join(" ")
             );
         }
-        let ly = TOP + 8.0 + i as f64 * 16.0;
-        let lx = LEFT + plot_w - 190.0;
+        // The legend sits in a row above the plot, where it can hide no data.
+        let ly = 40.0;
         let _ = write!(
             svg,
             r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
@@ -171,6 +172,7 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> String {
             ly + 4.0,
             escape(&s.name)
         );
+        lx += 40.0 + 7.0 * s.name.chars().count() as f64;
     }
     svg.push_str("</svg>");
     svg
