@@ -108,8 +108,19 @@ pub struct Figures {
 pub struct Run {
     /// The figures.
     pub figures: Figures,
-    /// Per variant: name, hit ratio points (seconds, ratio), latency.
-    pub curves: Vec<(&'static str, Vec<(f64, f64)>, Histogram<u64>)>,
+    /// One per variant.
+    pub curves: Vec<Curve>,
+}
+
+/// What one variant's load looked like over time.
+#[derive(Debug, Clone)]
+pub struct Curve {
+    /// The variant.
+    pub name: &'static str,
+    /// (seconds since the load started, hit ratio) per time bucket.
+    pub hit_ratio: Vec<(f64, f64)>,
+    /// Read latency.
+    pub latency: Histogram<u64>,
 }
 
 /// Runs the scenario against `target`.
@@ -206,7 +217,7 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Run> {
             p50_ms: ms(s.p50_ns),
             p99_ms: ms(s.p99_ns),
         });
-        curves.push((name, out.timeline.hit_ratio_points(), out.latency));
+        curves.push(Curve { name, hit_ratio: out.timeline.hit_ratio_points(), latency: out.latency });
     }
     drop(clock);
     Ok(Run {
@@ -250,8 +261,8 @@ pub fn report(run: &Run, command: &[String]) -> anyhow::Result<Report> {
     report.table("Figures", &["variant", "warming", "hit ratio", "time to 90 %", &window, "p50", "p99"], rows);
     let mut chart = Chart::new("Hit ratio over time", "seconds since the load started", "hit ratio");
     chart.y_range = Some((0.0, 1.0));
-    report.line_chart(chart, run.curves.iter().map(|(n, p, _)| Series::new(*n, p.clone())).collect());
-    let hists: Vec<(&str, &Histogram<u64>)> = run.curves.iter().map(|(n, _, h)| (*n, h)).collect();
+    report.line_chart(chart, run.curves.iter().map(|c| Series::new(c.name, c.hit_ratio.clone())).collect());
+    let hists: Vec<(&str, &Histogram<u64>)> = run.curves.iter().map(|c| (c.name, &c.latency)).collect();
     report.cdf("Read latency", &hists);
     Ok(report)
 }

@@ -152,7 +152,7 @@ impl Report {
             html.push_str(section);
         }
         let json = serde_json::to_string_pretty(&self.document()).unwrap_or_default();
-        let _ = write!(html, "<h2>JSON</h2><pre>{}</pre></body></html>\n", escape(&json));
+        let _ = writeln!(html, "<h2>JSON</h2><pre>{}</pre></body></html>", escape(&json));
         html
     }
 

@@ -316,7 +316,7 @@ pub async fn masters(target: &Target) -> anyhow::Result<Vec<String>> {
 /// A connection to one node.
 pub async fn connect(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {url}"))?;
-    Ok(client.get_multiplexed_async_connection().await.with_context(|| format!("connecting to {url}"))?)
+    client.get_multiplexed_async_connection().await.with_context(|| format!("connecting to {url}"))
 }
 
 /// The value of `field` in `INFO section` of one node.
