@@ -165,7 +165,8 @@ where
 
 /// Like [`closed_loop`], open loop: calls are scheduled at `rate` per second in total, evenly
 /// spread over the workers, whatever the latency; a call's latency counts from its scheduled
-/// start, so a backlog shows as latency (no coordinated omission).
+/// start, so a backlog shows as latency (no coordinated omission). Calls still due when the
+/// duration has passed are not issued (the achieved rate shows the shortfall).
 pub async fn open_loop<F, Fut>(load: Load, rate: f64, bucket: Duration, op: F) -> Outcome
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
@@ -194,7 +195,8 @@ where
                 loop {
                     let due = interval.map(|i| start + i.mul_f64(f64::from(k) + w as f64 / workers as f64));
                     if let Some(due) = due {
-                        if due.duration_since(start) >= load.duration {
+                        // A backlog is cut off at the end: the phase stays bounded in time.
+                        if due.duration_since(start) >= load.duration || start.elapsed() >= load.duration {
                             break;
                         }
                         tokio::time::sleep_until(due.into()).await;
