@@ -128,6 +128,13 @@ fn without_url_a_local_cluster_is_started_and_eviction_refuses_url_without_conse
     assert_eq!(s["layout"], "cluster", "the new scenarios default to a cluster");
     assert_eq!(s["strata"]["max_loader_calls_per_expiry"], 1, "{s}");
 
+    // One URL of a cluster node is enough: the rest is discovered.
+    let cluster = strata_cluster::RedisCluster::start(3, 1).expect("cluster");
+    let seed = cluster.seed_urls()[0].clone();
+    let s = bench(out.path(), &["--scenario", "stampede", "--duration", "1s", "--concurrency", "50", "--url", &seed]);
+    assert_eq!(s["layout"], "cluster", "{s}");
+    assert_eq!(s["strata"]["errors"], 0, "{s}");
+
     let refused = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(["bench", "--scenario", "eviction", "--url", "redis://127.0.0.1:1"])
         .output()

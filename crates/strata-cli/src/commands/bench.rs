@@ -18,7 +18,7 @@ pub(crate) struct Args {
     /// The scenario to run.
     #[arg(long, value_enum, default_value_t = Scenario::HitLatency)]
     scenario: Scenario,
-    /// Redis URL(s): one for a standalone server, several for cluster seeds. Without it a local
+    /// Redis URL(s): a standalone server, or one or more nodes of a cluster. Without it a local
     /// deployment is started and stopped afterwards.
     #[arg(long = "url")]
     urls: Vec<String>,
