@@ -120,17 +120,7 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> String {
             number(t)
         );
     }
-    for &t in &y_ticks {
-        let y = py(t);
-        let _ = write!(
-            svg,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e5e5e5"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            LEFT + plot_w,
-            LEFT - 6.0,
-            y + 4.0,
-            number(t)
-        );
-    }
+    y_grid(&mut svg, &y_ticks, py);
     axes(&mut svg, chart);
     for (i, s) in series.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
@@ -163,17 +153,7 @@ pub fn bar_chart(chart: &Chart, categories: &[String], series: &[(String, Vec<f6
     let (plot_w, plot_h) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
     let py = |y: f64| TOP + plot_h - (y.clamp(0.0, top) / top) * plot_h;
     let mut svg = frame(chart);
-    for t in linear_ticks(0.0, top) {
-        let y = py(t);
-        let _ = write!(
-            svg,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e5e5e5"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            LEFT + plot_w,
-            LEFT - 6.0,
-            y + 4.0,
-            number(t)
-        );
-    }
+    y_grid(&mut svg, &linear_ticks(0.0, top), py);
     let group = plot_w / categories.len().max(1) as f64;
     let bar = group * 0.8 / series.len().max(1) as f64;
     for (c, name) in categories.iter().enumerate() {
@@ -202,6 +182,21 @@ pub fn bar_chart(chart: &Chart, categories: &[String], series: &[(String, Vec<f6
     legend(&mut svg, series.iter().map(|s| s.0.as_str()));
     svg.push_str("</svg>");
     svg
+}
+
+/// Horizontal grid lines with their labels at `ticks`, placed by `py`.
+fn y_grid(svg: &mut String, ticks: &[f64], py: impl Fn(f64) -> f64) {
+    for &t in ticks {
+        let y = py(t);
+        let _ = write!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e5e5e5"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            WIDTH - RIGHT,
+            LEFT - 6.0,
+            y + 4.0,
+            number(t)
+        );
+    }
 }
 
 /// The opening tag, background and title.
