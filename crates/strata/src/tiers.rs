@@ -358,7 +358,10 @@ impl Cache {
             globals.breaker_rejections.fetch_add(1, Ordering::Relaxed);
             return Err(Error::circuit_open());
         };
-        let result = self.inner.l2.run(context, op).await;
+        // Boxed: it keeps the layout of callers' futures shallow. Unboxed, the retry loop nested
+        // inside every cache operation's state machine made `async fn main` code using the cache
+        // overflow the compiler's query depth limit. One allocation next to a network round trip.
+        let result = Box::pin(self.inner.l2.run(context, op)).await;
         match &result {
             Ok(_) => breakers.record(permit, true),
             Err(err) => {

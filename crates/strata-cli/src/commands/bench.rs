@@ -105,8 +105,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         } else {
             Target::external(args.urls.clone())?
         };
-        // Boxed: the scenarios' futures nest deeply enough to hit the compiler's query depth limit.
-        let (report, text) = Box::pin(scenario(&args, &target, &command)).await?;
+        let (report, text) = scenario(&args, &target, &command).await?;
         let written = report.write(&args.out)?;
         let files = format!("report: {}\n        {}\n", written.html.display(), written.json.display());
         if args.output.json {
