@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::breaker::{BreakerConfig, Breakers};
 use crate::cache::{Cache, Inner};
 use crate::codec::{Codec, Format};
+use crate::crypt::Encryption;
 use crate::coherence::Coherence;
 use crate::error::{Error, Result};
 use crate::flight::Flights;
@@ -57,6 +58,7 @@ pub struct CacheBuilder {
     freshness: Freshness,
     require_redis: bool,
     stamp_refresh: Duration,
+    encryption: Option<Encryption>,
 }
 
 impl Default for CacheBuilder {
@@ -83,6 +85,7 @@ impl Default for CacheBuilder {
             freshness: Freshness::default(),
             require_redis: false,
             stamp_refresh: Duration::from_secs(1),
+            encryption: None,
         }
     }
 }
@@ -254,6 +257,13 @@ impl CacheBuilder {
         self
     }
 
+    /// Client-side AES-256-GCM encryption of the namespaces and prefixes marked sensitive
+    /// (default: none). See [`Encryption`] and [`Keyring`](crate::Keyring).
+    pub fn encryption(mut self, encryption: Encryption) -> Self {
+        self.encryption = Some(encryption);
+        self
+    }
+
     /// Make [`build`](Self::build) fail when Redis does not answer a PING (default: start anyway
     /// and serve from the loader until Redis is reachable — a cache must not stop a service).
     pub fn require_redis(mut self, require: bool) -> Self {
@@ -282,6 +292,9 @@ impl CacheBuilder {
             return Err(Error::config("breaker failure_threshold must be at least 1"));
         }
         self.invalidation.validate()?;
+        if let Some(enc) = &self.encryption {
+            enc.validate()?;
+        }
         let l2_config = L2Config {
             topology,
             username: self.username,
@@ -309,6 +322,7 @@ impl CacheBuilder {
                 format: self.format,
                 compress_above: self.compress_above,
                 max_value_bytes: self.max_value_bytes,
+                encryption: self.encryption.map(Arc::new),
             },
             ttl: self.ttl,
             leases: self.leases,

@@ -135,7 +135,7 @@ impl Cache {
         let ttl = self.inner.ttl.jittered(ttl);
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
         let marks = self.write_marks(key, tags).await?;
-        let encoded = match self.inner.codec.encode_marked(Some(value), meta, &marks) {
+        let encoded = match self.inner.codec.encode_marked(key, Some(value), meta, &marks) {
             Ok(encoded) => encoded,
             Err(err) => {
                 if let Err(del) = self.delete(key).await {
@@ -154,7 +154,7 @@ impl Cache {
         let ttl = self.inner.ttl.jittered_negative();
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
         let marks = self.write_marks(key, &[]).await?;
-        let encoded = self.inner.codec.encode_marked::<()>(None, meta, &marks)?;
+        let encoded = self.inner.codec.encode_marked::<()>(key, None, meta, &marks)?;
         self.write_l2(key, encoded, ttl, Slot::Absent, meta.into()).await?;
         self.hot_invalidate(key).await;
         Ok(())
@@ -419,7 +419,7 @@ impl Cache {
             None => self.inner.ttl.jittered_negative(),
         };
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us };
-        match self.inner.codec.encode_marked(value.as_ref(), meta, &marks) {
+        match self.inner.codec.encode_marked(key, value.as_ref(), meta, &marks) {
             Ok(encoded) => {
                 let slot = match &value {
                     Some(v) => Slot::Present(Arc::new(v.clone())),

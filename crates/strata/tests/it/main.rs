@@ -6,6 +6,7 @@ mod common;
 mod batch;
 mod coherence;
 mod corrupt;
+mod encryption;
 mod freshness;
 mod hot;
 mod l1_budget;
