@@ -414,7 +414,10 @@ mod tests {
                 let d = c.decode::<Profile>(&test_key(), &e.bytes)?;
                 assert_eq!((d.value, d.meta, d.marks), (Some(p), META, marks()?));
             }
-            let d = c.decode::<Profile>(&test_key(), &c.encode_marked::<Profile>(&test_key(), None, META, &marks()?)?.bytes)?;
+            let d = c.decode::<Profile>(
+                &test_key(),
+                &c.encode_marked::<Profile>(&test_key(), None, META, &marks()?)?.bytes,
+            )?;
             assert!(d.value.is_none() && d.marks == marks()?);
         }
         Ok(())

@@ -183,7 +183,8 @@ impl Encryption {
 
     /// Whether values under `key` must be encrypted.
     pub(crate) fn sensitive(&self, key: &Key) -> bool {
-        self.namespaces.iter().any(|n| n == key.namespace()) || self.prefixes.iter().any(|p| key.as_str().starts_with(p))
+        self.namespaces.iter().any(|n| n == key.namespace())
+            || self.prefixes.iter().any(|p| key.as_str().starts_with(p))
     }
 
     /// `key id length, key id, nonce, ciphertext and tag` for the envelope payload.
@@ -213,12 +214,9 @@ impl Encryption {
         }
         let (id, rest) = rest.split_at(id_len);
         let (nonce, body) = rest.split_at(NONCE_LEN);
-        let key = self
-            .ring
-            .keys
-            .iter()
-            .find(|k| k.id.as_bytes() == id)
-            .ok_or_else(|| Error::decrypt(format!("value encrypted with unknown key id {:?}", String::from_utf8_lossy(id))))?;
+        let key = self.ring.keys.iter().find(|k| k.id.as_bytes() == id).ok_or_else(|| {
+            Error::decrypt(format!("value encrypted with unknown key id {:?}", String::from_utf8_lossy(id)))
+        })?;
         key.cipher
             .decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad })
             .map_err(|_| Error::decrypt(format!("value does not authenticate with key {:?}", &*key.id)))

@@ -113,6 +113,8 @@ mod crypt;
 mod error;
 mod flight;
 mod fresh;
+#[cfg(test)]
+mod fuzz;
 mod hot;
 mod invalidation;
 mod key;

@@ -72,7 +72,8 @@ async fn ciphertext_in_redis_plaintext_for_the_caller(redis: Redis) -> TestResul
     let absent = schema.key("card", "absent")?;
     cache.set_not_found(&absent).await?;
     assert_eq!(cache.get::<Card>(&absent).await?, None);
-    let many: Vec<(Key, Card)> = (10..14).map(|i| Ok((schema.key("card", &i.to_string())?, card(i)))).collect::<Result<_, strata::Error>>()?;
+    let many: Vec<(Key, Card)> =
+        (10..14).map(|i| Ok((schema.key("card", &i.to_string())?, card(i)))).collect::<Result<_, strata::Error>>()?;
     cache.set_many(&many, Ttl::Short).await?;
     for (k, _) in &many {
         assert!(!contains(&raw_get(&redis, k).expect("stored"), b"Lovelace"));
