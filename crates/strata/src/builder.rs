@@ -59,6 +59,7 @@ pub struct CacheBuilder {
     require_redis: bool,
     stamp_refresh: Duration,
     encryption: Option<Encryption>,
+    audit: Option<crate::audit::AuditSink>,
 }
 
 impl Default for CacheBuilder {
@@ -86,6 +87,7 @@ impl Default for CacheBuilder {
             require_redis: false,
             stamp_refresh: Duration::from_secs(1),
             encryption: None,
+            audit: None,
         }
     }
 }
@@ -264,6 +266,13 @@ impl CacheBuilder {
         self
     }
 
+    /// Records every `set`, `delete` and invalidation made through the cache as a JSON line
+    /// (default: off). See [`AuditSink`](crate::AuditSink).
+    pub fn audit(mut self, sink: crate::audit::AuditSink) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+
     /// Make [`build`](Self::build) fail when Redis does not answer a PING (default: start anyway
     /// and serve from the loader until Redis is reachable — a cache must not stop a service).
     pub fn require_redis(mut self, require: bool) -> Self {
@@ -295,6 +304,9 @@ impl CacheBuilder {
         if let Some(enc) = &self.encryption {
             enc.validate()?;
         }
+        let audit = self
+            .audit
+            .map(|sink| crate::audit::Audit { sink, principal: self.username.as_deref().unwrap_or("default").into() });
         let l2_config = L2Config {
             topology,
             username: self.username,
@@ -330,6 +342,7 @@ impl CacheBuilder {
             freshness: self.freshness,
             refreshes: Arc::new(Refreshes::default()),
             stamps: crate::stamps::Stamps::new(self.stamp_refresh),
+            audit,
         };
         inner.stamps.start_ticker();
         let inner = Arc::new(inner);

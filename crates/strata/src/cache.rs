@@ -52,6 +52,7 @@ pub(crate) struct Inner {
     pub(crate) freshness: Freshness,
     pub(crate) refreshes: Arc<Refreshes>,
     pub(crate) stamps: crate::stamps::Stamps,
+    pub(crate) audit: Option<crate::audit::Audit>,
 }
 
 /// How a miss was coordinated with other processes.
@@ -132,6 +133,19 @@ impl Cache {
         ttl: Ttl,
         tags: &[Tag],
     ) -> Result<()> {
+        let outcome = self.set_unaudited(key, value, ttl, tags).await;
+        self.audit("set", key.as_str(), &outcome);
+        outcome
+    }
+
+    /// Records an action in the audit log, when one is configured.
+    pub(crate) fn audit<T>(&self, action: &str, target: &str, outcome: &Result<T>) {
+        if let Some(audit) = &self.inner.audit {
+            audit.record(action, target, outcome);
+        }
+    }
+
+    async fn set_unaudited<T: CacheValue>(&self, key: &Key, value: &T, ttl: Ttl, tags: &[Tag]) -> Result<()> {
         let ttl = self.inner.ttl.jittered(ttl);
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
         let marks = self.write_marks(key, tags).await?;
@@ -151,6 +165,12 @@ impl Cache {
 
     /// Caches "not found" for `key` with the negative TTL of the [`TtlPolicy`].
     pub async fn set_not_found(&self, key: &Key) -> Result<()> {
+        let outcome = self.set_not_found_unaudited(key).await;
+        self.audit("set_not_found", key.as_str(), &outcome);
+        outcome
+    }
+
+    async fn set_not_found_unaudited(&self, key: &Key) -> Result<()> {
         let ttl = self.inner.ttl.jittered_negative();
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
         let marks = self.write_marks(key, &[]).await?;
@@ -162,6 +182,12 @@ impl Cache {
 
     /// Removes a key from L1 and Redis. Returns whether Redis held it.
     pub async fn delete(&self, key: &Key) -> Result<bool> {
+        let outcome = self.delete_unaudited(key).await;
+        self.audit("delete", key.as_str(), &outcome);
+        outcome
+    }
+
+    async fn delete_unaudited(&self, key: &Key) -> Result<bool> {
         if let Some(l1) = &self.inner.l1 {
             l1.remove(key.as_str());
         }

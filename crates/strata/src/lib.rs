@@ -102,6 +102,7 @@
 //! # Ok(()) }
 //! ```
 
+mod audit;
 mod batch;
 mod batch_load;
 mod breaker;
@@ -132,6 +133,7 @@ mod ttl;
 mod write_behind;
 mod write_through;
 
+pub use audit::{AUDIT_QUEUE, AuditSink};
 pub use breaker::{BreakerConfig, BreakerState};
 pub use builder::CacheBuilder;
 pub use cache::{Cache, CacheValue};

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod audit;
 mod batch;
 mod coherence;
 mod corrupt;
