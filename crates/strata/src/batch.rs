@@ -55,7 +55,7 @@ impl Cache {
             let ttl = self.inner.ttl.jittered(ttl);
             let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
             let marks = self.write_marks(key, &[]).await?;
-            match self.inner.codec.encode_marked(Some(value), meta, &marks) {
+            match self.inner.codec.encode_marked(key, Some(value), meta, &marks) {
                 Ok(e) => encoded.push((e, ttl, meta)),
                 Err(err) => {
                     // As with `set`: the value the caller meant to replace must not keep serving.

@@ -234,7 +234,7 @@ impl Cache {
             };
             let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us };
             let Some(key_marks) = marks.get(&u) else { continue };
-            let encoded = match self.inner.codec.encode_marked(value.as_ref(), meta, key_marks) {
+            let encoded = match self.inner.codec.encode_marked(key, value.as_ref(), meta, key_marks) {
                 Ok(encoded) => encoded,
                 Err(err) => {
                     NsCounters::inc(&self.inner.metrics.ns(key.namespace()).uncacheable);

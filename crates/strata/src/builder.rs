@@ -7,6 +7,7 @@ use crate::breaker::{BreakerConfig, Breakers};
 use crate::cache::{Cache, Inner};
 use crate::codec::{Codec, Format};
 use crate::coherence::Coherence;
+use crate::crypt::Encryption;
 use crate::error::{Error, Result};
 use crate::flight::Flights;
 use crate::fresh::{Freshness, Refreshes};
@@ -57,6 +58,8 @@ pub struct CacheBuilder {
     freshness: Freshness,
     require_redis: bool,
     stamp_refresh: Duration,
+    encryption: Option<Encryption>,
+    audit: Option<crate::audit::AuditSink>,
 }
 
 impl Default for CacheBuilder {
@@ -83,6 +86,8 @@ impl Default for CacheBuilder {
             freshness: Freshness::default(),
             require_redis: false,
             stamp_refresh: Duration::from_secs(1),
+            encryption: None,
+            audit: None,
         }
     }
 }
@@ -254,6 +259,20 @@ impl CacheBuilder {
         self
     }
 
+    /// Client-side AES-256-GCM encryption of the namespaces and prefixes marked sensitive
+    /// (default: none). See [`Encryption`] and [`Keyring`](crate::Keyring).
+    pub fn encryption(mut self, encryption: Encryption) -> Self {
+        self.encryption = Some(encryption);
+        self
+    }
+
+    /// Records every `set`, `delete` and invalidation made through the cache as a JSON line
+    /// (default: off). See [`AuditSink`](crate::AuditSink).
+    pub fn audit(mut self, sink: crate::audit::AuditSink) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+
     /// Make [`build`](Self::build) fail when Redis does not answer a PING (default: start anyway
     /// and serve from the loader until Redis is reachable — a cache must not stop a service).
     pub fn require_redis(mut self, require: bool) -> Self {
@@ -282,6 +301,12 @@ impl CacheBuilder {
             return Err(Error::config("breaker failure_threshold must be at least 1"));
         }
         self.invalidation.validate()?;
+        if let Some(enc) = &self.encryption {
+            enc.validate()?;
+        }
+        let audit = self
+            .audit
+            .map(|sink| crate::audit::Audit { sink, principal: self.username.as_deref().unwrap_or("default").into() });
         let l2_config = L2Config {
             topology,
             username: self.username,
@@ -309,6 +334,7 @@ impl CacheBuilder {
                 format: self.format,
                 compress_above: self.compress_above,
                 max_value_bytes: self.max_value_bytes,
+                encryption: self.encryption.map(Arc::new),
             },
             ttl: self.ttl,
             leases: self.leases,
@@ -316,6 +342,7 @@ impl CacheBuilder {
             freshness: self.freshness,
             refreshes: Arc::new(Refreshes::default()),
             stamps: crate::stamps::Stamps::new(self.stamp_refresh),
+            audit,
         };
         inner.stamps.start_ticker();
         let inner = Arc::new(inner);

@@ -52,6 +52,7 @@ pub(crate) struct Inner {
     pub(crate) freshness: Freshness,
     pub(crate) refreshes: Arc<Refreshes>,
     pub(crate) stamps: crate::stamps::Stamps,
+    pub(crate) audit: Option<crate::audit::Audit>,
 }
 
 /// How a miss was coordinated with other processes.
@@ -132,10 +133,23 @@ impl Cache {
         ttl: Ttl,
         tags: &[Tag],
     ) -> Result<()> {
+        let outcome = self.set_unaudited(key, value, ttl, tags).await;
+        self.audit("set", key.as_str(), &outcome);
+        outcome
+    }
+
+    /// Records an action in the audit log, when one is configured.
+    pub(crate) fn audit<T>(&self, action: &str, target: &str, outcome: &Result<T>) {
+        if let Some(audit) = &self.inner.audit {
+            audit.record(action, target, outcome);
+        }
+    }
+
+    async fn set_unaudited<T: CacheValue>(&self, key: &Key, value: &T, ttl: Ttl, tags: &[Tag]) -> Result<()> {
         let ttl = self.inner.ttl.jittered(ttl);
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
         let marks = self.write_marks(key, tags).await?;
-        let encoded = match self.inner.codec.encode_marked(Some(value), meta, &marks) {
+        let encoded = match self.inner.codec.encode_marked(key, Some(value), meta, &marks) {
             Ok(encoded) => encoded,
             Err(err) => {
                 if let Err(del) = self.delete(key).await {
@@ -151,10 +165,16 @@ impl Cache {
 
     /// Caches "not found" for `key` with the negative TTL of the [`TtlPolicy`].
     pub async fn set_not_found(&self, key: &Key) -> Result<()> {
+        let outcome = self.set_not_found_unaudited(key).await;
+        self.audit("set_not_found", key.as_str(), &outcome);
+        outcome
+    }
+
+    async fn set_not_found_unaudited(&self, key: &Key) -> Result<()> {
         let ttl = self.inner.ttl.jittered_negative();
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
         let marks = self.write_marks(key, &[]).await?;
-        let encoded = self.inner.codec.encode_marked::<()>(None, meta, &marks)?;
+        let encoded = self.inner.codec.encode_marked::<()>(key, None, meta, &marks)?;
         self.write_l2(key, encoded, ttl, Slot::Absent, meta.into()).await?;
         self.hot_invalidate(key).await;
         Ok(())
@@ -162,6 +182,12 @@ impl Cache {
 
     /// Removes a key from L1 and Redis. Returns whether Redis held it.
     pub async fn delete(&self, key: &Key) -> Result<bool> {
+        let outcome = self.delete_unaudited(key).await;
+        self.audit("delete", key.as_str(), &outcome);
+        outcome
+    }
+
+    async fn delete_unaudited(&self, key: &Key) -> Result<bool> {
         if let Some(l1) = &self.inner.l1 {
             l1.remove(key.as_str());
         }
@@ -419,7 +445,7 @@ impl Cache {
             None => self.inner.ttl.jittered_negative(),
         };
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us };
-        match self.inner.codec.encode_marked(value.as_ref(), meta, &marks) {
+        match self.inner.codec.encode_marked(key, value.as_ref(), meta, &marks) {
             Ok(encoded) => {
                 let slot = match &value {
                     Some(v) => Slot::Present(Arc::new(v.clone())),

@@ -4,7 +4,8 @@
 //! offset  size  field
 //! 0       1     magic 0xD7
 //! 1       1     envelope version (2; version 1 is still read)
-//! 2       1     flags: bits 0-1 format (0 MessagePack, 1 JSON), bit 2 LZ4, bit 3 negative entry
+//! 2       1     flags: bits 0-1 format (0 MessagePack, 1 JSON), bit 2 LZ4, bit 3 negative entry,
+//!                     bit 4 encrypted
 //! 3       1     reserved, 0
 //! 4       8     logical expiry, Unix milliseconds, little endian
 //! 12      4     load time of the value in microseconds (for early refresh), little endian
@@ -16,7 +17,15 @@
 //! 37      ..    per tag: app length (1 byte), app, name length (1 byte), name, generation (8)
 //! -- both --
 //! ..      ..    payload: serialized value, LZ4 block with its length prepended when bit 2 is set
+//! -- encrypted (bit 4, version 2 only): the payload above is sealed as --
+//! ..      1     key id length
+//! ..      ..    key id
+//! ..      12    nonce
+//! ..      ..    AES-256-GCM ciphertext of the payload, then its 16-byte tag
 //! ```
+//!
+//! The authenticated data of an encrypted payload is the Redis key name (its length first, 4
+//! bytes little endian), bytes 0..16 of the header and the version-2 section: see [`crate::crypt`].
 //!
 //! Decoding never trusts the bytes: a short buffer, a wrong magic, an unknown version or flag, a
 //! checksum mismatch, a malformed tag section, a declared decompressed size above the limit, or a
@@ -35,7 +44,9 @@ use serde::de::DeserializeOwned;
 
 use std::sync::Arc;
 
+use crate::crypt::Encryption;
 use crate::error::{Error, ErrorKind, Result};
+use crate::key::Key;
 use crate::tags::{MAX_TAGS, Marks, Tag};
 
 const MAGIC: u8 = 0xD7;
@@ -45,7 +56,8 @@ const HEADER_LEN: usize = 20;
 const FLAG_FORMAT_MASK: u8 = 0b0011;
 const FLAG_LZ4: u8 = 0b0100;
 const FLAG_NEGATIVE: u8 = 0b1000;
-const KNOWN_FLAGS: u8 = FLAG_FORMAT_MASK | FLAG_LZ4 | FLAG_NEGATIVE;
+const FLAG_ENCRYPTED: u8 = 0b1_0000;
+const KNOWN_FLAGS: u8 = FLAG_FORMAT_MASK | FLAG_LZ4 | FLAG_NEGATIVE | FLAG_ENCRYPTED;
 
 /// Serialization format of cached values. Reads honour the format recorded in each envelope, so
 /// changing this setting does not invalidate values already cached.
@@ -76,6 +88,8 @@ pub(crate) struct Codec {
     pub(crate) compress_above: usize,
     /// Largest serialized (uncompressed) value accepted on write and on read.
     pub(crate) max_value_bytes: usize,
+    /// Keys whose values are encrypted, and the keyring.
+    pub(crate) encryption: Option<Arc<Encryption>>,
 }
 
 /// Metadata carried by every envelope.
@@ -113,6 +127,7 @@ impl Codec {
     /// Encodes `Some(value)` or a negative entry (`None`) with the generations it was produced under.
     pub(crate) fn encode_marked<T: Serialize + ?Sized>(
         &self,
+        key: &Key,
         value: Option<&T>,
         meta: Meta,
         marks: &Arc<Marks>,
@@ -141,10 +156,18 @@ impl Codec {
             payload
         };
         let section = marks_section(marks)?;
+        let sealer = self.encryption.as_deref().filter(|e| e.sensitive(key));
+        if sealer.is_some() {
+            flags |= FLAG_ENCRYPTED;
+        }
         let mut out = Vec::with_capacity(HEADER_LEN + section.len() + payload.len());
         out.extend_from_slice(&[MAGIC, VERSION, flags, 0]);
         out.extend_from_slice(&meta.expires_at_ms.to_le_bytes());
         out.extend_from_slice(&meta.load_us.to_le_bytes());
+        let payload = match sealer {
+            Some(enc) => enc.seal(&aad(key, &out, &section), &payload)?,
+            None => payload,
+        };
         let mut crc = crc32fast::Hasher::new();
         crc.update(&out[..16]);
         crc.update(&section);
@@ -158,11 +181,11 @@ impl Codec {
     /// [`encode_marked`](Self::encode_marked) with unknown generations.
     #[cfg(test)]
     pub(crate) fn encode<T: Serialize + ?Sized>(&self, value: Option<&T>, meta: Meta) -> Result<Encoded> {
-        self.encode_marked(value, meta, &Marks::unknown())
+        self.encode_marked(&test_key(), value, meta, &Marks::unknown())
     }
 
-    /// Decodes bytes read from Redis into `T` (or a negative entry).
-    pub(crate) fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<Decoded<T>> {
+    /// Decodes bytes read from Redis under `key` into `T` (or a negative entry).
+    pub(crate) fn decode<T: DeserializeOwned>(&self, key: &Key, bytes: &[u8]) -> Result<Decoded<T>> {
         if bytes.len() < HEADER_LEN {
             return Err(Error::corrupt(format!("{} bytes is shorter than the envelope header", bytes.len())));
         }
@@ -172,7 +195,7 @@ impl Codec {
         if bytes[1] != VERSION && bytes[1] != VERSION_1 {
             return Err(Error::corrupt(format!("unsupported envelope version {}", bytes[1])));
         }
-        let flags = bytes[2];
+        let mut flags = bytes[2];
         if flags & !KNOWN_FLAGS != 0 || bytes[3] != 0 {
             return Err(Error::corrupt("unknown envelope flags"));
         }
@@ -190,6 +213,22 @@ impl Codec {
         let (marks, payload) = match bytes[1] {
             VERSION_1 => (Marks::unknown(), &bytes[HEADER_LEN..]),
             _ => read_marks(&bytes[HEADER_LEN..])?,
+        };
+        let opened;
+        let payload = match (self.encryption.as_deref(), flags & FLAG_ENCRYPTED != 0) {
+            (_, true) if bytes[1] == VERSION_1 => return Err(Error::corrupt("encrypted version-1 envelope")),
+            (Some(enc), true) => {
+                let section = &bytes[HEADER_LEN..bytes.len() - payload.len()];
+                opened = enc.open(&aad(key, &bytes[..16], section), payload)?;
+                flags &= !FLAG_ENCRYPTED;
+                &opened[..]
+            }
+            (None, true) => return Err(Error::decrypt("encrypted value, and this cache has no keyring")),
+            // Plaintext where ciphertext is required could have been copied from any other key.
+            (Some(enc), false) if enc.sensitive(key) => {
+                return Err(Error::decrypt("unencrypted value in a sensitive namespace"));
+            }
+            (_, false) => payload,
         };
         if flags & FLAG_NEGATIVE != 0 {
             return if payload.is_empty() && flags == FLAG_NEGATIVE {
@@ -232,6 +271,24 @@ impl Codec {
         };
         out.map_err(|e| Error::new(ErrorKind::Serialization, format!("cannot serialize value: {e}")))
     }
+}
+
+/// Authenticated data of an encrypted payload: the key name, bytes 0..16 of the header, and
+/// the version-2 section.
+fn aad(key: &Key, header: &[u8], section: &[u8]) -> Vec<u8> {
+    let name = key.as_str().as_bytes();
+    let mut out = Vec::with_capacity(4 + name.len() + header.len() + section.len());
+    // Key names are at most MAX_KEY_LEN bytes.
+    out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    out.extend_from_slice(name);
+    out.extend_from_slice(header);
+    out.extend_from_slice(section);
+    out
+}
+
+#[cfg(test)]
+fn test_key() -> Key {
+    Key::parse("t:v1:e:1").expect("a valid literal key")
 }
 
 /// The version-2 section between the header and the payload.
@@ -308,7 +365,7 @@ mod tests {
     }
 
     fn codec(format: Format) -> Codec {
-        Codec { format, compress_above: 256, max_value_bytes: 1 << 20 }
+        Codec { format, compress_above: 256, max_value_bytes: 1 << 20, encryption: None }
     }
 
     fn profile(tags: usize) -> Profile {
@@ -318,7 +375,7 @@ mod tests {
     const META: Meta = Meta { expires_at_ms: 1_700_000_000_000, load_us: 1234 };
 
     fn roundtrip(c: &Codec, p: &Profile) -> Result<(Profile, Meta)> {
-        let d = c.decode::<Profile>(&c.encode(Some(p), META)?.bytes)?;
+        let d = c.decode::<Profile>(&test_key(), &c.encode(Some(p), META)?.bytes)?;
         Ok((d.value.ok_or_else(|| Error::corrupt("unexpected negative"))?, d.meta))
     }
 
@@ -352,12 +409,15 @@ mod tests {
         for format in [Format::MessagePack, Format::Json] {
             let c = codec(format);
             for p in [profile(1), profile(500)] {
-                let e = c.encode_marked(Some(&p), META, &marks()?)?;
+                let e = c.encode_marked(&test_key(), Some(&p), META, &marks()?)?;
                 assert_eq!(e.bytes[1], 2);
-                let d = c.decode::<Profile>(&e.bytes)?;
+                let d = c.decode::<Profile>(&test_key(), &e.bytes)?;
                 assert_eq!((d.value, d.meta, d.marks), (Some(p), META, marks()?));
             }
-            let d = c.decode::<Profile>(&c.encode_marked::<Profile>(None, META, &marks()?)?.bytes)?;
+            let d = c.decode::<Profile>(
+                &test_key(),
+                &c.encode_marked::<Profile>(&test_key(), None, META, &marks()?)?.bytes,
+            )?;
             assert!(d.value.is_none() && d.marks == marks()?);
         }
         Ok(())
@@ -372,19 +432,19 @@ mod tests {
         v1.extend_from_slice(&META.load_us.to_le_bytes());
         v1.extend_from_slice(&[0; 4]);
         v1.extend_from_slice(&payload);
-        let d = codec(Format::MessagePack).decode::<Profile>(&with_checksum(v1))?;
+        let d = codec(Format::MessagePack).decode::<Profile>(&test_key(), &with_checksum(v1))?;
         assert_eq!((d.value, d.meta), (Some(profile(2)), META));
         assert_eq!(d.marks.ns_gen, 0);
         assert!(d.marks.tags.is_empty() && d.marks.created_at_ms == 0);
         let negative = with_checksum(vec![MAGIC, 1, FLAG_NEGATIVE, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert!(codec(Format::MessagePack).decode::<Profile>(&negative)?.value.is_none());
+        assert!(codec(Format::MessagePack).decode::<Profile>(&test_key(), &negative)?.value.is_none());
         Ok(())
     }
 
     #[test]
     fn hostile_tag_sections_are_corrupt_never_a_panic() -> Result<()> {
         let c = codec(Format::MessagePack);
-        let good = c.encode_marked(Some(&profile(1)), META, &marks()?)?.bytes;
+        let good = c.encode_marked(&test_key(), Some(&profile(1)), META, &marks()?)?.bytes;
         let tags_at = HEADER_LEN + 16;
         let mut cases = Vec::new();
         // More tags than allowed, a tag count past the end, a length past the end.
@@ -405,15 +465,15 @@ mod tests {
         b[tags_at + 1] = 0;
         cases.push(b);
         for bytes in cases {
-            let err = c.decode::<Profile>(&with_checksum(bytes)).expect_err("hostile tag section");
+            let err = c.decode::<Profile>(&test_key(), &with_checksum(bytes)).expect_err("hostile tag section");
             assert!(err.is_corrupt() || err.is_type_mismatch(), "{err}");
         }
         // Every truncation and flip, with the checksum fixed up, is an outcome, not a panic.
         for i in 0..good.len() {
-            let _ = c.decode::<Profile>(&with_checksum(good[..i].to_vec()));
+            let _ = c.decode::<Profile>(&test_key(), &with_checksum(good[..i].to_vec()));
             let mut flipped = good.clone();
             flipped[i] ^= 0xA5;
-            let _ = c.decode::<Profile>(&with_checksum(flipped));
+            let _ = c.decode::<Profile>(&test_key(), &with_checksum(flipped));
         }
         Ok(())
     }
@@ -422,7 +482,7 @@ mod tests {
     fn too_many_tags_are_refused_on_write() -> Result<()> {
         let tags = (0..=MAX_TAGS).map(|i| Ok((Tag::new("shop", &format!("t{i}"))?, 1))).collect::<Result<Vec<_>>>()?;
         let marks = Arc::new(Marks { tags, ..Marks::default() });
-        assert!(codec(Format::MessagePack).encode_marked(Some(&profile(1)), META, &marks).is_err());
+        assert!(codec(Format::MessagePack).encode_marked(&test_key(), Some(&profile(1)), META, &marks).is_err());
         Ok(())
     }
 
@@ -458,7 +518,7 @@ mod tests {
     #[test]
     fn reads_values_written_in_the_other_format() -> Result<()> {
         let bytes = codec(Format::Json).encode(Some(&profile(3)), META)?.bytes;
-        assert_eq!(codec(Format::MessagePack).decode::<Profile>(&bytes)?.value, Some(profile(3)));
+        assert_eq!(codec(Format::MessagePack).decode::<Profile>(&test_key(), &bytes)?.value, Some(profile(3)));
         Ok(())
     }
 
@@ -466,7 +526,7 @@ mod tests {
     fn negative_entries_roundtrip() -> Result<()> {
         let c = codec(Format::MessagePack);
         let bytes = c.encode::<Profile>(None, META)?.bytes;
-        let d = c.decode::<Profile>(&bytes)?;
+        let d = c.decode::<Profile>(&test_key(), &bytes)?;
         assert!(d.value.is_none() && d.meta == META);
         Ok(())
     }
@@ -496,12 +556,12 @@ mod tests {
             }
             for bytes in cases {
                 // Any outcome but a panic is acceptable; an unchanged checksum must catch flips.
-                let _ = c.decode::<Profile>(&bytes);
+                let _ = c.decode::<Profile>(&test_key(), &bytes);
             }
             for i in 0..good.len() {
                 let mut flipped = good.clone();
                 flipped[i] ^= 0x01;
-                assert!(c.decode::<Profile>(&flipped).is_err(), "a flipped bit at {i} must be detected");
+                assert!(c.decode::<Profile>(&test_key(), &flipped).is_err(), "a flipped bit at {i} must be detected");
             }
         }
         Ok(())
@@ -515,7 +575,7 @@ mod tests {
         let at = payload_offset(&bytes);
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         let bytes = with_checksum(bytes);
-        let err = c.decode::<Profile>(&bytes).expect_err("bomb");
+        let err = c.decode::<Profile>(&test_key(), &bytes).expect_err("bomb");
         assert!(err.is_corrupt(), "{err}");
         Ok(())
     }
@@ -524,7 +584,7 @@ mod tests {
     fn a_value_of_another_type_is_a_type_mismatch() -> Result<()> {
         let c = codec(Format::MessagePack);
         let bytes = c.encode(Some(&"just a string"), META)?.bytes;
-        let err = c.decode::<Profile>(&bytes).expect_err("type mismatch");
+        let err = c.decode::<Profile>(&test_key(), &bytes).expect_err("type mismatch");
         assert!(err.is_type_mismatch() && !err.is_corrupt(), "{err}");
         Ok(())
     }
@@ -542,7 +602,7 @@ mod tests {
         let mut bytes = c.encode(Some(&Nest(vec![])), META)?.bytes;
         bytes.truncate(payload_offset(&bytes));
         bytes.extend_from_slice(&payload);
-        let err = c.decode::<Nest>(&with_checksum(bytes)).expect_err("too deep");
+        let err = c.decode::<Nest>(&test_key(), &with_checksum(bytes)).expect_err("too deep");
         assert!(err.is_type_mismatch() || err.is_corrupt(), "{err}");
         Ok(())
     }

@@ -35,6 +35,9 @@ pub enum ErrorKind {
     LoaderTimeout,
     /// The cache was configured wrongly (bad URL, impossible sizes, ...).
     Config,
+    /// A value of a sensitive namespace did not decrypt: unknown key id, wrong key, tampered
+    /// bytes, moved from another key, or stored unencrypted (treated as a miss by reads).
+    Decrypt,
 }
 
 /// The error returned by every fallible `strata` operation.
@@ -72,6 +75,10 @@ impl Error {
 
     pub(crate) fn corrupt(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Corrupt, message)
+    }
+
+    pub(crate) fn decrypt(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Decrypt, message)
     }
 
     pub(crate) fn type_mismatch(message: impl Into<String>) -> Self {
@@ -136,6 +143,10 @@ impl Error {
     /// Cached bytes were not a valid Strata envelope.
     pub fn is_corrupt(&self) -> bool {
         self.kind == ErrorKind::Corrupt
+    }
+    /// A value of a sensitive namespace could not be decrypted and authenticated.
+    pub fn is_decrypt_failure(&self) -> bool {
+        self.kind == ErrorKind::Decrypt
     }
     /// A valid cached value could not be read as the requested type.
     pub fn is_type_mismatch(&self) -> bool {

@@ -230,7 +230,7 @@ impl Cache {
         };
         // A copy that does not decode is only a miss: it expires within the copy TTL, and the
         // key itself is what holds the truth.
-        let Ok(decoded) = self.inner.codec.decode::<T>(&bytes) else { return HotRead::Missed(copy) };
+        let Ok(decoded) = self.inner.codec.decode::<T>(key, &bytes) else { return HotRead::Missed(copy) };
         // A copy made before a namespace or tag invalidation is a miss like the key itself.
         if self.verdict(key, &decoded.marks).await != Verdict::Current {
             return HotRead::Missed(copy);
@@ -262,7 +262,7 @@ impl Cache {
         let ttl = self.inner.hot.config.copy_ttl;
         let Ok(marks) = self.capture_marks(key, &[]).await else { return };
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
-        let Ok(encoded) = self.inner.codec.encode_marked(value, meta, &marks) else {
+        let Ok(encoded) = self.inner.codec.encode_marked(key, value, meta, &marks) else {
             return;
         };
         let bytes = encoded.bytes.as_slice();
@@ -293,7 +293,7 @@ impl Cache {
         let ttl = self.inner.hot.config.copy_ttl;
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
         let encoded = match self.capture_marks(key, &[]).await {
-            Ok(marks) => self.inner.codec.encode_marked(Some(value), meta, &marks),
+            Ok(marks) => self.inner.codec.encode_marked(key, Some(value), meta, &marks),
             Err((_, err)) => Err(err),
         };
         let Ok(encoded) = encoded else {

@@ -102,6 +102,7 @@
 //! # Ok(()) }
 //! ```
 
+mod audit;
 mod batch;
 mod batch_load;
 mod breaker;
@@ -109,9 +110,12 @@ mod builder;
 mod cache;
 mod codec;
 mod coherence;
+mod crypt;
 mod error;
 mod flight;
 mod fresh;
+#[cfg(test)]
+mod fuzz;
 mod hot;
 mod invalidation;
 mod key;
@@ -129,10 +133,12 @@ mod ttl;
 mod write_behind;
 mod write_through;
 
+pub use audit::{AUDIT_QUEUE, AuditSink};
 pub use breaker::{BreakerConfig, BreakerState};
 pub use builder::CacheBuilder;
 pub use cache::{Cache, CacheValue};
 pub use codec::Format;
+pub use crypt::{Encryption, KEY_LEN, Keyring, MAX_KEY_ID_LEN};
 pub use error::{Error, ErrorKind, Result};
 pub use fresh::Freshness;
 pub use hot::{HotKeys, MAX_HOT_COPIES, MAX_HOT_COPY_TTL, hot_copy_keys};

@@ -62,6 +62,8 @@ counters! {
     deletes,
     /// Undecodable values found in Redis (each one was treated as a miss and removed).
     corrupt,
+    /// Values of a sensitive namespace that did not decrypt and authenticate (unknown key id, wrong key, tampered, moved from another key, or stored unencrypted): each one was treated as a miss and removed.
+    decrypt_failures,
     /// Valid values of another type (another application version?): a miss, left in place.
     type_mismatches,
     /// Loaded values that could not be cached, too large or unserializable (returned, not stored).

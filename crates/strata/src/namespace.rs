@@ -95,8 +95,12 @@ impl Cache {
     /// To retire every namespace of an app at once (a deploy that changes value types), build
     /// keys with the next schema version instead: [`KeySchema::bumped`](crate::KeySchema::bumped).
     pub async fn invalidate_namespace(&self, namespace: &str) -> Result<()> {
-        let stamp = namespace_stamp_key(namespace)?;
-        self.bump(&stamp).await?;
+        let outcome = match namespace_stamp_key(namespace) {
+            Ok(stamp) => self.bump(&stamp).await.map(drop),
+            Err(err) => Err(err),
+        };
+        self.audit("invalidate_namespace", namespace, &outcome);
+        outcome?;
         NsCounters::inc(&self.inner.metrics.ns(namespace).invalidations);
         Ok(())
     }
@@ -105,7 +109,9 @@ impl Cache {
     /// [`get_or_set_tagged`](Self::get_or_set_tagged)), in any namespace, like
     /// [`invalidate_namespace`](Self::invalidate_namespace): one command on the tag's stamp key.
     pub async fn invalidate_tag(&self, tag: &Tag) -> Result<()> {
-        self.bump(&tag.stamp_key()).await.map(drop)
+        let outcome = self.bump(&tag.stamp_key()).await.map(drop);
+        self.audit("invalidate_tag", &format!("{}:{}", tag.app(), tag.name()), &outcome);
+        outcome
     }
 
     /// [`set`](Self::set) for a value that carries tags (at most [`MAX_TAGS`](crate::MAX_TAGS)),

@@ -231,7 +231,7 @@ impl Cache {
         };
         let ttl = self.inner.ttl.jittered(ttl);
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us };
-        let encoded = match self.inner.codec.encode_marked(Some(&value), meta, &marks) {
+        let encoded = match self.inner.codec.encode_marked(key, Some(&value), meta, &marks) {
             Ok(encoded) => encoded,
             Err(err) => {
                 NsCounters::inc(&ns.uncacheable);

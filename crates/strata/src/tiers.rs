@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cache::{Cache, CacheValue, L2Read};
@@ -90,7 +90,7 @@ impl Cache {
             }
             Err(err) if err.redis_code() == Some("WRONGTYPE") => {
                 // Not a string: not something this cache wrote.
-                self.discard_foreign(key, ns, None).await;
+                self.discard_foreign(key, &ns.corrupt, ns, None).await;
                 Ok(L2Read::Miss)
             }
             Err(err) => {
@@ -112,7 +112,7 @@ impl Cache {
         accept_negative: bool,
         ticket: Ticket,
     ) -> L2Read<T> {
-        match self.inner.codec.decode::<T>(&bytes) {
+        match self.inner.codec.decode::<T>(key, &bytes) {
             Ok(decoded) if !self.l2_current(key, &decoded.marks, ns, &bytes).await => L2Read::Miss,
             Ok(decoded) => {
                 let checks = Checks::new(decoded.meta, decoded.marks);
@@ -156,16 +156,23 @@ impl Cache {
                 tracing::debug!(key = %key, error = %err, "cached value is of another type; treating as a miss");
                 L2Read::Unusable
             }
+            Err(err) if err.is_decrypt_failure() => {
+                // Same policy as corrupt bytes: whatever was put there, it is not ours to serve.
+                tracing::warn!(key = %key, error = %err, "encrypted value did not authenticate; treating as a miss and removing it");
+                self.discard_foreign(key, &ns.decrypt_failures, ns, Some(bytes)).await;
+                L2Read::Miss
+            }
             Err(err) => {
                 tracing::warn!(key = %key, error = %err, "undecodable value in redis; treating as a miss and removing it");
-                self.discard_foreign(key, ns, Some(bytes)).await;
+                self.discard_foreign(key, &ns.corrupt, ns, Some(bytes)).await;
                 L2Read::Miss
             }
         }
     }
 
-    async fn discard_foreign(&self, key: &Key, ns: &NsCounters, seen: Option<Vec<u8>>) {
-        NsCounters::inc(&ns.corrupt);
+    /// Counts the bad value in `counter` and a miss, and removes it from both tiers.
+    async fn discard_foreign(&self, key: &Key, counter: &AtomicU64, ns: &NsCounters, seen: Option<Vec<u8>>) {
+        NsCounters::inc(counter);
         NsCounters::inc(&ns.l2_misses);
         if let Some(l1) = &self.inner.l1 {
             l1.remove(key.as_str());

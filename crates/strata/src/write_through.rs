@@ -80,7 +80,7 @@ impl Cache {
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
         // Before the source write: a namespace invalidation during it makes this value old.
         let marks = self.write_marks(key, &[]).await?;
-        let encoded = self.inner.codec.encode_marked(Some(value), meta, &marks)?;
+        let encoded = self.inner.codec.encode_marked(key, Some(value), meta, &marks)?;
 
         // 1. Hold the lease and empty the key, atomically (same slot).
         if let Some(l1) = &self.inner.l1 {

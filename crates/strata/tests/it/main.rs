@@ -3,9 +3,11 @@
 
 mod common;
 
+mod audit;
 mod batch;
 mod coherence;
 mod corrupt;
+mod encryption;
 mod freshness;
 mod hot;
 mod l1_budget;

@@ -1,0 +1,88 @@
+//! The audit log: modifications and invalidations made through the cache become JSON lines.
+
+use strata::{AuditSink, KeySchema, Tag, Ttl};
+
+use crate::common::{Redis, TestResult};
+use crate::on_both;
+
+/// Waits (bounded) until the sink holds `n` records: they are written by a background thread.
+fn wait_for(read: impl Fn() -> Vec<String>, n: usize) -> Vec<String> {
+    for _ in 0..500 {
+        let lines = read();
+        if lines.len() >= n {
+            return lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    read()
+}
+
+async fn modifications_are_recorded(redis: Redis) -> TestResult {
+    let sink = AuditSink::memory();
+    let cache = redis.builder().audit(sink.clone()).build().await?;
+    let schema = KeySchema::new("it", 1)?;
+    let key = schema.key("audited", "1")?;
+    cache.set(&key, &"v".to_owned(), Ttl::Short).await?;
+    let _ = cache.get::<String>(&key).await?;
+    cache.delete(&key).await?;
+    cache.invalidate_namespace("it:v1:audited").await?;
+    cache.invalidate_tag(&Tag::new("it", "sale")?).await?;
+    assert!(cache.invalidate_namespace("bad namespace").await.is_err());
+    let lines = wait_for(|| sink.lines(), 5);
+    let records: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l)).collect::<Result<_, _>>()?;
+    let summary: Vec<(String, String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap_or("").into(),
+                r["target"].as_str().unwrap_or("").into(),
+                r["result"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("set", "it:v1:audited:1", "ok"),
+        ("delete", "it:v1:audited:1", "ok"),
+        ("invalidate_namespace", "it:v1:audited", "ok"),
+        ("invalidate_tag", "it:sale", "ok"),
+        ("invalidate_namespace", "bad namespace", "error"),
+    ];
+    let expected: Vec<(String, String, String)> =
+        expected.iter().map(|(a, t, r)| ((*a).into(), (*t).into(), (*r).into())).collect();
+    assert_eq!(summary, expected, "{}: reads are not audited, every write is", redis.name());
+    for r in &records {
+        assert_eq!(r["principal"], "default");
+        assert!(r["time"].as_str().is_some_and(|t| t.len() == 24 && t.ends_with('Z')), "{r}");
+    }
+    assert!(records[4]["reason"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(sink.dropped(), 0);
+    Ok(())
+}
+on_both!(modifications_are_recorded);
+
+/// The file sink appends with mode 0600 and records the ACL user as principal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sink_is_private_and_names_the_acl_user() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let redis = Redis::standalone();
+    let () = redis::cmd("ACL")
+        .arg(&["SETUSER", "auditor", "on", ">s3cret-pass", "~*", "&*", "+@all"][..])
+        .query(redis.raw().as_mut())?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("audit.jsonl");
+    let cache =
+        redis.builder().username("auditor").password("s3cret-pass").audit(AuditSink::file(&path)?).build().await?;
+    let key = KeySchema::new("it", 1)?.key("audited", "f")?;
+    cache.set(&key, &1u32, Ttl::Short).await?;
+    cache.delete(&key).await?;
+    let read = || std::fs::read_to_string(&path).map(|t| t.lines().map(String::from).collect()).unwrap_or_default();
+    let lines = wait_for(read, 2);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for line in &lines {
+        let r: serde_json::Value = serde_json::from_str(line)?;
+        assert_eq!(r["principal"], "auditor");
+        assert!(!line.contains("s3cret"), "the password never reaches the log");
+    }
+    assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+    Ok(())
+}
