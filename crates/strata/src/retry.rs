@@ -73,10 +73,12 @@ pub(crate) fn ceiling(n: u32) -> Duration {
     BASE.saturating_mul(1u32 << n.min(16)).min(CAP)
 }
 
-/// A wait drawn uniformly from `[0, ceiling(n)]` ("full jitter"), to the microsecond.
+/// A wait drawn uniformly from `[0, ceiling(n)]` ("full jitter").
+/// In whole milliseconds: tokio's timer rounds a sleep up to the next millisecond, so a
+/// sub-millisecond draw checked against the deadline could still sleep past it.
 fn jittered(n: u32, rng: &mut impl Rng) -> Duration {
-    let max = u64::try_from(ceiling(n).as_micros()).unwrap_or(u64::MAX);
-    Duration::from_micros(rng.random_range(0..=max))
+    let max = u64::try_from(ceiling(n).as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rng.random_range(0..=max))
 }
 
 #[cfg(test)]
@@ -118,7 +120,7 @@ mod tests {
         for n in 0..8 {
             let draws: Vec<_> = (0..200).map(|_| jittered(n, &mut rng)).collect();
             assert!(draws.iter().all(|d| *d <= ceiling(n)), "retry {n}: {draws:?}");
-            // 200 draws from at least 10 001 values: all equal only if there is no jitter.
+            // 200 draws from at least 11 values: all equal only if there is no jitter.
             assert!(draws.iter().any(|d| *d != draws[0]), "retry {n}: no jitter");
             // Full jitter: draws spread over the whole range, not around its top.
             assert!(draws.iter().any(|d| *d < ceiling(n) / 2), "retry {n}: {draws:?}");
