@@ -190,7 +190,7 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// The raw redis-rs connection: multiplexed for one server, the cluster connection for a cluster.
-async fn raw_connection(target: &Target) -> anyhow::Result<RawConn> {
+pub(crate) async fn raw_connection(target: &Target) -> anyhow::Result<RawConn> {
     Ok(match &target.topology {
         strata::Topology::Cluster(seeds) => {
             RawConn::Cluster(redis::cluster::ClusterClient::new(seeds.clone())?.get_async_connection().await?)
@@ -202,7 +202,9 @@ async fn raw_connection(target: &Target) -> anyhow::Result<RawConn> {
     })
 }
 
-enum RawConn {
+/// A cloneable raw redis-rs connection (clones share the multiplexed connection).
+#[derive(Clone)]
+pub(crate) enum RawConn {
     Single(redis::aio::MultiplexedConnection),
     Cluster(redis::cluster_async::ClusterConnection),
 }

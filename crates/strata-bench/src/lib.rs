@@ -4,13 +4,21 @@
 //! starts itself (or a URL it is given), reports latencies from HDR histograms, and measures the
 //! variants it compares in the same run, interleaved, so that machine noise hits all of them.
 
+pub mod cold_start;
 pub mod demo;
 pub mod drill_coherence;
 pub mod drill_faults;
 pub mod drill_stampede;
+pub mod eviction;
 pub mod expiry;
 pub mod fault_inject;
 pub mod fault_nodes;
 pub mod hit_latency;
+pub mod hot_key;
+pub mod report;
+pub mod runner;
+pub mod scale;
+pub mod stampede;
 pub mod stats;
+pub mod svg;
 pub mod workload;

@@ -34,10 +34,12 @@ enum Owned {
 }
 
 impl Target {
-    /// Uses an existing deployment: one URL is a standalone server, several are cluster seeds.
+    /// Uses an existing deployment: several URLs are cluster seeds; one URL is a standalone
+    /// server, or the seed of a cluster when the node says it runs in cluster mode.
     pub fn external(urls: Vec<String>) -> anyhow::Result<Self> {
         let (topology, layout) = match urls.len() {
             0 => anyhow::bail!("no Redis URL given"),
+            1 if cluster_enabled(&urls[0]) => (strata::Topology::Cluster(urls), Layout::Cluster),
             1 => (strata::Topology::Standalone(urls[0].clone()), Layout::Standalone),
             _ => (strata::Topology::Cluster(urls), Layout::Cluster),
         };
@@ -79,6 +81,19 @@ impl Target {
             _ => Vec::new(),
         }
     }
+}
+
+/// Whether the node at `url` runs in cluster mode (false when it cannot be asked: connecting
+/// later reports the real problem).
+fn cluster_enabled(url: &str) -> bool {
+    let probe = || -> redis::RedisResult<bool> {
+        let client = redis::Client::open(url)?;
+        let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        con.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let info: String = redis::cmd("INFO").arg("cluster").query(&mut con)?;
+        Ok(info.lines().any(|l| l.trim() == "cluster_enabled:1"))
+    };
+    probe().unwrap_or(false)
 }
 
 /// A spinner on stderr (hidden when stderr is not a terminal).

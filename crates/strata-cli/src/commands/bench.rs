@@ -1,12 +1,16 @@
-//! `strata bench`: benchmark scenarios.
+//! `strata bench`: benchmark scenarios. Every run writes `<out>/<scenario>-<unix time>.json` and
+//! `.html` and names them; `--json` prints the JSON document alone on stdout.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::ValueEnum;
+use strata_bench::report::{DEFAULT_DIR, Report};
+use strata_bench::runner::Load;
 use strata_bench::workload::{Layout, Target};
-use strata_bench::{expiry, hit_latency};
+use strata_bench::{cold_start, eviction, expiry, hit_latency, hot_key, scale, stampede};
 
-use super::common::{OutputArgs, runtime};
+use super::common::{OutputArgs, parse_duration, runtime};
 
 /// Arguments of `strata bench`.
 #[derive(clap::Args, Debug)]
@@ -14,33 +18,66 @@ pub(crate) struct Args {
     /// The scenario to run.
     #[arg(long, value_enum, default_value_t = Scenario::HitLatency)]
     scenario: Scenario,
-    /// Redis URL(s): one for a standalone server, several for cluster seeds. Without it a local
+    /// Redis URL(s): a standalone server, or one or more nodes of a cluster. Without it a local
     /// deployment is started and stopped afterwards.
     #[arg(long = "url")]
     urls: Vec<String>,
-    /// Local deployment to start when no --url is given.
-    #[arg(long, value_enum, default_value_t = LayoutArg::Standalone)]
-    topology: LayoutArg,
-    /// Interleaved rounds (default: 30 for hit-latency, 6 for expiry).
+    /// Local deployment to start when no --url is given (default: standalone for hit-latency
+    /// and expiry, cluster for the others).
+    #[arg(long, value_enum)]
+    topology: Option<LayoutArg>,
+    /// Length of the run (stampede, hot-key, cold-start, eviction, scale): 30s, 2m, 500ms.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Concurrent workers (stampede: callers per expiry, default 1000; the others 16 to 32).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    concurrency: Option<u32>,
+    /// Upper bound on calls in the whole run (per scenario default when absent).
+    #[arg(long)]
+    max_ops: Option<u64>,
+    /// Base offered rate R of the scale scenario, calls per second (it also runs 2R).
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Let the eviction scenario empty (FLUSHALL) and reconfigure a deployment given by --url.
+    #[arg(long)]
+    allow_flush: bool,
+    /// Directory of the JSON and HTML reports.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    out: PathBuf,
+    /// Interleaved rounds of hit-latency (default 30) and expiry (default 6).
     #[arg(long)]
     rounds: Option<usize>,
-    /// Timed Redis reads per variant per round.
+    /// Timed Redis reads per variant per round (hit-latency).
     #[arg(long, default_value_t = 1000)]
     ops_per_round: usize,
-    /// Upper bound on the run, in seconds.
+    /// Upper bound on hit-latency and expiry, in seconds.
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
     #[command(flatten)]
     output: OutputArgs,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     /// L1 hit, L2 hit and a raw redis-rs GET of the same value, interleaved.
     HitLatency,
     /// A hot key read by several tasks across its expiry with a slow loader: plain get_or_set
     /// against get_or_refresh with XFetch and stale-while-revalidate, interleaved.
     Expiry,
+    /// 1000 callers on one expired key with a slow source: Strata (single-flight, leases)
+    /// against naive redis-rs cache-aside; loader calls and latency CDF.
+    Stampede,
+    /// Zipf-skewed reads dominated by one key: Strata with L1, without, and without L1 but
+    /// with hot-key copies; throughput, p99, per-node share of commands.
+    HotKey,
+    /// An empty cache under load, with and without warming the top keys first: hit ratio over
+    /// time, time to 90 %, source queries.
+    ColdStart,
+    /// Small maxmemory, one key trace replayed under allkeys-lru and allkeys-lfu: hit ratios and
+    /// evictions (empties the deployment).
+    Eviction,
+    /// Open-loop load at R and 2R: does latency hold when the offered load doubles?
+    Scale,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -50,32 +87,101 @@ enum LayoutArg {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if args.scenario == Scenario::Eviction && !args.urls.is_empty() && !args.allow_flush {
+        anyhow::bail!(
+            "the eviction scenario empties every master (FLUSHALL) and changes maxmemory for the run: add --allow-flush to run it against --url"
+        );
+    }
+    let command: Vec<String> = std::env::args().collect();
     runtime()?.block_on(async {
         let target = if args.urls.is_empty() {
+            let old = matches!(args.scenario, Scenario::HitLatency | Scenario::Expiry);
             Target::start_local(match args.topology {
-                LayoutArg::Standalone => Layout::Standalone,
-                LayoutArg::Cluster => Layout::Cluster,
+                Some(LayoutArg::Standalone) => Layout::Standalone,
+                Some(LayoutArg::Cluster) => Layout::Cluster,
+                None if old => Layout::Standalone,
+                None => Layout::Cluster,
             })?
         } else {
-            Target::external(args.urls)?
+            Target::external(args.urls.clone())?
         };
-        if let Scenario::Expiry = args.scenario {
+        let (report, text) = scenario(&args, &target, &command).await?;
+        let written = report.write(&args.out)?;
+        let files = format!("report: {}\n        {}\n", written.html.display(), written.json.display());
+        if args.output.json {
+            eprint!("{files}");
+        }
+        args.output.print(&written.document, || format!("{text}\n{files}"))
+    })
+}
+
+/// Runs the chosen scenario: its report, and its figures as text.
+async fn scenario(args: &Args, target: &Target, command: &[String]) -> anyhow::Result<(Report, String)> {
+    let load = |concurrency: usize, max_ops: u64| Load {
+        duration: args.duration,
+        max_ops: args.max_ops.unwrap_or(max_ops),
+        concurrency: args.concurrency.map_or(concurrency, |c| c as usize),
+    };
+    Ok(match args.scenario {
+        Scenario::HitLatency => {
+            let options = hit_latency::Options {
+                rounds: args.rounds.unwrap_or(30),
+                ops_per_round: args.ops_per_round,
+                max_duration: Duration::from_secs(args.max_seconds),
+                ..hit_latency::Options::default()
+            };
+            let figures = hit_latency::run(target, &options).await?;
+            let text = hit_latency::render(&figures);
+            (plain("hit-latency", command, &figures, &text)?, text)
+        }
+        Scenario::Expiry => {
             let defaults = expiry::Options::default();
             let options = expiry::Options {
                 rounds: args.rounds.unwrap_or(defaults.rounds),
                 max_duration: Duration::from_secs(args.max_seconds),
                 ..defaults
             };
-            let report = expiry::run(&target, &options).await?;
-            return args.output.print(&report, || expiry::render(&report));
+            let figures = expiry::run(target, &options).await?;
+            let text = expiry::render(&figures);
+            (plain("expiry", command, &figures, &text)?, text)
         }
-        let options = hit_latency::Options {
-            rounds: args.rounds.unwrap_or(30),
-            ops_per_round: args.ops_per_round,
-            max_duration: Duration::from_secs(args.max_seconds),
-            ..hit_latency::Options::default()
-        };
-        let report = hit_latency::run(&target, &options).await?;
-        args.output.print(&report, || hit_latency::render(&report))
+        Scenario::Stampede => {
+            let defaults = stampede::Options::default();
+            let options = stampede::Options {
+                callers: args.concurrency.map_or(defaults.callers, |c| c as usize),
+                duration: args.duration,
+                max_rounds: args.max_ops.map_or(defaults.max_rounds, |n| n as usize),
+                ..defaults
+            };
+            let run = stampede::run(target, &options).await?;
+            (stampede::report(&run, command)?, stampede::render(&run.figures))
+        }
+        Scenario::HotKey => {
+            let options = hot_key::Options { load: load(32, 10_000_000), ..hot_key::Options::default() };
+            let run = hot_key::run(target, &options).await?;
+            (hot_key::report(&run, command)?, hot_key::render(&run.figures))
+        }
+        Scenario::ColdStart => {
+            let options = cold_start::Options { load: load(32, 10_000_000), ..cold_start::Options::default() };
+            let run = cold_start::run(target, &options).await?;
+            (cold_start::report(&run, command)?, cold_start::render(&run.figures))
+        }
+        Scenario::Eviction => {
+            let options = eviction::Options { load: load(16, 2_000_000), ..eviction::Options::default() };
+            let run = eviction::run(target, &options).await?;
+            (eviction::report(&run, command)?, eviction::render(&run.figures))
+        }
+        Scenario::Scale => {
+            let options = scale::Options { rate: args.rate, load: load(32, 10_000_000), ..scale::Options::default() };
+            let run = scale::run(target, &options).await?;
+            (scale::report(&run, command)?, scale::render(&run.figures))
+        }
     })
+}
+
+/// The report of a scenario that has figures and a text table but no charts of its own.
+fn plain<T: serde::Serialize>(scenario: &str, command: &[String], figures: &T, text: &str) -> anyhow::Result<Report> {
+    let mut report = Report::new(scenario, command);
+    report.figures(figures)?.preformatted(text);
+    Ok(report)
 }

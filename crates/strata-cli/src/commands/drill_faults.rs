@@ -7,7 +7,7 @@ use std::time::Duration;
 use strata_bench::drill_faults::{self, Report, Target};
 use strata_bench::fault_inject::Fault;
 
-use super::common::{DEFAULT_DIR, OutputArgs, Style, paint, runtime};
+use super::common::{DEFAULT_DIR, OutputArgs, Style, paint, parse_duration, runtime};
 
 /// Arguments shared by the fault drills.
 #[derive(clap::Args, Debug)]
@@ -37,23 +37,6 @@ pub(crate) struct FaultArgs {
     outage_for: Duration,
     #[command(flatten)]
     output: OutputArgs,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 2m or 500ms"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        _ => return Err(format!("{s:?} is not a duration like 30s, 2m or 500ms")),
-    };
-    if d.is_zero() || d > Duration::from_secs(3600) {
-        return Err("the duration must be between 1 ms and 1 hour".to_owned());
-    }
-    Ok(d)
 }
 
 /// Runs one fault drill and fails (exit status) when an acceptance condition does not hold.
@@ -132,20 +115,4 @@ fn render(r: &Report, problems: &[String]) -> String {
         text.push_str(&format!("  problem: {p}\n"));
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_take_the_units_the_help_shows() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
-        for bad in ["", "s", "0s", "3h", "1.5s", "-1s", "2 hours"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 }
