@@ -21,4 +21,6 @@ pub mod scale;
 pub mod stampede;
 pub mod stats;
 pub mod svg;
+pub mod user_profiles;
+pub mod user_profiles_report;
 pub mod workload;

@@ -6,6 +6,10 @@
 //! Exit codes: 0 success; 1 the command failed (one line on stderr says why); 2 invalid
 //! arguments.
 
+// The user-profiles scenario's future (Strata, redis-rs and the `cached` crate's clients
+// inside one async block) is deeper than the default limit of type layout queries.
+#![recursion_limit = "256"]
+
 mod commands;
 
 use std::process::ExitCode;
