@@ -22,7 +22,7 @@ use strata::{HotKeys, Key, KeySchema, Ttl};
 use crate::report::{Report, ms, round4};
 use crate::runner::{Clock, Load, Outcome, Zipf, closed_loop, command_calls, connect, masters};
 use crate::stats::Summary;
-use crate::svg::{Chart, Series};
+use crate::svg::Chart;
 use crate::workload::{Layout, Profile, Target};
 
 /// Settings of the run.
@@ -86,6 +86,8 @@ pub struct Figures {
     pub hot_key_share: f64,
     /// Concurrent workers.
     pub concurrency: usize,
+    /// The masters (`host:port`), in the order of every `node_share`.
+    pub masters: Vec<String>,
     /// One entry per variant.
     pub variants: Vec<Variant>,
     /// Throughput with L1 over throughput without.
@@ -202,11 +204,18 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Run> {
             exponent: options.exponent,
             hot_key_share: round4(hot_reads.0 as f64 / hot_reads.1.max(1) as f64),
             concurrency: options.load.concurrency,
+            masters: nodes.iter().map(|u| address(u)).collect(),
             variants,
             l1_speedup,
         },
         latency,
     })
+}
+
+/// `host:port` of a node URL (no scheme, no credentials).
+fn address(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.rsplit('@').next().unwrap_or(rest).to_owned()
 }
 
 async fn calls_per_node(cons: &mut [redis::aio::MultiplexedConnection]) -> anyhow::Result<Vec<u64>> {
@@ -243,14 +252,10 @@ pub fn report(run: &Run, command: &[String]) -> anyhow::Result<Report> {
         })
         .collect();
     report.table("Figures", &["variant", "throughput", "p50", "p99", "Redis cmds / read", "share per master"], rows);
-    let series = f
-        .variants
-        .iter()
-        .map(|v| Series::new(v.name, v.node_share.iter().enumerate().map(|(i, s)| ((i + 1) as f64, *s)).collect()))
-        .collect();
-    let mut chart = Chart::new("Share of Redis commands per master", "master", "share");
+    let series = f.variants.iter().map(|v| (v.name.to_owned(), v.node_share.clone())).collect();
+    let mut chart = Chart::new("Share of Redis commands per master", "master", "share of commands");
     chart.y_range = Some((0.0, 1.0));
-    report.line_chart(chart, series);
+    report.bar_chart(chart, &f.masters, series);
     let hists: Vec<(&str, &Histogram<u64>)> = run.latency.iter().map(|(n, h)| (*n, h)).collect();
     report.cdf("Read latency", &hists);
     Ok(report)

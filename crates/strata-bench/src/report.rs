@@ -26,7 +26,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::svg::{Chart, Series, cdf_chart, escape, line_chart};
+use crate::svg::{Chart, Series, bar_chart, cdf_chart, escape, line_chart};
 
 /// Default directory of the reports (relative to the working directory).
 pub const DEFAULT_DIR: &str = "target/strata-bench";
@@ -112,6 +112,12 @@ impl Report {
     /// Adds a line chart of several series.
     pub fn line_chart(&mut self, chart: Chart, series: Vec<Series>) -> &mut Self {
         self.sections.push(format!("<figure>{}</figure>", line_chart(&chart, &series)));
+        self
+    }
+
+    /// Adds grouped bars: one group per category, one bar per series.
+    pub fn bar_chart(&mut self, chart: Chart, categories: &[String], series: Vec<(String, Vec<f64>)>) -> &mut Self {
+        self.sections.push(format!("<figure>{}</figure>", bar_chart(&chart, categories, &series)));
         self
     }
 

@@ -1,8 +1,8 @@
 //! Charts as inline SVG, so a report is one self-contained HTML file: no JavaScript, no CDN,
 //! readable offline and in a CI artifact viewer.
 //!
-//! Two kinds: a line chart of several series (hit ratio over time, throughput per phase) and a
-//! latency CDF built from HDR histograms (drawn as a line chart with a log-scaled x axis when the
+//! Three kinds: a line chart of several series (hit ratio over time), grouped bars (a figure per
+//! node and variant) and a latency CDF built from HDR histograms (drawn as a line chart with a log-scaled x axis when the
 //! latencies span more than two decades, where a linear axis would squash the body into one
 //! pixel column).
 
@@ -109,15 +109,7 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> String {
     };
     let py = |y: f64| TOP + plot_h - (y.clamp(y0, y1) - y0) / (y1 - y0) * plot_h;
 
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = write!(
-        svg,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="{}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
-        WIDTH / 2.0,
-        escape(&chart.title)
-    );
+    let mut svg = frame(chart);
     for &t in &x_ticks {
         let x = px(t);
         let _ = write!(
@@ -128,29 +120,8 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> String {
             number(t)
         );
     }
-    for &t in &y_ticks {
-        let y = py(t);
-        let _ = write!(
-            svg,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e5e5e5"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            LEFT + plot_w,
-            LEFT - 6.0,
-            y + 4.0,
-            number(t)
-        );
-    }
-    let _ = write!(
-        svg,
-        r##"<polyline points="{LEFT},{TOP} {LEFT},{b:.1} {r:.1},{b:.1}" fill="none" stroke="#333"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"##,
-        LEFT + plot_w / 2.0,
-        HEIGHT - 12.0,
-        escape(&chart.x_label),
-        TOP + plot_h / 2.0,
-        escape(&chart.y_label),
-        b = TOP + plot_h,
-        r = LEFT + plot_w,
-    );
-    let mut lx = LEFT;
+    y_grid(&mut svg, &y_ticks, py);
+    axes(&mut svg, chart);
     for (i, s) in series.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
         let coords: Vec<String> =
@@ -162,20 +133,117 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> String {
                 coords.join(" ")
             );
         }
-        // The legend sits in a row above the plot, where it can hide no data.
-        let ly = 40.0;
-        let _ = write!(
-            svg,
-            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            lx + 18.0,
-            lx + 24.0,
-            ly + 4.0,
-            escape(&s.name)
-        );
-        lx += 40.0 + 7.0 * s.name.chars().count() as f64;
     }
+    legend(&mut svg, series.iter().map(|s| s.name.as_str()));
     svg.push_str("</svg>");
     svg
+}
+
+/// Draws grouped bars: for each category (x), one bar per series, `values[i]` of a series
+/// belonging to `categories[i]`. The y axis starts at 0.
+pub fn bar_chart(chart: &Chart, categories: &[String], series: &[(String, Vec<f64>)]) -> String {
+    let top = chart.y_range.map_or_else(
+        || {
+            let max = series.iter().flat_map(|s| s.1.iter().copied()).filter(|v| v.is_finite()).fold(0.0, f64::max);
+            let ticks = linear_ticks(0.0, if max > 0.0 { max } else { 1.0 });
+            ticks[ticks.len() - 1]
+        },
+        |r| r.1,
+    );
+    let (plot_w, plot_h) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
+    let py = |y: f64| TOP + plot_h - (y.clamp(0.0, top) / top) * plot_h;
+    let mut svg = frame(chart);
+    y_grid(&mut svg, &linear_ticks(0.0, top), py);
+    let group = plot_w / categories.len().max(1) as f64;
+    let bar = group * 0.8 / series.len().max(1) as f64;
+    for (c, name) in categories.iter().enumerate() {
+        let gx = LEFT + c as f64 * group;
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            gx + group / 2.0,
+            TOP + plot_h + 16.0,
+            escape(name)
+        );
+        for (i, (_, values)) in series.iter().enumerate() {
+            let Some(v) = values.get(c).copied().filter(|v| v.is_finite()) else { continue };
+            let (x, y) = (gx + group * 0.1 + i as f64 * bar, py(v));
+            let _ = write!(
+                svg,
+                r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{}</title></rect>"#,
+                (bar - 2.0).max(1.0),
+                TOP + plot_h - y,
+                PALETTE[i % PALETTE.len()],
+                number(v)
+            );
+        }
+    }
+    axes(&mut svg, chart);
+    legend(&mut svg, series.iter().map(|s| s.0.as_str()));
+    svg.push_str("</svg>");
+    svg
+}
+
+/// Horizontal grid lines with their labels at `ticks`, placed by `py`.
+fn y_grid(svg: &mut String, ticks: &[f64], py: impl Fn(f64) -> f64) {
+    for &t in ticks {
+        let y = py(t);
+        let _ = write!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e5e5e5"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            WIDTH - RIGHT,
+            LEFT - 6.0,
+            y + 4.0,
+            number(t)
+        );
+    }
+}
+
+/// The opening tag, background and title.
+fn frame(chart: &Chart) -> String {
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = write!(
+        svg,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
+        WIDTH / 2.0,
+        escape(&chart.title)
+    );
+    svg
+}
+
+/// The axis lines and their labels.
+fn axes(svg: &mut String, chart: &Chart) {
+    let (plot_w, plot_h) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
+    let _ = write!(
+        svg,
+        r##"<polyline points="{LEFT},{TOP} {LEFT},{b:.1} {r:.1},{b:.1}" fill="none" stroke="#333"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"##,
+        LEFT + plot_w / 2.0,
+        HEIGHT - 12.0,
+        escape(&chart.x_label),
+        TOP + plot_h / 2.0,
+        escape(&chart.y_label),
+        b = TOP + plot_h,
+        r = LEFT + plot_w,
+    );
+}
+
+/// The legend: a row above the plot, where it can hide no data.
+fn legend<'a>(svg: &mut String, names: impl Iterator<Item = &'a str>) {
+    let (mut lx, ly) = (LEFT, 40.0);
+    for (i, name) in names.enumerate() {
+        let _ = write!(
+            svg,
+            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            lx + 18.0,
+            PALETTE[i % PALETTE.len()],
+            lx + 24.0,
+            ly + 4.0,
+            escape(name)
+        );
+        lx += 40.0 + 7.0 * name.chars().count() as f64;
+    }
 }
 
 /// The latency CDF of each histogram (nanoseconds), x in milliseconds.
@@ -288,6 +356,20 @@ mod tests {
             assert!((TOP..=HEIGHT - BOTTOM).contains(&y), "{y}");
         }
         assert_eq!(points.split(' ').count(), 2, "the NaN point is skipped");
+    }
+
+    #[test]
+    fn bars_are_grouped_by_category_and_scaled_from_zero() {
+        let mut chart = Chart::new("share", "master", "share");
+        chart.y_range = Some((0.0, 1.0));
+        let cats = vec!["a:1".to_owned(), "b:2".to_owned()];
+        let svg = bar_chart(&chart, &cats, &[("x".into(), vec![0.5, 1.0]), ("y".into(), vec![0.25, f64::NAN])]);
+        assert_eq!(svg.matches("<rect x=").count(), 3, "the NaN bar is skipped");
+        let plot_h = HEIGHT - TOP - BOTTOM;
+        assert!(svg.contains(&format!("height=\"{plot_h:.1}\"")), "the 1.0 bar fills the plot: {svg}");
+        assert!(svg.contains(&format!("height=\"{:.1}\"", plot_h / 2.0)));
+        assert!(svg.contains(">a:1<") && svg.contains(">b:2<") && svg.contains(">y<"));
+        assert!(bar_chart(&Chart::new("e", "x", "y"), &[], &[]).ends_with("</svg>"));
     }
 
     #[test]
