@@ -1,11 +1,10 @@
-//! Workloads behind `strata bench` and `strata demo`.
+//! Workloads behind `strata bench` and `strata demo` (user-profiles).
 //!
 //! Every workload is bounded in operations and time, talks only to loopback Redis processes it
 //! starts itself (or a URL it is given), reports latencies from HDR histograms, and measures the
 //! variants it compares in the same run, interleaved, so that machine noise hits all of them.
 
 pub mod cold_start;
-pub mod demo;
 pub mod drill_coherence;
 pub mod drill_faults;
 pub mod drill_stampede;
@@ -21,4 +20,6 @@ pub mod scale;
 pub mod stampede;
 pub mod stats;
 pub mod svg;
+pub mod user_profiles;
+pub mod user_profiles_report;
 pub mod workload;

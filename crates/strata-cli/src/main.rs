@@ -6,6 +6,10 @@
 //! Exit codes: 0 success; 1 the command failed (one line on stderr says why); 2 invalid
 //! arguments.
 
+// The user-profiles scenario's future (Strata, redis-rs and the `cached` crate's clients
+// inside one async block) is deeper than the default limit of type layout queries.
+#![recursion_limit = "256"]
+
 mod commands;
 
 use std::process::ExitCode;
@@ -45,7 +49,7 @@ enum Command {
     /// Drills against a deployment: `stampede` (distributed single-flight), `coherence` (L1 invalidation delay),
     /// `failover`, `restart`, `outage`, `reshard` (faults under a cache-aside load).
     Drill(commands::drill::Args),
-    /// Run a cache-aside workload over a slow source, with and without Strata, on a local cluster.
+    /// Run the user-profiles workload over a real database: alone, through Strata, and two peers.
     Demo(commands::demo::Args),
     /// Run a benchmark scenario.
     Bench(commands::bench::Args),

@@ -8,7 +8,9 @@ use clap::ValueEnum;
 use strata_bench::report::{DEFAULT_DIR, Report};
 use strata_bench::runner::Load;
 use strata_bench::workload::{Layout, Target};
-use strata_bench::{cold_start, eviction, expiry, hit_latency, hot_key, scale, stampede};
+use strata_bench::{
+    cold_start, eviction, expiry, hit_latency, hot_key, scale, stampede, user_profiles, user_profiles_report,
+};
 
 use super::common::{OutputArgs, parse_duration, runtime};
 
@@ -53,6 +55,17 @@ pub(crate) struct Args {
     /// Upper bound on hit-latency and expiry, in seconds.
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
+    /// Database of user-profiles: `postgres://...` or `sqlite:PATH` (default: a SQLite file in a
+    /// temporary directory).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Users seeded by user-profiles.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    users: u64,
+    /// Artificial latency before every database statement in user-profiles, milliseconds (a
+    /// remote or loaded database; 0, the default, adds nothing; reports say when it is set).
+    #[arg(long, default_value_t = 0.0)]
+    db_latency_ms: f64,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -78,6 +91,10 @@ enum Scenario {
     Eviction,
     /// Open-loop load at R and 2R: does latency hold when the offered load doubles?
     Scale,
+    /// The seed workload over the example service's database (80 % reads, Zipf(0.99) ids): the
+    /// database alone, Strata, naive redis-rs cache-aside and the `cached` crate, back to back
+    /// on one operation sequence; --duration is shared by the four.
+    UserProfiles,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -175,6 +192,26 @@ async fn scenario(args: &Args, target: &Target, command: &[String]) -> anyhow::R
             let options = scale::Options { rate: args.rate, load: load(32, 10_000_000), ..scale::Options::default() };
             let run = scale::run(target, &options).await?;
             (scale::report(&run, command)?, scale::render(&run.figures))
+        }
+        Scenario::UserProfiles => {
+            anyhow::ensure!(
+                args.db_latency_ms.is_finite() && (0.0..=10_000.0).contains(&args.db_latency_ms),
+                "--db-latency-ms must be between 0 and 10000"
+            );
+            let defaults = user_profiles::Options::default();
+            let options = user_profiles::Options {
+                users: args.users,
+                duration: args.duration,
+                max_ops: args.max_ops.unwrap_or(defaults.max_ops),
+                concurrency: args.concurrency.map_or(defaults.concurrency, |c| c as usize),
+                database_url: args.database_url.clone(),
+                db_latency: Duration::from_secs_f64(args.db_latency_ms / 1000.0),
+                ..defaults
+            };
+            // Boxed: keeps the (large) future of this scenario off the stack of `scenario`.
+            let run = Box::pin(user_profiles::run(target, &options)).await?;
+            let figures = user_profiles_report::figures(&run)?;
+            (user_profiles_report::report(&run, &figures, command)?, user_profiles_report::render(&figures))
         }
     })
 }

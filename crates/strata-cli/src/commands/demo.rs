@@ -1,46 +1,71 @@
-//! `strata demo`: a cache-aside workload on a local cluster, with and without Strata.
+//! `strata demo`: the user-profiles workload (the seed's) over the example service's database,
+//! with and without Strata and next to two peer caches, on a local cluster or the given one.
+//! `./run demo` wraps it with `strata up` and the example service.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use strata_bench::demo;
+use strata_bench::report::DEFAULT_DIR;
 use strata_bench::workload::{Layout, Target};
+use strata_bench::{user_profiles, user_profiles_report};
 
-use super::common::{OutputArgs, runtime};
+use super::common::{OutputArgs, parse_duration, runtime};
 
 /// Arguments of `strata demo`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// Operations per pass.
-    #[arg(long, default_value_t = 40_000)]
-    operations: u64,
-    /// Concurrent workers.
-    #[arg(long, default_value_t = 32)]
-    concurrency: usize,
-    /// Latency of one source query, in milliseconds.
-    #[arg(long, default_value_t = 2)]
-    source_delay_ms: u64,
+    /// Redis URL(s) of a running deployment; without it a local 3+3 cluster is started and
+    /// stopped afterwards.
+    #[arg(long = "url")]
+    urls: Vec<String>,
+    /// `sqlite:PATH` or `postgres://...` (default: a SQLite file in a temporary directory).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Length of the whole run, shared by the four variants.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Users seeded.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    users: u64,
+    /// Concurrent workers per variant.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: u32,
+    /// Directory of the JSON and HTML reports.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    out: PathBuf,
     #[command(flatten)]
     output: OutputArgs,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let command: Vec<String> = std::env::args().collect();
     runtime()?.block_on(async {
-        let target = Target::start_local(Layout::Cluster)?;
-        let options = demo::Options {
-            operations: args.operations,
-            concurrency: args.concurrency,
-            source_delay: Duration::from_millis(args.source_delay_ms),
-            ..demo::Options::default()
+        let target = if args.urls.is_empty() {
+            Target::start_local(Layout::Cluster)?
+        } else {
+            Target::external(args.urls.clone())?
+        };
+        let options = user_profiles::Options {
+            users: args.users,
+            duration: args.duration,
+            concurrency: args.concurrency as usize,
+            database_url: args.database_url.clone(),
+            ..user_profiles::Options::default()
         };
         eprintln!(
-            "local cluster: {}\nworkload: {} users, {} ops, 80 % reads, Zipf(0.99), {} workers, source delay {} ms",
+            "redis: {}\nworkload: {} users, 80 % reads, Zipf(0.99), {} workers, {:?} over 4 variants",
             target.urls().join(" "),
             options.users,
-            options.operations,
             options.concurrency,
-            args.source_delay_ms
+            options.duration
         );
-        let report = demo::run(&target, &options).await?;
-        args.output.print(&report, || demo::render(&report))
+        let run = Box::pin(user_profiles::run(&target, &options)).await?;
+        let figures = user_profiles_report::figures(&run)?;
+        let written = user_profiles_report::report(&run, &figures, &command)?.write(&args.out)?;
+        let files = format!("report: {}\n        {}\n", written.html.display(), written.json.display());
+        if args.output.json {
+            eprint!("{files}");
+        }
+        args.output.print(&written.document, || format!("{}\n{files}", user_profiles_report::render(&figures)))
     })
 }

@@ -85,6 +85,7 @@ pub struct Db {
 struct Inner {
     conn: Conn,
     queries: AtomicU64,
+    extra_latency_ns: AtomicU64,
 }
 
 enum Conn {
@@ -118,7 +119,7 @@ impl Db {
             }
             Conn::Sqlite(sqlite::Sqlite::open(path).await?)
         };
-        Ok(Db { inner: Arc::new(Inner { conn, queries: AtomicU64::new(0) }) })
+        Ok(Db { inner: Arc::new(Inner { conn, queries: AtomicU64::new(0), extra_latency_ns: AtomicU64::new(0) }) })
     }
 
     /// Which database this is.
@@ -134,13 +135,26 @@ impl Db {
         self.inner.queries.load(Ordering::Relaxed)
     }
 
-    fn count(&self) {
+    /// Adds `latency` before every statement from now on (zero, the default, adds nothing).
+    ///
+    /// For benchmarks only, and labelled as such in their reports: it stands in for a database
+    /// on another host or under load, where a point query costs a network round trip or more.
+    pub fn set_extra_latency(&self, latency: std::time::Duration) {
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.extra_latency_ns.store(ns, Ordering::Relaxed);
+    }
+
+    async fn count(&self) {
         self.inner.queries.fetch_add(1, Ordering::Relaxed);
+        let ns = self.inner.extra_latency_ns.load(Ordering::Relaxed);
+        if ns > 0 {
+            tokio::time::sleep(std::time::Duration::from_nanos(ns)).await;
+        }
     }
 
     /// Makes sure users `1..=n` exist (existing rows are left alone). One statement.
     pub async fn seed_users(&self, n: u64) -> Result<()> {
-        self.count();
+        self.count().await;
         match &self.inner.conn {
             Conn::Sqlite(c) => c.seed_users(n).await,
             Conn::Postgres(c) => c.seed_users(n).await,
@@ -152,7 +166,7 @@ impl Db {
         if categories == 0 {
             return Err(Error::invalid("at least one category"));
         }
-        self.count();
+        self.count().await;
         match &self.inner.conn {
             Conn::Sqlite(c) => c.seed_products(n, categories).await,
             Conn::Postgres(c) => c.seed_products(n, categories).await,
@@ -161,7 +175,7 @@ impl Db {
 
     /// One user by id.
     pub async fn get_user(&self, id: i64) -> Result<Option<User>> {
-        self.count();
+        self.count().await;
         match &self.inner.conn {
             Conn::Sqlite(c) => c.get_user(id).await,
             Conn::Postgres(c) => c.get_user(id).await,
@@ -171,7 +185,7 @@ impl Db {
     /// Changes the given fields of a user; returns the row as stored, or `None` when there is no
     /// such user.
     pub async fn update_user(&self, id: i64, update: &UserUpdate) -> Result<Option<User>> {
-        self.count();
+        self.count().await;
         match &self.inner.conn {
             Conn::Sqlite(c) => c.update_user(id, update).await,
             Conn::Postgres(c) => c.update_user(id, update).await,
@@ -180,7 +194,7 @@ impl Db {
 
     /// One product by id.
     pub async fn get_product(&self, id: i64) -> Result<Option<Product>> {
-        self.count();
+        self.count().await;
         match &self.inner.conn {
             Conn::Sqlite(c) => c.get_product(id).await,
             Conn::Postgres(c) => c.get_product(id).await,
@@ -189,7 +203,7 @@ impl Db {
 
     /// The products of a category, by id, at most [`MAX_LISTING`].
     pub async fn list_products(&self, category: &str) -> Result<Vec<Product>> {
-        self.count();
+        self.count().await;
         match &self.inner.conn {
             Conn::Sqlite(c) => c.list_products(category).await,
             Conn::Postgres(c) => c.list_products(category).await,
@@ -202,7 +216,7 @@ impl Db {
         if !(-100..=1000).contains(&percent) {
             return Err(Error::invalid(format!("percent must be in [-100, 1000], got {percent}")));
         }
-        self.count();
+        self.count().await;
         match &self.inner.conn {
             Conn::Sqlite(c) => c.reprice_category(category, percent).await,
             Conn::Postgres(c) => c.reprice_category(category, percent).await,

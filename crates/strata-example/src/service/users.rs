@@ -1,5 +1,8 @@
 //! User profiles: cache-aside with negative caching, invalidated on write.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use strata::{Cache, KeySchema, Ttl};
 
 use crate::db::{Db, User, UserUpdate};
@@ -27,9 +30,24 @@ impl Users {
 
     /// A profile, from the cache or the database.
     pub async fn get(&self, id: i64) -> Result<Option<User>> {
+        Ok(self.get_reporting_load(id).await?.0)
+    }
+
+    /// Like [`get`](Self::get), and whether this call queried the database (false on a cache
+    /// hit, and when a concurrent call's load answered it): how a benchmark counts hits.
+    pub async fn get_reporting_load(&self, id: i64) -> Result<(Option<User>, bool)> {
         let key = self.schema.key("user", &id.to_string())?;
         let db = self.db.clone();
-        Ok(self.cache.get_or_set_optional(&key, Ttl::Medium, || async move { db.get_user(id).await }).await?)
+        let loaded = Arc::new(AtomicBool::new(false));
+        let flag = loaded.clone();
+        let user = self
+            .cache
+            .get_or_set_optional(&key, Ttl::Medium, || async move {
+                flag.store(true, Ordering::Relaxed);
+                db.get_user(id).await
+            })
+            .await?;
+        Ok((user, loaded.load(Ordering::Relaxed)))
     }
 
     /// Updates the database, then deletes the cached profile. The delete reaches every

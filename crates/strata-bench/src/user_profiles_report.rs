@@ -1,0 +1,286 @@
+//! The figures, table and HTML report of `user-profiles`.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::report::{Report, ms, round4};
+use crate::stats::human_ns;
+use crate::svg::{Chart, Series};
+use crate::user_profiles::{Measured, Run, Variant};
+
+/// The JSON document of a run (the first eight fields are the ones issue 6 names).
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    /// Read p50 through Strata, ms.
+    pub p50_ms_cached: f64,
+    /// Read p99 through Strata, ms.
+    pub p99_ms_cached: f64,
+    /// Read p50 of the database alone, ms.
+    pub p50_ms_direct: f64,
+    /// Read p99 of the database alone, ms.
+    pub p99_ms_direct: f64,
+    /// Strata's read hit ratio.
+    pub hit_ratio: f64,
+    /// 1 - p50_cached / p50_direct.
+    pub latency_reduction: f64,
+    /// Strata's operations per second (reads and writes).
+    pub throughput_cached: f64,
+    /// The database alone's operations per second.
+    pub throughput_direct: f64,
+    /// 1 - p99_cached / p99_direct.
+    pub latency_reduction_p99: f64,
+    /// What the database was.
+    pub database: String,
+    /// Artificial latency added before every statement, ms (0: none).
+    pub db_latency_ms: f64,
+    /// Users seeded.
+    pub users: u64,
+    /// Fraction of reads.
+    pub read_ratio: f64,
+    /// Zipf exponent of the ids.
+    pub zipf_exponent: f64,
+    /// Workers per variant.
+    pub concurrency: usize,
+    /// Duration share of each variant, seconds.
+    pub seconds_per_variant: f64,
+    /// Operation cap of each variant.
+    pub max_ops_per_variant: u64,
+    /// Every variant by name: direct, strata, naive_redis_rs, cached_crate.
+    pub variants: BTreeMap<String, VariantFigures>,
+    /// Strata against each peer cache.
+    pub peers: BTreeMap<String, PeerRatios>,
+}
+
+/// One variant's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantFigures {
+    /// What it is.
+    pub label: String,
+    /// Successful reads.
+    pub reads: u64,
+    /// Successful writes.
+    pub writes: u64,
+    /// Failed operations.
+    pub errors: u64,
+    /// The first failure.
+    pub first_error: Option<String>,
+    /// Read latency, ms.
+    pub p50_ms: f64,
+    /// Read latency, ms.
+    pub p95_ms: f64,
+    /// Read latency, ms.
+    pub p99_ms: f64,
+    /// Mean read latency, ms.
+    pub mean_ms: f64,
+    /// Write latency (update + invalidation), ms.
+    pub write_p50_ms: f64,
+    /// Write latency, ms.
+    pub write_p99_ms: f64,
+    /// Operations per second.
+    pub throughput: f64,
+    /// Reads that did not query the database.
+    pub hit_ratio: f64,
+    /// Statements the database received.
+    pub source_queries: u64,
+    /// ... per second.
+    pub source_queries_per_s: f64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+/// Strata's figures over a peer's (below 1: Strata is faster or queries less).
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerRatios {
+    /// The peer's read p50, ms.
+    pub p50_ms: f64,
+    /// The peer's read p99, ms.
+    pub p99_ms: f64,
+    /// The peer's operations per second.
+    pub throughput: f64,
+    /// The peer's hit ratio.
+    pub hit_ratio: f64,
+    /// Strata p50 / peer p50.
+    pub strata_p50_ratio: f64,
+    /// Strata p99 / peer p99.
+    pub strata_p99_ratio: f64,
+    /// Strata throughput / peer throughput.
+    pub strata_throughput_ratio: f64,
+}
+
+fn variant_figures(m: &Measured) -> VariantFigures {
+    let secs = m.elapsed.as_secs_f64().max(1e-9);
+    VariantFigures {
+        label: m.variant.label().to_owned(),
+        reads: m.reads.len(),
+        writes: m.writes.len(),
+        errors: m.errors,
+        first_error: m.first_error.clone(),
+        p50_ms: ms(m.reads.value_at_quantile(0.50)),
+        p95_ms: ms(m.reads.value_at_quantile(0.95)),
+        p99_ms: ms(m.reads.value_at_quantile(0.99)),
+        mean_ms: (m.reads.mean() / 1_000.0).round() / 1_000.0,
+        write_p50_ms: ms(m.writes.value_at_quantile(0.50)),
+        write_p99_ms: ms(m.writes.value_at_quantile(0.99)),
+        throughput: m.throughput().round(),
+        hit_ratio: round4(m.hit_ratio()),
+        source_queries: m.source_queries,
+        source_queries_per_s: (m.source_queries as f64 / secs).round(),
+        seconds: (secs * 1000.0).round() / 1000.0,
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { round4(a / b) } else { f64::NAN }
+}
+
+/// The figures of a run.
+pub fn figures(run: &Run) -> anyhow::Result<Figures> {
+    let find = |v: Variant| {
+        run.measured.iter().find(|m| m.variant == v).ok_or_else(|| anyhow::anyhow!("{} did not run", v.name()))
+    };
+    let (direct, strata) = (find(Variant::Direct)?, find(Variant::Strata)?);
+    let (d, s) = (variant_figures(direct), variant_figures(strata));
+    let mut peers = BTreeMap::new();
+    for peer in [Variant::Naive, Variant::Cached] {
+        let p = variant_figures(find(peer)?);
+        peers.insert(
+            peer.name().to_owned(),
+            PeerRatios {
+                p50_ms: p.p50_ms,
+                p99_ms: p.p99_ms,
+                throughput: p.throughput,
+                hit_ratio: p.hit_ratio,
+                strata_p50_ratio: ratio(s.p50_ms, p.p50_ms),
+                strata_p99_ratio: ratio(s.p99_ms, p.p99_ms),
+                strata_throughput_ratio: ratio(s.throughput, p.throughput),
+            },
+        );
+    }
+    let o = &run.options;
+    Ok(Figures {
+        p50_ms_cached: s.p50_ms,
+        p99_ms_cached: s.p99_ms,
+        p50_ms_direct: d.p50_ms,
+        p99_ms_direct: d.p99_ms,
+        hit_ratio: s.hit_ratio,
+        latency_reduction: round4(1.0 - strata.reads.value_at_quantile(0.5) as f64 / direct_p(direct, 0.5)),
+        throughput_cached: s.throughput,
+        throughput_direct: d.throughput,
+        latency_reduction_p99: round4(1.0 - strata.reads.value_at_quantile(0.99) as f64 / direct_p(direct, 0.99)),
+        database: run.database.clone(),
+        db_latency_ms: o.db_latency.as_secs_f64() * 1000.0,
+        users: o.users,
+        read_ratio: o.read_ratio,
+        zipf_exponent: o.zipf_exponent,
+        concurrency: o.concurrency,
+        seconds_per_variant: (o.duration / Variant::ALL.len() as u32).as_secs_f64(),
+        max_ops_per_variant: o.max_ops,
+        variants: run.measured.iter().map(|m| (m.variant.name().to_owned(), variant_figures(m))).collect(),
+        peers,
+    })
+}
+
+/// A percentile of the direct reads, never zero (an empty histogram gives 1 ns).
+fn direct_p(direct: &Measured, q: f64) -> f64 {
+    direct.reads.value_at_quantile(q).max(1) as f64
+}
+
+/// The HTML report: figures, the table, read latency CDF, hit ratio over time.
+pub fn report(run: &Run, figures: &Figures, command: &[String]) -> anyhow::Result<Report> {
+    let mut report = Report::new("user-profiles", command);
+    report.figures(figures)?.text(&format!(
+        "{} users, {:.0} % reads, Zipf({}) ids, {} workers per variant, {:.1} s per variant, run back to back on the same operation sequence. Database: {}.",
+        figures.users,
+        figures.read_ratio * 100.0,
+        figures.zipf_exponent,
+        figures.concurrency,
+        figures.seconds_per_variant,
+        figures.database
+    ));
+    let rows = run
+        .measured
+        .iter()
+        .map(|m| {
+            let v = variant_figures(m);
+            vec![
+                v.label,
+                format!("{:.3} ms", v.p50_ms),
+                format!("{:.3} ms", v.p95_ms),
+                format!("{:.3} ms", v.p99_ms),
+                format!("{:.0}", v.throughput),
+                format!("{:.1} %", v.hit_ratio * 100.0),
+                format!("{:.0}", v.source_queries_per_s),
+                v.errors.to_string(),
+            ]
+        })
+        .collect();
+    report.table(
+        "Reads and throughput",
+        &["variant", "p50", "p95", "p99", "ops/s", "hit ratio", "db queries/s", "errors"],
+        rows,
+    );
+    report.preformatted(&render(figures));
+    let hists: Vec<(&str, &Histogram<u64>)> = run.measured.iter().map(|m| (m.variant.label(), &m.reads)).collect();
+    report.cdf("Read latency", &hists);
+    let mut chart =
+        Chart::new("Read hit ratio over time (per second)", "seconds since the variant started", "hit ratio");
+    chart.y_range = Some((0.0, 1.0));
+    let series = run
+        .measured
+        .iter()
+        .filter(|m| m.variant != Variant::Direct)
+        .map(|m| Series::new(m.variant.label(), m.timeline.hit_ratio_points()))
+        .collect();
+    report.line_chart(chart, series);
+    Ok(report)
+}
+
+/// The figures as a terminal table.
+pub fn render(f: &Figures) -> String {
+    let mut out = format!(
+        "user-profiles: {} users, {:.0} % reads, Zipf({}), {} workers, {:.1} s per variant\ndatabase: {}\n\n{:<30} {:>10} {:>10} {:>10} {:>9} {:>9} {:>13}\n",
+        f.users,
+        f.read_ratio * 100.0,
+        f.zipf_exponent,
+        f.concurrency,
+        f.seconds_per_variant,
+        f.database,
+        "read latency",
+        "p50",
+        "p95",
+        "p99",
+        "ops/s",
+        "hit ratio",
+        "db queries/s"
+    );
+    for name in ["direct", "strata", "naive_redis_rs", "cached_crate"] {
+        let Some(v) = f.variants.get(name) else { continue };
+        out += &format!(
+            "{:<30} {:>10} {:>10} {:>10} {:>9.0} {:>8.1}% {:>13.0}\n",
+            v.label,
+            human_ns(v.p50_ms * 1e6),
+            human_ns(v.p95_ms * 1e6),
+            human_ns(v.p99_ms * 1e6),
+            v.throughput,
+            v.hit_ratio * 100.0,
+            v.source_queries_per_s
+        );
+        if v.errors > 0 {
+            out += &format!("  {} errors, first: {}\n", v.errors, v.first_error.as_deref().unwrap_or("?"));
+        }
+    }
+    out += &format!(
+        "\nread latency reduction through Strata: p50 {:.1} %, p99 {:.1} % (target: at least 50 % at p50)\n",
+        f.latency_reduction * 100.0,
+        f.latency_reduction_p99 * 100.0
+    );
+    for (name, p) in &f.peers {
+        out += &format!(
+            "strata / {name}: p50 x{:.2}, p99 x{:.2}, throughput x{:.2}\n",
+            p.strata_p50_ratio, p.strata_p99_ratio, p.strata_throughput_ratio
+        );
+    }
+    out
+}
