@@ -5,6 +5,9 @@
 //!
 //! Exit codes: 0 success; 1 the command failed (one line on stderr says why); 2 invalid
 //! arguments.
+// The bench command nests many async layers (runner, cache build with its TLS/auth diagnosis,
+// loaders); computing that future's layout needs more than the default query depth.
+#![recursion_limit = "256"]
 
 mod commands;
 

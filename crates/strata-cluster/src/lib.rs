@@ -76,6 +76,7 @@ mod node;
 mod options;
 mod ports;
 mod probe;
+mod secure;
 mod sentinel;
 mod standalone;
 mod tls;
@@ -91,6 +92,7 @@ pub use ports::{check_port_free, free_port, is_port_free};
 pub use sentinel::{DEFAULT_MASTER_NAME, SentinelBuilder, SentinelSetup};
 /// Number of hash slots in a Redis Cluster.
 pub const SLOT_COUNT: u16 = 16384;
+pub use secure::{ACL_FILE, SECURE_DIR, SecureFiles};
 pub use standalone::{RedisServer, ServerBuilder};
 pub use tls::{
     CA_CERT_FILE, CA_KEY_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE, TlsAuthClients,

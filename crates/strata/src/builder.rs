@@ -327,7 +327,7 @@ impl CacheBuilder {
         if let Err(mut err) = cache.ping().await {
             // The connection manager turns a refused AUTH into retries and then a timeout;
             // one direct attempt tells the operator the real cause.
-            if let Some(cause) = crate::l2::handshake_error(&diagnosis_config).await {
+            if let Some(cause) = Box::pin(crate::l2::handshake_error(&diagnosis_config)).await {
                 err = cause;
             }
             if self.require_redis {
