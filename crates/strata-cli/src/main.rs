@@ -5,6 +5,9 @@
 //!
 //! Exit codes: 0 success; 1 the command failed (one line on stderr says why); 2 invalid
 //! arguments.
+// The bench command nests many async layers (runner, cache build with its TLS/auth diagnosis,
+// loaders); computing that future's layout needs more than the default query depth.
+#![recursion_limit = "256"]
 
 // The user-profiles scenario's future (Strata, redis-rs and the `cached` crate's clients
 // inside one async block) is deeper than the default limit of type layout queries.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Credentials;
 use crate::error::{ClusterError, ErrorKind, Result};
+use crate::tls::TlsMaterial;
 
 /// Run `redis-cli <args>` with output appended to `log`, killing it after
 /// `timeout`. A password is passed through `REDISCLI_AUTH`, never on the
@@ -16,6 +17,7 @@ pub(crate) fn run(
     cli: &Path,
     args: &[String],
     auth: Option<&Credentials>,
+    tls: Option<&TlsMaterial>,
     log: &Path,
     timeout: Duration,
 ) -> Result<()> {
@@ -32,6 +34,9 @@ pub(crate) fn run(
             cmd.arg("--user").arg(user);
         }
         cmd.env("REDISCLI_AUTH", &c.password);
+    }
+    if let Some(tls) = tls {
+        cmd.args(tls.cli_args());
     }
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
     let shown = format!("redis-cli {}", args.join(" "));

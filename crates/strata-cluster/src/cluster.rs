@@ -14,6 +14,7 @@ use crate::launch::{NodeRequest, Workdir, ensure_fresh_node_dir, launch_all};
 use crate::node::RedisNode;
 use crate::options::{CommonOptions, common_builder_methods};
 use crate::probe::{self, SlotRange};
+use crate::tls::TlsMaterial;
 
 /// Default `cluster-node-timeout`.
 pub const DEFAULT_NODE_TIMEOUT_MS: u64 = 2000;
@@ -32,6 +33,7 @@ pub struct RedisCluster {
     nodes: Vec<RedisNode>,
     cli: PathBuf,
     auth: Option<Credentials>,
+    tls: Option<TlsMaterial>,
     workdir: Workdir,
 }
 
@@ -318,7 +320,14 @@ impl RedisCluster {
             slots.to_string(),
             "--cluster-yes".into(),
         ];
-        cli::run(&self.cli, &args, self.auth.as_ref(), &self.dir().join("cluster-cli.log"), CLI_TIMEOUT)
+        cli::run(
+            &self.cli,
+            &args,
+            self.auth.as_ref(),
+            self.tls.as_ref(),
+            &self.dir().join("cluster-cli.log"),
+            CLI_TIMEOUT,
+        )
     }
 
     /// Leave every process running after this value is gone (for the CLI):
@@ -327,7 +336,8 @@ impl RedisCluster {
         let dir = self.workdir.keep();
         let mut processes = Vec::new();
         for node in &mut self.nodes {
-            let (port, url) = (node.port(), node.url());
+            // A secure (TLS) setup keeps its secrets in files of their own, not in the pid file.
+            let (port, url) = (node.port(), if node.is_tls() { node.public_url() } else { node.url() });
             if let Some(pid) = node.release() {
                 processes.push(DetachedProcess { pid, port, url });
             }
@@ -339,7 +349,14 @@ impl RedisCluster {
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
         args.extend(self.addrs());
         args.extend(["--cluster-replicas".into(), replicas.to_string(), "--cluster-yes".into()]);
-        cli::run(&self.cli, &args, self.auth.as_ref(), &self.dir().join("cluster-create.log"), CLI_TIMEOUT)
+        cli::run(
+            &self.cli,
+            &args,
+            self.auth.as_ref(),
+            self.tls.as_ref(),
+            &self.dir().join("cluster-create.log"),
+            CLI_TIMEOUT,
+        )
     }
 }
 
@@ -441,6 +458,7 @@ impl ClusterBuilder {
         };
         let server = self.common.server_binary()?;
         let cli = self.common.cli_binary()?;
+        self.common.prepare()?;
         let workdir = Workdir::new(self.common.dir.as_deref(), "strata-cluster-")?;
         let mut requests = Vec::with_capacity(total);
         for (i, (port, bus_port)) in ports.into_iter().enumerate() {
@@ -453,7 +471,8 @@ impl ClusterBuilder {
             });
         }
         let nodes = launch_all(requests)?;
-        let cluster = RedisCluster { nodes, cli, auth: self.common.auth.clone(), workdir };
+        let cluster =
+            RedisCluster { nodes, cli, auth: self.common.auth.clone(), tls: self.common.tls.clone(), workdir };
         let started = Instant::now();
         cluster.create(self.replicas)?;
         tracing::debug!(elapsed = ?started.elapsed(), "redis-cli --cluster create finished");

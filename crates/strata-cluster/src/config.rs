@@ -4,7 +4,9 @@
 //! operator reading a node's directory understands what was started.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::tls::TlsMaterial;
 
 /// Credentials a node requires from clients (and uses towards its master).
 #[derive(Clone, PartialEq, Eq)]
@@ -61,6 +63,17 @@ pub(crate) struct NodeConfig {
     pub(crate) appendonly: bool,
     /// Raw `key value` lines appended verbatim at the end (they win over earlier lines).
     pub(crate) extra_lines: Vec<String>,
+    /// TLS only: `port 0` and the `tls-*` lines.
+    pub(crate) tls: Option<TlsMaterial>,
+    /// Users come from this ACL file; replicas authenticate with `replication`.
+    pub(crate) acl: Option<AclFile>,
+}
+
+/// An ACL file every data node loads, and the user replicas authenticate as.
+#[derive(Debug, Clone)]
+pub(crate) struct AclFile {
+    pub(crate) path: PathBuf,
+    pub(crate) replication: Credentials,
 }
 
 /// The address every node binds to.
@@ -104,7 +117,16 @@ impl NodeConfig {
 
         comment(&mut out, "Network: listen only on loopback, on a port picked for this node.");
         directive(&mut out, "bind", BIND_ADDR);
-        directive(&mut out, "port", &self.port.to_string());
+        match &self.tls {
+            Some(tls) if !self.is_sentinel() => {
+                comment(&mut out, "TLS only: the plaintext port is closed (0); clients, replicas and the cluster bus");
+                comment(&mut out, "all use TLS with certificates signed by the CA below.");
+                for (key, value) in tls.config_lines(self.port) {
+                    directive(&mut out, key, &value);
+                }
+            }
+            _ => directive(&mut out, "port", &self.port.to_string()),
+        }
         if BIND_ADDR == "127.0.0.1" {
             comment(&mut out, "Protected mode only guards non-loopback listeners; it is safe to turn off here.");
             directive(&mut out, "protected-mode", "no");
@@ -154,9 +176,20 @@ impl NodeConfig {
         comment(out, "Allow DEBUG (SLEEP, SEGFAULT ...) from loopback clients, for fault drills.");
         directive(out, "enable-debug-command", "local");
 
-        if let Some(auth) = &self.auth {
-            blank(out);
-            render_auth(out, auth);
+        match (&self.acl, &self.auth) {
+            (Some(acl), _) => {
+                blank(out);
+                comment(out, "Authentication: users and their rights come from this ACL file (no `default` user).");
+                directive(out, "aclfile", &quote(&acl.path.display().to_string()));
+                comment(out, "Replicas authenticate to their master as the replication-only user.");
+                directive(out, "masteruser", &quote(acl.replication.user_name()));
+                directive(out, "masterauth", &quote(&acl.replication.password));
+            }
+            (None, Some(auth)) => {
+                blank(out);
+                render_auth(out, auth);
+            }
+            (None, None) => {}
         }
 
         match mode {
@@ -265,7 +298,15 @@ mod tests {
     use super::*;
 
     fn base(mode: Mode) -> NodeConfig {
-        NodeConfig { port: 7000, mode, auth: None, appendonly: false, extra_lines: vec!["maxmemory 10mb".into()] }
+        NodeConfig {
+            port: 7000,
+            mode,
+            auth: None,
+            appendonly: false,
+            extra_lines: vec!["maxmemory 10mb".into()],
+            tls: None,
+            acl: None,
+        }
     }
 
     #[test]
@@ -306,6 +347,35 @@ mod tests {
         assert!(conf.contains("user \"admin\" on \">secret\" ~* &* +@all"));
         assert!(conf.contains("replicaof 127.0.0.1 7001"));
         assert!(conf.contains("masteruser \"admin\""));
+    }
+
+    #[test]
+    fn tls_and_acl_file() {
+        let mut c = base(Mode::Cluster { bus_port: 17000, node_timeout_ms: 1500 });
+        c.tls = Some(TlsMaterial::in_dir(Path::new("/s")));
+        c.acl = Some(AclFile {
+            path: "/s/users.acl".into(),
+            replication: Credentials { user: Some("replication".into()), password: "r".into() },
+        });
+        c.auth = Some(Credentials { user: Some("admin".into()), password: "a".into() });
+        let conf = c.render(Path::new("/d"));
+        for l in [
+            "port 0",
+            "tls-port 7000",
+            "tls-cert-file \"/s/server.crt\"",
+            "tls-key-file \"/s/server.key\"",
+            "tls-ca-cert-file \"/s/ca.crt\"",
+            "tls-auth-clients optional",
+            "tls-replication yes",
+            "tls-cluster yes",
+            "aclfile \"/s/users.acl\"",
+            "masteruser \"replication\"",
+        ] {
+            assert!(conf.contains(&format!("\n{l}\n")), "{l} missing in\n{conf}");
+        }
+        // Users live in the ACL file only: Redis refuses both.
+        assert!(!conf.contains("user default off"));
+        assert!(!conf.contains("\"a\""));
     }
 
     #[test]

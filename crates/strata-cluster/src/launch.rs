@@ -162,6 +162,8 @@ mod tests {
                     auth: None,
                     appendonly: false,
                     extra_lines: Vec::new(),
+                    tls: None,
+                    acl: None,
                 },
                 own_process_group: false,
                 start_timeout: DEFAULT_START_TIMEOUT,

@@ -64,6 +64,7 @@
 //! # }
 //! ```
 
+mod acl;
 mod binaries;
 mod cli;
 mod cluster;
@@ -75,9 +76,12 @@ mod node;
 mod options;
 mod ports;
 mod probe;
+mod secure;
 mod sentinel;
 mod standalone;
+mod tls;
 
+pub use acl::{AclRoles, DEFAULT_KEY_PREFIX, Role, random_secret};
 pub use binaries::{REDIS_CLI_ENV, REDIS_SERVER_ENV, RedisBinaries, redis_available, redis_cli, redis_server};
 pub use cluster::{ClusterBuilder, DEFAULT_HEALTHY_TIMEOUT, DEFAULT_NODE_TIMEOUT_MS, RedisCluster};
 pub use config::{Credentials, quote as quote_config_value};
@@ -88,4 +92,9 @@ pub use ports::{check_port_free, free_port, is_port_free};
 pub use sentinel::{DEFAULT_MASTER_NAME, SentinelBuilder, SentinelSetup};
 /// Number of hash slots in a Redis Cluster.
 pub const SLOT_COUNT: u16 = 16384;
+pub use secure::{ACL_FILE, SECURE_DIR, SecureFiles};
 pub use standalone::{RedisServer, ServerBuilder};
+pub use tls::{
+    CA_CERT_FILE, CA_KEY_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE, TlsAuthClients,
+    TlsMaterial, create_private_dir, write_private,
+};

@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 
 use crate::config::{BIND_ADDR, Credentials, NodeConfig};
 use crate::error::{ClusterError, ErrorKind, Result};
-use crate::probe;
+use crate::probe::{self, ProbeTls};
 
 /// Default time a node gets to answer PING after being spawned.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,6 +81,7 @@ pub struct RedisNode {
     port: u16,
     bus_port: Option<u16>,
     auth: Option<Credentials>,
+    tls: Option<ProbeTls>,
     own_process_group: bool,
     start_timeout: Duration,
     child: Mutex<Option<Child>>,
@@ -109,6 +110,10 @@ impl RedisNode {
             port: launch.config.port,
             bus_port: launch.config.bus_port(),
             auth: if launch.config.is_sentinel() { None } else { launch.config.auth.clone() },
+            tls: match &launch.config.tls {
+                Some(t) if !launch.config.is_sentinel() => Some(ProbeTls(t.client_certificates()?)),
+                _ => None,
+            },
             own_process_group: launch.own_process_group,
             start_timeout: launch.start_timeout,
             child: Mutex::new(None),
@@ -205,6 +210,7 @@ impl RedisNode {
         let Ok(mut con) = probe::connect(
             self.port,
             self.auth.as_ref(),
+            self.tls.as_ref(),
             Duration::from_millis(250),
             Some(Duration::from_millis(1000)),
         ) else {
@@ -239,10 +245,20 @@ impl RedisNode {
         format!("{BIND_ADDR}:{}", self.port)
     }
 
-    /// `"redis://127.0.0.1:PORT"`, with `user:password@` (percent-encoded)
-    /// when the node requires authentication.
+    /// `"redis://127.0.0.1:PORT"` (`rediss://` with TLS), with `user:password@`
+    /// (percent-encoded) when the node requires authentication.
     pub fn url(&self) -> String {
-        probe::url(self.port, self.auth.as_ref())
+        probe::url(self.port, self.auth.as_ref(), self.tls.is_some())
+    }
+
+    /// `"redis[s]://127.0.0.1:PORT"` without credentials (safe to print or record).
+    pub fn public_url(&self) -> String {
+        probe::url(self.port, None, self.tls.is_some())
+    }
+
+    /// Whether the node serves TLS only.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The credentials clients must present, if any.
@@ -405,7 +421,7 @@ impl RedisNode {
     /// A synchronous connection with explicit connect and read/write timeouts
     /// (`None` = block forever).
     pub fn connection_with_timeout(&self, connect: Duration, io: Option<Duration>) -> Result<redis::Connection> {
-        probe::connect(self.port, self.auth.as_ref(), connect, io)
+        probe::connect(self.port, self.auth.as_ref(), self.tls.as_ref(), connect, io)
             .map_err(|e| ClusterError::redis(format!("connecting to {}", self.addr()), e))
     }
 
@@ -415,7 +431,7 @@ impl RedisNode {
         if self.is_paused() || self.pid().is_none() {
             return None;
         }
-        probe::probe_connection(self.port, self.auth.as_ref()).ok()
+        probe::probe_connection(self.port, self.auth.as_ref(), self.tls.as_ref()).ok()
     }
 
     /// Give up ownership of the process without killing it; returns its pid.

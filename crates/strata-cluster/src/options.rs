@@ -3,10 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::acl::{AclRoles, Role};
 use crate::binaries;
-use crate::config::{Credentials, Mode, NodeConfig};
+use crate::config::{AclFile, Credentials, Mode, NodeConfig};
 use crate::error::Result;
 use crate::node::{DEFAULT_START_TIMEOUT, NodeLaunch};
+use crate::tls::TlsMaterial;
 
 /// Options common to [`ServerBuilder`](crate::ServerBuilder),
 /// [`ClusterBuilder`](crate::ClusterBuilder) and
@@ -21,6 +23,9 @@ pub(crate) struct CommonOptions {
     pub(crate) cli_binary: Option<PathBuf>,
     pub(crate) own_process_group: bool,
     pub(crate) start_timeout: Duration,
+    pub(crate) tls: Option<TlsMaterial>,
+    /// The ACL file to write at start, and the roles it holds.
+    pub(crate) acl: Option<(PathBuf, AclRoles)>,
 }
 
 impl Default for CommonOptions {
@@ -34,11 +39,21 @@ impl Default for CommonOptions {
             cli_binary: None,
             own_process_group: false,
             start_timeout: DEFAULT_START_TIMEOUT,
+            tls: None,
+            acl: None,
         }
     }
 }
 
 impl CommonOptions {
+    /// Write the ACL file, if any (before any node loads it).
+    pub(crate) fn prepare(&self) -> Result<()> {
+        if let Some((path, roles)) = &self.acl {
+            roles.write_acl_file(path)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn server_binary(&self) -> Result<PathBuf> {
         match &self.server_binary {
             Some(p) => binaries::check_explicit(p, "redis-server"),
@@ -64,6 +79,11 @@ impl CommonOptions {
                 auth: self.auth.clone(),
                 appendonly: self.appendonly,
                 extra_lines: self.extra_lines.clone(),
+                tls: self.tls.clone(),
+                acl: self.acl.as_ref().map(|(path, roles)| AclFile {
+                    path: path.clone(),
+                    replication: roles.credentials(Role::Replication),
+                }),
             },
             own_process_group: self.own_process_group,
             start_timeout: self.start_timeout,
@@ -93,6 +113,24 @@ macro_rules! common_builder_methods {
         /// and use these credentials everywhere (URLs, replication, redis-cli).
         pub fn acl_user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
             self.common.auth = Some($crate::config::Credentials { user: Some(user.into()), password: password.into() });
+            self
+        }
+
+        /// Serve TLS only (`port 0`, `tls-port`, `tls-replication yes`, `tls-cluster yes`):
+        /// this crate's probes, `redis-cli` and [`url`](crate::RedisNode::url) (`rediss://`)
+        /// follow. Not supported for Sentinel setups.
+        pub fn tls(mut self, tls: $crate::TlsMaterial) -> Self {
+            self.common.tls = Some(tls);
+            self
+        }
+
+        /// Load users from an ACL file written to `path` at start (the roles of
+        /// [`AclRoles`](crate::AclRoles), `default` off). This crate's own connections and
+        /// `redis-cli` use `admin`; replicas use `replication`. Replaces
+        /// [`password`](Self::password) / [`acl_user`](Self::acl_user).
+        pub fn acl_file(mut self, path: impl Into<std::path::PathBuf>, roles: &$crate::AclRoles) -> Self {
+            self.common.auth = Some(roles.credentials($crate::Role::Admin));
+            self.common.acl = Some((path.into(), roles.clone()));
             self
         }
 

@@ -14,12 +14,23 @@ pub(crate) const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Read / write timeout used by health probes.
 pub(crate) const PROBE_IO_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// `redis://[user:password@]127.0.0.1:PORT`, user and password percent-encoded.
-pub(crate) fn url(port: u16, auth: Option<&Credentials>) -> String {
+/// Certificates for TLS probe connections (the CA, and the client certificate if any).
+#[derive(Clone)]
+pub(crate) struct ProbeTls(pub(crate) redis::TlsCertificates);
+
+impl std::fmt::Debug for ProbeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProbeTls")
+    }
+}
+
+/// `redis[s]://[user:password@]127.0.0.1:PORT`, user and password percent-encoded.
+pub(crate) fn url(port: u16, auth: Option<&Credentials>, tls: bool) -> String {
+    let scheme = if tls { "rediss" } else { "redis" };
     match auth {
-        None => format!("redis://{BIND_ADDR}:{port}"),
+        None => format!("{scheme}://{BIND_ADDR}:{port}"),
         Some(c) => {
-            format!("redis://{}:{}@{BIND_ADDR}:{port}", percent_encode(c.user_name()), percent_encode(&c.password))
+            format!("{scheme}://{}:{}@{BIND_ADDR}:{port}", percent_encode(c.user_name()), percent_encode(&c.password))
         }
     }
 }
@@ -40,10 +51,14 @@ fn percent_encode(s: &str) -> String {
 pub(crate) fn connect(
     port: u16,
     auth: Option<&Credentials>,
+    tls: Option<&ProbeTls>,
     connect_timeout: Duration,
     io_timeout: Option<Duration>,
 ) -> RedisResult<Connection> {
-    let client = redis::Client::open(url(port, auth))?;
+    let client = match tls {
+        None => redis::Client::open(url(port, auth, false))?,
+        Some(t) => redis::Client::build_with_tls(url(port, auth, true), t.0.clone())?,
+    };
     let con = client.get_connection_with_timeout(connect_timeout)?;
     con.set_read_timeout(io_timeout)?;
     con.set_write_timeout(io_timeout)?;
@@ -51,8 +66,12 @@ pub(crate) fn connect(
 }
 
 /// A connection for health probes (short timeouts).
-pub(crate) fn probe_connection(port: u16, auth: Option<&Credentials>) -> RedisResult<Connection> {
-    connect(port, auth, PROBE_CONNECT_TIMEOUT, Some(PROBE_IO_TIMEOUT))
+pub(crate) fn probe_connection(
+    port: u16,
+    auth: Option<&Credentials>,
+    tls: Option<&ProbeTls>,
+) -> RedisResult<Connection> {
+    connect(port, auth, tls, PROBE_CONNECT_TIMEOUT, Some(PROBE_IO_TIMEOUT))
 }
 
 /// Parse `INFO` output into a map of `field -> value`.
@@ -147,9 +166,10 @@ mod tests {
 
     #[test]
     fn url_encodes_credentials() {
-        assert_eq!(url(7000, None), "redis://127.0.0.1:7000");
+        assert_eq!(url(7000, None, false), "redis://127.0.0.1:7000");
+        assert_eq!(url(7000, None, true), "rediss://127.0.0.1:7000");
         let c = Credentials { user: None, password: "p@ss:w/rd".into() };
-        assert_eq!(url(7000, Some(&c)), "redis://default:p%40ss%3Aw%2Frd@127.0.0.1:7000");
+        assert_eq!(url(7000, Some(&c), false), "redis://default:p%40ss%3Aw%2Frd@127.0.0.1:7000");
     }
 
     #[test]

@@ -348,6 +348,9 @@ impl SentinelBuilder {
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(ClusterError::invalid(format!("invalid master name {name:?}")));
         }
+        if self.common.tls.is_some() || self.common.acl.is_some() {
+            return Err(ClusterError::invalid("TLS and ACL files are not supported for Sentinel setups yet"));
+        }
         let server = self.common.server_binary()?;
         let workdir = Workdir::new(self.common.dir.as_deref(), "strata-sentinel-")?;
         let base = workdir.path().to_path_buf();
@@ -391,6 +394,8 @@ impl SentinelBuilder {
                         auth: None,
                         appendonly: false,
                         extra_lines: Vec::new(),
+                        tls: None,
+                        acl: None,
                     },
                     own_process_group: self.common.own_process_group,
                     start_timeout: self.common.start_timeout,

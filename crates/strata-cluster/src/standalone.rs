@@ -56,7 +56,7 @@ impl RedisServer {
     /// kept and a pid file is written into it.
     pub fn detach(mut self) -> Result<Detached> {
         let dir = self.workdir.keep();
-        let url = self.node.url();
+        let url = if self.node.is_tls() { self.node.public_url() } else { self.node.url() };
         let port = self.node.port();
         let processes = self.node.release().map(|pid| DetachedProcess { pid, port, url }).into_iter().collect();
         Detached::record(dir, processes)
@@ -84,6 +84,7 @@ impl ServerBuilder {
     /// caller-chosen directory (RDB / AOF) is loaded.
     pub fn start(self) -> Result<RedisServer> {
         let binary = self.common.server_binary()?;
+        self.common.prepare()?;
         let workdir = Workdir::new(self.common.dir.as_deref(), "strata-redis-")?;
         let dir = workdir.path().to_path_buf();
         let launch =

@@ -22,6 +22,8 @@ pub struct Credentials {
     pub user: Option<String>,
     /// Password.
     pub password: Option<String>,
+    /// TLS (CA and client certificate files); `None` for plaintext.
+    pub tls: Option<strata_cluster::TlsMaterial>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -29,6 +31,7 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -83,6 +86,12 @@ impl Deployment {
             .map_err(|e| OpsError::invalid(format!("invalid URL {:?}: {}", redact(url), redact(&e.to_string()))))?;
         let addr = match info.addr() {
             redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+            redis::ConnectionAddr::TcpTls { host, port, .. } if credentials.tls.is_some() => format!("{host}:{port}"),
+            redis::ConnectionAddr::TcpTls { .. } => {
+                return Err(OpsError::invalid(
+                    "a rediss:// URL needs the CA: use --dir of a `strata up --secure` cluster".to_string(),
+                ));
+            }
             other => return Err(OpsError::invalid(format!("unsupported address {other} (plain TCP only for now)"))),
         };
         let settings = info.redis_settings();
@@ -90,6 +99,7 @@ impl Deployment {
         let credentials = Credentials {
             user: credentials.user.clone().or_else(|| settings.username().map(str::to_owned)),
             password: credentials.password.clone().or_else(|| settings.password().map(str::to_owned)),
+            tls: credentials.tls.clone(),
         };
         // Probe on database 0: a cluster node refuses SELECT, and we want to say why ourselves.
         let mut con = connect(&addr, &credentials, 0)?;
@@ -122,6 +132,21 @@ impl Deployment {
     /// Finds the deployment started by `strata up` in `dir` (through its pid file), asking the
     /// first node that answers.
     pub fn from_dir(dir: &Path, credentials: &Credentials) -> Result<Self> {
+        // A `strata up --secure` directory: TLS, and the admin user unless told otherwise.
+        let secure_dir = dir.join(strata_cluster::SECURE_DIR);
+        let secured;
+        let credentials = if secure_dir.is_dir() {
+            let files = strata_cluster::SecureFiles::load(&secure_dir).map_err(|e| OpsError::invalid(e.to_string()))?;
+            let admin = files.roles.credentials(strata_cluster::Role::Admin);
+            secured = Credentials {
+                user: credentials.user.clone().or(admin.user),
+                password: credentials.password.clone().or(Some(admin.password)),
+                tls: Some(files.tls),
+            };
+            &secured
+        } else {
+            credentials
+        };
         let detached = strata_cluster::Detached::load(dir)
             .map_err(|e| OpsError::invalid(format!("no cluster started by `strata up` in {} ({e})", dir.display())))?;
         let mut last = None;
@@ -213,9 +238,20 @@ pub(crate) fn connect(addr: &str, credentials: &Credentials, db: i64) -> Result<
     if let Some(p) = &credentials.password {
         settings = settings.set_password(p);
     }
-    let info = redis::ConnectionAddr::Tcp(host, port).into_connection_info().map_err(|e| OpsError::redis(addr, &e))?;
+    let conn_addr = match credentials.tls {
+        Some(_) => redis::ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None },
+        None => redis::ConnectionAddr::Tcp(host, port),
+    };
+    let info = conn_addr.into_connection_info().map_err(|e| OpsError::redis(addr, &e))?;
     let info = info.set_redis_settings(settings);
-    let client = redis::Client::open(info).map_err(|e| OpsError::redis(addr, &e))?;
+    let client = match &credentials.tls {
+        Some(tls) => {
+            let certs = tls.client_certificates().map_err(|e| OpsError::invalid(e.to_string()))?;
+            redis::Client::build_with_tls(info, certs)
+        }
+        None => redis::Client::open(info),
+    }
+    .map_err(|e| OpsError::redis(addr, &e))?;
     let con = client.get_connection_with_timeout(CONNECT_TIMEOUT).map_err(|e| OpsError::redis(addr, &e))?;
     con.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| OpsError::redis(addr, &e))?;
     con.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| OpsError::redis(addr, &e))?;

@@ -346,11 +346,17 @@ impl CacheBuilder {
         };
         inner.stamps.start_ticker();
         let inner = Arc::new(inner);
+        let diagnosis_config = l2_config.clone();
         if tracked && let Some(task) = Supervisor::start(&inner, self.invalidation, l2_config).await {
             let _ = inner.coherence.task.set(task);
         }
         let cache = Cache { inner };
-        if let Err(err) = cache.ping().await {
+        if let Err(mut err) = cache.ping().await {
+            // The connection manager turns a refused AUTH into retries and then a timeout;
+            // one direct attempt tells the operator the real cause.
+            if let Some(cause) = Box::pin(crate::l2::handshake_error(&diagnosis_config)).await {
+                err = cause;
+            }
             if self.require_redis {
                 return Err(err);
             }

@@ -178,6 +178,24 @@ impl Error {
     pub fn is_config(&self) -> bool {
         self.kind == ErrorKind::Config
     }
+    /// Redis refused our credentials: no password given where one is required (`NOAUTH`),
+    /// or a wrong user name or password (`WRONGPASS`, or the handshake's authentication
+    /// failure). The message never holds the password.
+    pub fn is_auth(&self) -> bool {
+        self.redis_error().is_some_and(|e| {
+            e.kind() == redis::ErrorKind::AuthenticationFailed
+                || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+                || e.to_string().contains("WRONGPASS")
+                || e.to_string().contains("NOAUTH")
+        })
+    }
+    /// The ACL user may not run this command or touch this key (`NOPERM`).
+    pub fn is_permission_denied(&self) -> bool {
+        self.redis_error().is_some_and(|e| e.code() == Some("NOPERM") || e.to_string().contains("NOPERM"))
+    }
+    fn redis_error(&self) -> Option<&redis::RedisError> {
+        self.source.as_deref()?.downcast_ref::<redis::RedisError>()
+    }
     /// The loader's own error, when this is a loader failure.
     pub fn loader_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         if self.kind == ErrorKind::Loader { self.source.as_deref() } else { None }

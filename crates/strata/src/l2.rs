@@ -389,6 +389,28 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
     redis::io::tcp::TcpSettings::default().set_nodelay(true).set_keepalive(keepalive)
 }
 
+/// Why a first connection cannot be made, with one direct attempt (no retries, unlike the
+/// connection manager, which keeps reconnecting after a refused AUTH until its caller times
+/// out): lets `build` report `NOAUTH` / `WRONGPASS` instead of a bare timeout. Sentinel
+/// setups are not probed (their data nodes are discovered, not configured).
+pub(crate) async fn handshake_error(config: &L2Config) -> Option<Error> {
+    let url = match &config.topology {
+        Topology::Standalone(url) => url,
+        Topology::Cluster(seeds) => seeds.first()?,
+        Topology::Sentinel { .. } => return None,
+    };
+    let info = connection_info(url, config).ok()?;
+    let client = match &config.tls {
+        Some(tls) => redis::Client::build_with_tls(info, tls.certificates()),
+        None => redis::Client::open(info),
+    }
+    .ok()?;
+    match tokio::time::timeout(config.connect_timeout, client.get_multiplexed_async_connection()).await {
+        Ok(Err(err)) => Some(Error::redis("connection handshake", err)),
+        Ok(Ok(_)) | Err(_) => None,
+    }
+}
+
 pub(crate) fn connection_info(url: &str, config: &L2Config) -> Result<redis::ConnectionInfo> {
     let info = url
         .into_connection_info()

@@ -44,7 +44,7 @@ impl TargetArgs {
             ),
             None => self.password.clone(),
         };
-        Ok(Credentials { user: self.user.clone(), password })
+        Ok(Credentials { user: self.user.clone(), password, tls: None })
     }
 
     /// Discovers the deployment.

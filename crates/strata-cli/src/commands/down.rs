@@ -69,6 +69,7 @@ fn purge(dir: &std::path::Path) -> anyhow::Result<()> {
         let ours = name.starts_with("node-")
             || (name.starts_with("cluster-") && name.ends_with(".log"))
             || name == strata_cluster::PID_FILE
+            || name == strata_cluster::SECURE_DIR
             || name == super::up::MARKER;
         if !ours {
             continue;

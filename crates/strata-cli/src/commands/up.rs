@@ -40,6 +40,13 @@ pub(crate) struct Args {
     /// fits in "node timeout + 2 s" (docs/reliability.md).
     #[arg(long, default_value_t = 1000)]
     node_timeout_ms: u64,
+    /// TLS only (generated CA and certificates) and ACL roles (admin, app, readonly, metrics)
+    /// with random passwords; secrets go to DIR/secure (0700, files 0600), never to the output.
+    #[arg(long)]
+    secure: bool,
+    /// With --secure: the key prefix the `app` and `readonly` users may touch.
+    #[arg(long, default_value = strata_cluster::DEFAULT_KEY_PREFIX, requires = "secure")]
+    key_prefix: String,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -92,12 +99,47 @@ struct UpReport {
     already_running: bool,
     urls: Vec<String>,
     pids: Vec<u32>,
+    /// Paths of the secret files (with --secure); never their content.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secure: Option<SecureReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct SecureReport {
+    dir: PathBuf,
+    ca_cert: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    acl_file: PathBuf,
+    password_files: Vec<(String, PathBuf)>,
+}
+
+impl SecureReport {
+    fn new(files: &strata_cluster::SecureFiles) -> Self {
+        let (client_cert, client_key) = files.tls.client.clone().unwrap_or_default();
+        SecureReport {
+            dir: files.dir.clone(),
+            ca_cert: files.tls.ca_cert.clone(),
+            client_cert,
+            client_key,
+            acl_file: files.acl_path(),
+            password_files: strata_cluster::Role::ALL
+                .iter()
+                .map(|r| (r.user().to_string(), strata_cluster::SecureFiles::password_path(&files.dir, *r)))
+                .collect(),
+        }
+    }
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if let Some(running) = running_cluster(&args.dir) {
-        let report =
-            UpReport { dir: args.dir.clone(), already_running: true, urls: running.urls(), pids: running.pids() };
+        let report = UpReport {
+            dir: args.dir.clone(),
+            already_running: true,
+            urls: running.urls(),
+            pids: running.pids(),
+            secure: None,
+        };
         eprintln!(
             "a cluster started by `strata up` is already running in {}; not starting another",
             args.dir.display()
@@ -134,6 +176,18 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if let Some(port) = args.base_port {
         builder = builder.base_port(port);
     }
+    let secure_dir = args.dir.join(strata_cluster::SECURE_DIR);
+    let secure = if args.secure {
+        let files = strata_cluster::SecureFiles::create(&secure_dir, &args.key_prefix).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&secure_dir);
+            let _ = std::fs::remove_file(args.dir.join(MARKER));
+            anyhow::anyhow!(e)
+        })?;
+        builder = builder.tls(files.tls.clone()).acl_file(files.acl_path(), &files.roles);
+        Some(files)
+    } else {
+        None
+    };
     builder = match args.persistence {
         Persistence::Aof => builder.appendonly(true),
         Persistence::Rdb => builder.config_line("save 3600 1 300 100 60 10000"),
@@ -151,6 +205,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let cluster = started.map_err(|e| {
         // The builder stopped what it started; leave the directory as it was (empty).
         let _ = std::fs::remove_file(args.dir.join(MARKER));
+        let _ = std::fs::remove_dir_all(&secure_dir);
         anyhow::anyhow!(e)
     })?;
     let expected_replicas = args.masters * args.replicas;
@@ -160,8 +215,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         let _ = detached.stop();
         return Err(err.context(format!("the cluster was stopped again; its files are in {}", args.dir.display())));
     }
-    let report =
-        UpReport { dir: args.dir.clone(), already_running: false, urls: detached.urls(), pids: detached.pids() };
+    let report = UpReport {
+        dir: args.dir.clone(),
+        already_running: false,
+        urls: detached.urls(),
+        pids: detached.pids(),
+        secure: secure.as_ref().map(SecureReport::new),
+    };
     args.output.print(&report, || render(&report))
 }
 
@@ -169,9 +229,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
 /// right after creation, gossip can still show a new replica as a slot-less master.
 fn settle(detached: &Detached, expected_replicas: usize) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let url = detached.urls().into_iter().next().context("no node recorded")?;
     loop {
-        let deployment = strata_ops::Deployment::discover(&url, &strata_ops::Credentials::default())?;
+        // From the directory, so a secure cluster is asked over TLS as admin.
+        let deployment = strata_ops::Deployment::from_dir(detached.dir(), &strata_ops::Credentials::default())?;
         let replicas = deployment.nodes.iter().filter(|n| n.role == strata_ops::Role::Replica).count();
         if replicas == expected_replicas {
             return Ok(());
@@ -243,6 +303,24 @@ fn render(r: &UpReport) -> String {
     out += "seed nodes (give a client all of them):\n";
     for url in &r.urls {
         out += &format!("  {url}\n");
+    }
+    if let Some(s) = &r.secure {
+        out += &format!("TLS only, ACL users; secrets in {} (mode 0700):\n", s.dir.display());
+        out += &format!("  CA certificate:      {}\n", s.ca_cert.display());
+        out += &format!("  client certificate:  {} (key {})\n", s.client_cert.display(), s.client_key.display());
+        out += &format!("  ACL file:            {}\n", s.acl_file.display());
+        for (user, path) in &s.password_files {
+            out += &format!("  password of {user:<12} {}\n", path.display());
+        }
+        let example = r.urls.first().map(String::as_str).unwrap_or("rediss://127.0.0.1:PORT");
+        let app_pw = s.password_files.iter().find(|(u, _)| u == "app").map(|(_, p)| p.display().to_string());
+        out += &format!(
+            "connect as the application: {} with user `app`, the password in {}, and CA {}\n",
+            example.replacen("rediss://", "rediss://app@", 1),
+            app_pw.unwrap_or_default(),
+            s.ca_cert.display()
+        );
+        out += &format!("  e.g. strata status --dir {}   (uses the admin files itself)\n", r.dir.display());
     }
     out += &format!("stop with: strata down --dir {}\n", r.dir.display());
     out

@@ -15,6 +15,7 @@ mod leases;
 mod namespaces;
 mod resilience;
 mod retries;
+mod security;
 mod stampede;
 mod topologies;
 mod ttl;
