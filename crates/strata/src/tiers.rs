@@ -358,7 +358,9 @@ impl Cache {
             globals.breaker_rejections.fetch_add(1, Ordering::Relaxed);
             return Err(Error::circuit_open());
         };
+        let started = std::time::Instant::now();
         let result = self.inner.l2.run(context, op).await;
+        globals.l2_latency.0.record(started.elapsed());
         match &result {
             Ok(_) => breakers.record(permit, true),
             Err(err) => {

@@ -11,6 +11,7 @@ mod hot;
 mod l1_budget;
 mod leases;
 mod namespaces;
+mod prometheus;
 mod resilience;
 mod retries;
 mod stampede;
