@@ -281,23 +281,23 @@ fn family<'e>(
 }
 
 fn counter(f: &mut MetricEncoder<'_>, labels: &[(&str, &str)], v: u64) -> std::fmt::Result {
+    if labels.is_empty() {
+        return f.encode_counter::<NoLabelSet, u64, f64>(&v, None);
+    }
     let labels = Labels(labels);
-    let mut m = f.encode_family(&labels)?;
-    m.encode_counter::<NoLabelSet, u64, f64>(&v, None)
+    f.encode_family(&labels)?.encode_counter::<NoLabelSet, u64, f64>(&v, None)
 }
 
 fn histogram(f: &mut MetricEncoder<'_>, labels: &[(&str, &str)], h: &LatencySnapshot) -> std::fmt::Result {
-    // prometheus_client adds the `+Inf` bucket from the count.
-    let mut buckets = h.cumulative_seconds();
-    buckets.pop();
+    // prometheus_client wants non-cumulative counts and spells the `+Inf` bound `f64::MAX`.
+    let buckets: Vec<(f64, u64)> =
+        h.buckets_seconds().into_iter().map(|(b, n)| (if b.is_finite() { b } else { f64::MAX }, n)).collect();
+    let none = None::<&std::collections::HashMap<usize, Exemplar<NoLabelSet, f64>>>;
+    if labels.is_empty() {
+        return f.encode_histogram::<NoLabelSet>(h.sum_seconds(), h.count(), &buckets, none);
+    }
     let labels = Labels(labels);
-    let mut m = f.encode_family(&labels)?;
-    m.encode_histogram::<NoLabelSet>(
-        h.sum_seconds(),
-        h.count(),
-        &buckets,
-        None::<&std::collections::HashMap<usize, Exemplar<NoLabelSet, f64>>>,
-    )
+    f.encode_family(&labels)?.encode_histogram::<NoLabelSet>(h.sum_seconds(), h.count(), &buckets, none)
 }
 
 /// A label set borrowed from the snapshot (no allocation per sample).

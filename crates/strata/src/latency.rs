@@ -89,6 +89,13 @@ impl LatencySnapshot {
         out
     }
 
+    /// `(upper bound in seconds, count)` per bucket, not cumulative, ending with `+Inf` (what
+    /// passed the last bound).
+    pub fn buckets_seconds(&self) -> Vec<(f64, u64)> {
+        let bounds = self.bounds_micros.iter().map(|&b| b as f64 / 1e6).chain([f64::INFINITY]);
+        bounds.zip(self.counts).collect()
+    }
+
     /// Sum of every recorded duration, in seconds.
     pub fn sum_seconds(&self) -> f64 {
         self.sum_micros as f64 / 1e6
@@ -122,6 +129,11 @@ mod tests {
         assert_eq!(cumulative[13], (10.0, 3));
         assert_eq!(cumulative[14], (f64::INFINITY, 4));
         assert_eq!(s.count(), 4);
+        let buckets = s.buckets_seconds();
+        assert_eq!(
+            (buckets.len(), buckets[0], buckets[3], buckets[14]),
+            (15, (0.0005, 2), (0.005, 1), (f64::INFINITY, 1))
+        );
         assert_eq!(s.sum_micros, 400 + 500 + 3_000 + 60_000_000);
     }
 }

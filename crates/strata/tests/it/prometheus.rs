@@ -117,6 +117,8 @@ async fn exposition_text() -> Result<String, Box<dyn std::error::Error + Send + 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exposition_is_valid_documented_and_counts() -> TestResult {
     let text = exposition_text().await?;
+    // Kept as an artifact for a look at the real output.
+    std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("strata-metrics.prom"), &text)?;
     let (ok, out) = promtool(&["check", "metrics"], Some(&text));
     assert!(ok, "promtool check metrics rejected the exposition:\n{out}\n{text}");
     let found = families(&text);
@@ -139,7 +141,7 @@ async fn exposition_is_valid_documented_and_counts() -> TestResult {
     assert_eq!(sample(&text, &format!(r#"strata_requests_total{{tier="l1",result="miss",{ns}}}"#)), Some(4.0));
     assert_eq!(sample(&text, &format!("strata_loader_calls_total{{{ns}}}")), Some(4.0));
     assert_eq!(sample(&text, &format!("strata_loader_duration_seconds_count{{{ns}}}")), Some(4.0));
-    assert_eq!(sample(&text, &format!(r#"strata_loader_duration_seconds_bucket{{{ns},le="+Inf"}}"#)), Some(4.0));
+    assert_eq!(sample(&text, &format!(r#"strata_loader_duration_seconds_bucket{{le="+Inf",{ns}}}"#)), Some(4.0));
     assert_eq!(sample(&text, r#"strata_requests_total{tier="l2",result="miss",namespace="it:v1:order"}"#), Some(1.0));
     assert_eq!(sample(&text, "strata_breaker_state"), Some(0.0));
     assert!(sample(&text, "strata_l2_duration_seconds_count").is_some_and(|n| n >= 9.0), "{text}");
