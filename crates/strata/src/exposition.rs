@@ -169,10 +169,9 @@ pub fn openmetrics_to_prometheus(openmetrics: &str) -> String {
         let renamed = if let Some(rest) = line.strip_prefix("# HELP ") {
             let name = rest.split(' ').next().unwrap_or("");
             is_counter(name, lines.get(i + 1)).then(|| format!("# HELP {name}_total{}", &rest[name.len()..]))
-        } else if let Some(name) = line.strip_prefix("# TYPE ").and_then(|r| r.strip_suffix(" counter")) {
-            Some(format!("# TYPE {name}_total counter"))
         } else {
-            None
+            let counter = line.strip_prefix("# TYPE ").and_then(|r| r.strip_suffix(" counter"));
+            counter.map(|name| format!("# TYPE {name}_total counter"))
         };
         out.push_str(renamed.as_deref().unwrap_or(line));
         out.push('\n');
@@ -194,7 +193,6 @@ fn encode_snapshot(m: &MetricsSnapshot, l1_capacity: u64, mut enc: DescriptorEnc
             counter(&mut f, &[("tier", tier), ("result", result), ("namespace", ns)], v)?;
         }
     }
-    drop(f);
 
     type Field = fn(&NamespaceStats) -> u64;
     let per_namespace: [(&str, Field); 17] = [
@@ -228,27 +226,22 @@ fn encode_snapshot(m: &MetricsSnapshot, l1_capacity: u64, mut enc: DescriptorEnc
         counter(&mut f, &[("trigger", "early"), ("namespace", ns)], s.early_refreshes)?;
         counter(&mut f, &[("trigger", "stale"), ("namespace", ns)], s.stale_refreshes)?;
     }
-    drop(f);
 
     let mut f = family(&mut enc, "strata_loader_duration_seconds", MetricType::Histogram)?;
     for (ns, s) in &namespaces {
         histogram(&mut f, &[("namespace", ns)], &s.loader_duration)?;
     }
-    drop(f);
 
     let mut f = family(&mut enc, "strata_invalidations_total", MetricType::Counter)?;
     counter(&mut f, &[("kind", "message")], m.invalidation_messages)?;
     counter(&mut f, &[("kind", "l1_flush")], m.l1_flushes)?;
-    drop(f);
 
     let mut f = family(&mut enc, "strata_l2_errors_total", MetricType::Counter)?;
     counter(&mut f, &[("kind", "error")], m.l2_errors)?;
     counter(&mut f, &[("kind", "timeout")], m.l2_timeouts)?;
-    drop(f);
 
     let mut f = family(&mut enc, "strata_l2_duration_seconds", MetricType::Histogram)?;
     histogram(&mut f, &[], &m.l2_duration)?;
-    drop(f);
 
     for (name, v) in [
         ("strata_l2_retries_total", m.l2_retries),
