@@ -82,6 +82,8 @@
 //!   dead-letter stream and reclaim of a dead worker's entries.
 //! - **Metrics**: [`Cache::metrics`] returns hits and misses per tier and namespace, loader
 //!   calls, errors, stale serves and refreshes, and the breaker state.
+//!   [`Cache::prometheus_text`] / [`Cache::register_metrics`] export them to Prometheus
+//!   ([`METRIC_FAMILIES`]; see docs/observability.md), with loader and Redis call latency histograms.
 //!
 //! ## Example
 //!
