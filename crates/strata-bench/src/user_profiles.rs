@@ -9,7 +9,7 @@
 //! - **strata**: the example's [`Users`] service (get_or_set with L1 + L2, negative caching,
 //!   leases; a write updates the row, then deletes the key);
 //! - **naive**: cache-aside with raw redis-rs: GET; on a miss query and SET EX; a write DELs;
-//! - **cached**: the `cached` crate's `AsyncRedisCache` used the same way (docs/decisions/0006).
+//! - **cached**: the `cached` crate's `AsyncRedisCache` used the same way (docs/decisions/0008-cached-peer.md).
 //!
 //! The n-th operation is a pure function of (seed, n): whatever its speed, every variant runs
 //! the same prefix of one sequence. Each variant is bounded by its share of the duration and by

@@ -5,19 +5,11 @@
 //!
 //! Exit codes: 0 success; 1 the command failed (one line on stderr says why); 2 invalid
 //! arguments.
-// The bench command nests many async layers (runner, cache build with its TLS/auth diagnosis,
-// loaders); computing that future's layout needs more than the default query depth.
-#![recursion_limit = "256"]
-
-// The user-profiles scenario's future (Strata, redis-rs and the `cached` crate's clients
-// inside one async block) is deeper than the default limit of type layout queries.
-#![recursion_limit = "256"]
-
 mod commands;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "strata", version, about = "Operate Strata caches and the Redis beneath them")]
@@ -25,6 +17,25 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: `text` for people, `json` (one object a line) for log shippers.
+    /// Levels and targets are chosen with STRATA_LOG (e.g. `STRATA_LOG=strata=debug`).
+    #[arg(long, global = true, env = "STRATA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::from_env("STRATA_LOG");
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -59,11 +70,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("STRATA_LOG"))
-        .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    init_logs(cli.log_format);
+    let command = matches.subcommand_name().unwrap_or_default();
+    tracing::debug!(command = %command, version = env!("CARGO_PKG_VERSION"), "strata command started");
     let result = match cli.command {
         Command::Up(a) => commands::up::run(a),
         Command::Down(a) => commands::down::run(a),

@@ -199,9 +199,10 @@ impl Cache {
         }
         let started = tokio::time::Instant::now();
         let loaded = loader(to_load.iter().map(|(u, _)| keys[*u].clone()).collect()).await;
-        let load_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+        let elapsed = started.elapsed();
+        let load_us = u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX);
         for ns in &counters {
-            ns.loader_micros.fetch_add(u64::from(load_us), std::sync::atomic::Ordering::Relaxed);
+            ns.record_load(elapsed);
         }
         let leased = |items: &[(usize, Store)]| -> Vec<usize> {
             items.iter().filter(|(_, s)| *s == Store::Leased).map(|(u, _)| *u).collect()

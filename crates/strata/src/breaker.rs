@@ -73,6 +73,8 @@ pub(crate) struct Breaker {
     slow: Mutex<Slow>,
     /// Shared by the range breakers of a cluster (see [`ProbeGate`]).
     probe_gate: Option<Arc<ProbeGate>>,
+    /// What it guards, for its log events: `redis` (every call) or `slots A-B`.
+    scope: Box<str>,
 }
 
 /// Permission for one Redis call. Report its outcome with [`Breaker::record`]; dropping a probe
@@ -93,11 +95,13 @@ impl Breaker {
             opens: AtomicU64::new(0),
             slow: Mutex::new(Slow { state: BreakerState::Closed, opened_at: Instant::now(), probe_in_flight: false }),
             probe_gate: None,
+            scope: "redis".into(),
         }
     }
 
-    fn gated(config: BreakerConfig, gate: Arc<ProbeGate>) -> Self {
-        Self { probe_gate: Some(gate), ..Self::new(config) }
+    fn gated(config: BreakerConfig, gate: Arc<ProbeGate>, first_slot: u16) -> Self {
+        let scope = format!("slots {first_slot}-{}", first_slot + (SLOTS_PER_BREAKER - 1)).into();
+        Self { probe_gate: Some(gate), scope, ..Self::new(config) }
     }
 
     /// Takes the shared probe gate, if any; false when it is not this breaker's turn.
@@ -146,7 +150,7 @@ impl Breaker {
             {
                 slow.state = BreakerState::HalfOpen;
                 slow.probe_in_flight = true;
-                tracing::info!("redis circuit breaker half-open: probing");
+                tracing::warn!(breaker = %self.scope, state = "half-open", "redis circuit breaker half-open: probing");
                 Some(Permit { breaker: self, probe: true, reported: false })
             }
             BreakerState::HalfOpen if !slow.probe_in_flight && self.take_gate() => {
@@ -167,7 +171,7 @@ impl Breaker {
                 slow.state = BreakerState::Closed;
                 self.failures.store(0, Ordering::Relaxed);
                 self.closed.store(true, Ordering::Release);
-                tracing::warn!("redis circuit breaker closed: redis is back");
+                tracing::warn!(breaker = %self.scope, state = "closed", "redis circuit breaker closed: redis is back");
             } else if self.failures.load(Ordering::Relaxed) != 0 {
                 self.failures.store(0, Ordering::Relaxed);
             }
@@ -188,7 +192,13 @@ impl Breaker {
     fn open(&self, slow: &mut Slow) {
         if slow.state != BreakerState::Open {
             self.opens.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(open_for = ?self.config.open_for, "redis circuit breaker opened");
+            tracing::warn!(
+                breaker = %self.scope,
+                state = "open",
+                open_for_ms = self.config.open_for.as_millis() as u64,
+                failures = self.failures.load(Ordering::Relaxed),
+                "redis circuit breaker opened"
+            );
         }
         slow.state = BreakerState::Open;
         slow.opened_at = Instant::now();
@@ -268,8 +278,9 @@ impl Breakers {
         }
         let whole = BreakerConfig { failure_threshold: config.failure_threshold.saturating_mul(2), ..config.clone() };
         let gate = Arc::new(ProbeGate::default());
-        let ranges =
-            (0..CLUSTER_SLOTS / SLOTS_PER_BREAKER).map(|_| Breaker::gated(config.clone(), gate.clone())).collect();
+        let ranges = (0..CLUSTER_SLOTS / SLOTS_PER_BREAKER)
+            .map(|i| Breaker::gated(config.clone(), gate.clone(), i * SLOTS_PER_BREAKER))
+            .collect();
         Self { whole: Breaker::new(whole), ranges }
     }
 

@@ -424,8 +424,7 @@ impl Cache {
                 Err(Error::loader_timeout(after))
             }
         };
-        let load_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
-        ns.loader_micros.fetch_add(u64::from(load_us), std::sync::atomic::Ordering::Relaxed);
+        let load_us = ns.record_load(started.elapsed());
         let value = match loaded {
             Ok(v) => v,
             Err(err) => {

@@ -82,6 +82,8 @@
 //!   dead-letter stream and reclaim of a dead worker's entries.
 //! - **Metrics**: [`Cache::metrics`] returns hits and misses per tier and namespace, loader
 //!   calls, errors, stale serves and refreshes, and the breaker state.
+//!   [`Cache::prometheus_text`] / [`Cache::register_metrics`] export them to Prometheus
+//!   ([`METRIC_FAMILIES`]; see docs/observability.md), with loader and Redis call latency histograms.
 //!
 //! ## Example
 //!
@@ -112,6 +114,7 @@ mod codec;
 mod coherence;
 mod crypt;
 mod error;
+mod exposition;
 mod flight;
 mod fresh;
 #[cfg(test)]
@@ -121,6 +124,7 @@ mod invalidation;
 mod key;
 mod l1;
 mod l2;
+mod latency;
 mod lease;
 mod metrics;
 mod namespace;
@@ -140,15 +144,20 @@ pub use cache::{Cache, CacheValue};
 pub use codec::Format;
 pub use crypt::{Encryption, KEY_LEN, Keyring, MAX_KEY_ID_LEN};
 pub use error::{Error, ErrorKind, Result};
+pub use exposition::{METRIC_FAMILIES, openmetrics_to_prometheus};
 pub use fresh::Freshness;
 pub use hot::{HotKeys, MAX_HOT_COPIES, MAX_HOT_COPY_TTL, hot_copy_keys};
 pub use invalidation::Invalidation;
 pub use key::{Key, KeySchema, MAX_ID_LEN, MAX_KEY_LEN, MAX_NAME_LEN, MAX_VARIANT_LEN, namespace_of};
 pub use l1::L1Policy;
 pub use l2::{TlsOptions, Topology};
+pub use latency::{BUCKETS, L2_BUCKETS_MICROS, LOADER_BUCKETS_MICROS, LatencySnapshot};
 pub use lease::{LeaseConfig, lease_key, lease_target};
 pub use metrics::{MAX_NAMESPACES, MetricsSnapshot, NamespaceStats, OTHER_NAMESPACE};
 pub use namespace::bump_stamp;
+/// The Prometheus client library whose [`Registry`](prometheus_client::registry::Registry)
+/// [`Cache::register_metrics`] fills: re-exported so an application uses the same version.
+pub use prometheus_client;
 pub use tags::{MAX_TAG_LEN, MAX_TAGS, Tag, is_stamp_key, namespace_stamp_key};
 pub use ttl::{MAX_TTL, Ttl, TtlPolicy};
 pub use write_behind::{Worker, WriteBehind, WriteBehindConfig, WriteBehindStats, WriteRecord};

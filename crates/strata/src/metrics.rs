@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use std::time::Duration;
+
 use crate::breaker::{BreakerState, Breakers};
+use crate::latency::{Histogram, L2_BUCKETS_MICROS, LOADER_BUCKETS_MICROS, LatencySnapshot};
 
 /// Distinct namespaces tracked individually; further ones are counted under [`OTHER_NAMESPACE`]
 /// so that keys from untrusted input cannot grow the metrics without bound.
@@ -16,21 +19,34 @@ pub const OTHER_NAMESPACE: &str = "_other";
 macro_rules! counters {
     ($(#[$doc:meta] $name:ident),* $(,)?) => {
         #[derive(Debug, Default)]
-        pub(crate) struct NsCounters { $(pub(crate) $name: AtomicU64,)* }
+        pub(crate) struct NsCounters {
+            $(pub(crate) $name: AtomicU64,)*
+            loader_latency: LoaderLatency,
+        }
 
         /// Counters for one namespace (or the sum of all, from [`MetricsSnapshot::total`]).
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         #[non_exhaustive]
-        pub struct NamespaceStats { $(#[$doc] pub $name: u64,)* }
+        pub struct NamespaceStats {
+            $(#[$doc] pub $name: u64,)*
+            /// How long loads took (each loader call that returned or timed out).
+            pub loader_duration: LatencySnapshot,
+        }
 
         impl NsCounters {
             fn snapshot(&self) -> NamespaceStats {
-                NamespaceStats { $($name: self.$name.load(Ordering::Relaxed),)* }
+                NamespaceStats {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                    loader_duration: self.loader_latency.0.snapshot(),
+                }
             }
         }
 
         impl std::ops::AddAssign for NamespaceStats {
-            fn add_assign(&mut self, other: Self) { $(self.$name += other.$name;)* }
+            fn add_assign(&mut self, other: Self) {
+                $(self.$name += other.$name;)*
+                self.loader_duration += other.loader_duration;
+            }
         }
     };
 }
@@ -92,6 +108,34 @@ impl NsCounters {
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Records one load's duration (in `loader_micros` and the loader histogram); returns it in
+    /// microseconds, saturated, as the value envelope stores it.
+    pub(crate) fn record_load(&self, elapsed: Duration) -> u32 {
+        let micros = u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX);
+        self.loader_micros.fetch_add(u64::from(micros), Ordering::Relaxed);
+        self.loader_latency.0.record(elapsed);
+        micros
+    }
+}
+
+#[derive(Debug)]
+struct LoaderLatency(Histogram);
+
+impl Default for LoaderLatency {
+    fn default() -> Self {
+        Self(Histogram::new(&LOADER_BUCKETS_MICROS))
+    }
+}
+
+/// Durations of Redis calls made through the breaker.
+#[derive(Debug)]
+pub(crate) struct L2Latency(pub(crate) Histogram);
+
+impl Default for L2Latency {
+    fn default() -> Self {
+        Self(Histogram::new(&L2_BUCKETS_MICROS))
+    }
 }
 
 /// Global counters (not tied to a namespace).
@@ -102,6 +146,7 @@ pub(crate) struct Globals {
     pub(crate) l2_retries: Arc<AtomicU64>,
     pub(crate) l2_timeouts: AtomicU64,
     pub(crate) breaker_rejections: AtomicU64,
+    pub(crate) l2_latency: L2Latency,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +176,7 @@ impl Metrics {
             l2_retries: g.l2_retries.load(Ordering::Relaxed),
             l2_timeouts: g.l2_timeouts.load(Ordering::Relaxed),
             breaker_rejections: g.breaker_rejections.load(Ordering::Relaxed),
+            l2_duration: g.l2_latency.0.snapshot(),
             breaker_state: breakers.state(),
             breaker_opens: breakers.opens(),
             breakers_open: breakers.open_now(),
@@ -164,6 +210,9 @@ pub struct MetricsSnapshot {
     pub l2_timeouts: u64,
     /// Redis calls skipped because the breaker was open.
     pub breaker_rejections: u64,
+    /// How long Redis calls made through the breaker took, retries included (failures and
+    /// timeouts too).
+    pub l2_duration: LatencySnapshot,
     /// The worst breaker state now: `Open` when any part of the keyspace is skipped (on a
     /// cluster there is one breaker per range of 256 hash slots).
     pub breaker_state: BreakerState,

@@ -210,8 +210,7 @@ impl Cache {
         // Nobody waits on this load, but a hung loader must not block later refreshes forever.
         let limit = self.inner.freshness.hard_timeout.unwrap_or(self.inner.leases.ttl);
         let loaded = bounded(loader(), None, Some(limit)).await;
-        let load_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
-        ns.loader_micros.fetch_add(u64::from(load_us), std::sync::atomic::Ordering::Relaxed);
+        let load_us = ns.record_load(started.elapsed());
         let value = match loaded {
             Bounded::Done(Ok(v)) => v,
             failed => {

@@ -44,18 +44,21 @@ impl Cache {
                 Some(Slot::Present(shared)) => {
                     if let Some(v) = typed::<T>(&shared) {
                         NsCounters::inc(&ns.l1_hits);
+                        tracing::debug!(key = %key, tier = "l1", "cache hit");
                         return Some(Some(v));
                     }
                 }
                 Some(Slot::Absent) if accept_negative => {
                     NsCounters::inc(&ns.l1_hits);
                     NsCounters::inc(&ns.negative_hits);
+                    tracing::debug!(key = %key, tier = "l1", negative = true, "cache hit");
                     return Some(None);
                 }
                 _ => {}
             }
         }
         NsCounters::inc(&ns.l1_misses);
+        tracing::debug!(key = %key, tier = "l1", "cache miss");
         None
     }
 
@@ -86,6 +89,7 @@ impl Cache {
             Ok((Some(bytes), pttl)) => Ok(self.accept_bytes(key, ns, bytes, pttl, accept_negative, ticket).await),
             Ok((None, _)) => {
                 NsCounters::inc(&ns.l2_misses);
+                tracing::debug!(key = %key, tier = "l2", "cache miss");
                 Ok(L2Read::Miss)
             }
             Err(err) if err.redis_code() == Some("WRONGTYPE") => {
@@ -135,6 +139,7 @@ impl Cache {
                     }
                     Some(v) => {
                         NsCounters::inc(&ns.l2_hits);
+                        tracing::debug!(key = %key, tier = "l2", "cache hit");
                         self.fill_l1(key, Slot::Present(Arc::new(v.clone())), checks, decoded.raw_len, ttl, ticket);
                         L2Read::Value(v)
                     }
@@ -368,12 +373,16 @@ impl Cache {
         // Boxed: it keeps the layout of callers' futures shallow. Unboxed, the retry loop nested
         // inside every cache operation's state machine made `async fn main` code using the cache
         // overflow the compiler's query depth limit. One allocation next to a network round trip.
+        let started = std::time::Instant::now();
         let result = Box::pin(self.inner.l2.run(context, op)).await;
+        globals.l2_latency.0.record(started.elapsed());
         match &result {
             Ok(_) => breakers.record(permit, true),
             Err(err) => {
                 let counter = if err.is_timeout() { &globals.l2_timeouts } else { &globals.l2_errors };
                 counter.fetch_add(1, Ordering::Relaxed);
+                // Bounded by the breaker: after a few failures calls are skipped, not logged.
+                tracing::warn!(command = context, error = %err, timeout = err.is_timeout(), "redis call failed");
                 breakers.record(permit, !err.is_unhealthy());
             }
         }
