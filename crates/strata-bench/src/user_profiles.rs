@@ -12,8 +12,11 @@
 //! - **cached**: the `cached` crate's `AsyncRedisCache` used the same way (docs/decisions/0008-cached-peer.md).
 //!
 //! The n-th operation is a pure function of (seed, n): whatever its speed, every variant runs
-//! the same prefix of one sequence. Each variant is bounded by its share of the duration and by
-//! a maximum operation count, and starts with an empty cache (keys carry a per-run nonce).
+//! the same sequence. Each variant starts with an empty cache (keys carry a per-run nonce) and
+//! first runs a warm-up (`Options::warmup`, unmeasured: the cache fills as it would in a
+//! service that has been up for a while), then is measured for its share of the duration,
+//! continuing the sequence where the warm-up stopped. Both phases are bounded by a maximum
+//! operation count.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +29,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;
 use strata::KeySchema;
-use strata_example::db::{Db, User, UserUpdate};
+use strata_example::db::{Db, LocalPostgres, User, UserUpdate};
 use strata_example::service::Users;
 
 use crate::hit_latency::{RawConn, raw_connection};
@@ -46,14 +49,20 @@ pub struct Options {
     pub read_ratio: f64,
     /// Exponent of the Zipf distribution of ids.
     pub zipf_exponent: f64,
-    /// Length of the whole run, shared evenly by the variants.
+    /// Measured time of the whole run, shared evenly by the variants.
     pub duration: Duration,
+    /// Unmeasured warm-up of each variant before its measured share (zero: measure from an
+    /// empty cache).
+    pub warmup: Duration,
     /// Operations per variant at most.
     pub max_ops: u64,
     /// Concurrent workers per variant.
     pub concurrency: usize,
-    /// `postgres://...` or `sqlite:PATH`; a SQLite file in a temporary directory when `None`.
+    /// `postgres://...` or `sqlite:PATH`; when `None`, a database of kind `database` that the
+    /// run creates and removes.
     pub database_url: Option<String>,
+    /// The database made for the run when no URL is given.
+    pub database: Database,
     /// Artificial latency before every database statement (0 by default; labelled in reports).
     pub db_latency: Duration,
     /// Seed of the operation sequence.
@@ -67,13 +76,25 @@ impl Default for Options {
             read_ratio: 0.8,
             zipf_exponent: 0.99,
             duration: Duration::from_secs(30),
+            warmup: Duration::from_secs(5),
             max_ops: 5_000_000,
             concurrency: 8,
             database_url: None,
+            database: Database::Sqlite,
             db_latency: Duration::ZERO,
             seed: 42,
         }
     }
+}
+
+/// The database a run creates when it is given no URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Database {
+    /// A SQLite file in a temporary directory.
+    #[default]
+    Sqlite,
+    /// A throwaway PostgreSQL server ([`LocalPostgres`]; needs Debian's `postgresql-15`).
+    Postgres,
 }
 
 /// The variants, in the order they run.
@@ -170,8 +191,10 @@ pub struct Measured {
     pub elapsed: Duration,
     /// Read hits per second.
     pub timeline: Timeline,
-    /// Statements the database received.
+    /// Statements the database received (measured phase only).
     pub source_queries: u64,
+    /// Operations run by the warm-up, before measuring.
+    pub warmup_ops: u64,
 }
 
 impl Measured {
@@ -186,6 +209,7 @@ impl Measured {
             elapsed: Duration::ZERO,
             timeline: Timeline::new(Duration::from_secs(1)),
             source_queries: 0,
+            warmup_ops: 0,
         }
     }
 
@@ -296,9 +320,17 @@ impl Client {
 pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Run> {
     let sequence = Sequence::new(options)?;
     let scratch = tempfile::tempdir().context("creating a temporary directory")?;
-    let url = match &options.database_url {
-        Some(url) => url.clone(),
-        None => format!("sqlite:{}", scratch.path().join("profiles.sqlite3").display()),
+    // Stopped when the run ends (dropped last).
+    let mut local_postgres = None;
+    let url = match (&options.database_url, options.database) {
+        (Some(url), _) => url.clone(),
+        (None, Database::Sqlite) => format!("sqlite:{}", scratch.path().join("profiles.sqlite3").display()),
+        (None, Database::Postgres) => {
+            let server = tokio::task::spawn_blocking(LocalPostgres::start).await??;
+            let url = server.url().to_owned();
+            local_postgres = Some(server);
+            url
+        }
     };
     let db = Db::open(&url).await.with_context(|| format!("opening the database {}", redact(&url)))?;
     let database = describe(&db, &url, options);
@@ -311,14 +343,24 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Run> {
     let share = options.duration / Variant::ALL.len() as u32;
     let mut measured = Vec::new();
     for variant in Variant::ALL {
-        clock.phase(variant.label());
         let client = Arc::new(client(variant, target, &db, &nonce).await?);
+        let next = Arc::new(AtomicU64::new(0));
+        let mut warmup_ops = 0;
+        if !options.warmup.is_zero() {
+            clock.phase(format!("{} (warm-up)", variant.label()));
+            let warm = drive(client.clone(), variant, sequence, &next, options.warmup, options).await;
+            warmup_ops = warm.reads.len() + warm.writes.len() + warm.errors;
+        }
+        clock.phase(variant.label());
         let before = db.queries();
-        let mut m = drive(client, variant, sequence, share, options).await;
+        let mut m = drive(client, variant, sequence, &next, share, options).await;
         m.source_queries = db.queries() - before;
+        m.warmup_ops = warmup_ops;
         measured.push(m);
     }
     drop(clock);
+    drop(db);
+    drop(local_postgres);
     Ok(Run { measured, database, options: options.clone() })
 }
 
@@ -366,12 +408,13 @@ async fn drive(
     client: Arc<Client>,
     variant: Variant,
     sequence: Sequence,
+    next: &Arc<AtomicU64>,
     duration: Duration,
     options: &Options,
 ) -> Measured {
-    let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let max_ops = options.max_ops;
+    // Bounds this phase's operations, whatever the earlier phase ran.
+    let max_ops = next.load(Ordering::Relaxed).saturating_add(options.max_ops);
     let tasks: Vec<_> = (0..options.concurrency.max(1))
         .map(|_| {
             let (client, next) = (client.clone(), next.clone());
@@ -426,6 +469,9 @@ fn describe(db: &Db, url: &str, options: &Options) -> String {
     let base = match db.backend() {
         strata_example::db::Backend::Sqlite => {
             format!("SQLite file {} (WAL, 4 connections, same host)", url.trim_start_matches("sqlite:"))
+        }
+        strata_example::db::Backend::Postgres if options.database_url.is_none() => {
+            format!("PostgreSQL 15 started for the run at {} (fsync off, same host)", redact(url))
         }
         strata_example::db::Backend::Postgres => format!("PostgreSQL at {}", redact(url)),
     };

@@ -43,8 +43,10 @@ pub struct Figures {
     pub zipf_exponent: f64,
     /// Workers per variant.
     pub concurrency: usize,
-    /// Duration share of each variant, seconds.
+    /// Measured duration share of each variant, seconds.
     pub seconds_per_variant: f64,
+    /// Unmeasured warm-up of each variant before its share, seconds.
+    pub warmup_seconds_per_variant: f64,
     /// Operation cap of each variant.
     pub max_ops_per_variant: u64,
     /// Every variant by name: direct, strata, naive_redis_rs, cached_crate.
@@ -88,6 +90,8 @@ pub struct VariantFigures {
     pub source_queries_per_s: f64,
     /// Wall time, seconds.
     pub seconds: f64,
+    /// Operations the unmeasured warm-up ran before these figures.
+    pub warmup_ops: u64,
 }
 
 /// Strata's figures over a peer's (below 1: Strata is faster or queries less).
@@ -128,6 +132,7 @@ fn variant_figures(m: &Measured) -> VariantFigures {
         source_queries: m.source_queries,
         source_queries_per_s: (m.source_queries as f64 / secs).round(),
         seconds: (secs * 1000.0).round() / 1000.0,
+        warmup_ops: m.warmup_ops,
     }
 }
 
@@ -176,6 +181,7 @@ pub fn figures(run: &Run) -> anyhow::Result<Figures> {
         zipf_exponent: o.zipf_exponent,
         concurrency: o.concurrency,
         seconds_per_variant: (o.duration / Variant::ALL.len() as u32).as_secs_f64(),
+        warmup_seconds_per_variant: o.warmup.as_secs_f64(),
         max_ops_per_variant: o.max_ops,
         variants: run.measured.iter().map(|m| (m.variant.name().to_owned(), variant_figures(m))).collect(),
         peers,
@@ -191,11 +197,12 @@ fn direct_p(direct: &Measured, q: f64) -> f64 {
 pub fn report(run: &Run, figures: &Figures, command: &[String]) -> anyhow::Result<Report> {
     let mut report = Report::new("user-profiles", command);
     report.figures(figures)?.text(&format!(
-        "{} users, {:.0} % reads, Zipf({}) ids, {} workers per variant, {:.1} s per variant, run back to back on the same operation sequence. Database: {}.",
+        "{} users, {:.0} % reads, Zipf({}) ids, {} workers per variant, {:.1} s unmeasured warm-up then {:.1} s measured per variant, run back to back on the same operation sequence. Database: {}.",
         figures.users,
         figures.read_ratio * 100.0,
         figures.zipf_exponent,
         figures.concurrency,
+        figures.warmup_seconds_per_variant,
         figures.seconds_per_variant,
         figures.database
     ));
@@ -224,8 +231,11 @@ pub fn report(run: &Run, figures: &Figures, command: &[String]) -> anyhow::Resul
     report.preformatted(&render(figures));
     let hists: Vec<(&str, &Histogram<u64>)> = run.measured.iter().map(|m| (m.variant.label(), &m.reads)).collect();
     report.cdf("Read latency", &hists);
-    let mut chart =
-        Chart::new("Read hit ratio over time (per second)", "seconds since the variant started", "hit ratio");
+    let mut chart = Chart::new(
+        "Read hit ratio over time (per second)",
+        "seconds since measuring started (after the warm-up)",
+        "hit ratio",
+    );
     chart.y_range = Some((0.0, 1.0));
     let series = run
         .measured
@@ -240,11 +250,12 @@ pub fn report(run: &Run, figures: &Figures, command: &[String]) -> anyhow::Resul
 /// The figures as a terminal table.
 pub fn render(f: &Figures) -> String {
     let mut out = format!(
-        "user-profiles: {} users, {:.0} % reads, Zipf({}), {} workers, {:.1} s per variant\ndatabase: {}\n\n{:<30} {:>10} {:>10} {:>10} {:>9} {:>9} {:>13}\n",
+        "user-profiles: {} users, {:.0} % reads, Zipf({}), {} workers, {:.1} s warm-up + {:.1} s measured per variant\ndatabase: {}\n\n{:<30} {:>10} {:>10} {:>10} {:>9} {:>9} {:>13}\n",
         f.users,
         f.read_ratio * 100.0,
         f.zipf_exponent,
         f.concurrency,
+        f.warmup_seconds_per_variant,
         f.seconds_per_variant,
         f.database,
         "read latency",

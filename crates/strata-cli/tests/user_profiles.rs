@@ -17,7 +17,7 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 fn user_profiles(out: &Path, urls: &[String], extra: &[&str]) -> Value {
     let o = out.to_str().expect("utf-8 path");
     let mut args = vec!["bench", "--json", "--out", o, "--scenario", "user-profiles"];
-    args.extend(["--duration", "6s", "--users", "5000", "--concurrency", "4"]);
+    args.extend(["--duration", "6s", "--warmup", "1s", "--users", "5000", "--concurrency", "4"]);
     for url in urls {
         args.extend(["--url", url.as_str()]);
     }
@@ -93,85 +93,22 @@ fn user_profiles_on_sqlite_and_a_cluster() {
 #[test]
 fn user_profiles_on_postgres() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let (url, _server) = match std::env::var("STRATA_TEST_POSTGRES_URL") {
-        Ok(url) => (url, None),
+    let (url, ()) = match std::env::var("STRATA_TEST_POSTGRES_URL") {
+        Ok(url) => (Some(url), ()),
         Err(_) if !Path::new(PG_BIN).join("initdb").exists() => {
             println!("skipped: no STRATA_TEST_POSTGRES_URL and no {PG_BIN}/initdb (apt-get install -y postgresql-15)");
             return;
         }
-        Err(_) => {
-            let server = Postgres::start();
-            (server.url.clone(), Some(server))
-        }
+        // `--database postgres`: strata starts a throwaway server itself and stops it afterwards.
+        Err(_) => (None, ()),
     };
     let redis = strata_cluster::RedisServer::start().expect("redis-server");
     let out = tempfile::tempdir().expect("tempdir");
-    let doc = user_profiles(out.path(), &[redis.url()], &["--database-url", &url, "--db-latency-ms", "0.5"]);
-    assert!(doc["database"].as_str().expect("database").starts_with("PostgreSQL at"), "{doc}");
+    let database = match &url {
+        Some(url) => ["--database-url", url.as_str()],
+        None => ["--database", "postgres"],
+    };
+    let doc = user_profiles(out.path(), &[redis.url()], &[&database[..], &["--db-latency-ms", "0.5"]].concat());
+    assert!(doc["database"].as_str().expect("database").starts_with("PostgreSQL "), "{doc}");
     assert_eq!(doc["db_latency_ms"], 0.5);
-}
-
-/// A throwaway PostgreSQL server (run as `postgres` when the tests run as root), stopped on drop.
-struct Postgres {
-    dir: tempfile::TempDir,
-    url: String,
-}
-
-impl Postgres {
-    fn start() -> Postgres {
-        let dir = tempfile::tempdir().expect("tempdir");
-        if is_root() {
-            sh(Command::new("chmod").arg("755").arg(dir.path()));
-            sh(Command::new("chown").arg("postgres:").arg(dir.path()));
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-        let server = Postgres { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), dir };
-        let data = server.dir.path().join("data");
-        sh(server.tool("initdb").args(["--auth=trust", "--username=postgres", "--no-sync", "-D"]).arg(&data));
-        let socket_dir = server.dir.path().display().to_string();
-        sh(server
-            .tool("pg_ctl")
-            .args(["-w", "-t", "60", "-l"])
-            .arg(server.dir.path().join("log"))
-            .arg("-o")
-            .arg(format!("-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off"))
-            .arg("-D")
-            .arg(&data)
-            .arg("start"));
-        server
-    }
-
-    fn tool(&self, name: &str) -> Command {
-        let path = format!("{PG_BIN}/{name}");
-        let mut cmd = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", &path]);
-            c
-        } else {
-            Command::new(path)
-        };
-        cmd.current_dir(self.dir.path());
-        cmd
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        let _ = self.tool("pg_ctl").args(["-m", "immediate", "-D"]).arg(data).arg("stop").output();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
-}
-
-fn sh(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

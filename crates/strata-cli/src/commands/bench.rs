@@ -12,7 +12,7 @@ use strata_bench::{
     cold_start, eviction, expiry, hit_latency, hot_key, scale, stampede, user_profiles, user_profiles_report,
 };
 
-use super::common::{OutputArgs, parse_duration, runtime};
+use super::common::{DatabaseArg, OutputArgs, parse_duration, runtime};
 
 /// Arguments of `strata bench`.
 #[derive(clap::Args, Debug)]
@@ -59,6 +59,14 @@ pub(crate) struct Args {
     /// temporary directory).
     #[arg(long)]
     database_url: Option<String>,
+    /// Unmeasured warm-up of each user-profiles variant before its measured share (0s:
+    /// measure from an empty cache).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// The database made for the run when --database-url is absent: a SQLite file, or a
+    /// throwaway PostgreSQL server (Debian's postgresql-15) started and stopped by strata.
+    #[arg(long, value_enum, default_value_t = DatabaseArg::Sqlite)]
+    database: DatabaseArg,
     /// Users seeded by user-profiles.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     users: u64,
@@ -93,7 +101,7 @@ enum Scenario {
     Scale,
     /// The seed workload over the example service's database (80 % reads, Zipf(0.99) ids): the
     /// database alone, Strata, naive redis-rs cache-aside and the `cached` crate, back to back
-    /// on one operation sequence; --duration is shared by the four.
+    /// on one operation sequence; each warms up for --warmup, then --duration is shared by the four.
     UserProfiles,
 }
 
@@ -202,9 +210,11 @@ async fn scenario(args: &Args, target: &Target, command: &[String]) -> anyhow::R
             let options = user_profiles::Options {
                 users: args.users,
                 duration: args.duration,
+                warmup: args.warmup,
                 max_ops: args.max_ops.unwrap_or(defaults.max_ops),
                 concurrency: args.concurrency.map_or(defaults.concurrency, |c| c as usize),
                 database_url: args.database_url.clone(),
+                database: args.database.into(),
                 db_latency: Duration::from_secs_f64(args.db_latency_ms / 1000.0),
                 ..defaults
             };

@@ -137,3 +137,21 @@ mod tests {
         }
     }
 }
+
+/// `--database` of user-profiles and the demo: what to create when no URL is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum DatabaseArg {
+    /// A SQLite file in a temporary directory.
+    Sqlite,
+    /// A throwaway PostgreSQL 15 server, started and stopped by strata.
+    Postgres,
+}
+
+impl From<DatabaseArg> for strata_bench::user_profiles::Database {
+    fn from(arg: DatabaseArg) -> Self {
+        match arg {
+            DatabaseArg::Sqlite => Self::Sqlite,
+            DatabaseArg::Postgres => Self::Postgres,
+        }
+    }
+}

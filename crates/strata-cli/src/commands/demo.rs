@@ -9,7 +9,7 @@ use strata_bench::report::DEFAULT_DIR;
 use strata_bench::workload::{Layout, Target};
 use strata_bench::{user_profiles, user_profiles_report};
 
-use super::common::{OutputArgs, parse_duration, runtime};
+use super::common::{DatabaseArg, OutputArgs, parse_duration, runtime};
 
 /// Arguments of `strata demo`.
 #[derive(clap::Args, Debug)]
@@ -21,9 +21,16 @@ pub(crate) struct Args {
     /// `sqlite:PATH` or `postgres://...` (default: a SQLite file in a temporary directory).
     #[arg(long)]
     database_url: Option<String>,
-    /// Length of the whole run, shared by the four variants.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    /// Measured time of the whole run, shared by the four variants.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
     duration: Duration,
+    /// Unmeasured warm-up of each variant before its measured share.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// The database made for the run when --database-url is absent: a SQLite file, or a
+    /// throwaway PostgreSQL server (Debian's postgresql-15) started and stopped by strata.
+    #[arg(long, value_enum, default_value_t = DatabaseArg::Sqlite)]
+    database: DatabaseArg,
     /// Users seeded.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     users: u64,
@@ -48,15 +55,18 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         let options = user_profiles::Options {
             users: args.users,
             duration: args.duration,
+            warmup: args.warmup,
             concurrency: args.concurrency as usize,
             database_url: args.database_url.clone(),
+                database: args.database.into(),
             ..user_profiles::Options::default()
         };
         eprintln!(
-            "redis: {}\nworkload: {} users, 80 % reads, Zipf(0.99), {} workers, {:?} over 4 variants",
+            "redis: {}\nworkload: {} users, 80 % reads, Zipf(0.99), {} workers, {:?} warm-up per variant, {:?} measured over 4 variants",
             target.urls().join(" "),
             options.users,
             options.concurrency,
+            options.warmup,
             options.duration
         );
         let run = Box::pin(user_profiles::run(&target, &options)).await?;

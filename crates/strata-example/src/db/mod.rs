@@ -17,8 +17,11 @@
 //! # Ok(()) }
 //! ```
 
+mod local_pg;
 mod postgres;
 mod sqlite;
+
+pub use local_pg::{LocalPostgres, PG_BIN};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
