@@ -385,8 +385,20 @@ impl Cache {
         // use (see `L2Read::Unusable`) is simply replaced by its load.
         // For the L1 fill when Redis cannot take the value: nothing may have changed since now.
         let ticket = self.inner.coherence.ticket(key.as_str());
+        // With leases, the read carries the lease attempt (one round trip for both on a miss).
+        let (read, first) = if self.inner.leases.enabled {
+            self.read_l2_leasing::<T>(key, ns, negative_is_hit).await
+        } else {
+            (self.read_l2::<T>(key, ns, negative_is_hit).await, None)
+        };
+        // A lease taken by that attempt while the read found something to serve, or something
+        // that is not coordinated, goes back at once: others would wait for it in vain.
+        let coordinated = matches!(read, Ok(L2Read::Miss | L2Read::Stale(..)));
+        if let Some(taken) = first.as_ref().filter(|f| f.took_lease() && !coordinated) {
+            self.release_lease(key, &taken.token).await;
+        }
         // An expired value kept by a grace period is coordinated like a miss.
-        let (mut redis_failed, coordinate, stale) = match self.read_l2::<T>(key, ns, negative_is_hit).await {
+        let (mut redis_failed, coordinate, stale) = match read {
             Ok(L2Read::Value(v)) => return Ok(Arc::new(Some(v))),
             Ok(L2Read::Negative) => return Ok(Arc::new(None::<T>)),
             Ok(L2Read::Miss) => (false, true, None),
@@ -402,7 +414,7 @@ impl Cache {
         let fallback = stale.filter(|(_, stamp)| self.inner.freshness.fail_safe_allows(*stamp)).map(|(v, _)| v);
         let mut lease = None;
         if coordinate && !redis_failed && self.inner.leases.enabled {
-            match self.coordinate::<T>(key, ns, negative_is_hit, stale_present).await {
+            match self.coordinate::<T>(key, ns, negative_is_hit, stale_present, first).await {
                 Coordinated::Found(shared) => return Ok(shared),
                 Coordinated::Holder(token) => lease = Some(token),
                 Coordinated::LoadAlone { redis_failed: failed } => redis_failed = failed,

@@ -35,10 +35,12 @@ use crate::tiers::ttl_millis;
 /// and releases the lease between our read and our SET NX must not let us load a second time.
 /// KEYS: key, lease. ARGV: token, px, 1 when the key holds a stale value (kept past its logical
 /// expiry by a freshness grace period: present, yet to be replaced).
-/// Returns 0 value present, 1 lease taken, 2 lease held.
+/// Returns 0 value present, 1 lease taken, 2 lease held. Taking it again with the token that
+/// holds it answers 1: a retried call must not wait for its own lease.
 pub(crate) const ACQUIRE_UNLESS_PRESENT: &str = r"
 if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
 return 2";
 
 /// Stores the value only while the caller's token still holds the lease, then releases it.
@@ -104,31 +106,101 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base).mul_f64(jitter)
 }
 
+/// The lease attempt sent with the first read of a load ([`Cache::read_l2_leasing`]): the token
+/// it used and what [`ACQUIRE_UNLESS_PRESENT`] answered.
+#[derive(Debug)]
+pub(crate) struct FirstTry {
+    pub(crate) token: String,
+    pub(crate) outcome: i64,
+}
+
+impl FirstTry {
+    /// Whether this attempt took the lease (the key was absent when the script ran).
+    pub(crate) fn took_lease(&self) -> bool {
+        self.outcome == 1
+    }
+}
+
 impl Cache {
+    /// The first read of a load (an L1 miss, leases on): GET, PTTL and the lease attempt in ONE
+    /// round trip, instead of a GET then, on a miss, the lease script. The script takes the
+    /// lease only if the key is absent when it runs, so a hit costs nothing more; a lease taken
+    /// although the read found something usable (the key appeared or went between the two)
+    /// must be handed back by the caller (see [`FirstTry::took_lease`]). `None` when the combined
+    /// call failed: the read's error, and no lease attempt.
+    pub(crate) async fn read_l2_leasing<T: CacheValue>(
+        &self,
+        key: &Key,
+        ns: &NsCounters,
+        accept_negative: bool,
+    ) -> (Result<L2Read<T>>, Option<FirstTry>) {
+        let k = key.as_str();
+        let ticket = self.inner.coherence.ticket(k);
+        let lease = lease_key(k);
+        let token = token();
+        let px = ttl_millis(self.inner.leases.ttl);
+        let (l, t) = (lease.as_slice(), token.as_str());
+        let script = &redis::Script::new(ACQUIRE_UNLESS_PRESENT);
+        let got = self
+            .l2_call_for(k, "GET + lease acquire", |mut c| async move {
+                let mut invocation = script.key(k);
+                invocation.key(l).arg(t).arg(px).arg("0");
+                let mut pipe = redis::pipe();
+                pipe.cmd("GET").arg(k).cmd("PTTL").arg(k).invoke_script(&invocation);
+                match pipe.query_async::<(Option<Vec<u8>>, i64, i64)>(&mut c).await {
+                    // The script is not cached on this node yet (first use, restart, failover):
+                    // load it and send the pipeline again, as `invoke_async` would.
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        invocation.load_async(&mut c).await?;
+                        pipe.query_async(&mut c).await
+                    }
+                    other => other,
+                }
+            })
+            .await;
+        let (got, first) = match got {
+            Ok((bytes, pttl, outcome)) => {
+                let pttl = self.inner.l1.is_some().then_some(pttl);
+                (Ok((bytes, pttl)), Some(FirstTry { token, outcome }))
+            }
+            Err(err) => (Err(err), None),
+        };
+        (self.interpret_l2(key, ns, accept_negative, ticket, got).await, first)
+    }
+
     /// The single-flight leader's coordination with other processes after an L2 miss: take the
     /// lease, or wait for its holder's value (taking the lease over if the holder goes away).
-    /// `stale`: the key holds an expired value, which does not count as present.
+    /// `stale`: the key holds an expired value, which does not count as present. `first`: the
+    /// attempt already sent with the read ([`Cache::read_l2_leasing`]), used as the first one
+    /// unless the value is stale (that attempt treated it as present).
     pub(crate) async fn coordinate<T: CacheValue>(
         &self,
         key: &Key,
         ns: &NsCounters,
         accept_negative: bool,
         stale: bool,
+        first: Option<FirstTry>,
     ) -> Coordinated {
         let stale_flag = if stale { "1" } else { "0" };
         let lease = lease_key(key.as_str());
-        let token = token();
+        // A lease the first attempt took is ours whatever the read found: load under it.
+        let mut first = first.filter(|f| !stale || f.took_lease());
+        let token = first.as_ref().map_or_else(token, |f| f.token.clone());
         let px = ttl_millis(self.inner.leases.ttl);
         let started = tokio::time::Instant::now();
         let mut attempt = 0;
         loop {
             let (k, l, t) = (key.as_str(), lease.as_slice(), token.as_str());
             let script = &redis::Script::new(ACQUIRE_UNLESS_PRESENT);
-            let taken = self
-                .l2_call_for(k, "lease acquire", |mut c| async move {
-                    script.key(k).key(l).arg(t).arg(px).arg(stale_flag).invoke_async::<i64>(&mut c).await
-                })
-                .await;
+            let taken = match first.take() {
+                Some(done) => Ok(done.outcome),
+                None => {
+                    self.l2_call_for(k, "lease acquire", |mut c| async move {
+                        script.key(k).key(l).arg(t).arg(px).arg(stale_flag).invoke_async::<i64>(&mut c).await
+                    })
+                    .await
+                }
+            };
             match taken {
                 Ok(1) => return Coordinated::Holder(token),
                 Ok(0) => {

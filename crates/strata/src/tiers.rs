@@ -85,6 +85,19 @@ impl Cache {
             .await
             .map(|bytes| (bytes, None))
         };
+        self.interpret_l2(key, ns, accept_negative, ticket, got).await
+    }
+
+    /// What a GET (and PTTL, `None` when not asked) of `key` answered, as an [`L2Read`]:
+    /// decoded, counted, L1 filled. `ticket` was taken before the GET was sent.
+    pub(crate) async fn interpret_l2<T: CacheValue>(
+        &self,
+        key: &Key,
+        ns: &NsCounters,
+        accept_negative: bool,
+        ticket: Ticket,
+        got: Result<(Option<Vec<u8>>, Option<i64>)>,
+    ) -> Result<L2Read<T>> {
         match got {
             Ok((Some(bytes), pttl)) => Ok(self.accept_bytes(key, ns, bytes, pttl, accept_negative, ticket).await),
             Ok((None, _)) => {
