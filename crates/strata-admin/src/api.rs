@@ -55,8 +55,9 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
     let started = Instant::now();
     let snapshot = state.poll().await.map_err(unavailable)?;
     let scrape_seconds = started.elapsed().as_secs_f64();
-    let scan = state.namespaces().await;
-    let extras = Extras { namespaces: scan.as_deref().ok(), scan_lookups: state.scan_lookups(), scrape_seconds };
+    let scan = state.namespaces_for_scrape().await;
+    let namespaces = scan.as_ref().and_then(|s| s.as_deref().ok());
+    let extras = Extras { namespaces, scan_lookups: state.scan_lookups(), scrape_seconds };
     let text = render(&snapshot, &extras);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }

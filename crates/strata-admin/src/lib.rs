@@ -44,6 +44,9 @@ use crate::poll::{Poller, Snapshot};
 
 /// Default sampling interval of the background sampler and of the namespace cache.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest a `/metrics` scrape waits for a namespace scan before answering with the previous one
+/// (Prometheus' default scrape timeout is 10 s, and the node polls need their share).
+const SCRAPE_SCAN_WAIT: Duration = Duration::from_secs(3);
 /// Default bound on the keys one namespace scan measures per master.
 pub const DEFAULT_MAX_SCAN_KEYS: usize = 100_000;
 
@@ -92,6 +95,8 @@ struct Inner {
     history: Mutex<History>,
     /// Held across a scan, so concurrent requests wait for one scan instead of starting several.
     namespaces: tokio::sync::Mutex<Option<(Instant, NamespaceScan)>>,
+    /// The last scan's result, readable while the next one runs.
+    last_scan: Mutex<Option<NamespaceScan>>,
     /// `PTTL` lookups our scans added, per node (they count as keyspace hits in Redis).
     scan_lookups: Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -110,6 +115,7 @@ impl AppState {
                 latest: Mutex::new(None),
                 history: Mutex::new(History::default()),
                 namespaces: tokio::sync::Mutex::new(None),
+                last_scan: Mutex::new(None),
                 scan_lookups: Mutex::new(Default::default()),
             }),
         }
@@ -184,7 +190,20 @@ impl AppState {
             tracing::warn!(error = %e, "namespace scan failed");
         }
         *cached = Some((Instant::now(), scan.clone()));
+        *lock(&self.inner.last_scan) = Some(scan.clone());
         scan
+    }
+
+    /// The namespace scan for a Prometheus scrape: a scan that takes longer than
+    /// [`SCRAPE_SCAN_WAIT`] goes on in the background, and this scrape gets the previous
+    /// result (None before the first), so a large keyspace cannot make the whole scrape time out.
+    pub(crate) async fn namespaces_for_scrape(&self) -> Option<NamespaceScan> {
+        let state = self.clone();
+        let scan = tokio::spawn(async move { state.namespaces().await });
+        match tokio::time::timeout(SCRAPE_SCAN_WAIT, scan).await {
+            Ok(Ok(scan)) => Some(scan),
+            _ => lock(&self.inner.last_scan).clone(),
+        }
     }
 }
 

@@ -76,6 +76,15 @@ fn serve_watches_a_secure_cluster_from_its_directory() {
     let (status, namespaces) = get(&addr, "/api/namespaces");
     assert_eq!(status, 200, "{namespaces}");
     assert_eq!(namespaces["scanned_keys"], 0);
+
+    // The least-privileged `metrics` user: node figures yes, the namespace scan (SCAN, PTTL) no.
+    let password = dir.join("secure").join("metrics.password").to_string_lossy().to_string();
+    let (_server, addr) = serve(&["--dir", &d, "--user", "metrics", "--password-file", &password]);
+    let (status, health) = get(&addr, "/healthz");
+    assert_eq!((status, health["nodes_up"].as_u64()), (200, Some(6)), "{health}");
+    let (status, namespaces) = get(&addr, "/api/namespaces");
+    assert_eq!(status, 503, "{namespaces}");
+    assert!(namespaces["error"].as_str().is_some_and(|e| !e.is_empty()), "{namespaces}");
 }
 
 #[test]
