@@ -63,6 +63,8 @@ enum Command {
     /// Drills against a deployment: `stampede` (distributed single-flight), `coherence` (L1 invalidation delay),
     /// `failover`, `restart`, `outage`, `reshard` (faults under a cache-aside load).
     Drill(commands::drill::Args),
+    /// Admin HTTP server: Prometheus exporter (/metrics), /healthz, JSON API and web dashboard.
+    Serve(commands::serve::Args),
     /// Run the user-profiles workload over a real database: alone, through Strata, and two peers.
     Demo(commands::demo::Args),
     /// Run a benchmark scenario.
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Command::Backup(a) => commands::backup::run(a),
         Command::Restore(a) => commands::restore::run(a),
         Command::Drill(a) => commands::drill::run(a),
+        Command::Serve(a) => commands::serve::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Bench(a) => commands::bench::run(a),
     };

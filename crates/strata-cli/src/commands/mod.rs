@@ -12,5 +12,6 @@ pub(crate) mod flush;
 pub(crate) mod inspect;
 pub(crate) mod invalidate;
 pub(crate) mod restore;
+pub(crate) mod serve;
 pub(crate) mod status;
 pub(crate) mod up;
