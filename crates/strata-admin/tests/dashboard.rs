@@ -96,19 +96,28 @@ fn check_dom(dom: &str, cluster: &RedisCluster) -> TestResult {
     assert_eq!(slots, 16384, "{}", page("slot ranges"));
 
     // Namespaces: one row each with the seeded counts.
-    let namespaces = section(dom, r#"<table id="namespaces">"#, "</table>").ok_or_else(|| page("no namespace table"))?;
+    let namespaces =
+        section(dom, r#"<table id="namespaces">"#, "</table>").ok_or_else(|| page("no namespace table"))?;
     for (namespace, keys, no_ttl) in
         [("app:v1:user", USERS, 0), ("app:v1:product", PRODUCTS, 0), ("app:v1:session", SESSIONS, SESSIONS)]
     {
         let row = section(namespaces, &format!(r#"<tr data-namespace="{namespace}">"#), "</tr>")
             .ok_or_else(|| page(&format!("no row for {namespace}")))?;
-        assert!(row.contains(&format!(r#"data-field="keys" data-value="{keys}""#)), "{}", page(&format!("{namespace} keys")));
+        assert!(
+            row.contains(&format!(r#"data-field="keys" data-value="{keys}""#)),
+            "{}",
+            page(&format!("{namespace} keys"))
+        );
         assert!(
             row.contains(&format!(r#"data-field="no_ttl_keys" data-value="{no_ttl}""#)),
             "{}",
             page(&format!("{namespace} keys without TTL"))
         );
-        assert!(!row.contains(r#"data-field="memory_bytes" data-value="0""#), "{}", page(&format!("{namespace} memory")));
+        assert!(
+            !row.contains(r#"data-field="memory_bytes" data-value="0""#),
+            "{}",
+            page(&format!("{namespace} memory"))
+        );
     }
     assert_eq!(namespaces.matches("<tr data-namespace=").count(), 3, "{}", page("namespace rows"));
 
@@ -149,10 +158,20 @@ fn seed(cluster: &RedisCluster) -> TestResult {
     let client = redis::cluster::ClusterClient::new(cluster.seed_urls())?;
     let mut con = client.get_connection()?;
     for i in 0..USERS {
-        let _: () = redis::cmd("SET").arg(format!("app:v1:user:{i}")).arg(format!("user {i}")).arg("EX").arg(7200).query(&mut con)?;
+        let _: () = redis::cmd("SET")
+            .arg(format!("app:v1:user:{i}"))
+            .arg(format!("user {i}"))
+            .arg("EX")
+            .arg(7200)
+            .query(&mut con)?;
     }
     for i in 0..PRODUCTS {
-        let _: () = redis::cmd("SET").arg(format!("app:v1:product:{i}")).arg(format!("product {i}")).arg("EX").arg(300).query(&mut con)?;
+        let _: () = redis::cmd("SET")
+            .arg(format!("app:v1:product:{i}"))
+            .arg(format!("product {i}"))
+            .arg("EX")
+            .arg(300)
+            .query(&mut con)?;
     }
     for i in 0..SESSIONS {
         let _: () = redis::cmd("SET").arg(format!("app:v1:session:{i}")).arg(format!("session {i}")).query(&mut con)?;
@@ -175,7 +194,9 @@ fn wait_for_history(cluster: &RedisCluster, addr: SocketAddr, samples: usize) ->
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("/api/history had fewer than {samples} samples after 60 s ({round} rounds): {body}").into());
+            return Err(
+                format!("/api/history had fewer than {samples} samples after 60 s ({round} rounds): {body}").into()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -263,7 +284,9 @@ fn chromium_run(chromium: &Path, tmp: &Path, args: &[&str]) -> Result<String, Bo
         }
         if Instant::now() > deadline {
             let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-            return Err(format!("chromium {args:?} did not finish within {CHROMIUM_TIMEOUT:?}; stderr:\n{stderr}").into());
+            return Err(
+                format!("chromium {args:?} did not finish within {CHROMIUM_TIMEOUT:?}; stderr:\n{stderr}").into()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     };
