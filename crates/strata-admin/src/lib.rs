@@ -21,18 +21,26 @@
 //! ```
 
 mod api;
+mod audit;
 mod dashboard;
 mod error;
+mod history;
+mod metrics;
+mod poll;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use strata_ops::Deployment;
+use strata_ops::inspect::{InspectOptions, InspectReport};
 
 pub use error::{AdminError, Result};
+
+use crate::history::History;
+use crate::poll::{Poller, Snapshot};
 
 /// Default sampling interval of the background sampler and of the namespace cache.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -42,12 +50,15 @@ pub const DEFAULT_MAX_SCAN_KEYS: usize = 100_000;
 /// What `strata serve` serves, and how.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// The deployment watched.
+    /// The deployment watched (its topology is rediscovered on every poll).
     pub deployment: Deployment,
     /// Where to listen (port 0: any free port, see [`Server::local_addr`]).
     pub listen: SocketAddr,
-    /// How often the sampler asks every node, and how long a namespace scan is reused.
+    /// How often the sampler asks every node.
     pub interval: Duration,
+    /// How long a namespace scan is reused (None: [`interval`](Self::interval)). Scans send one
+    /// `PTTL` per key measured, which Redis counts as a keyspace hit.
+    pub scan_interval: Option<Duration>,
     /// The audit log (JSON lines) served by `/api/audit`; none: an empty list.
     pub audit_log: Option<PathBuf>,
     /// Keys measured per master by a namespace scan; past it, figures are extrapolated.
@@ -57,7 +68,14 @@ pub struct ServeConfig {
 impl ServeConfig {
     /// A configuration with the default interval and scan bound, and no audit log.
     pub fn new(deployment: Deployment, listen: SocketAddr) -> Self {
-        Self { deployment, listen, interval: DEFAULT_INTERVAL, audit_log: None, max_scan_keys: DEFAULT_MAX_SCAN_KEYS }
+        Self {
+            deployment,
+            listen,
+            interval: DEFAULT_INTERVAL,
+            scan_interval: None,
+            audit_log: None,
+            max_scan_keys: DEFAULT_MAX_SCAN_KEYS,
+        }
     }
 }
 
@@ -69,17 +87,109 @@ pub struct AppState {
 
 struct Inner {
     config: ServeConfig,
+    poller: Arc<Poller>,
+    latest: Mutex<Option<(Instant, Arc<Snapshot>)>>,
+    history: Mutex<History>,
+    /// Held across a scan, so concurrent requests wait for one scan instead of starting several.
+    namespaces: tokio::sync::Mutex<Option<(Instant, NamespaceScan)>>,
+    /// `PTTL` lookups our scans added, per node (they count as keyspace hits in Redis).
+    scan_lookups: Mutex<std::collections::BTreeMap<String, u64>>,
 }
+
+/// The last namespace scan, or why it failed.
+pub(crate) type NamespaceScan = std::result::Result<Arc<InspectReport>, String>;
 
 impl AppState {
     /// The state for `config` (the sampler is started by [`Server::run`]).
     pub fn new(config: ServeConfig) -> Self {
-        Self { inner: Arc::new(Inner { config }) }
+        let poller = Arc::new(Poller::new(config.deployment.clone()));
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                poller,
+                latest: Mutex::new(None),
+                history: Mutex::new(History::default()),
+                namespaces: tokio::sync::Mutex::new(None),
+                scan_lookups: Mutex::new(Default::default()),
+            }),
+        }
     }
 
     pub(crate) fn config(&self) -> &ServeConfig {
         &self.inner.config
     }
+
+    /// A fresh poll of every node.
+    pub(crate) async fn poll(&self) -> std::result::Result<Arc<Snapshot>, String> {
+        let poller = self.inner.poller.clone();
+        let snapshot = tokio::task::spawn_blocking(move || poller.poll())
+            .await
+            .map_err(|e| format!("the poll did not finish: {e}"))?;
+        let snapshot = Arc::new(snapshot);
+        *lock(&self.inner.latest) = Some((Instant::now(), snapshot.clone()));
+        Ok(snapshot)
+    }
+
+    /// The latest poll if younger than the sampling interval, a fresh one otherwise.
+    pub(crate) async fn recent(&self) -> std::result::Result<Arc<Snapshot>, String> {
+        let latest = lock(&self.inner.latest).clone();
+        match latest {
+            Some((at, snapshot)) if at.elapsed() < self.inner.config.interval => Ok(snapshot),
+            _ => self.poll().await,
+        }
+    }
+
+    /// Polls and records one history sample.
+    async fn sample(&self) {
+        match self.poll().await {
+            Ok(snapshot) => lock(&self.inner.history).record(&snapshot, Instant::now()),
+            Err(e) => tracing::warn!(error = %e, "sampling the deployment failed"),
+        }
+    }
+
+    pub(crate) fn history(&self) -> Vec<history::Sample> {
+        lock(&self.inner.history).samples()
+    }
+
+    pub(crate) fn scan_lookups(&self) -> std::collections::BTreeMap<String, u64> {
+        lock(&self.inner.scan_lookups).clone()
+    }
+
+    /// The namespace scan, reused for the scan interval (failures too: a failing deployment is
+    /// not rescanned on every request).
+    pub(crate) async fn namespaces(&self) -> NamespaceScan {
+        let mut cached = self.inner.namespaces.lock().await;
+        let reuse = self.inner.config.scan_interval.unwrap_or(self.inner.config.interval);
+        if let Some((at, scan)) = cached.as_ref()
+            && at.elapsed() < reuse
+        {
+            return scan.clone();
+        }
+        let deployment = self.inner.poller.deployment();
+        let options = InspectOptions { sample: Some(self.inner.config.max_scan_keys.max(1)), big_keys: 0 };
+        let scan = tokio::task::spawn_blocking(move || {
+            strata_ops::inspect::inspect(&deployment, &options, &indicatif::ProgressBar::hidden())
+        })
+        .await
+        .map_err(|e| format!("the namespace scan did not finish: {e}"))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Ok(report) = &scan {
+            let mut lookups = lock(&self.inner.scan_lookups);
+            for node in &report.nodes {
+                *lookups.entry(node.addr.clone()).or_default() += node.inspect_lookups;
+            }
+        }
+        let scan = scan.map(Arc::new);
+        if let Err(e) = &scan {
+            tracing::warn!(error = %e, "namespace scan failed");
+        }
+        *cached = Some((Instant::now(), scan.clone()));
+        scan
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for AppState {
@@ -114,12 +224,20 @@ impl Server {
         self.listener.local_addr().map_err(|e| AdminError::new(format!("reading the bound address: {e}")))
     }
 
-    /// Serves until `shutdown` completes.
+    /// Samples the deployment every interval and serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| AdminError::new(format!("serving HTTP: {e}")))
+        let state = self.state.clone();
+        let sampler = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(state.config().interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                state.sample().await;
+            }
+        });
+        let served = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown).await;
+        sampler.abort();
+        served.map_err(|e| AdminError::new(format!("serving HTTP: {e}")))
     }
 }
 
