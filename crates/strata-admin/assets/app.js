@@ -100,7 +100,8 @@
       if (n.master_id) tr.dataset.masterId = n.master_id;
       cell(tr, n.role === "master" ? n.addr : `└ ${n.addr}`, { class: "addr" });
       cell(tr, n.role, { "data-field": "role" });
-      cell(tr, n.up ? "up" : "down", { "data-field": "state", class: n.up ? "ok" : "bad" });
+      // A node that did not answer carries the error: shown on hover.
+      cell(tr, n.up ? "up" : "down", { "data-field": "state", class: n.up ? "ok" : "bad", title: n.error || "" });
       cell(tr, n.role === "master" ? slotText(n.slots) : "", { "data-field": "slots" });
       cell(tr, int(n.keys), { class: "num", "data-field": "keys", "data-value": n.keys });
       cell(tr, int(n.ops_per_sec), { class: "num" });
@@ -131,7 +132,9 @@
     StrataChart.line($("chart-hit-ratio"), hit, { min: 0, max: 1, format: (v) => `${Math.round(v * 100)} %`, empty: "no reads yet" });
     StrataChart.line($("chart-ops"), ops, { min: 0, format: (v) => int(v) });
     const last = samples[samples.length - 1];
-    $("hit-ratio-now").textContent = last ? pct(last.hit_ratio) : "";
+    // The newest interval may have had no reads (null): show the latest measured ratio.
+    const measured = hit.filter((p) => p.v !== null);
+    $("hit-ratio-now").textContent = measured.length ? pct(measured[measured.length - 1].v) : "";
     $("ops-now").textContent = last ? `${int(last.ops_per_sec)} ops/s` : "";
   }
 
