@@ -1,31 +1,24 @@
 //! The web dashboard in headless Chromium (issue 8): a 3+3 cluster with known keys in three
 //! namespaces, the admin server in-process on a free port, then Chromium loads the page, and the
 //! DOM it renders must show the topology and the seeded namespace figures. A screenshot is kept
-//! as a test artifact: `target/test-artifacts/dashboard.png`.
+//! as a test artifact: `target/test-artifacts/dashboard.png`. Then the same page with the server
+//! gone after its first refresh (the "unreachable" state keeps the last data), and with a node
+//! killed (health degraded, the node shown down).
 //!
 //! Chromium is the Debian package (`/usr/bin/chromium`, or `STRATA_CHROMIUM`); `./run test`
 //! installs it. `--virtual-time-budget` lets the page run its timers and fetches before the DOM
 //! is dumped, so no DevTools protocol is needed.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod browser;
+
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use strata_admin::{ServeConfig, Server};
+use browser::{AdminServer, Chromium, FirstRoundProxy, artifact_dir, http_get, section};
 use strata_cluster::RedisCluster;
 use strata_ops::{Credentials, Deployment};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// One Chromium run (start, render, exit) takes a few seconds; a loaded machine may need more.
-const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the page runs (virtual time) before the DOM is dumped or the screenshot taken:
-/// several 2 s refreshes.
-const VIRTUAL_TIME_MS: u32 = 10_000;
 
 const USERS: usize = 40;
 const PRODUCTS: usize = 25;
@@ -38,8 +31,8 @@ const AUDIT_LINES: [&str; 2] = [
 
 #[test]
 fn dashboard_renders_topology_and_namespaces_in_chromium() -> TestResult {
-    let chromium = chromium_path()?;
-    let cluster = RedisCluster::start(3, 1)?;
+    let chromium = Chromium::find()?;
+    let mut cluster = RedisCluster::start(3, 1)?;
     seed(&cluster)?;
     let tmp = tempfile::tempdir()?;
     let audit = tmp.path().join("audit.jsonl");
@@ -51,19 +44,30 @@ fn dashboard_renders_topology_and_namespaces_in_chromium() -> TestResult {
     wait_for_history(&cluster, server.addr, 3)?;
 
     let url = format!("http://{}/", server.addr);
-    let dom = chromium_run(&chromium, tmp.path(), &["--dump-dom", &url])?;
-    // Chromium escapes `<` and `>` in attribute values (bucket names such as `<1d`).
-    let dom = dom.replace("&lt;", "<").replace("&gt;", ">");
+    let dom = chromium.dump_dom(tmp.path(), &url)?;
     check_dom(&dom, &cluster)?;
 
     let artifact = artifact_dir()?.join("dashboard.png");
     let _ = std::fs::remove_file(&artifact);
-    let shot = format!("--screenshot={}", artifact.display());
-    chromium_run(&chromium, tmp.path(), &["--window-size=1400,1000", "--hide-scrollbars", &shot, &url])?;
+    chromium.screenshot(tmp.path(), &url, &artifact)?;
     let png = std::fs::read(&artifact).map_err(|e| format!("no screenshot at {}: {e}", artifact.display()))?;
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{} is not a PNG", artifact.display());
     // A blank 1400x1000 page compresses to a few kilobytes; tables and charts take far more.
     assert!(png.len() > 30_000, "the screenshot is only {} bytes: did the page render?", png.len());
+
+    // The server answers the first refresh, then is gone: the page says so and keeps the data.
+    let proxy = FirstRoundProxy::start(server.addr)?;
+    let dom = chromium.dump_dom(tmp.path(), &format!("http://{}/", proxy.addr))?;
+    drop(proxy);
+    check_unreachable(&dom)?;
+
+    // A replica killed: health degraded, its row down, the other five up.
+    let replica = cluster.replica_indices()?[0];
+    let addr = cluster.nodes()[replica].addr();
+    cluster.node_mut(replica).kill()?;
+    wait_for_status(server.addr, "/healthz", 503)?;
+    let dom = chromium.dump_dom(tmp.path(), &url)?;
+    check_node_down(&dom, &addr)?;
     Ok(())
 }
 
@@ -146,11 +150,28 @@ fn check_dom(dom: &str, cluster: &RedisCluster) -> TestResult {
     Ok(())
 }
 
-/// The text between `start` (excluded) and the next `end`.
-fn section<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
-    let from = text.find(start)? + start.len();
-    let len = text[from..].find(end)?;
-    Some(&text[from..from + len])
+fn check_unreachable(dom: &str) -> TestResult {
+    let page = |what: &str| format!("{what}\n--- dumped DOM ---\n{dom}");
+    assert!(dom.contains(r#"<body data-state="unreachable">"#), "{}", page("the page is not marked unreachable"));
+    assert!(dom.contains(r#"<div id="unreachable" class="banner">"#), "{}", page("the unreachable banner is hidden"));
+    assert!(dom.contains(r#"id="health" class="badge" data-status="unreachable""#), "{}", page("health badge"));
+    // The first refresh's data stays on the page.
+    assert!(dom.contains(r#"data-nodes="6" data-masters="3" data-up="6""#), "{}", page("topology was dropped"));
+    let rows = section(dom, r#"<table id="namespaces">"#, "</table>").map(|t| t.matches("<tr data-namespace=").count());
+    assert_eq!(rows, Some(3), "{}", page("namespace rows were dropped"));
+    Ok(())
+}
+
+fn check_node_down(dom: &str, addr: &str) -> TestResult {
+    let page = |what: &str| format!("{what}\n--- dumped DOM ---\n{dom}");
+    assert!(dom.contains(r#"<body data-state="live">"#), "{}", page("the page is not live"));
+    assert!(dom.contains(r#"id="health" class="badge" data-status="degraded""#), "{}", page("health not degraded"));
+    let topology = section(dom, r#"<table id="topology">"#, "</table>").ok_or_else(|| page("no topology table"))?;
+    let row = section(topology, &format!(r#"data-node-addr="{addr}""#), "</tr>")
+        .ok_or_else(|| page("killed node missing"))?;
+    assert!(row.contains(r#"data-up="false""#), "{}", page(&format!("{addr} is not shown down")));
+    assert!(dom.contains(r#"data-nodes="6" data-masters="3" data-up="5""#), "{}", page("summary is not 5 of 6 up"));
+    Ok(())
 }
 
 /// 40 users (TTL 2 h), 25 products (TTL 5 min), 10 sessions without TTL.
@@ -203,120 +224,17 @@ fn wait_for_history(cluster: &RedisCluster, addr: SocketAddr, samples: usize) ->
     Err(format!("/api/history had fewer than {samples} samples after 600 rounds").into())
 }
 
-/// A minimal HTTP/1.1 GET (the server's own tests cover the API; this only waits for data).
-fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Box<dyn std::error::Error>> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("no HTTP status line")?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
-}
-
-/// The admin server on a free port, on its own runtime; shut down on drop.
-struct AdminServer {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl AdminServer {
-    fn start(deployment: Deployment, audit_log: PathBuf) -> Result<Self, Box<dyn std::error::Error>> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let mut config = ServeConfig::new(deployment, "127.0.0.1:0".parse()?);
-        config.audit_log = Some(audit_log);
-        let server = runtime.block_on(Server::bind(config))?;
-        let addr = server.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(async move {
-            if let Err(err) = server.run(async move { drop(stopped.await) }).await {
-                eprintln!("admin server failed: {err}");
-            }
-        });
-        Ok(Self { addr, stop: Some(stop), runtime: Some(runtime) })
-    }
-}
-
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_timeout(Duration::from_secs(5));
-        }
-    }
-}
-
-fn chromium_path() -> Result<PathBuf, Box<dyn std::error::Error>> {
-    let path = PathBuf::from(std::env::var("STRATA_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
-    if !path.exists() {
-        return Err(format!(
-            "{} not found: the dashboard test needs headless Chromium (`apt-get install -y chromium`; `./run test` installs it)",
-            path.display()
-        )
-        .into());
-    }
-    Ok(path)
-}
-
-/// Runs headless Chromium with `args` and returns its stdout; killed (with its whole process
-/// group: renderer, GPU and zygote processes) after [`CHROMIUM_TIMEOUT`] or if the test panics.
-fn chromium_run(chromium: &Path, tmp: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-    let out_path = tmp.join("chromium.out");
-    let err_path = tmp.join("chromium.err");
-    let mut cmd = Command::new(chromium);
-    cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions"])
-        .arg(format!("--user-data-dir={}", tmp.join("chromium-profile").display()))
-        .arg(format!("--virtual-time-budget={VIRTUAL_TIME_MS}"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_path)?)
-        .stderr(File::create(&err_path)?)
-        .process_group(0);
-    let mut child = KillGroupOnDrop(cmd.spawn().map_err(|e| format!("cannot start {}: {e}", chromium.display()))?);
-    let deadline = Instant::now() + CHROMIUM_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.0.try_wait()? {
-            break status;
+/// Polls `path` until it answers `status`; bounded to 60 s.
+fn wait_for_status(addr: SocketAddr, path: &str, status: u16) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (got, body) = http_get(addr, path)?;
+        if got == status {
+            return Ok(());
         }
         if Instant::now() > deadline {
-            let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-            return Err(
-                format!("chromium {args:?} did not finish within {CHROMIUM_TIMEOUT:?}; stderr:\n{stderr}").into()
-            );
+            return Err(format!("{path} still answers {got} (not {status}) after 60 s: {body}").into());
         }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    if !status.success() {
-        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-        return Err(format!("chromium {args:?} failed ({status}); stderr:\n{stderr}").into());
+        std::thread::sleep(Duration::from_millis(200));
     }
-    Ok(std::fs::read_to_string(&out_path)?)
-}
-
-struct KillGroupOnDrop(Child);
-
-impl Drop for KillGroupOnDrop {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            // A negative pid names the process group that process_group(0) created.
-            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0.id())]).status();
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// `target/test-artifacts` of this workspace (CARGO_TARGET_DIR when set).
-fn artifact_dir() -> Result<PathBuf, Box<dyn std::error::Error>> {
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"),
-    };
-    let dir = target.join("test-artifacts");
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
