@@ -25,7 +25,20 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/assets/app.css", get(|| asset(CSS, include_str!("../assets/app.css"))))
 }
 
+/// Only this server's own files may load or be fetched, and no other site may frame the page:
+/// everything the page shows comes from Redis (key names, audit targets), so it must never be
+/// able to pull in or run anything else. The page has no inline script or style to allow.
+const CSP: &str = "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 async fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
-    // The files change only with the binary; no-cache makes a browser revalidate after an upgrade.
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body)
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // The files change only with the binary; no-cache makes a browser revalidate after an upgrade.
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
 }
