@@ -31,12 +31,6 @@ const INFO_FAMILIES: &[(&str, &str, &str, &str)] = &[
     ("redis_rejected_connections_total", "counter", "Connections refused (maxclients).", "rejected_connections"),
     ("redis_net_input_bytes_total", "counter", "Bytes read from the network.", "total_net_input_bytes"),
     ("redis_net_output_bytes_total", "counter", "Bytes written to the network.", "total_net_output_bytes"),
-    (
-        "redis_instantaneous_ops_per_sec",
-        "gauge",
-        "Commands per second (Redis' own estimate).",
-        "instantaneous_ops_per_sec",
-    ),
     ("redis_connected_slaves", "gauge", "Replicas connected to this node.", "connected_slaves"),
     ("redis_master_repl_offset", "gauge", "Replication offset of this node.", "master_repl_offset"),
 ];

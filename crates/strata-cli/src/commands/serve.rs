@@ -20,9 +20,13 @@ pub(crate) struct Args {
     /// Address to listen on. The API shows key names: keep it on loopback or behind a proxy.
     #[arg(long, default_value = "127.0.0.1:9460")]
     listen: SocketAddr,
-    /// How often every node is sampled, and how long a namespace scan is reused.
+    /// How often every node is sampled (the dashboard's charts, /healthz freshness).
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     interval: Duration,
+    /// How long a namespace scan (/api/namespaces, strata_namespace_* in /metrics) is reused
+    /// (default: --interval). Each scan sends one PTTL per key, which Redis counts as a hit.
+    #[arg(long, value_parser = parse_duration)]
+    scan_interval: Option<Duration>,
     /// Audit log (JSON lines) shown by /api/audit.
     #[arg(long, value_name = "PATH")]
     audit_log: Option<PathBuf>,
@@ -35,6 +39,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let deployment = args.target.deployment()?;
     let mut config = strata_admin::ServeConfig::new(deployment, args.listen);
     config.interval = args.interval;
+    config.scan_interval = args.scan_interval;
     config.audit_log = args.audit_log;
     config.max_scan_keys = args.max_scan_keys.max(1);
     runtime()?.block_on(async {

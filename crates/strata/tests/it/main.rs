@@ -13,6 +13,7 @@ mod hot;
 mod l1_budget;
 mod leases;
 mod namespaces;
+mod prom_text;
 mod prometheus;
 mod resilience;
 mod retries;
