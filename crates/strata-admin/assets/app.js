@@ -85,7 +85,8 @@
     summary.dataset.nodes = nodes.length;
     summary.dataset.masters = masters.length;
     summary.dataset.up = up;
-    summary.textContent = `${topo.mode || "?"} · ${nodes.length} nodes · ${masters.length} masters · ${up} up` +
+    const count = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+    summary.textContent = `${topo.mode || "?"} · ${count(nodes.length, "node")} · ${count(masters.length, "master")} · ${up} up` +
       (topo.cluster_state ? ` · cluster_state ${topo.cluster_state}` : "");
     $("mode").textContent = topo.mode || "";
 
@@ -106,7 +107,9 @@
       cell(tr, int(n.keys), { class: "num", "data-field": "keys", "data-value": n.keys });
       cell(tr, int(n.ops_per_sec), { class: "num" });
       cell(tr, int(n.connected_clients), { class: "num" });
-      cell(tr, (n.id || "").slice(0, 8), { class: "muted mono", title: n.id || "" });
+      // A standalone server has no node id (the API repeats its address): show none.
+      const id = n.id && n.id !== n.addr ? n.id : "";
+      cell(tr, id.slice(0, 8), { class: "muted mono", title: id });
       tbody.appendChild(tr);
     }
 
