@@ -57,11 +57,11 @@ const StrataChart = (() => {
     }
   }
 
-  // 1, 2 or 5 times a power of ten, at least v: round axis maxima.
+  // 1, 2, 2.5 or 5 times a power of ten, at least v: round axis maxima.
   function niceCeil(v) {
     if (!(v > 0)) return 1;
     const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
     return 10 * p;
   }
 
