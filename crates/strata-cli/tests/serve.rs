@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -29,11 +30,12 @@ fn get(addr: &str, path: &str) -> (u16, Value) {
     (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
 }
 
-#[test]
-fn serve_prints_its_address_and_answers() {
-    let redis = RedisServer::start().expect("redis-server");
+/// Starts `strata serve TARGET...` on a free port: the process and the address it printed.
+fn serve(target: &[&str]) -> (Killed, String) {
     let child = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["serve", "--url", &redis.url(), "--listen", "127.0.0.1:0", "--interval", "200ms"])
+        .arg("serve")
+        .args(target)
+        .args(["--listen", "127.0.0.1:0", "--interval", "200ms"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -43,6 +45,43 @@ fn serve_prints_its_address_and_answers() {
     BufReader::new(child.0.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
     let addr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{line:?}")).to_owned();
     assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
+    (child, addr)
+}
+
+/// Stops and removes a `strata up` directory even when the test panics.
+struct Down(PathBuf);
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["down", "--dir", &self.0.to_string_lossy(), "--purge"])
+            .output();
+    }
+}
+
+#[test]
+fn serve_watches_a_secure_cluster_from_its_directory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("cluster");
+    let d = dir.to_string_lossy().to_string();
+    let _down = Down(dir.clone());
+    let up = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["up", "--secure", "--dir", &d, "--node-timeout-ms", "1500", "--json"])
+        .output()
+        .expect("run strata up");
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    // TLS and the admin user come from the directory.
+    let (_server, addr) = serve(&["--dir", &d]);
+    let (status, health) = get(&addr, "/healthz");
+    assert_eq!((status, health["nodes_up"].as_u64()), (200, Some(6)), "{health}");
+    let (status, namespaces) = get(&addr, "/api/namespaces");
+    assert_eq!(status, 200, "{namespaces}");
+    assert_eq!(namespaces["scanned_keys"], 0);
+}
+
+#[test]
+fn serve_prints_its_address_and_answers() {
+    let redis = RedisServer::start().expect("redis-server");
+    let (_server, addr) = serve(&["--url", &redis.url()]);
 
     let (status, health) = get(&addr, "/healthz");
     assert_eq!(status, 200, "{health}");
