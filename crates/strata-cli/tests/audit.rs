@@ -126,6 +126,16 @@ fn every_denial_appears_in_strata_audit() {
     let bad = strata(&["audit", "--dir", &d, "--since", "yesterday"]);
     assert_eq!(bad.status.code(), Some(2), "an invalid --since is an argument error");
 
+    // The CLI's own administrative actions name the ACL user they ran as: `admin` with --dir.
+    let log = tmp.path().join("audit.jsonl");
+    let log_s = log.to_string_lossy().to_string();
+    stdout_ok(&strata(&["invalidate", "--dir", &d, "--namespace", "app:v1:user", "--audit-log", &log_s]));
+    let line: Value = serde_json::from_str(std::fs::read_to_string(&log).expect("audit log").trim()).expect("JSON");
+    assert_eq!(
+        (&line["principal"], &line["action"], &line["result"]),
+        (&"admin".into(), &"invalidate_namespace".into(), &"ok".into())
+    );
+
     // A cursor reports each entry once, and again only when Redis counts more denials.
     let deployment = strata_ops::Deployment::from_dir(&dir, &strata_ops::Credentials::default()).expect("deployment");
     let mut cursor = strata_ops::audit_log::Cursor::new(None);

@@ -58,6 +58,75 @@ impl TargetArgs {
     }
 }
 
+/// `--audit-log PATH`: administrative actions append an audit record (the library's format).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(crate) struct AuditArgs {
+    /// Append a JSON audit record of this action to PATH (created 0600): time, principal (the
+    /// ACL user, `default` without one), action, target, result, and the error when it failed.
+    #[arg(long, env = "STRATA_AUDIT_LOG", value_name = "PATH")]
+    pub(crate) audit_log: Option<PathBuf>,
+}
+
+impl AuditArgs {
+    /// Runs `f` on the deployment `target` names and records `action` on `object` with its
+    /// outcome. A discovery failure (wrong password, unreachable node) is recorded too.
+    pub(crate) fn on_deployment<T>(
+        &self,
+        target: &TargetArgs,
+        action: &str,
+        object: &str,
+        f: impl FnOnce(&Deployment) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        self.check()?;
+        let (principal, outcome) = match target.deployment() {
+            Ok(d) => (d.credentials().user.clone(), f(&d)),
+            Err(e) => (target.user.clone(), Err(e)),
+        };
+        self.record(principal.as_deref().unwrap_or("default"), action, object, &outcome)?;
+        outcome
+    }
+
+    /// Runs `f`, an action without a deployment (`strata config`), and records it as `default`.
+    pub(crate) fn local<T>(
+        &self,
+        action: &str,
+        object: &str,
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        self.check()?;
+        let outcome = f();
+        self.record("default", action, object, &outcome)?;
+        outcome
+    }
+
+    /// Fails before anything is done when the log cannot be written: an action that cannot be
+    /// recorded must not run.
+    fn check(&self) -> anyhow::Result<()> {
+        if let Some(path) = &self.audit_log {
+            let mut options = std::fs::OpenOptions::new();
+            std::os::unix::fs::OpenOptionsExt::mode(options.append(true).create(true), 0o600);
+            options.open(path).with_context(|| format!("opening the audit log {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn record<T>(
+        &self,
+        principal: &str,
+        action: &str,
+        object: &str,
+        outcome: &anyhow::Result<T>,
+    ) -> anyhow::Result<()> {
+        let Some(path) = &self.audit_log else { return Ok(()) };
+        let mut record =
+            strata::AuditRecord::new(principal, action, object, if outcome.is_ok() { "ok" } else { "error" });
+        if let Err(err) = outcome {
+            record.reason = Some(format!("{err:#}"));
+        }
+        record.append_to(path).with_context(|| "the action ran, but its audit record could not be written")
+    }
+}
+
 /// `--json` or a human-readable rendering.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub(crate) struct OutputArgs {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use strata_ops::config::{self, ConfigOptions, Secrets, Workload};
 
-use super::common::OutputArgs;
+use super::common::{AuditArgs, OutputArgs};
 
 /// Arguments of `strata config`.
 #[derive(clap::Args, Debug)]
@@ -58,6 +58,8 @@ pub(crate) struct Args {
     placeholder_secrets: bool,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    audit: AuditArgs,
 }
 
 /// `--role` values.
@@ -103,6 +105,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         )
         .exit();
     }
+    let object = args.out.as_ref().map_or_else(|| "-".to_owned(), |d| d.display().to_string());
+    let audit = args.audit.clone();
+    audit.local("config", &object, || render_and_write(args))
+}
+
+fn render_and_write(args: Args) -> anyhow::Result<()> {
     let options = ConfigOptions {
         workload: args.role.into(),
         maxmemory: args.maxmemory,
