@@ -13,6 +13,7 @@ pub mod audit_log;
 pub mod backup;
 pub mod config;
 mod config_conf;
+mod config_secure;
 mod error;
 pub mod inspect;
 pub mod invalidate;
