@@ -136,6 +136,37 @@ fn every_denial_appears_in_strata_audit() {
         (&"admin".into(), &"invalidate_namespace".into(), &"ok".into())
     );
 
+    // --follow prints what is there, then each new denial as it appears.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["audit", "--dir", &d, "--follow", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn strata audit --follow");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |what: &str| -> Value {
+        let line = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        serde_json::from_str(&line).expect("JSON line")
+    };
+    for _ in 0..records.len() {
+        next("the records already there");
+    }
+    denied(&secure, on(3), Role::Readonly, &["DEL", "app:1"]);
+    let fresh = next("the new denial");
+    assert_eq!((&fresh["principal"], &fresh["action"]), (&"readonly".into(), &"del".into()), "{fresh}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    drop(rx);
+    let _ = reader.join();
+
     // A cursor reports each entry once, and again only when Redis counts more denials.
     let deployment = strata_ops::Deployment::from_dir(&dir, &strata_ops::Credentials::default()).expect("deployment");
     let mut cursor = strata_ops::audit_log::Cursor::new(None);

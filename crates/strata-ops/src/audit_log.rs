@@ -27,6 +27,9 @@ pub const MAX_ENTRIES: u32 = 1024;
 /// without its count changing is a new entry with the same identity.
 const AGE_JITTER_MS: u64 = 2_000;
 
+/// Reports remembered per entry identity.
+const SEEN_PER_IDENTITY: usize = 16;
+
 /// Every denial in the ACL LOG of every node of `deployment` whose latest occurrence is at or
 /// after `since` (Unix milliseconds; `None`: all), sorted by time.
 ///
@@ -40,8 +43,9 @@ pub fn collect(deployment: &Deployment, since: Option<u64>) -> Result<Vec<AuditR
 #[derive(Debug, Default)]
 pub struct Cursor {
     since: Option<u64>,
-    /// Identity of an entry → (count, latest time in Unix ms) when last reported.
-    seen: HashMap<String, (u64, u64)>,
+    /// Identity of an entry → the (count, latest time in Unix ms) pairs reported (the last few:
+    /// on Redis 7.0 an old and a new entry may share an identity).
+    seen: HashMap<String, Vec<(u64, u64)>>,
 }
 
 impl Cursor {
@@ -70,15 +74,18 @@ impl Cursor {
                 if self.since.is_some_and(|s| entry.updated_ms < s) {
                     continue;
                 }
-                let id = entry.identity(&node.addr);
-                let fresh = match self.seen.get(&id) {
-                    None => true,
-                    Some(&(count, updated)) => {
-                        count != entry.count || (entry.entry_id.is_none() && entry.updated_ms > updated + AGE_JITTER_MS)
+                let seen = self.seen.entry(entry.identity(&node.addr)).or_default();
+                // Reported already: the same count at (about) the same time. Times from
+                // `timestamp-last-updated` are exact; those from `age-seconds` move a little.
+                let jitter = if entry.entry_id.is_some() { 0 } else { AGE_JITTER_MS };
+                let known = seen
+                    .iter()
+                    .any(|&(count, updated)| count == entry.count && entry.updated_ms.abs_diff(updated) <= jitter);
+                if !known {
+                    if seen.len() >= SEEN_PER_IDENTITY {
+                        seen.remove(0);
                     }
-                };
-                if fresh {
-                    self.seen.insert(id, (entry.count, entry.updated_ms));
+                    seen.push((entry.count, entry.updated_ms));
                     out.push((entry.updated_ms, entry.into_record(&node.addr)));
                 }
             }
