@@ -98,6 +98,24 @@ async fn secure_config_runs_tls_only_with_the_shared_roles() {
     }
     assert!(connect(&conf, port, "app", "wrong").is_err(), "a wrong password logged in");
 
+    // strata audit over TLS with --tls-dir, as admin: the denials above, and the wrong password.
+    let audit = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["audit", "--url", &format!("rediss://127.0.0.1:{port}"), "--tls-dir", &c, "--user", "admin", "--json"])
+        .env("STRATA_REDIS_PASSWORD", password(&conf, "admin"))
+        .output()
+        .expect("run strata audit");
+    assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&audit.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    for (action, target) in
+        [("set", "other:x"), ("config|get", "config|get"), ("flushall", "flushall"), ("auth", "AUTH")]
+    {
+        assert!(
+            lines.iter().any(|r| r["principal"] == "app" && r["action"] == action && r["target"] == target),
+            "{action} {target} missing: {lines:?}"
+        );
+    }
+
     // Plaintext on the TLS port gets no answer.
     let plain = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
     let answered = plain.get_connection_with_timeout(Duration::from_secs(2)).and_then(|mut c| {

@@ -28,6 +28,10 @@ pub(crate) struct TargetArgs {
     /// File holding the password (first line).
     #[arg(long, conflicts_with = "password")]
     pub(crate) password_file: Option<PathBuf>,
+    /// For `rediss://` URLs: directory with `ca.crt`, and `client.crt` / `client.key` when the
+    /// servers want a client certificate (the --out directory of `strata config --secure`).
+    #[arg(long, value_name = "DIR", conflicts_with = "dir")]
+    pub(crate) tls_dir: Option<PathBuf>,
 }
 
 impl TargetArgs {
@@ -44,7 +48,14 @@ impl TargetArgs {
             ),
             None => self.password.clone(),
         };
-        Ok(Credentials { user: self.user.clone(), password, tls: None })
+        let tls = self.tls_dir.as_deref().map(|dir| {
+            let mut material = strata_cluster::TlsMaterial::in_dir(dir);
+            if material.client.as_ref().is_some_and(|(cert, key)| !cert.exists() || !key.exists()) {
+                material.client = None;
+            }
+            material
+        });
+        Ok(Credentials { user: self.user.clone(), password, tls })
     }
 
     /// Discovers the deployment.
