@@ -60,6 +60,8 @@ enum Command {
     Backup(commands::backup::Args),
     /// Restore a backup into a running deployment (keys, values and TTLs).
     Restore(commands::restore::Args),
+    /// Access Redis denied (ACL LOG of every node, masters and replicas) as audit records.
+    Audit(commands::audit::Args),
     /// Drills against a deployment: `stampede` (distributed single-flight), `coherence` (L1 invalidation delay),
     /// `failover`, `restart`, `outage`, `reshard` (faults under a cache-aside load).
     Drill(commands::drill::Args),
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
         Command::Config(a) => commands::config::run(a),
         Command::Backup(a) => commands::backup::run(a),
         Command::Restore(a) => commands::restore::run(a),
+        Command::Audit(a) => commands::audit::run(a),
         Command::Drill(a) => commands::drill::run(a),
         Command::Serve(a) => commands::serve::run(a),
         Command::Demo(a) => commands::demo::run(a),

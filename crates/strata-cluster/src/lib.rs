@@ -96,5 +96,5 @@ pub use secure::{ACL_FILE, SECURE_DIR, SecureFiles};
 pub use standalone::{RedisServer, ServerBuilder};
 pub use tls::{
     CA_CERT_FILE, CA_KEY_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE, TlsAuthClients,
-    TlsMaterial, create_private_dir, write_private,
+    TlsMaterial, TlsPems, create_private_dir, write_private,
 };

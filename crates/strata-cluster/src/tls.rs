@@ -71,43 +71,10 @@ impl TlsMaterial {
     /// and a client certificate into `dir` (created 0700 if missing; files 0600).
     pub fn generate(dir: &Path) -> Result<TlsMaterial> {
         create_private_dir(dir)?;
-        let fail = |what: &str, e: rcgen::Error| ClusterError::new(ErrorKind::InvalidConfig, format!("{what}: {e}"));
-
-        let mut ca_params = CertificateParams::default();
-        ca_params.distinguished_name.push(DnType::CommonName, "Strata local CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        set_validity(&mut ca_params);
-        let ca_key = KeyPair::generate().map_err(|e| fail("generating the CA key", e))?;
-        let ca_key_pem = ca_key.serialize_pem();
-        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(|e| fail("signing the CA", e))?;
-
-        let leaf = |cn: &str, sans: Vec<String>, usages: Vec<ExtendedKeyUsagePurpose>| {
-            let mut params = CertificateParams::new(sans).map_err(|e| fail("certificate names", e))?;
-            params.distinguished_name.push(DnType::CommonName, cn);
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-            params.extended_key_usages = usages;
-            set_validity(&mut params);
-            let key = KeyPair::generate().map_err(|e| fail("generating a key", e))?;
-            let cert = params.signed_by(&key, &ca).map_err(|e| fail("signing a certificate", e))?;
-            Ok::<_, ClusterError>((cert.pem(), key.serialize_pem()))
-        };
-        // Nodes also act as TLS clients towards each other (replication, cluster bus)
-        // with the same certificate, so it carries both usages.
-        let (server_pem, server_key_pem) = leaf(
-            "strata-node",
-            vec!["127.0.0.1".into(), "localhost".into()],
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
-        )?;
-        let (client_pem, client_key_pem) =
-            leaf("strata-client", Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth])?;
-
-        write_private(&dir.join(CA_CERT_FILE), ca.pem().as_bytes())?;
-        write_private(&dir.join(CA_KEY_FILE), ca_key_pem.as_bytes())?;
-        write_private(&dir.join(SERVER_CERT_FILE), server_pem.as_bytes())?;
-        write_private(&dir.join(SERVER_KEY_FILE), server_key_pem.as_bytes())?;
-        write_private(&dir.join(CLIENT_CERT_FILE), client_pem.as_bytes())?;
-        write_private(&dir.join(CLIENT_KEY_FILE), client_key_pem.as_bytes())?;
+        let pems = TlsPems::generate(&["127.0.0.1".into(), "localhost".into()])?;
+        for (name, pem) in pems.files() {
+            write_private(&dir.join(name), pem.as_bytes())?;
+        }
         Ok(TlsMaterial::in_dir(dir))
     }
 
@@ -147,8 +114,9 @@ impl TlsMaterial {
         args
     }
 
-    /// The `tls-*` lines of a node's config, for client port `port`.
-    pub(crate) fn config_lines(&self, port: u16) -> Vec<(&'static str, String)> {
+    /// The `tls-*` lines of a node's config, for client port `port` (`port 0`: no plaintext
+    /// listener; replication and the cluster bus over TLS too).
+    pub fn config_lines(&self, port: u16) -> Vec<(&'static str, String)> {
         let q = |p: &Path| crate::config::quote(&p.display().to_string());
         vec![
             ("port", "0".into()),
@@ -159,6 +127,79 @@ impl TlsMaterial {
             ("tls-auth-clients", self.auth_clients.as_config().into()),
             ("tls-replication", "yes".into()),
             ("tls-cluster", "yes".into()),
+        ]
+    }
+}
+
+/// A CA and the certificates it signed, as PEM text, before they are written anywhere.
+/// `Debug` leaves the private keys out.
+#[derive(Clone)]
+pub struct TlsPems {
+    /// CA certificate.
+    pub ca_cert: String,
+    /// CA private key (only needed to issue more certificates).
+    pub ca_key: String,
+    /// Server certificate (server and client usage: nodes connect to each other with it).
+    pub server_cert: String,
+    /// Server private key.
+    pub server_key: String,
+    /// Client certificate.
+    pub client_cert: String,
+    /// Client private key.
+    pub client_key: String,
+}
+
+impl std::fmt::Debug for TlsPems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPems").field("ca_cert", &self.ca_cert).finish_non_exhaustive()
+    }
+}
+
+impl TlsPems {
+    /// A fresh CA (ECDSA P-256), a server certificate for `server_names` (IP addresses or DNS
+    /// names) and a client certificate, valid from 1 January of this year for two years.
+    pub fn generate(server_names: &[String]) -> Result<TlsPems> {
+        let fail = |what: &str, e: rcgen::Error| ClusterError::new(ErrorKind::InvalidConfig, format!("{what}: {e}"));
+
+        let mut ca_params = CertificateParams::default();
+        ca_params.distinguished_name.push(DnType::CommonName, "Strata local CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        set_validity(&mut ca_params);
+        let ca_key = KeyPair::generate().map_err(|e| fail("generating the CA key", e))?;
+        let ca_key_pem = ca_key.serialize_pem();
+        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(|e| fail("signing the CA", e))?;
+
+        let leaf = |cn: &str, sans: Vec<String>, usages: Vec<ExtendedKeyUsagePurpose>| {
+            let mut params = CertificateParams::new(sans).map_err(|e| fail("certificate names", e))?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            params.extended_key_usages = usages;
+            set_validity(&mut params);
+            let key = KeyPair::generate().map_err(|e| fail("generating a key", e))?;
+            let cert = params.signed_by(&key, &ca).map_err(|e| fail("signing a certificate", e))?;
+            Ok::<_, ClusterError>((cert.pem(), key.serialize_pem()))
+        };
+        // Nodes also act as TLS clients towards each other (replication, cluster bus)
+        // with the same certificate, so it carries both usages.
+        let (server_cert, server_key) = leaf(
+            "strata-node",
+            server_names.to_vec(),
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        )?;
+        let (client_cert, client_key) = leaf("strata-client", Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth])?;
+        Ok(TlsPems { ca_cert: ca.pem(), ca_key: ca_key_pem, server_cert, server_key, client_cert, client_key })
+    }
+
+    /// Every file as (name, PEM text), with the names [`TlsMaterial::in_dir`] expects.
+    pub fn files(&self) -> [(&'static str, &str); 6] {
+        [
+            (CA_CERT_FILE, &self.ca_cert),
+            (CA_KEY_FILE, &self.ca_key),
+            (SERVER_CERT_FILE, &self.server_cert),
+            (SERVER_KEY_FILE, &self.server_key),
+            (CLIENT_CERT_FILE, &self.client_cert),
+            (CLIENT_KEY_FILE, &self.client_key),
         ]
     }
 }

@@ -170,6 +170,9 @@ pub struct ConfigOptions {
     pub active_defrag: bool,
     /// Generated or placeholder passwords.
     pub secrets: Secrets,
+    /// TLS only (`port 0`, `tls-port`, replication and cluster bus over TLS) with generated
+    /// certificates, and the ACL roles of `strata up --secure` ([`strata_cluster::AclRoles`]).
+    pub secure: bool,
 }
 
 impl ConfigOptions {
@@ -186,6 +189,7 @@ impl ConfigOptions {
             bind: DEFAULT_BIND.to_owned(),
             active_defrag: false,
             secrets: Secrets::Generate,
+            secure: false,
         }
     }
 
@@ -215,6 +219,9 @@ impl ConfigOptions {
         }
         if self.active_defrag {
             cmd.push_str(" --active-defrag");
+        }
+        if self.secure {
+            cmd.push_str(" --secure");
         }
         if self.secrets == Secrets::Placeholder {
             cmd.push_str(" --placeholder-secrets");
@@ -304,9 +311,9 @@ impl fmt::Debug for GeneratedFile {
 /// The rendered files of one configuration.
 #[derive(Clone)]
 pub struct RenderedConfig {
-    workload: Workload,
-    files: Vec<GeneratedFile>,
-    passwords: Vec<(&'static str, String)>,
+    pub(crate) workload: Workload,
+    pub(crate) files: Vec<GeneratedFile>,
+    pub(crate) passwords: Vec<(&'static str, String)>,
 }
 
 impl fmt::Debug for RenderedConfig {
@@ -349,6 +356,15 @@ impl RenderedConfig {
     /// The rendered `users.acl`.
     pub fn users_acl(&self) -> &str {
         self.file(USERS_ACL).unwrap_or_default()
+    }
+
+    /// The ACL users of `users.acl` besides the disabled `default` user.
+    pub fn users(&self) -> Vec<&'static str> {
+        if self.files.iter().any(|f| f.name == strata_cluster::CA_CERT_FILE) {
+            crate::config_secure::users().to_vec()
+        } else {
+            ACL_USERS.to_vec()
+        }
     }
 
     /// The generated password of `user` (None with [`Secrets::Placeholder`] or an unknown user).
@@ -402,6 +418,9 @@ impl RenderedConfig {
 /// Renders the files for `options`, generating passwords unless [`Secrets::Placeholder`].
 pub fn render(options: &ConfigOptions) -> Result<RenderedConfig> {
     let maxmemory_bytes = options.validate()?;
+    if options.secure {
+        return crate::config_secure::render(options, maxmemory_bytes);
+    }
     let passwords: Vec<(&'static str, String)> = match options.secrets {
         Secrets::Generate => ACL_USERS.iter().map(|u| (*u, random_password())).collect(),
         Secrets::Placeholder => Vec::new(),
@@ -426,7 +445,7 @@ pub fn render(options: &ConfigOptions) -> Result<RenderedConfig> {
         GeneratedFile { name: USERS_ACL, contents: render_users_acl(options, hash_of), mode: 0o600, secret: false },
         GeneratedFile {
             name: REPLICATION_CONF,
-            contents: render_replication_conf(options, replication_password),
+            contents: render_replication_conf(options, REPLICATION_USER, replication_password),
             mode: 0o600,
             secret: options.secrets == Secrets::Generate,
         },
@@ -488,12 +507,12 @@ pub(crate) fn render_users_acl(options: &ConfigOptions, hash_of: impl Fn(&str) -
     out
 }
 
-pub(crate) fn render_replication_conf(options: &ConfigOptions, password: &str) -> String {
+pub(crate) fn render_replication_conf(options: &ConfigOptions, user: &str, password: &str) -> String {
     let mut out = String::new();
     comment(&mut out, &format!("Replication credentials, included by redis.conf ({}).", options.command_line()));
     comment(&mut out, "Mode 0600: this file holds a plaintext password; keep it readable by the redis user only.");
     comment(&mut out, "A replica (or a cluster node that becomes one) logs in to its master as this ACL user.");
-    directive(&mut out, "masteruser", REPLICATION_USER);
+    directive(&mut out, "masteruser", user);
     directive(&mut out, "masterauth", &quote(password));
     out
 }

@@ -44,7 +44,11 @@ pub(super) fn render_redis_conf(o: &ConfigOptions, maxmemory_bytes: u64) -> Stri
     comment(s, "Protected mode refuses non-loopback clients while the default user has no password. The");
     comment(s, "default user is disabled here (see users.acl), so it is a second lock that costs nothing.");
     directive(s, "protected-mode", "yes");
-    directive(s, "port", &o.port.to_string());
+    if o.secure {
+        crate::config_secure::tls_directives(s, o);
+    } else {
+        directive(s, "port", &o.port.to_string());
+    }
     comment(s, "Accept queue for connection bursts (e.g. every app instance reconnecting after a failover);");
     comment(s, "the kernel caps it at net.core.somaxconn, raise that too.");
     directive(s, "tcp-backlog", "511");
@@ -177,43 +181,50 @@ pub(super) fn render_redis_conf(o: &ConfigOptions, maxmemory_bytes: u64) -> Stri
     }
 
     section(s, "Security: ACL users");
-    comment(
-        s,
-        &format!("Users and passwords live in {USERS_ACL} (SHA-256 hashes only; plaintext in the `credentials`"),
-    );
-    comment(s, "file written next to it with mode 0600). Redis accepts no comments in ACL files, so the roles:");
-    comment(s, "  default   disabled: every client must log in as a named user (NOAUTH otherwise).");
-    comment(s, "  admin     every command, key and channel: operators and `strata` admin commands.");
-    comment(
-        s,
-        &format!("  app       the application: keys `{prefix}:*` and their lease keys `{{{prefix}:*` (Strata's"),
-    );
-    comment(
-        s,
-        &format!("            `{{key}}:lease`), read-only `strata:schema:{prefix}` (the schema version), channels"),
-    );
-    comment(
-        s,
-        &format!("            `{CHANNEL_PATTERN}` only (Strata invalidation); every command except @dangerous and"),
-    );
-    comment(s, "            @admin (FLUSHALL, FLUSHDB, KEYS, CONFIG, DEBUG, SHUTDOWN, MONITOR, ACL, SAVE ...), so");
-    comment(s, "            GET/SET/DEL/EXISTS/PTTL/MGET/EVAL/EVALSHA/SCRIPT LOAD work (scripts only touch keys the");
-    comment(s, "            user may touch); ROLE is allowed for Sentinel clients.");
-    comment(
-        s,
-        &format!(
-            "  readonly  @read commands on `{prefix}:*`, `{{{prefix}:*` and `strata:schema:{prefix}` (minus @dangerous"
-        ),
-    );
-    comment(s, "            such as KEYS): dashboards, debugging.");
-    comment(s, "  metrics   INFO, PING, CLUSTER INFO/NODES, LATENCY and SLOWLOG reads; no key at all, and no");
-    comment(s, "            CONFIG GET (it would reveal masterauth): enough for a Prometheus exporter.");
-    comment(
-        s,
-        &format!(
-            "  {REPLICATION_USER:<9} PSYNC/SYNC/REPLCONF/PING only: replicas log in to their master as this user."
-        ),
-    );
+    if o.secure {
+        crate::config_secure::roles_comment(s, o);
+    } else {
+        comment(
+            s,
+            &format!("Users and passwords live in {USERS_ACL} (SHA-256 hashes only; plaintext in the `credentials`"),
+        );
+        comment(s, "file written next to it with mode 0600). Redis accepts no comments in ACL files, so the roles:");
+        comment(s, "  default   disabled: every client must log in as a named user (NOAUTH otherwise).");
+        comment(s, "  admin     every command, key and channel: operators and `strata` admin commands.");
+        comment(
+            s,
+            &format!("  app       the application: keys `{prefix}:*` and their lease keys `{{{prefix}:*` (Strata's"),
+        );
+        comment(
+            s,
+            &format!("            `{{key}}:lease`), read-only `strata:schema:{prefix}` (the schema version), channels"),
+        );
+        comment(
+            s,
+            &format!("            `{CHANNEL_PATTERN}` only (Strata invalidation); every command except @dangerous and"),
+        );
+        comment(s, "            @admin (FLUSHALL, FLUSHDB, KEYS, CONFIG, DEBUG, SHUTDOWN, MONITOR, ACL, SAVE ...), so");
+        comment(
+            s,
+            "            GET/SET/DEL/EXISTS/PTTL/MGET/EVAL/EVALSHA/SCRIPT LOAD work (scripts only touch keys the",
+        );
+        comment(s, "            user may touch); ROLE is allowed for Sentinel clients.");
+        comment(
+            s,
+            &format!(
+                "  readonly  @read commands on `{prefix}:*`, `{{{prefix}:*` and `strata:schema:{prefix}` (minus @dangerous"
+            ),
+        );
+        comment(s, "            such as KEYS): dashboards, debugging.");
+        comment(s, "  metrics   INFO, PING, CLUSTER INFO/NODES, LATENCY and SLOWLOG reads; no key at all, and no");
+        comment(s, "            CONFIG GET (it would reveal masterauth): enough for a Prometheus exporter.");
+        comment(
+            s,
+            &format!(
+                "  {REPLICATION_USER:<9} PSYNC/SYNC/REPLCONF/PING only: replicas log in to their master as this user."
+            ),
+        );
+    }
     comment(s, "Note that SCAN lists key names outside a user's pattern; it cannot read or change them.");
     comment(s, "The ACL replaces `rename-command`: renaming breaks clients and tools and hides nothing from");
     comment(s, "someone who guesses the new name, while ACL denials are explicit and show in ACL LOG.");

@@ -89,7 +89,7 @@ impl Deployment {
             redis::ConnectionAddr::TcpTls { host, port, .. } if credentials.tls.is_some() => format!("{host}:{port}"),
             redis::ConnectionAddr::TcpTls { .. } => {
                 return Err(OpsError::invalid(
-                    "a rediss:// URL needs the CA: use --dir of a `strata up --secure` cluster".to_string(),
+                    "a rediss:// URL needs the CA: use --tls-dir DIR (ca.crt), or --dir of a `strata up --secure` cluster".to_string(),
                 ));
             }
             other => return Err(OpsError::invalid(format!("unsupported address {other} (plain TCP only for now)"))),

@@ -5,19 +5,22 @@
 //! ```
 //!
 //! `principal` is the configured ACL user (`default` without one), `action` one of `set`,
-//! `set_not_found`, `delete`, `invalidate_namespace`, `invalidate_tag`, `target` the key,
-//! namespace or tag, `result` `ok` or `error` (then `reason` holds the error message). Writing
+//! `set_not_found`, `set_many` (one record per key), `set_through`, `write_behind_enqueue`,
+//! `delete`, `invalidate_namespace`, `invalidate_tag`, `target` the key, namespace or tag, `result` `ok` or `error` (then `reason` holds the error message). Writing
 //! never blocks a cache call: records go through a bounded queue to a writer thread, and records
 //! that find the queue full are dropped and counted ([`AuditSink::dropped`]).
+//!
+//! The same format ([`AuditRecord`]) carries the `strata` CLI's administrative actions and the
+//! access denials `strata audit` collects from Redis' `ACL LOG`.
 
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
+use crate::timefmt::rfc3339_now;
 
 /// Records queued for the writer before new ones are dropped.
 pub const AUDIT_QUEUE: usize = 4096;
@@ -39,13 +42,7 @@ impl fmt::Debug for AuditSink {
 impl AuditSink {
     /// Appends JSON lines to `path`, created with mode 0600 if absent.
     pub fn file(path: impl AsRef<std::path::Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let mut options = std::fs::OpenOptions::new();
-        options.append(true).create(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file =
-            options.open(path).map_err(|e| Error::config(format!("cannot open audit log {}: {e}", path.display())))?;
+        let mut file = open_append(path.as_ref())?;
         Ok(Self::spawn(None, move |line| {
             if let Err(err) = file.write_all(line.as_bytes()).and_then(|()| file.write_all(b"\n")) {
                 tracing::warn!(error = %err, "could not write an audit record");
@@ -92,6 +89,87 @@ impl AuditSink {
     }
 }
 
+/// One audit record: a line of the audit log.
+///
+/// `time`, `principal`, `action`, `target` and `result` are always present; the optional
+/// fields appear only when set. Records made from Redis' `ACL LOG` (`strata audit`) have
+/// `result` `denied`, `reason` `command` / `key` / `channel` / `auth`, and `node`, `client`,
+/// `count`, `first_time` (and `entry_id` on Redis 7.2+).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditRecord {
+    /// When it happened (RFC 3339, UTC, milliseconds); for a grouped ACL LOG entry, the latest
+    /// denial.
+    pub time: String,
+    /// The ACL user (`default` without one).
+    pub principal: String,
+    /// What was done or attempted: `set`, `delete`, `flush`, a Redis command, `auth`...
+    pub action: String,
+    /// The key, namespace, tag, channel or directory acted on.
+    pub target: String,
+    /// `ok`, `error` or `denied`.
+    pub result: String,
+    /// Why it failed or was denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The Redis node (`host:port`) that reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The client as Redis described it (`CLIENT LIST` format).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// How many denials Redis grouped into this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// The first denial of a grouped record (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_time: Option<String>,
+    /// Redis' `entry-id` of an ACL LOG entry (Redis 7.2 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_id: Option<u64>,
+}
+
+impl AuditRecord {
+    /// A record made now, with no optional field set.
+    pub fn new(principal: &str, action: &str, target: &str, result: &str) -> Self {
+        Self {
+            time: rfc3339_now(),
+            principal: principal.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            result: result.to_owned(),
+            reason: None,
+            node: None,
+            client: None,
+            count: None,
+            first_time: None,
+            entry_id: None,
+        }
+    }
+
+    /// The JSON line (without the newline).
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Appends this record to the file at `path` now (created with mode 0600 if absent), for
+    /// short-lived processes such as the `strata` CLI that cannot wait for an [`AuditSink`].
+    pub fn append_to(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        let mut file = open_append(path)?;
+        // One write call per line: concurrent appenders (O_APPEND) do not interleave lines.
+        file.write_all(format!("{}\n", self.to_line()).as_bytes())
+            .map_err(|e| Error::config(format!("cannot write audit log {}: {e}", path.display())))
+    }
+}
+
+fn open_append(path: &std::path::Path) -> Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map_err(|e| Error::config(format!("cannot open audit log {}: {e}", path.display())))
+}
+
 /// The sink with the principal it records.
 #[derive(Debug, Clone)]
 pub(crate) struct Audit {
@@ -102,47 +180,13 @@ pub(crate) struct Audit {
 impl Audit {
     /// Records `action` on `target` with the outcome of the call.
     pub(crate) fn record<T>(&self, action: &str, target: &str, outcome: &Result<T>) {
-        let mut record = serde_json::json!({
-            "time": rfc3339_now(),
-            "principal": &*self.principal,
-            "action": action,
-            "target": target,
-            "result": if outcome.is_ok() { "ok" } else { "error" },
-        });
-        if let (Err(err), Some(map)) = (outcome, record.as_object_mut()) {
-            map.insert("reason".into(), err.to_string().into());
+        let mut record =
+            AuditRecord::new(&self.principal, action, target, if outcome.is_ok() { "ok" } else { "error" });
+        if let Err(err) = outcome {
+            record.reason = Some(err.to_string());
         }
-        self.sink.send(record.to_string());
+        self.sink.send(record.to_line());
     }
-}
-
-/// Now as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-pub(crate) fn rfc3339_now() -> String {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    rfc3339(u64::try_from(ms).unwrap_or(u64::MAX))
-}
-
-fn rfc3339(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Days since 1970-01-01 to a civil date (proleptic Gregorian), by 400-year eras.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        unix_ms % 1000
-    )
 }
 
 #[cfg(test)]
@@ -150,10 +194,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn formats_utc_timestamps() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_001), "2000-02-29T00:00:00.001Z");
-        assert_eq!(rfc3339(1_764_646_245_678), "2025-12-02T03:30:45.678Z");
+    fn optional_fields_appear_only_when_set() {
+        let mut record = AuditRecord::new("app", "set", "app:1", "ok");
+        let line = record.to_line();
+        assert!(line.starts_with(r#"{"time":""#), "{line}");
+        assert!(line.ends_with(r#""principal":"app","action":"set","target":"app:1","result":"ok"}"#), "{line}");
+        record.count = Some(3);
+        record.node = Some("127.0.0.1:7000".into());
+        let back: AuditRecord = serde_json::from_str(&record.to_line()).expect("parses");
+        assert_eq!(back, record);
     }
 
     #[test]

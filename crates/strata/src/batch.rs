@@ -48,8 +48,17 @@ impl Cache {
     /// is sent, so an oversized or unserializable value fails the whole call with nothing written.
     /// If some slot groups fail to be written, the first error is returned and the L1 copies of
     /// those keys are dropped; the other groups stay written.
+    ///
+    /// The audit log gets one `set_many` record per key, with the outcome of the whole call.
     pub async fn set_many<T: CacheValue>(&self, items: &[(Key, T)], ttl: impl Into<Ttl>) -> Result<()> {
-        let ttl = ttl.into();
+        let outcome = self.set_many_unaudited(items, ttl.into()).await;
+        for (key, _) in items {
+            self.audit("set_many", key.as_str(), &outcome);
+        }
+        outcome
+    }
+
+    async fn set_many_unaudited<T: CacheValue>(&self, items: &[(Key, T)], ttl: Ttl) -> Result<()> {
         let mut encoded = Vec::with_capacity(items.len());
         for (key, value) in items {
             let ttl = self.inner.ttl.jittered(ttl);

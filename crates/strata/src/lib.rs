@@ -133,11 +133,12 @@ mod retry;
 mod stamps;
 mod tags;
 mod tiers;
+mod timefmt;
 mod ttl;
 mod write_behind;
 mod write_through;
 
-pub use audit::{AUDIT_QUEUE, AuditSink};
+pub use audit::{AUDIT_QUEUE, AuditRecord, AuditSink};
 pub use breaker::{BreakerConfig, BreakerState};
 pub use builder::CacheBuilder;
 pub use cache::{Cache, CacheValue};
@@ -159,5 +160,6 @@ pub use namespace::bump_stamp;
 /// [`Cache::register_metrics`] fills: re-exported so an application uses the same version.
 pub use prometheus_client;
 pub use tags::{MAX_TAG_LEN, MAX_TAGS, Tag, is_stamp_key, namespace_stamp_key};
+pub use timefmt::{parse_rfc3339, rfc3339, rfc3339_now, unix_ms_now};
 pub use ttl::{MAX_TTL, Ttl, TtlPolicy};
 pub use write_behind::{Worker, WriteBehind, WriteBehindConfig, WriteBehindStats, WriteRecord};

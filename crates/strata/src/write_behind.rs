@@ -162,7 +162,15 @@ impl WriteBehind {
     ///
     /// A `Timeout` error after too few replicas confirmed means the entry is in the primary but
     /// may be lost in a failover; retrying with the same `idempotency_key` is safe.
+    ///
+    /// Recorded in the audit log as `write_behind_enqueue` on `key`.
     pub async fn enqueue(&self, key: &str, value: &[u8], idempotency_key: &str) -> Result<String> {
+        let outcome = self.enqueue_unaudited(key, value, idempotency_key).await;
+        self.cache.audit("write_behind_enqueue", key, &outcome);
+        outcome
+    }
+
+    async fn enqueue_unaudited(&self, key: &str, value: &[u8], idempotency_key: &str) -> Result<String> {
         if idempotency_key.is_empty() {
             return Err(Error::config("an idempotency key must be non-empty"));
         }

@@ -76,7 +76,19 @@ impl Cache {
         Fut: Future<Output = std::result::Result<(), E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let ttl = self.inner.ttl.jittered(ttl.into());
+        let outcome = self.set_through_unaudited(key, value, ttl.into(), store_fn).await;
+        self.audit("set_through", key.as_str(), &outcome);
+        outcome
+    }
+
+    async fn set_through_unaudited<T, F, Fut, E>(&self, key: &Key, value: &T, ttl: Ttl, store_fn: F) -> Result<()>
+    where
+        T: CacheValue,
+        F: FnOnce(&T) -> Fut,
+        Fut: Future<Output = std::result::Result<(), E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let ttl = self.inner.ttl.jittered(ttl);
         let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
         // Before the source write: a namespace invalidation during it makes this value old.
         let marks = self.write_marks(key, &[]).await?;

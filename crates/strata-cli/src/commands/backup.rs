@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use strata_ops::backup::{self, BackupOptions, Manifest};
 
-use super::common::{OutputArgs, Style, TargetArgs, paint};
+use super::common::{AuditArgs, OutputArgs, Style, TargetArgs, paint};
 
 /// Arguments of `strata backup`.
 #[derive(clap::Args, Debug)]
@@ -31,10 +31,18 @@ pub(crate) struct Args {
     timeout_secs: u64,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    audit: AuditArgs,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
-    let deployment = args.target.deployment()?;
+    let manifest = args.audit.on_deployment(&args.target, "backup", &args.out.display().to_string(), |deployment| {
+        snapshot(&args, deployment)
+    })?;
+    args.output.print(&manifest, || render(&manifest, &args.out))
+}
+
+fn snapshot(args: &Args, deployment: &strata_ops::Deployment) -> anyhow::Result<Manifest> {
     let options = BackupOptions {
         out: args.out.clone(),
         force: args.force,
@@ -42,10 +50,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         timeout: Duration::from_secs(args.timeout_secs),
     };
     let bar = progress_bar("snapshots", "requesting snapshots");
-    let result = backup::backup(&deployment, &options, &bar);
+    let result = backup::backup(deployment, &options, &bar);
     bar.finish_and_clear();
-    let manifest = result?;
-    args.output.print(&manifest, || render(&manifest, &args.out))
+    Ok(result?)
 }
 
 /// A progress bar on stderr (drawn only when stderr is a terminal).

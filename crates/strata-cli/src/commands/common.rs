@@ -28,6 +28,10 @@ pub(crate) struct TargetArgs {
     /// File holding the password (first line).
     #[arg(long, conflicts_with = "password")]
     pub(crate) password_file: Option<PathBuf>,
+    /// For `rediss://` URLs: directory with `ca.crt`, and `client.crt` / `client.key` when the
+    /// servers want a client certificate (the --out directory of `strata config --secure`).
+    #[arg(long, value_name = "DIR", conflicts_with = "dir")]
+    pub(crate) tls_dir: Option<PathBuf>,
 }
 
 impl TargetArgs {
@@ -44,7 +48,14 @@ impl TargetArgs {
             ),
             None => self.password.clone(),
         };
-        Ok(Credentials { user: self.user.clone(), password, tls: None })
+        let tls = self.tls_dir.as_deref().map(|dir| {
+            let mut material = strata_cluster::TlsMaterial::in_dir(dir);
+            if material.client.as_ref().is_some_and(|(cert, key)| !cert.exists() || !key.exists()) {
+                material.client = None;
+            }
+            material
+        });
+        Ok(Credentials { user: self.user.clone(), password, tls })
     }
 
     /// Discovers the deployment.
@@ -55,6 +66,75 @@ impl TargetArgs {
             (None, Some(dir)) => Deployment::from_dir(dir, &credentials)?,
             (None, None) => Deployment::from_dir(std::path::Path::new(DEFAULT_DIR), &credentials)?,
         })
+    }
+}
+
+/// `--audit-log PATH`: administrative actions append an audit record (the library's format).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(crate) struct AuditArgs {
+    /// Append a JSON audit record of this action to PATH (created 0600): time, principal (the
+    /// ACL user, `default` without one), action, target, result, and the error when it failed.
+    #[arg(long, env = "STRATA_AUDIT_LOG", value_name = "PATH")]
+    pub(crate) audit_log: Option<PathBuf>,
+}
+
+impl AuditArgs {
+    /// Runs `f` on the deployment `target` names and records `action` on `object` with its
+    /// outcome. A discovery failure (wrong password, unreachable node) is recorded too.
+    pub(crate) fn on_deployment<T>(
+        &self,
+        target: &TargetArgs,
+        action: &str,
+        object: &str,
+        f: impl FnOnce(&Deployment) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        self.check()?;
+        let (principal, outcome) = match target.deployment() {
+            Ok(d) => (d.credentials().user.clone(), f(&d)),
+            Err(e) => (target.user.clone(), Err(e)),
+        };
+        self.record(principal.as_deref().unwrap_or("default"), action, object, &outcome)?;
+        outcome
+    }
+
+    /// Runs `f`, an action without a deployment (`strata config`), and records it as `default`.
+    pub(crate) fn local<T>(
+        &self,
+        action: &str,
+        object: &str,
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        self.check()?;
+        let outcome = f();
+        self.record("default", action, object, &outcome)?;
+        outcome
+    }
+
+    /// Fails before anything is done when the log cannot be written: an action that cannot be
+    /// recorded must not run.
+    fn check(&self) -> anyhow::Result<()> {
+        if let Some(path) = &self.audit_log {
+            let mut options = std::fs::OpenOptions::new();
+            std::os::unix::fs::OpenOptionsExt::mode(options.append(true).create(true), 0o600);
+            options.open(path).with_context(|| format!("opening the audit log {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn record<T>(
+        &self,
+        principal: &str,
+        action: &str,
+        object: &str,
+        outcome: &anyhow::Result<T>,
+    ) -> anyhow::Result<()> {
+        let Some(path) = &self.audit_log else { return Ok(()) };
+        let mut record =
+            strata::AuditRecord::new(principal, action, object, if outcome.is_ok() { "ok" } else { "error" });
+        if let Err(err) = outcome {
+            record.reason = Some(format!("{err:#}"));
+        }
+        record.append_to(path).with_context(|| "the action ran, but its audit record could not be written")
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use strata_ops::config::{self, ConfigOptions, Secrets, Workload};
 
-use super::common::OutputArgs;
+use super::common::{AuditArgs, OutputArgs};
 
 /// Arguments of `strata config`.
 #[derive(clap::Args, Debug)]
@@ -15,6 +15,8 @@ Roles and their maxmemory-policy:
   cache-only  a pure cache where recency matters (page fragments)      allkeys-lru, no persistence
   session     must expire on time and survive restarts                volatile-ttl, AOF + RDB
 
+With --secure (needs --out): TLS only, certificates (ca.crt, server.crt/.key, client.crt/.key) and
+the roles of `strata up --secure` (admin, app, readonly, metrics, replication).
 With --out DIR: writes redis.conf, users.acl (SHA-256 hashes), replication.conf and credentials
 (plaintext passwords; both 0600) into DIR, refusing to overwrite without --force.
 Without --out: prints every file to stdout, passwords included (a warning goes to stderr).
@@ -54,10 +56,16 @@ pub(crate) struct Args {
     #[arg(long)]
     active_defrag: bool,
     /// All-zero password hashes and no credentials file, for committed example files.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "secure")]
     placeholder_secrets: bool,
+    /// TLS only (port 0, tls-port, TLS replication and cluster bus) with a generated CA,
+    /// server and client certificates (keys 0600), and the ACL roles of `strata up --secure`.
+    #[arg(long, requires = "out")]
+    secure: bool,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    audit: AuditArgs,
 }
 
 /// `--role` values.
@@ -103,6 +111,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         )
         .exit();
     }
+    let object = args.out.as_ref().map_or_else(|| "-".to_owned(), |d| d.display().to_string());
+    let audit = args.audit.clone();
+    audit.local("config", &object, || render_and_write(args))
+}
+
+fn render_and_write(args: Args) -> anyhow::Result<()> {
     let options = ConfigOptions {
         workload: args.role.into(),
         maxmemory: args.maxmemory,
@@ -114,6 +128,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         bind: args.bind,
         active_defrag: args.active_defrag,
         secrets: if args.placeholder_secrets { Secrets::Placeholder } else { Secrets::Generate },
+        secure: args.secure,
     };
     let rendered = config::render(&options)?;
     let Some(dir) = args.out else {
@@ -137,7 +152,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         maxmemory: options.maxmemory.clone(),
         cluster: options.cluster,
         key_prefix: options.key_prefix.clone(),
-        users: std::iter::once("default").chain(config::ACL_USERS).collect(),
+        users: std::iter::once("default").chain(rendered.users()).collect(),
     };
     let conf_dir = options.conf_dir.display().to_string();
     let placeholder = options.secrets == Secrets::Placeholder;

@@ -3,7 +3,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use strata_ops::invalidate::{BumpReport, DEFAULT_BATCH, MAX_BATCH, bump_version};
 
-use super::common::{OutputArgs, Style, TargetArgs, paint};
+use super::common::{AuditArgs, OutputArgs, Style, TargetArgs, paint};
 
 /// Arguments of `strata flush`.
 #[derive(clap::Args, Debug)]
@@ -29,6 +29,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH as u64,
           value_parser = clap::value_parser!(u64).range(1..=MAX_BATCH as u64))]
     batch: u64,
+    #[command(flatten)]
+    audit: AuditArgs,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -39,19 +41,20 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     strata_ops::invalidate::validate_app(&args.app)?;
-    let deployment = args.target.deployment()?;
-    let purge = args.purge_old.then(|| usize::try_from(args.batch).unwrap_or(MAX_BATCH));
-    let progress = if purge.is_some() {
-        let bar = ProgressBar::no_length()
-            .with_style(ProgressStyle::with_template("{spinner} {human_pos} old keys removed ({elapsed})")?);
-        bar.enable_steady_tick(std::time::Duration::from_millis(100));
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let report = bump_version(&deployment, &args.app, purge, &progress);
-    progress.finish_and_clear();
-    let report = report?;
+    let report = args.audit.on_deployment(&args.target, "flush", &args.app, |deployment| {
+        let purge = args.purge_old.then(|| usize::try_from(args.batch).unwrap_or(MAX_BATCH));
+        let progress = if purge.is_some() {
+            let bar = ProgressBar::no_length()
+                .with_style(ProgressStyle::with_template("{spinner} {human_pos} old keys removed ({elapsed})")?);
+            bar.enable_steady_tick(std::time::Duration::from_millis(100));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let report = bump_version(deployment, &args.app, purge, &progress);
+        progress.finish_and_clear();
+        Ok(report?)
+    })?;
     args.output.print(&report, || human(&report))
 }
 

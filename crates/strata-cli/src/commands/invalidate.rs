@@ -4,7 +4,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use strata_ops::invalidate::{DEFAULT_BATCH, InvalidateOptions, InvalidateReport, MAX_BATCH, Selector, invalidate};
 use strata_ops::stamp::{StampReport, StampTarget, invalidate_stamp};
 
-use super::common::{OutputArgs, Style, TargetArgs, paint};
+use super::common::{AuditArgs, OutputArgs, Style, TargetArgs, paint};
 
 /// Arguments of `strata invalidate`.
 #[derive(clap::Args, Debug)]
@@ -41,6 +41,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH as u64,
           value_parser = clap::value_parser!(u64).range(1..=MAX_BATCH as u64))]
     batch: u64,
+    #[command(flatten)]
+    audit: AuditArgs,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -55,9 +57,18 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if let Some(target) = target {
         // Bad input is reported before connecting to anything.
         target.stamp_key()?;
-        let report = invalidate_stamp(&args.target.deployment()?, &target)?;
+        let (action, object) = match &target {
+            StampTarget::Tag(tag) => ("invalidate_tag", tag.as_str()),
+            StampTarget::Namespace(ns) => ("invalidate_namespace_stamp", ns.as_str()),
+        };
+        let report = args.audit.on_deployment(&args.target, action, object, |d| Ok(invalidate_stamp(d, &target)?))?;
         return args.output.print(&report, || stamped(&report));
     }
+    let (action, object) = match (&args.namespace, &args.pattern) {
+        (Some(ns), _) => ("invalidate_namespace", ns.clone()),
+        (None, Some(p)) => ("invalidate_pattern", p.clone()),
+        (None, None) => ("invalidate", String::new()),
+    };
     let selector = match (args.namespace, args.pattern) {
         (Some(ns), _) => Selector::Namespace(ns),
         (None, Some(p)) => Selector::Pattern(p),
@@ -67,14 +78,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         InvalidateOptions { selector, dry_run: args.dry_run, batch: usize::try_from(args.batch).unwrap_or(MAX_BATCH) };
     // Bad input is reported before connecting to anything.
     options.check()?;
-    let deployment = args.target.deployment()?;
-    let verb = if args.dry_run { "matched" } else { "removed" };
-    let progress = ProgressBar::no_length()
-        .with_style(ProgressStyle::with_template(&format!("{{spinner}} {{human_pos}} keys {verb} ({{elapsed}})"))?);
-    progress.enable_steady_tick(std::time::Duration::from_millis(100));
-    let report = invalidate(&deployment, &options, &progress);
-    progress.finish_and_clear();
-    let report = report?;
+    // A dry run changes nothing: it is not an action to record.
+    let audit = if args.dry_run { AuditArgs::default() } else { args.audit.clone() };
+    let report = audit.on_deployment(&args.target, action, &object, |deployment| {
+        let verb = if args.dry_run { "matched" } else { "removed" };
+        let progress = ProgressBar::no_length()
+            .with_style(ProgressStyle::with_template(&format!("{{spinner}} {{human_pos}} keys {verb} ({{elapsed}})"))?);
+        progress.enable_steady_tick(std::time::Duration::from_millis(100));
+        let report = invalidate(deployment, &options, &progress);
+        progress.finish_and_clear();
+        Ok(report?)
+    })?;
     args.output.print(&report, || human(&report))
 }
 

@@ -1,5 +1,6 @@
 //! One module per subcommand; `common` holds what they share.
 
+pub(crate) mod audit;
 pub(crate) mod backup;
 pub(crate) mod bench;
 pub(crate) mod common;

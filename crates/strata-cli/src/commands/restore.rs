@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use strata_ops::backup;
 use strata_ops::restore::{self, RestoreOptions, RestoreReport};
 
-use super::common::{OutputArgs, Style, TargetArgs, paint};
+use super::common::{AuditArgs, OutputArgs, Style, TargetArgs, paint};
 
 /// Arguments of `strata restore`.
 #[derive(clap::Args, Debug)]
@@ -27,18 +27,21 @@ pub(crate) struct Args {
     batch: u32,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    audit: AuditArgs,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     // A directory without a valid manifest fails before the target is contacted; the checksums
     // are verified by `restore` itself, before anything is written.
     backup::read_manifest(&args.from)?;
-    let deployment = args.target.deployment()?;
-    let options = RestoreOptions { from: args.from.clone(), replace: args.replace, batch: args.batch as usize };
-    let bar = super::backup::progress_bar("keys", "connecting");
-    let result = restore::restore(&deployment, &options, &bar);
-    bar.finish_and_clear();
-    let report = result?;
+    let report = args.audit.on_deployment(&args.target, "restore", &args.from.display().to_string(), |deployment| {
+        let options = RestoreOptions { from: args.from.clone(), replace: args.replace, batch: args.batch as usize };
+        let bar = super::backup::progress_bar("keys", "connecting");
+        let result = restore::restore(deployment, &options, &bar);
+        bar.finish_and_clear();
+        Ok(result?)
+    })?;
     args.output.print(&report, || render(&report))
 }
 

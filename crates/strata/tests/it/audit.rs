@@ -86,3 +86,47 @@ async fn file_sink_is_private_and_names_the_acl_user() -> TestResult {
     assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
     Ok(())
 }
+
+/// The calls that write without going through `set`: batch writes, write-through (also when
+/// the source fails) and write-behind enqueues.
+async fn batch_and_write_through_are_recorded(redis: Redis) -> TestResult {
+    let sink = AuditSink::memory();
+    let cache = redis.builder().audit(sink.clone()).build().await?;
+    let schema = KeySchema::new("it", 1)?;
+    let (a, b, c) = (schema.key("many", "a")?, schema.key("many", "b")?, schema.key("through", "c")?);
+    cache.set_many(&[(a.clone(), 1u32), (b.clone(), 2u32)], Ttl::Short).await?;
+    cache.set_through(&c, &3u32, Ttl::Short, |_| async { Ok::<_, std::io::Error>(()) }).await?;
+    let failed = cache
+        .set_through(&c, &4u32, Ttl::Short, |_| async { Err::<(), _>(std::io::Error::other("source down")) })
+        .await;
+    assert!(failed.is_err());
+    let queue = strata::WriteBehind::new(
+        &cache,
+        strata::WriteBehindConfig { stream: "it:audit".into(), ..Default::default() },
+    )?;
+    queue.enqueue("it:v1:orders:9", b"payload", "idem-9").await?;
+
+    let lines = wait_for(|| sink.lines(), 5);
+    let records: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l)).collect::<Result<_, _>>()?;
+    let summary: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            (r["action"].as_str().unwrap_or(""), r["target"].as_str().unwrap_or(""), r["result"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("set_many", "it:v1:many:a", "ok"),
+            ("set_many", "it:v1:many:b", "ok"),
+            ("set_through", "it:v1:through:c", "ok"),
+            ("set_through", "it:v1:through:c", "error"),
+            ("write_behind_enqueue", "it:v1:orders:9", "ok"),
+        ],
+        "{}",
+        redis.name()
+    );
+    assert!(records[3]["reason"].as_str().is_some_and(|r| r.contains("source down")), "{}", records[3]);
+    Ok(())
+}
+on_both!(batch_and_write_through_are_recorded);
