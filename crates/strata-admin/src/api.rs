@@ -117,7 +117,8 @@ async fn namespaces(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     let scanned: u64 = report.nodes.iter().map(|n| n.scanned_keys).sum();
     Ok(Json(json!({
         "scanned_keys": scanned,
-        "sampled": report.nodes.iter().any(|n| n.scanned_keys < n.keys),
+        // Only masters are scanned: a replica's keys are its master's.
+        "sampled": report.nodes.iter().filter(|n| n.role == strata_ops::Role::Master).any(|n| n.scanned_keys < n.keys),
         "namespaces": namespaces,
         "ttl_histogram": histogram,
     })))

@@ -2,8 +2,10 @@
 //! memcache leases (Nishtala et al., "Scaling Memcache at Facebook", NSDI 2013).
 //!
 //! On an L2 miss, the single-flight leader of each process tries to take the key's lease:
-//! `SET {key}:lease <token> NX PX <lease_ttl>`. The braces make the lease hash to the same
-//! cluster slot as the key, so one script can touch both.
+//! `SET {key}:lease <token> NX PX <lease_ttl>`, in a script that does so only while the key is
+//! absent. The braces make the lease hash to the same cluster slot as the key, so one script can
+//! touch both, and the script rides in the same pipeline as the leader's GET: a miss costs two
+//! round trips (read + lease, then the store), like naive cache-aside.
 //!
 //! - The **holder** runs the loader and stores the value with a compare-and-set script that
 //!   writes only if its token still holds the lease, then releases it.

@@ -79,6 +79,7 @@ async fn endpoints_report_the_seeded_cluster_and_a_dead_node() -> TestResult {
 
     let ns = get_json(addr, "/api/namespaces", 200).await;
     assert_eq!(ns["scanned_keys"], 30, "{ns}");
+    assert_eq!(ns["sampled"], false, "every master scanned in full: {ns}");
     let row =
         |name: &str| ns["namespaces"].as_array().expect("namespaces").iter().find(|r| r["namespace"] == name).cloned();
     let user = row("app:v1:user").expect("app:v1:user");
