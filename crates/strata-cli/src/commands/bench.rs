@@ -12,7 +12,7 @@ use strata_bench::{
     cold_start, eviction, expiry, hit_latency, hot_key, scale, stampede, user_profiles, user_profiles_report,
 };
 
-use super::common::{DatabaseArg, OutputArgs, parse_duration, runtime};
+use super::common::{OutputArgs, ProfilesArgs, parse_duration, runtime};
 
 /// Arguments of `strata bench`.
 #[derive(clap::Args, Debug)]
@@ -55,25 +55,8 @@ pub(crate) struct Args {
     /// Upper bound on hit-latency and expiry, in seconds.
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
-    /// Database of user-profiles: `postgres://...` or `sqlite:PATH` (default: a SQLite file in a
-    /// temporary directory).
-    #[arg(long)]
-    database_url: Option<String>,
-    /// Unmeasured warm-up of each user-profiles variant before its measured share (0s:
-    /// measure from an empty cache).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    warmup: Duration,
-    /// The database made for the run when --database-url is absent: a SQLite file, or a
-    /// throwaway PostgreSQL server (Debian's postgresql-15) started and stopped by strata.
-    #[arg(long, value_enum, default_value_t = DatabaseArg::Sqlite)]
-    database: DatabaseArg,
-    /// Users seeded by user-profiles.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
-    users: u64,
-    /// Artificial latency before every database statement in user-profiles, milliseconds (a
-    /// remote or loaded database; 0, the default, adds nothing; reports say when it is set).
-    #[arg(long, default_value_t = 0.0)]
-    db_latency_ms: f64,
+    #[command(flatten)]
+    profiles: ProfilesArgs,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -202,20 +185,11 @@ async fn scenario(args: &Args, target: &Target, command: &[String]) -> anyhow::R
             (scale::report(&run, command)?, scale::render(&run.figures))
         }
         Scenario::UserProfiles => {
-            anyhow::ensure!(
-                args.db_latency_ms.is_finite() && (0.0..=10_000.0).contains(&args.db_latency_ms),
-                "--db-latency-ms must be between 0 and 10000"
-            );
-            let defaults = user_profiles::Options::default();
+            let defaults = args.profiles.options()?;
             let options = user_profiles::Options {
-                users: args.users,
                 duration: args.duration,
-                warmup: args.warmup,
                 max_ops: args.max_ops.unwrap_or(defaults.max_ops),
                 concurrency: args.concurrency.map_or(defaults.concurrency, |c| c as usize),
-                database_url: args.database_url.clone(),
-                database: args.database.into(),
-                db_latency: Duration::from_secs_f64(args.db_latency_ms / 1000.0),
                 ..defaults
             };
             // Boxed: keeps the (large) future of this scenario off the stack of `scenario`.

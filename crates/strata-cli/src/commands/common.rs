@@ -218,6 +218,48 @@ mod tests {
     }
 }
 
+/// The user-profiles options `strata bench` and `strata demo` share.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ProfilesArgs {
+    /// Database of user-profiles: `postgres://...` or `sqlite:PATH` (default: made for the run,
+    /// see --database).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The database made for the run when --database-url is absent: a SQLite file, or a
+    /// throwaway PostgreSQL server (Debian's postgresql-15) started and stopped by strata.
+    #[arg(long, value_enum, default_value_t = DatabaseArg::Sqlite)]
+    database: DatabaseArg,
+    /// Unmeasured warm-up of each user-profiles variant before its measured share (0s:
+    /// measure from an empty cache).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Users seeded by user-profiles.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    users: u64,
+    /// Artificial latency before every database statement in user-profiles, milliseconds (a
+    /// remote or loaded database; 0, the default, adds nothing; reports say when it is set).
+    #[arg(long, default_value_t = 0.0)]
+    db_latency_ms: f64,
+}
+
+impl ProfilesArgs {
+    /// The scenario's options with these set (the rest at their defaults).
+    pub(crate) fn options(&self) -> anyhow::Result<strata_bench::user_profiles::Options> {
+        anyhow::ensure!(
+            self.db_latency_ms.is_finite() && (0.0..=10_000.0).contains(&self.db_latency_ms),
+            "--db-latency-ms must be between 0 and 10000"
+        );
+        Ok(strata_bench::user_profiles::Options {
+            users: self.users,
+            warmup: self.warmup,
+            database_url: self.database_url.clone(),
+            database: self.database.into(),
+            db_latency: Duration::from_secs_f64(self.db_latency_ms / 1000.0),
+            ..strata_bench::user_profiles::Options::default()
+        })
+    }
+}
+
 /// `--database` of user-profiles and the demo: what to create when no URL is given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum DatabaseArg {

@@ -9,7 +9,7 @@ use strata_bench::report::DEFAULT_DIR;
 use strata_bench::workload::{Layout, Target};
 use strata_bench::{user_profiles, user_profiles_report};
 
-use super::common::{DatabaseArg, OutputArgs, parse_duration, runtime};
+use super::common::{OutputArgs, ProfilesArgs, parse_duration, runtime};
 
 /// Arguments of `strata demo`.
 #[derive(clap::Args, Debug)]
@@ -18,28 +18,17 @@ pub(crate) struct Args {
     /// stopped afterwards.
     #[arg(long = "url")]
     urls: Vec<String>,
-    /// `sqlite:PATH` or `postgres://...` (default: a SQLite file in a temporary directory).
-    #[arg(long)]
-    database_url: Option<String>,
     /// Measured time of the whole run, shared by the four variants.
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     duration: Duration,
-    /// Unmeasured warm-up of each variant before its measured share.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    warmup: Duration,
-    /// The database made for the run when --database-url is absent: a SQLite file, or a
-    /// throwaway PostgreSQL server (Debian's postgresql-15) started and stopped by strata.
-    #[arg(long, value_enum, default_value_t = DatabaseArg::Sqlite)]
-    database: DatabaseArg,
-    /// Users seeded.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
-    users: u64,
     /// Concurrent workers per variant.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     concurrency: u32,
     /// Directory of the JSON and HTML reports.
     #[arg(long, default_value = DEFAULT_DIR)]
     out: PathBuf,
+    #[command(flatten)]
+    profiles: ProfilesArgs,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -53,13 +42,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             Target::external(args.urls.clone())?
         };
         let options = user_profiles::Options {
-            users: args.users,
             duration: args.duration,
-            warmup: args.warmup,
             concurrency: args.concurrency as usize,
-            database_url: args.database_url.clone(),
-                database: args.database.into(),
-            ..user_profiles::Options::default()
+            ..args.profiles.options()?
         };
         eprintln!(
             "redis: {}\nworkload: {} users, 80 % reads, Zipf(0.99), {} workers, {:?} warm-up per variant, {:?} measured over 4 variants",
