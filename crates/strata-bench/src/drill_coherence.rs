@@ -182,13 +182,13 @@ async fn first_fresh_read(reader: &Cache, key: &Key, want: &str, bound: Duration
 }
 
 /// Another application's connection: not Strata, no L1.
-enum PlainClient {
+pub(crate) enum PlainClient {
     Single(redis::aio::MultiplexedConnection),
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
 impl PlainClient {
-    async fn connect(urls: &[String]) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(urls: &[String]) -> anyhow::Result<Self> {
         Ok(if urls.len() > 1 {
             PlainClient::Cluster(redis::cluster::ClusterClient::new(urls.to_vec())?.get_async_connection().await?)
         } else {
@@ -196,7 +196,7 @@ impl PlainClient {
         })
     }
 
-    async fn delete(&mut self, key: &str) -> anyhow::Result<()> {
+    pub(crate) async fn delete(&mut self, key: &str) -> anyhow::Result<()> {
         let del = redis::cmd("DEL").arg(key).clone();
         match self {
             PlainClient::Single(c) => del.query_async::<()>(c).await?,

@@ -5,6 +5,7 @@
 //! variants it compares in the same run, interleaved, so that machine noise hits all of them.
 
 pub mod cold_start;
+pub mod consistency;
 pub mod drill_coherence;
 pub mod drill_faults;
 pub mod drill_stampede;

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use strata_bench::consistency::{self, Fault as ConsistencyFault, Setup};
 use strata_bench::{drill_coherence, drill_stampede};
 
 use strata_bench::fault_inject::Fault;
 
-use super::common::{OutputArgs, Style, TargetArgs, paint, runtime};
+use super::common::{OutputArgs, Style, TargetArgs, paint, parse_duration, runtime};
 use super::drill_faults::{self, FaultArgs};
 
 /// Arguments of `strata drill`.
@@ -24,6 +25,10 @@ enum Drill {
     /// Writes through one instance and with a plain client, reads through the others: how long
     /// until every instance's L1 serves the new value, and does any serve the old one later?
     Coherence(CoherenceArgs),
+    /// A history checker: several processes read and write a versioned source through their own
+    /// caches (L1 on) while one fault is injected; any read older than a write completed more
+    /// than the bound before it is a stale read (exit status 1).
+    Consistency(ConsistencyArgs),
     /// SIGKILL one master of a `strata up` cluster under load; its replica takes over.
     Failover(FaultArgs),
     /// SIGKILL one master of a `strata up --persistence aof` cluster and start it again at once:
@@ -37,6 +42,65 @@ enum Drill {
     /// One worker process of `drill stampede` (started by it).
     #[command(hide = true)]
     StampedeWorker(WorkerArgs),
+    /// One worker process of `drill consistency` (started by it).
+    #[command(hide = true)]
+    ConsistencyWorker(ConsistencyWorkerArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ConsistencyArgs {
+    /// The fault injected a third of the way in: none, failover, hang, restart, reshard,
+    /// kill-tracking or flushall.
+    #[arg(long, default_value = "none", value_parser = ConsistencyFault::parse)]
+    fault: ConsistencyFault,
+    /// The Redis the drill starts for itself and stops afterwards: standalone or cluster (3
+    /// masters + 3 replicas, cluster-node-timeout 1 s).
+    #[arg(long, default_value = "cluster", value_parser = ["standalone", "cluster"])]
+    topology: String,
+    /// Run on this deployment instead (any node; a cluster is discovered). Only the faults
+    /// none, kill-tracking and flushall, which need no process control.
+    #[arg(long, conflicts_with = "topology")]
+    url: Option<String>,
+    /// Worker processes, each with its own cache.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+    processes: u16,
+    /// Reader tasks per process.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(0..=256))]
+    readers: u16,
+    /// Writer tasks per process.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=256))]
+    writers: u16,
+    /// The load, before, during and after the fault (it runs on at least 4 s past recovery).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// The staleness bound: the cache's heartbeat interval plus its timeout (200 + 500 ms by
+    /// default), the longest an instance may miss an invalidation before it drops its L1.
+    #[arg(long, default_value = "700ms", value_parser = parse_duration)]
+    bound: Duration,
+    /// Turn invalidation off in the workers (shows the stale reads it prevents; the drill then
+    /// fails).
+    #[arg(long)]
+    without_invalidation: bool,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct ConsistencyWorkerArgs {
+    #[arg(long = "url", required = true)]
+    urls: Vec<String>,
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    process: u16,
+    #[arg(long)]
+    readers: usize,
+    #[arg(long)]
+    writers: usize,
+    #[arg(long)]
+    max_secs: u64,
+    #[arg(long)]
+    without_invalidation: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -102,6 +166,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     match args.drill {
         Drill::Stampede(a) => stampede(a),
         Drill::Coherence(a) => coherence(a),
+        Drill::Consistency(a) => consistency_drill(a),
+        Drill::ConsistencyWorker(w) => runtime()?.block_on(consistency::worker(consistency::WorkerOptions {
+            urls: w.urls,
+            dir: w.dir,
+            process: w.process,
+            readers: w.readers,
+            writers: w.writers,
+            max_duration: Duration::from_secs(w.max_secs),
+            without_invalidation: w.without_invalidation,
+        })),
         Drill::Failover(a) => drill_faults::run(Fault::Failover, a),
         Drill::Restart(a) => drill_faults::run(Fault::Restart, a),
         Drill::Outage(a) => drill_faults::run(Fault::Outage, a),
@@ -150,6 +224,85 @@ fn stampede(args: StampedeArgs) -> anyhow::Result<()> {
     })?;
     anyhow::ensure!(report.caller_errors == 0, "{} callers got an error", report.caller_errors);
     anyhow::ensure!(report.loader_calls == 1, "the source was asked {} times, not once", report.loader_calls);
+    Ok(())
+}
+
+fn consistency_drill(args: ConsistencyArgs) -> anyhow::Result<()> {
+    let mut setup = match &args.url {
+        Some(url) => {
+            let target = TargetArgs {
+                url: Some(url.clone()),
+                dir: None,
+                user: None,
+                password: None,
+                password_file: None,
+                tls_dir: None,
+            };
+            let deployment = target.deployment()?;
+            anyhow::ensure!(
+                deployment.credentials().password.is_none() && deployment.db() == 0,
+                "drill consistency supports unauthenticated database 0 only for now"
+            );
+            Setup::External(deployment.urls())
+        }
+        None => Setup::start(&args.topology, args.fault)?,
+    };
+    let exe = std::env::current_exe()?.to_string_lossy().to_string();
+    let worker = vec![exe, "drill".into(), "consistency-worker".into()];
+    let options = consistency::Options {
+        fault: args.fault,
+        processes: usize::from(args.processes),
+        readers: usize::from(args.readers),
+        writers: usize::from(args.writers),
+        duration: args.duration,
+        bound: args.bound,
+        progress: !args.output.json,
+        without_invalidation: args.without_invalidation,
+    };
+    let report = consistency::run(&mut setup, &options, &worker)?;
+    args.output.print(&report, || {
+        let verdict = if report.stale_reads == 0 && report.caller_errors == 0 {
+            paint("PASS", Style::Good)
+        } else {
+            paint("FAIL", Style::Bad)
+        };
+        let mut text = format!(
+            "{verdict}: fault {} on {}, {} processes, {:.1} s: {} ops ({} reads, {} writes judged)\n  stale reads {} (bound {:.0} ms), max staleness {:.3} ms; new version visible everywhere after p50 {:.3} / p99 {:.3} / max {:.3} ms\n  caller errors {}, write errors {}, L1 hits {}\n",
+            report.fault,
+            report.topology,
+            report.processes,
+            report.load_s,
+            report.ops,
+            report.reads,
+            report.writes,
+            report.stale_reads,
+            report.bound_ms,
+            report.max_staleness_ms,
+            report.visible_after_write_ms.p50,
+            report.visible_after_write_ms.p99,
+            report.visible_after_write_ms.max,
+            report.caller_errors,
+            report.write_errors,
+            report.l1_hits,
+        );
+        for (op, n) in &report.stale_by_op {
+            text.push_str(&format!("  stale via {op}: {n}\n"));
+        }
+        for s in &report.stale_examples {
+            text.push_str(&format!(
+                "  e.g. process {} {} {} returned v{} {:.1} ms after v{} was written\n",
+                s.read.process,
+                s.read.op,
+                s.read.key,
+                s.read.version.unwrap_or(0),
+                s.staleness_ms,
+                s.newest_version
+            ));
+        }
+        text
+    })?;
+    anyhow::ensure!(report.caller_errors == 0, "{} reads returned an error", report.caller_errors);
+    anyhow::ensure!(report.stale_reads == 0, "{} stale reads", report.stale_reads);
     Ok(())
 }
 

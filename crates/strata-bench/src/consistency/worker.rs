@@ -1,0 +1,496 @@
+//! One worker process of `strata drill consistency`: its own [`Cache`] (L1, leases, tracking,
+//! freshness and hot keys on), reader and writer tasks over the drill's key space, and the
+//! history of everything it did, written to `history-N.jsonl` when it stops.
+//!
+//! The source of truth is a SQLite file (WAL mode) that every process shares: one row per key
+//! with a version that only grows, taken from one counter, so every write's version is unique
+//! and newer than everything committed before it. Writes follow what an application does:
+//!
+//! - **invalidating writes** (`delete`, `plain_del`, `invalidate_namespace`, `invalidate_tag`):
+//!   commit the new version, then invalidate; concurrent writers of one key need no
+//!   coordination;
+//! - **value writes** (`set`, `set_many`, `set_tagged`): the new version and the cache write
+//!   inside one source transaction, so that two writers of one key cannot reach the cache in
+//!   the opposite order of the source (a cache `set` is last-writer-wins; an application
+//!   serializes its writers of one row the same way);
+//! - **`set_through`**: the cache's own ordering is under test, so writers of one key run
+//!   concurrently; the source keeps the highest version it was given.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::Rng;
+use rusqlite::{Connection, params};
+use strata::{Cache, Freshness, HotKeys, Invalidation, Key, Tag, Ttl, TtlPolicy};
+
+use super::history::{Entry, Kind};
+use super::{Keyspace, now_ns};
+use crate::drill_coherence::PlainClient;
+
+/// The source's file in the drill's directory.
+pub(crate) const SOURCE_DB: &str = "source.sqlite3";
+
+/// Settings of one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Redis: one URL (standalone) or cluster seeds.
+    pub urls: Vec<String>,
+    /// The drill's directory (source, start and stop signals, histories).
+    pub dir: PathBuf,
+    /// This worker's number.
+    pub process: u16,
+    /// Reader tasks.
+    pub readers: usize,
+    /// Writer tasks.
+    pub writers: usize,
+    /// Stop at the latest after this long, even without the stop signal.
+    pub max_duration: Duration,
+    /// Turn cross-instance invalidation off (shows the stale reads it prevents).
+    pub without_invalidation: bool,
+}
+
+/// The TTL of every value the drill caches: short, so that values expire, refresh early and
+/// are served stale-while-revalidate within one run.
+const VALUE_TTL: Duration = Duration::from_secs(3);
+
+/// Runs one worker until the coordinator's stop signal (or `max_duration`).
+pub async fn worker(options: WorkerOptions) -> anyhow::Result<()> {
+    let space = Arc::new(Keyspace::new()?);
+    let builder = if options.urls.len() > 1 {
+        Cache::builder().cluster(options.urls.clone())
+    } else {
+        Cache::builder().redis_url(options.urls[0].clone())
+    };
+    let builder = if options.without_invalidation { builder.invalidation(Invalidation::disabled()) } else { builder };
+    let cache = builder
+        .ttl_policy(TtlPolicy { short: VALUE_TTL, ..TtlPolicy::default() })
+        .freshness(
+            Freshness::new()
+                .early_refresh(1.0)
+                .stale_while_revalidate(Duration::from_secs(1))
+                .fail_safe(Duration::from_secs(10)),
+        )
+        .hot_keys(HotKeys::new().namespace(space.hot_namespace.clone(), 3))
+        .build()
+        .await?;
+    let source = Arc::new(Source::open(&options.dir.join(SOURCE_DB))?);
+    let dir = options.dir.clone();
+    std::fs::write(dir.join(format!("ready-{}", options.process)), b"")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join("go").exists() {
+        anyhow::ensure!(Instant::now() < deadline, "no start signal");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn(watch_stop(dir.join("stop"), options.max_duration, stop.clone()));
+    let mut tasks = Vec::new();
+    for i in 0..options.readers + options.writers {
+        let actor = Actor {
+            cache: cache.clone(),
+            source: source.clone(),
+            space: space.clone(),
+            process: options.process,
+            plain: if i >= options.readers { Some(PlainClient::connect(&options.urls).await?) } else { None },
+        };
+        tasks.push(tokio::spawn(actor.run(stop.clone())));
+    }
+    let mut history = Vec::new();
+    for task in tasks {
+        history.extend(task.await?);
+    }
+    watcher.abort();
+    let path = dir.join(format!("history-{}.jsonl", options.process));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for entry in &history {
+        serde_json::to_writer(&mut out, entry)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    let m = cache.metrics();
+    println!("{}", serde_json::json!({ "entries": history.len(), "l1_hits": m.total().l1_hits }));
+    Ok(())
+}
+
+async fn watch_stop(signal: PathBuf, max: Duration, stop: Arc<AtomicBool>) {
+    let until = Instant::now() + max;
+    while !signal.exists() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+}
+
+/// One reader or writer task.
+struct Actor {
+    cache: Cache,
+    source: Arc<Source>,
+    space: Arc<Keyspace>,
+    process: u16,
+    /// A plain Redis client (writers only): another team's service deleting keys.
+    plain: Option<PlainClient>,
+}
+
+/// What one operation did, before it becomes history entries.
+struct Outcome {
+    kind: Kind,
+    op: &'static str,
+    keys: Vec<String>,
+    start: u64,
+    versions: Vec<Option<u64>>,
+    ok: bool,
+}
+
+impl Actor {
+    async fn run(mut self, stop: Arc<AtomicBool>) -> Vec<Entry> {
+        let mut history = Vec::new();
+        let writer = self.plain.is_some();
+        // Bounded: the stop signal, or the worker's own deadline in `watch_stop`.
+        while !stop.load(Ordering::Relaxed) {
+            let roll = rand::rng().random_range(0..100);
+            let outcome = if writer { self.write(roll).await } else { self.read(roll).await };
+            let end = now_ns();
+            for (i, key) in outcome.keys.iter().enumerate() {
+                history.push(Entry {
+                    kind: outcome.kind,
+                    op: outcome.op.to_owned(),
+                    process: self.process,
+                    key: key.clone(),
+                    start: outcome.start,
+                    end,
+                    version: outcome.versions.get(i).copied().flatten(),
+                    ok: outcome.ok,
+                });
+            }
+            let pause = if writer { 4 } else { 1 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        history
+    }
+
+    async fn read(&self, roll: u32) -> Outcome {
+        let space = &self.space;
+        let (cache, start) = (&self.cache, now_ns());
+        match roll {
+            0..30 => {
+                let key = space.item_key();
+                let got = cache.get_or_set(&key, Ttl::Short, self.loader(&key)).await;
+                read_one("get_or_set", &key, start, got.map(Some))
+            }
+            30..45 => {
+                let key = space.refresh_key();
+                let (source, k) = (self.source.clone(), key.as_str().to_owned());
+                let got = cache
+                    .get_or_refresh(&key, Ttl::Short, move || {
+                        let (source, k) = (source.clone(), k.clone());
+                        async move { source.version(&k) }
+                    })
+                    .await;
+                read_one("get_or_refresh", &key, start, got.map(Some))
+            }
+            45..55 => {
+                let key = space.item_key();
+                read_one("get", &key, start, cache.get::<u64>(&key).await)
+            }
+            55..63 => {
+                let keys = space.item_keys(4);
+                read_many("get_many", &keys, start, cache.get_many::<u64>(&keys).await)
+            }
+            63..73 => {
+                let keys = space.item_keys(4);
+                let source = self.source.clone();
+                let got = cache
+                    .get_or_set_many(&keys, Ttl::Short, |missing: Vec<Key>| async move { source.versions(&missing) })
+                    .await;
+                read_many("get_or_set_many", &keys, start, got)
+            }
+            73..88 => {
+                let (key, tag) = space.tagged_key();
+                let got = cache.get_or_set_tagged(&key, Ttl::Short, &[tag], self.loader(&key)).await;
+                read_one("get_or_set_tagged", &key, start, got.map(Some))
+            }
+            _ => {
+                let key = space.hot_key();
+                let got = cache.get_or_set(&key, Ttl::Short, self.loader(&key)).await;
+                read_one("get_or_set_hot", &key, start, got.map(Some))
+            }
+        }
+    }
+
+    fn loader(&self, key: &Key) -> impl FnOnce() -> std::future::Ready<rusqlite::Result<u64>> + use<> {
+        let (source, k) = (self.source.clone(), key.as_str().to_owned());
+        move || std::future::ready(source.version(&k))
+    }
+
+    async fn write(&mut self, roll: u32) -> Outcome {
+        let start = now_ns();
+        match self.write_op(roll).await {
+            Ok((op, keys, version, ok)) => {
+                Outcome { kind: Kind::Write, op, versions: vec![Some(version); keys.len()], keys, start, ok }
+            }
+            // The source itself failed (SQLite busy past its timeout): nothing was written.
+            Err(err) => {
+                eprintln!("consistency worker {}: source write failed: {err:#}", self.process);
+                Outcome {
+                    kind: Kind::Write,
+                    op: "source",
+                    keys: vec!["<source>".into()],
+                    versions: vec![],
+                    start,
+                    ok: false,
+                }
+            }
+        }
+    }
+
+    /// One write: (API call, keys whose version it raised, the version, the call succeeded).
+    async fn write_op(&mut self, roll: u32) -> anyhow::Result<(&'static str, Vec<String>, u64, bool)> {
+        let (cache, source, space) = (self.cache.clone(), self.source.clone(), self.space.clone());
+        Ok(match roll {
+            0..16 => {
+                let key = space.plain_key();
+                let v = source.bump(&[key.as_str()]).await?;
+                ("delete", names(&[&key]), v, cache.delete(&key).await.is_ok())
+            }
+            16..30 => {
+                let key = space.plain_key();
+                let v = source.bump(&[key.as_str()]).await?;
+                let plain = self.plain.as_mut().context("a writer has a plain client")?;
+                ("plain_del", names(&[&key]), v, plain.delete(key.as_str()).await.is_ok())
+            }
+            30..40 => {
+                let key = space.plain_key();
+                let (v, ok) = source.bump_holding(&[key.as_str()], |v| set(cache, key.clone(), v, None)).await?;
+                ("set", names(&[&key]), v, ok)
+            }
+            40..51 => {
+                let key = space.plain_key();
+                let v = source.reserve().await?;
+                let k = key.as_str().to_owned();
+                let ok = cache
+                    .set_through(&key, &v, Ttl::Short, |value: &u64| {
+                        let value = *value;
+                        async move { source.raise(&k, value).await }
+                    })
+                    .await
+                    .is_ok();
+                ("set_through", names(&[&key]), v, ok)
+            }
+            51..58 => {
+                let keys = space.distinct_plain_keys(2);
+                let names = names(&keys.iter().collect::<Vec<_>>());
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let (v, ok) = source
+                    .bump_holding(&refs, |v| async move {
+                        let items: Vec<(Key, u64)> = keys.iter().map(|k| (k.clone(), v)).collect();
+                        cache.set_many(&items, Ttl::Short).await.is_ok()
+                    })
+                    .await?;
+                ("set_many", names, v, ok)
+            }
+            58..66 => {
+                let namespace = space.plain_namespace();
+                let (v, keys) = source.bump_where("ns", namespace).await?;
+                ("invalidate_namespace", keys, v, cache.invalidate_namespace(namespace).await.is_ok())
+            }
+            66..73 => {
+                let (key, tag) = space.tagged_key();
+                let (v, ok) = source.bump_holding(&[key.as_str()], |v| set(cache, key.clone(), v, Some(tag))).await?;
+                ("set_tagged", names(&[&key]), v, ok)
+            }
+            73..79 => {
+                let tag = space.tag();
+                let (v, keys) = source.bump_where("tag", tag.name()).await?;
+                ("invalidate_tag", keys, v, cache.invalidate_tag(&tag).await.is_ok())
+            }
+            79..85 => {
+                let (key, _) = space.tagged_key();
+                let v = source.bump(&[key.as_str()]).await?;
+                ("delete_tagged", names(&[&key]), v, cache.delete(&key).await.is_ok())
+            }
+            85..90 => {
+                let (key, _) = space.tagged_key();
+                let v = source.bump(&[key.as_str()]).await?;
+                let plain = self.plain.as_mut().context("a writer has a plain client")?;
+                ("plain_del_tagged", names(&[&key]), v, plain.delete(key.as_str()).await.is_ok())
+            }
+            90..95 => {
+                let key = space.hot_key();
+                let v = source.bump(&[key.as_str()]).await?;
+                ("delete_hot", names(&[&key]), v, cache.delete(&key).await.is_ok())
+            }
+            _ => {
+                let key = space.hot_key();
+                let (v, ok) = source.bump_holding(&[key.as_str()], |v| set(cache, key.clone(), v, None)).await?;
+                ("set_hot", names(&[&key]), v, ok)
+            }
+        })
+    }
+}
+
+/// `set` (or `set_tagged`) of version `v`: whether it succeeded.
+async fn set(cache: Cache, key: Key, v: u64, tag: Option<Tag>) -> bool {
+    match tag {
+        Some(tag) => cache.set_tagged(&key, &v, Ttl::Short, &[tag]).await.is_ok(),
+        None => cache.set(&key, &v, Ttl::Short).await.is_ok(),
+    }
+}
+
+fn names(keys: &[&Key]) -> Vec<String> {
+    keys.iter().map(|k| k.as_str().to_owned()).collect()
+}
+
+fn read_one(op: &'static str, key: &Key, start: u64, got: strata::Result<Option<u64>>) -> Outcome {
+    let ok = got.is_ok();
+    Outcome { kind: Kind::Read, op, keys: vec![key.as_str().to_owned()], start, versions: vec![got.ok().flatten()], ok }
+}
+
+fn read_many(op: &'static str, keys: &[Key], start: u64, got: strata::Result<Vec<Option<u64>>>) -> Outcome {
+    let ok = got.is_ok();
+    Outcome {
+        kind: Kind::Read,
+        op,
+        keys: keys.iter().map(|k| k.as_str().to_owned()).collect(),
+        start,
+        versions: got.unwrap_or_default(),
+        ok,
+    }
+}
+
+/// The shared source of truth (see the module docs).
+pub(crate) struct Source {
+    /// Loaders' reads.
+    reader: std::sync::Mutex<Connection>,
+    /// Writes; held across the cache write of a value write (its transaction).
+    writer: tokio::sync::Mutex<Connection>,
+}
+
+impl Source {
+    /// Creates the source with version 1 for every key of `space`.
+    pub(crate) fn create(path: &Path, space: &Keyspace) -> anyhow::Result<()> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "wal")?;
+        conn.execute_batch(
+            "CREATE TABLE src (k TEXT PRIMARY KEY, ns TEXT NOT NULL, tag TEXT, version INTEGER NOT NULL);
+             CREATE TABLE seq (n INTEGER NOT NULL);
+             INSERT INTO seq VALUES (1);",
+        )?;
+        let tx = conn.transaction()?;
+        for (key, tag) in space.all_keys() {
+            tx.execute(
+                "INSERT INTO src (k, ns, tag, version) VALUES (?1, ?2, ?3, 1)",
+                params![key.as_str(), key.namespace(), tag.map(|t| t.name().to_owned())],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn open(path: &Path) -> anyhow::Result<Source> {
+        let open = || -> anyhow::Result<Connection> {
+            let conn = Connection::open(path).with_context(|| format!("opening the source {}", path.display()))?;
+            conn.busy_timeout(Duration::from_secs(10))?;
+            Ok(conn)
+        };
+        Ok(Source { reader: std::sync::Mutex::new(open()?), writer: tokio::sync::Mutex::new(open()?) })
+    }
+
+    /// The version of `key` now (a loader).
+    fn version(&self, key: &str) -> rusqlite::Result<u64> {
+        blocking(|| {
+            let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            conn.query_row("SELECT version FROM src WHERE k = ?1", [key], |r| r.get::<_, i64>(0)).map(|v| v as u64)
+        })
+    }
+
+    /// The versions of `keys` now (a batch loader).
+    fn versions(&self, keys: &[Key]) -> rusqlite::Result<HashMap<Key, u64>> {
+        keys.iter().map(|k| Ok((k.clone(), self.version(k.as_str())?))).collect()
+    }
+
+    /// A new version, given to `keys` in one committed transaction.
+    async fn bump(&self, keys: &[&str]) -> anyhow::Result<u64> {
+        Ok(self.bump_holding(keys, |_| std::future::ready(true)).await?.0)
+    }
+
+    /// A new version for every key whose `column` (`ns` or `tag`) is `value`, committed; the keys.
+    async fn bump_where(&self, column: &str, value: &str) -> anyhow::Result<(u64, Vec<String>)> {
+        let conn = self.writer.lock().await;
+        let sql = format!("UPDATE src SET version = ?1 WHERE {column} = ?2 RETURNING k");
+        blocking(|| {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let bumped = next(&conn).and_then(|v| {
+                let mut stmt = conn.prepare(&sql)?;
+                let keys =
+                    stmt.query_map(params![v as i64, value], |r| r.get::<_, String>(0))?.collect::<Result<_, _>>()?;
+                Ok((v, keys))
+            });
+            finish(&conn, bumped)
+        })
+    }
+
+    /// A new version for `keys`; `then(version)` runs inside the same transaction, before it
+    /// commits. Returns the version and what `then` returned.
+    async fn bump_holding<F, Fut>(&self, keys: &[&str], then: F) -> anyhow::Result<(u64, bool)>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let conn = self.writer.lock().await;
+        let v = blocking(|| {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let bumped = next(&conn).and_then(|v| {
+                for key in keys {
+                    conn.execute("UPDATE src SET version = ?1 WHERE k = ?2", params![v as i64, key])?;
+                }
+                Ok(v)
+            });
+            match bumped {
+                Ok(v) => Ok(v),
+                Err(err) => finish(&conn, Err(err)),
+            }
+        })?;
+        let ok = then(v).await;
+        blocking(|| finish(&conn, Ok((v, ok))))
+    }
+
+    /// A new version, not yet given to any key (`set_through` gives it in its store step).
+    async fn reserve(&self) -> anyhow::Result<u64> {
+        self.bump(&[]).await
+    }
+
+    /// `set_through`'s source write: the key keeps the higher of its version and `v`.
+    async fn raise(&self, key: &str, v: u64) -> rusqlite::Result<()> {
+        let conn = self.writer.lock().await;
+        blocking(|| conn.execute("UPDATE src SET version = max(version, ?1) WHERE k = ?2", params![v as i64, key]))?;
+        Ok(())
+    }
+}
+
+/// Runs a SQLite call, which may wait for another process's write lock, without stalling the
+/// tasks queued on this runtime thread (the cache's invalidation handling among them).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// The next version (inside a write transaction).
+fn next(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("UPDATE seq SET n = n + 1 RETURNING n", [], |r| r.get::<_, i64>(0)).map(|v| v as u64)
+}
+
+/// Commits after `result` succeeded, rolls back otherwise.
+fn finish<T>(conn: &Connection, result: rusqlite::Result<T>) -> anyhow::Result<T> {
+    match result {
+        Ok(value) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(value)
+        }
+        Err(err) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(err.into())
+        }
+    }
+}
