@@ -1,17 +1,21 @@
 //! `strata drill failover|restart|outage|reshard`: a cache-aside load runs while a fault is injected into
 //! a cluster made by `strata up`; the report says what the callers saw.
 //!
-//! The load: `workers` tasks, each with its own [`Cache`] (L1 off, so every call reaches Redis),
-//! call `get_or_set` over a fixed key space whose "source" is an in-memory function. Every key is
-//! loaded once before the clock starts, so in steady state a call is an L2 hit. Giving each task
-//! its own cache makes the cache's counters attributable to one call at a time:
+//! The load: `workers` tasks, each with its own [`Cache`] (L1 on, as in production), call
+//! `get_or_set` over a fixed key space whose source is an in-memory table of versions. Every key
+//! is loaded once before the clock starts. A writer task with a cache of its own raises one odd
+//! key's version every 5 ms and deletes the key through its cache (the even keys are the ones the
+//! reshard drill checks for survival), so the source keeps moving; every
+//! read and write is judged by the consistency checker ([`crate::consistency::history`]): a read
+//! older than a write completed more than `bound` before it started is a **stale read**. Giving
+//! each task its own cache makes the cache's counters attributable to one call at a time:
 //!
 //! * a call **saw L2 fail** when its cache's `l2_errors + l2_timeouts` moved during the call (a
 //!   Redis call failed or timed out), and **skipped L2** when `breaker_rejections` moved (the
 //!   open breaker did not even try);
 //! * a **fallback call** failed or skipped L2 *and* its value came from the loader
 //!   (`loader_calls` moved): the source answered because Redis could not;
-//! * a **caller error** is a call that returned an error or a value other than the source's;
+//! * a **caller error** is a call that returned an error;
 //! * **`l2_unavailable_s`** is the window of calls that saw L2 fail: from the start of the first
 //!   to the end of the last one that started less than 1 s after the window so far (0 when none
 //!   did); a failure after a full second without any (a lone timeout on a loaded machine, long
@@ -26,12 +30,14 @@
 //! duration; the drill's keys are deleted at the end.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use strata::{Cache, KeySchema, Ttl};
 
+use crate::consistency::history::{self, Entry, Kind};
+use crate::consistency::now_ns;
 use crate::fault_inject::{self, Fault};
 use crate::fault_nodes::Nodes;
 use crate::stats;
@@ -53,6 +59,8 @@ pub struct Options {
     pub outage_for: Duration,
     /// Show a progress spinner on stderr.
     pub progress: bool,
+    /// The staleness bound of the stale-read check.
+    pub bound: Duration,
 }
 
 /// What the drill observed (the first seven fields are a contract).
@@ -104,6 +112,14 @@ pub struct Report {
     pub keys_checked: usize,
     /// Of those, keys missing after the restart.
     pub keys_lost: usize,
+    /// Reads older than a write completed more than `bound_ms` before they started.
+    pub stale_reads: usize,
+    /// The largest staleness of any read, in ms.
+    pub max_staleness_ms: f64,
+    /// The staleness bound, in ms.
+    pub bound_ms: f64,
+    /// Source writes (each followed by a `delete` through the writer's cache).
+    pub writes: usize,
 }
 
 /// One call's outcome, times relative to the start of the load.
@@ -142,11 +158,13 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
         Arc::new((0..options.keys).map(|i| schema.key(NAMESPACE, &i.to_string())).collect::<Result<_, _>>()?);
     let mut caches = Vec::new();
     for _ in 0..options.workers {
-        caches.push(Cache::builder().cluster(urls.clone()).l1_capacity_bytes(0).build().await?);
+        caches.push(Cache::builder().cluster(urls.clone()).build().await?);
     }
+    let source: Source = Arc::new((0..options.keys).map(|_| AtomicU64::new(1)).collect());
     for (i, key) in keys.iter().enumerate() {
-        caches[0].get_or_set(key, Ttl::Long, || async move { Ok::<_, std::io::Error>(source(i)) }).await?;
+        caches[0].get_or_set(key, Ttl::Long, load_from(&source, i)).await?;
     }
+    let writer = Cache::builder().cluster(urls.clone()).build().await?;
 
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -154,8 +172,11 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     let tasks: Vec<_> = caches
         .iter()
         .enumerate()
-        .map(|(w, cache)| tokio::spawn(load(cache.clone(), keys.clone(), w, t0, stop.clone(), budget.clone())))
+        .map(|(w, cache)| {
+            tokio::spawn(load(cache.clone(), keys.clone(), source.clone(), w, t0, stop.clone(), budget.clone()))
+        })
         .collect();
+    let writes = tokio::spawn(write(writer, keys.clone(), source.clone(), stop.clone()));
     let bar = if options.progress { indicatif::ProgressBar::new_spinner() } else { indicatif::ProgressBar::hidden() };
     bar.enable_steady_tick(Duration::from_millis(200));
     // Before the fault: a third of the drill. The fault itself blocks (it waits for processes
@@ -164,7 +185,8 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     tokio::time::sleep(options.duration / 3).await;
     bar.set_message(format!("injecting {:?}", options.fault));
     let (fault, outage_for) = (options.fault, options.outage_for);
-    let written: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
+    // The writer deletes only odd keys: the even ones must survive a reshard untouched.
+    let written: Vec<String> = keys.iter().step_by(2).map(|k| k.as_str().to_owned()).collect();
     let fault_start = t0.elapsed();
     let injected = tokio::task::spawn_blocking(move || {
         let result = fault_inject::inject(&mut nodes, fault, outage_for, &written);
@@ -178,10 +200,14 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     // Enough time after recovery for the breakers (open for 1 s by default) to probe and close.
     tokio::time::sleep(rest.max(Duration::from_secs(4))).await;
     stop.store(true, Ordering::Relaxed);
-    let mut calls = Vec::new();
+    let (mut calls, mut history) = (Vec::new(), writes.await?);
     for task in tasks {
-        calls.extend(task.await?);
+        let (c, h) = task.await?;
+        calls.extend(c);
+        history.extend(h);
     }
+    let writes = history.iter().filter(|e| e.kind == Kind::Write).count();
+    let verdict = history::check(&history, u64::try_from(options.bound.as_nanos()).unwrap_or(u64::MAX));
     bar.finish_and_clear();
     let survival = survival?;
     let metrics: Vec<_> = caches.iter().map(Cache::metrics).collect();
@@ -196,13 +222,43 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     report.node_timeout_s = fault_inject::node_timeout(&nodes).as_secs_f64();
     report.keys_checked = survival.checked;
     report.keys_lost = survival.lost;
+    report.stale_reads = verdict.stale_reads;
+    report.max_staleness_ms = verdict.max_staleness_ms;
+    report.bound_ms = options.bound.as_secs_f64() * 1e3;
+    report.writes = writes;
     let _ = fault_inject::remove_keys(&nodes, keys.iter().map(|k| k.as_str().to_owned()).collect());
     Ok(report)
 }
 
-/// The in-memory source.
-fn source(i: usize) -> String {
-    format!("value-{i}")
+/// The in-memory source: the current version of every key.
+type Source = Arc<Vec<AtomicU64>>;
+
+/// A loader of key `i` from the source.
+fn load_from(source: &Source, i: usize) -> impl FnOnce() -> std::future::Ready<Result<u64, std::io::Error>> + use<> {
+    let source = source.clone();
+    move || std::future::ready(Ok(source[i].load(Ordering::SeqCst)))
+}
+
+/// The writer: every 5 ms an odd key's version goes up in the source, then the key is deleted
+/// through the writer's cache (an invalidating write). Each is a history entry.
+async fn write(cache: Cache, keys: Arc<Vec<strata::Key>>, source: Source, stop: Arc<AtomicBool>) -> Vec<Entry> {
+    let mut history = Vec::new();
+    let mut i = 0usize;
+    let odd: Vec<usize> = (1..keys.len()).step_by(2).collect();
+    while !stop.load(Ordering::Relaxed) && !odd.is_empty() {
+        let k = odd[i % odd.len()];
+        i = i.wrapping_add(104_729);
+        let start = now_ns();
+        let version = source[k].fetch_add(1, Ordering::SeqCst) + 1;
+        let ok = cache.delete(&keys[k]).await.is_ok();
+        history.push(entry(Kind::Write, "delete", &keys[k], start, Some(version), ok));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    history
+}
+
+fn entry(kind: Kind, op: &str, key: &strata::Key, start: u64, version: Option<u64>, ok: bool) -> Entry {
+    Entry { kind, op: op.to_owned(), process: 0, key: key.as_str().to_owned(), start, end: now_ns(), version, ok }
 }
 
 /// (failed L2 calls, breaker rejections, loader calls) so far.
@@ -214,32 +270,35 @@ fn counters(cache: &Cache) -> (u64, u64, u64) {
 async fn load(
     cache: Cache,
     keys: Arc<Vec<strata::Key>>,
+    source: Source,
     worker: usize,
     t0: Instant,
     stop: Arc<AtomicBool>,
     budget: Arc<AtomicUsize>,
-) -> Vec<Call> {
-    let mut calls = Vec::new();
+) -> (Vec<Call>, Vec<Entry>) {
+    let (mut calls, mut history) = (Vec::new(), Vec::new());
     let mut i = worker;
     while !stop.load(Ordering::Relaxed) && budget.fetch_sub(1, Ordering::Relaxed).checked_sub(1).is_some() {
         let k = i % keys.len();
         i = i.wrapping_add(7919);
         let before = counters(&cache);
         let start = t0.elapsed();
-        let got = cache.get_or_set(&keys[k], Ttl::Long, || async move { Ok::<_, std::io::Error>(source(k)) }).await;
+        let start_ns = now_ns();
+        let got = cache.get_or_set(&keys[k], Ttl::Long, load_from(&source, k)).await;
+        history.push(entry(Kind::Read, "get_or_set", &keys[k], start_ns, got.as_ref().ok().copied(), got.is_ok()));
         let end = t0.elapsed();
         let after = counters(&cache);
         calls.push(Call {
             start,
             end,
-            ok: got.is_ok_and(|v: String| v == source(k)),
+            ok: got.is_ok(),
             l2_failed: after.0 > before.0,
             l2_skipped: after.1 > before.1,
             loaded: after.2 > before.2,
         });
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    calls
+    (calls, history)
 }
 
 fn summarize(calls: &[Call], fault_start: Duration, fault_end: Duration) -> Report {
@@ -284,6 +343,10 @@ fn summarize(calls: &[Call], fault_start: Duration, fault_end: Duration) -> Repo
         breakers_closed_at_end: true,
         keys_checked: 0,
         keys_lost: 0,
+        stale_reads: 0,
+        max_staleness_ms: 0.0,
+        bound_ms: 0.0,
+        writes: 0,
     }
 }
 

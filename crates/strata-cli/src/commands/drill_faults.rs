@@ -35,6 +35,9 @@ pub(crate) struct FaultArgs {
     /// How long every node stays down (outage only).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     outage_for: Duration,
+    /// The staleness bound of the stale-read check (the caches' heartbeat plus its timeout).
+    #[arg(long, default_value = "700ms", value_parser = parse_duration)]
+    bound: Duration,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -49,6 +52,7 @@ pub(crate) fn run(fault: Fault, args: FaultArgs) -> anyhow::Result<()> {
         max_calls: args.max_calls,
         outage_for: args.outage_for,
         progress: !args.output.json,
+        bound: args.bound,
     };
     let target = match (args.url, args.dir) {
         (Some(url), _) => Target::Url(url),
@@ -71,6 +75,12 @@ fn problems(r: &Report) -> Vec<String> {
         out.push(format!(
             "L2 was unavailable for {:.2} s, more than cluster-node-timeout ({:.1} s) + 2 s",
             r.l2_unavailable_s, r.node_timeout_s
+        ));
+    }
+    if r.stale_reads > 0 {
+        out.push(format!(
+            "{} reads were older than a write completed more than {} ms before",
+            r.stale_reads, r.bound_ms
         ));
     }
     if r.keys_lost > 0 {
@@ -108,6 +118,10 @@ fn render(r: &Report, problems: &[String]) -> String {
             r.stray_l2_failures
         ));
     }
+    text.push_str(&format!(
+        "  source writes {}, stale reads {} (bound {:.0} ms), max staleness {:.3} ms\n",
+        r.writes, r.stale_reads, r.bound_ms, r.max_staleness_ms
+    ));
     if r.keys_checked > 0 {
         text.push_str(&format!("  keys written before the fault: {} checked, {} lost\n", r.keys_checked, r.keys_lost));
     }
