@@ -256,8 +256,12 @@ impl Cache {
 
     /// Puts a value read or loaded through the key itself into the copy that missed, unless the
     /// copy was written meanwhile (`SET NX`): a concurrent `set` wrote a newer value there.
-    /// The copy records the namespace and tag generations known at refill time (a refill
-    /// racing an invalidation may keep an old value, within the copy TTL like any copy).
+    ///
+    /// A write or an invalidation of the key may have overtaken this refill: the value was read
+    /// before it, and the copy is written after the writer removed the copies. So once the copy
+    /// is written, the key is read again: unless it still holds the same content under the same
+    /// namespace generation, the copy goes. A writer changes the key before its copies, so either
+    /// this check sees the change, or the writer's own copy update comes after the refill.
     pub(crate) async fn hot_refill<T: CacheValue>(&self, key: &Key, copy: &str, value: Option<&T>) {
         let ttl = self.inner.hot.config.copy_ttl;
         let Ok(marks) = self.capture_marks(key, &[]).await else { return };
@@ -274,13 +278,44 @@ impl Cache {
                     .arg("NX")
                     .arg("PX")
                     .arg(ttl_millis(ttl))
-                    .query_async::<()>(&mut c)
+                    .query_async::<Option<String>>(&mut c)
                     .await
             })
             .await;
-        if let Err(err) = refilled {
-            tracing::debug!(copy, error = %err, "could not refill a hot key copy");
+        match refilled {
+            Ok(Some(_)) => {}
+            // Written meanwhile by someone else: theirs stands.
+            Ok(None) => return,
+            Err(err) => {
+                tracing::debug!(copy, error = %err, "could not refill a hot key copy");
+                return;
+            }
         }
+        if !self.key_holds::<T>(key, value, marks.ns_gen).await {
+            let removed =
+                self.l2_call_for(copy, "DEL", |mut c| async move {
+                    redis::cmd("DEL").arg(copy).query_async::<()>(&mut c).await
+                })
+                .await;
+            if let Err(err) = removed {
+                tracing::debug!(copy, error = %err, "could not remove an overtaken hot key copy; it expires within the copy ttl");
+            }
+        }
+    }
+
+    /// Whether `key` holds `value` (same serialized content; `None`: a cached "not found")
+    /// produced under namespace generation `ns_gen`. Anything unreadable counts as no.
+    async fn key_holds<T: CacheValue>(&self, key: &Key, value: Option<&T>, ns_gen: u64) -> bool {
+        let k = key.as_str();
+        let read = self
+            .l2_call_for(k, "GET", |mut c| async move {
+                redis::cmd("GET").arg(k).query_async::<Option<Vec<u8>>>(&mut c).await
+            })
+            .await;
+        let Ok(Some(bytes)) = read else { return false };
+        let Ok(held) = self.inner.codec.decode::<T>(key, &bytes) else { return false };
+        let content = |v: Option<&T>| v.map(rmp_serde::to_vec).transpose().ok();
+        held.marks.ns_gen == ns_gen && content(held.value.as_ref()).is_some_and(|c| Some(c) == content(value))
     }
 
     /// After `set` of a hot key: the new value goes to every copy, for the copy TTL.
@@ -350,6 +385,49 @@ mod tests {
             assert_eq!(hot_copy_keys(key, 3), copies[..3], "a prefix of the same names");
             assert!(copies.iter().all(|c| c.starts_with(&format!("{key}:~hot:"))));
         }
+    }
+
+    /// A reader that read the key before a write (or a namespace invalidation) refills the copy
+    /// after the writer removed the copies: the refill must not stand.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refill_overtaken_by_a_write_or_an_invalidation_is_removed() -> Result<()> {
+        let redis = strata_cluster::RedisServer::start().map_err(|e| Error::config(e.to_string()))?;
+        let key = crate::KeySchema::new("hot", 1)?.key("user", "1")?;
+        let cache = Cache::builder().redis_url(redis.url()).hot_keys(HotKeys::new().key(&key, 1)).build().await?;
+        let copy = hot_copy_keys(key.as_str(), 1).remove(0);
+        let copy_exists = || {
+            let mut con = redis.connection().expect("connection");
+            redis::cmd("EXISTS").arg(&copy).query::<bool>(&mut con).expect("EXISTS")
+        };
+        let drop_copy = || {
+            let mut con = redis.connection().expect("connection");
+            redis::cmd("DEL").arg(&copy).query::<()>(&mut con).expect("DEL");
+        };
+
+        // The key holds "new"; a reader that read "old" before that write refills.
+        cache.set(&key, &"new".to_owned(), Duration::from_secs(60)).await?;
+        drop_copy();
+        cache.hot_refill(&key, &copy, Some(&"old".to_owned())).await;
+        assert!(!copy_exists(), "a copy of a value the key no longer holds was kept");
+
+        // The same content refilled after the write stays.
+        cache.hot_refill(&key, &copy, Some(&"new".to_owned())).await;
+        assert!(copy_exists(), "a copy of what the key holds must stay");
+
+        // A namespace invalidation overtook the refill: the key's content is unchanged, but it
+        // was produced under the old generation, and the copy would carry the new one.
+        drop_copy();
+        cache.invalidate_namespace(key.namespace()).await?;
+        cache.hot_refill(&key, &copy, Some(&"new".to_owned())).await;
+        assert!(!copy_exists(), "a copy made valid again by a refill after the invalidation was kept");
+
+        // The key was deleted.
+        cache.set(&key, &"newer".to_owned(), Duration::from_secs(60)).await?;
+        drop_copy();
+        cache.delete(&key).await?;
+        cache.hot_refill(&key, &copy, Some(&"newer".to_owned())).await;
+        assert!(!copy_exists(), "a copy of a deleted key was kept");
+        Ok(())
     }
 
     #[test]
