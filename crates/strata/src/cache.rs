@@ -406,7 +406,7 @@ impl Cache {
             Ok(L2Read::Unusable) => (false, false, None),
             Err(err) => {
                 tracing::debug!(key = %key, error = %err, "redis read failed: loading from the source");
-                (err.is_unhealthy() || err.is_circuit_open(), false, self.l1_entry::<T>(key))
+                (err.is_unhealthy() || err.is_circuit_open(), false, self.l1_entry::<T>(key, ns).await)
             }
         };
         let stale_present = stale.is_some();

@@ -58,7 +58,7 @@ impl Cache {
         let loader = Arc::new(loader);
         let freshness = &self.inner.freshness;
         let mut fallback = None;
-        if let Some((v, stamp)) = self.l1_entry::<T>(key) {
+        if let Some((v, stamp)) = self.l1_entry::<T>(key, &ns).await {
             match freshness.age(stamp, now_ms()) {
                 Age::Fresh => {
                     NsCounters::inc(&ns.l1_hits);
@@ -97,9 +97,10 @@ impl Cache {
         self.load_in_task::<T, F, Fut, E>(key, ttl, loader, fallback, &ns).await
     }
 
-    /// Any L1 copy of `key` as a `T`, fresh or stale, with its stamp (uncounted).
-    pub(crate) fn l1_entry<T: CacheValue>(&self, key: &Key) -> Option<(T, Stamp)> {
-        match self.inner.l1.as_ref()?.get(key.as_str())? {
+    /// Any current L1 copy of `key` (stamps checked) as a `T`, fresh or stale, with its stamp
+    /// (uncounted).
+    pub(crate) async fn l1_entry<T: CacheValue>(&self, key: &Key, ns: &NsCounters) -> Option<(T, Stamp)> {
+        match self.l1_get(key, ns).await? {
             (Slot::Present(shared), checks) => typed::<T>(&shared).map(|v| (v, checks.stamp)),
             (Slot::Absent, _) => None,
         }

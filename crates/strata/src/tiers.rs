@@ -30,15 +30,15 @@ impl Cache {
         ns: &NsCounters,
         accept_negative: bool,
     ) -> Option<Option<T>> {
-        if let Some(l1) = &self.inner.l1 {
-            let found = match l1.get(key.as_str()) {
+        if self.inner.l1.is_some() {
+            let found = match self.l1_get(key, ns).await {
                 // With a grace period, L1 keeps copies past their logical expiry for
                 // `get_or_refresh`; a plain read treats them as misses.
                 Some((_, checks)) if self.inner.freshness.grace_ms() > 0 && checks.stamp.expires_at_ms <= now_ms() => {
                     None
                 }
-                Some((slot, checks)) if self.l1_current(key, &checks.marks, ns).await => Some(slot),
-                _ => None,
+                Some((slot, _)) => Some(slot),
+                None => None,
             };
             match found {
                 Some(Slot::Present(shared)) => {
@@ -60,6 +60,14 @@ impl Cache {
         NsCounters::inc(&ns.l1_misses);
         tracing::debug!(key = %key, tier = "l1", "cache miss");
         None
+    }
+
+    /// The L1 entry of `key`, if its namespace and tag stamps say it is current (an invalidated
+    /// one is removed and counted): every L1 read goes through here. Hits are not counted, and
+    /// the logical expiry is left to the caller.
+    pub(crate) async fn l1_get(&self, key: &Key, ns: &NsCounters) -> Option<(Slot, Checks)> {
+        let (slot, checks) = self.inner.l1.as_ref()?.get(key.as_str())?;
+        self.l1_current(key, &checks.marks, ns).await.then_some((slot, checks))
     }
 
     /// GET (with PTTL in the same round trip when L1 is on, to bound the L1 copy's lifetime by

@@ -216,3 +216,35 @@ async fn timeouts_bound_the_wait() -> TestResult {
     assert!(stats.loader_timeouts >= 2 && stats.stale_served == 1, "{stats:?}");
     Ok(())
 }
+
+/// `get_or_refresh` checks namespace stamps on its L1 path like every read: after
+/// `invalidate_namespace` (on this very instance), the old L1 copy is not served, even fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_or_refresh_does_not_serve_an_invalidated_l1_copy() -> TestResult {
+    let redis = Redis::standalone();
+    let freshness = Freshness::new().stale_while_revalidate(Duration::from_secs(30)).fail_safe(Duration::from_secs(60));
+    let cache = redis.builder().freshness(freshness).l1_max_ttl(Duration::from_secs(60)).build().await?;
+    let db = Arc::new(std::sync::Mutex::new("v1".to_owned()));
+    let loader = {
+        let db = db.clone();
+        move || {
+            let value = db.lock().map(|v| v.clone()).map_err(|_| std::io::Error::other("poisoned"));
+            async move { value }
+        }
+    };
+    let key = key("nsinv")?;
+    let ttl = Ttl::Exact(Duration::from_secs(60));
+    assert_eq!(cache.get_or_refresh(&key, ttl, loader.clone()).await?, "v1");
+    assert_eq!(cache.get_or_refresh(&key, ttl, loader.clone()).await?, "v1");
+    assert_eq!(cache.metrics().namespace("it:v1:fresh").l1_hits, 1, "the second read is an L1 hit");
+
+    cache.invalidate_namespace(key.namespace()).await?;
+    *db.lock().map_err(|_| "poisoned")? = "v2".to_owned();
+    assert_eq!(
+        cache.get_or_refresh(&key, ttl, loader.clone()).await?,
+        "v2",
+        "an L1 copy from before invalidate_namespace was served"
+    );
+    assert_eq!(cache.get_or_set(&key, ttl, loader).await?, "v2");
+    Ok(())
+}
