@@ -41,7 +41,10 @@ const STARTUP_WAIT: Duration = Duration::from_secs(3);
 pub struct Invalidation {
     /// Track at all. Off: L1 copies may be stale for up to `l1_max_ttl` after a write elsewhere.
     pub enabled: bool,
-    /// Key prefixes to track (`BCAST PREFIX`); empty tracks every key. Must not overlap.
+    /// Key prefixes to track (`BCAST PREFIX`); empty tracks every key. Must not overlap. Keys
+    /// outside them are never kept in L1 (no invalidation would reach their copies); the stamp
+    /// and lease keys of the prefixes' applications are tracked too (see
+    /// [`prefixes`](Self::prefixes)).
     pub prefixes: Vec<String>,
     /// How often each tracking connection is pinged.
     pub heartbeat: Duration,
@@ -71,6 +74,14 @@ impl Invalidation {
 
     /// Track only keys starting with one of `prefixes` (e.g. your [`KeySchema`](crate::KeySchema)
     /// apps, `"shop:"`): less traffic when Redis holds other data too.
+    ///
+    /// Coherence is kept: keys outside the prefixes are read from Redis every time (never kept
+    /// in L1), and the namespace and tag stamps of the prefixes' applications (`{shop:...}`,
+    /// `{shop}` for `"shop:"`; `{sh...` for a prefix `"sh"` without a `:`) are tracked as well,
+    /// so that [`invalidate_namespace`](crate::Cache::invalidate_namespace) anywhere reaches this
+    /// instance at once. Lease keys of those applications share that shape, so their changes are
+    /// tracked too. A tag of another application is seen within
+    /// [`stamp_refresh`](crate::CacheBuilder::stamp_refresh).
     pub fn prefixes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, prefixes: I) -> Self {
         self.prefixes = prefixes.into_iter().map(Into::into).collect();
         self
@@ -82,6 +93,24 @@ impl Invalidation {
         self.heartbeat = every;
         self.heartbeat_timeout = timeout;
         self
+    }
+
+    /// The prefixes the tracking connections subscribe to: the configured ones and the stamp
+    /// keys of their applications (see [`prefixes`](Self::prefixes)), without overlaps (Redis
+    /// refuses them); empty for every key.
+    pub(crate) fn tracked_prefixes(&self) -> Vec<String> {
+        let mut all = self.prefixes.clone();
+        for prefix in &self.prefixes {
+            match prefix.split_once(':') {
+                // Stamp ids start with the key's first segment: `{app:...}` or `{app}`.
+                Some((app, _)) => all.extend([format!("{{{app}:"), format!("{{{app}}}")]),
+                None => all.push(format!("{{{prefix}")),
+            }
+        }
+        all.sort();
+        all.dedup();
+        let kept = all.iter().filter(|p| !all.iter().any(|q| q != *p && p.starts_with(q.as_str())));
+        kept.cloned().collect()
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
@@ -343,7 +372,7 @@ impl Supervisor {
             redis::cmd("CLIENT").arg("SETNAME").arg("strata-invalidation").exec_async(&mut conn).await?;
             let mut tracking = redis::cmd("CLIENT");
             tracking.arg("TRACKING").arg("ON").arg("BCAST");
-            for prefix in &self.config.prefixes {
+            for prefix in self.config.tracked_prefixes() {
                 tracking.arg("PREFIX").arg(prefix);
             }
             tracking.exec_async(&mut conn).await?;
@@ -448,6 +477,18 @@ f6 127.0.0.1:7006@17006 master - 0 0 0 connected";
                 ("redis://127.0.0.1:7002".to_string(), "5461-10922".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn stamp_keys_of_the_prefixes_are_tracked_without_overlaps() {
+        let tracked = |p: &[&str]| Invalidation::default().prefixes(p.iter().copied()).tracked_prefixes();
+        assert!(tracked(&[]).is_empty(), "every key");
+        assert_eq!(tracked(&["shop:"]), ["shop:", "{shop:", "{shop}"]);
+        assert_eq!(tracked(&["shop:v1:user:", "shop:v2:"]), ["shop:v1:user:", "shop:v2:", "{shop:", "{shop}"]);
+        assert_eq!(tracked(&["sh", "{shop"]), ["sh", "{sh", "{{shop"], "{{shop is inside {{sh");
+        for key in ["{shop:v1:user}:stamp", "{shop:tag:t}:stamp", "{shop}:stamp"] {
+            assert!(tracked(&["shop:"]).iter().any(|p| key.starts_with(p.as_str())), "{key}");
+        }
     }
 
     #[test]

@@ -347,3 +347,38 @@ async fn sentinel_instances_stay_coherent_through_a_failover() -> TestResult {
     until_reads(b, &key, Some("v4"), "B through the new master").await?;
     Ok(())
 }
+
+/// Tracking limited to some prefixes: a key outside them is never served from L1 (no
+/// invalidation would reach it), and namespace stamps are still tracked, so another instance's
+/// `invalidate_namespace` is seen at once, not after the stamp cache's minute.
+async fn prefixes_leave_no_stale_l1_copy(redis: Redis) -> TestResult {
+    let build = |prefixes: Vec<&str>| {
+        let invalidation =
+            Invalidation::default().heartbeat(Duration::from_millis(200), Duration::from_secs(2)).prefixes(prefixes);
+        redis
+            .builder()
+            .l1_max_ttl(L1_LIFETIME)
+            .stamp_refresh(Duration::from_secs(60))
+            .invalidation(invalidation)
+            .build()
+    };
+    let (a, b) = (build(vec!["it:"]).await?, build(vec!["it:", "other:"]).await?);
+
+    // Inside the prefixes: L1 serves, and a namespace invalidation elsewhere reaches it.
+    let inside = KeySchema::new("it", 1)?.key("prefixed", "1")?;
+    a.set(&inside, &"old".to_owned(), Ttl::Long).await?;
+    prime(&[&a], &inside, "old").await?;
+    b.invalidate_namespace(inside.namespace()).await?;
+    until_reads(&a, &inside, None, "A after B's namespace invalidation").await?;
+
+    // Outside them: another instance's write is seen at once.
+    let outside = KeySchema::new("other", 1)?.key("prefixed", "1")?;
+    a.set(&outside, &"v1".to_owned(), Ttl::Long).await?;
+    for _ in 0..3 {
+        assert_eq!(a.get::<String>(&outside).await?.as_deref(), Some("v1"));
+    }
+    b.set(&outside, &"v2".to_owned(), Ttl::Long).await?;
+    until_reads(&a, &outside, Some("v2"), "A after B's write of a key outside A's prefixes").await?;
+    Ok(())
+}
+on_both!(prefixes_leave_no_stale_l1_copy);
