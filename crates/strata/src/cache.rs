@@ -410,7 +410,8 @@ impl Cache {
             }
         };
         let stale_present = stale.is_some();
-        // Fail-safe: what may stand in for a failed or too slow load.
+        // Fail-safe: what may stand in for a failed or too slow load (stamps checked above,
+        // by the L2 read or by `l1_entry`).
         let fallback = stale.filter(|(_, stamp)| self.inner.freshness.fail_safe_allows(*stamp)).map(|(v, _)| v);
         let mut lease = None;
         if coordinate && !redis_failed && self.inner.leases.enabled {

@@ -248,3 +248,35 @@ async fn get_or_refresh_does_not_serve_an_invalidated_l1_copy() -> TestResult {
     assert_eq!(cache.get_or_set(&key, ttl, loader).await?, "v2");
     Ok(())
 }
+
+/// Redis refuses every call on the key (`NOPERM`: not an outage, L1 stays open) and the loader
+/// fails. Fail-safe off (the default, a zero window) must surface the loader's error; on, it
+/// must not serve an L1 copy whose stamps cannot be checked (here: its namespace was
+/// invalidated meanwhile) either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_load_never_serves_an_unchecked_l1_copy() -> TestResult {
+    let redis = Redis::standalone();
+    let mut admin = redis.raw();
+    let acl = |rules: &[&str]| redis::cmd("ACL").arg("SETUSER").arg("app").arg(rules).clone();
+    acl(&["on", ">secret", "~*", "&*", "+@all"]).query::<()>(admin.as_mut())?;
+    let build = |freshness: Freshness| {
+        redis.builder().username("app").password("secret").freshness(freshness).stamp_refresh(Duration::ZERO).build()
+    };
+    let (off, on) = (build(Freshness::new()).await?, build(Freshness::new().fail_safe(Duration::from_secs(60))).await?);
+    let key = key("unchecked")?;
+    let ttl = Ttl::Exact(Duration::from_secs(60));
+    for cache in [&off, &on] {
+        assert_eq!(cache.get_or_set(&key, ttl, || async { Ok::<_, std::io::Error>("v1".to_owned()) }).await?, "v1");
+        assert_eq!(cache.get::<String>(&key).await?.as_deref(), Some("v1"));
+        assert!(cache.metrics().total().l1_hits >= 1, "the value is in L1");
+    }
+    strata::bump_stamp(admin.as_mut(), &strata::namespace_stamp_key(key.namespace())?)?;
+    acl(&["resetkeys", "~elsewhere:*"]).query::<()>(admin.as_mut())?;
+    for (name, cache) in [("fail-safe off", &off), ("fail-safe on", &on)] {
+        let got =
+            cache.get_or_set(&key, ttl, || async { Err::<String, _>(std::io::Error::other("database down")) }).await;
+        assert!(got.as_ref().is_err_and(strata::Error::is_loader), "{name}: {got:?}");
+        assert_eq!(cache.metrics().total().stale_served, 0, "{name}");
+    }
+    Ok(())
+}
