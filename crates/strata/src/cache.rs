@@ -18,7 +18,7 @@ use crate::hot::{HotRead, HotRegistry};
 use crate::key::Key;
 use crate::l1::{Checks, L1, Slot, Stamp};
 use crate::l2::L2;
-use crate::lease::LeaseConfig;
+use crate::lease::{Holder, LeaseConfig};
 use crate::metrics::{Metrics, MetricsSnapshot, NsCounters};
 use crate::tags::Tag;
 use crate::tiers::expiry_ms;
@@ -467,7 +467,10 @@ impl Cache {
                 // Redis just failed this flight: do not make the caller wait on it again.
                 let written = match (&lease, redis_failed) {
                     (_, true) => Err(Error::circuit_open()),
-                    (Some(token), false) => self.fill_leased(key, encoded, ttl, slot.clone(), token, meta.into()).await,
+                    (Some(token), false) => {
+                        let holder = Holder::Load(token);
+                        self.fill_leased(key, encoded, ttl, slot.clone(), holder, meta.into()).await.map(drop)
+                    }
                     (None, false) => self.write_l2(key, encoded, ttl, slot.clone(), meta.into()).await,
                 };
                 if let Err(err) = written {

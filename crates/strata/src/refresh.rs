@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::fresh::{Age, Bounded, bounded};
 use crate::key::Key;
 use crate::l1::{Checks, Slot, Stamp, typed};
-use crate::lease::{lease_key, token};
+use crate::lease::{Holder, lease_key, token};
 use crate::metrics::NsCounters;
 use crate::tiers::{expiry_ms, now_ms, ttl_millis};
 use crate::ttl::Ttl;
@@ -244,7 +244,9 @@ impl Cache {
         };
         let (slot, raw_len) = (Slot::Present(Arc::new(value)), encoded.raw_len);
         let written = match &lease {
-            Some(token) => self.fill_leased(key, encoded, ttl, slot.clone(), token, meta.into()).await,
+            Some(token) => {
+                self.fill_leased(key, encoded, ttl, slot.clone(), Holder::Load(token), meta.into()).await.map(drop)
+            }
             None => self.write_l2(key, encoded, ttl, slot.clone(), meta.into()).await,
         };
         if let Err(err) = written {
