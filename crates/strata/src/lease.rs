@@ -69,6 +69,18 @@ end
 redis.call('DEL', KEYS[1], KEYS[2])
 return 0";
 
+/// Takes the lease for a background refresh ([`Cache::get_or_refresh`]) unless the key was
+/// replaced since the refresh was decided: a refresh that comes after another process's has
+/// landed (and released the lease) must not load again. The key is compared by its envelope's
+/// [`Meta`](crate::codec::Meta) bytes; an absent key is refreshed (loaded) like a miss.
+/// KEYS: key, lease. ARGV: token, px, the meta bytes seen, their first and last offset.
+/// Returns 0 replaced, 1 lease taken, 2 lease held.
+pub(crate) const ACQUIRE_FOR_REFRESH: &str = r"
+local now = redis.call('GETRANGE', KEYS[1], ARGV[4], ARGV[5])
+if now ~= '' and now ~= ARGV[3] then return 0 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 2";
+
 /// Releases the lease if the caller's token still holds it (a failed or uncacheable load).
 /// KEYS: lease. ARGV: token.
 pub(crate) const RELEASE_IF_HELD: &str = r"
