@@ -19,6 +19,10 @@
 //! not the one that wrote). To keep what it just wrote in L1, a writer registers an [`Echo`]
 //! before the write and fills L1 with the ticket handed over when that echo is processed: the
 //! state right after its own invalidation, so a later write by anyone still voids the fill.
+//! Redis names a key once per message for all the writes of one event-loop pass, so the echo
+//! may also stand for a write made after this one in the same pass (two pipelined writes of
+//! one connection, or another instance's): the writer then reads the key once more and fills
+//! only if Redis holds exactly what it wrote (`Cache::fill_l1_after_write`).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;

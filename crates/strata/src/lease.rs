@@ -356,7 +356,8 @@ impl Cache {
         let ns = self.inner.metrics.ns(key.namespace());
         if stored == 1 {
             NsCounters::inc(&ns.sets);
-            self.fill_l1_after_write(key, slot, Checks { stamp, marks }, raw_len, ttl, echo, ticket).await;
+            let checks = Checks { stamp, marks };
+            self.fill_l1_after_write(key, slot, checks, raw_len, ttl, echo, ticket, bytes).await;
         } else {
             if let Some(echo) = echo {
                 self.inner.coherence.forget(echo);

@@ -382,3 +382,29 @@ async fn prefixes_leave_no_stale_l1_copy(redis: Redis) -> TestResult {
     Ok(())
 }
 on_both!(prefixes_leave_no_stale_l1_copy);
+
+/// Redis names a key once per event-loop pass in an invalidation message: writes of one key
+/// made in one pass (pipelined on one connection, or from two instances) share one message,
+/// which wakes every writer's echo with the same ticket. No cache may keep, in L1, a value
+/// Redis no longer holds.
+async fn racing_sets_leave_no_l1_copy_redis_does_not_hold(redis: Redis) -> TestResult {
+    let (a, b) = (instance(&redis).await?, instance(&redis).await?);
+    let plain = redis.builder().l1_capacity_bytes(0).build().await?;
+    let key = KeySchema::new("it", 1)?.key("coherence", "racing")?;
+    for round in 0..20 {
+        let sets = (0..16).map(|i| {
+            let (cache, key) = (if i % 2 == 0 { a.clone() } else { b.clone() }, key.clone());
+            tokio::spawn(async move { cache.set(&key, &format!("r{round}w{i}"), Ttl::Long).await })
+        });
+        for set in futures::future::join_all(sets).await {
+            set??;
+        }
+        let held: Option<String> = plain.get(&key).await?;
+        assert!(held.is_some(), "Redis holds one of the values");
+        for (name, cache) in [("A", &a), ("B", &b)] {
+            until_reads(cache, &key, held.as_deref(), &format!("{}: {name}, round {round}", redis.name())).await?;
+        }
+    }
+    Ok(())
+}
+on_both!(racing_sets_leave_no_l1_copy_redis_does_not_hold);
