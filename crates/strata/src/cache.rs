@@ -55,6 +55,14 @@ pub(crate) struct Inner {
     pub(crate) audit: Option<crate::audit::Audit>,
 }
 
+impl Inner {
+    /// What [`L2::run`](crate::l2::L2::run) calls when Redis redirects a call: the L1
+    /// invalidation supervisor must know ([`crate::invalidation::redirected`]).
+    pub(crate) fn on_redirect(&self) -> impl Fn(&str) + Sync + '_ {
+        move |node| crate::invalidation::redirected(self, node)
+    }
+}
+
 /// How a miss was coordinated with other processes.
 pub(crate) enum Coordinated {
     /// Another process loaded it meanwhile.

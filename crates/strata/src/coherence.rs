@@ -78,6 +78,8 @@ pub(crate) struct Coherence {
     echoes: Mutex<Waiters>,
     waiting: AtomicUsize,
     next_waiter: AtomicU64,
+    /// Redirects met on the data path, for the invalidation supervisor.
+    pub(crate) redirects: crate::invalidation::Redirects,
 }
 
 /// Writers waiting for their echo: key → (registration id, where to hand the ticket).
@@ -107,6 +109,7 @@ impl Coherence {
             echoes: Mutex::new(HashMap::new()),
             waiting: AtomicUsize::new(0),
             next_waiter: AtomicU64::new(0),
+            redirects: Default::default(),
             buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
             epoch: AtomicU64::new(0),
             healthy: AtomicBool::new(!tracked),
@@ -166,6 +169,11 @@ impl Coherence {
     /// recovery flushes L1), but a key invalidated since the load started still is not kept.
     pub(crate) fn admits_loaded(&self, ticket: &Ticket) -> bool {
         ticket.covered && self.unchanged(ticket)
+    }
+
+    /// Whether invalidation messages are expected at all (a supervisor runs).
+    pub(crate) fn is_tracking(&self) -> bool {
+        self.tracked
     }
 
     /// Whether L1 is serving: tracking (if any) is up on every node.

@@ -431,7 +431,7 @@ impl Cache {
         // inside every cache operation's state machine made `async fn main` code using the cache
         // overflow the compiler's query depth limit. One allocation next to a network round trip.
         let started = std::time::Instant::now();
-        let result = Box::pin(self.inner.l2.run(context, op)).await;
+        let result = Box::pin(self.inner.l2.run(context, op, &self.inner.on_redirect())).await;
         globals.l2_latency.0.record(started.elapsed());
         match &result {
             Ok(_) => breakers.record(permit, true),
