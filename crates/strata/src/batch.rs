@@ -105,6 +105,8 @@ impl Cache {
             }
         });
         let mut first_error = None;
+        // The L1 fills, concurrently: each waits for its echo and checks what Redis holds.
+        let mut fills = Vec::new();
         for (group, tickets, written) in join_all(writes).await {
             for (i, (echo, ticket)) in group.into_iter().zip(tickets) {
                 let (key, value) = &items[i];
@@ -114,7 +116,7 @@ impl Cache {
                         let (e, ttl, meta) = &encoded[i];
                         let slot = Slot::Present(Arc::new(value.clone()));
                         let (ttl, checks) = (self.physical_ttl(*ttl), Checks::new(*meta, e.marks.clone()));
-                        self.fill_l1_after_write(key, slot, checks, e.raw_len, ttl, echo, ticket).await;
+                        fills.push(self.fill_l1_after_write(key, slot, checks, e.raw_len, ttl, echo, ticket, &e.bytes));
                     }
                     Err(_) => {
                         if let Some(echo) = echo {
@@ -130,6 +132,7 @@ impl Cache {
                 first_error.get_or_insert(err);
             }
         }
+        join_all(fills).await;
         for (key, _) in items {
             self.hot_invalidate(key).await;
         }

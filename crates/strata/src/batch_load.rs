@@ -346,6 +346,8 @@ impl Cache {
                 }
             })
             .await;
+        // The L1 fills, concurrently: each waits for its echo and checks what Redis holds.
+        let mut fills = Vec::new();
         for (u, reply) in written {
             let Some(p) = pending.remove(&u) else { continue };
             let key = &keys[u];
@@ -362,7 +364,11 @@ impl Cache {
                 }
                 Ok(_) => {
                     NsCounters::inc(&ns.sets);
-                    self.fill_l1_after_write(key, p.slot, p.checks, p.encoded.raw_len, p.ttl, echo, p.ticket).await;
+                    fills.push(async move {
+                        let Pending { slot, checks, encoded, ttl, ticket, .. } = p;
+                        self.fill_l1_after_write(key, slot, checks, encoded.raw_len, ttl, echo, ticket, &encoded.bytes)
+                            .await;
+                    });
                 }
                 // Keep serving from L1 while Redis is away, so the source is not hammered.
                 Err(err) if err.is_unavailable() => {
@@ -380,6 +386,7 @@ impl Cache {
                 }
             }
         }
+        futures::future::join_all(fills).await;
         for (_, echo) in echoes {
             self.inner.coherence.forget(echo);
         }

@@ -18,7 +18,7 @@ use crate::hot::{HotRead, HotRegistry};
 use crate::key::Key;
 use crate::l1::{Checks, L1, Slot, Stamp};
 use crate::l2::L2;
-use crate::lease::LeaseConfig;
+use crate::lease::{Holder, LeaseConfig};
 use crate::metrics::{Metrics, MetricsSnapshot, NsCounters};
 use crate::tags::Tag;
 use crate::tiers::expiry_ms;
@@ -53,6 +53,14 @@ pub(crate) struct Inner {
     pub(crate) refreshes: Arc<Refreshes>,
     pub(crate) stamps: crate::stamps::Stamps,
     pub(crate) audit: Option<crate::audit::Audit>,
+}
+
+impl Inner {
+    /// What [`L2::run`](crate::l2::L2::run) calls when Redis redirects a call: the L1
+    /// invalidation supervisor must know ([`crate::invalidation::redirected`]).
+    pub(crate) fn on_redirect(&self) -> impl Fn(&str) + Sync + '_ {
+        move |node| crate::invalidation::redirected(self, node)
+    }
 }
 
 /// How a miss was coordinated with other processes.
@@ -406,11 +414,12 @@ impl Cache {
             Ok(L2Read::Unusable) => (false, false, None),
             Err(err) => {
                 tracing::debug!(key = %key, error = %err, "redis read failed: loading from the source");
-                (err.is_unhealthy() || err.is_circuit_open(), false, self.l1_entry::<T>(key))
+                (err.is_unhealthy() || err.is_circuit_open(), false, self.l1_entry::<T>(key, ns).await)
             }
         };
         let stale_present = stale.is_some();
-        // Fail-safe: what may stand in for a failed or too slow load.
+        // Fail-safe: what may stand in for a failed or too slow load (stamps checked above,
+        // by the L2 read or by `l1_entry`).
         let fallback = stale.filter(|(_, stamp)| self.inner.freshness.fail_safe_allows(*stamp)).map(|(v, _)| v);
         let mut lease = None;
         if coordinate && !redis_failed && self.inner.leases.enabled {
@@ -466,7 +475,10 @@ impl Cache {
                 // Redis just failed this flight: do not make the caller wait on it again.
                 let written = match (&lease, redis_failed) {
                     (_, true) => Err(Error::circuit_open()),
-                    (Some(token), false) => self.fill_leased(key, encoded, ttl, slot.clone(), token, meta.into()).await,
+                    (Some(token), false) => {
+                        let holder = Holder::Load(token);
+                        self.fill_leased(key, encoded, ttl, slot.clone(), holder, meta.into()).await.map(drop)
+                    }
                     (None, false) => self.write_l2(key, encoded, ttl, slot.clone(), meta.into()).await,
                 };
                 if let Err(err) = written {

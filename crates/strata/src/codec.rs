@@ -99,6 +99,20 @@ pub(crate) struct Meta {
     pub(crate) load_us: u32,
 }
 
+/// Where an envelope keeps its [`Meta`]: bytes 4..16, as [`Meta::to_bytes`] lays them out.
+pub(crate) const META_RANGE: std::ops::Range<usize> = 4..16;
+
+impl Meta {
+    /// The envelope's bytes at [`META_RANGE`] (logical expiry, then load time, little endian): a
+    /// script can tell with `GETRANGE` whether a key still holds the value a reader saw.
+    pub(crate) fn to_bytes(self) -> [u8; 12] {
+        let mut out = [0; 12];
+        out[..8].copy_from_slice(&self.expires_at_ms.to_le_bytes());
+        out[8..].copy_from_slice(&self.load_us.to_le_bytes());
+        out
+    }
+}
+
 /// Deepest nesting the MessagePack decoder follows (JSON's own limit is 128 too): bounds the
 /// stack a crafted value with a valid checksum could make the decoder use.
 const MAX_DEPTH: usize = 128;
@@ -162,8 +176,7 @@ impl Codec {
         }
         let mut out = Vec::with_capacity(HEADER_LEN + section.len() + payload.len());
         out.extend_from_slice(&[MAGIC, VERSION, flags, 0]);
-        out.extend_from_slice(&meta.expires_at_ms.to_le_bytes());
-        out.extend_from_slice(&meta.load_us.to_le_bytes());
+        out.extend_from_slice(&meta.to_bytes());
         let payload = match sealer {
             Some(enc) => enc.seal(&aad(key, &out, &section), &payload)?,
             None => payload,
@@ -206,9 +219,10 @@ impl Codec {
         if crc.finalize() != stored_crc {
             return Err(Error::corrupt("envelope checksum mismatch"));
         }
+        let at = &bytes[META_RANGE];
         let meta = Meta {
-            expires_at_ms: u64::from_le_bytes(le_array(&bytes[4..12])),
-            load_us: u32::from_le_bytes(le_array(&bytes[12..16])),
+            expires_at_ms: u64::from_le_bytes(le_array(&at[..8])),
+            load_us: u32::from_le_bytes(le_array(&at[8..])),
         };
         let (marks, payload) = match bytes[1] {
             VERSION_1 => (Marks::unknown(), &bytes[HEADER_LEN..]),
@@ -373,6 +387,16 @@ mod tests {
     }
 
     const META: Meta = Meta { expires_at_ms: 1_700_000_000_000, load_us: 1234 };
+
+    #[test]
+    fn the_meta_sits_at_its_documented_range() -> Result<()> {
+        let codec =
+            Codec { format: Format::MessagePack, compress_above: 1024, max_value_bytes: 1 << 20, encryption: None };
+        let key = Key::parse("app:v1:user:1")?;
+        let encoded = codec.encode_marked(&key, Some(&"v".to_owned()), META, &Marks::unknown())?;
+        assert_eq!(encoded.bytes[META_RANGE], META.to_bytes());
+        Ok(())
+    }
 
     fn roundtrip(c: &Codec, p: &Profile) -> Result<(Profile, Meta)> {
         let d = c.decode::<Profile>(&test_key(), &c.encode(Some(p), META)?.bytes)?;

@@ -19,6 +19,10 @@
 //! not the one that wrote). To keep what it just wrote in L1, a writer registers an [`Echo`]
 //! before the write and fills L1 with the ticket handed over when that echo is processed: the
 //! state right after its own invalidation, so a later write by anyone still voids the fill.
+//! Redis names a key once per message for all the writes of one event-loop pass, so the echo
+//! may also stand for a write made after this one in the same pass (two pipelined writes of
+//! one connection, or another instance's): the writer then reads the key once more and fills
+//! only if Redis holds exactly what it wrote (`Cache::fill_l1_after_write`).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -47,6 +51,8 @@ struct Bucket {
 /// What a reader saw before its Redis round trip.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ticket {
+    /// Whether the key is tracked at all (see [`Coherence::covers`]).
+    covered: bool,
     hash: u64,
     bucket: usize,
     generation: u64,
@@ -66,12 +72,14 @@ pub(crate) struct Coherence {
     pub(crate) task: std::sync::OnceLock<tokio::task::AbortHandle>,
     /// Whether invalidation messages are expected at all.
     tracked: bool,
-    /// Tracked key prefixes (empty: every key).
+    /// Tracked key prefixes (empty: every key); L1 holds no key outside them.
     prefixes: Vec<String>,
     /// Writers waiting for the invalidation their own write causes, by key.
     echoes: Mutex<Waiters>,
     waiting: AtomicUsize,
     next_waiter: AtomicU64,
+    /// Redirects met on the data path, for the invalidation supervisor.
+    pub(crate) redirects: crate::invalidation::Redirects,
 }
 
 /// Writers waiting for their echo: key → (registration id, where to hand the ticket).
@@ -101,6 +109,7 @@ impl Coherence {
             echoes: Mutex::new(HashMap::new()),
             waiting: AtomicUsize::new(0),
             next_waiter: AtomicU64::new(0),
+            redirects: Default::default(),
             buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
             epoch: AtomicU64::new(0),
             healthy: AtomicBool::new(!tracked),
@@ -120,11 +129,19 @@ impl Coherence {
     pub(crate) fn ticket(&self, key: &str) -> Ticket {
         let (hash, bucket) = self.locate(key.as_bytes());
         Ticket {
+            covered: self.covers(key),
             hash,
             bucket,
             epoch: self.epoch.load(Ordering::SeqCst),
             generation: self.buckets[bucket].generation.load(Ordering::SeqCst),
         }
+    }
+
+    /// Whether invalidations of `key` reach this instance, so that L1 may hold it: always
+    /// without tracking (L1 is then bounded by its TTL alone), else when the key is under one of
+    /// the tracked prefixes.
+    fn covers(&self, key: &str) -> bool {
+        !self.tracked || self.prefixes.is_empty() || self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
     }
 
     /// Whether the ticket's key has not been invalidated since the ticket was taken.
@@ -141,7 +158,8 @@ impl Coherence {
 
     /// Whether a fill holding `ticket` may stay in L1 now.
     pub(crate) fn admits(&self, ticket: &Ticket) -> bool {
-        self.healthy.load(Ordering::SeqCst)
+        ticket.covered
+            && self.healthy.load(Ordering::SeqCst)
             && self.epoch.load(Ordering::SeqCst) == ticket.epoch
             && self.unchanged(ticket)
     }
@@ -150,7 +168,12 @@ impl Coherence {
     /// tracking is probably down too, and that is accepted (nobody can write Redis either, and
     /// recovery flushes L1), but a key invalidated since the load started still is not kept.
     pub(crate) fn admits_loaded(&self, ticket: &Ticket) -> bool {
-        self.unchanged(ticket)
+        ticket.covered && self.unchanged(ticket)
+    }
+
+    /// Whether invalidation messages are expected at all (a supervisor runs).
+    pub(crate) fn is_tracking(&self) -> bool {
+        self.tracked
     }
 
     /// Whether L1 is serving: tracking (if any) is up on every node.
@@ -178,7 +201,13 @@ impl Coherence {
             let waiters = self.lock_echoes().remove(key).unwrap_or_default();
             self.waiting.fetch_sub(waiters.len(), Ordering::SeqCst);
             // The state right after this invalidation: a later one of the key voids it.
-            let ticket = Ticket { hash, bucket, generation, epoch: self.epoch.load(Ordering::SeqCst) };
+            let ticket = Ticket {
+                covered: self.covers(key),
+                hash,
+                bucket,
+                generation,
+                epoch: self.epoch.load(Ordering::SeqCst),
+            };
             for (_, tx) in waiters {
                 let _ = tx.send(ticket);
             }
@@ -186,9 +215,10 @@ impl Coherence {
     }
 
     /// Registers for the invalidation a write of `key` is about to cause. `None` when no
-    /// tracking runs, or not for this key: the writer's own pre-write ticket is then the one.
+    /// tracking runs, or not for this key: the writer's own pre-write ticket is then the one
+    /// (which does not admit a key outside the tracked prefixes).
     pub(crate) fn expect_echo(&self, key: &str) -> Option<Echo> {
-        if !self.tracked || !(self.prefixes.is_empty() || self.prefixes.iter().any(|p| key.starts_with(p.as_str()))) {
+        if !self.tracked || !self.covers(key) {
             return None;
         }
         let (tx, rx) = oneshot::channel();
@@ -290,6 +320,18 @@ mod tests {
         assert!(c.admits(&t), "{LOG} changes of other keys are told apart");
         c.invalidate(others[LOG as usize].as_bytes(), None);
         assert!(!c.admits(&t), "beyond the log: refused, to be safe");
+    }
+
+    #[test]
+    fn keys_outside_the_tracked_prefixes_never_enter_l1() {
+        let c = Coherence::new(true, vec!["app:".into()]);
+        c.reset(true, None);
+        assert!(c.admits(&c.ticket("app:v1:user:1")));
+        let outside = c.ticket("other:v1:user:1");
+        assert!(!c.admits(&outside) && !c.admits_loaded(&outside));
+        assert!(c.expect_echo("other:v1:user:1").is_none());
+        let untracked = Coherence::new(false, vec!["app:".into()]);
+        assert!(untracked.admits(&untracked.ticket("other:v1:user:1")), "no tracking: TTLs bound L1");
     }
 
     #[test]

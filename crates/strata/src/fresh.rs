@@ -131,9 +131,12 @@ impl Freshness {
         millis(self.stale_while_revalidate.max(self.fail_safe_max_staleness))
     }
 
-    /// Whether a value with this stamp may stand in for a failed or slow load now.
+    /// Whether a value with this stamp may stand in for a failed or slow load now: never with
+    /// fail-safe off (a zero window: the load's error is the answer), else until the window
+    /// past its logical expiry ends. The value must have passed its stamp checks.
     pub(crate) fn fail_safe_allows(&self, stamp: Stamp) -> bool {
-        crate::tiers::now_ms() < stamp.expires_at_ms.saturating_add(millis(self.fail_safe_max_staleness))
+        !self.fail_safe_max_staleness.is_zero()
+            && crate::tiers::now_ms() < stamp.expires_at_ms.saturating_add(millis(self.fail_safe_max_staleness))
     }
 
     /// Where a value stands at `now_ms`, drawing XFetch's random number when it is fresh.
@@ -272,6 +275,19 @@ mod tests {
         assert_eq!(f.grace_ms(), 5_000);
         assert_eq!(Freshness::default().age(STAMP, 10_000), Age::Expired);
         assert_eq!(Freshness::default().grace_ms(), 0);
+    }
+
+    #[test]
+    fn a_zero_fail_safe_window_never_stands_in() {
+        let fresh = Stamp { expires_at_ms: crate::tiers::now_ms() + 60_000, load_us: 0 };
+        let expired = Stamp { expires_at_ms: crate::tiers::now_ms() - 1_000, load_us: 0 };
+        for off in [Freshness::default(), Freshness::new().fail_safe(Duration::ZERO)] {
+            assert!(!off.fail_safe_allows(fresh), "fail-safe off: a failed load is an error");
+            assert!(!off.fail_safe_allows(expired));
+        }
+        let on = Freshness::new().fail_safe(Duration::from_secs(5));
+        assert!(on.fail_safe_allows(fresh) && on.fail_safe_allows(expired));
+        assert!(!on.fail_safe_allows(Stamp { expires_at_ms: crate::tiers::now_ms() - 6_000, load_us: 0 }));
     }
 
     #[test]

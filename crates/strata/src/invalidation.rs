@@ -13,7 +13,12 @@
 //! - a lost connection (the driver's disconnection notice, or no PONG to the heartbeat within
 //!   its timeout) flushes L1 at once, and nothing enters L1 until tracking is on again;
 //! - a cluster topology change (failover, slot move, node added or removed), polled with
-//!   `CLUSTER NODES`, flushes L1 and connects to the new masters first.
+//!   `CLUSTER NODES`, flushes L1 and connects to the new masters first;
+//! - a `MOVED` or `ASK` reply on the data path (see [`L2::run`](crate::l2::L2)) that names a
+//!   node without a tracking connection flushes and closes L1 at once (the read it redirects
+//!   cannot fill it), and L1 reopens only once that node is tracked too (a master without
+//!   slots yet, receiving migrating keys, included); any redirect also makes the supervisor
+//!   read the topology at once instead of at its next poll.
 //!
 //! The worst case — a node dies silently — bounds staleness by the heartbeat interval plus its
 //! timeout. With Sentinel, the tracked node is the master the sentinels name, asked again at
@@ -41,13 +46,17 @@ const STARTUP_WAIT: Duration = Duration::from_secs(3);
 pub struct Invalidation {
     /// Track at all. Off: L1 copies may be stale for up to `l1_max_ttl` after a write elsewhere.
     pub enabled: bool,
-    /// Key prefixes to track (`BCAST PREFIX`); empty tracks every key. Must not overlap.
+    /// Key prefixes to track (`BCAST PREFIX`); empty tracks every key. Must not overlap. Keys
+    /// outside them are never kept in L1 (no invalidation would reach their copies); the stamp
+    /// and lease keys of the prefixes' applications are tracked too (see
+    /// [`prefixes`](Self::prefixes)).
     pub prefixes: Vec<String>,
     /// How often each tracking connection is pinged.
     pub heartbeat: Duration,
     /// A PING unanswered for this long counts as a lost connection.
     pub heartbeat_timeout: Duration,
-    /// How often the cluster topology is checked for changes.
+    /// How often the cluster topology is checked for changes (and at once when a call meets a
+    /// `MOVED` or `ASK` reply).
     pub topology_interval: Duration,
 }
 
@@ -71,6 +80,14 @@ impl Invalidation {
 
     /// Track only keys starting with one of `prefixes` (e.g. your [`KeySchema`](crate::KeySchema)
     /// apps, `"shop:"`): less traffic when Redis holds other data too.
+    ///
+    /// Coherence is kept: keys outside the prefixes are read from Redis every time (never kept
+    /// in L1), and the namespace and tag stamps of the prefixes' applications (`{shop:...}`,
+    /// `{shop}` for `"shop:"`; `{sh...` for a prefix `"sh"` without a `:`) are tracked as well,
+    /// so that [`invalidate_namespace`](crate::Cache::invalidate_namespace) anywhere reaches this
+    /// instance at once. Lease keys of those applications share that shape, so their changes are
+    /// tracked too. A tag of another application is seen within
+    /// [`stamp_refresh`](crate::CacheBuilder::stamp_refresh).
     pub fn prefixes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, prefixes: I) -> Self {
         self.prefixes = prefixes.into_iter().map(Into::into).collect();
         self
@@ -82,6 +99,24 @@ impl Invalidation {
         self.heartbeat = every;
         self.heartbeat_timeout = timeout;
         self
+    }
+
+    /// The prefixes the tracking connections subscribe to: the configured ones and the stamp
+    /// keys of their applications (see [`prefixes`](Self::prefixes)), without overlaps (Redis
+    /// refuses them); empty for every key.
+    pub(crate) fn tracked_prefixes(&self) -> Vec<String> {
+        let mut all = self.prefixes.clone();
+        for prefix in &self.prefixes {
+            match prefix.split_once(':') {
+                // Stamp ids start with the key's first segment: `{app:...}` or `{app}`.
+                Some((app, _)) => all.extend([format!("{{{app}:"), format!("{{{app}}}")]),
+                None => all.push(format!("{{{prefix}")),
+            }
+        }
+        all.sort();
+        all.dedup();
+        let kept = all.iter().filter(|p| !all.iter().any(|q| q != *p && p.starts_with(q.as_str())));
+        kept.cloned().collect()
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
@@ -98,6 +133,40 @@ impl Invalidation {
         }
         Ok(())
     }
+}
+
+/// What the data path tells the supervisor: nodes that `MOVED` / `ASK` replies named.
+#[derive(Default)]
+pub(crate) struct Redirects {
+    /// `host:port` of every node with a tracking connection, as of the supervisor's last round.
+    tracked: std::sync::RwLock<Vec<String>>,
+    /// Redirect targets that were not tracked: tracked from then on whatever the topology
+    /// says, until it lists them as masters (then it decides) or a connection to one fails.
+    pinned: std::sync::Mutex<Vec<String>>,
+    /// Wakes the supervisor for a topology check now.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// The data path met a `MOVED` or `ASK` reply naming `node` (`host:port`): a slot moved, or is
+/// moving. Without a tracking connection to that node, what is read from it could miss its
+/// invalidations, so L1 is flushed and closed now (fills whose reads started before are
+/// refused), until the supervisor tracks it. Either way the topology is read again at once.
+pub(crate) fn redirected(cache: &Inner, node: &str) {
+    let redirects = &cache.coherence.redirects;
+    if !cache.coherence.is_tracking() {
+        return;
+    }
+    let tracked = redirects.tracked.read().unwrap_or_else(|p| p.into_inner()).iter().any(|n| n == node);
+    if !tracked {
+        let mut pinned = redirects.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        if !pinned.iter().any(|n| n == node) {
+            pinned.push(node.to_owned());
+        }
+        drop(pinned);
+        tracing::info!(node, "redis redirected a call to a node without invalidation tracking; flushing L1");
+        close_l1(cache);
+    }
+    redirects.wake.notify_one();
 }
 
 /// One tracking connection, and whether the driver still reports it alive.
@@ -142,6 +211,7 @@ impl Supervisor {
         };
         let first_round = Arc::new(AtomicBool::new(false));
         let first_done = first_round.clone();
+        let wake = cache.coherence.redirects.wake.clone();
         let handle = tokio::spawn(async move {
             let mut tick = tokio::time::interval(supervisor.config.heartbeat);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -149,6 +219,8 @@ impl Supervisor {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = lost_rx.recv() => {}
+                    // A redirect on the data path: the topology changed under us.
+                    _ = wake.notified() => supervisor.checked = None,
                 }
                 let Some(cache) = supervisor.cache.upgrade() else { return };
                 supervisor.round(&cache).await;
@@ -196,21 +268,39 @@ impl Supervisor {
             self.topology = Some(fingerprint);
             self.masters = masters;
         }
-        let masters = self.masters.clone();
-        self.nodes.retain(|addr, node| masters.iter().any(|(a, _)| a == addr) && node.alive.load(Ordering::SeqCst));
-        let missing: Vec<String> =
-            masters.iter().map(|(a, _)| a.clone()).filter(|a| !self.nodes.contains_key(a)).collect();
+        // The masters, and the nodes redirects named that the topology does not list yet (see
+        // `redirected`).
+        let scheme = self.cluster_scheme();
+        let pinned: Vec<String> = {
+            let mut pinned = cache.coherence.redirects.pinned.lock().unwrap_or_else(|p| p.into_inner());
+            pinned.retain(|n| !self.masters.iter().any(|(a, _)| *a == format!("{scheme}://{n}")));
+            pinned.iter().map(|n| format!("{scheme}://{n}")).collect()
+        };
+        let mut wanted: Vec<String> = self.masters.iter().map(|(a, _)| a.clone()).collect();
+        wanted.extend(pinned.iter().filter(|p| !wanted.contains(p)).cloned().collect::<Vec<_>>());
+        self.nodes.retain(|addr, node| wanted.contains(addr) && node.alive.load(Ordering::SeqCst));
+        let missing: Vec<String> = wanted.iter().filter(|a| !self.nodes.contains_key(*a)).cloned().collect();
         let connected = futures::future::join_all(missing.iter().map(|addr| self.connect(addr))).await;
         for (addr, node) in missing.into_iter().zip(connected) {
             match node {
                 Ok(node) => {
                     self.nodes.insert(addr, node);
                 }
-                Err(err) => tracing::debug!(node = %addr, error = %err, "tracking connection failed"),
+                Err(err) => {
+                    tracing::debug!(node = %addr, error = %err, "tracking connection failed");
+                    if pinned.contains(&addr) {
+                        // Gone: reads cannot reach it either. The topology decides again.
+                        let mut pinned = cache.coherence.redirects.pinned.lock().unwrap_or_else(|p| p.into_inner());
+                        pinned.retain(|n| !addr.ends_with(&format!("://{n}")));
+                        wanted.retain(|a| *a != addr);
+                    }
+                }
             }
         }
         self.heartbeat().await;
-        let all_up = !masters.is_empty() && masters.iter().all(|(a, _)| self.nodes.contains_key(a));
+        *cache.coherence.redirects.tracked.write().unwrap_or_else(|p| p.into_inner()) =
+            self.nodes.keys().map(|a| a.split_once("://").map_or(a.as_str(), |(_, n)| n).to_owned()).collect();
+        let all_up = !self.masters.is_empty() && wanted.iter().all(|a| self.nodes.contains_key(a));
         if all_up != cache.coherence.is_healthy() {
             cache.coherence.reset(all_up, l1);
             // A connection lost between the check and the switch has already flushed; make sure
@@ -241,6 +331,14 @@ impl Supervisor {
         }
     }
 
+    /// The URL scheme of a cluster's nodes: that of its seeds.
+    fn cluster_scheme(&self) -> &'static str {
+        match &self.l2.topology {
+            Topology::Cluster(seeds) if seeds.iter().any(|s| s.starts_with("rediss://")) => "rediss",
+            _ => "redis",
+        }
+    }
+
     /// The masters to track, with their slot ranges (empty for a standalone server).
     async fn masters(&mut self) -> Result<Vec<(String, String)>> {
         let seeds = match &self.l2.topology {
@@ -251,7 +349,7 @@ impl Supervisor {
                 return Ok(vec![(master, String::new())]);
             }
         };
-        let scheme = if seeds.iter().any(|s| s.starts_with("rediss://")) { "rediss" } else { "redis" };
+        let scheme = self.cluster_scheme();
         // Ask a node we already talk to, else the seeds, in turn.
         let mut last_err = Error::config("no cluster seed answered");
         let mut asked: Vec<_> = self.nodes.iter_mut().collect();
@@ -343,7 +441,7 @@ impl Supervisor {
             redis::cmd("CLIENT").arg("SETNAME").arg("strata-invalidation").exec_async(&mut conn).await?;
             let mut tracking = redis::cmd("CLIENT");
             tracking.arg("TRACKING").arg("ON").arg("BCAST");
-            for prefix in &self.config.prefixes {
+            for prefix in self.config.tracked_prefixes() {
                 tracking.arg("PREFIX").arg(prefix);
             }
             tracking.exec_async(&mut conn).await?;
@@ -358,7 +456,7 @@ impl Supervisor {
 }
 
 /// Something may have been missed: flush and close L1, and read namespace stamps again.
-fn close_l1(cache: &Inner) {
+pub(crate) fn close_l1(cache: &Inner) {
     cache.coherence.reset(false, cache.l1.as_ref());
     cache.stamps.forget(None);
 }
@@ -411,7 +509,8 @@ fn parse_masters(text: &str, scheme: &str) -> Vec<(String, String)> {
             let slots: Vec<&str> =
                 fields.get(8..).unwrap_or_default().iter().filter(|s| !s.starts_with('[')).copied().collect();
             // A master without slots holds no keys (a node joining, or a replica not yet
-            // attached in this node's view); it is tracked once slots move to it.
+            // attached in this node's view); it is tracked once slots move to it, or as soon
+            // as a redirect names it (keys migrating to it, see `redirected`).
             if slots.is_empty() {
                 return None;
             }
@@ -448,6 +547,18 @@ f6 127.0.0.1:7006@17006 master - 0 0 0 connected";
                 ("redis://127.0.0.1:7002".to_string(), "5461-10922".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn stamp_keys_of_the_prefixes_are_tracked_without_overlaps() {
+        let tracked = |p: &[&str]| Invalidation::default().prefixes(p.iter().copied()).tracked_prefixes();
+        assert!(tracked(&[]).is_empty(), "every key");
+        assert_eq!(tracked(&["shop:"]), ["shop:", "{shop:", "{shop}"]);
+        assert_eq!(tracked(&["shop:v1:user:", "shop:v2:"]), ["shop:v1:user:", "shop:v2:", "{shop:", "{shop}"]);
+        assert_eq!(tracked(&["sh", "{shop"]), ["sh", "{sh", "{{shop"], "{{shop is inside {{sh");
+        for key in ["{shop:v1:user}:stamp", "{shop:tag:t}:stamp", "{shop}:stamp"] {
+            assert!(tracked(&["shop:"]).iter().any(|p| key.starts_with(p.as_str())), "{key}");
+        }
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //! Within it, replies that mean "not executed, try again shortly" (`LOADING`, `TRYAGAIN`,
 //! `CLUSTERDOWN`, `MASTERDOWN`, and `READONLY` on Sentinel) are retried with exponential backoff
 //! and full jitter on standalone and Sentinel connections (see [`crate::retry`]); the Cluster
-//! client retries those, and follows `MOVED` / `ASK`, by itself. Other errors are not retried:
-//! the circuit breaker and the loader fallback deal with them.
+//! client retries those, and follows `MOVED` / `ASK`, by itself — after a first attempt made
+//! without its retries, so that a redirect is seen here: it means this instance may be reading
+//! from a master its L1 invalidation does not track yet (see [`L2::run`]). Other errors are not
+//! retried: the circuit breaker and the loader fallback deal with them.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,8 +125,34 @@ impl ConnectionLike for Conn {
 
 enum Backend {
     Single(ConnectionManager),
-    Cluster { client: redis::cluster::ClusterClient, conn: Slot },
-    Sentinel { client: tokio::sync::Mutex<SentinelClient>, manager_config: ConnectionManagerConfig, conn: Slot },
+    /// `direct` makes the first attempt of every call, with no retries inside redis-rs, so that
+    /// a `MOVED` or `ASK` reply (or a "try again") reaches [`L2::run`]; `managed` makes the
+    /// attempt after such a reply, following redirects and retrying by itself.
+    Cluster {
+        direct: ClusterConn,
+        managed: Box<ClusterConn>,
+    },
+    Sentinel {
+        client: tokio::sync::Mutex<SentinelClient>,
+        manager_config: ConnectionManagerConfig,
+        conn: Slot,
+    },
+}
+
+/// A cluster client and its connection, made on demand.
+struct ClusterConn {
+    client: redis::cluster::ClusterClient,
+    conn: Slot,
+}
+
+impl ClusterConn {
+    fn new(client: redis::cluster::ClusterClient) -> Self {
+        Self { client, conn: Slot::default() }
+    }
+
+    async fn get(&self) -> RedisResult<Conn> {
+        self.conn.get(|| async { self.client.get_async_connection().await.map(Conn::Cluster) }).await
+    }
 }
 
 /// A connection made on demand and dropped to force a fresh one.
@@ -180,6 +208,8 @@ impl L2 {
     /// retry n = 1, 2, ...; `READONLY` refreshes the slot map and retries; a lost connection
     /// reconnects and retries. A pipeline is retried whole when any of its replies is one of
     /// these. It gives up after `retries` (3) retries, none of them counted in `l2_retries`.
+    /// Two such clients are built: one with those retries, one with none for first attempts
+    /// (even with no retries left, a `MOVED` still makes redis-rs refresh its slot map).
     pub(crate) fn new(config: &L2Config, retries: Arc<AtomicU64>) -> Result<Self> {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
@@ -205,25 +235,29 @@ impl L2 {
                     return Err(Error::config("a cluster topology needs at least one seed node"));
                 }
                 let infos = seeds.iter().map(|u| connection_info(u, config)).collect::<Result<Vec<_>>>()?;
-                let mut builder = ClusterClientBuilder::new(infos)
-                    .connection_timeout(config.connect_timeout)
-                    .response_timeout(config.op_timeout)
-                    .retries(3)
-                    .min_retry_wait(10)
-                    .max_retry_wait(200)
-                    .tcp_settings(tcp_settings());
-                if let Some(u) = &config.username {
-                    builder = builder.username(u);
+                let client = |retries: u32| {
+                    let mut builder = ClusterClientBuilder::new(infos.clone())
+                        .connection_timeout(config.connect_timeout)
+                        .response_timeout(config.op_timeout)
+                        .retries(retries)
+                        .min_retry_wait(10)
+                        .max_retry_wait(200)
+                        .tcp_settings(tcp_settings());
+                    if let Some(u) = &config.username {
+                        builder = builder.username(u);
+                    }
+                    if let Some(p) = &config.password {
+                        builder = builder.password(p);
+                    }
+                    if let Some(tls) = &config.tls {
+                        builder = builder.certs(tls.certificates());
+                    }
+                    builder.build().map_err(|e| Error::config(format!("invalid cluster configuration: {e}")))
+                };
+                Backend::Cluster {
+                    direct: ClusterConn::new(client(0)?),
+                    managed: Box::new(ClusterConn::new(client(3)?)),
                 }
-                if let Some(p) = &config.password {
-                    builder = builder.password(p);
-                }
-                if let Some(tls) = &config.tls {
-                    builder = builder.certs(tls.certificates());
-                }
-                let client =
-                    builder.build().map_err(|e| Error::config(format!("invalid cluster configuration: {e}")))?;
-                Backend::Cluster { client, conn: Slot::default() }
             }
             Topology::Sentinel { sentinels, master_name } => {
                 let infos = sentinels
@@ -271,7 +305,8 @@ impl L2 {
     fn ready_conn(&self) -> Option<Conn> {
         match &self.backend {
             Backend::Single(m) => Some(Conn::Single(m.clone())),
-            Backend::Cluster { conn, .. } | Backend::Sentinel { conn, .. } => conn.read(),
+            Backend::Cluster { direct, .. } => direct.conn.read(),
+            Backend::Sentinel { conn, .. } => conn.read(),
         }
     }
 
@@ -279,9 +314,7 @@ impl L2 {
     async fn connect(&self) -> RedisResult<Conn> {
         match &self.backend {
             Backend::Single(m) => Ok(Conn::Single(m.clone())),
-            Backend::Cluster { client, conn } => {
-                conn.get(|| async { client.get_async_connection().await.map(Conn::Cluster) }).await
-            }
+            Backend::Cluster { direct, .. } => direct.get().await,
             Backend::Sentinel { client, manager_config, conn } => {
                 conn.get(|| async {
                     let master = client.lock().await.async_get_client().await?;
@@ -292,6 +325,12 @@ impl L2 {
         }
     }
 
+    /// The cluster connection that follows redirects and retries by itself (`None` elsewhere).
+    async fn managed(&self) -> Option<RedisResult<Conn>> {
+        let Backend::Cluster { managed, .. } = &self.backend else { return None };
+        Some(managed.get().await)
+    }
+
     /// Runs `op` on a connection, bounded by the operation timeout, plus the connect timeout
     /// when a connection has to be made first. On the hot path (connection ready, first attempt
     /// answered) exactly one timer is armed.
@@ -300,9 +339,13 @@ impl L2 {
     /// shortly" (see [`crate::retry`]) runs `op` again after a jittered backoff, as long as the
     /// wait ends before the deadline set by the operation timeout when the first attempt
     /// started; a connection made again for a retry (Sentinel, after a demotion) counts against
-    /// that same deadline. A Cluster connection is not retried here: redis-rs does it (see
-    /// [`L2::new`]), and a second layer would only hold callers longer during a failover.
-    pub(crate) async fn run<T, F, Fut>(&self, context: &str, op: F) -> Result<T>
+    /// that same deadline. On a Cluster, the first attempt runs without redis-rs's retries: a
+    /// `MOVED` or `ASK` reply is reported to `redirected` (with the node it names) before
+    /// anything is read from that node, and whatever redis-rs would have retried (a redirect,
+    /// "try again", a lost connection) gets one more attempt, on the connection that follows
+    /// redirects and retries by itself (see [`L2::new`]) — no further layer, which would only
+    /// hold callers longer during a failover.
+    pub(crate) async fn run<T, F, Fut>(&self, context: &str, op: F, redirected: &(dyn Fn(&str) + Sync)) -> Result<T>
     where
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -316,13 +359,31 @@ impl L2 {
             };
             let deadline = Instant::now() + self.op_timeout;
             let mut backoff: Option<Backoff> = None;
+            let mut first = true;
             loop {
                 let err = match tokio::time::timeout_at(deadline, op(conn)).await {
                     Ok(Ok(value)) => return Ok(value),
                     Ok(Err(err)) => err,
                     Err(_) => return Err(timeout_error()),
                 };
-                if self.is_cluster() || !retry::is_retryable(&err, self.is_sentinel()) {
+                if self.is_cluster() {
+                    if let Some((node, _slot)) = err.redirect_node() {
+                        redirected(node);
+                    }
+                    let retryable = !matches!(err.retry_method(), redis::RetryMethod::NoRetry) && !err.is_timeout();
+                    if !(first && retryable) {
+                        return Err(err);
+                    }
+                    first = false;
+                    self.after_error(&err);
+                    conn = match tokio::time::timeout_at(deadline, self.managed()).await {
+                        Ok(Some(conn)) => conn?,
+                        Ok(None) => return Err(err),
+                        Err(_) => return Err(timeout_error()),
+                    };
+                    continue;
+                }
+                if !retry::is_retryable(&err, self.is_sentinel()) {
                     return Err(err);
                 }
                 let Some(delay) = backoff.get_or_insert_with(|| Backoff::new(deadline)).next_delay() else {
@@ -369,7 +430,10 @@ impl L2 {
             // slots through connections that no longer exist and never goes back to the seeds
             // (observed with 1.8.1: "No connections found" long after the cluster is healthy).
             // Start over from the seeds instead.
-            Backend::Cluster { conn, .. } if err.kind() == redis::ErrorKind::ClusterConnectionNotFound => conn.reset(),
+            Backend::Cluster { direct, managed } if err.kind() == redis::ErrorKind::ClusterConnectionNotFound => {
+                direct.conn.reset();
+                managed.conn.reset();
+            }
             _ => {}
         }
     }

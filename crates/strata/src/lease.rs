@@ -55,6 +55,32 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then
 end
 return 0";
 
+/// A write-through's store, after its source write: the value goes in only while the caller's
+/// token still holds the lease and no other write-through overlapped it (ARGV[4] = '0');
+/// otherwise the key and the lease are both deleted, whoever holds the lease, so that readers
+/// load from the source (see [`crate::write_through`]).
+/// KEYS: key, lease. ARGV: token, value, px, contended ('1' / '0'). Returns 1 when stored.
+pub(crate) const FILL_THROUGH: &str = r"
+if ARGV[4] == '0' and redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 0";
+
+/// Takes the lease for a background refresh ([`Cache::get_or_refresh`]) unless the key was
+/// replaced since the refresh was decided: a refresh that comes after another process's has
+/// landed (and released the lease) must not load again. The key is compared by its envelope's
+/// [`Meta`](crate::codec::Meta) bytes; an absent key is refreshed (loaded) like a miss.
+/// KEYS: key, lease. ARGV: token, px, the meta bytes seen, their first and last offset.
+/// Returns 0 replaced, 1 lease taken, 2 lease held.
+pub(crate) const ACQUIRE_FOR_REFRESH: &str = r"
+local now = redis.call('GETRANGE', KEYS[1], ARGV[4], ARGV[5])
+if now ~= '' and now ~= ARGV[3] then return 0 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 2";
+
 /// Releases the lease if the caller's token still holds it (a failed or uncacheable load).
 /// KEYS: lease. ARGV: token.
 pub(crate) const RELEASE_IF_HELD: &str = r"
@@ -98,6 +124,27 @@ pub fn lease_target(key: &[u8]) -> Option<&[u8]> {
 /// A fresh random token.
 pub(crate) fn token() -> String {
     format!("{:032x}", rand::rng().random::<u128>())
+}
+
+/// What starts the token of a write-through's lease, and no other: a write-through that takes
+/// the lease over from one knows that another write is in progress.
+pub(crate) const THROUGH_TOKEN_PREFIX: &str = "wt:";
+
+/// A fresh random write-through token.
+pub(crate) fn through_token() -> String {
+    format!("{THROUGH_TOKEN_PREFIX}{}", token())
+}
+
+/// How a lease holder stores its value ([`Cache::fill_leased`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Holder<'a> {
+    /// A load under the lease `token`: stored while the token still holds the lease, else
+    /// dropped (the invalidation or write that revoked it wins).
+    Load(&'a str),
+    /// A write-through under the lease `token`, after its source write: stored while the token
+    /// still holds the lease and the write took it from no other write-through (`contended`);
+    /// else the key and its lease are deleted.
+    Through { token: &'a str, contended: bool },
 }
 
 /// Backoff between polls of a waiting caller: 5 ms doubling to 50 ms, ±25 % jitter so waiters
@@ -262,18 +309,19 @@ impl Cache {
         }
     }
 
-    /// Stores a loaded value if `token` still holds the key's lease. A lease lost meanwhile (an
-    /// invalidation revoked it, or it expired and another caller took over) refuses the write:
-    /// the value may be stale. It is still returned to the caller, but cached nowhere.
+    /// Stores a value if the holder's token still holds the key's lease (see [`Holder`]); returns
+    /// whether it was stored. A lease lost meanwhile (an invalidation revoked it, or it expired
+    /// and another caller took over) refuses the write: the value may be stale. It is still
+    /// returned to the caller, but cached nowhere.
     pub(crate) async fn fill_leased(
         &self,
         key: &Key,
         encoded: Encoded,
         ttl: Duration,
         slot: Slot,
-        token: &str,
+        holder: Holder<'_>,
         stamp: Stamp,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let (k, lease) = (key.as_str(), lease_key(key.as_str()));
         let echo = self.inner.coherence.expect_echo(k);
         let ticket = self.inner.coherence.ticket(k);
@@ -281,11 +329,19 @@ impl Cache {
         let bytes = encoded.bytes.as_slice();
         let ttl = self.physical_ttl(ttl);
         let px = ttl_millis(ttl);
-        let script = &redis::Script::new(FILL_IF_LEASED);
-        let lease = &lease;
+        let (script, token, contended) = match holder {
+            Holder::Load(token) => (FILL_IF_LEASED, token, None),
+            Holder::Through { token, contended } => (FILL_THROUGH, token, Some(if contended { "1" } else { "0" })),
+        };
+        let (script, lease) = (&redis::Script::new(script), &lease);
         let stored: Result<i64> = self
             .l2_call_for(k, "lease fill", |mut c| async move {
-                script.key(k).key(lease).arg(token).arg(bytes).arg(px).invoke_async(&mut c).await
+                let mut invocation = script.key(k);
+                invocation.key(lease).arg(token).arg(bytes).arg(px);
+                if let Some(contended) = contended {
+                    invocation.arg(contended);
+                }
+                invocation.invoke_async(&mut c).await
             })
             .await;
         let stored = match stored {
@@ -300,18 +356,19 @@ impl Cache {
         let ns = self.inner.metrics.ns(key.namespace());
         if stored == 1 {
             NsCounters::inc(&ns.sets);
-            self.fill_l1_after_write(key, slot, Checks { stamp, marks }, raw_len, ttl, echo, ticket).await;
+            let checks = Checks { stamp, marks };
+            self.fill_l1_after_write(key, slot, checks, raw_len, ttl, echo, ticket, bytes).await;
         } else {
             if let Some(echo) = echo {
                 self.inner.coherence.forget(echo);
             }
             NsCounters::inc(&ns.stale_writes_refused);
-            tracing::debug!(key = %key, "lease lost during the load: value not cached");
+            tracing::debug!(key = %key, "lease lost during the load, or writes overlapped: value not cached");
             if let Some(l1) = &self.inner.l1 {
                 l1.remove(key.as_str());
             }
         }
-        Ok(())
+        Ok(stored == 1)
     }
 }
 

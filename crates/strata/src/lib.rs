@@ -51,7 +51,8 @@
 //!   tracking connection is down or the cluster topology changes, so no instance serves a copy
 //!   that could have missed an invalidation. A read that raced an invalidation is never
 //!   inserted (each L1 fill carries a ticket from before its round trip); an instance keeps
-//!   what it wrote itself.
+//!   what it wrote itself, once its write's invalidation has come back and Redis is seen to
+//!   hold that value.
 //! - **Freshness** ([`Freshness`], off by default): XFetch probabilistic early refresh from the
 //!   load time stored with each value, stale-while-revalidate, fail-safe (the last good value
 //!   stands in, up to a maximum staleness, when the loader fails or passes its soft timeout) and

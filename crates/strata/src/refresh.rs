@@ -5,22 +5,33 @@
 //! [`Refreshes`](crate::fresh::Refreshes)) and across processes through the key's lease: a
 //! refresh takes the lease with `SET NX` and stores with the lease's compare-and-set, so an
 //! invalidation during the load still wins; when another process holds the lease, this one skips
-//! its refresh and keeps serving what it has until that process's value lands.
+//! its refresh and keeps serving what it has until that process's value lands. The lease is
+//! taken only while the key still holds the value that called for the refresh (compared by its
+//! envelope's expiry and load time, in the same script): a refresh that reaches Redis after
+//! another process's refresh has landed and released the lease does not load again.
 
 use std::any::TypeId;
 use std::future::Future;
 use std::sync::Arc;
 
 use crate::cache::{Cache, CacheValue, L2Read};
-use crate::codec::Meta;
+use crate::codec::{META_RANGE, Meta};
 use crate::error::{Error, Result};
 use crate::fresh::{Age, Bounded, bounded};
 use crate::key::Key;
 use crate::l1::{Checks, Slot, Stamp, typed};
-use crate::lease::{lease_key, token};
+use crate::lease::{ACQUIRE_FOR_REFRESH, Holder, lease_key, token};
 use crate::metrics::NsCounters;
 use crate::tiers::{expiry_ms, now_ms, ttl_millis};
 use crate::ttl::Ttl;
+
+/// What a refresh's lease attempt found.
+enum RefreshLease {
+    Taken(String),
+    Held,
+    /// The key no longer holds the value that called for the refresh.
+    Replaced,
+}
 
 /// Why a background refresh starts.
 #[derive(Clone, Copy)]
@@ -58,7 +69,7 @@ impl Cache {
         let loader = Arc::new(loader);
         let freshness = &self.inner.freshness;
         let mut fallback = None;
-        if let Some((v, stamp)) = self.l1_entry::<T>(key) {
+        if let Some((v, stamp)) = self.l1_entry::<T>(key, &ns).await {
             match freshness.age(stamp, now_ms()) {
                 Age::Fresh => {
                     NsCounters::inc(&ns.l1_hits);
@@ -66,13 +77,13 @@ impl Cache {
                 }
                 Age::RefreshEarly => {
                     NsCounters::inc(&ns.l1_hits);
-                    self.refresh_in_background::<T, F, Fut, E>(key, ttl, &loader, Trigger::Early);
+                    self.refresh_in_background::<T, F, Fut, E>(key, ttl, &loader, Trigger::Early, stamp);
                     return Ok(v);
                 }
                 Age::Revalidate => {
                     NsCounters::inc(&ns.l1_hits);
                     NsCounters::inc(&ns.stale_served);
-                    self.refresh_in_background::<T, F, Fut, E>(key, ttl, &loader, Trigger::Stale);
+                    self.refresh_in_background::<T, F, Fut, E>(key, ttl, &loader, Trigger::Stale, stamp);
                     return Ok(v);
                 }
                 Age::FailSafe => fallback = Some(v),
@@ -85,7 +96,7 @@ impl Cache {
             Ok(L2Read::Stale(v, stamp)) => match freshness.age(stamp, now_ms()) {
                 Age::Revalidate => {
                     NsCounters::inc(&ns.stale_served);
-                    self.refresh_in_background::<T, F, Fut, E>(key, ttl, &loader, Trigger::Stale);
+                    self.refresh_in_background::<T, F, Fut, E>(key, ttl, &loader, Trigger::Stale, stamp);
                     return Ok(v);
                 }
                 Age::FailSafe => fallback = Some(v),
@@ -97,9 +108,10 @@ impl Cache {
         self.load_in_task::<T, F, Fut, E>(key, ttl, loader, fallback, &ns).await
     }
 
-    /// Any L1 copy of `key` as a `T`, fresh or stale, with its stamp (uncounted).
-    pub(crate) fn l1_entry<T: CacheValue>(&self, key: &Key) -> Option<(T, Stamp)> {
-        match self.inner.l1.as_ref()?.get(key.as_str())? {
+    /// Any current L1 copy of `key` (stamps checked) as a `T`, fresh or stale, with its stamp
+    /// (uncounted).
+    pub(crate) async fn l1_entry<T: CacheValue>(&self, key: &Key, ns: &NsCounters) -> Option<(T, Stamp)> {
+        match self.l1_get(key, ns).await? {
             (Slot::Present(shared), checks) => typed::<T>(&shared).map(|v| (v, checks.stamp)),
             (Slot::Absent, _) => None,
         }
@@ -159,8 +171,9 @@ impl Cache {
         }
     }
 
-    /// Starts a background refresh of `key` unless one is running in this process.
-    fn refresh_in_background<T, F, Fut, E>(&self, key: &Key, ttl: Ttl, loader: &Arc<F>, trigger: Trigger)
+    /// Starts a background refresh of `key` unless one is running in this process. `seen`: the
+    /// stamp of the value that calls for it.
+    fn refresh_in_background<T, F, Fut, E>(&self, key: &Key, ttl: Ttl, loader: &Arc<F>, trigger: Trigger, seen: Stamp)
     where
         T: CacheValue,
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -176,12 +189,13 @@ impl Cache {
         let (cache, key, loader) = (self.clone(), key.clone(), loader.clone());
         tokio::spawn(async move {
             let _claim = claim;
-            cache.refresh::<T, F, Fut, E>(&key, ttl, &*loader, &ns).await;
+            cache.refresh::<T, F, Fut, E>(&key, ttl, &*loader, &ns, seen).await;
         });
     }
 
-    /// One background refresh: take the lease (skip if another process holds it), load, store.
-    async fn refresh<T, F, Fut, E>(&self, key: &Key, ttl: Ttl, loader: &F, ns: &NsCounters)
+    /// One background refresh: take the lease (skip if another process holds it, or if the
+    /// value `seen` was replaced meanwhile), load, store.
+    async fn refresh<T, F, Fut, E>(&self, key: &Key, ttl: Ttl, loader: &F, ns: &NsCounters, seen: Stamp)
     where
         T: CacheValue,
         F: Fn() -> Fut,
@@ -189,10 +203,18 @@ impl Cache {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let lease = if self.inner.leases.enabled {
-            match self.take_lease(key).await {
-                Ok(Some(token)) => Some(token),
+            match self.take_refresh_lease(key, seen).await {
+                Ok(RefreshLease::Taken(token)) => Some(token),
                 // Another process is loading this key: its value will reach Redis.
-                Ok(None) => return,
+                Ok(RefreshLease::Held) => return,
+                // Another process's refresh (or a write) has landed: nothing to do but drop the
+                // old copy, if this instance still holds one.
+                Ok(RefreshLease::Replaced) => {
+                    if let Some(l1) = &self.inner.l1 {
+                        l1.remove(key.as_str());
+                    }
+                    return;
+                }
                 Err(err) => {
                     tracing::debug!(key = %key, error = %err, "refresh skipped: redis unavailable");
                     return;
@@ -243,7 +265,9 @@ impl Cache {
         };
         let (slot, raw_len) = (Slot::Present(Arc::new(value)), encoded.raw_len);
         let written = match &lease {
-            Some(token) => self.fill_leased(key, encoded, ttl, slot.clone(), token, meta.into()).await,
+            Some(token) => {
+                self.fill_leased(key, encoded, ttl, slot.clone(), Holder::Load(token), meta.into()).await.map(drop)
+            }
             None => self.write_l2(key, encoded, ttl, slot.clone(), meta.into()).await,
         };
         if let Err(err) = written {
@@ -255,15 +279,22 @@ impl Cache {
         }
     }
 
-    /// `SET {key}:lease <token> NX PX <lease ttl>`: the token when taken, `None` when held.
-    async fn take_lease(&self, key: &Key) -> Result<Option<String>> {
-        let (lease, token, px) = (lease_key(key.as_str()), token(), ttl_millis(self.inner.leases.ttl));
-        let (lease, t) = (lease.as_slice(), token.as_str());
-        let taken: Option<String> = self
-            .l2_call_for(key.as_str(), "lease acquire", |mut c| async move {
-                redis::cmd("SET").arg(lease).arg(t).arg("NX").arg("PX").arg(px).query_async(&mut c).await
+    /// Takes the key's lease for a refresh of the value `seen` ([`ACQUIRE_FOR_REFRESH`]).
+    async fn take_refresh_lease(&self, key: &Key, seen: Stamp) -> Result<RefreshLease> {
+        let (k, lease, token, px) = (key.as_str(), lease_key(key.as_str()), token(), ttl_millis(self.inner.leases.ttl));
+        let seen = Meta { expires_at_ms: seen.expires_at_ms, load_us: seen.load_us }.to_bytes();
+        let (lease, t, seen) = (lease.as_slice(), token.as_str(), seen.as_slice());
+        let (first, last) = (META_RANGE.start, META_RANGE.end - 1);
+        let script = &redis::Script::new(ACQUIRE_FOR_REFRESH);
+        let outcome: i64 = self
+            .l2_call_for(k, "lease acquire", |mut c| async move {
+                script.key(k).key(lease).arg(t).arg(px).arg(seen).arg(first).arg(last).invoke_async(&mut c).await
             })
             .await?;
-        Ok(taken.map(|_| token))
+        Ok(match outcome {
+            1 => RefreshLease::Taken(token),
+            0 => RefreshLease::Replaced,
+            _ => RefreshLease::Held,
+        })
     }
 }

@@ -30,15 +30,15 @@ impl Cache {
         ns: &NsCounters,
         accept_negative: bool,
     ) -> Option<Option<T>> {
-        if let Some(l1) = &self.inner.l1 {
-            let found = match l1.get(key.as_str()) {
+        if self.inner.l1.is_some() {
+            let found = match self.l1_get(key, ns).await {
                 // With a grace period, L1 keeps copies past their logical expiry for
                 // `get_or_refresh`; a plain read treats them as misses.
                 Some((_, checks)) if self.inner.freshness.grace_ms() > 0 && checks.stamp.expires_at_ms <= now_ms() => {
                     None
                 }
-                Some((slot, checks)) if self.l1_current(key, &checks.marks, ns).await => Some(slot),
-                _ => None,
+                Some((slot, _)) => Some(slot),
+                None => None,
             };
             match found {
                 Some(Slot::Present(shared)) => {
@@ -60,6 +60,14 @@ impl Cache {
         NsCounters::inc(&ns.l1_misses);
         tracing::debug!(key = %key, tier = "l1", "cache miss");
         None
+    }
+
+    /// The L1 entry of `key`, if its namespace and tag stamps say it is current (an invalidated
+    /// one is removed and counted): every L1 read goes through here. Hits are not counted, and
+    /// the logical expiry is left to the caller.
+    pub(crate) async fn l1_get(&self, key: &Key, ns: &NsCounters) -> Option<(Slot, Checks)> {
+        let (slot, checks) = self.inner.l1.as_ref()?.get(key.as_str())?;
+        self.l1_current(key, &checks.marks, ns).await.then_some((slot, checks))
     }
 
     /// GET (with PTTL in the same round trip when L1 is on, to bound the L1 copy's lifetime by
@@ -255,7 +263,8 @@ impl Cache {
         match written {
             Ok(()) => {
                 NsCounters::inc(&self.inner.metrics.ns(key.namespace()).sets);
-                self.fill_l1_after_write(key, slot, Checks { stamp, marks }, raw_len, ttl, echo, ticket).await;
+                let checks = Checks { stamp, marks };
+                self.fill_l1_after_write(key, slot, checks, raw_len, ttl, echo, ticket, bytes).await;
                 Ok(())
             }
             Err(err) => {
@@ -286,8 +295,13 @@ impl Cache {
         self.fill_l1_if(key, slot, checks, value_len, ttl, || self.inner.coherence.admits(&ticket));
     }
 
-    /// [`fill_l1`](Self::fill_l1) with a value this instance has just written, once the write's
-    /// own invalidation has come back (see [`crate::coherence`]).
+    /// [`fill_l1`](Self::fill_l1) with a value this instance has just written (`written`: the
+    /// bytes it stored), once the write's own invalidation has come back (see
+    /// [`crate::coherence`]). Redis names a key once per invalidation message, for all the
+    /// writes of one event-loop pass: the echo may also stand for a later write of the key (by
+    /// this instance or another), so its ticket alone does not prove that Redis holds this
+    /// value. A read sent after the echo must find these very bytes: then any later write voids
+    /// the ticket, as for any read.
     #[allow(clippy::too_many_arguments)] // the entry's parts plus the write's coherence state
     pub(crate) async fn fill_l1_after_write(
         &self,
@@ -298,6 +312,7 @@ impl Cache {
         ttl: Duration,
         echo: Option<Echo>,
         before: Ticket,
+        written: &[u8],
     ) {
         if self.inner.l1.is_none() {
             if let Some(echo) = echo {
@@ -305,8 +320,37 @@ impl Cache {
             }
             return;
         }
-        if let Some(ticket) = self.inner.coherence.after_write(echo, before, self.inner.l2.op_timeout).await {
-            self.fill_l1(key, slot, checks, value_len, ttl, ticket);
+        // Without an echo (no tracking, or a key L1 does not hold), `before` decides alone.
+        let echoed = echo.is_some();
+        let Some(ticket) = self.inner.coherence.after_write(echo, before, self.inner.l2.op_timeout).await else {
+            return;
+        };
+        let ttl = match echoed {
+            true => match self.still_holds(key, written).await {
+                Some(left) => ttl.min(left),
+                None => return,
+            },
+            false => ttl,
+        };
+        self.fill_l1(key, slot, checks, value_len, ttl, ticket);
+    }
+
+    /// Whether Redis holds exactly `written` under `key` (GET and PTTL, one round trip), and for
+    /// how long: `None` if it holds something else, or cannot say.
+    async fn still_holds(&self, key: &Key, written: &[u8]) -> Option<Duration> {
+        let k = key.as_str();
+        let (held, pttl) = self
+            .l2_call_for(k, "GET", |mut c| async move {
+                redis::pipe().cmd("GET").arg(k).cmd("PTTL").arg(k).query_async::<(Option<Vec<u8>>, i64)>(&mut c).await
+            })
+            .await
+            .ok()?;
+        if held.as_deref() != Some(written) {
+            return None;
+        }
+        match pttl {
+            -1 => Some(Duration::MAX),
+            ms => u64::try_from(ms).ok().map(Duration::from_millis),
         }
     }
 
@@ -387,7 +431,7 @@ impl Cache {
         // inside every cache operation's state machine made `async fn main` code using the cache
         // overflow the compiler's query depth limit. One allocation next to a network round trip.
         let started = std::time::Instant::now();
-        let result = Box::pin(self.inner.l2.run(context, op)).await;
+        let result = Box::pin(self.inner.l2.run(context, op, &self.inner.on_redirect())).await;
         globals.l2_latency.0.record(started.elapsed());
         match &result {
             Ok(_) => breakers.record(permit, true),

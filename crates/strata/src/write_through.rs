@@ -2,9 +2,11 @@
 //! that a crash at any point cannot turn into a cache newer — or older — than the source.
 //!
 //! ```text
-//! 1. take the key's lease (overwriting any reader's) and DEL the cached value, one round trip
+//! 1. take the key's lease (overwriting any reader's: SET ... GET) and DEL the cached value,
+//!    one round trip
 //! 2. store_fn(value): the source write                      ── fails: lease released, cache empty
-//! 3. store the value only if the lease is still ours (CAS), releasing it
+//! 3. store the value only if the lease is still ours and step 1 overwrote no other
+//!    write-through's lease (CAS), releasing it; otherwise DEL the key and its lease
 //! ```
 //!
 //! - A crash (or a dropped future) after 1 leaves the cache empty: the next read loads from the
@@ -13,8 +15,16 @@
 //! - Readers that miss between 1 and 3 find the lease and wait for its value (distributed
 //!   single-flight) instead of loading a version the write is about to replace; one that had
 //!   already loaded the old value holds a token that 1 revoked, so its store is refused.
-//! - If the source write outlasts the lease TTL, another caller may take the lease and load:
-//!   keep the lease TTL above the slowest source write.
+//! - Concurrent write-throughs of one key may reach the source in any order, so none of them
+//!   may store its value unless it ran alone: write-through tokens are recognisable, and one
+//!   that took the lease over from another (step 1 returns the previous token), or whose lease
+//!   was taken over, ends with `DEL key lease` after its source write instead of storing —
+//!   whoever holds the lease then, as `delete` does. Every write-through therefore ends, after
+//!   its source write, either with a store that no overlapping write-through could follow, or
+//!   with the key emptied; readers then load the source's final version.
+//! - If the source write outlasts the lease TTL, another caller may take the lease and load
+//!   (possibly the version being replaced); the write's final DEL removes what it stored.
+//!   Keep the lease TTL above the slowest source write all the same: readers wait for it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,7 +34,7 @@ use crate::codec::Meta;
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::l1::Slot;
-use crate::lease::{lease_key, token};
+use crate::lease::{Holder, THROUGH_TOKEN_PREFIX, lease_key, through_token};
 use crate::metrics::NsCounters;
 use crate::tiers::{expiry_ms, ttl_millis};
 use crate::ttl::Ttl;
@@ -33,7 +43,9 @@ impl Cache {
     /// Writes `value` to the source with `store_fn`, then to the cache, so that a crash at any
     /// point cannot leave the cache newer than the source. The order: take the key's lease and
     /// delete the cached value (one round trip); run `store_fn`; store the value only if the
-    /// lease is still this call's. A crash after the first step leaves the key uncached; readers
+    /// lease is still this call's and no other write-through of the key overlapped it (else the
+    /// key is left uncached, for readers to load from the source, since concurrent source
+    /// writes may land in any order). A crash after the first step leaves the key uncached; readers
     /// that miss meanwhile wait for the lease instead of loading the version being replaced.
     /// Keep the lease TTL ([`LeaseConfig`](crate::LeaseConfig)) above the slowest source write.
     ///
@@ -98,10 +110,10 @@ impl Cache {
         if let Some(l1) = &self.inner.l1 {
             l1.remove(key.as_str());
         }
-        let (k, lease, token) = (key.as_str(), lease_key(key.as_str()), token());
+        let (k, lease, token) = (key.as_str(), lease_key(key.as_str()), through_token());
         let px = ttl_millis(self.inner.leases.ttl);
         let (t, lease) = (token.as_str(), &lease);
-        let held: Result<()> = self
+        let held: Result<(Option<String>,)> = self
             .l2_call_for(k, "write-through lease", |mut c| async move {
                 redis::pipe()
                     .cmd("SET")
@@ -109,7 +121,7 @@ impl Cache {
                     .arg(t)
                     .arg("PX")
                     .arg(px)
-                    .ignore()
+                    .arg("GET")
                     .cmd("DEL")
                     .arg(k)
                     .ignore()
@@ -117,6 +129,9 @@ impl Cache {
                     .await
             })
             .await;
+        // Another write-through's lease was live: its source write and ours may land in either
+        // order, so neither may store.
+        let held = held.map(|(previous,)| previous.is_some_and(|p| p.starts_with(THROUGH_TOKEN_PREFIX)));
         if let Err(err) = &held {
             // The source must still be written: the caller's write is the point. Without the
             // lease the cache may keep an old copy, so report Redis's error after the write.
@@ -130,13 +145,18 @@ impl Cache {
             }
             return Err(Error::loader(e));
         }
-        held?;
+        let contended = held?;
 
-        // 3. The cache, only if no one took the lease over meanwhile.
+        // 3. The cache, only if this write ran alone; else the key is emptied.
         let slot = Slot::Present(Arc::new(value.clone()));
-        self.fill_leased(key, encoded, ttl, slot, &token, meta.into()).await?;
+        let holder = Holder::Through { token: &token, contended };
+        let stored = self.fill_leased(key, encoded, ttl, slot, holder, meta.into()).await?;
         NsCounters::inc(&self.inner.metrics.ns(key.namespace()).writes_through);
-        self.hot_write(key, value).await;
+        if stored {
+            self.hot_write(key, value).await;
+        } else {
+            self.hot_invalidate(key).await;
+        }
         Ok(())
     }
 }

@@ -291,7 +291,8 @@ impl Worker {
         pipe.cmd("XACK").arg(&stream).arg(&wb.config.group).arg(&entry.id).ignore();
         pipe.cmd("XDEL").arg(&stream).arg(&entry.id).ignore();
         let pipe = &pipe;
-        wb.cache.inner.l2.run("write-behind settle", |mut c| async move { pipe.query_async::<()>(&mut c).await }).await
+        let settle = |mut c: Conn| async move { pipe.query_async::<()>(&mut c).await };
+        wb.cache.inner.l2.run("write-behind settle", settle, &wb.cache.inner.on_redirect()).await
     }
 
     /// Renews the lease when a third of it has passed; false once it is no longer ours.
@@ -311,15 +312,11 @@ impl Worker {
     async fn lease(&self, script: &'static str, p: u16, ttl_ms: u64) -> Result<bool> {
         let key = &self.wb.owner_key(p);
         let consumer = self.consumer.as_str();
-        let n: i64 = self
-            .wb
-            .cache
-            .inner
-            .l2
-            .run("write-behind lease", |mut c: Conn| async move {
-                redis::Script::new(script).key(key).arg(consumer).arg(ttl_ms).invoke_async(&mut c).await
-            })
-            .await?;
+        let inner = &self.wb.cache.inner;
+        let lease = |mut c: Conn| async move {
+            redis::Script::new(script).key(key).arg(consumer).arg(ttl_ms).invoke_async(&mut c).await
+        };
+        let n: i64 = inner.l2.run("write-behind lease", lease, &inner.on_redirect()).await?;
         Ok(n == 1)
     }
 
@@ -339,7 +336,8 @@ impl Worker {
 
     async fn call<T: redis::FromRedisValue>(&self, context: &str, cmd: redis::Cmd) -> Result<T> {
         let cmd = &cmd;
-        self.wb.cache.inner.l2.run(context, |mut c| async move { cmd.query_async(&mut c).await }).await
+        let inner = &self.wb.cache.inner;
+        inner.l2.run(context, |mut c| async move { cmd.query_async(&mut c).await }, &inner.on_redirect()).await
     }
 }
 

@@ -347,3 +347,206 @@ async fn sentinel_instances_stay_coherent_through_a_failover() -> TestResult {
     until_reads(b, &key, Some("v4"), "B through the new master").await?;
     Ok(())
 }
+
+/// Tracking limited to some prefixes: a key outside them is never served from L1 (no
+/// invalidation would reach it), and namespace stamps are still tracked, so another instance's
+/// `invalidate_namespace` is seen at once, not after the stamp cache's minute.
+async fn prefixes_leave_no_stale_l1_copy(redis: Redis) -> TestResult {
+    let build = |prefixes: Vec<&str>| {
+        let invalidation =
+            Invalidation::default().heartbeat(Duration::from_millis(200), Duration::from_secs(2)).prefixes(prefixes);
+        redis
+            .builder()
+            .l1_max_ttl(L1_LIFETIME)
+            .stamp_refresh(Duration::from_secs(60))
+            .invalidation(invalidation)
+            .build()
+    };
+    let (a, b) = (build(vec!["it:"]).await?, build(vec!["it:", "other:"]).await?);
+
+    // Inside the prefixes: L1 serves, and a namespace invalidation elsewhere reaches it.
+    let inside = KeySchema::new("it", 1)?.key("prefixed", "1")?;
+    a.set(&inside, &"old".to_owned(), Ttl::Long).await?;
+    prime(&[&a], &inside, "old").await?;
+    b.invalidate_namespace(inside.namespace()).await?;
+    until_reads(&a, &inside, None, "A after B's namespace invalidation").await?;
+
+    // Outside them: another instance's write is seen at once.
+    let outside = KeySchema::new("other", 1)?.key("prefixed", "1")?;
+    a.set(&outside, &"v1".to_owned(), Ttl::Long).await?;
+    for _ in 0..3 {
+        assert_eq!(a.get::<String>(&outside).await?.as_deref(), Some("v1"));
+    }
+    b.set(&outside, &"v2".to_owned(), Ttl::Long).await?;
+    until_reads(&a, &outside, Some("v2"), "A after B's write of a key outside A's prefixes").await?;
+    Ok(())
+}
+on_both!(prefixes_leave_no_stale_l1_copy);
+
+/// Redis names a key once per event-loop pass in an invalidation message: writes of one key
+/// made in one pass (pipelined on one connection, or from two instances) share one message,
+/// which wakes every writer's echo with the same ticket. No cache may keep, in L1, a value
+/// Redis no longer holds.
+async fn racing_sets_leave_no_l1_copy_redis_does_not_hold(redis: Redis) -> TestResult {
+    let (a, b) = (instance(&redis).await?, instance(&redis).await?);
+    let plain = redis.builder().l1_capacity_bytes(0).build().await?;
+    let key = KeySchema::new("it", 1)?.key("coherence", "racing")?;
+    for round in 0..20 {
+        let sets = (0..16).map(|i| {
+            let (cache, key) = (if i % 2 == 0 { a.clone() } else { b.clone() }, key.clone());
+            tokio::spawn(async move { cache.set(&key, &format!("r{round}w{i}"), Ttl::Long).await })
+        });
+        for set in futures::future::join_all(sets).await {
+            set??;
+        }
+        let held: Option<String> = plain.get(&key).await?;
+        assert!(held.is_some(), "Redis holds one of the values");
+        for (name, cache) in [("A", &a), ("B", &b)] {
+            until_reads(cache, &key, held.as_deref(), &format!("{}: {name}, round {round}", redis.name())).await?;
+        }
+    }
+    Ok(())
+}
+on_both!(racing_sets_leave_no_l1_copy_redis_does_not_hold);
+
+/// A redis-server in cluster mode, outside `strata-cluster`'s set: joined with `CLUSTER MEET`
+/// it is a master without slots, which nobody tracks yet. Killed on drop.
+struct ExtraMaster {
+    process: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl ExtraMaster {
+    fn join(cluster: &strata_cluster::RedisCluster) -> Result<ExtraMaster, Box<dyn std::error::Error + Send + Sync>> {
+        let dir = tempfile::tempdir()?;
+        let (port, bus) = (strata_cluster::free_port()?, strata_cluster::free_port()?);
+        let process = Command::new(strata_cluster::redis_server()?)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+            .args(["--cluster-port", &bus.to_string()])
+            .args(["--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let extra = ExtraMaster { process, port, _dir: dir };
+        let url = format!("redis://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut conn = loop {
+            match redis::Client::open(url.as_str())?.get_connection() {
+                Ok(conn) => break conn,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Err(err) => return Err(err.into()),
+            }
+        };
+        let seed = &cluster.nodes()[0];
+        let seed_bus = seed.bus_port().ok_or("a cluster node without a bus port")?;
+        redis::cmd("CLUSTER").arg("MEET").arg("127.0.0.1").arg(seed.port()).arg(seed_bus).query::<()>(&mut conn)?;
+        // Every node must know it before slots move to it.
+        let id: String = redis::cmd("CLUSTER").arg("MYID").query(&mut conn)?;
+        for node in cluster.nodes() {
+            let mut c = node.connection()?;
+            loop {
+                let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut c)?;
+                if nodes.lines().any(|l| l.starts_with(&id) && l.contains(" connected")) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{} never met the extra master {id}: {nodes}", node.addr()).into());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // And it must see the cluster whole, or it refuses the keys that move to it.
+        loop {
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn)?;
+            if info.contains("cluster_state:ok") {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the extra master never saw the cluster ok: {info}").into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(extra)
+    }
+
+    fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?.get_connection()
+    }
+}
+
+impl Drop for ExtraMaster {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Moves `slot` from master `from` to the extra master, keys included, as `redis-cli --cluster
+/// reshard` does: IMPORTING / MIGRATING, MIGRATE, then SETSLOT NODE everywhere.
+fn move_slot(
+    cluster: &strata_cluster::RedisCluster,
+    slot: u16,
+    from: usize,
+    to: &ExtraMaster,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (mut src, mut dst) = (cluster.nodes()[from].connection()?, to.connection()?);
+    let src_id = cluster.node_id(from)?;
+    let dst_id: String = redis::cmd("CLUSTER").arg("MYID").query(&mut dst)?;
+    redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("IMPORTING").arg(&src_id).query::<()>(&mut dst)?;
+    redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("MIGRATING").arg(&dst_id).query::<()>(&mut src)?;
+    let keys: Vec<String> = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(1000).query(&mut src)?;
+    if !keys.is_empty() {
+        redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(to.port)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query::<()>(&mut src)?;
+    }
+    redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("NODE").arg(&dst_id).query::<()>(&mut dst)?;
+    redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("NODE").arg(&dst_id).query::<()>(&mut src)?;
+    for i in cluster.master_indices()? {
+        let mut c = cluster.nodes()[i].connection()?;
+        redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("NODE").arg(&dst_id).query::<()>(&mut c)?;
+    }
+    Ok(())
+}
+
+/// A key's slot moves to a master that no instance tracks yet (a new master, joined without
+/// slots). The read that meets the MOVED reply must not fill L1 from an untracked node, and
+/// tracking must cover the new owner at once, not at the next topology poll (a minute here):
+/// a write on the new owner then reaches the reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_an_untracked_master_keeps_l1_coherent() -> TestResult {
+    let redis = std::sync::Arc::new(Redis::cluster());
+    let Redis::Cluster(cluster) = redis.as_ref() else { return Err("not a cluster".into()) };
+    let extra = tokio::task::block_in_place(|| ExtraMaster::join(cluster))?;
+    let mut invalidation = Invalidation::default().heartbeat(Duration::from_millis(200), Duration::from_secs(2));
+    invalidation.topology_interval = Duration::from_secs(60);
+    let cache = redis.builder().l1_max_ttl(L1_LIFETIME).invalidation(invalidation).build().await?;
+    let writer = redis.builder().invalidation(Invalidation::disabled()).build().await?;
+    let key = KeySchema::new("it", 1)?.key("coherence", "moved")?;
+    writer.set(&key, &"v1".to_owned(), Ttl::Long).await?;
+    prime(&[&cache], &key, "v1").await?;
+    let flushes = cache.metrics().l1_flushes;
+
+    tokio::task::block_in_place(|| {
+        let slot = cluster.key_slot(key.as_str().as_bytes())?;
+        let from = cluster.node_for_slot(slot)?;
+        move_slot(cluster, slot, from, &extra)
+    })?;
+    // The move deleted the key on its old master (an invalidation): the next read goes to Redis,
+    // meets MOVED, and reads v1 on the new owner.
+    until_reads(&cache, &key, Some("v1"), "after the slot moved").await?;
+    assert!(cache.metrics().l1_flushes > flushes, "the redirect to an untracked node closed L1");
+    assert_eq!(cache.get::<String>(&key).await?.as_deref(), Some("v1"));
+    writer.set(&key, &"v2".to_owned(), Ttl::Long).await?;
+    until_reads(&cache, &key, Some("v2"), "after a write on the new owner").await?;
+    Ok(())
+}

@@ -124,10 +124,12 @@ async fn stale_while_revalidate_serves_old_then_new() -> TestResult {
     assert!(pttl(&redis, &key)? > 29_000, "Redis keeps the value for the grace period");
     sleep(Duration::from_millis(400)).await;
 
-    let served = timeout(Duration::from_secs(5), cache.get_or_refresh(&key, ttl, source.loader())).await??;
+    // The refresh stores v2 for a minute: it stays fresh however slowly the checks below run.
+    let long = Ttl::Exact(Duration::from_secs(60));
+    let served = timeout(Duration::from_secs(5), cache.get_or_refresh(&key, long, source.loader())).await??;
     assert_eq!(served, "v1");
     assert_eq!(cache.get::<String>(&key).await?, None, "plain reads never return stale values");
-    let served = timeout(Duration::from_secs(5), other.get_or_refresh(&key, ttl, source.loader())).await??;
+    let served = timeout(Duration::from_secs(5), other.get_or_refresh(&key, long, source.loader())).await??;
     assert_eq!(served, "v1");
     let stats = cache.metrics().namespace("it:v1:fresh");
     assert_eq!((stats.stale_served, stats.stale_refreshes), (1, 1), "{stats:?}");
@@ -214,5 +216,114 @@ async fn timeouts_bound_the_wait() -> TestResult {
     eventually(&cache, &key, "v2").await?;
     let stats = cache.metrics().namespace("it:v1:fresh");
     assert!(stats.loader_timeouts >= 2 && stats.stale_served == 1, "{stats:?}");
+    Ok(())
+}
+
+/// `get_or_refresh` checks namespace stamps on its L1 path like every read: after
+/// `invalidate_namespace` (on this very instance), the old L1 copy is not served, even fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_or_refresh_does_not_serve_an_invalidated_l1_copy() -> TestResult {
+    let redis = Redis::standalone();
+    let freshness = Freshness::new().stale_while_revalidate(Duration::from_secs(30)).fail_safe(Duration::from_secs(60));
+    let cache = redis.builder().freshness(freshness).l1_max_ttl(Duration::from_secs(60)).build().await?;
+    let db = Arc::new(std::sync::Mutex::new("v1".to_owned()));
+    let loader = {
+        let db = db.clone();
+        move || {
+            let value = db.lock().map(|v| v.clone()).map_err(|_| std::io::Error::other("poisoned"));
+            async move { value }
+        }
+    };
+    let key = key("nsinv")?;
+    let ttl = Ttl::Exact(Duration::from_secs(60));
+    assert_eq!(cache.get_or_refresh(&key, ttl, loader.clone()).await?, "v1");
+    assert_eq!(cache.get_or_refresh(&key, ttl, loader.clone()).await?, "v1");
+    assert_eq!(cache.metrics().namespace("it:v1:fresh").l1_hits, 1, "the second read is an L1 hit");
+
+    cache.invalidate_namespace(key.namespace()).await?;
+    *db.lock().map_err(|_| "poisoned")? = "v2".to_owned();
+    assert_eq!(
+        cache.get_or_refresh(&key, ttl, loader.clone()).await?,
+        "v2",
+        "an L1 copy from before invalidate_namespace was served"
+    );
+    assert_eq!(cache.get_or_set(&key, ttl, loader).await?, "v2");
+    Ok(())
+}
+
+/// Redis refuses every call on the key (`NOPERM`: not an outage, L1 stays open) and the loader
+/// fails. Fail-safe off (the default, a zero window) must surface the loader's error; on, it
+/// must not serve an L1 copy whose stamps cannot be checked (here: its namespace was
+/// invalidated meanwhile) either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_load_never_serves_an_unchecked_l1_copy() -> TestResult {
+    let redis = Redis::standalone();
+    let mut admin = redis.raw();
+    let acl = |rules: &[&str]| redis::cmd("ACL").arg("SETUSER").arg("app").arg(rules).clone();
+    acl(&["on", ">secret", "~*", "&*", "+@all"]).query::<()>(admin.as_mut())?;
+    let build = |freshness: Freshness| {
+        redis.builder().username("app").password("secret").freshness(freshness).stamp_refresh(Duration::ZERO).build()
+    };
+    let (off, on) = (build(Freshness::new()).await?, build(Freshness::new().fail_safe(Duration::from_secs(60))).await?);
+    let key = key("unchecked")?;
+    let ttl = Ttl::Exact(Duration::from_secs(60));
+    for cache in [&off, &on] {
+        assert_eq!(cache.get_or_set(&key, ttl, || async { Ok::<_, std::io::Error>("v1".to_owned()) }).await?, "v1");
+        assert_eq!(cache.get::<String>(&key).await?.as_deref(), Some("v1"));
+        assert!(cache.metrics().total().l1_hits >= 1, "the value is in L1");
+    }
+    strata::bump_stamp(admin.as_mut(), &strata::namespace_stamp_key(key.namespace())?)?;
+    acl(&["resetkeys", "~elsewhere:*"]).query::<()>(admin.as_mut())?;
+    for (name, cache) in [("fail-safe off", &off), ("fail-safe on", &on)] {
+        let got =
+            cache.get_or_set(&key, ttl, || async { Err::<String, _>(std::io::Error::other("database down")) }).await;
+        assert!(got.as_ref().is_err_and(strata::Error::is_loader), "{name}: {got:?}");
+        assert_eq!(cache.metrics().total().stale_served, 0, "{name}");
+    }
+    Ok(())
+}
+
+/// The hand-over behind a rare failure of `stale_while_revalidate_serves_old_then_new`: an
+/// instance sees the stale value and starts its background refresh, but that refresh asks for
+/// the lease only after another instance's refresh has stored the new value and released it. It
+/// must not load again. `other` lives on a runtime that runs only inside `block_on`, so its
+/// refresh waits, deterministically, until the first one has landed.
+#[test]
+fn a_refresh_that_starts_after_another_landed_does_not_load_again() -> TestResult {
+    let redis = Redis::standalone();
+    let freshness = Freshness::new().stale_while_revalidate(Duration::from_secs(30));
+    let main = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let side = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let cache = main.block_on(redis.builder().freshness(freshness.clone()).build())?;
+    let other = side.block_on(redis.builder().freshness(freshness).l1_capacity_bytes(0).build())?;
+    // Two permits: the first instance's refresh takes one; a second refresh would load too.
+    let source = Source { gated_from: 2, ..Source::new(Duration::ZERO) };
+    let key = key("handover")?;
+    let ttl = Ttl::Exact(Duration::from_millis(300));
+    main.block_on(async {
+        assert_eq!(cache.get_or_refresh(&key, ttl, source.loader()).await?, "v1");
+        sleep(Duration::from_millis(400)).await; // past the logical expiry, within the window
+        TestResult::Ok(())
+    })?;
+    let idle = side.metrics().num_alive_tasks();
+    // `other` serves the stale value from Redis; its refresh is spawned but does not run yet.
+    assert_eq!(side.block_on(other.get_or_refresh(&key, ttl, source.loader()))?, "v1");
+    main.block_on(async {
+        // This refresh stores v2 for a minute.
+        let long = Ttl::Exact(Duration::from_secs(60));
+        assert_eq!(cache.get_or_refresh(&key, long, source.loader()).await?, "v1");
+        source.gate.add_permits(2);
+        eventually(&cache, &key, "v2").await
+    })?;
+    // Now `other`'s refresh runs, to its end.
+    side.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while side.metrics().num_alive_tasks() > idle {
+            assert!(tokio::time::Instant::now() < deadline, "the refresh never ended");
+            sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(source.calls(), 2, "one refresh across both instances");
+        eventually(&other, &key, "v2").await
+    })?;
     Ok(())
 }

@@ -148,3 +148,59 @@ async fn a_reader_during_the_write_gets_the_new_value(redis: Redis) -> TestResul
     Ok(())
 }
 on_both!(a_reader_during_the_write_gets_the_new_value);
+
+/// Two write-throughs of one key whose source writes land in the opposite order of their
+/// leases: A takes the lease, B takes it over, B writes v2 to the source, then A writes v1, then
+/// both try to store. The cache must end up agreeing with the source (v1), not holding v2.
+async fn concurrent_writes_through_agree_with_the_source(redis: Redis) -> TestResult {
+    let (a, b) = (redis.cache().await, redis.cache().await);
+    let key = KeySchema::new("it", 1)?.key("through", "5")?;
+    let source: Source = Arc::new(Mutex::new("v0".to_owned()));
+    a.set(&key, &"v0".to_owned(), Ttl::Medium).await?;
+    let (a_holds_tx, a_holds_rx) = oneshot::channel::<()>();
+    let (b_wrote_tx, b_wrote_rx) = oneshot::channel::<()>();
+    let (a_wrote_tx, a_wrote_rx) = oneshot::channel::<()>();
+    let writing_a = {
+        let (a, key, source) = (a.clone(), key.clone(), source.clone());
+        tokio::spawn(async move {
+            a.set_through(&key, &"v1".to_owned(), Ttl::Medium, move |v: &String| {
+                let v = v.clone();
+                async move {
+                    let _ = a_holds_tx.send(()); // A's lease is taken
+                    let _ = b_wrote_rx.await;
+                    *source.lock().expect("source") = v;
+                    let _ = a_wrote_tx.send(());
+                    Ok::<_, std::io::Error>(())
+                }
+            })
+            .await
+        })
+    };
+    a_holds_rx.await?;
+    let writing_b = {
+        let (b, key, source) = (b.clone(), key.clone(), source.clone());
+        tokio::spawn(async move {
+            b.set_through(&key, &"v2".to_owned(), Ttl::Medium, move |v: &String| {
+                let v = v.clone();
+                async move {
+                    *source.lock().expect("source") = v;
+                    let _ = b_wrote_tx.send(());
+                    let _ = a_wrote_rx.await;
+                    Ok::<_, std::io::Error>(())
+                }
+            })
+            .await
+        })
+    };
+    writing_a.await??;
+    writing_b.await??;
+    assert_eq!(*source.lock().expect("source"), "v1");
+    let loads = AtomicUsize::new(0);
+    for (name, cache) in [("A", &a), ("B", &b)] {
+        let got = read_through(cache, &key, &source, &loads).await?;
+        assert_eq!(got, "v1", "{}: {name} reads what the source no longer holds", redis.name());
+        assert_eq!(cache.get::<String>(&key).await?.as_deref(), Some("v1"), "{}: {name}", redis.name());
+    }
+    Ok(())
+}
+on_both!(concurrent_writes_through_agree_with_the_source);
