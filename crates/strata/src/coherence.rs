@@ -181,8 +181,18 @@ impl Coherence {
         self.healthy.load(Ordering::SeqCst)
     }
 
-    /// An invalidation message named `key`.
+    /// An invalidation message named `key`. A hot key's copy changed is its key changed: a read
+    /// of the copy may have filled the key's L1 entry (see [`crate::HotKeys`]), and a writer
+    /// updates the copies after the key itself, so the key's own invalidation can come before
+    /// the copy a reader is about to read has the new value.
     pub(crate) fn invalidate(&self, key: &[u8], l1: Option<&L1>) {
+        if let Some(of) = std::str::from_utf8(key).ok().and_then(crate::hot::hot_copy_of) {
+            self.invalidate_one(of.as_bytes(), l1);
+        }
+        self.invalidate_one(key, l1);
+    }
+
+    fn invalidate_one(&self, key: &[u8], l1: Option<&L1>) {
         let (hash, bucket) = self.locate(key);
         let generation = {
             let slot = &self.buckets[bucket];

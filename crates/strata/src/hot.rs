@@ -112,6 +112,15 @@ fn valid_copies(n: usize) -> bool {
     (1..=MAX_HOT_COPIES).contains(&n)
 }
 
+/// What separates a hot key from its copy number in a copy's name.
+const COPY_INFIX: &str = ":~hot:";
+
+/// The key a hot copy's name belongs to (`None`: not a copy's name).
+pub(crate) fn hot_copy_of(name: &str) -> Option<&str> {
+    let (key, n) = name.rsplit_once(COPY_INFIX)?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(key)
+}
+
 /// The names of the first `copies` copies of `key` (see [`HotKeys`]): each in a cluster slot of
 /// its own, none in the key's slot. Tools that delete keys behind Strata's back
 /// should delete these too (a pattern on the key's namespace matches them).
@@ -123,7 +132,7 @@ pub fn hot_copy_keys(key: &str, copies: usize) -> Vec<String> {
         if out.len() == copies {
             break;
         }
-        let name = format!("{key}:~hot:{n}");
+        let name = format!("{key}{COPY_INFIX}{n}");
         let slot = HashSlot::for_key(&name);
         if !slots.contains(&slot) {
             slots.push(slot);
@@ -384,6 +393,7 @@ mod tests {
             assert_eq!(slots.len(), MAX_HOT_COPIES + 1, "{key}");
             assert_eq!(hot_copy_keys(key, 3), copies[..3], "a prefix of the same names");
             assert!(copies.iter().all(|c| c.starts_with(&format!("{key}:~hot:"))));
+            assert!(copies.iter().all(|c| hot_copy_of(c) == Some(key)), "{key}");
         }
     }
 
@@ -428,6 +438,14 @@ mod tests {
         cache.hot_refill(&key, &copy, Some(&"newer".to_owned())).await;
         assert!(!copy_exists(), "a copy of a deleted key was kept");
         Ok(())
+    }
+
+    #[test]
+    fn only_copy_names_have_a_key() {
+        assert_eq!(hot_copy_of("app:v1:user:1:~hot:12"), Some("app:v1:user:1"));
+        for name in ["app:v1:user:1", "app:v1:user:1:~hot:", "app:v1:user:1:~hot:x", "{app:v1:user:1}:lease"] {
+            assert_eq!(hot_copy_of(name), None, "{name}");
+        }
     }
 
     #[test]

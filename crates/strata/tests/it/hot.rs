@@ -145,3 +145,34 @@ async fn get_or_set_of_a_hot_key_loads_once(redis: Redis) -> TestResult {
     Ok(())
 }
 on_both!(get_or_set_of_a_hot_key_loads_once);
+
+/// An L1 entry filled from a copy goes when the copy changes: a writer updates the copies after
+/// the key, so a reader can read a copy (and fill L1) after the key's own invalidation and
+/// before the copy gets the new value. Found by `strata drill consistency` (hot keys read
+/// versions 150-390 ms old).
+async fn a_changed_copy_evicts_the_l1_entry_it_filled(redis: Redis) -> TestResult {
+    let key = KeySchema::new("it", 1)?.key("hot", "copy-evicts")?;
+    let hot = HotKeys::new().key(&key, 1);
+    let reader = redis.builder().hot_keys(hot.clone()).build().await?;
+    let writer = redis.builder().hot_keys(hot).build().await?;
+    writer.set(&key, &"v1".to_owned(), Ttl::Long).await?;
+    assert_eq!(reader.get::<String>(&key).await?.as_deref(), Some("v1"));
+    let hits = reader.metrics().total().l1_hits;
+    assert_eq!(reader.get::<String>(&key).await?.as_deref(), Some("v1"));
+    assert_eq!(reader.metrics().total().l1_hits, hits + 1, "the copy read filled L1");
+
+    // The copy changes (here: is removed) while the key does not.
+    let copy = hot_copy_keys(key.as_str(), 1).remove(0);
+    let seen = reader.metrics().invalidation_messages;
+    redis::cmd("DEL").arg(&copy).query::<()>(redis.raw().as_mut())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while reader.metrics().invalidation_messages == seen {
+        assert!(std::time::Instant::now() < deadline, "no invalidation of the copy arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let hits = reader.metrics().total().l1_hits;
+    assert_eq!(reader.get::<String>(&key).await?.as_deref(), Some("v1"));
+    assert_eq!(reader.metrics().total().l1_hits, hits, "the L1 entry the copy filled was kept");
+    Ok(())
+}
+on_both!(a_changed_copy_evicts_the_l1_entry_it_filled);
