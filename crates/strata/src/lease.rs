@@ -147,6 +147,10 @@ pub(crate) enum Holder<'a> {
     Through { token: &'a str, contended: bool },
 }
 
+/// How often a leader that found the key present, but not usable (invalidated, then removed;
+/// or expired), tries the lease again before loading without one.
+const PRESENT_RETRIES: u32 = 3;
+
 /// Backoff between polls of a waiting caller: 5 ms doubling to 50 ms, ±25 % jitter so waiters
 /// in different processes do not poll in lockstep.
 pub(crate) fn backoff(attempt: u32) -> Duration {
@@ -230,7 +234,7 @@ impl Cache {
         stale: bool,
         first: Option<FirstTry>,
     ) -> Coordinated {
-        let stale_flag = if stale { "1" } else { "0" };
+        let mut stale_flag = if stale { "1" } else { "0" };
         let lease = lease_key(key.as_str());
         // A lease the first attempt took is ours whatever the read found: load under it.
         let mut first = first.filter(|f| !stale || f.took_lease());
@@ -255,16 +259,26 @@ impl Cache {
                 Ok(0) => {
                     // Present: use it; a value we cannot use (another type, or a cached "not
                     // found" this caller does not accept) is replaced by loading without a lease.
-                    return match self.read_l2::<T>(key, ns, accept_negative).await {
-                        Ok(L2Read::Value(v)) => Coordinated::Found(Arc::new(Some(v))),
-                        Ok(L2Read::Negative) => Coordinated::Found(Arc::new(None::<T>)),
-                        Ok(L2Read::Miss | L2Read::Unusable | L2Read::Stale(..)) => {
-                            Coordinated::LoadAlone { redis_failed: false }
+                    // Gone again (a value invalidated by its namespace or tags is removed when
+                    // read), or kept past its expiry: take the lease after all. Loading without
+                    // one could store a value older than a write made during the load.
+                    match self.read_l2::<T>(key, ns, accept_negative).await {
+                        Ok(L2Read::Value(v)) => return Coordinated::Found(Arc::new(Some(v))),
+                        Ok(L2Read::Negative) => return Coordinated::Found(Arc::new(None::<T>)),
+                        Ok(found @ (L2Read::Miss | L2Read::Stale(..))) if attempt < PRESENT_RETRIES => {
+                            if matches!(found, L2Read::Stale(..)) {
+                                stale_flag = "1";
+                            }
+                            attempt += 1;
+                            continue;
                         }
+                        Ok(_) => return Coordinated::LoadAlone { redis_failed: false },
                         Err(err) => {
-                            Coordinated::LoadAlone { redis_failed: err.is_unhealthy() || err.is_circuit_open() }
+                            return Coordinated::LoadAlone {
+                                redis_failed: err.is_unhealthy() || err.is_circuit_open(),
+                            };
                         }
-                    };
+                    }
                 }
                 Ok(_) => {}
                 Err(err) => {

@@ -159,6 +159,8 @@ pub struct Options {
     pub progress: bool,
     /// Turn cross-instance invalidation off in the workers (the drill must then fail).
     pub without_invalidation: bool,
+    /// Keep the histories (`history-N.jsonl`) and the source in this directory.
+    pub keep: Option<PathBuf>,
 }
 
 /// What the drill found (the fields up to `caller_errors` are the contract of `--json`).
@@ -259,6 +261,15 @@ pub fn run(setup: &mut Setup, options: &Options, worker_command: &[String]) -> a
     let mut entries = Vec::new();
     for p in 0..options.processes {
         entries.extend(read_history(&dir.path().join(format!("history-{p}.jsonl")))?);
+    }
+    if let Some(keep) = &options.keep {
+        std::fs::create_dir_all(keep)?;
+        for entry in std::fs::read_dir(dir.path())?.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with("history-") || name == worker::SOURCE_DB {
+                std::fs::copy(entry.path(), keep.join(&name))?;
+            }
+        }
     }
     bar.set_message("checking");
     let bound = u64::try_from(options.bound.as_nanos()).unwrap_or(u64::MAX);

@@ -81,6 +81,10 @@ struct ConsistencyArgs {
     /// fails).
     #[arg(long)]
     without_invalidation: bool,
+    /// Keep every worker's history (`history-N.jsonl`, one JSON line per key touched) and the
+    /// source (SQLite) in this directory, for a closer look at a stale read.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -258,6 +262,7 @@ fn consistency_drill(args: ConsistencyArgs) -> anyhow::Result<()> {
         bound: args.bound,
         progress: !args.output.json,
         without_invalidation: args.without_invalidation,
+        keep: args.keep,
     };
     let report = consistency::run(&mut setup, &options, &worker)?;
     args.output.print(&report, || {

@@ -61,6 +61,41 @@ async fn a_load_that_overlaps_an_invalidation_is_not_stored(redis: Redis) -> Tes
 }
 on_both!(a_load_that_overlaps_an_invalidation_is_not_stored);
 
+/// The same race when the key holds a value its namespace invalidated (or one kept past its
+/// expiry): the lease cannot be taken while that value is present, yet the load must not run
+/// without it. Found by `strata drill consistency`: a load after `invalidate_namespace` stored
+/// its version over a `set` made during the load, and every instance read it for ~100 ms.
+async fn a_load_over_an_invalidated_value_is_leased_too(redis: Redis) -> TestResult {
+    let reader = redis.cache().await;
+    let writer = redis.cache().await;
+    let key = KeySchema::new("it", 1)?.key("race-ns", "1")?;
+    writer.set(&key, &"v0".to_owned(), Ttl::Medium).await?;
+    writer.invalidate_namespace(key.namespace()).await?;
+    let (loaded_tx, loaded_rx) = oneshot::channel::<()>();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let load = {
+        let (reader, key) = (reader.clone(), key.clone());
+        tokio::spawn(async move {
+            reader
+                .get_or_set(&key, Ttl::Medium, || async move {
+                    let v1 = "v1".to_owned(); // read from the source before the write
+                    let _ = loaded_tx.send(());
+                    let _ = release_rx.await;
+                    Ok::<_, std::io::Error>(v1)
+                })
+                .await
+        })
+    };
+    loaded_rx.await?;
+    writer.set(&key, &"v2".to_owned(), Ttl::Medium).await?;
+    release_tx.send(()).map_err(|_| "reader gone")?;
+    assert_eq!(load.await??, "v1", "the caller still gets what it read");
+    let fresh = read_from_redis(&writer, &key).await?;
+    assert_eq!(fresh.as_deref(), Some("v2"), "{}: the load stored over the newer set", redis.name());
+    Ok(())
+}
+on_both!(a_load_over_an_invalidated_value_is_leased_too);
+
 /// Reads `key` from Redis (the cache's L1 is cleared first).
 async fn read_from_redis(cache: &Cache, key: &strata::Key) -> strata::Result<Option<String>> {
     cache.clear_l1();
