@@ -205,6 +205,18 @@ impl PlainClient {
         Ok(())
     }
 
+    /// DEL of `key` and its lease key, in one command (same slot): what a writer outside Strata
+    /// must do so that a load running meanwhile cannot store what it read before the write
+    /// (see `strata::lease_key`).
+    pub(crate) async fn delete_with_lease(&mut self, key: &str) -> anyhow::Result<()> {
+        let del = redis::cmd("DEL").arg(key).arg(strata::lease_key(key)).clone();
+        match self {
+            PlainClient::Single(c) => del.query_async::<()>(c).await?,
+            PlainClient::Cluster(c) => del.query_async::<()>(c).await?,
+        }
+        Ok(())
+    }
+
     /// GET `from`, SET `to` to the same bytes (with a TTL, as any cache writer should).
     async fn copy(&mut self, from: &str, to: &str) -> anyhow::Result<()> {
         let get = redis::cmd("GET").arg(from).clone();

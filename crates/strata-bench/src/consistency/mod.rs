@@ -17,6 +17,10 @@
 //! | `tagged` | 16, tags `t0`..`t3` | `get_or_set_tagged` | `set_tagged`, `invalidate_tag`, `delete`, a plain `DEL` |
 //! | `hot` | 4, 3 hot copies each | `get_or_set` | `delete`, `set` |
 //!
+//! The plain client deletes the key and its lease key (`DEL key {key}:lease`), as the lease
+//! contract asks of writers outside Strata: with the key alone, a load running meanwhile can
+//! store what it read before the write (docs/reliability.md, "Coherence").
+//!
 //! A plain `DEL` of a hot key is not in the mix: it cannot reach the copies, which live up to
 //! their copy TTL by design (see `HotKeys`).
 //!

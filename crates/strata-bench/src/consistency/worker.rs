@@ -14,7 +14,9 @@
 //!   the opposite order of the source (a cache `set` is last-writer-wins; an application
 //!   serializes its writers of one row the same way);
 //! - **`set_through`**: the cache's own ordering is under test, so writers of one key run
-//!   concurrently; the source keeps the highest version it was given.
+//!   concurrently. The source write is optimistic, as with a version column: it refuses a
+//!   version older than the one it holds (the call then fails and the cache is emptied of the
+//!   key), so the source's versions keep growing; a refused write is not judged.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -229,7 +231,7 @@ impl Actor {
         let start = now_ns();
         match self.write_op(roll).await {
             Ok((op, keys, version, ok)) => {
-                Outcome { kind: Kind::Write, op, versions: vec![Some(version); keys.len()], keys, start, ok }
+                Outcome { kind: Kind::Write, op, versions: vec![version; keys.len()], keys, start, ok }
             }
             // The source itself failed (SQLite busy past its timeout): nothing was written.
             Err(err) => {
@@ -246,10 +248,33 @@ impl Actor {
         }
     }
 
-    /// One write: (API call, keys whose version it raised, the version, the call succeeded).
-    async fn write_op(&mut self, roll: u32) -> anyhow::Result<(&'static str, Vec<String>, u64, bool)> {
+    /// One write: (API call, keys whose version it raised, the version (`None`: the source
+    /// refused it), the call succeeded).
+    async fn write_op(&mut self, roll: u32) -> anyhow::Result<(&'static str, Vec<String>, Option<u64>, bool)> {
         let (cache, source, space) = (self.cache.clone(), self.source.clone(), self.space.clone());
-        Ok(match roll {
+        if (40..51).contains(&roll) {
+            let key = space.plain_key();
+            let v = source.reserve().await?;
+            let k = key.as_str().to_owned();
+            let refused = Arc::new(AtomicBool::new(false));
+            let flag = refused.clone();
+            let ok = cache
+                .set_through(&key, &v, Ttl::Short, |value: &u64| {
+                    let value = *value;
+                    async move {
+                        let taken = source.store_if_newer(&k, value).await?;
+                        flag.store(!taken, Ordering::Relaxed);
+                        if taken { Ok(()) } else { Err(anyhow::anyhow!("the source holds a newer version")) }
+                    }
+                })
+                .await
+                .is_ok();
+            return Ok(match refused.load(Ordering::Relaxed) {
+                true => ("set_through_refused", names(&[&key]), None, true),
+                false => ("set_through", names(&[&key]), Some(v), ok),
+            });
+        }
+        let (op, keys, v, ok) = match roll {
             0..16 => {
                 let key = space.plain_key();
                 let v = source.bump(&[key.as_str()]).await?;
@@ -259,25 +284,12 @@ impl Actor {
                 let key = space.plain_key();
                 let v = source.bump(&[key.as_str()]).await?;
                 let plain = self.plain.as_mut().context("a writer has a plain client")?;
-                ("plain_del", names(&[&key]), v, plain.delete(key.as_str()).await.is_ok())
+                ("plain_del", names(&[&key]), v, plain.delete_with_lease(key.as_str()).await.is_ok())
             }
             30..40 => {
                 let key = space.plain_key();
                 let (v, ok) = source.bump_holding(&[key.as_str()], |v| set(cache, key.clone(), v, None)).await?;
                 ("set", names(&[&key]), v, ok)
-            }
-            40..51 => {
-                let key = space.plain_key();
-                let v = source.reserve().await?;
-                let k = key.as_str().to_owned();
-                let ok = cache
-                    .set_through(&key, &v, Ttl::Short, |value: &u64| {
-                        let value = *value;
-                        async move { source.raise(&k, value).await }
-                    })
-                    .await
-                    .is_ok();
-                ("set_through", names(&[&key]), v, ok)
             }
             51..58 => {
                 let keys = space.distinct_plain_keys(2);
@@ -315,7 +327,7 @@ impl Actor {
                 let (key, _) = space.tagged_key();
                 let v = source.bump(&[key.as_str()]).await?;
                 let plain = self.plain.as_mut().context("a writer has a plain client")?;
-                ("plain_del_tagged", names(&[&key]), v, plain.delete(key.as_str()).await.is_ok())
+                ("plain_del_tagged", names(&[&key]), v, plain.delete_with_lease(key.as_str()).await.is_ok())
             }
             90..95 => {
                 let key = space.hot_key();
@@ -327,7 +339,8 @@ impl Actor {
                 let (v, ok) = source.bump_holding(&[key.as_str()], |v| set(cache, key.clone(), v, None)).await?;
                 ("set_hot", names(&[&key]), v, ok)
             }
-        })
+        };
+        Ok((op, keys, Some(v), ok))
     }
 }
 
@@ -462,11 +475,14 @@ impl Source {
         self.bump(&[]).await
     }
 
-    /// `set_through`'s source write: the key keeps the higher of its version and `v`.
-    async fn raise(&self, key: &str, v: u64) -> rusqlite::Result<()> {
+    /// `set_through`'s source write: the key takes `v` unless it holds a newer version
+    /// (optimistic concurrency). Whether it took it.
+    async fn store_if_newer(&self, key: &str, v: u64) -> rusqlite::Result<bool> {
         let conn = self.writer.lock().await;
-        blocking(|| conn.execute("UPDATE src SET version = max(version, ?1) WHERE k = ?2", params![v as i64, key]))?;
-        Ok(())
+        let changed = blocking(|| {
+            conn.execute("UPDATE src SET version = ?1 WHERE k = ?2 AND version < ?1", params![v as i64, key])
+        })?;
+        Ok(changed == 1)
     }
 }
 
