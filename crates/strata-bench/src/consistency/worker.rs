@@ -9,10 +9,13 @@
 //! - **invalidating writes** (`delete`, `plain_del`, `invalidate_namespace`, `invalidate_tag`):
 //!   commit the new version, then invalidate; concurrent writers of one key need no
 //!   coordination;
-//! - **value writes** (`set`, `set_many`, `set_tagged`): the new version and the cache write
-//!   inside one source transaction, so that two writers of one key cannot reach the cache in
-//!   the opposite order of the source (a cache `set` is last-writer-wins; an application
-//!   serializes its writers of one row the same way);
+//! - **value writes** (`set`, `set_many`, `set_tagged`): commit the new version, then write the
+//!   cache, both under the application's writer lock (held by every writer while it commits), so
+//!   that the cache sees value writes in the order of the source (a cache `set` is
+//!   last-writer-wins; an application serializes its writers of one row the same way). The
+//!   source is committed before the cache is written, as it should be: a cache write lost
+//!   before the commit (a FLUSHALL, a failover) would otherwise let readers cache the older
+//!   committed version;
 //! - **`set_through`**: the cache's own ordering is under test, so writers of one key run
 //!   concurrently. The source write is optimistic, as with a version column: it refuses a
 //!   version older than the one it holds (the call then fails and the cache is emptied of the
@@ -377,9 +380,17 @@ fn read_many(op: &'static str, keys: &[Key], start: u64, got: strata::Result<Vec
 pub(crate) struct Source {
     /// Loaders' reads.
     reader: std::sync::Mutex<Connection>,
-    /// Writes; held across the cache write of a value write (its transaction).
+    /// Writes.
     writer: tokio::sync::Mutex<Connection>,
+    /// The application's writer lock: `BEGIN IMMEDIATE` on a file of its own is a mutex across
+    /// processes. A write holds it from before its version is committed until its cache write
+    /// returns (a value write) or until the commit (an invalidating write, which may reach the
+    /// cache in any order), so that the cache sees value writes in the order of the source.
+    order: tokio::sync::Mutex<Connection>,
 }
+
+/// The writer lock's file, beside the source.
+const ORDER_DB: &str = "writers.lock.sqlite3";
 
 impl Source {
     /// Creates the source with version 1 for every key of `space`.
@@ -399,16 +410,21 @@ impl Source {
             )?;
         }
         tx.commit()?;
+        Connection::open(path.with_file_name(ORDER_DB))?.execute_batch("CREATE TABLE held (by INTEGER)")?;
         Ok(())
     }
 
     fn open(path: &Path) -> anyhow::Result<Source> {
-        let open = || -> anyhow::Result<Connection> {
-            let conn = Connection::open(path).with_context(|| format!("opening the source {}", path.display()))?;
-            conn.busy_timeout(Duration::from_secs(10))?;
+        let open = |path: &Path| -> anyhow::Result<Connection> {
+            let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+            conn.busy_timeout(Duration::from_secs(30))?;
             Ok(conn)
         };
-        Ok(Source { reader: std::sync::Mutex::new(open()?), writer: tokio::sync::Mutex::new(open()?) })
+        Ok(Source {
+            reader: std::sync::Mutex::new(open(path)?),
+            writer: tokio::sync::Mutex::new(open(path)?),
+            order: tokio::sync::Mutex::new(open(&path.with_file_name(ORDER_DB))?),
+        })
     }
 
     /// The version of `key` now (a loader).
@@ -424,55 +440,69 @@ impl Source {
         keys.iter().map(|k| Ok((k.clone(), self.version(k.as_str())?))).collect()
     }
 
-    /// A new version, given to `keys` in one committed transaction.
-    async fn bump(&self, keys: &[&str]) -> anyhow::Result<u64> {
-        Ok(self.bump_holding(keys, |_| std::future::ready(true)).await?.0)
+    /// Runs `f` holding the writer lock.
+    async fn ordered<T, Fut>(&self, f: impl FnOnce() -> Fut) -> anyhow::Result<T>
+    where
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let lock = self.order.lock().await;
+        blocking(|| lock.execute_batch("BEGIN IMMEDIATE"))?;
+        let out = f().await;
+        blocking(|| lock.execute_batch("ROLLBACK"))?;
+        out
     }
 
-    /// A new version for every key whose `column` (`ns` or `tag`) is `value`, committed; the keys.
-    async fn bump_where(&self, column: &str, value: &str) -> anyhow::Result<(u64, Vec<String>)> {
+    /// Commits a new version for `keys`, or (`column`, `value`) for every key whose `ns` or
+    /// `tag` is `value`; returns it and the keys.
+    async fn commit_version(&self, keys: &[&str], column: Option<(&str, &str)>) -> anyhow::Result<(u64, Vec<String>)> {
         let conn = self.writer.lock().await;
-        let sql = format!("UPDATE src SET version = ?1 WHERE {column} = ?2 RETURNING k");
         blocking(|| {
             conn.execute_batch("BEGIN IMMEDIATE")?;
             let bumped = next(&conn).and_then(|v| {
-                let mut stmt = conn.prepare(&sql)?;
-                let keys =
-                    stmt.query_map(params![v as i64, value], |r| r.get::<_, String>(0))?.collect::<Result<_, _>>()?;
-                Ok((v, keys))
+                let mut bumped: Vec<String> = Vec::new();
+                for key in keys {
+                    conn.execute("UPDATE src SET version = ?1 WHERE k = ?2", params![v as i64, key])?;
+                    bumped.push((*key).to_owned());
+                }
+                if let Some((column, value)) = column {
+                    let sql = format!("UPDATE src SET version = ?1 WHERE {column} = ?2 RETURNING k");
+                    let mut stmt = conn.prepare(&sql)?;
+                    let rows = stmt.query_map(params![v as i64, value], |r| r.get::<_, String>(0))?;
+                    bumped.extend(rows.collect::<Result<Vec<_>, _>>()?);
+                }
+                Ok((v, bumped))
             });
             finish(&conn, bumped)
         })
     }
 
-    /// A new version for `keys`; `then(version)` runs inside the same transaction, before it
-    /// commits. Returns the version and what `then` returned.
+    /// A new version, given to `keys` and committed (an invalidating write follows).
+    async fn bump(&self, keys: &[&str]) -> anyhow::Result<u64> {
+        Ok(self.ordered(|| self.commit_version(keys, None)).await?.0)
+    }
+
+    /// A new version for every key whose `column` (`ns` or `tag`) is `value`, committed; the keys.
+    async fn bump_where(&self, column: &str, value: &str) -> anyhow::Result<(u64, Vec<String>)> {
+        self.ordered(|| self.commit_version(&[], Some((column, value)))).await
+    }
+
+    /// A new version for `keys`, committed; then `then(version)` (the cache write), still under
+    /// the writer lock. Returns the version and what `then` returned.
     async fn bump_holding<F, Fut>(&self, keys: &[&str], then: F) -> anyhow::Result<(u64, bool)>
     where
         F: FnOnce(u64) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let conn = self.writer.lock().await;
-        let v = blocking(|| {
-            conn.execute_batch("BEGIN IMMEDIATE")?;
-            let bumped = next(&conn).and_then(|v| {
-                for key in keys {
-                    conn.execute("UPDATE src SET version = ?1 WHERE k = ?2", params![v as i64, key])?;
-                }
-                Ok(v)
-            });
-            match bumped {
-                Ok(v) => Ok(v),
-                Err(err) => finish(&conn, Err(err)),
-            }
-        })?;
-        let ok = then(v).await;
-        blocking(|| finish(&conn, Ok((v, ok))))
+        self.ordered(|| async {
+            let (v, _) = self.commit_version(keys, None).await?;
+            Ok((v, then(v).await))
+        })
+        .await
     }
 
     /// A new version, not yet given to any key (`set_through` gives it in its store step).
     async fn reserve(&self) -> anyhow::Result<u64> {
-        self.bump(&[]).await
+        Ok(self.commit_version(&[], None).await?.0)
     }
 
     /// `set_through`'s source write: the key takes `v` unless it holds a newer version
