@@ -11,12 +11,14 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use strata::{Cache, KeySchema, LeaseConfig, Ttl};
+
+use crate::worker_process::{WorkerProcess, count_files};
 
 /// Settings of the drill.
 #[derive(Debug, Clone)]
@@ -85,21 +87,19 @@ pub fn run(urls: &[String], options: &Options, worker_command: &[String]) -> any
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting worker {i}"))?;
-        workers.push(KillOnDrop(Some(child)));
+        workers.push(WorkerProcess::new(child));
     }
     let deadline = Instant::now() + options.timeout;
     while count_files(&dir, "ready-") < options.processes {
         anyhow::ensure!(Instant::now() < deadline, "workers did not start in time");
-        anyhow::ensure!(!workers.iter_mut().any(KillOnDrop::exited_badly), "a worker failed to start");
+        anyhow::ensure!(!workers.iter_mut().any(WorkerProcess::exited_badly), "a worker failed to start");
         std::thread::sleep(Duration::from_millis(10));
     }
     std::fs::write(dir.join("go"), b"")?;
     let mut report =
         Report { loader_calls: 0, callers_served: 0, caller_errors: 0, max_wait_ms: 0, processes: options.processes };
     for mut worker in workers {
-        let child = worker.0.take().context("worker")?;
-        let out = wait_with_deadline(child, deadline)?;
-        let text = String::from_utf8_lossy(&out);
+        let text = worker.wait(deadline)?;
         let line = text.lines().rev().find(|l| l.starts_with('{')).context("a worker printed no result")?;
         let result: WorkerResult = serde_json::from_str(line)?;
         report.callers_served += result.served;
@@ -187,50 +187,11 @@ pub async fn worker(
     Ok(())
 }
 
-fn count_files(dir: &Path, prefix: &str) -> usize {
-    std::fs::read_dir(dir)
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count())
-        .unwrap_or(0)
-}
-
 fn unique() -> String {
     format!(
         "{:x}",
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
     )
-}
-
-fn wait_with_deadline(mut child: Child, deadline: Instant) -> anyhow::Result<Vec<u8>> {
-    loop {
-        if child.try_wait()?.is_some() {
-            let out = child.wait_with_output()?;
-            anyhow::ensure!(out.status.success(), "a worker failed ({})", out.status);
-            return Ok(out.stdout);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            anyhow::bail!("the drill did not finish in time");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Kills a worker left behind by an early return.
-struct KillOnDrop(Option<Child>);
-
-impl KillOnDrop {
-    fn exited_badly(&mut self) -> bool {
-        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten()).is_some_and(|s| !s.success())
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 struct RemoveDir(PathBuf);

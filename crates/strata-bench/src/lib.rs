@@ -23,4 +23,5 @@ pub mod stats;
 pub mod svg;
 pub mod user_profiles;
 pub mod user_profiles_report;
+mod worker_process;
 pub mod workload;

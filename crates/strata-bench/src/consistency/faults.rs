@@ -154,7 +154,8 @@ impl Setup {
         }
     }
 
-    fn master_urls(&self) -> anyhow::Result<Vec<String>> {
+    /// The URLs of the masters now (cluster: from CLUSTER NODES, failed ones left out).
+    pub(crate) fn master_urls(&self) -> anyhow::Result<Vec<String>> {
         match self {
             Setup::Standalone(s) => Ok(vec![s.url()]),
             Setup::Cluster(c) => Ok(c.master_indices()?.into_iter().map(|i| c.nodes()[i].url()).collect()),

@@ -2,7 +2,7 @@
 //!
 //! Several worker processes (`strata drill consistency-worker`), each with its own [`Cache`]
 //! (L1, leases, cross-instance invalidation, freshness and hot keys on), read and write one key
-//! space whose source of truth is a SQLite file they share ([`worker`]). Every operation is
+//! space whose source of truth is a SQLite file they share ([`mod@worker`]). Every operation is
 //! logged with its start and end on the host's monotonic clock, the key and the version read or
 //! written. Meanwhile the coordinator injects one fault ([`faults`]). When the workers stop, the
 //! histories are judged ([`history`]): a read older than a write that completed more than the
@@ -31,7 +31,7 @@ pub mod history;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -40,6 +40,8 @@ use serde::Serialize;
 use strata::{Key, KeySchema, Tag};
 
 pub use faults::{Fault, Setup};
+
+use crate::worker_process::{WorkerProcess, count_files};
 pub use history::{Entry, Quantiles, StaleRead, Verdict};
 pub use worker::{WorkerOptions, worker};
 
@@ -228,7 +230,7 @@ pub fn run(setup: &mut Setup, options: &Options, worker_command: &[String]) -> a
     let dir = tempfile::Builder::new().prefix("strata-consistency-").tempdir()?;
     let space = Keyspace::new()?;
     let urls = setup.urls();
-    clear_keys(&urls)?;
+    clear_keys(setup)?;
     worker::Source::create(&dir.path().join(worker::SOURCE_DB), &space)?;
 
     let bar = progress(options.progress);
@@ -237,7 +239,7 @@ pub fn run(setup: &mut Setup, options: &Options, worker_command: &[String]) -> a
     let deadline = Instant::now() + Duration::from_secs(60);
     while count_files(dir.path(), "ready-") < options.processes {
         anyhow::ensure!(Instant::now() < deadline, "the workers did not start in 60 s");
-        anyhow::ensure!(!workers.iter_mut().any(KillOnDrop::exited), "a worker exited before the start");
+        anyhow::ensure!(!workers.iter_mut().any(WorkerProcess::exited), "a worker exited before the start");
         std::thread::sleep(Duration::from_millis(10));
     }
     std::fs::write(dir.path().join("go"), b"")?;
@@ -285,7 +287,7 @@ pub fn run(setup: &mut Setup, options: &Options, worker_command: &[String]) -> a
     let stale_reads_after_failed_writes =
         history::check(&with_failed_writes, bound).stale_reads.saturating_sub(verdict.stale_reads);
     bar.finish_and_clear();
-    let _ = clear_keys(&setup.urls());
+    let _ = clear_keys(setup);
     Ok(Report {
         fault: options.fault.name().to_owned(),
         topology: setup.topology().to_owned(),
@@ -316,7 +318,7 @@ fn spawn_workers(
     urls: &[String],
     options: &Options,
     worker_command: &[String],
-) -> anyhow::Result<Vec<KillOnDrop>> {
+) -> anyhow::Result<Vec<WorkerProcess>> {
     let (program, base_args) = worker_command.split_first().context("no worker command")?;
     // A worker stops by itself at the latest this long after its start (a lost coordinator).
     let max = options.duration * 3 + Duration::from_secs(180);
@@ -333,7 +335,7 @@ fn spawn_workers(
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting worker {p}"))?;
-        workers.push(KillOnDrop(Some(child)));
+        workers.push(WorkerProcess::new(child));
     }
     Ok(workers)
 }
@@ -352,19 +354,8 @@ fn count_ops(entries: &[Entry]) -> usize {
 }
 
 /// Deletes every key of the drill (before: leftovers of an interrupted run; after: tidiness).
-fn clear_keys(urls: &[String]) -> anyhow::Result<()> {
-    let masters: Vec<String> = if urls.len() > 1 {
-        let mut con = redis::Client::open(urls[0].as_str())?.get_connection_with_timeout(Duration::from_secs(2))?;
-        let text: String = redis::cmd("CLUSTER").arg("NODES").query(&mut con)?;
-        text.lines()
-            .filter(|l| l.split_whitespace().nth(2).is_some_and(|f| f.contains("master") && !f.contains("fail")))
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .map(|addr| format!("redis://{}", addr.split('@').next().unwrap_or_default()))
-            .collect()
-    } else {
-        urls.to_vec()
-    };
-    for url in masters {
+fn clear_keys(setup: &Setup) -> anyhow::Result<()> {
+    for url in setup.master_urls()? {
         let mut con = redis::Client::open(url.as_str())?.get_connection_with_timeout(Duration::from_secs(2))?;
         for pattern in Keyspace::redis_patterns() {
             let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut con)?;
@@ -380,46 +371,4 @@ fn progress(on: bool) -> indicatif::ProgressBar {
     let bar = if on { indicatif::ProgressBar::new_spinner() } else { indicatif::ProgressBar::hidden() };
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
-}
-
-fn count_files(dir: &Path, prefix: &str) -> usize {
-    std::fs::read_dir(dir)
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count())
-        .unwrap_or(0)
-}
-
-/// A worker process, killed if the drill returns early.
-struct KillOnDrop(Option<Child>);
-
-impl KillOnDrop {
-    fn exited(&mut self) -> bool {
-        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten()).is_some()
-    }
-
-    /// Waits for the worker to exit (successfully) and returns its stdout.
-    fn wait(&mut self, deadline: Instant) -> anyhow::Result<String> {
-        let mut child = self.0.take().context("the worker was already collected")?;
-        loop {
-            if child.try_wait()?.is_some() {
-                let out = child.wait_with_output()?;
-                anyhow::ensure!(out.status.success(), "a worker failed ({})", out.status);
-                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                anyhow::bail!("a worker did not stop in time");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }

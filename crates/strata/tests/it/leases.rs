@@ -19,29 +19,14 @@ async fn a_load_that_overlaps_an_invalidation_is_not_stored(redis: Redis) -> Tes
     let schema = KeySchema::new("it", 1)?;
     for (i, invalidate_with_set) in [false, true].into_iter().enumerate() {
         let key = schema.key("race", &i.to_string())?;
-        let (loaded_tx, loaded_rx) = oneshot::channel::<()>();
-        let (release_tx, release_rx) = oneshot::channel::<()>();
-        let load = {
-            let (reader, key) = (reader.clone(), key.clone());
-            tokio::spawn(async move {
-                reader
-                    .get_or_set(&key, Ttl::Medium, || async move {
-                        let v1 = "v1".to_owned(); // read from the source before the write
-                        let _ = loaded_tx.send(());
-                        let _ = release_rx.await;
-                        Ok::<_, std::io::Error>(v1)
-                    })
-                    .await
-            })
-        };
-        loaded_rx.await?;
+        let (load, release) = held_load(&reader, &key).await?;
         // The writer changes the source to v2, then invalidates through Strata.
         if invalidate_with_set {
             writer.set(&key, &"v2".to_owned(), Ttl::Medium).await?;
         } else {
             writer.delete(&key).await?;
         }
-        release_tx.send(()).map_err(|_| "reader gone")?;
+        release.send(()).map_err(|_| "reader gone")?;
         assert_eq!(load.await??, "v1", "the caller still gets what it read");
 
         let mut raw = redis.raw();
@@ -71,30 +56,38 @@ async fn a_load_over_an_invalidated_value_is_leased_too(redis: Redis) -> TestRes
     let key = KeySchema::new("it", 1)?.key("race-ns", "1")?;
     writer.set(&key, &"v0".to_owned(), Ttl::Medium).await?;
     writer.invalidate_namespace(key.namespace()).await?;
-    let (loaded_tx, loaded_rx) = oneshot::channel::<()>();
-    let (release_tx, release_rx) = oneshot::channel::<()>();
-    let load = {
-        let (reader, key) = (reader.clone(), key.clone());
-        tokio::spawn(async move {
-            reader
-                .get_or_set(&key, Ttl::Medium, || async move {
-                    let v1 = "v1".to_owned(); // read from the source before the write
-                    let _ = loaded_tx.send(());
-                    let _ = release_rx.await;
-                    Ok::<_, std::io::Error>(v1)
-                })
-                .await
-        })
-    };
-    loaded_rx.await?;
+    let (load, release) = held_load(&reader, &key).await?;
     writer.set(&key, &"v2".to_owned(), Ttl::Medium).await?;
-    release_tx.send(()).map_err(|_| "reader gone")?;
+    release.send(()).map_err(|_| "reader gone")?;
     assert_eq!(load.await??, "v1", "the caller still gets what it read");
     let fresh = read_from_redis(&writer, &key).await?;
     assert_eq!(fresh.as_deref(), Some("v2"), "{}: the load stored over the newer set", redis.name());
     Ok(())
 }
 on_both!(a_load_over_an_invalidated_value_is_leased_too);
+
+/// A `get_or_set` of `key` whose loader has read "v1" from the source and waits, holding the
+/// load, until the returned sender fires: the window in which a writer races it.
+async fn held_load(
+    reader: &Cache,
+    key: &strata::Key,
+) -> Result<(tokio::task::JoinHandle<strata::Result<String>>, oneshot::Sender<()>), oneshot::error::RecvError> {
+    let (loaded_tx, loaded_rx) = oneshot::channel::<()>();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let (reader, key) = (reader.clone(), key.clone());
+    let load = tokio::spawn(async move {
+        reader
+            .get_or_set(&key, Ttl::Medium, || async move {
+                let v1 = "v1".to_owned(); // read from the source before the write
+                let _ = loaded_tx.send(());
+                let _ = release_rx.await;
+                Ok::<_, std::io::Error>(v1)
+            })
+            .await
+    });
+    loaded_rx.await?;
+    Ok((load, release_tx))
+}
 
 /// Reads `key` from Redis (the cache's L1 is cleared first).
 async fn read_from_redis(cache: &Cache, key: &strata::Key) -> strata::Result<Option<String>> {
