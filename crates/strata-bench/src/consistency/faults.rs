@@ -118,8 +118,19 @@ impl Setup {
         }
     }
 
-    /// Injects `fault` and waits until the setup is healthy again.
+    /// Injects `fault` and waits until the setup is healthy again. On a deployment given by URL
+    /// only loopback nodes are touched: a fault drill never flushes or disconnects anything
+    /// beyond this machine.
     pub fn inject(&mut self, fault: Fault) -> anyhow::Result<()> {
+        if fault != Fault::None {
+            for url in self.master_urls()? {
+                anyhow::ensure!(
+                    is_loopback(&url)?,
+                    "fault {} touches only nodes on this machine (loopback); {url} is not",
+                    fault.name()
+                );
+            }
+        }
         match fault {
             Fault::None => Ok(()),
             Fault::KillTracking => {
@@ -250,8 +261,36 @@ fn cluster_fault(cluster: &mut RedisCluster, fault: Fault) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Whether `url` names a node on this machine.
+fn is_loopback(url: &str) -> anyhow::Result<bool> {
+    Ok(match redis::Client::open(url)?.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
+            host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => true,
+    })
+}
+
 fn connect(url: &str) -> anyhow::Result<redis::Connection> {
     let con = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
     con.set_read_timeout(Some(Duration::from_secs(10)))?;
     Ok(con)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_stay_on_this_machine() -> anyhow::Result<()> {
+        for url in ["redis://127.0.0.1:7000", "redis://localhost:6379", "redis://[::1]:6379", "rediss://127.0.0.2:1"] {
+            assert!(is_loopback(url)?, "{url}");
+        }
+        for url in ["redis://10.0.0.5:6379", "redis://cache.internal:6379", "redis://192.168.1.2:7000"] {
+            assert!(!is_loopback(url)?, "{url}");
+        }
+        assert_eq!(Fault::parse("kill-tracking")?, Fault::KillTracking);
+        assert!(Fault::parse("meteor").is_err());
+        Ok(())
+    }
 }
