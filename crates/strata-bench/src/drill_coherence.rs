@@ -197,38 +197,26 @@ impl PlainClient {
     }
 
     pub(crate) async fn delete(&mut self, key: &str) -> anyhow::Result<()> {
-        let del = redis::cmd("DEL").arg(key).clone();
-        match self {
-            PlainClient::Single(c) => del.query_async::<()>(c).await?,
-            PlainClient::Cluster(c) => del.query_async::<()>(c).await?,
-        }
-        Ok(())
+        self.query(redis::cmd("DEL").arg(key)).await
     }
 
     /// DEL of `key` and its lease key, in one command (same slot): what a writer outside Strata
     /// must do so that a load running meanwhile cannot store what it read before the write
     /// (see `strata::lease_key`).
     pub(crate) async fn delete_with_lease(&mut self, key: &str) -> anyhow::Result<()> {
-        let del = redis::cmd("DEL").arg(key).arg(strata::lease_key(key)).clone();
-        match self {
-            PlainClient::Single(c) => del.query_async::<()>(c).await?,
-            PlainClient::Cluster(c) => del.query_async::<()>(c).await?,
-        }
-        Ok(())
+        self.query(redis::cmd("DEL").arg(key).arg(strata::lease_key(key))).await
     }
 
     /// GET `from`, SET `to` to the same bytes (with a TTL, as any cache writer should).
     async fn copy(&mut self, from: &str, to: &str) -> anyhow::Result<()> {
-        let get = redis::cmd("GET").arg(from).clone();
-        let bytes: Vec<u8> = match self {
-            PlainClient::Single(c) => get.query_async(c).await?,
-            PlainClient::Cluster(c) => get.query_async(c).await?,
-        };
-        let set = redis::cmd("SET").arg(to).arg(bytes).arg("EX").arg(3600).clone();
-        match self {
-            PlainClient::Single(c) => set.query_async::<()>(c).await?,
-            PlainClient::Cluster(c) => set.query_async::<()>(c).await?,
-        }
-        Ok(())
+        let bytes: Vec<u8> = self.query(redis::cmd("GET").arg(from)).await?;
+        self.query(redis::cmd("SET").arg(to).arg(bytes).arg("EX").arg(3600)).await
+    }
+
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> anyhow::Result<T> {
+        Ok(match self {
+            PlainClient::Single(c) => cmd.query_async(c).await?,
+            PlainClient::Cluster(c) => cmd.query_async(c).await?,
+        })
     }
 }

@@ -165,6 +165,9 @@ pub struct Options {
     pub progress: bool,
     /// Turn cross-instance invalidation off in the workers (the drill must then fail).
     pub without_invalidation: bool,
+    /// The plain client deletes the key alone, not its lease key (a writer outside Strata that
+    /// ignores the lease contract).
+    pub plain_key_only: bool,
     /// Keep the histories (`history-N.jsonl`) and the source in this directory.
     pub keep: Option<PathBuf>,
 }
@@ -330,6 +333,7 @@ fn spawn_workers(
             .args(["--readers", &options.readers.to_string(), "--writers", &options.writers.to_string()])
             .args(["--max-secs", &max.as_secs().to_string()])
             .args(options.without_invalidation.then_some("--without-invalidation"))
+            .args(options.plain_key_only.then_some("--plain-key-only"))
             .args(urls.iter().flat_map(|u| ["--url".to_owned(), u.clone()]))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -57,6 +57,9 @@ pub struct WorkerOptions {
     pub max_duration: Duration,
     /// Turn cross-instance invalidation off (shows the stale reads it prevents).
     pub without_invalidation: bool,
+    /// The plain client deletes the key alone, not its lease key too (shows the stale sets the
+    /// lease contract prevents).
+    pub plain_key_only: bool,
 }
 
 /// The TTL of every value the drill caches: short, so that values expire, refresh early and
@@ -101,6 +104,7 @@ pub async fn worker(options: WorkerOptions) -> anyhow::Result<()> {
             space: space.clone(),
             process: options.process,
             plain: if i >= options.readers { Some(PlainClient::connect(&options.urls).await?) } else { None },
+            plain_key_only: options.plain_key_only,
         };
         tasks.push(tokio::spawn(actor.run(stop.clone())));
     }
@@ -137,6 +141,8 @@ struct Actor {
     process: u16,
     /// A plain Redis client (writers only): another team's service deleting keys.
     plain: Option<PlainClient>,
+    /// The plain client leaves the lease key alone.
+    plain_key_only: bool,
 }
 
 /// What one operation did, before it becomes history entries.
@@ -286,8 +292,7 @@ impl Actor {
             16..30 => {
                 let key = space.plain_key();
                 let v = source.bump(&[key.as_str()]).await?;
-                let plain = self.plain.as_mut().context("a writer has a plain client")?;
-                ("plain_del", names(&[&key]), v, plain.delete_with_lease(key.as_str()).await.is_ok())
+                ("plain_del", names(&[&key]), v, self.plain_delete(&key).await?)
             }
             30..40 => {
                 let key = space.plain_key();
@@ -329,8 +334,7 @@ impl Actor {
             85..90 => {
                 let (key, _) = space.tagged_key();
                 let v = source.bump(&[key.as_str()]).await?;
-                let plain = self.plain.as_mut().context("a writer has a plain client")?;
-                ("plain_del_tagged", names(&[&key]), v, plain.delete_with_lease(key.as_str()).await.is_ok())
+                ("plain_del_tagged", names(&[&key]), v, self.plain_delete(&key).await?)
             }
             90..95 => {
                 let key = space.hot_key();
@@ -344,6 +348,18 @@ impl Actor {
             }
         };
         Ok((op, keys, Some(v), ok))
+    }
+}
+
+impl Actor {
+    /// Another team's service deleting `key` (and its lease key, unless told not to): whether
+    /// the DEL succeeded.
+    async fn plain_delete(&mut self, key: &Key) -> anyhow::Result<bool> {
+        let key_only = self.plain_key_only;
+        let plain = self.plain.as_mut().context("a writer has a plain client")?;
+        let deleted =
+            if key_only { plain.delete(key.as_str()).await } else { plain.delete_with_lease(key.as_str()).await };
+        Ok(deleted.is_ok())
     }
 }
 

@@ -81,6 +81,10 @@ struct ConsistencyArgs {
     /// fails).
     #[arg(long)]
     without_invalidation: bool,
+    /// The plain client (another team's service) deletes the key alone, not its lease key as
+    /// the lease contract asks: shows the stale sets that contract prevents.
+    #[arg(long)]
+    plain_key_only: bool,
     /// Keep every worker's history (`history-N.jsonl`, one JSON line per key touched) and the
     /// source (SQLite) in this directory, for a closer look at a stale read.
     #[arg(long, value_name = "DIR")]
@@ -105,6 +109,8 @@ struct ConsistencyWorkerArgs {
     max_secs: u64,
     #[arg(long)]
     without_invalidation: bool,
+    #[arg(long)]
+    plain_key_only: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -179,6 +185,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             writers: w.writers,
             max_duration: Duration::from_secs(w.max_secs),
             without_invalidation: w.without_invalidation,
+            plain_key_only: w.plain_key_only,
         })),
         Drill::Failover(a) => drill_faults::run(Fault::Failover, a),
         Drill::Restart(a) => drill_faults::run(Fault::Restart, a),
@@ -262,6 +269,7 @@ fn consistency_drill(args: ConsistencyArgs) -> anyhow::Result<()> {
         bound: args.bound,
         progress: !args.output.json,
         without_invalidation: args.without_invalidation,
+        plain_key_only: args.plain_key_only,
         keep: args.keep,
     };
     let report = consistency::run(&mut setup, &options, &worker)?;
