@@ -142,11 +142,7 @@ pub async fn worker(
     let builder =
         if urls.len() > 1 { Cache::builder().cluster(urls) } else { Cache::builder().redis_url(urls[0].clone()) };
     let cache = builder
-        .leases(LeaseConfig {
-            enabled: true,
-            ttl: load * 4 + Duration::from_secs(1),
-            max_wait: Duration::from_secs(30),
-        })
+        .leases(LeaseConfig::default().ttl(load * 4 + Duration::from_secs(1)).max_wait(Duration::from_secs(30)))
         .require_redis(true)
         .build()
         .await?;

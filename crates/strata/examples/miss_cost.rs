@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 b = b.invalidation(Invalidation::disabled());
             }
             if !lease {
-                b = b.leases(LeaseConfig { enabled: false, ..LeaseConfig::default() });
+                b = b.leases(LeaseConfig::disabled());
             }
             let cache = b.build().await?;
             let n = 3000u32;

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::l1::L1;
+use crate::l1::Evict;
 
 /// Generation buckets: more buckets, fewer fills refused because unrelated keys changed.
 const BUCKETS: usize = 2048;
@@ -69,7 +69,7 @@ pub(crate) struct Coherence {
     /// Whole-L1 flushes: tracking lost or regained, topology changed, FLUSHALL seen.
     pub(crate) flushes: AtomicU64,
     /// The invalidation supervisor's task, stopped with the cache.
-    pub(crate) task: std::sync::OnceLock<tokio::task::AbortHandle>,
+    task: std::sync::OnceLock<tokio::task::AbortHandle>,
     /// Whether invalidation messages are expected at all.
     tracked: bool,
     /// Tracked key prefixes (empty: every key); L1 holds no key outside them.
@@ -118,6 +118,11 @@ impl Coherence {
             flushes: AtomicU64::new(0),
             task: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands over the invalidation supervisor's task, to stop it when the cache goes.
+    pub(crate) fn set_task(&self, task: tokio::task::AbortHandle) {
+        let _ = self.task.set(task);
     }
 
     fn locate(&self, key: &[u8]) -> (u64, usize) {
@@ -185,14 +190,14 @@ impl Coherence {
     /// of the copy may have filled the key's L1 entry (see [`crate::HotKeys`]), and a writer
     /// updates the copies after the key itself, so the key's own invalidation can come before
     /// the copy a reader is about to read has the new value.
-    pub(crate) fn invalidate(&self, key: &[u8], l1: Option<&L1>) {
+    pub(crate) fn invalidate(&self, key: &[u8], l1: Option<&dyn Evict>) {
         if let Some(of) = std::str::from_utf8(key).ok().and_then(crate::hot::hot_copy_of) {
             self.invalidate_one(of.as_bytes(), l1);
         }
         self.invalidate_one(key, l1);
     }
 
-    fn invalidate_one(&self, key: &[u8], l1: Option<&L1>) {
+    fn invalidate_one(&self, key: &[u8], l1: Option<&dyn Evict>) {
         let (hash, bucket) = self.locate(key);
         let generation = {
             let slot = &self.buckets[bucket];
@@ -205,7 +210,7 @@ impl Coherence {
         self.invalidated_keys.fetch_add(1, Ordering::Relaxed);
         let Ok(key) = std::str::from_utf8(key) else { return };
         if let Some(l1) = l1 {
-            l1.remove(key);
+            l1.evict(key);
         }
         if self.waiting.load(Ordering::SeqCst) > 0 {
             let waiters = self.lock_echoes().remove(key).unwrap_or_default();
@@ -280,13 +285,13 @@ impl Coherence {
 
     /// Moves to `healthy` and flushes L1 (on every transition, and when asked to with the same
     /// state, as after FLUSHALL or a topology change). Tickets taken before are void.
-    pub(crate) fn reset(&self, healthy: bool, l1: Option<&L1>) {
+    pub(crate) fn reset(&self, healthy: bool, l1: Option<&dyn Evict>) {
         if !healthy {
             self.healthy.store(false, Ordering::SeqCst);
         }
         self.epoch.fetch_add(1, Ordering::SeqCst);
         if let Some(l1) = l1 {
-            l1.clear();
+            l1.evict_all();
         }
         self.flushes.fetch_add(1, Ordering::Relaxed);
         if !healthy {

@@ -105,16 +105,10 @@ struct CacheCollector {
     cache: Weak<Inner>,
 }
 
-impl std::fmt::Debug for Inner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache").finish_non_exhaustive()
-    }
-}
-
 impl Collector for CacheCollector {
     fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let Some(inner) = self.cache.upgrade() else { return Ok(()) };
-        let cache = Cache { inner };
+        let cache = Cache::from_inner(inner);
         let capacity = cache.l1_capacity_bytes();
         encode_snapshot(&cache.metrics(), capacity, encoder)
     }
@@ -126,7 +120,7 @@ impl Cache {
     /// in one registry need sub-registries with a distinguishing label, e.g.
     /// `registry.sub_registry_with_label(("cache".into(), "users".into()))`).
     pub fn register_metrics(&self, registry: &mut Registry) {
-        registry.register_collector(Box::new(CacheCollector { cache: std::sync::Arc::downgrade(&self.inner) }));
+        registry.register_collector(Box::new(CacheCollector { cache: std::sync::Arc::downgrade(self.inner()) }));
     }
 
     /// This cache's metrics in the Prometheus text format 0.0.4, to serve on a `/metrics`

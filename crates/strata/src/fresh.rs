@@ -14,8 +14,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::codec::Meta;
 use crate::error::{Error, Result};
-use crate::l1::Stamp;
 use crate::ttl::MAX_TTL;
 
 /// Freshness settings of a cache ([`CacheBuilder::freshness`](crate::CacheBuilder::freshness)).
@@ -131,23 +131,23 @@ impl Freshness {
         millis(self.stale_while_revalidate.max(self.fail_safe_max_staleness))
     }
 
-    /// Whether a value with this stamp may stand in for a failed or slow load now: never with
+    /// Whether a value with this meta may stand in for a failed or slow load now: never with
     /// fail-safe off (a zero window: the load's error is the answer), else until the window
     /// past its logical expiry ends. The value must have passed its stamp checks.
-    pub(crate) fn fail_safe_allows(&self, stamp: Stamp) -> bool {
+    pub(crate) fn fail_safe_allows(&self, meta: Meta) -> bool {
         !self.fail_safe_max_staleness.is_zero()
-            && crate::tiers::now_ms() < stamp.expires_at_ms.saturating_add(millis(self.fail_safe_max_staleness))
+            && crate::ttl::now_ms() < meta.expires_at_ms.saturating_add(millis(self.fail_safe_max_staleness))
     }
 
     /// Where a value stands at `now_ms`, drawing XFetch's random number when it is fresh.
-    pub(crate) fn age(&self, stamp: Stamp, now_ms: u64) -> Age {
-        if now_ms < stamp.expires_at_ms {
+    pub(crate) fn age(&self, meta: Meta, now_ms: u64) -> Age {
+        if now_ms < meta.expires_at_ms {
             return match self.early_refresh_beta {
-                Some(beta) if xfetch_due(stamp, beta, now_ms, rand::random::<f64>()) => Age::RefreshEarly,
+                Some(beta) if xfetch_due(meta, beta, now_ms, rand::random::<f64>()) => Age::RefreshEarly,
                 _ => Age::Fresh,
             };
         }
-        let late = now_ms - stamp.expires_at_ms;
+        let late = now_ms - meta.expires_at_ms;
         if late < millis(self.stale_while_revalidate) {
             Age::Revalidate
         } else if late < millis(self.fail_safe_max_staleness) {
@@ -181,9 +181,9 @@ pub(crate) enum Age {
 /// distributed, so the gap before expiry at which a read refreshes is random, scaled by the load
 /// time: many readers refresh early, but rarely at once. `r = 0` gives an infinite gap (refresh);
 /// a load time of zero never refreshes early (0 × ∞ is NaN, and NaN compares false).
-pub(crate) fn xfetch_due(stamp: Stamp, beta: f64, now_ms: u64, r: f64) -> bool {
-    let gap_ms = f64::from(stamp.load_us) / 1000.0 * beta * -r.ln();
-    now_ms as f64 + gap_ms >= stamp.expires_at_ms as f64
+pub(crate) fn xfetch_due(meta: Meta, beta: f64, now_ms: u64, r: f64) -> bool {
+    let gap_ms = f64::from(meta.load_us) / 1000.0 * beta * -r.ln();
+    now_ms as f64 + gap_ms >= meta.expires_at_ms as f64
 }
 
 /// How a bounded wait ended.
@@ -248,46 +248,46 @@ impl Drop for RefreshClaim {
 mod tests {
     use super::*;
 
-    const STAMP: Stamp = Stamp { expires_at_ms: 10_000, load_us: 50_000 };
+    const META: Meta = Meta { expires_at_ms: 10_000, load_us: 50_000 };
 
     #[test]
     fn xfetch_refreshes_earlier_for_slow_loads_and_big_beta() {
         // -ln(e^-1) = 1: the gap is exactly load time × beta = 50 ms.
         let r = (-1.0f64).exp();
-        assert!(!xfetch_due(STAMP, 1.0, 9_940, r));
-        assert!(xfetch_due(STAMP, 1.0, 9_951, r));
-        assert!(xfetch_due(STAMP, 4.0, 9_801, r));
-        assert!(!xfetch_due(Stamp { load_us: 10_000, ..STAMP }, 1.0, 9_951, r));
+        assert!(!xfetch_due(META, 1.0, 9_940, r));
+        assert!(xfetch_due(META, 1.0, 9_951, r));
+        assert!(xfetch_due(META, 4.0, 9_801, r));
+        assert!(!xfetch_due(Meta { load_us: 10_000, ..META }, 1.0, 9_951, r));
         // The extremes of the draw: r → 0 always refreshes, r → 1 only at expiry.
-        assert!(xfetch_due(STAMP, 1.0, 0, 0.0));
-        assert!(!xfetch_due(STAMP, 1.0, 9_999, 1.0 - f64::EPSILON));
+        assert!(xfetch_due(META, 1.0, 0, 0.0));
+        assert!(!xfetch_due(META, 1.0, 9_999, 1.0 - f64::EPSILON));
         // A value written by `set` has no load time: never refreshed early.
-        assert!(!xfetch_due(Stamp { load_us: 0, ..STAMP }, 1.0, 9_999, 0.0));
+        assert!(!xfetch_due(Meta { load_us: 0, ..META }, 1.0, 9_999, 0.0));
     }
 
     #[test]
     fn windows_classify_expired_values() {
         let f = Freshness::new().stale_while_revalidate(Duration::from_secs(1)).fail_safe(Duration::from_secs(5));
-        assert_eq!(f.age(STAMP, 9_999), Age::Fresh);
-        assert_eq!(f.age(STAMP, 10_000), Age::Revalidate);
-        assert_eq!(f.age(STAMP, 11_000), Age::FailSafe);
-        assert_eq!(f.age(STAMP, 15_000), Age::Expired);
+        assert_eq!(f.age(META, 9_999), Age::Fresh);
+        assert_eq!(f.age(META, 10_000), Age::Revalidate);
+        assert_eq!(f.age(META, 11_000), Age::FailSafe);
+        assert_eq!(f.age(META, 15_000), Age::Expired);
         assert_eq!(f.grace_ms(), 5_000);
-        assert_eq!(Freshness::default().age(STAMP, 10_000), Age::Expired);
+        assert_eq!(Freshness::default().age(META, 10_000), Age::Expired);
         assert_eq!(Freshness::default().grace_ms(), 0);
     }
 
     #[test]
     fn a_zero_fail_safe_window_never_stands_in() {
-        let fresh = Stamp { expires_at_ms: crate::tiers::now_ms() + 60_000, load_us: 0 };
-        let expired = Stamp { expires_at_ms: crate::tiers::now_ms() - 1_000, load_us: 0 };
+        let fresh = Meta { expires_at_ms: crate::ttl::now_ms() + 60_000, load_us: 0 };
+        let expired = Meta { expires_at_ms: crate::ttl::now_ms() - 1_000, load_us: 0 };
         for off in [Freshness::default(), Freshness::new().fail_safe(Duration::ZERO)] {
             assert!(!off.fail_safe_allows(fresh), "fail-safe off: a failed load is an error");
             assert!(!off.fail_safe_allows(expired));
         }
         let on = Freshness::new().fail_safe(Duration::from_secs(5));
         assert!(on.fail_safe_allows(fresh) && on.fail_safe_allows(expired));
-        assert!(!on.fail_safe_allows(Stamp { expires_at_ms: crate::tiers::now_ms() - 6_000, load_us: 0 }));
+        assert!(!on.fail_safe_allows(Meta { expires_at_ms: crate::ttl::now_ms() - 6_000, load_us: 0 }));
     }
 
     #[test]

@@ -6,18 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::future::join_all;
-use rand::Rng;
 use redis::cluster_routing::Slot as HashSlot;
 
-use crate::cache::{Cache, CacheValue};
-use crate::codec::Meta;
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::l1::{Checks, Slot};
-use crate::metrics::NsCounters;
-use crate::namespace::Verdict;
-use crate::tiers::{expiry_ms, l1_ttl, ttl_millis};
 
 /// Most copies of one hot key.
 pub const MAX_HOT_COPIES: usize = 64;
@@ -27,7 +19,7 @@ pub const MAX_HOT_COPY_TTL: Duration = Duration::from_secs(300);
 
 /// Which keys are hot, and for how long their copies live. Give it to
 /// [`CacheBuilder::hot_keys`](crate::CacheBuilder::hot_keys); keys can also be marked at run time
-/// with [`Cache::mark_hot`].
+/// with [`Cache::mark_hot`](crate::Cache::mark_hot).
 ///
 /// A hot key is replicated over K copies in other cluster slots (so, on a cluster, mostly on
 /// other nodes), and each L2 read picks one copy at random:
@@ -154,8 +146,27 @@ impl HotRegistry {
         Self { config, marked: RwLock::new(HashMap::new()) }
     }
 
+    /// Marks `key` hot at run time ([`Cache::mark_hot`](crate::Cache::mark_hot)).
+    pub(crate) fn mark(&self, key: &Key, copies: usize) -> Result<()> {
+        if !valid_copies(copies) {
+            return Err(Error::config(format!("hot key copies must be 1 to {MAX_HOT_COPIES}, got {copies}")));
+        }
+        self.marked.write().unwrap_or_else(|p| p.into_inner()).insert(key.shared().clone(), copies);
+        Ok(())
+    }
+
+    /// Removes a run-time mark.
+    pub(crate) fn unmark(&self, key: &Key) {
+        self.marked.write().unwrap_or_else(|p| p.into_inner()).remove(key.as_str());
+    }
+
+    /// How long a copy lives.
+    pub(crate) fn copy_ttl(&self) -> Duration {
+        self.config.copy_ttl
+    }
+
     /// How many copies `key` has (0: not hot). A run-time mark wins over the configuration.
-    fn copies(&self, key: &Key) -> usize {
+    pub(crate) fn copies(&self, key: &Key) -> usize {
         if self.config.keys.is_empty() && self.config.namespaces.is_empty() && self.marked_is_empty() {
             return 0;
         }
@@ -181,204 +192,6 @@ pub(crate) enum HotRead<T> {
     Missed(String),
 }
 
-impl Cache {
-    /// Marks `key` hot at run time: this instance's reads spread over `copies` copies
-    /// (1 to [`MAX_HOT_COPIES`]) and its writes update them. Other instances are unaffected
-    /// until they mark it too; [`HotKeys`] bounds what their writes may leave stale.
-    pub fn mark_hot(&self, key: &Key, copies: usize) -> Result<()> {
-        if !valid_copies(copies) {
-            return Err(Error::config(format!("hot key copies must be 1 to {MAX_HOT_COPIES}, got {copies}")));
-        }
-        self.inner.hot.marked.write().unwrap_or_else(|p| p.into_inner()).insert(key.shared().clone(), copies);
-        Ok(())
-    }
-
-    /// Removes a [`mark_hot`](Self::mark_hot) mark (configured hot keys stay hot). Copies left
-    /// in Redis expire within the copy TTL.
-    pub fn unmark_hot(&self, key: &Key) {
-        self.inner.hot.marked.write().unwrap_or_else(|p| p.into_inner()).remove(key.as_str());
-    }
-
-    /// How many copies this instance keeps of `key` (0 when it is not hot).
-    pub fn hot_copies(&self, key: &Key) -> usize {
-        self.inner.hot.copies(key)
-    }
-
-    /// After an L1 miss: reads one random copy of a hot key. Fills L1 on a hit, for no longer
-    /// than the copy has left.
-    pub(crate) async fn hot_read<T: CacheValue>(
-        &self,
-        key: &Key,
-        ns: &NsCounters,
-        accept_negative: bool,
-    ) -> HotRead<T> {
-        let copies = self.inner.hot.copies(key);
-        if copies == 0 {
-            return HotRead::NotHot;
-        }
-        let pick = rand::rng().random_range(0..copies);
-        let Some(copy) = hot_copy_keys(key.as_str(), pick + 1).pop() else { return HotRead::NotHot };
-        let c = copy.as_str();
-        let ticket = self.inner.coherence.ticket(key.as_str());
-        let got = self
-            .l2_call_for(c, "GET", |mut conn| async move {
-                redis::pipe()
-                    .cmd("GET")
-                    .arg(c)
-                    .cmd("PTTL")
-                    .arg(c)
-                    .query_async::<(Option<Vec<u8>>, i64)>(&mut conn)
-                    .await
-            })
-            .await;
-        let (bytes, pttl) = match got {
-            Ok((Some(bytes), pttl)) => (bytes, pttl),
-            Ok((None, _)) => return HotRead::Missed(copy),
-            // Redis is failing: read the key as usual, and spare the caller a refill attempt.
-            Err(_) => return HotRead::NotHot,
-        };
-        // A copy that does not decode is only a miss: it expires within the copy TTL, and the
-        // key itself is what holds the truth.
-        let Ok(decoded) = self.inner.codec.decode::<T>(key, &bytes) else { return HotRead::Missed(copy) };
-        // A copy made before a namespace or tag invalidation is a miss like the key itself.
-        if self.verdict(key, &decoded.marks).await != Verdict::Current {
-            return HotRead::Missed(copy);
-        }
-        let ttl = l1_ttl(decoded.meta, Some(pttl));
-        let checks = Checks::new(decoded.meta, decoded.marks);
-        let found = match decoded.value {
-            Some(v) => {
-                self.fill_l1(key, Slot::Present(Arc::new(v.clone())), checks, decoded.raw_len, ttl, ticket);
-                Some(v)
-            }
-            None if accept_negative => {
-                NsCounters::inc(&ns.negative_hits);
-                self.fill_l1(key, Slot::Absent, checks, 0, ttl, ticket);
-                None
-            }
-            None => return HotRead::Missed(copy),
-        };
-        NsCounters::inc(&ns.l2_hits);
-        NsCounters::inc(&ns.hot_copy_hits);
-        HotRead::Hit(found)
-    }
-
-    /// Puts a value read or loaded through the key itself into the copy that missed, unless the
-    /// copy was written meanwhile (`SET NX`): a concurrent `set` wrote a newer value there.
-    ///
-    /// A write or an invalidation of the key may have overtaken this refill: the value was read
-    /// before it, and the copy is written after the writer removed the copies. So once the copy
-    /// is written, the key is read again: unless it still holds the same content under the same
-    /// namespace generation, the copy goes. A writer changes the key before its copies, so either
-    /// this check sees the change, or the writer's own copy update comes after the refill.
-    pub(crate) async fn hot_refill<T: CacheValue>(&self, key: &Key, copy: &str, value: Option<&T>) {
-        let ttl = self.inner.hot.config.copy_ttl;
-        let Ok(marks) = self.capture_marks(key, &[]).await else { return };
-        let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
-        let Ok(encoded) = self.inner.codec.encode_marked(key, value, meta, &marks) else {
-            return;
-        };
-        let bytes = encoded.bytes.as_slice();
-        let refilled = self
-            .l2_call_for(copy, "SET", |mut c| async move {
-                redis::cmd("SET")
-                    .arg(copy)
-                    .arg(bytes)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_millis(ttl))
-                    .query_async::<Option<String>>(&mut c)
-                    .await
-            })
-            .await;
-        match refilled {
-            Ok(Some(_)) => {}
-            // Written meanwhile by someone else: theirs stands.
-            Ok(None) => return,
-            Err(err) => {
-                tracing::debug!(copy, error = %err, "could not refill a hot key copy");
-                return;
-            }
-        }
-        if !self.key_holds::<T>(key, value, marks.ns_gen).await {
-            let removed =
-                self.l2_call_for(copy, "DEL", |mut c| async move {
-                    redis::cmd("DEL").arg(copy).query_async::<()>(&mut c).await
-                })
-                .await;
-            if let Err(err) = removed {
-                tracing::debug!(copy, error = %err, "could not remove an overtaken hot key copy; it expires within the copy ttl");
-            }
-        }
-    }
-
-    /// Whether `key` holds `value` (same serialized content; `None`: a cached "not found")
-    /// produced under namespace generation `ns_gen`. Anything unreadable counts as no.
-    async fn key_holds<T: CacheValue>(&self, key: &Key, value: Option<&T>, ns_gen: u64) -> bool {
-        let k = key.as_str();
-        let read = self
-            .l2_call_for(k, "GET", |mut c| async move {
-                redis::cmd("GET").arg(k).query_async::<Option<Vec<u8>>>(&mut c).await
-            })
-            .await;
-        let Ok(Some(bytes)) = read else { return false };
-        let Ok(held) = self.inner.codec.decode::<T>(key, &bytes) else { return false };
-        let content = |v: Option<&T>| v.map(rmp_serde::to_vec).transpose().ok();
-        held.marks.ns_gen == ns_gen && content(held.value.as_ref()).is_some_and(|c| Some(c) == content(value))
-    }
-
-    /// After `set` of a hot key: the new value goes to every copy, for the copy TTL.
-    pub(crate) async fn hot_write<T: CacheValue>(&self, key: &Key, value: &T) {
-        let n = self.inner.hot.copies(key);
-        if n == 0 {
-            return;
-        }
-        let copies = hot_copy_keys(key.as_str(), n);
-        let ttl = self.inner.hot.config.copy_ttl;
-        let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
-        let encoded = match self.capture_marks(key, &[]).await {
-            Ok(marks) => self.inner.codec.encode_marked(key, Some(value), meta, &marks),
-            Err((_, err)) => Err(err),
-        };
-        let Ok(encoded) = encoded else {
-            self.hot_invalidate(key).await;
-            return;
-        };
-        let bytes = encoded.bytes.as_slice();
-        let writes = copies.iter().map(|copy| {
-            self.l2_call_for(copy.as_str(), "SET", move |mut c| async move {
-                redis::cmd("SET")
-                    .arg(copy.as_str())
-                    .arg(bytes)
-                    .arg("PX")
-                    .arg(ttl_millis(ttl))
-                    .query_async::<()>(&mut c)
-                    .await
-            })
-        });
-        if let Some(Err(err)) = join_all(writes).await.into_iter().find(Result::is_err) {
-            tracing::debug!(key = %key, error = %err, "could not update every hot key copy; they expire within the copy ttl");
-        }
-    }
-
-    /// After a delete or an invalidating write of a hot key: every copy goes.
-    pub(crate) async fn hot_invalidate(&self, key: &Key) {
-        let n = self.inner.hot.copies(key);
-        if n == 0 {
-            return;
-        }
-        let copies = hot_copy_keys(key.as_str(), n);
-        let deletes = copies.iter().map(|copy| {
-            self.l2_call_for(copy.as_str(), "DEL", move |mut c| async move {
-                redis::cmd("DEL").arg(copy.as_str()).query_async::<()>(&mut c).await
-            })
-        });
-        if let Some(Err(err)) = join_all(deletes).await.into_iter().find(Result::is_err) {
-            tracing::debug!(key = %key, error = %err, "could not delete every hot key copy; they expire within the copy ttl");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,49 +208,6 @@ mod tests {
             assert!(copies.iter().all(|c| c.starts_with(&format!("{key}:~hot:"))));
             assert!(copies.iter().all(|c| hot_copy_of(c) == Some(key)), "{key}");
         }
-    }
-
-    /// A reader that read the key before a write (or a namespace invalidation) refills the copy
-    /// after the writer removed the copies: the refill must not stand.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_refill_overtaken_by_a_write_or_an_invalidation_is_removed() -> Result<()> {
-        let redis = strata_cluster::RedisServer::start().map_err(|e| Error::config(e.to_string()))?;
-        let key = crate::KeySchema::new("hot", 1)?.key("user", "1")?;
-        let cache = Cache::builder().redis_url(redis.url()).hot_keys(HotKeys::new().key(&key, 1)).build().await?;
-        let copy = hot_copy_keys(key.as_str(), 1).remove(0);
-        let copy_exists = || {
-            let mut con = redis.connection().expect("connection");
-            redis::cmd("EXISTS").arg(&copy).query::<bool>(&mut con).expect("EXISTS")
-        };
-        let drop_copy = || {
-            let mut con = redis.connection().expect("connection");
-            redis::cmd("DEL").arg(&copy).query::<()>(&mut con).expect("DEL");
-        };
-
-        // The key holds "new"; a reader that read "old" before that write refills.
-        cache.set(&key, &"new".to_owned(), Duration::from_secs(60)).await?;
-        drop_copy();
-        cache.hot_refill(&key, &copy, Some(&"old".to_owned())).await;
-        assert!(!copy_exists(), "a copy of a value the key no longer holds was kept");
-
-        // The same content refilled after the write stays.
-        cache.hot_refill(&key, &copy, Some(&"new".to_owned())).await;
-        assert!(copy_exists(), "a copy of what the key holds must stay");
-
-        // A namespace invalidation overtook the refill: the key's content is unchanged, but it
-        // was produced under the old generation, and the copy would carry the new one.
-        drop_copy();
-        cache.invalidate_namespace(key.namespace()).await?;
-        cache.hot_refill(&key, &copy, Some(&"new".to_owned())).await;
-        assert!(!copy_exists(), "a copy made valid again by a refill after the invalidation was kept");
-
-        // The key was deleted.
-        cache.set(&key, &"newer".to_owned(), Duration::from_secs(60)).await?;
-        drop_copy();
-        cache.delete(&key).await?;
-        cache.hot_refill(&key, &copy, Some(&"newer".to_owned())).await;
-        assert!(!copy_exists(), "a copy of a deleted key was kept");
-        Ok(())
     }
 
     #[test]

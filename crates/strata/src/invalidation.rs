@@ -8,7 +8,7 @@
 //! tracking rather than a pub/sub backplane is in `docs/decisions/0004-l1-invalidation.md`.
 //!
 //! A message can be missed only when its connection is lost, so L1 serves only while every
-//! tracking connection is up ([`Coherence`]):
+//! tracking connection is up ([`Coherence`](crate::coherence::Coherence)):
 //!
 //! - a lost connection (the driver's disconnection notice, or no PONG to the heartbeat within
 //!   its timeout) flushes L1 at once, and nothing enters L1 until tracking is on again;
@@ -108,7 +108,7 @@ impl Invalidation {
         let mut all = self.prefixes.clone();
         for prefix in &self.prefixes {
             match prefix.split_once(':') {
-                // Stamp ids start with the key's first segment: `{app:...}` or `{app}`.
+                // Meta ids start with the key's first segment: `{app:...}` or `{app}`.
                 Some((app, _)) => all.extend([format!("{{{app}:"), format!("{{{app}}}")]),
                 None => all.push(format!("{{{prefix}")),
             }
@@ -152,8 +152,8 @@ pub(crate) struct Redirects {
 /// invalidations, so L1 is flushed and closed now (fills whose reads started before are
 /// refused), until the supervisor tracks it. Either way the topology is read again at once.
 pub(crate) fn redirected(cache: &Inner, node: &str) {
-    let redirects = &cache.coherence.redirects;
-    if !cache.coherence.is_tracking() {
+    let redirects = &cache.l1().coherence().redirects;
+    if !cache.l1().coherence().is_tracking() {
         return;
     }
     let tracked = redirects.tracked.read().unwrap_or_else(|p| p.into_inner()).iter().any(|n| n == node);
@@ -211,7 +211,7 @@ impl Supervisor {
         };
         let first_round = Arc::new(AtomicBool::new(false));
         let first_done = first_round.clone();
-        let wake = cache.coherence.redirects.wake.clone();
+        let wake = cache.l1().coherence().redirects.wake.clone();
         let handle = tokio::spawn(async move {
             let mut tick = tokio::time::interval(supervisor.config.heartbeat);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -233,7 +233,7 @@ impl Supervisor {
         while !first_round.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        if !cache.coherence.is_healthy() {
+        if !cache.l1().coherence().is_healthy() {
             tracing::warn!("L1 invalidation not established yet; L1 stays empty until it is");
         }
         Some(handle.abort_handle())
@@ -242,17 +242,16 @@ impl Supervisor {
     /// Checks the topology, (re)connects, pings, and sets the health: L1 serves only when every
     /// master has a live tracking connection.
     async fn round(&mut self, cache: &Inner) {
-        let l1 = cache.l1.as_ref();
         // The topology is read every `topology_interval`, and at every round while L1 is closed
         // (so that it reopens as soon as possible).
         let due = self.checked.is_none_or(|at| at.elapsed() >= self.config.topology_interval)
-            || !cache.coherence.is_healthy();
+            || !cache.l1().coherence().is_healthy();
         if due {
             let masters = match self.masters().await {
                 Ok(masters) => masters,
                 Err(err) => {
                     tracing::debug!(error = %err, "cannot read the topology");
-                    if cache.coherence.is_healthy() {
+                    if cache.l1().coherence().is_healthy() {
                         close_l1(cache);
                     }
                     return;
@@ -272,7 +271,7 @@ impl Supervisor {
         // `redirected`).
         let scheme = self.cluster_scheme();
         let pinned: Vec<String> = {
-            let mut pinned = cache.coherence.redirects.pinned.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pinned = cache.l1().coherence().redirects.pinned.lock().unwrap_or_else(|p| p.into_inner());
             pinned.retain(|n| !self.masters.iter().any(|(a, _)| *a == format!("{scheme}://{n}")));
             pinned.iter().map(|n| format!("{scheme}://{n}")).collect()
         };
@@ -290,7 +289,8 @@ impl Supervisor {
                     tracing::debug!(node = %addr, error = %err, "tracking connection failed");
                     if pinned.contains(&addr) {
                         // Gone: reads cannot reach it either. The topology decides again.
-                        let mut pinned = cache.coherence.redirects.pinned.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut pinned =
+                            cache.l1().coherence().redirects.pinned.lock().unwrap_or_else(|p| p.into_inner());
                         pinned.retain(|n| !addr.ends_with(&format!("://{n}")));
                         wanted.retain(|a| *a != addr);
                     }
@@ -298,11 +298,11 @@ impl Supervisor {
             }
         }
         self.heartbeat().await;
-        *cache.coherence.redirects.tracked.write().unwrap_or_else(|p| p.into_inner()) =
+        *cache.l1().coherence().redirects.tracked.write().unwrap_or_else(|p| p.into_inner()) =
             self.nodes.keys().map(|a| a.split_once("://").map_or(a.as_str(), |(_, n)| n).to_owned()).collect();
         let all_up = !self.masters.is_empty() && wanted.iter().all(|a| self.nodes.contains_key(a));
-        if all_up != cache.coherence.is_healthy() {
-            cache.coherence.reset(all_up, l1);
+        if all_up != cache.l1().coherence().is_healthy() {
+            cache.l1().reset(all_up);
             // A connection lost between the check and the switch has already flushed; make sure
             // it is not overruled.
             if all_up && self.nodes.values().any(|n| !n.alive.load(Ordering::SeqCst)) {
@@ -457,29 +457,28 @@ impl Supervisor {
 
 /// Something may have been missed: flush and close L1, and read namespace stamps again.
 pub(crate) fn close_l1(cache: &Inner) {
-    cache.coherence.reset(false, cache.l1.as_ref());
-    cache.stamps.forget(None);
+    cache.l1().reset(false);
+    cache.stamps().forget(None);
 }
 
 /// Applies one push message from a tracking connection.
 fn on_push(cache: &Inner, push: PushInfo, alive: &AtomicBool, lost: &mpsc::UnboundedSender<()>) {
-    let l1 = cache.l1.as_ref();
     match push.kind {
         PushKind::Invalidate => match push.data.first() {
             Some(Value::Array(keys)) => {
                 for key in keys {
                     if let Value::BulkString(bytes) = key {
-                        cache.coherence.invalidate(bytes, l1);
+                        cache.l1().invalidate(bytes);
                         // A namespace or tag stamp moved: read it again rather than wait for
                         // the stamp cache to expire.
                         if let Some(id) = std::str::from_utf8(bytes).ok().and_then(crate::tags::stamp_id) {
-                            cache.stamps.forget(Some(id));
+                            cache.stamps().forget(Some(id));
                         }
                     }
                 }
             }
             // A nil key list: the node was flushed (FLUSHALL / FLUSHDB).
-            _ => cache.coherence.reset(cache.coherence.is_healthy(), l1),
+            _ => cache.l1().reset(cache.l1().coherence().is_healthy()),
         },
         PushKind::Disconnection if alive.swap(false, Ordering::SeqCst) => {
             tracing::warn!("tracking connection lost; flushing L1 until it is back");
@@ -523,7 +522,7 @@ fn parse_masters(text: &str, scheme: &str) -> Vec<(String, String)> {
 
 /// Counters of the invalidation machinery, for [`MetricsSnapshot`](crate::MetricsSnapshot).
 pub(crate) fn counters(cache: &Inner) -> (u64, u64, bool) {
-    let c = &cache.coherence;
+    let c = cache.l1().coherence();
     (c.invalidated_keys.load(Ordering::Relaxed), c.flushes.load(Ordering::Relaxed), c.is_healthy())
 }
 

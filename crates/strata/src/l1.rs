@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache as Moka;
 
+use crate::codec::Meta;
+use crate::coherence::{Coherence, Echo, Ticket};
 use crate::flight::Shared;
 use crate::tags::Marks;
 
@@ -26,34 +28,18 @@ pub(crate) enum Slot {
     Absent,
 }
 
-/// When an entry's value stops being fresh and how long it took to load: what freshness
-/// decisions (early refresh, serving stale) need on an L1 hit without asking Redis.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Stamp {
-    /// Logical expiry, Unix milliseconds (the entry may live on past it, as a stale copy).
-    pub(crate) expires_at_ms: u64,
-    /// Load time of the value in microseconds (0 when written by `set`).
-    pub(crate) load_us: u32,
-}
-
-impl From<crate::codec::Meta> for Stamp {
-    fn from(meta: crate::codec::Meta) -> Self {
-        Self { expires_at_ms: meta.expires_at_ms, load_us: meta.load_us }
-    }
-}
-
 /// What L1 keeps next to a value to decide, on a hit, whether it may still serve it.
 #[derive(Clone)]
 pub(crate) struct Checks {
     /// Logical expiry and load time, for freshness decisions.
-    pub(crate) stamp: Stamp,
+    pub(crate) meta: Meta,
     /// The generations the value was produced under: an L1 hit is checked against stamps too.
     pub(crate) marks: Arc<Marks>,
 }
 
 impl Checks {
-    pub(crate) fn new(meta: crate::codec::Meta, marks: Arc<Marks>) -> Self {
-        Self { stamp: meta.into(), marks }
+    pub(crate) fn new(meta: Meta, marks: Arc<Marks>) -> Self {
+        Self { meta, marks }
     }
 }
 
@@ -96,16 +82,16 @@ pub enum L1Policy {
     Lru,
 }
 
-pub(crate) struct L1 {
+struct Store {
     cache: Moka<Arc<str>, Entry>,
-    pub(crate) budget: u64,
+    budget: u64,
     max_entry: u64,
     /// Weight inserted since moka last ran its maintenance (its own size lags behind).
     unsettled: AtomicU64,
 }
 
-impl L1 {
-    pub(crate) fn new(budget_bytes: u64, max_entry_bytes: u64, policy: L1Policy) -> Self {
+impl Store {
+    fn new(budget_bytes: u64, max_entry_bytes: u64, policy: L1Policy) -> Self {
         let policy = match policy {
             L1Policy::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
             L1Policy::Lru => moka::policy::EvictionPolicy::lru(),
@@ -119,12 +105,12 @@ impl L1 {
         Self { cache, budget: budget_bytes, max_entry: max_entry_bytes, unsettled: AtomicU64::new(0) }
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<(Slot, Checks)> {
+    fn get(&self, key: &str) -> Option<(Slot, Checks)> {
         self.cache.get(key).map(|e| (e.slot, e.checks))
     }
 
     /// Stores a value for at most `ttl`. `value_len` is its uncompressed serialized size.
-    pub(crate) fn insert(&self, key: &Arc<str>, slot: Slot, checks: Checks, value_len: usize, ttl: Duration) {
+    fn insert(&self, key: &Arc<str>, slot: Slot, checks: Checks, value_len: usize, ttl: Duration) {
         let weight = key.len() as u64 + 2 * value_len as u64 + ENTRY_OVERHEAD;
         if ttl.is_zero() {
             // Nothing to keep, and an older copy must not be served instead.
@@ -145,24 +131,165 @@ impl L1 {
         }
     }
 
-    pub(crate) fn remove(&self, key: &str) {
+    fn remove(&self, key: &str) {
         self.cache.invalidate(key);
     }
 
-    pub(crate) fn clear(&self) {
+    fn clear(&self) {
         self.cache.invalidate_all();
     }
 
     /// (entries, weighted bytes) after applying pending maintenance.
-    pub(crate) fn usage(&self) -> (u64, u64) {
+    fn usage(&self) -> (u64, u64) {
         self.cache.run_pending_tasks();
         self.unsettled.store(0, Ordering::Release);
         (self.cache.entry_count(), self.cache.weighted_size())
     }
 
     /// Sum of the weights of the entries actually present (walks the cache; for tests/inspection).
-    pub(crate) fn resident_bytes(&self) -> u64 {
+    fn resident_bytes(&self) -> u64 {
         self.cache.iter().map(|(_, e)| u64::from(e.weight)).sum()
+    }
+}
+
+/// What goes into L1 for one key: the value, what a hit is checked against, its size and how
+/// long it may live.
+pub(crate) struct Fill {
+    pub(crate) slot: Slot,
+    pub(crate) checks: Checks,
+    /// The uncompressed serialized size, the basis of the entry's weight.
+    pub(crate) value_len: usize,
+    /// What is left of the Redis copy (L1 keeps it no longer, nor past `l1_max_ttl`).
+    pub(crate) ttl: Duration,
+}
+
+/// The L1 tier: the store (none when L1 is off) and the rules that decide what may enter it and
+/// stay ([`Coherence`]: tickets, echoes, tracking health). Every L1 read and write goes through
+/// here.
+pub(crate) struct L1 {
+    store: Option<Store>,
+    coherence: Coherence,
+    max_ttl: Duration,
+}
+
+impl L1 {
+    /// `None` budget: L1 off (every method is then a no-op and every lookup a miss).
+    pub(crate) fn new(budget: Option<(u64, u64, L1Policy)>, max_ttl: Duration, coherence: Coherence) -> Self {
+        let store = budget.map(|(bytes, max_entry, policy)| Store::new(bytes, max_entry, policy));
+        Self { store, coherence, max_ttl }
+    }
+
+    /// Whether L1 is on.
+    pub(crate) fn is_on(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// The admission rules, for the invalidation supervisor.
+    pub(crate) fn coherence(&self) -> &Coherence {
+        &self.coherence
+    }
+
+    /// The entry of `key`, unchecked: stamps and expiry are the caller's to judge.
+    pub(crate) fn get(&self, key: &str) -> Option<(Slot, Checks)> {
+        self.store.as_ref()?.get(key)
+    }
+
+    /// Taken before reading or writing Redis for `key`: a fill that holds it is admitted only if
+    /// the key was not invalidated since.
+    pub(crate) fn ticket(&self, key: &str) -> Ticket {
+        self.coherence.ticket(key)
+    }
+
+    /// Puts a value read from Redis (or just written, with the ticket of its echo) in L1, unless
+    /// the key may have changed since `ticket` was taken (see [`crate::coherence`]).
+    pub(crate) fn fill(&self, key: &Arc<str>, fill: Fill, ticket: &Ticket) {
+        self.fill_if(key, fill, || self.coherence.admits(ticket));
+    }
+
+    /// [`fill`](Self::fill) for a value fresh from the loader that Redis could not take: kept
+    /// while Redis is away (so the source is not hammered) unless the key was invalidated.
+    pub(crate) fn fill_loaded(&self, key: &Arc<str>, fill: Fill, ticket: &Ticket) {
+        self.fill_if(key, fill, || self.coherence.admits_loaded(ticket));
+    }
+
+    fn fill_if(&self, key: &Arc<str>, fill: Fill, admits: impl Fn() -> bool) {
+        let Some(store) = &self.store else { return };
+        if !admits() {
+            return;
+        }
+        store.insert(key, fill.slot, fill.checks, fill.value_len, fill.ttl.min(self.max_ttl));
+        // Insert, then re-check: an invalidation processed in between is caught here.
+        if !admits() {
+            store.remove(key);
+        }
+    }
+
+    /// Registers for the invalidation a write of `key` is about to cause (see
+    /// [`Coherence::expect_echo`]).
+    pub(crate) fn expect_echo(&self, key: &str) -> Option<Echo> {
+        self.coherence.expect_echo(key)
+    }
+
+    /// After a successful write: the ticket to fill L1 with (see [`Coherence::after_write`]).
+    pub(crate) async fn after_write(&self, echo: Option<Echo>, before: Ticket, wait: Duration) -> Option<Ticket> {
+        self.coherence.after_write(echo, before, wait).await
+    }
+
+    /// Drops a registration whose write failed or stored nothing.
+    pub(crate) fn forget(&self, echo: Option<Echo>) {
+        if let Some(echo) = echo {
+            self.coherence.forget(echo);
+        }
+    }
+
+    pub(crate) fn remove(&self, key: &str) {
+        if let Some(store) = &self.store {
+            store.remove(key);
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        if let Some(store) = &self.store {
+            store.clear();
+        }
+    }
+
+    /// An invalidation message named `key`.
+    pub(crate) fn invalidate(&self, key: &[u8]) {
+        self.coherence.invalidate(key, self.store.as_ref().map(|s| s as &dyn Evict));
+    }
+
+    /// Tracking went down or came back, or L1 must be flushed (see [`Coherence::reset`]).
+    pub(crate) fn reset(&self, healthy: bool) {
+        self.coherence.reset(healthy, self.store.as_ref().map(|s| s as &dyn Evict));
+    }
+
+    /// (entries, weighted bytes), after pending maintenance.
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        self.store.as_ref().map(Store::usage).unwrap_or_default()
+    }
+
+    pub(crate) fn resident_bytes(&self) -> u64 {
+        self.store.as_ref().map_or(0, Store::resident_bytes)
+    }
+
+    pub(crate) fn budget(&self) -> u64 {
+        self.store.as_ref().map_or(0, |s| s.budget)
+    }
+}
+
+/// What [`Coherence`] may do to the store: evict one key, or all.
+pub(crate) trait Evict {
+    fn evict(&self, key: &str);
+    fn evict_all(&self);
+}
+
+impl Evict for Store {
+    fn evict(&self, key: &str) {
+        self.remove(key);
+    }
+    fn evict_all(&self) {
+        self.clear();
     }
 }
 

@@ -86,6 +86,39 @@
 //!   [`Cache::prometheus_text`] / [`Cache::register_metrics`] export them to Prometheus
 //!   ([`METRIC_FAMILIES`]; see docs/observability.md), with loader and Redis call latency histograms.
 //!
+//! # Layout
+//!
+//! One cache miss of [`Cache::get_or_set`] reads top-down through `cache.rs` (the entry point),
+//! `cache/load.rs` (the load path: L1 → hot copy → single-flight → L2 read + lease → loader →
+//! store → L1 admission) and `cache/tiers.rs` (each tier's read and write, and the one store
+//! step every write ends in); the types they call own their state and answer in small methods.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `cache` | [`Cache`] (the public API of single keys, hot marks, metrics) and `Inner`, the parts of one cache, private to `cache` and its children |
+//! | `cache/load` | the read and load paths, fail-safe, `get_or_refresh`'s background refreshes |
+//! | `cache/load_many` | the batch load path of `get_or_set_many` |
+//! | `cache/tiers` | one read or write of each tier: L1 lookup, GET/MGET + decode, SET / lease compare-and-set, settling a write into L1, every Redis call through the breaker |
+//! | `cache/marks` | the generations a value carries, captured before a load and judged at every read |
+//! | `cache/hot`, `cache/write_through`, `cache/builder` | hot keys' copies; `set_through`; assembling a cache ([`CacheBuilder`]) |
+//! | `batch`, `namespace`, `exposition` | the public API of batches; of namespaces and tags; of Prometheus exposition |
+//! | `l1` | the L1 tier: the moka store, bounded in bytes, and its admission rules (an `Fill` is admitted only with a valid ticket) |
+//! | `coherence` | L1 admission: tickets taken before a round trip, writers' echoes, tracking health |
+//! | `invalidation` | the tracking connections (RESP3 `CLIENT TRACKING`), heartbeats, topology and redirects |
+//! | `flight` | in-process single-flight |
+//! | `lease` | lease scripts, tokens and settings ([`LeaseConfig`]) |
+//! | `stamps` | a **stamp**: the generation of a namespace or tag; what this instance knows of them |
+//! | `tags` | [`Tag`]s and the marks (stamp generations) a value records |
+//! | `fresh` | [`Freshness`]: XFetch, stale-while-revalidate, fail-safe, timeouts |
+//! | `l2` | Redis connections: standalone, Cluster, Sentinel, TLS; retries inside one call |
+//! | `breaker`, `retry` | circuit breakers per slot range; what is retried |
+//! | `codec`, `crypt` | the envelope (format, compression, checksum, `Meta`: logical expiry and load time); AES-GCM |
+//! | `key`, `ttl` | [`Key`] / [`KeySchema`]; [`Ttl`] classes, jitter and expiry arithmetic |
+//! | `hot` | [`HotKeys`] and the registry of hot keys |
+//! | `write_behind` | [`WriteBehind`] queues and their [`Worker`]s |
+//! | `metrics`, `latency`, `exposition` | counters, histograms, Prometheus |
+//! | `audit`, `error`, `timefmt` | the audit log; [`Error`]; time formatting |
+//!
 //! ## Example
 //!
 //! ```no_run
@@ -107,9 +140,7 @@
 
 mod audit;
 mod batch;
-mod batch_load;
 mod breaker;
-mod builder;
 mod cache;
 mod codec;
 mod coherence;
@@ -129,20 +160,16 @@ mod latency;
 mod lease;
 mod metrics;
 mod namespace;
-mod refresh;
 mod retry;
 mod stamps;
 mod tags;
-mod tiers;
 mod timefmt;
 mod ttl;
 mod write_behind;
-mod write_through;
 
 pub use audit::{AUDIT_QUEUE, AuditRecord, AuditSink};
 pub use breaker::{BreakerConfig, BreakerState};
-pub use builder::CacheBuilder;
-pub use cache::{Cache, CacheValue};
+pub use cache::{Cache, CacheBuilder, CacheValue};
 pub use codec::Format;
 pub use crypt::{Encryption, KEY_LEN, Keyring, MAX_KEY_ID_LEN};
 pub use error::{Error, ErrorKind, Result};

@@ -116,6 +116,30 @@ fn clamp(d: Duration) -> Duration {
     d.clamp(Duration::from_millis(1), MAX_TTL)
 }
 
+/// How long an L1 copy of a value read from Redis may live: what is left of it by the envelope's
+/// logical expiry and, when known, by Redis's own PTTL (immune to clock skew between writer and
+/// reader). PTTL -2 means the key vanished meanwhile: do not keep it.
+pub(crate) fn l1_ttl(meta: crate::codec::Meta, pttl: Option<i64>) -> Duration {
+    let by_envelope = Duration::from_millis(meta.expires_at_ms.saturating_sub(now_ms()));
+    match pttl {
+        Some(ms) if ms >= 0 => by_envelope.min(Duration::from_millis(ms as u64)),
+        Some(-2) => Duration::ZERO,
+        _ => by_envelope,
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub(crate) fn expiry_ms(ttl: Duration) -> u64 {
+    now_ms().saturating_add(ttl_millis(ttl))
+}
+
+pub(crate) fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,7 +143,7 @@ impl WriteBehind {
         if config.claim_idle < Duration::from_millis(30) || config.dedup_ttl.is_zero() {
             return Err(Error::config("write-behind claim_idle must be at least 30 ms and dedup_ttl positive"));
         }
-        if config.replicas_to_wait > 0 && config.wait_timeout >= cache.inner.l2.op_timeout {
+        if config.replicas_to_wait > 0 && config.wait_timeout >= cache.inner().op_timeout() {
             return Err(Error::config("write-behind wait_timeout must be shorter than the cache's op_timeout"));
         }
         Ok(Self { cache: cache.clone(), config: Arc::new(config), counters: Arc::default() })
@@ -195,7 +195,8 @@ impl WriteBehind {
         let pipe = &pipe;
         let (id, reached): (String, Option<u32>) = self
             .cache
-            .l2_call_for(&stream, "XADD", |mut c| async move {
+            .inner()
+            .call_for(&stream, "XADD", |mut c| async move {
                 if wait > 0 {
                     pipe.query_async(&mut c).await.map(|(id, n): (String, u32)| (id, Some(n)))
                 } else {

@@ -292,7 +292,7 @@ impl Worker {
         pipe.cmd("XDEL").arg(&stream).arg(&entry.id).ignore();
         let pipe = &pipe;
         let settle = |mut c: Conn| async move { pipe.query_async::<()>(&mut c).await };
-        wb.cache.inner.l2.run("write-behind settle", settle, &wb.cache.inner.on_redirect()).await
+        wb.cache.inner().run_l2("write-behind settle", settle).await
     }
 
     /// Renews the lease when a third of it has passed; false once it is no longer ours.
@@ -312,11 +312,11 @@ impl Worker {
     async fn lease(&self, script: &'static str, p: u16, ttl_ms: u64) -> Result<bool> {
         let key = &self.wb.owner_key(p);
         let consumer = self.consumer.as_str();
-        let inner = &self.wb.cache.inner;
+        let inner = self.wb.cache.inner();
         let lease = |mut c: Conn| async move {
             redis::Script::new(script).key(key).arg(consumer).arg(ttl_ms).invoke_async(&mut c).await
         };
-        let n: i64 = inner.l2.run("write-behind lease", lease, &inner.on_redirect()).await?;
+        let n: i64 = inner.run_l2("write-behind lease", lease).await?;
         Ok(n == 1)
     }
 
@@ -336,8 +336,8 @@ impl Worker {
 
     async fn call<T: redis::FromRedisValue>(&self, context: &str, cmd: redis::Cmd) -> Result<T> {
         let cmd = &cmd;
-        let inner = &self.wb.cache.inner;
-        inner.l2.run(context, |mut c| async move { cmd.query_async(&mut c).await }, &inner.on_redirect()).await
+        let inner = self.wb.cache.inner();
+        inner.run_l2(context, |mut c| async move { cmd.query_async(&mut c).await }).await
     }
 }
 

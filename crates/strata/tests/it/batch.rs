@@ -298,7 +298,7 @@ on_both!(get_or_set_many_waits_for_a_single_load_in_flight);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_or_set_many_without_leases() -> TestResult {
     let redis = Redis::standalone();
-    let cache = redis.builder().leases(LeaseConfig { enabled: false, ..LeaseConfig::default() }).build().await?;
+    let cache = redis.builder().leases(LeaseConfig::disabled()).build().await?;
     let schema = KeySchema::new("it", 1)?;
     let keys: Vec<Key> = (0..10).map(|i| schema.key("nolease", &i.to_string())).collect::<strata::Result<_>>()?;
     let calls = Calls::default();

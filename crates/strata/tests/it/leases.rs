@@ -215,7 +215,7 @@ async fn stampede_worker() -> TestResult {
         Cache::builder().redis_url(urls[0].clone())
     };
     let cache = builder
-        .leases(LeaseConfig { enabled: true, ttl: lease, max_wait: Duration::from_secs(30) })
+        .leases(LeaseConfig::default().ttl(lease).max_wait(Duration::from_secs(30)))
         .require_redis(true)
         .build()
         .await?;

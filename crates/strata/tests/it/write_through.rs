@@ -21,7 +21,7 @@ fn store(source: &Source) -> impl FnOnce(&String) -> std::future::Ready<Result<(
 }
 
 async fn cache_with_short_leases(redis: &Redis) -> Result<Cache, strata::Error> {
-    let leases = LeaseConfig { enabled: true, ttl: Duration::from_millis(400), max_wait: Duration::from_secs(5) };
+    let leases = LeaseConfig::default().ttl(Duration::from_millis(400)).max_wait(Duration::from_secs(5));
     redis.builder().leases(leases).build().await
 }
 

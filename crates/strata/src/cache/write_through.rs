@@ -1,4 +1,4 @@
-//! Write-through: [`Cache::set_through`] writes the source of truth, then the cache, in an order
+//! Write-through: [`Cache::set_through`](crate::Cache::set_through) writes the source of truth, then the cache, in an order
 //! that a crash at any point cannot turn into a cache newer — or older — than the source.
 //!
 //! ```text
@@ -27,94 +27,35 @@
 //!   Keep the lease TTL above the slowest source write all the same: readers wait for it.
 
 use std::future::Future;
-use std::sync::Arc;
 
-use crate::cache::{Cache, CacheValue};
-use crate::codec::Meta;
+use super::tiers::Via;
+use super::{CacheValue, Inner};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::l1::Slot;
 use crate::lease::{Holder, THROUGH_TOKEN_PREFIX, lease_key, through_token};
 use crate::metrics::NsCounters;
-use crate::tiers::{expiry_ms, ttl_millis};
-use crate::ttl::Ttl;
+use crate::ttl::{Ttl, ttl_millis};
 
-impl Cache {
-    /// Writes `value` to the source with `store_fn`, then to the cache, so that a crash at any
-    /// point cannot leave the cache newer than the source. The order: take the key's lease and
-    /// delete the cached value (one round trip); run `store_fn`; store the value only if the
-    /// lease is still this call's and no other write-through of the key overlapped it (else the
-    /// key is left uncached, for readers to load from the source, since concurrent source
-    /// writes may land in any order). A crash after the first step leaves the key uncached; readers
-    /// that miss meanwhile wait for the lease instead of loading the version being replaced.
-    /// Keep the lease TTL ([`LeaseConfig`](crate::LeaseConfig)) above the slowest source write.
-    ///
-    /// Errors: the value is validated (size, serialization) before anything happens; a failing
-    /// `store_fn` returns its error as [`is_loader`](Error::is_loader) with the cache emptied of
-    /// the key; when Redis is unavailable the source is still written and the error is
-    /// [`is_unavailable`](Error::is_unavailable): the source holds the new value, and the cache
-    /// could not be touched, so it may keep the previous value until its TTL, as after any write
-    /// Redis could not take.
-    ///
-    /// ```
-    /// # use std::sync::{Arc, Mutex};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let redis = strata_cluster::RedisServer::start()?;
-    /// use strata::{Cache, KeySchema, Ttl};
-    ///
-    /// let cache = Cache::builder().redis_url(redis.url()).build().await?;
-    /// let key = KeySchema::new("shop", 1)?.key("user", "42")?;
-    /// let db = Arc::new(Mutex::new(String::new())); // the source of truth
-    ///
-    /// let source = db.clone();
-    /// cache
-    ///     .set_through(&key, &"Ada".to_owned(), Ttl::Medium, |name: &String| {
-    ///         let (source, name) = (source.clone(), name.clone());
-    ///         async move {
-    ///             *source.lock().unwrap() = name; // UPDATE users SET name = ... WHERE id = 42
-    ///             Ok::<_, std::io::Error>(())
-    ///         }
-    ///     })
-    ///     .await?;
-    /// assert_eq!(*db.lock().unwrap(), "Ada");
-    /// assert_eq!(cache.get::<String>(&key).await?.as_deref(), Some("Ada"));
-    /// # Ok(()) }
-    /// ```
-    pub async fn set_through<T, F, Fut, E>(&self, key: &Key, value: &T, ttl: impl Into<Ttl>, store_fn: F) -> Result<()>
+impl Inner {
+    /// [`Cache::set_through`](crate::Cache::set_through), unaudited.
+    pub(crate) async fn set_through<T, F, Fut, E>(&self, key: &Key, value: &T, ttl: Ttl, store_fn: F) -> Result<()>
     where
         T: CacheValue,
         F: FnOnce(&T) -> Fut,
         Fut: Future<Output = std::result::Result<(), E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let outcome = self.set_through_unaudited(key, value, ttl.into(), store_fn).await;
-        self.audit("set_through", key.as_str(), &outcome);
-        outcome
-    }
-
-    async fn set_through_unaudited<T, F, Fut, E>(&self, key: &Key, value: &T, ttl: Ttl, store_fn: F) -> Result<()>
-    where
-        T: CacheValue,
-        F: FnOnce(&T) -> Fut,
-        Fut: Future<Output = std::result::Result<(), E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let ttl = self.inner.ttl.jittered(ttl);
-        let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us: 0 };
         // Before the source write: a namespace invalidation during it makes this value old.
         let marks = self.write_marks(key, &[]).await?;
-        let encoded = self.inner.codec.encode_marked(key, Some(value), meta, &marks)?;
+        let prepared = self.prepare(key, Some(value.clone()), ttl, &marks, 0)?;
 
         // 1. Hold the lease and empty the key, atomically (same slot).
-        if let Some(l1) = &self.inner.l1 {
-            l1.remove(key.as_str());
-        }
+        self.l1.remove(key.as_str());
         let (k, lease, token) = (key.as_str(), lease_key(key.as_str()), through_token());
-        let px = ttl_millis(self.inner.leases.ttl);
+        let px = ttl_millis(self.leases.ttl);
         let (t, lease) = (token.as_str(), &lease);
         let held: Result<(Option<String>,)> = self
-            .l2_call_for(k, "write-through lease", |mut c| async move {
+            .call_for(k, "write-through lease", |mut c| async move {
                 redis::pipe()
                     .cmd("SET")
                     .arg(lease)
@@ -148,10 +89,9 @@ impl Cache {
         let contended = held?;
 
         // 3. The cache, only if this write ran alone; else the key is emptied.
-        let slot = Slot::Present(Arc::new(value.clone()));
         let holder = Holder::Through { token: &token, contended };
-        let stored = self.fill_leased(key, encoded, ttl, slot, holder, meta.into()).await?;
-        NsCounters::inc(&self.inner.metrics.ns(key.namespace()).writes_through);
+        let stored = self.store(key, &prepared, Via::Lease(holder)).await?;
+        NsCounters::inc(&self.metrics.ns(key.namespace()).writes_through);
         if stored {
             self.hot_write(key, value).await;
         } else {

@@ -1,4 +1,5 @@
-//! Batch cache-aside: [`Cache::get_or_set_many`] and [`Cache::get_or_set_many_optional`].
+//! Batch cache-aside: [`Cache::get_or_set_many`](crate::Cache::get_or_set_many) and
+//! [`Cache::get_or_set_many_optional`](crate::Cache::get_or_set_many_optional).
 //!
 //! One call costs, whatever the number of keys: an L1 pass, one MGET round (a pipeline per slot
 //! group, the groups sent concurrently), one lease round for the keys still missing, **one**
@@ -23,17 +24,15 @@ use std::sync::Arc;
 
 use redis::Value;
 
-use crate::cache::{Cache, CacheValue, L2Read};
-use crate::codec::{Encoded, Meta};
+use super::load::Loaded;
+use super::tiers::{L2Read, Prepared};
+use super::{CacheValue, Inner};
 use crate::coherence::{Echo, Ticket};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::l1::{Checks, Slot};
 use crate::lease::{ACQUIRE_UNLESS_PRESENT, FILL_IF_LEASED, RELEASE_IF_HELD, backoff, lease_key, token};
 use crate::metrics::NsCounters;
-use crate::tags::Marks;
-use crate::tiers::{expiry_ms, ttl_millis};
-use crate::ttl::Ttl;
+use crate::ttl::{Ttl, ttl_millis};
 
 /// How a key loaded by a batch is stored.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -47,70 +46,35 @@ enum Store {
     L1Only,
 }
 
+/// One batch load: its keys (each once), its lease token, and what is resolved so far.
+struct Batch<'a, T> {
+    keys: &'a [Key],
+    token: String,
+    /// Whether a cached "not found" is served (and a key the loader omits cached as one).
+    negative: bool,
+    /// Per key, `Some(x)`: resolved to `x` (a value or a "not found").
+    found: Vec<Option<Option<T>>>,
+    /// Keys to load, and how to store each.
+    to_load: Vec<(usize, Store)>,
+}
+
 /// A loaded key on its way to Redis.
 struct Pending {
+    prepared: Prepared,
     /// Taken before the load: an L1 fill from it must not outlive a write made meanwhile.
-    ticket: Ticket,
-    checks: Checks,
-    encoded: Encoded,
-    ttl: std::time::Duration,
-    slot: Slot,
+    before: Ticket,
     store: Store,
 }
 
-impl Cache {
-    /// Batch cache-aside read. Keys found in L1 or Redis are served from there; `loader` is called
-    /// **once** with every key still missing (each once, in the order of its first appearance in
-    /// `keys`) and returns the values it found; those are cached (for `ttl`, jittered, one slot group per
-    /// write round) and returned. The result lines up with `keys`; a key the loader did not
-    /// return is `None` and is not cached (see
-    /// [`get_or_set_many_optional`](Self::get_or_set_many_optional) to cache it as "not found").
-    /// The loader is not called when nothing is missing.
-    ///
-    /// Same contract as [`get_or_set`](Self::get_or_set): a loader error is returned as an
-    /// [`is_loader`](Error::is_loader) error (nothing is cached); Redis down, slow or behind an
-    /// open breaker is not an error: the loader's values are returned (and kept in L1).
-    ///
-    /// Concurrency, with leases on (the default): each missing key is taken with the same lease
-    /// as `get_or_set`, so a value loaded before a concurrent `set`/`delete`/`set_many` of its
-    /// key is returned but not stored. A key whose lease another caller holds (a `get_or_set`
-    /// in this or another process, another batch) is waited for, up to
-    /// [`LeaseConfig::max_wait`](crate::LeaseConfig::max_wait), rather than loaded twice. With
-    /// leases off, concurrent loads of one key may both run, and the later write wins.
-    pub async fn get_or_set_many<T, F, Fut, E>(
+impl Inner {
+    /// `get_or_set_many` / `get_or_set_many_optional` (`negative`).
+    pub(crate) async fn load_many<T, F, Fut, E>(
         &self,
         keys: &[Key],
-        ttl: impl Into<Ttl>,
+        ttl: Ttl,
         loader: F,
+        negative: bool,
     ) -> Result<Vec<Option<T>>>
-    where
-        T: CacheValue,
-        F: FnOnce(Vec<Key>) -> Fut,
-        Fut: Future<Output = std::result::Result<HashMap<Key, T>, E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        self.load_many(keys, ttl.into(), loader, false).await
-    }
-
-    /// Like [`get_or_set_many`](Self::get_or_set_many), with negative caching: a key the loader
-    /// does not return is cached as "not found" (negative TTL of the [`TtlPolicy`](crate::TtlPolicy)),
-    /// and a cached "not found" is served as `None` without calling the loader.
-    pub async fn get_or_set_many_optional<T, F, Fut, E>(
-        &self,
-        keys: &[Key],
-        ttl: impl Into<Ttl>,
-        loader: F,
-    ) -> Result<Vec<Option<T>>>
-    where
-        T: CacheValue,
-        F: FnOnce(Vec<Key>) -> Fut,
-        Fut: Future<Output = std::result::Result<HashMap<Key, T>, E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        self.load_many(keys, ttl.into(), loader, true).await
-    }
-
-    async fn load_many<T, F, Fut, E>(&self, keys: &[Key], ttl: Ttl, loader: F, negative: bool) -> Result<Vec<Option<T>>>
     where
         T: CacheValue,
         F: FnOnce(Vec<Key>) -> Fut,
@@ -128,71 +92,60 @@ impl Cache {
                 })
             })
             .collect();
-        // `Some(x)`: resolved to `x` (a value or a "not found").
-        let mut found: Vec<Option<Option<T>>> = (0..unique.len()).map(|_| None).collect();
+        let found = (0..unique.len()).map(|_| None).collect();
+        let mut batch = Batch { keys: &unique, token: token(), negative, found, to_load: Vec::new() };
         let mut missing = Vec::new();
         for (u, key) in unique.iter().enumerate() {
-            match self.l1_lookup::<T>(key, &self.inner.metrics.ns(key.namespace()), negative).await {
-                Some(hit) => found[u] = Some(hit),
+            match self.l1_lookup::<T>(key, &self.metrics.ns(key.namespace()), negative).await {
+                Some(hit) => batch.found[u] = Some(hit),
                 None => missing.push(u),
             }
         }
-        let mut to_load: Vec<(usize, Store)> = Vec::new();
         let mut absent = Vec::new();
         for (u, read) in self.read_l2_many::<T>(&unique, missing, negative).await {
             match read {
-                Ok(L2Read::Value(v)) => found[u] = Some(Some(v)),
-                Ok(L2Read::Negative) => found[u] = Some(None),
+                Ok(L2Read::Value(v)) => batch.found[u] = Some(Some(v)),
+                Ok(L2Read::Negative) => batch.found[u] = Some(None),
                 Ok(L2Read::Miss) => absent.push(u),
                 // Kept past its logical expiry by a freshness grace period: reload it.
-                Ok(L2Read::Unusable | L2Read::Stale(..)) => to_load.push((u, Store::Plain)),
-                Err(err) => to_load.push((u, store_after(&err))),
+                Ok(L2Read::Unusable | L2Read::Stale(..)) => batch.to_load.push((u, Store::Plain)),
+                Err(err) => batch.to_load.push((u, store_after(&err))),
             }
         }
-        let token = token();
-        if self.inner.leases.enabled {
-            self.coordinate_many(&unique, absent, &token, &mut found, &mut to_load, negative).await;
+        if self.leases.enabled {
+            self.coordinate_many(&mut batch, absent).await;
         } else {
-            to_load.extend(absent.into_iter().map(|u| (u, Store::Plain)));
+            batch.to_load.extend(absent.into_iter().map(|u| (u, Store::Plain)));
         }
-        if !to_load.is_empty() {
-            self.run_batch_loader(&unique, to_load, ttl, loader, negative, &token, &mut found).await?;
+        if !batch.to_load.is_empty() {
+            self.run_batch_loader(&mut batch, ttl, loader).await?;
         }
-        Ok(positions.into_iter().map(|u| found[u].clone().flatten()).collect())
+        Ok(positions.into_iter().map(|u| batch.found[u].clone().flatten()).collect())
     }
 
-    /// Calls the loader once for every key of `to_load`, records what it returned in `found`,
-    /// and writes it back.
-    #[allow(clippy::too_many_arguments)]
-    async fn run_batch_loader<T, F, Fut, E>(
-        &self,
-        keys: &[Key],
-        to_load: Vec<(usize, Store)>,
-        ttl: Ttl,
-        loader: F,
-        negative: bool,
-        token: &str,
-        found: &mut [Option<Option<T>>],
-    ) -> Result<()>
+    /// Calls the loader once for every key of `batch.to_load`, records what it returned in
+    /// `batch.found`, and writes it back.
+    async fn run_batch_loader<T, F, Fut, E>(&self, batch: &mut Batch<'_, T>, ttl: Ttl, loader: F) -> Result<()>
     where
         T: CacheValue,
         F: FnOnce(Vec<Key>) -> Fut,
         Fut: Future<Output = std::result::Result<HashMap<Key, T>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let keys = batch.keys;
         // The loader sees the keys in the caller's order, not in slot-group order.
-        let mut to_load = to_load;
+        let mut to_load = std::mem::take(&mut batch.to_load);
         to_load.sort_unstable_by_key(|(u, _)| *u);
         // A batch spanning namespaces counts as one loader call in each of them.
         let namespaces: HashSet<&str> = to_load.iter().map(|(u, _)| keys[*u].namespace()).collect();
-        let counters: Vec<Arc<NsCounters>> = namespaces.iter().map(|ns| self.inner.metrics.ns(ns)).collect();
+        let counters: Vec<Arc<NsCounters>> = namespaces.iter().map(|ns| self.metrics.ns(ns)).collect();
         for ns in &counters {
             NsCounters::inc(&ns.loader_calls);
         }
-        let tickets: HashMap<usize, Ticket> =
-            to_load.iter().map(|(u, _)| (*u, self.inner.coherence.ticket(keys[*u].as_str()))).collect();
+        let mut tickets: HashMap<usize, Ticket> =
+            to_load.iter().map(|(u, _)| (*u, self.l1.ticket(keys[*u].as_str()))).collect();
         // Before the load: an invalidation of a namespace during it must make its values old.
-        let mut marks: HashMap<usize, Arc<Marks>> = HashMap::new();
+        let mut marks = HashMap::new();
         for (u, _) in &to_load {
             let captured = self.capture_marks(&keys[*u], &[]).await.unwrap_or_else(|(marks, _)| marks);
             marks.insert(*u, captured);
@@ -213,7 +166,7 @@ impl Cache {
                 for ns in &counters {
                     NsCounters::inc(&ns.loader_errors);
                 }
-                self.release_many(keys, leased(&to_load), token).await;
+                self.release_many(keys, leased(&to_load), &batch.token).await;
                 return Err(Error::loader(err));
             }
         };
@@ -222,61 +175,36 @@ impl Cache {
         for (u, store) in to_load {
             let key = &keys[u];
             let value = values.remove(key);
-            found[u] = Some(value.clone());
-            if value.is_none() && !negative {
-                if store == Store::Leased {
-                    release.push(u);
+            batch.found[u] = Some(value.clone());
+            let (Some(before), Some(marks)) = (tickets.remove(&u), marks.remove(&u)) else { continue };
+            let cacheable = value.is_some() || batch.negative;
+            let prepared = cacheable.then(|| self.prepare_loaded(key, Loaded { value, ttl, marks, load_us, before }));
+            match prepared.flatten() {
+                None if store == Store::Leased => release.push(u),
+                None => {}
+                // Redis failed on this key's read: L1 only, while Redis is away.
+                Some(prepared) if store == Store::L1Only => {
+                    self.keep_loaded(key, &prepared, &before, &Error::circuit_open());
                 }
-                continue;
-            }
-            let ttl = match &value {
-                Some(_) => self.inner.ttl.jittered(ttl),
-                None => self.inner.ttl.jittered_negative(),
-            };
-            let meta = Meta { expires_at_ms: expiry_ms(ttl), load_us };
-            let Some(key_marks) = marks.get(&u) else { continue };
-            let encoded = match self.inner.codec.encode_marked(key, value.as_ref(), meta, key_marks) {
-                Ok(encoded) => encoded,
-                Err(err) => {
-                    NsCounters::inc(&self.inner.metrics.ns(key.namespace()).uncacheable);
-                    tracing::warn!(key = %key, error = %err, "loaded value not cached");
-                    if store == Store::Leased {
-                        release.push(u);
-                    }
-                    continue;
+                Some(prepared) => {
+                    pending.insert(u, Pending { prepared, before, store });
                 }
-            };
-            let slot = value.map_or(Slot::Absent, |v| Slot::Present(Arc::new(v)));
-            let Some(&ticket) = tickets.get(&u) else { continue };
-            // Redis and L1 keep the value for the freshness grace period on top of its TTL.
-            let (ttl, checks) = (self.physical_ttl(ttl), Checks::new(meta, key_marks.clone()));
-            if store == Store::L1Only {
-                self.fill_l1_from_source(key, slot, checks, encoded.raw_len, ttl, ticket);
-            } else {
-                pending.insert(u, Pending { ticket, checks, encoded, ttl, slot, store });
             }
         }
         if !values.is_empty() {
             tracing::debug!(extra = values.len(), "batch loader returned keys it was not asked for; ignored");
         }
-        self.release_many(keys, release, token).await;
-        self.write_back(keys, pending, token).await;
+        self.release_many(keys, release, &batch.token).await;
+        self.write_back(keys, pending, &batch.token).await;
         Ok(())
     }
 
-    /// Takes the leases of the keys Redis does not hold, grouped by slot. Keys whose lease another
-    /// caller holds are polled until their value appears, the lease frees up (then taken), or
-    /// `max_wait` passes (then loaded without a lease).
-    async fn coordinate_many<T: CacheValue>(
-        &self,
-        keys: &[Key],
-        mut pending: Vec<usize>,
-        token: &str,
-        found: &mut [Option<Option<T>>],
-        to_load: &mut Vec<(usize, Store)>,
-        negative: bool,
-    ) {
-        let px = ttl_millis(self.inner.leases.ttl);
+    /// Takes the leases of the keys Redis does not hold (`pending`), grouped by slot. Keys whose
+    /// lease another caller holds are polled until their value appears, the lease frees up (then
+    /// taken), or `max_wait` passes (then loaded without a lease).
+    async fn coordinate_many<T: CacheValue>(&self, batch: &mut Batch<'_, T>, mut pending: Vec<usize>) {
+        let (keys, token) = (batch.keys, batch.token.as_str());
+        let px = ttl_millis(self.leases.ttl);
         let started = tokio::time::Instant::now();
         let mut waited: HashSet<usize> = HashSet::new();
         let mut attempt = 0;
@@ -290,105 +218,81 @@ impl Cache {
             let (mut reread, mut held) = (Vec::new(), false);
             for (u, reply) in taken {
                 match reply.map(|v| redis::from_redis_value::<i64>(v).ok()) {
-                    Ok(Some(1)) => to_load.push((u, Store::Leased)),
+                    Ok(Some(1)) => batch.to_load.push((u, Store::Leased)),
                     Ok(Some(0)) => reread.push(u),
                     Ok(_) => {
                         if waited.insert(u) {
-                            NsCounters::inc(&self.inner.metrics.ns(keys[u].namespace()).lease_waits);
+                            NsCounters::inc(&self.metrics.ns(keys[u].namespace()).lease_waits);
                         }
                         held = true;
                         reread.push(u);
                     }
-                    Err(err) => to_load.push((u, store_after(&err))),
+                    Err(err) => batch.to_load.push((u, store_after(&err))),
                 }
             }
             if held {
-                if started.elapsed() >= self.inner.leases.max_wait {
+                if started.elapsed() >= self.leases.max_wait {
                     tracing::warn!(keys = reread.len(), "gave up waiting for other loads of batch keys");
-                    to_load.extend(reread.into_iter().map(|u| (u, Store::Plain)));
+                    batch.to_load.extend(reread.into_iter().map(|u| (u, Store::Plain)));
                     return;
                 }
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
             }
-            for (u, read) in self.read_l2_many::<T>(keys, reread, negative).await {
+            for (u, read) in self.read_l2_many::<T>(keys, reread, batch.negative).await {
                 match read {
-                    Ok(L2Read::Value(v)) => found[u] = Some(Some(v)),
-                    Ok(L2Read::Negative) => found[u] = Some(None),
+                    Ok(L2Read::Value(v)) => batch.found[u] = Some(Some(v)),
+                    Ok(L2Read::Negative) => batch.found[u] = Some(None),
                     // Still loading elsewhere, or deleted since: try the lease again.
                     Ok(L2Read::Miss) => pending.push(u),
-                    Ok(L2Read::Unusable | L2Read::Stale(..)) => to_load.push((u, Store::Plain)),
-                    Err(err) => to_load.push((u, store_after(&err))),
+                    Ok(L2Read::Unusable | L2Read::Stale(..)) => batch.to_load.push((u, Store::Plain)),
+                    Err(err) => batch.to_load.push((u, store_after(&err))),
                 }
             }
         }
     }
 
     /// Writes loaded values back, one pipeline per slot group: compare-and-set under the lease,
-    /// or a plain SET (revoking any lease, as `set` does).
+    /// or a plain SET (revoking any lease, as `set` does); then settles each key like a single
+    /// store, concurrently (each L1 fill waits for its echo and checks what Redis holds).
     async fn write_back(&self, keys: &[Key], mut pending: HashMap<usize, Pending>, token: &str) {
         let wanted: Vec<usize> = pending.keys().copied().collect();
         let mut echoes: HashMap<usize, Echo> =
-            wanted.iter().filter_map(|&u| Some((u, self.inner.coherence.expect_echo(keys[u].as_str())?))).collect();
+            wanted.iter().filter_map(|&u| Some((u, self.l1.expect_echo(keys[u].as_str())?))).collect();
         let written = self
             .per_key_pipeline("batch write-back", keys, wanted, |pipe, u| {
                 let Some(p) = pending.get(&u) else { return };
-                let (k, px) = (keys[u].as_str(), ttl_millis(p.ttl));
+                let (k, px, bytes) =
+                    (keys[u].as_str(), ttl_millis(p.prepared.ttl), p.prepared.encoded.bytes.as_slice());
                 match p.store {
                     Store::Leased => {
                         pipe.cmd("EVAL").arg(FILL_IF_LEASED).arg(2).arg(k).arg(lease_key(k)).arg(token);
-                        pipe.arg(p.encoded.bytes.as_slice()).arg(px);
+                        pipe.arg(bytes).arg(px);
                     }
                     Store::Plain | Store::L1Only => {
                         pipe.cmd("DEL").arg(lease_key(k)).ignore();
-                        pipe.cmd("SET").arg(k).arg(p.encoded.bytes.as_slice()).arg("PX").arg(px);
+                        pipe.cmd("SET").arg(k).arg(bytes).arg("PX").arg(px);
                     }
                 }
             })
             .await;
-        // The L1 fills, concurrently: each waits for its echo and checks what Redis holds.
-        let mut fills = Vec::new();
+        let mut settles = Vec::new();
         for (u, reply) in written {
             let Some(p) = pending.remove(&u) else { continue };
-            let key = &keys[u];
-            let ns = self.inner.metrics.ns(key.namespace());
             let echo = echoes.remove(&u);
-            match reply {
-                Ok(Value::Int(0)) => {
-                    if let Some(echo) = echo {
-                        self.inner.coherence.forget(echo);
-                    }
-                    NsCounters::inc(&ns.stale_writes_refused);
-                    tracing::debug!(key = %key, "lease lost during the batch load: value not cached");
-                    self.drop_l1(key);
+            let outcome = reply.map(|reply| !matches!(reply, Value::Int(0)));
+            settles.push(async move {
+                let key = &keys[u];
+                // The ticket of the write itself is the one taken before the load: nothing that
+                // changed the key since may be overwritten in L1.
+                if let Err(err) = self.settle(key, &p.prepared, echo, p.before, outcome).await {
+                    self.keep_loaded(key, &p.prepared, &p.before, &err);
                 }
-                Ok(_) => {
-                    NsCounters::inc(&ns.sets);
-                    fills.push(async move {
-                        let Pending { slot, checks, encoded, ttl, ticket, .. } = p;
-                        self.fill_l1_after_write(key, slot, checks, encoded.raw_len, ttl, echo, ticket, &encoded.bytes)
-                            .await;
-                    });
-                }
-                // Keep serving from L1 while Redis is away, so the source is not hammered.
-                Err(err) if err.is_unavailable() => {
-                    if let Some(echo) = echo {
-                        self.inner.coherence.forget(echo);
-                    }
-                    self.fill_l1_from_source(key, p.slot, p.checks, p.encoded.raw_len, p.ttl, p.ticket);
-                }
-                Err(err) => {
-                    if let Some(echo) = echo {
-                        self.inner.coherence.forget(echo);
-                    }
-                    tracing::debug!(key = %key, error = %err, "loaded value not written to redis");
-                    self.drop_l1(key);
-                }
-            }
+            });
         }
-        futures::future::join_all(fills).await;
+        futures::future::join_all(settles).await;
         for (_, echo) in echoes {
-            self.inner.coherence.forget(echo);
+            self.l1.forget(Some(echo));
         }
     }
 
@@ -429,7 +333,7 @@ impl Cache {
                 let slot_key = group.first().map_or("", |&u| keys[u].as_str());
                 async move {
                     let pipe = &pipe;
-                    let got = self.l2_call_for(slot_key, context, |mut c| async move {
+                    let got = self.call_for(slot_key, context, |mut c| async move {
                         pipe.query_async::<Vec<Value>>(&mut c).await
                     });
                     (group, got.await)
@@ -451,12 +355,6 @@ impl Cache {
             }
         }
         out
-    }
-
-    fn drop_l1(&self, key: &Key) {
-        if let Some(l1) = &self.inner.l1 {
-            l1.remove(key.as_str());
-        }
     }
 }
 

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::{Cache, Inner};
 use crate::breaker::{BreakerConfig, Breakers};
-use crate::cache::{Cache, Inner};
 use crate::codec::{Codec, Format};
 use crate::coherence::Coherence;
 use crate::crypt::Encryption;
@@ -17,6 +17,7 @@ use crate::l1::{L1, L1Policy};
 use crate::l2::{L2, L2Config, TlsOptions, Topology};
 use crate::lease::LeaseConfig;
 use crate::metrics::Metrics;
+use crate::stamps::Stamps;
 use crate::ttl::TtlPolicy;
 
 /// Builds a [`Cache`]. Start from [`Cache::builder`].
@@ -318,17 +319,17 @@ impl CacheBuilder {
         let metrics = Metrics::default();
         let l2 = L2::new(&l2_config, metrics.globals.l2_retries.clone())?;
         let breakers = Breakers::new(self.breaker, l2.is_cluster());
-        let l1 = (self.l1_bytes > 0).then(|| {
-            L1::new(self.l1_bytes, self.l1_max_entry_bytes.unwrap_or(self.l1_bytes / 16).max(1), self.l1_policy)
-        });
-        let tracked = self.invalidation.enabled && l1.is_some();
+        let budget = (self.l1_bytes > 0)
+            .then(|| (self.l1_bytes, self.l1_max_entry_bytes.unwrap_or(self.l1_bytes / 16).max(1), self.l1_policy));
+        let tracked = self.invalidation.enabled && budget.is_some();
+        let coherence = Coherence::new(tracked, self.invalidation.prefixes.clone());
         let inner = Inner {
-            coherence: Coherence::new(tracked, self.invalidation.prefixes.clone()),
-            l1,
-            l1_max_ttl: self.l1_max_ttl,
+            l1: L1::new(budget, self.l1_max_ttl, coherence),
             l2,
             breakers,
             flights: Flights::default(),
+            refreshes: Arc::new(Refreshes::default()),
+            stamps: Stamps::new(self.stamp_refresh),
             metrics,
             codec: Codec {
                 format: self.format,
@@ -338,17 +339,15 @@ impl CacheBuilder {
             },
             ttl: self.ttl,
             leases: self.leases,
-            hot: HotRegistry::new(self.hot),
             freshness: self.freshness,
-            refreshes: Arc::new(Refreshes::default()),
-            stamps: crate::stamps::Stamps::new(self.stamp_refresh),
+            hot: HotRegistry::new(self.hot),
             audit,
         };
         inner.stamps.start_ticker();
         let inner = Arc::new(inner);
         let diagnosis_config = l2_config.clone();
         if tracked && let Some(task) = Supervisor::start(&inner, self.invalidation, l2_config).await {
-            let _ = inner.coherence.task.set(task);
+            inner.l1.coherence().set_task(task);
         }
         let cache = Cache { inner };
         if let Err(mut err) = cache.ping().await {

@@ -1,0 +1,664 @@
+//! The read path and the load path: one cache miss, top-down.
+//!
+//! ```text
+//! get_or_load                                  (get_or_set, get_or_set_optional, get_or_set_tagged)
+//!  ├─ L1 lookup (stamps checked)               hit → return          tiers.rs · l1.rs
+//!  ├─ hot key? read one copy                   hit → return          hot.rs
+//!  └─ single-flight: one load per key here     others wait           flight.rs
+//!      └─ load_through (the leader)
+//!          ├─ L2 read + lease attempt, one round trip                read_leasing
+//!          │    value → return (L1 filled with the ticket of the read)
+//!          ├─ miss: coordinate with other processes                  coordinate
+//!          │    lease taken → load │ another's value appears → return │ waited too long → load
+//!          ├─ capture the marks (namespace/tag generations) BEFORE the load   marks.rs
+//!          ├─ loader, under the soft / hard timeouts; failed → fail-safe value or error
+//!          └─ store_loaded: encode, store under the lease (refused if an invalidation
+//!             revoked it), L1 after the write's echo; Redis away → L1 only   tiers.rs
+//! ```
+//!
+//! [`Inner::get_or_refresh`] runs the same load in a task, and adds early refresh and
+//! stale-while-revalidate: background refreshes are single-flight per key and value type in a
+//! process (a claim in [`Refreshes`](crate::fresh::Refreshes)) and across processes through
+//! the key's lease: a refresh takes the lease with `SET NX` and stores with the lease's
+//! compare-and-set, so an invalidation during the load still wins; when another process holds
+//! the lease, this one skips its refresh and keeps serving what it has until that process's
+//! value lands. The lease is taken only while the key still holds the value that called for the
+//! refresh (compared by its envelope's expiry and load time, in the same script): a refresh that
+//! reaches Redis after another process's refresh has landed and released the lease does not
+//! load again.
+
+use std::any::TypeId;
+use std::future::Future;
+use std::sync::Arc;
+
+use super::tiers::{L2Read, Prepared, Via};
+use super::{CacheValue, Inner};
+use crate::codec::{META_RANGE, Meta};
+use crate::coherence::Ticket;
+use crate::error::{Error, Result};
+use crate::flight::Shared;
+use crate::fresh::{Age, Bounded, bounded};
+use crate::hot::HotRead;
+use crate::key::Key;
+use crate::lease::{ACQUIRE_FOR_REFRESH, ACQUIRE_UNLESS_PRESENT, Holder, PRESENT_RETRIES, backoff, lease_key, token};
+use crate::metrics::NsCounters;
+use crate::tags::{Marks, Tag};
+use crate::ttl::{Ttl, now_ms, ttl_millis};
+
+/// What a loader returned for one key, with what its store needs.
+pub(crate) struct Loaded<T> {
+    pub(crate) value: Option<T>,
+    pub(crate) ttl: Ttl,
+    /// The generations captured before the load: an invalidation during it makes the value old.
+    pub(crate) marks: Arc<Marks>,
+    pub(crate) load_us: u32,
+    /// Taken before the load: L1 keeps the value alone (Redis away) only if the key was not
+    /// invalidated since.
+    pub(crate) before: Ticket,
+}
+
+/// How a miss was coordinated with other processes.
+enum Coordinated {
+    /// Another process loaded it meanwhile.
+    Found(Shared),
+    /// This caller holds the lease (token) and must load.
+    Holder(String),
+    /// Load without a lease (waited too long, or Redis failed: then skip the write-back).
+    LoadAlone { redis_failed: bool },
+}
+
+/// The lease attempt sent with the first read of a load ([`Inner::read_leasing`]): the token it
+/// used and what [`ACQUIRE_UNLESS_PRESENT`] answered.
+#[derive(Debug)]
+struct FirstTry {
+    token: String,
+    outcome: i64,
+}
+
+impl FirstTry {
+    /// Whether this attempt took the lease (the key was absent when the script ran).
+    fn took_lease(&self) -> bool {
+        self.outcome == 1
+    }
+}
+
+/// What a refresh's lease attempt found.
+enum RefreshLease {
+    Taken(String),
+    Held,
+    /// The key no longer holds the value that called for the refresh.
+    Replaced,
+}
+
+/// Why a background refresh starts.
+#[derive(Clone, Copy)]
+enum Trigger {
+    Early,
+    Stale,
+}
+
+impl Inner {
+    /// `get`: L1, then a hot key's copy, then Redis; no loader. Unavailability reads as a miss.
+    pub(crate) async fn read<T: CacheValue>(&self, key: &Key) -> Option<T> {
+        let ns = self.metrics.ns(key.namespace());
+        if let Some(found) = self.l1_lookup::<T>(key, &ns, true).await {
+            return found;
+        }
+        let copy = match self.hot_read::<T>(key, &ns, true).await {
+            HotRead::Hit(found) => return found,
+            HotRead::Missed(copy) => Some(copy),
+            HotRead::NotHot => None,
+        };
+        match self.read_l2::<T>(key, &ns, true).await {
+            Ok(L2Read::Value(v)) => {
+                if let Some(copy) = copy {
+                    self.hot_refill(key, &copy, Some(&v)).await;
+                }
+                Some(v)
+            }
+            Ok(_) | Err(_) => None,
+        }
+    }
+
+    /// `get_many`: L1 first, then the rest from Redis grouped by slot; lines up with `keys`.
+    pub(crate) async fn read_many<T: CacheValue>(&self, keys: &[Key]) -> Vec<Option<T>> {
+        let mut out: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
+        let mut missing = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let ns = self.metrics.ns(key.namespace());
+            match self.l1_lookup::<T>(key, &ns, true).await {
+                Some(found) => out[i] = found,
+                None => missing.push(i),
+            }
+        }
+        for (i, read) in self.read_l2_many::<T>(keys, missing, true).await {
+            if let Ok(L2Read::Value(v)) = read {
+                out[i] = Some(v);
+            }
+        }
+        out
+    }
+
+    /// Cache-aside for one key: L1, a hot copy, then one load per key in this process
+    /// ([`load_through`](Self::load_through)) whose result every concurrent caller shares.
+    pub(crate) async fn get_or_load<T, F, Fut, E>(
+        &self,
+        key: &Key,
+        ttl: Ttl,
+        tags: &[Tag],
+        loader: F,
+        negative_is_hit: bool,
+    ) -> Result<Option<T>>
+    where
+        T: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<T>, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let ns = self.metrics.ns(key.namespace());
+        if let Some(found) = self.l1_lookup::<T>(key, &ns, negative_is_hit).await {
+            return Ok(found);
+        }
+        let copy = match self.hot_read::<T>(key, &ns, negative_is_hit).await {
+            HotRead::Hit(found) => return Ok(found),
+            HotRead::Missed(copy) => Some(copy),
+            HotRead::NotHot => None,
+        };
+        // Plain and optional loads of one type are separate flights: one may not satisfy the other.
+        let kind = (TypeId::of::<T>(), u8::from(negative_is_hit));
+        let shared = self
+            .flights
+            .run(key.shared(), kind, || {
+                self.load_through::<T, F, Fut, E>(key, ttl, tags, loader, negative_is_hit, true)
+            })
+            .await?;
+        match shared.downcast_ref::<Option<T>>() {
+            Some(v) => {
+                if let Some(copy) = copy {
+                    self.hot_refill(key, &copy, v.as_ref()).await;
+                }
+                Ok(v.clone())
+            }
+            None => Err(Error::config("internal error: single-flight result of an unexpected type")),
+        }
+    }
+
+    /// The single-flight leader's work: check Redis (another instance may have loaded the key),
+    /// else run the loader and store its value in both tiers. `caller_waits`: the caller awaits
+    /// this load directly, so a soft timeout (with a stale value to serve instead) abandons it;
+    /// `get_or_refresh` runs it in a task and lets it finish.
+    async fn load_through<T, F, Fut, E>(
+        &self,
+        key: &Key,
+        ttl: Ttl,
+        tags: &[Tag],
+        loader: F,
+        negative_is_hit: bool,
+        caller_waits: bool,
+    ) -> Result<Shared>
+    where
+        T: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<T>, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let ns = self.metrics.ns(key.namespace());
+        // For the L1 fill when Redis cannot take the value: nothing may have changed since now.
+        let before = self.l1.ticket(key.as_str());
+        // With leases, the read carries the lease attempt (one round trip for both on a miss).
+        let (read, first) = if self.leases.enabled {
+            self.read_leasing::<T>(key, &ns, negative_is_hit).await
+        } else {
+            (self.read_l2::<T>(key, &ns, negative_is_hit).await, None)
+        };
+        // A lease taken by that attempt while the read found something to serve, or something
+        // that is not coordinated, goes back at once: others would wait for it in vain.
+        let coordinated = matches!(read, Ok(L2Read::Miss | L2Read::Stale(..)));
+        if let Some(taken) = first.as_ref().filter(|f| f.took_lease() && !coordinated) {
+            self.release_lease(key, &taken.token).await;
+        }
+        // Coordinate with other processes only on a true miss (an expired value kept by a grace
+        // period counts as one): a stored value this caller cannot use is simply replaced.
+        let (mut redis_failed, coordinate, stale) = match read {
+            Ok(L2Read::Value(v)) => return Ok(Arc::new(Some(v))),
+            Ok(L2Read::Negative) => return Ok(Arc::new(None::<T>)),
+            Ok(L2Read::Miss) => (false, true, None),
+            Ok(L2Read::Stale(v, meta)) => (false, true, Some((v, meta))),
+            Ok(L2Read::Unusable) => (false, false, None),
+            Err(err) => {
+                tracing::debug!(key = %key, error = %err, "redis read failed: loading from the source");
+                (err.is_unhealthy() || err.is_circuit_open(), false, self.l1_entry::<T>(key, &ns).await)
+            }
+        };
+        let stale_present = stale.is_some();
+        // Fail-safe: what may stand in for a failed or too slow load (stamps checked above,
+        // by the L2 read or by `l1_entry`).
+        let fallback = stale.filter(|(_, meta)| self.freshness.fail_safe_allows(*meta)).map(|(v, _)| v);
+        let mut lease = None;
+        if coordinate && !redis_failed && self.leases.enabled {
+            match self.coordinate::<T>(key, &ns, negative_is_hit, stale_present, first).await {
+                Coordinated::Found(shared) => return Ok(shared),
+                Coordinated::Holder(token) => lease = Some(token),
+                Coordinated::LoadAlone { redis_failed: failed } => redis_failed = failed,
+            }
+        }
+        // Before the load: an invalidation during it must make its value old.
+        let marks = self.capture_marks(key, tags).await.unwrap_or_else(|(marks, _)| marks);
+        NsCounters::inc(&ns.loader_calls);
+        let started = tokio::time::Instant::now();
+        let soft = if caller_waits && fallback.is_some() { self.freshness.soft_timeout } else { None };
+        let loaded = match bounded(loader(), soft, self.freshness.hard_timeout).await {
+            Bounded::Done(Ok(v)) => Ok(v),
+            Bounded::Done(Err(e)) => {
+                NsCounters::inc(&ns.loader_errors);
+                Err(Error::loader(e))
+            }
+            Bounded::Soft(after) | Bounded::Hard(after) => {
+                NsCounters::inc(&ns.loader_timeouts);
+                Err(Error::loader_timeout(after))
+            }
+        };
+        let load_us = ns.record_load(started.elapsed());
+        let value = match loaded {
+            Ok(v) => v,
+            Err(err) => {
+                if let Some(token) = &lease {
+                    self.release_lease(key, token).await;
+                }
+                if let Some(v) = fallback {
+                    NsCounters::inc(&ns.stale_served);
+                    tracing::warn!(key = %key, error = %err, "load failed; serving the last good value (fail-safe)");
+                    return Ok(Arc::new(Some(v)));
+                }
+                return Err(err);
+            }
+        };
+        // Redis just failed this flight: do not make the caller wait on it again.
+        let via = match (&lease, redis_failed) {
+            (_, true) => None,
+            (Some(token), false) => Some(Via::Lease(Holder::Load(token))),
+            (None, false) => Some(Via::Plain),
+        };
+        self.store_loaded(key, Loaded { value: value.clone(), ttl, marks, load_us, before }, via).await;
+        Ok(Arc::new(value))
+    }
+
+    /// The store step of every load (`get_or_set`, `get_or_refresh`; `get_or_set_many` shares
+    /// [`prepare_loaded`](Self::prepare_loaded) and [`keep_loaded`](Inner::keep_loaded)): the
+    /// value goes to Redis `via` the caller's lease (refused if an invalidation revoked it) or a
+    /// plain SET, then to L1 after the write's own invalidation; `None`: Redis failed this
+    /// flight, L1 only. A value that cannot be cached gives its lease back.
+    async fn store_loaded<T: CacheValue>(&self, key: &Key, loaded: Loaded<T>, via: Option<Via<'_>>) {
+        let before = loaded.before;
+        let Some(prepared) = self.prepare_loaded(key, loaded) else {
+            if let Some(Via::Lease(Holder::Load(token))) = via {
+                self.release_lease(key, token).await;
+            }
+            return;
+        };
+        let written = match via {
+            Some(via) => self.store(key, &prepared, via).await.map(drop),
+            None => Err(Error::circuit_open()),
+        };
+        if let Err(err) = written {
+            self.keep_loaded(key, &prepared, &before, &err);
+        }
+    }
+
+    /// Encodes a loaded value for both tiers; `None` (counted as uncacheable) when it cannot be
+    /// cached — its callers still get it.
+    pub(crate) fn prepare_loaded<T: CacheValue>(&self, key: &Key, loaded: Loaded<T>) -> Option<Prepared> {
+        match self.prepare(key, loaded.value, loaded.ttl, &loaded.marks, loaded.load_us) {
+            Ok(prepared) => Some(prepared),
+            Err(err) => {
+                NsCounters::inc(&self.metrics.ns(key.namespace()).uncacheable);
+                tracing::warn!(key = %key, error = %err, "loaded value not cached");
+                None
+            }
+        }
+    }
+
+    /// The first read of a load (an L1 miss, leases on): GET, PTTL and the lease attempt in ONE
+    /// round trip, instead of a GET then, on a miss, the lease script. The script takes the
+    /// lease only if the key is absent when it runs, so a hit costs nothing more; a lease taken
+    /// although the read found something usable (the key appeared or went between the two)
+    /// must be handed back by the caller (see [`FirstTry::took_lease`]). `None` when the combined
+    /// call failed: the read's error, and no lease attempt.
+    async fn read_leasing<T: CacheValue>(
+        &self,
+        key: &Key,
+        ns: &NsCounters,
+        accept_negative: bool,
+    ) -> (Result<L2Read<T>>, Option<FirstTry>) {
+        let k = key.as_str();
+        let ticket = self.l1.ticket(k);
+        let lease = lease_key(k);
+        let token = token();
+        let px = ttl_millis(self.leases.ttl);
+        let (l, t) = (lease.as_slice(), token.as_str());
+        let script = &redis::Script::new(ACQUIRE_UNLESS_PRESENT);
+        let got = self
+            .call_for(k, "GET + lease acquire", |mut c| async move {
+                let mut invocation = script.key(k);
+                invocation.key(l).arg(t).arg(px).arg("0");
+                let mut pipe = redis::pipe();
+                pipe.cmd("GET").arg(k).cmd("PTTL").arg(k).invoke_script(&invocation);
+                match pipe.query_async::<(Option<Vec<u8>>, i64, i64)>(&mut c).await {
+                    // The script is not cached on this node yet (first use, restart, failover):
+                    // load it and send the pipeline again, as `invoke_async` would.
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        invocation.load_async(&mut c).await?;
+                        pipe.query_async(&mut c).await
+                    }
+                    other => other,
+                }
+            })
+            .await;
+        let (got, first) = match got {
+            Ok((bytes, pttl, outcome)) => {
+                let pttl = self.l1.is_on().then_some(pttl);
+                (Ok((bytes, pttl)), Some(FirstTry { token, outcome }))
+            }
+            Err(err) => (Err(err), None),
+        };
+        (self.interpret_l2(key, ns, accept_negative, ticket, got).await, first)
+    }
+
+    /// The single-flight leader's coordination with other processes after an L2 miss: take the
+    /// lease, or wait for its holder's value (taking the lease over if the holder goes away).
+    /// `stale`: the key holds an expired value, which does not count as present. `first`: the
+    /// attempt already sent with the read ([`Inner::read_leasing`]), used as the first one
+    /// unless the value is stale (that attempt treated it as present).
+    async fn coordinate<T: CacheValue>(
+        &self,
+        key: &Key,
+        ns: &NsCounters,
+        accept_negative: bool,
+        stale: bool,
+        first: Option<FirstTry>,
+    ) -> Coordinated {
+        let mut stale_flag = if stale { "1" } else { "0" };
+        let lease = lease_key(key.as_str());
+        // A lease the first attempt took is ours whatever the read found: load under it.
+        let mut first = first.filter(|f| !stale || f.took_lease());
+        let token = first.as_ref().map_or_else(token, |f| f.token.clone());
+        let px = ttl_millis(self.leases.ttl);
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            let (k, l, t) = (key.as_str(), lease.as_slice(), token.as_str());
+            let script = &redis::Script::new(ACQUIRE_UNLESS_PRESENT);
+            let taken = match first.take() {
+                Some(done) => Ok(done.outcome),
+                None => {
+                    self.call_for(k, "lease acquire", |mut c| async move {
+                        script.key(k).key(l).arg(t).arg(px).arg(stale_flag).invoke_async::<i64>(&mut c).await
+                    })
+                    .await
+                }
+            };
+            match taken {
+                Ok(1) => return Coordinated::Holder(token),
+                Ok(0) => {
+                    // Present: use it; a value we cannot use (another type, or a cached "not
+                    // found" this caller does not accept) is replaced by loading without a lease.
+                    // Gone again (a value invalidated by its namespace or tags is removed when
+                    // read), or kept past its expiry: take the lease after all. Loading without
+                    // one could store a value older than a write made during the load.
+                    match self.read_l2::<T>(key, ns, accept_negative).await {
+                        Ok(L2Read::Value(v)) => return Coordinated::Found(Arc::new(Some(v))),
+                        Ok(L2Read::Negative) => return Coordinated::Found(Arc::new(None::<T>)),
+                        Ok(found @ (L2Read::Miss | L2Read::Stale(..))) if attempt < PRESENT_RETRIES => {
+                            if matches!(found, L2Read::Stale(..)) {
+                                stale_flag = "1";
+                            }
+                            attempt += 1;
+                            continue;
+                        }
+                        Ok(_) => return Coordinated::LoadAlone { redis_failed: false },
+                        Err(err) => return Coordinated::LoadAlone { redis_failed: unhealthy(&err) },
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => return Coordinated::LoadAlone { redis_failed: unhealthy(&err) },
+            }
+            // Held by another process: wait for its value (or for the lease to go).
+            if attempt == 0 {
+                NsCounters::inc(&ns.lease_waits);
+            }
+            if started.elapsed() >= self.leases.max_wait {
+                tracing::warn!(key = %key, waited = ?started.elapsed(), "gave up waiting for another process's load");
+                return Coordinated::LoadAlone { redis_failed: false };
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+            match self.read_l2::<T>(key, ns, accept_negative).await {
+                Ok(L2Read::Value(v)) => return Coordinated::Found(Arc::new(Some(v))),
+                Ok(L2Read::Negative) => return Coordinated::Found(Arc::new(None::<T>)),
+                // Still the old value: the holder has not stored yet.
+                Ok(L2Read::Miss | L2Read::Stale(..)) => {}
+                Ok(L2Read::Unusable) => return Coordinated::LoadAlone { redis_failed: false },
+                Err(err) => return Coordinated::LoadAlone { redis_failed: unhealthy(&err) },
+            }
+        }
+    }
+
+    /// [`Cache::get_or_refresh`](crate::Cache::get_or_refresh): the L1 copy's age decides
+    /// between serving it, serving it and refreshing in the background, or loading (in a task,
+    /// so that the caller can stop waiting while the load completes and is stored).
+    pub(crate) async fn get_or_refresh<T, F, Fut, E>(self: &Arc<Self>, key: &Key, ttl: Ttl, loader: Arc<F>) -> Result<T>
+    where
+        T: CacheValue,
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        let ns = self.metrics.ns(key.namespace());
+        let freshness = &self.freshness;
+        let mut fallback = None;
+        if let Some((v, meta)) = self.l1_entry::<T>(key, &ns).await {
+            match freshness.age(meta, now_ms()) {
+                Age::Fresh => {
+                    NsCounters::inc(&ns.l1_hits);
+                    return Ok(v);
+                }
+                Age::RefreshEarly => {
+                    NsCounters::inc(&ns.l1_hits);
+                    self.refresh_in_background::<T, F, Fut, E>(key, ttl, &loader, Trigger::Early, meta);
+                    return Ok(v);
+                }
+                Age::Revalidate => {
+                    NsCounters::inc(&ns.l1_hits);
+                    NsCounters::inc(&ns.stale_served);
+                    self.refresh_in_background::<T, F, Fut, E>(key, ttl, &loader, Trigger::Stale, meta);
+                    return Ok(v);
+                }
+                Age::FailSafe => fallback = Some(v),
+                Age::Expired => {}
+            }
+        }
+        NsCounters::inc(&ns.l1_misses);
+        match self.read_l2::<T>(key, &ns, false).await {
+            Ok(L2Read::Value(v)) => return Ok(v),
+            Ok(L2Read::Stale(v, meta)) => match freshness.age(meta, now_ms()) {
+                Age::Revalidate => {
+                    NsCounters::inc(&ns.stale_served);
+                    self.refresh_in_background::<T, F, Fut, E>(key, ttl, &loader, Trigger::Stale, meta);
+                    return Ok(v);
+                }
+                Age::FailSafe => fallback = Some(v),
+                _ => {}
+            },
+            // Redis unreachable: the L1 copy (if any) is the fail-safe.
+            _ => {}
+        }
+        self.load_in_task::<T, F, Fut, E>(key, ttl, loader, fallback, &ns).await
+    }
+
+    /// A foreground load run in a task, so that the caller can stop waiting (soft or hard
+    /// timeout) while the load completes and is stored. It joins `get_or_set`'s single-flight.
+    async fn load_in_task<T, F, Fut, E>(
+        self: &Arc<Self>,
+        key: &Key,
+        ttl: Ttl,
+        loader: Arc<F>,
+        fallback: Option<T>,
+        ns: &NsCounters,
+    ) -> Result<T>
+    where
+        T: CacheValue,
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        let task = {
+            let (inner, key) = (Arc::clone(self), key.clone());
+            tokio::spawn(async move {
+                let load = move || async move { (*loader)().await.map(Some) };
+                let flight = inner.flights.run(key.shared(), (TypeId::of::<T>(), 0), || {
+                    inner.load_through::<T, _, _, E>(&key, ttl, &[], load, false, false)
+                });
+                match flight.await?.downcast_ref::<Option<T>>() {
+                    Some(Some(v)) => Ok(v.clone()),
+                    Some(None) => Err(Error::loader("loader produced no value")),
+                    None => Err(Error::config("internal error: single-flight result of an unexpected type")),
+                }
+            })
+        };
+        let freshness = &self.freshness;
+        let soft = fallback.as_ref().and(freshness.soft_timeout);
+        let failure = match bounded(task, soft, freshness.hard_timeout).await {
+            Bounded::Done(Ok(Ok(v))) => return Ok(v),
+            Bounded::Done(Ok(Err(err))) => err,
+            Bounded::Done(Err(join)) => Error::loader(join),
+            Bounded::Soft(after) => {
+                // The load goes on in its task; only this wait is counted here.
+                NsCounters::inc(&ns.loader_timeouts);
+                Error::loader_timeout(after)
+            }
+            Bounded::Hard(after) => Error::loader_timeout(after),
+        };
+        match fallback {
+            Some(v) => {
+                NsCounters::inc(&ns.stale_served);
+                tracing::warn!(key = %key, error = %failure, "serving the last good value (fail-safe)");
+                Ok(v)
+            }
+            None => Err(failure),
+        }
+    }
+
+    /// Starts a background refresh of `key` unless one is running in this process. `seen`: the
+    /// meta of the value that calls for it.
+    fn refresh_in_background<T, F, Fut, E>(
+        self: &Arc<Self>,
+        key: &Key,
+        ttl: Ttl,
+        loader: &Arc<F>,
+        trigger: Trigger,
+        seen: Meta,
+    ) where
+        T: CacheValue,
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        let Some(claim) = self.refreshes.claim(key.shared(), TypeId::of::<T>()) else { return };
+        let ns = self.metrics.ns(key.namespace());
+        NsCounters::inc(match trigger {
+            Trigger::Early => &ns.early_refreshes,
+            Trigger::Stale => &ns.stale_refreshes,
+        });
+        let (inner, key, loader) = (Arc::clone(self), key.clone(), loader.clone());
+        tokio::spawn(async move {
+            let _claim = claim;
+            inner.refresh::<T, F, Fut, E>(&key, ttl, &*loader, &ns, seen).await;
+        });
+    }
+
+    /// One background refresh: take the lease (skip if another process holds it, or if the
+    /// value `seen` was replaced meanwhile), load, store.
+    async fn refresh<T, F, Fut, E>(&self, key: &Key, ttl: Ttl, loader: &F, ns: &NsCounters, seen: Meta)
+    where
+        T: CacheValue,
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let lease = if self.leases.enabled {
+            match self.take_refresh_lease(key, seen).await {
+                Ok(RefreshLease::Taken(token)) => Some(token),
+                // Another process is loading this key: its value will reach Redis.
+                Ok(RefreshLease::Held) => return,
+                // Another process's refresh (or a write) has landed: nothing to do but drop the
+                // old copy, if this instance still holds one.
+                Ok(RefreshLease::Replaced) => {
+                    self.l1.remove(key.as_str());
+                    return;
+                }
+                Err(err) => {
+                    tracing::debug!(key = %key, error = %err, "refresh skipped: redis unavailable");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        NsCounters::inc(&ns.loader_calls);
+        // For the L1 fill when Redis cannot take the value: nothing may have changed since now.
+        let before = self.l1.ticket(key.as_str());
+        // Before the load: a namespace invalidation during it must make its value old.
+        let marks = self.capture_marks(key, &[]).await.unwrap_or_else(|(marks, _)| marks);
+        let started = tokio::time::Instant::now();
+        // Nobody waits on this load, but a hung loader must not block later refreshes forever.
+        let limit = self.freshness.hard_timeout.unwrap_or(self.leases.ttl);
+        let loaded = bounded(loader(), None, Some(limit)).await;
+        let load_us = ns.record_load(started.elapsed());
+        let value = match loaded {
+            Bounded::Done(Ok(v)) => v,
+            failed => {
+                match failed {
+                    Bounded::Done(Err(e)) => {
+                        NsCounters::inc(&ns.loader_errors);
+                        tracing::warn!(key = %key, error = %e.into(), "background refresh failed; the old value stays");
+                    }
+                    _ => NsCounters::inc(&ns.loader_timeouts),
+                }
+                NsCounters::inc(&ns.refresh_errors);
+                if let Some(token) = &lease {
+                    self.release_lease(key, token).await;
+                }
+                return;
+            }
+        };
+        let via = match &lease {
+            Some(token) => Via::Lease(Holder::Load(token)),
+            None => Via::Plain,
+        };
+        self.store_loaded(key, Loaded { value: Some(value), ttl, marks, load_us, before }, Some(via)).await;
+    }
+
+    /// Takes the key's lease for a refresh of the value `seen` ([`ACQUIRE_FOR_REFRESH`]).
+    async fn take_refresh_lease(&self, key: &Key, seen: Meta) -> Result<RefreshLease> {
+        let (k, lease, token, px) = (key.as_str(), lease_key(key.as_str()), token(), ttl_millis(self.leases.ttl));
+        let seen = seen.to_bytes();
+        let (lease, t, seen) = (lease.as_slice(), token.as_str(), seen.as_slice());
+        let (first, last) = (META_RANGE.start, META_RANGE.end - 1);
+        let script = &redis::Script::new(ACQUIRE_FOR_REFRESH);
+        let outcome: i64 = self
+            .call_for(k, "lease acquire", |mut c| async move {
+                script.key(k).key(lease).arg(t).arg(px).arg(seen).arg(first).arg(last).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(match outcome {
+            1 => RefreshLease::Taken(token),
+            0 => RefreshLease::Replaced,
+            _ => RefreshLease::Held,
+        })
+    }
+}
+
+/// Whether an error says Redis cannot be used for this flight (its write-back is skipped).
+fn unhealthy(err: &Error) -> bool {
+    err.is_unhealthy() || err.is_circuit_open()
+}

@@ -1,0 +1,715 @@
+//! One read or one write of each tier, and the store step every write shares.
+//!
+//! - **Calls**: every Redis call goes through [`Inner::call_for`]: the breaker of the key's slot
+//!   range, the timeout and retries of [`L2::run`](crate::l2::L2::run), error accounting.
+//! - **Reads**: [`Inner::l1_lookup`] (stamps checked, hits counted), [`Inner::read_l2`] /
+//!   [`Inner::read_l2_many`] (GET or MGET with PTTL, decode, stamp verdict, L1 fill with the
+//!   ticket taken before the round trip). Bytes that are not a Strata envelope are removed.
+//! - **Writes**: a value is [`Prepared`] once (TTL jittered, envelope encoded, the L1 entry
+//!   built), sent [`Via`] a plain `SET` or a lease holder's compare-and-set, and
+//!   [`settled`](Inner::settle): counted, and put in L1 once its own invalidation has come back
+//!   and Redis is seen to hold it — or dropped from L1 when Redis refused or failed it. `set`,
+//!   `set_many`, `set_through`, every load and every batch write-back end in `settle`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::future::join_all;
+use redis::cluster_routing::Slot as HashSlot;
+
+use super::{CacheValue, Inner};
+use crate::codec::{Encoded, Meta};
+use crate::coherence::{Echo, Ticket};
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::l1::{Checks, Fill, Slot, typed};
+use crate::l2::Conn;
+use crate::lease::{FILL_IF_LEASED, FILL_THROUGH, Holder, RELEASE_IF_HELD, lease_key};
+use crate::metrics::NsCounters;
+use crate::tags::{Marks, Tag};
+use crate::ttl::{Ttl, expiry_ms, l1_ttl, now_ms, ttl_millis};
+
+/// Deletes a key only if it still holds the bytes we found corrupt, so a good value written
+/// meanwhile by someone else survives.
+pub(crate) const DELETE_IF_EQUAL: &str =
+    r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+/// Most keys sent in one MGET or pipeline.
+const CHUNK: usize = 256;
+
+/// What the L2 read of one key found, after decoding (and filling L1 on a hit).
+pub(crate) enum L2Read<T> {
+    Value(T),
+    /// A cached "not found" (only reported when the caller accepts it).
+    Negative,
+    /// Something is stored that this caller cannot use: a "not found" it does not accept, or a
+    /// value of another type. Loading will replace it.
+    Unusable,
+    Miss,
+    /// A value past its logical expiry, kept by a freshness grace period: not a hit, but it may
+    /// be served stale (see [`Freshness`](crate::Freshness)).
+    Stale(T, Meta),
+}
+
+/// A value on its way to both tiers: encoded for Redis, decoded for L1.
+pub(crate) struct Prepared {
+    pub(crate) encoded: Encoded,
+    pub(crate) slot: Slot,
+    pub(crate) meta: Meta,
+    /// How long both tiers keep it: the logical TTL plus the freshness grace period.
+    pub(crate) ttl: Duration,
+}
+
+impl Prepared {
+    /// Its L1 entry, for at most `ttl`.
+    fn fill(&self, ttl: Duration) -> Fill {
+        let checks = Checks::new(self.meta, self.encoded.marks.clone());
+        Fill { slot: self.slot.clone(), checks, value_len: self.encoded.raw_len, ttl }
+    }
+}
+
+/// How a value reaches Redis.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Via<'a> {
+    /// `DEL` of the key's lease, then `SET ... PX`, in one pipeline: a lease holder's store that
+    /// lands after it is refused, one that lands before it is overwritten. A caller's write.
+    Plain,
+    /// A lease holder's compare-and-set (see [`Holder`]).
+    Lease(Holder<'a>),
+}
+
+impl Inner {
+    /// L1 lookup: `Some(Some(v))` a value, `Some(None)` a cached "not found" (only when the
+    /// caller accepts one), `None` a miss. Counts exactly what it serves.
+    pub(crate) async fn l1_lookup<T: CacheValue>(
+        &self,
+        key: &Key,
+        ns: &NsCounters,
+        accept_negative: bool,
+    ) -> Option<Option<T>> {
+        if self.l1.is_on() {
+            let found = match self.l1_get(key, ns).await {
+                // With a grace period, L1 keeps copies past their logical expiry for
+                // `get_or_refresh`; a plain read treats them as misses.
+                Some((_, checks)) if self.freshness.grace_ms() > 0 && checks.meta.expires_at_ms <= now_ms() => None,
+                Some((slot, _)) => Some(slot),
+                None => None,
+            };
+            match found {
+                Some(Slot::Present(shared)) => {
+                    if let Some(v) = typed::<T>(&shared) {
+                        NsCounters::inc(&ns.l1_hits);
+                        tracing::debug!(key = %key, tier = "l1", "cache hit");
+                        return Some(Some(v));
+                    }
+                }
+                Some(Slot::Absent) if accept_negative => {
+                    NsCounters::inc(&ns.l1_hits);
+                    NsCounters::inc(&ns.negative_hits);
+                    tracing::debug!(key = %key, tier = "l1", negative = true, "cache hit");
+                    return Some(None);
+                }
+                _ => {}
+            }
+        }
+        NsCounters::inc(&ns.l1_misses);
+        tracing::debug!(key = %key, tier = "l1", "cache miss");
+        None
+    }
+
+    /// The L1 entry of `key`, if its namespace and tag stamps say it is current (an invalidated
+    /// one is removed and counted): every L1 read goes through here. Hits are not counted, and
+    /// the logical expiry is left to the caller.
+    pub(crate) async fn l1_get(&self, key: &Key, ns: &NsCounters) -> Option<(Slot, Checks)> {
+        let (slot, checks) = self.l1.get(key.as_str())?;
+        self.l1_current(key, &checks.marks, ns).await.then_some((slot, checks))
+    }
+
+    /// Any current L1 copy of `key` (stamps checked) as a `T`, fresh or stale, with its meta
+    /// (uncounted).
+    pub(crate) async fn l1_entry<T: CacheValue>(&self, key: &Key, ns: &NsCounters) -> Option<(T, Meta)> {
+        match self.l1_get(key, ns).await? {
+            (Slot::Present(shared), checks) => typed::<T>(&shared).map(|v| (v, checks.meta)),
+            (Slot::Absent, _) => None,
+        }
+    }
+
+    /// GET (with PTTL in the same round trip when L1 is on, to bound the L1 copy's lifetime by
+    /// Redis's clock rather than ours), decode, count, fill L1.
+    pub(crate) async fn read_l2<T: CacheValue>(
+        &self,
+        key: &Key,
+        ns: &NsCounters,
+        accept_negative: bool,
+    ) -> Result<L2Read<T>> {
+        let k = key.as_str();
+        let ticket = self.l1.ticket(k);
+        let got = if self.l1.is_on() {
+            self.call_for(k, "GET", |mut c| async move {
+                redis::pipe().cmd("GET").arg(k).cmd("PTTL").arg(k).query_async::<(Option<Vec<u8>>, i64)>(&mut c).await
+            })
+            .await
+            .map(|(bytes, pttl)| (bytes, Some(pttl)))
+        } else {
+            self.call_for(k, "GET", |mut c| async move {
+                redis::cmd("GET").arg(k).query_async::<Option<Vec<u8>>>(&mut c).await
+            })
+            .await
+            .map(|bytes| (bytes, None))
+        };
+        self.interpret_l2(key, ns, accept_negative, ticket, got).await
+    }
+
+    /// What a GET (and PTTL, `None` when not asked) of `key` answered, as an [`L2Read`]:
+    /// decoded, counted, L1 filled. `ticket` was taken before the GET was sent.
+    pub(crate) async fn interpret_l2<T: CacheValue>(
+        &self,
+        key: &Key,
+        ns: &NsCounters,
+        accept_negative: bool,
+        ticket: Ticket,
+        got: Result<(Option<Vec<u8>>, Option<i64>)>,
+    ) -> Result<L2Read<T>> {
+        match got {
+            Ok((Some(bytes), pttl)) => Ok(self.accept_bytes(key, ns, (bytes, pttl), accept_negative, ticket).await),
+            Ok((None, _)) => {
+                NsCounters::inc(&ns.l2_misses);
+                tracing::debug!(key = %key, tier = "l2", "cache miss");
+                Ok(L2Read::Miss)
+            }
+            Err(err) if err.redis_code() == Some("WRONGTYPE") => {
+                // Not a string: not something this cache wrote.
+                self.discard_foreign(key, &ns.corrupt, ns, None).await;
+                Ok(L2Read::Miss)
+            }
+            Err(err) => {
+                NsCounters::inc(&ns.l2_misses);
+                Err(err)
+            }
+        }
+    }
+
+    /// Decodes bytes read from Redis (with the key's PTTL when asked), counts the outcome,
+    /// fills L1 on a hit, and removes bytes that are not a Strata envelope. A valid envelope of
+    /// another type is a miss, left alone: another version of the application may still be
+    /// using it.
+    async fn accept_bytes<T: CacheValue>(
+        &self,
+        key: &Key,
+        ns: &NsCounters,
+        (bytes, pttl): (Vec<u8>, Option<i64>),
+        accept_negative: bool,
+        ticket: Ticket,
+    ) -> L2Read<T> {
+        match self.codec.decode::<T>(key, &bytes) {
+            Ok(decoded) if !self.l2_current(key, &decoded.marks, ns, &bytes).await => L2Read::Miss,
+            Ok(decoded) => {
+                let meta = decoded.meta;
+                let checks = Checks::new(meta, decoded.marks);
+                let grace = self.freshness.grace_ms();
+                let physical = Meta { expires_at_ms: meta.expires_at_ms.saturating_add(grace), ..meta };
+                let ttl = l1_ttl(physical, pttl);
+                let expired = meta.expires_at_ms <= now_ms();
+                let fill = |slot: Slot, value_len: usize| {
+                    self.l1.fill(key.shared(), Fill { slot, checks: checks.clone(), value_len, ttl }, &ticket);
+                };
+                match decoded.value {
+                    // Kept in Redis past its logical expiry (a freshness grace period): not a hit,
+                    // but `get_or_refresh` and fail-safe may still serve it.
+                    Some(v) if expired => {
+                        NsCounters::inc(&ns.l2_misses);
+                        fill(Slot::Present(Arc::new(v.clone())), decoded.raw_len);
+                        L2Read::Stale(v, meta)
+                    }
+                    None if expired => {
+                        NsCounters::inc(&ns.l2_misses);
+                        L2Read::Miss
+                    }
+                    Some(v) => {
+                        NsCounters::inc(&ns.l2_hits);
+                        tracing::debug!(key = %key, tier = "l2", "cache hit");
+                        fill(Slot::Present(Arc::new(v.clone())), decoded.raw_len);
+                        L2Read::Value(v)
+                    }
+                    None if accept_negative => {
+                        NsCounters::inc(&ns.l2_hits);
+                        NsCounters::inc(&ns.negative_hits);
+                        fill(Slot::Absent, 0);
+                        L2Read::Negative
+                    }
+                    None => {
+                        NsCounters::inc(&ns.l2_misses);
+                        L2Read::Unusable
+                    }
+                }
+            }
+            Err(err) if err.is_type_mismatch() => {
+                NsCounters::inc(&ns.l2_misses);
+                NsCounters::inc(&ns.type_mismatches);
+                tracing::debug!(key = %key, error = %err, "cached value is of another type; treating as a miss");
+                L2Read::Unusable
+            }
+            Err(err) if err.is_decrypt_failure() => {
+                // Same policy as corrupt bytes: whatever was put there, it is not ours to serve.
+                tracing::warn!(key = %key, error = %err, "encrypted value did not authenticate; treating as a miss and removing it");
+                self.discard_foreign(key, &ns.decrypt_failures, ns, Some(bytes)).await;
+                L2Read::Miss
+            }
+            Err(err) => {
+                tracing::warn!(key = %key, error = %err, "undecodable value in redis; treating as a miss and removing it");
+                self.discard_foreign(key, &ns.corrupt, ns, Some(bytes)).await;
+                L2Read::Miss
+            }
+        }
+    }
+
+    /// Counts the bad value in `counter` and a miss, and removes it from both tiers.
+    async fn discard_foreign(&self, key: &Key, counter: &AtomicU64, ns: &NsCounters, seen: Option<Vec<u8>>) {
+        NsCounters::inc(counter);
+        NsCounters::inc(&ns.l2_misses);
+        self.l1.remove(key.as_str());
+        let removed = match seen {
+            Some(bytes) => self.delete_if_equal(key, &bytes).await.map(drop),
+            None => {
+                let k = key.as_str();
+                self.call_for(
+                    k,
+                    "DEL",
+                    |mut c| async move { redis::cmd("DEL").arg(k).query_async::<i64>(&mut c).await },
+                )
+                .await
+                .map(drop)
+            }
+        };
+        if let Err(err) = removed {
+            tracing::warn!(key = %key, error = %err, "could not remove undecodable value");
+        }
+    }
+
+    /// Deletes `key` if it still holds `bytes` (a newer value written meanwhile stays).
+    pub(crate) async fn delete_if_equal(&self, key: &Key, bytes: &[u8]) -> Result<i64> {
+        let (script, k) = (&redis::Script::new(DELETE_IF_EQUAL), key.as_str());
+        self.call_for(k, "EVALSHA", |mut c| async move { script.key(k).arg(bytes).invoke_async::<i64>(&mut c).await })
+            .await
+    }
+
+    /// Reads the keys at `wanted` from Redis: one MGET pipeline per slot group, the groups sent
+    /// concurrently. Decodes, counts and fills L1 like a single read. A group that fails reports
+    /// its error for each of its keys.
+    pub(crate) async fn read_l2_many<T: CacheValue>(
+        &self,
+        keys: &[Key],
+        wanted: Vec<usize>,
+        accept_negative: bool,
+    ) -> Vec<(usize, Result<L2Read<T>>)> {
+        let with_pttl = self.l1.is_on();
+        let reads = self.groups(keys, wanted).into_iter().map(|group| async move {
+            let tickets: Vec<_> = group.iter().map(|&i| self.l1.ticket(keys[i].as_str())).collect();
+            let mut pipe = redis::pipe();
+            pipe.cmd("MGET");
+            for &i in &group {
+                pipe.arg(keys[i].as_str());
+            }
+            if with_pttl {
+                for &i in &group {
+                    pipe.cmd("PTTL").arg(keys[i].as_str());
+                }
+            }
+            let slot_key = group.first().map_or("", |&i| keys[i].as_str());
+            let pipe = &pipe;
+            let got = self
+                .call_for(slot_key, "MGET", |mut c| async move { pipe.query_async::<Vec<redis::Value>>(&mut c).await })
+                .await
+                .and_then(|replies| parse_mget(replies, group.len(), with_pttl));
+            (group, tickets, got)
+        });
+        let mut out = Vec::new();
+        for (group, tickets, got) in join_all(reads).await {
+            let replies = match got {
+                Ok(replies) => replies,
+                Err(err) => {
+                    for i in group {
+                        NsCounters::inc(&self.metrics.ns(keys[i].namespace()).l2_misses);
+                        out.push((i, Err(err.clone())));
+                    }
+                    continue;
+                }
+            };
+            for ((i, ticket), (bytes, pttl)) in group.into_iter().zip(tickets).zip(replies) {
+                let key = &keys[i];
+                let ns = self.metrics.ns(key.namespace());
+                let read = match bytes {
+                    Some(bytes) => self.accept_bytes::<T>(key, &ns, (bytes, pttl), accept_negative, ticket).await,
+                    None => {
+                        NsCounters::inc(&ns.l2_misses);
+                        L2Read::Miss
+                    }
+                };
+                out.push((i, Ok(read)));
+            }
+        }
+        out
+    }
+
+    /// Indices of `keys` (restricted to `wanted`) grouped so that each group can be one command.
+    pub(crate) fn groups(&self, keys: &[Key], wanted: Vec<usize>) -> Vec<Vec<usize>> {
+        if !self.l2.is_cluster() {
+            return wanted.chunks(CHUNK).map(<[usize]>::to_vec).collect();
+        }
+        let mut by_slot: std::collections::HashMap<HashSlot, Vec<usize>> = std::collections::HashMap::new();
+        for i in wanted {
+            by_slot.entry(HashSlot::for_key(keys[i].as_str())).or_default().push(i);
+        }
+        by_slot.into_values().flat_map(|g| g.chunks(CHUNK).map(<[usize]>::to_vec).collect::<Vec<_>>()).collect()
+    }
+
+    /// Encodes a value for both tiers: its TTL class jittered (a "not found" takes the
+    /// policy's negative TTL), its meta, the marks it was produced under.
+    pub(crate) fn prepare<T: CacheValue>(
+        &self,
+        key: &Key,
+        value: Option<T>,
+        ttl: Ttl,
+        marks: &Arc<Marks>,
+        load_us: u32,
+    ) -> Result<Prepared> {
+        let logical = match &value {
+            Some(_) => self.ttl.jittered(ttl),
+            None => self.ttl.jittered_negative(),
+        };
+        let meta = Meta { expires_at_ms: expiry_ms(logical), load_us };
+        let encoded = self.codec.encode_marked(key, value.as_ref(), meta, marks)?;
+        let slot = match value {
+            Some(v) => Slot::Present(Arc::new(v)),
+            None => Slot::Absent,
+        };
+        Ok(Prepared { encoded, slot, meta, ttl: self.physical_ttl(logical) })
+    }
+
+    /// How long Redis keeps a value written with logical TTL `ttl`: the freshness grace period
+    /// (stale-while-revalidate, fail-safe) on top.
+    pub(crate) fn physical_ttl(&self, ttl: Duration) -> Duration {
+        ttl.saturating_add(Duration::from_millis(self.freshness.grace_ms()))
+    }
+
+    /// Writes a prepared value to Redis [`Via`] a plain SET or a lease, then settles it
+    /// ([`settle`](Self::settle)): whether Redis stored it, or its error.
+    pub(crate) async fn store(&self, key: &Key, prepared: &Prepared, via: Via<'_>) -> Result<bool> {
+        let k = key.as_str();
+        let echo = self.l1.expect_echo(k);
+        let ticket = self.l1.ticket(k);
+        let (lease, bytes, px) = (&lease_key(k), prepared.encoded.bytes.as_slice(), ttl_millis(prepared.ttl));
+        let outcome = match via {
+            Via::Plain => self
+                .call_for(k, "SET", |mut c| async move {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("DEL").arg(lease).ignore().cmd("SET").arg(k).arg(bytes).arg("PX").arg(px).ignore();
+                    pipe.query_async::<()>(&mut c).await
+                })
+                .await
+                .map(|()| true),
+            Via::Lease(holder) => {
+                let (script, token, contended) = match holder {
+                    Holder::Load(token) => (FILL_IF_LEASED, token, None),
+                    Holder::Through { token, contended } => {
+                        (FILL_THROUGH, token, Some(if contended { "1" } else { "0" }))
+                    }
+                };
+                let script = &redis::Script::new(script);
+                self.call_for(k, "lease fill", |mut c| async move {
+                    let mut invocation = script.key(k);
+                    invocation.key(lease).arg(token).arg(bytes).arg(px);
+                    if let Some(contended) = contended {
+                        invocation.arg(contended);
+                    }
+                    invocation.invoke_async::<i64>(&mut c).await
+                })
+                .await
+                .map(|stored| stored == 1)
+            }
+        };
+        self.settle(key, prepared, echo, ticket, outcome).await
+    }
+
+    /// What follows the round trip that stored `prepared` (`Ok(false)`: Redis refused it, a
+    /// lease lost): count it, and fill L1 with what Redis took, once the write's own
+    /// invalidation has come back (`echo`, registered before the write; `before`, the ticket
+    /// taken then) — or drop this instance's L1 copy when Redis refused or failed the write.
+    pub(crate) async fn settle(
+        &self,
+        key: &Key,
+        prepared: &Prepared,
+        echo: Option<Echo>,
+        before: Ticket,
+        outcome: Result<bool>,
+    ) -> Result<bool> {
+        let ns = self.metrics.ns(key.namespace());
+        match outcome {
+            Ok(true) => {
+                NsCounters::inc(&ns.sets);
+                self.fill_after_write(key, prepared, echo, before).await;
+                Ok(true)
+            }
+            Ok(false) => {
+                self.l1.forget(echo);
+                NsCounters::inc(&ns.stale_writes_refused);
+                tracing::debug!(key = %key, "lease lost during the load, or writes overlapped: value not cached");
+                self.l1.remove(key.as_str());
+                Ok(false)
+            }
+            Err(err) => {
+                self.l1.forget(echo);
+                self.l1.remove(key.as_str());
+                Err(err)
+            }
+        }
+    }
+
+    /// L1 fill with a value this instance has just written, once the write's own invalidation
+    /// has come back (see [`crate::coherence`]). Redis names a key once per invalidation
+    /// message, for all the writes of one event-loop pass: the echo may also stand for a later
+    /// write of the key (by this instance or another), so its ticket alone does not prove that
+    /// Redis holds this value. A read sent after the echo must find these very bytes: then any
+    /// later write voids the ticket, as for any read.
+    async fn fill_after_write(&self, key: &Key, prepared: &Prepared, echo: Option<Echo>, before: Ticket) {
+        if !self.l1.is_on() {
+            self.l1.forget(echo);
+            return;
+        }
+        // Without an echo (no tracking, or a key L1 does not hold), `before` decides alone.
+        let echoed = echo.is_some();
+        let Some(ticket) = self.l1.after_write(echo, before, self.l2.op_timeout).await else {
+            return;
+        };
+        let ttl = match echoed {
+            true => match self.still_holds(key, &prepared.encoded.bytes).await {
+                Some(left) => prepared.ttl.min(left),
+                None => return,
+            },
+            false => prepared.ttl,
+        };
+        self.l1.fill(key.shared(), prepared.fill(ttl), &ticket);
+    }
+
+    /// Whether Redis holds exactly `written` under `key` (GET and PTTL, one round trip), and for
+    /// how long: `None` if it holds something else, or cannot say.
+    async fn still_holds(&self, key: &Key, written: &[u8]) -> Option<Duration> {
+        let k = key.as_str();
+        let (held, pttl) = self
+            .call_for(k, "GET", |mut c| async move {
+                redis::pipe().cmd("GET").arg(k).cmd("PTTL").arg(k).query_async::<(Option<Vec<u8>>, i64)>(&mut c).await
+            })
+            .await
+            .ok()?;
+        if held.as_deref() != Some(written) {
+            return None;
+        }
+        match pttl {
+            -1 => Some(Duration::MAX),
+            ms => u64::try_from(ms).ok().map(Duration::from_millis),
+        }
+    }
+
+    /// A loaded value Redis could not take: while Redis is away (`err` says it is unavailable),
+    /// L1 keeps it, so the source is not hammered — unless the key was invalidated since the
+    /// load began (`before`, taken then).
+    pub(crate) fn keep_loaded(&self, key: &Key, prepared: &Prepared, before: &Ticket, err: &Error) {
+        tracing::debug!(key = %key, error = %err, "loaded value not written to redis");
+        if err.is_unavailable() {
+            self.l1.fill_loaded(key.shared(), prepared.fill(prepared.ttl), before);
+        }
+    }
+
+    /// Gives the lease back without storing anything (the load failed or its value cannot be
+    /// cached), so other processes need not wait for it to expire. Best effort.
+    pub(crate) async fn release_lease(&self, key: &Key, token: &str) {
+        let lease = &lease_key(key.as_str());
+        let script = &redis::Script::new(RELEASE_IF_HELD);
+        let released = self
+            .call_for(key.as_str(), "lease release", |mut c| async move {
+                script.key(lease).arg(token).invoke_async::<i64>(&mut c).await
+            })
+            .await;
+        if let Err(err) = released {
+            tracing::debug!(key = %key, error = %err, "could not release lease; it will expire");
+        }
+    }
+
+    /// A caller's write (`set`, `set_tagged`, `set_not_found` with `None`): marks, encode, store,
+    /// then the hot copies. A value that cannot be encoded removes the key's previous value
+    /// (the caller meant to replace it) and fails.
+    pub(crate) async fn write<T: CacheValue>(
+        &self,
+        key: &Key,
+        value: Option<&T>,
+        ttl: Ttl,
+        tags: &[Tag],
+    ) -> Result<()> {
+        let marks = self.write_marks(key, tags).await?;
+        let prepared = match self.prepare(key, value.cloned(), ttl, &marks, 0) {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                if let Err(del) = self.delete(key).await {
+                    tracing::warn!(key = %key, error = %del, "could not remove the value a rejected write meant to replace");
+                }
+                return Err(err);
+            }
+        };
+        self.store(key, &prepared, Via::Plain).await?;
+        match value {
+            Some(value) => self.hot_write(key, value).await,
+            None => self.hot_invalidate(key).await,
+        }
+        Ok(())
+    }
+
+    /// `set_many`: every value encoded before anything is sent; one pipeline per slot group,
+    /// the groups sent concurrently; each key settled like a single write.
+    pub(crate) async fn write_many<T: CacheValue>(&self, items: &[(Key, T)], ttl: Ttl) -> Result<()> {
+        let mut prepared = Vec::with_capacity(items.len());
+        for (key, value) in items {
+            let marks = self.write_marks(key, &[]).await?;
+            match self.prepare(key, Some(value.clone()), ttl, &marks, 0) {
+                Ok(p) => prepared.push(p),
+                Err(err) => {
+                    // As with `set`: the value the caller meant to replace must not keep serving.
+                    if let Err(del) = self.delete(key).await {
+                        tracing::warn!(key = %key, error = %del, "could not remove the value a rejected write meant to replace");
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        let keys: Vec<Key> = items.iter().map(|(k, _)| k.clone()).collect();
+        let writes = self.groups(&keys, (0..items.len()).collect()).into_iter().map(|group| {
+            let mut pipe = redis::pipe();
+            for &i in &group {
+                let (k, p) = (keys[i].as_str(), &prepared[i]);
+                // Lease first, as in `store`: no load in flight may store over this value.
+                pipe.cmd("DEL").arg(lease_key(k)).ignore();
+                pipe.cmd("SET").arg(k).arg(p.encoded.bytes.as_slice()).arg("PX").arg(ttl_millis(p.ttl)).ignore();
+            }
+            let registered: Vec<_> = group
+                .iter()
+                .map(|&i| (self.l1.expect_echo(keys[i].as_str()), self.l1.ticket(keys[i].as_str())))
+                .collect();
+            // Every key of a group has one hash slot: the first names the breaker.
+            let slot_key = group.first().map_or("", |&i| keys[i].as_str());
+            async move {
+                let pipe = &pipe;
+                let written = self
+                    .call_for(slot_key, "SET pipeline", |mut c| async move { pipe.query_async::<()>(&mut c).await });
+                (group, registered, written.await)
+            }
+        });
+        let mut first_error = None;
+        // The L1 fills, concurrently: each waits for its echo and checks what Redis holds.
+        let mut settles = Vec::new();
+        for (group, registered, written) in join_all(writes).await {
+            for (i, (echo, ticket)) in group.into_iter().zip(registered) {
+                let outcome = written.clone().map(|()| true);
+                settles.push(self.settle(&keys[i], &prepared[i], echo, ticket, outcome));
+            }
+            if let Err(err) = written {
+                first_error.get_or_insert(err);
+            }
+        }
+        join_all(settles).await;
+        for (key, _) in items {
+            self.hot_invalidate(key).await;
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// `delete`: L1, then the key and its lease in Redis (same slot: a load in flight must not
+    /// store its value after this), then the hot copies. Whether Redis held the key.
+    pub(crate) async fn delete(&self, key: &Key) -> Result<bool> {
+        self.l1.remove(key.as_str());
+        let (k, lease) = (key.as_str(), &lease_key(key.as_str()));
+        let (removed, _): (i64, i64) = self
+            .call_for(k, "DEL", |mut c| async move {
+                redis::pipe().cmd("EXISTS").arg(k).cmd("DEL").arg(k).arg(lease).query_async(&mut c).await
+            })
+            .await?;
+        NsCounters::inc(&self.metrics.ns(key.namespace()).deletes);
+        self.hot_invalidate(key).await;
+        Ok(removed > 0)
+    }
+
+    /// One Redis call that names no key, through the whole-Redis breaker only (see
+    /// [`Self::call_for`]).
+    pub(crate) async fn call<T, F, Fut>(&self, context: &str, op: F) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.call_on(None, context, op).await
+    }
+
+    /// One Redis call on `key` (and keys in its hash slot) through the breaker of its slot range,
+    /// with timeout and error accounting. Only errors that say Redis is unhealthy count against
+    /// the breaker (see [`Error::is_unhealthy`]). `op` may run more than once: see
+    /// [`L2::run`](crate::l2::L2::run).
+    pub(crate) async fn call_for<T, F, Fut>(&self, key: impl AsRef<[u8]>, context: &str, op: F) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.call_on(Some(key.as_ref()), context, op).await
+    }
+
+    async fn call_on<T, F, Fut>(&self, key: Option<&[u8]>, context: &str, op: F) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let globals = &self.metrics.globals;
+        let breakers = &self.breakers;
+        let Some(permit) = breakers.try_acquire(key) else {
+            globals.breaker_rejections.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::circuit_open());
+        };
+        // Boxed: it keeps the layout of callers' futures shallow. Unboxed, the retry loop nested
+        // inside every cache operation's state machine made `async fn main` code using the cache
+        // overflow the compiler's query depth limit. One allocation next to a network round trip.
+        let started = std::time::Instant::now();
+        let result = Box::pin(self.l2.run(context, op, &self.on_redirect())).await;
+        globals.l2_latency.0.record(started.elapsed());
+        match &result {
+            Ok(_) => breakers.record(permit, true),
+            Err(err) => {
+                let counter = if err.is_timeout() { &globals.l2_timeouts } else { &globals.l2_errors };
+                counter.fetch_add(1, Ordering::Relaxed);
+                // Bounded by the breaker: after a few failures calls are skipped, not logged.
+                tracing::warn!(command = context, error = %err, timeout = err.is_timeout(), "redis call failed");
+                breakers.record(permit, !err.is_unhealthy());
+            }
+        }
+        result
+    }
+}
+
+/// One key's reply: its bytes (if any) and its PTTL (when asked for).
+type Fetched = (Option<Vec<u8>>, Option<i64>);
+
+/// Splits one group's pipeline replies into (value bytes, PTTL) per key. A reply of an unexpected
+/// shape fails the group (its keys read as misses) rather than the call.
+fn parse_mget(mut replies: Vec<redis::Value>, n: usize, with_pttl: bool) -> Result<Vec<Fetched>> {
+    let bad = |what: &str| Error::corrupt(format!("unexpected MGET pipeline reply: {what}"));
+    if replies.len() != 1 + if with_pttl { n } else { 0 } {
+        return Err(bad("wrong number of replies"));
+    }
+    let pttls: Vec<Option<i64>> = if with_pttl {
+        replies.drain(1..).map(|v| redis::from_redis_value::<i64>(v).ok()).collect()
+    } else {
+        vec![None; n]
+    };
+    let values: Vec<Option<Vec<u8>>> =
+        replies.pop().map(redis::from_redis_value).transpose().map_err(|e| bad(&e.to_string()))?.unwrap_or_default();
+    if values.len() != n {
+        return Err(bad("wrong number of values"));
+    }
+    Ok(values.into_iter().zip(pttls).collect())
+}
