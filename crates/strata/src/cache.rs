@@ -1,22 +1,23 @@
 //! [`Cache`]: the public face of the two tiers. Every method here is a thin entry point; the work
-//! is done by [`Inner`], whose parts are owned by the modules under `cache/`:
+//! is done by [`Inner`], whose fields are private to this module and its children under
+//! `cache/`:
 //!
 //! - [`load`]: the read path and the load path, one miss top-down
-//!   (L1 → hot copy → single-flight → L2 read + lease → loader → store → L1 admission), and
-//!   `get_or_refresh`'s background refreshes;
+//!   (L1 → hot copy → single-flight → L2 read + lease → loader → store → L1 admission), the
+//!   single-flight itself, and `get_or_refresh`'s background refreshes;
 //! - [`load_many`]: the same for a batch (`get_or_set_many`);
 //! - [`tiers`]: one read or write of each tier: L1 lookup, Redis GET / SET under the
-//!   breaker, envelope checks, the store step shared by every load, L1 fills after writes;
-//! - [`marks`]: the namespace and tag generations a value carries, and the verdict
-//!   on them at every read;
-//! - [`hot`]: hot keys' copies; [`write_through`]:
-//!   `set_through`; [`builder`]: assembling it all.
+//!   breaker, envelope checks, the store step shared by every write, L1 fills after writes;
+//! - [`stamps`]: namespace and tag generations: the marks a value carries, the verdict on
+//!   them at every read, and what this instance knows of the current ones;
+//! - [`hot`]: hot keys' registry and copies; [`write_through`]: `set_through`; [`builder`]:
+//!   assembling it all.
 
 mod builder;
 mod hot;
 mod load;
 mod load_many;
-mod marks;
+mod stamps;
 mod tiers;
 mod write_through;
 
@@ -28,20 +29,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use self::builder::CacheBuilder;
-pub(crate) use self::marks::Verdict;
+use self::hot::HotRegistry;
+use self::load::Flights;
+pub(crate) use self::stamps::{Stamps, Verdict};
 use crate::audit::Audit;
 use crate::breaker::{BreakerState, Breakers};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::flight::Flights;
 use crate::fresh::{Freshness, Refreshes};
-use crate::hot::HotRegistry;
 use crate::key::Key;
 use crate::l1::L1;
 use crate::l2::{Conn, L2};
 use crate::lease::LeaseConfig;
 use crate::metrics::{Metrics, MetricsSnapshot, NsCounters};
-use crate::stamps::Stamps;
 use crate::tags::Tag;
 use crate::ttl::{Ttl, TtlPolicy};
 

@@ -3,7 +3,6 @@
 //! documented on [`HotKeys`], the public face of this module.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::cluster_routing::Slot as HashSlot;
@@ -98,9 +97,24 @@ impl HotKeys {
         }
         Ok(())
     }
+
+    /// How many copies the configuration gives `key` (by key, then by namespace).
+    pub(crate) fn configured(&self, key: &Key) -> Option<usize> {
+        self.keys.get(key.as_str()).or_else(|| self.namespaces.get(key.namespace())).copied()
+    }
+
+    /// Whether no key or namespace is configured hot.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.namespaces.is_empty()
+    }
+
+    /// How long a copy lives.
+    pub(crate) fn copy_ttl_of(&self) -> Duration {
+        self.copy_ttl
+    }
 }
 
-fn valid_copies(n: usize) -> bool {
+pub(crate) fn valid_copies(n: usize) -> bool {
     (1..=MAX_HOT_COPIES).contains(&n)
 }
 
@@ -132,64 +146,6 @@ pub fn hot_copy_keys(key: &str, copies: usize) -> Vec<String> {
         }
     }
     out
-}
-
-/// The hot keys of one cache: configured ones and those marked at run time.
-#[derive(Debug)]
-pub(crate) struct HotRegistry {
-    config: HotKeys,
-    marked: RwLock<HashMap<Arc<str>, usize>>,
-}
-
-impl HotRegistry {
-    pub(crate) fn new(config: HotKeys) -> Self {
-        Self { config, marked: RwLock::new(HashMap::new()) }
-    }
-
-    /// Marks `key` hot at run time ([`Cache::mark_hot`](crate::Cache::mark_hot)).
-    pub(crate) fn mark(&self, key: &Key, copies: usize) -> Result<()> {
-        if !valid_copies(copies) {
-            return Err(Error::config(format!("hot key copies must be 1 to {MAX_HOT_COPIES}, got {copies}")));
-        }
-        self.marked.write().unwrap_or_else(|p| p.into_inner()).insert(key.shared().clone(), copies);
-        Ok(())
-    }
-
-    /// Removes a run-time mark.
-    pub(crate) fn unmark(&self, key: &Key) {
-        self.marked.write().unwrap_or_else(|p| p.into_inner()).remove(key.as_str());
-    }
-
-    /// How long a copy lives.
-    pub(crate) fn copy_ttl(&self) -> Duration {
-        self.config.copy_ttl
-    }
-
-    /// How many copies `key` has (0: not hot). A run-time mark wins over the configuration.
-    pub(crate) fn copies(&self, key: &Key) -> usize {
-        if self.config.keys.is_empty() && self.config.namespaces.is_empty() && self.marked_is_empty() {
-            return 0;
-        }
-        let marked = self.marked.read().unwrap_or_else(|p| p.into_inner()).get(key.as_str()).copied();
-        marked
-            .or_else(|| self.config.keys.get(key.as_str()).copied())
-            .or_else(|| self.config.namespaces.get(key.namespace()).copied())
-            .unwrap_or(0)
-    }
-
-    fn marked_is_empty(&self) -> bool {
-        self.marked.read().unwrap_or_else(|p| p.into_inner()).is_empty()
-    }
-}
-
-/// What the read of a hot key's copy gave.
-pub(crate) enum HotRead<T> {
-    /// The key is not hot: read it as usual.
-    NotHot,
-    /// Served from a copy (a value, or a "not found" the caller accepts).
-    Hit(Option<T>),
-    /// The copy had nothing usable: read the key as usual, then refill this copy.
-    Missed(String),
 }
 
 #[cfg(test)]

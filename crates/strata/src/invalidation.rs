@@ -8,7 +8,7 @@
 //! tracking rather than a pub/sub backplane is in `docs/decisions/0004-l1-invalidation.md`.
 //!
 //! A message can be missed only when its connection is lost, so L1 serves only while every
-//! tracking connection is up ([`Coherence`](crate::coherence::Coherence)):
+//! tracking connection is up ([`Coherence`](crate::l1::Coherence)):
 //!
 //! - a lost connection (the driver's disconnection notice, or no PONG to the heartbeat within
 //!   its timeout) flushes L1 at once, and nothing enters L1 until tracking is on again;

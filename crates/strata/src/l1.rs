@@ -1,22 +1,53 @@
-//! L1: the in-process tier, a moka cache bounded in bytes.
+//! L1: the in-process tier — a moka cache bounded in bytes ([`L1`]) — and its admission rule,
+//! which keeps every instance's L1 coherent with Redis ([`Coherence`]).
 //!
 //! Entries keep the decoded value (type-erased), so an L1 hit is a hash lookup plus a clone:
 //! no deserialization. The weight of an entry is an estimate of the memory it holds: the key,
 //! twice the uncompressed serialized size (which stands in for the decoded value's heap size:
 //! decoded strings and vectors carry headers and spare capacity) and a fixed overhead. moka applies evictions in batches; to keep the budget strict we run its pending
 //! maintenance before an insert that could cross the budget.
+//!
+//! ## Admission
+//!
+//! Invalidation messages (see [`invalidation`](crate::invalidation)) remove keys from L1, but a
+//! removal alone loses a race: a reader that fetched `v1` from Redis before `v2` was written may
+//! insert `v1` into L1 *after* the invalidation for `v2` was processed, and then serve it until
+//! the L1 TTL. So every L1 fill carries a [`Ticket`] taken before its Redis round trip, and is
+//! admitted only if nothing that could concern the key happened since:
+//!
+//! - no invalidation of that key since (a generation counter per bucket of keys, with a short log
+//!   of which keys bumped it, so that writes to other keys of the bucket rarely refuse a fill);
+//! - no change of the tracking health (the epoch counter), and tracking is healthy now: while an
+//!   invalidation connection is down, or the topology changes, L1 is flushed and nothing enters.
+//!
+//! The fill inserts first and re-checks afterwards (removing what it inserted on a change):
+//! with the invalidation side bumping the counter *before* removing, one of the two always sees
+//! the other, so a stale insert cannot survive.
+//!
+//! An instance's own write comes back to it as an invalidation too (its tracking connection is
+//! not the one that wrote). To keep what it just wrote in L1, a writer registers an [`Echo`]
+//! before the write and fills L1 with the ticket handed over when that echo is processed: the
+//! state right after its own invalidation, so a later write by anyone still voids the fill.
+//! Redis names a key once per message for all the writes of one event-loop pass, so the echo
+//! may also stand for a write made after this one in the same pass (two pipelined writes of
+//! one connection, or another instance's): the writer then reads the key once more and fills
+//! only if Redis holds exactly what it wrote (`fill_after_write` in `cache/tiers.rs`).
 
 use std::any::Any;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache as Moka;
+use tokio::sync::oneshot;
 
 use crate::codec::Meta;
-use crate::coherence::{Coherence, Echo, Ticket};
-use crate::flight::Shared;
 use crate::tags::Marks;
+
+/// A decoded value, type-erased so one L1 (and one single-flight map) serves every value type.
+pub(crate) type Shared = Arc<dyn Any + Send + Sync>;
 
 /// Per-entry bookkeeping overhead counted in the weight (key Arc, moka node, timers).
 const ENTRY_OVERHEAD: u64 = 96;
@@ -201,7 +232,7 @@ impl L1 {
     }
 
     /// Puts a value read from Redis (or just written, with the ticket of its echo) in L1, unless
-    /// the key may have changed since `ticket` was taken (see [`crate::coherence`]).
+    /// the key may have changed since `ticket` was taken (see [`crate::l1`]).
     pub(crate) fn fill(&self, key: &Arc<str>, fill: Fill, ticket: &Ticket) {
         self.fill_if(key, fill, || self.coherence.admits(ticket));
     }
@@ -256,12 +287,12 @@ impl L1 {
 
     /// An invalidation message named `key`.
     pub(crate) fn invalidate(&self, key: &[u8]) {
-        self.coherence.invalidate(key, self.store.as_ref().map(|s| s as &dyn Evict));
+        self.coherence.invalidate(key, self.store.as_ref());
     }
 
     /// Tracking went down or came back, or L1 must be flushed (see [`Coherence::reset`]).
     pub(crate) fn reset(&self, healthy: bool) {
-        self.coherence.reset(healthy, self.store.as_ref().map(|s| s as &dyn Evict));
+        self.coherence.reset(healthy, self.store.as_ref());
     }
 
     /// (entries, weighted bytes), after pending maintenance.
@@ -278,22 +309,363 @@ impl L1 {
     }
 }
 
-/// What [`Coherence`] may do to the store: evict one key, or all.
-pub(crate) trait Evict {
-    fn evict(&self, key: &str);
-    fn evict_all(&self);
-}
-
-impl Evict for Store {
-    fn evict(&self, key: &str) {
-        self.remove(key);
-    }
-    fn evict_all(&self) {
-        self.clear();
-    }
-}
-
 /// Downcasts a shared value to `T` and clones it out.
 pub(crate) fn typed<T: Clone + 'static>(shared: &Shared) -> Option<T> {
     (shared.as_ref() as &dyn Any).downcast_ref::<T>().cloned()
+}
+
+/// Generation buckets: more buckets, fewer fills refused because unrelated keys changed.
+const BUCKETS: usize = 2048;
+/// Invalidations a bucket remembers by key: a fill is refused only when its own key changed,
+/// or when more than this many changes hit its bucket during its round trip.
+const LOG: u64 = 8;
+
+#[derive(Default)]
+struct Bucket {
+    generation: AtomicU64,
+    /// Hashes of the keys behind the last `LOG` generations (index: generation % LOG). The
+    /// generation only moves under this lock, after the log entry is written.
+    log: Mutex<[u64; LOG as usize]>,
+}
+
+/// What a reader saw before its Redis round trip.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket {
+    /// Whether the key is tracked at all (see [`Coherence::covers`]).
+    covered: bool,
+    hash: u64,
+    bucket: usize,
+    generation: u64,
+    epoch: u64,
+}
+
+pub(crate) struct Coherence {
+    buckets: Box<[Bucket]>,
+    epoch: AtomicU64,
+    healthy: AtomicBool,
+    hasher: std::collections::hash_map::RandomState,
+    /// Keys named by invalidation messages.
+    pub(crate) invalidated_keys: AtomicU64,
+    /// Whole-L1 flushes: tracking lost or regained, topology changed, FLUSHALL seen.
+    pub(crate) flushes: AtomicU64,
+    /// The invalidation supervisor's task, stopped with the cache.
+    task: std::sync::OnceLock<tokio::task::AbortHandle>,
+    /// Whether invalidation messages are expected at all.
+    tracked: bool,
+    /// Tracked key prefixes (empty: every key); L1 holds no key outside them.
+    prefixes: Vec<String>,
+    /// Writers waiting for the invalidation their own write causes, by key.
+    echoes: Mutex<Waiters>,
+    waiting: AtomicUsize,
+    next_waiter: AtomicU64,
+    /// Redirects met on the data path, for the invalidation supervisor.
+    pub(crate) redirects: crate::invalidation::Redirects,
+}
+
+/// Writers waiting for their echo: key → (registration id, where to hand the ticket).
+type Waiters = HashMap<Box<str>, Vec<(u64, oneshot::Sender<Ticket>)>>;
+
+/// A writer's registration for the invalidation its write will cause.
+pub(crate) struct Echo {
+    key: Box<str>,
+    id: u64,
+    rx: oneshot::Receiver<Ticket>,
+}
+
+impl Drop for Coherence {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
+    }
+}
+
+impl Coherence {
+    /// `tracked`: invalidation messages will arrive; L1 then starts closed until tracking is up.
+    pub(crate) fn new(tracked: bool, prefixes: Vec<String>) -> Self {
+        Self {
+            tracked,
+            prefixes,
+            echoes: Mutex::new(HashMap::new()),
+            waiting: AtomicUsize::new(0),
+            next_waiter: AtomicU64::new(0),
+            redirects: Default::default(),
+            buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
+            epoch: AtomicU64::new(0),
+            healthy: AtomicBool::new(!tracked),
+            hasher: Default::default(),
+            invalidated_keys: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            task: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Hands over the invalidation supervisor's task, to stop it when the cache goes.
+    pub(crate) fn set_task(&self, task: tokio::task::AbortHandle) {
+        let _ = self.task.set(task);
+    }
+
+    fn locate(&self, key: &[u8]) -> (u64, usize) {
+        let hash = self.hasher.hash_one(key);
+        (hash, (hash % BUCKETS as u64) as usize)
+    }
+
+    /// Taken before reading or writing Redis for `key`.
+    pub(crate) fn ticket(&self, key: &str) -> Ticket {
+        let (hash, bucket) = self.locate(key.as_bytes());
+        Ticket {
+            covered: self.covers(key),
+            hash,
+            bucket,
+            epoch: self.epoch.load(Ordering::SeqCst),
+            generation: self.buckets[bucket].generation.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Whether invalidations of `key` reach this instance, so that L1 may hold it: always
+    /// without tracking (L1 is then bounded by its TTL alone), else when the key is under one of
+    /// the tracked prefixes.
+    fn covers(&self, key: &str) -> bool {
+        !self.tracked || self.prefixes.is_empty() || self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
+    }
+
+    /// Whether the ticket's key has not been invalidated since the ticket was taken.
+    fn unchanged(&self, ticket: &Ticket) -> bool {
+        let bucket = &self.buckets[ticket.bucket];
+        if bucket.generation.load(Ordering::SeqCst) == ticket.generation {
+            return true;
+        }
+        let log = bucket.log.lock().unwrap_or_else(|p| p.into_inner());
+        let now = bucket.generation.load(Ordering::SeqCst);
+        now.wrapping_sub(ticket.generation) <= LOG
+            && (ticket.generation + 1..=now).all(|g| log[(g % LOG) as usize] != ticket.hash)
+    }
+
+    /// Whether a fill holding `ticket` may stay in L1 now.
+    pub(crate) fn admits(&self, ticket: &Ticket) -> bool {
+        ticket.covered
+            && self.healthy.load(Ordering::SeqCst)
+            && self.epoch.load(Ordering::SeqCst) == ticket.epoch
+            && self.unchanged(ticket)
+    }
+
+    /// Whether a value that came from the loader while Redis was unreachable may stay in L1:
+    /// tracking is probably down too, and that is accepted (nobody can write Redis either, and
+    /// recovery flushes L1), but a key invalidated since the load started still is not kept.
+    pub(crate) fn admits_loaded(&self, ticket: &Ticket) -> bool {
+        ticket.covered && self.unchanged(ticket)
+    }
+
+    /// Whether invalidation messages are expected at all (a supervisor runs).
+    pub(crate) fn is_tracking(&self) -> bool {
+        self.tracked
+    }
+
+    /// Whether L1 is serving: tracking (if any) is up on every node.
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// An invalidation message named `key`. A hot key's copy changed is its key changed: a read
+    /// of the copy may have filled the key's L1 entry (see [`crate::HotKeys`]), and a writer
+    /// updates the copies after the key itself, so the key's own invalidation can come before
+    /// the copy a reader is about to read has the new value.
+    fn invalidate(&self, key: &[u8], l1: Option<&Store>) {
+        if let Some(of) = std::str::from_utf8(key).ok().and_then(crate::hot::hot_copy_of) {
+            self.invalidate_one(of.as_bytes(), l1);
+        }
+        self.invalidate_one(key, l1);
+    }
+
+    fn invalidate_one(&self, key: &[u8], l1: Option<&Store>) {
+        let (hash, bucket) = self.locate(key);
+        let generation = {
+            let slot = &self.buckets[bucket];
+            let mut log = slot.log.lock().unwrap_or_else(|p| p.into_inner());
+            let next = slot.generation.load(Ordering::SeqCst) + 1;
+            log[(next % LOG) as usize] = hash;
+            slot.generation.store(next, Ordering::SeqCst);
+            next
+        };
+        self.invalidated_keys.fetch_add(1, Ordering::Relaxed);
+        let Ok(key) = std::str::from_utf8(key) else { return };
+        if let Some(l1) = l1 {
+            l1.remove(key);
+        }
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            let waiters = self.lock_echoes().remove(key).unwrap_or_default();
+            self.waiting.fetch_sub(waiters.len(), Ordering::SeqCst);
+            // The state right after this invalidation: a later one of the key voids it.
+            let ticket = Ticket {
+                covered: self.covers(key),
+                hash,
+                bucket,
+                generation,
+                epoch: self.epoch.load(Ordering::SeqCst),
+            };
+            for (_, tx) in waiters {
+                let _ = tx.send(ticket);
+            }
+        }
+    }
+
+    /// Registers for the invalidation a write of `key` is about to cause. `None` when no
+    /// tracking runs, or not for this key: the writer's own pre-write ticket is then the one
+    /// (which does not admit a key outside the tracked prefixes).
+    pub(crate) fn expect_echo(&self, key: &str) -> Option<Echo> {
+        if !self.tracked || !self.covers(key) {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        self.lock_echoes().entry(key.into()).or_default().push((id, tx));
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        Some(Echo { key: key.into(), id, rx })
+    }
+
+    /// After a successful write: the ticket for filling L1 with what was written — the
+    /// pre-write one without tracking, else the one handed over with the write's own
+    /// invalidation (`None` if it does not come within `wait`: then L1 is not filled).
+    pub(crate) async fn after_write(&self, echo: Option<Echo>, before: Ticket, wait: Duration) -> Option<Ticket> {
+        let Some(echo) = echo else { return Some(before) };
+        if !self.is_healthy() {
+            self.forget(echo);
+            return None;
+        }
+        let Echo { key, id, rx } = echo;
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(ticket)) => Some(ticket),
+            _ => {
+                self.remove_waiter(&key, id);
+                None
+            }
+        }
+    }
+
+    /// Drops a registration whose write failed.
+    pub(crate) fn forget(&self, echo: Echo) {
+        self.remove_waiter(&echo.key, echo.id);
+    }
+
+    fn remove_waiter(&self, key: &str, id: u64) {
+        let mut echoes = self.lock_echoes();
+        if let Some(waiters) = echoes.get_mut(key) {
+            let before = waiters.len();
+            waiters.retain(|(w, _)| *w != id);
+            self.waiting.fetch_sub(before - waiters.len(), Ordering::SeqCst);
+            if waiters.is_empty() {
+                echoes.remove(key);
+            }
+        }
+    }
+
+    fn lock_echoes(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.echoes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves to `healthy` and flushes L1 (on every transition, and when asked to with the same
+    /// state, as after FLUSHALL or a topology change). Tickets taken before are void.
+    fn reset(&self, healthy: bool, l1: Option<&Store>) {
+        if !healthy {
+            self.healthy.store(false, Ordering::SeqCst);
+        }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some(l1) = l1 {
+            l1.clear();
+        }
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        if !healthy {
+            // Their echoes may never come: wake them (they will not fill L1).
+            let dropped: usize = self.lock_echoes().drain().map(|(_, w)| w.len()).sum();
+            self.waiting.fetch_sub(dropped, Ordering::SeqCst);
+        }
+        if healthy {
+            self.healthy.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalidation_voids_earlier_tickets_of_that_key_only_by_bucket() {
+        let c = Coherence::new(false, Vec::new());
+        let t = c.ticket("app:v1:user:1");
+        assert!(c.admits(&t));
+        c.invalidate(b"app:v1:user:1", None);
+        assert!(!c.admits(&t), "a fill that read before the invalidation must be refused");
+        assert!(c.admits(&c.ticket("app:v1:user:1")), "a read after it is fine");
+    }
+
+    #[test]
+    fn other_keys_of_the_bucket_refuse_a_fill_only_past_the_log() {
+        let c = Coherence::new(false, Vec::new());
+        let t = c.ticket("mine");
+        // Keys that share the ticket's bucket.
+        let others: Vec<String> = (0..100_000)
+            .map(|i| format!("other{i}"))
+            .filter(|k| c.locate(k.as_bytes()).1 == t.bucket)
+            .take(LOG as usize + 1)
+            .collect();
+        for k in &others[..LOG as usize] {
+            c.invalidate(k.as_bytes(), None);
+        }
+        assert!(c.admits(&t), "{LOG} changes of other keys are told apart");
+        c.invalidate(others[LOG as usize].as_bytes(), None);
+        assert!(!c.admits(&t), "beyond the log: refused, to be safe");
+    }
+
+    #[test]
+    fn keys_outside_the_tracked_prefixes_never_enter_l1() {
+        let c = Coherence::new(true, vec!["app:".into()]);
+        c.reset(true, None);
+        assert!(c.admits(&c.ticket("app:v1:user:1")));
+        let outside = c.ticket("other:v1:user:1");
+        assert!(!c.admits(&outside) && !c.admits_loaded(&outside));
+        assert!(c.expect_echo("other:v1:user:1").is_none());
+        let untracked = Coherence::new(false, vec!["app:".into()]);
+        assert!(untracked.admits(&untracked.ticket("other:v1:user:1")), "no tracking: TTLs bound L1");
+    }
+
+    #[test]
+    fn losing_or_regaining_tracking_voids_every_ticket() {
+        let c = Coherence::new(false, Vec::new());
+        let t = c.ticket("k");
+        c.reset(false, None);
+        let during = c.ticket("k");
+        assert!(!c.admits(&t) && !c.admits(&during), "nothing enters L1 while tracking is down");
+        c.reset(true, None);
+        assert!(!c.admits(&during), "a read made while tracking was down must not be kept");
+        assert!(c.admits(&c.ticket("k")));
+        assert_eq!(c.flushes.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_writer_fills_with_the_state_right_after_its_own_echo() {
+        let c = Coherence::new(true, Vec::new());
+        c.reset(true, None);
+        let reader = c.ticket("k"); // a read that began before the write
+        let echo = c.expect_echo("k");
+        let before = c.ticket("k");
+        c.invalidate(b"k", None); // the write's own invalidation
+        let ticket = c.after_write(echo, before, Duration::from_secs(1)).await.expect("echo delivered");
+        assert!(c.admits(&ticket), "the writer keeps what it wrote");
+        assert!(!c.admits(&reader) && !c.admits(&before), "older reads do not");
+        c.invalidate(b"k", None); // someone else writes afterwards
+        assert!(!c.admits(&ticket));
+        assert_eq!(c.waiting.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn an_echo_that_never_comes_means_no_fill_and_no_leak() {
+        let c = Coherence::new(true, Vec::new());
+        c.reset(true, None);
+        let echo = c.expect_echo("k");
+        let before = c.ticket("k");
+        assert!(c.after_write(echo, before, Duration::from_millis(10)).await.is_none());
+        assert_eq!(c.waiting.load(Ordering::SeqCst), 0);
+        assert!(c.lock_echoes().is_empty());
+    }
 }

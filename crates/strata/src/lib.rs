@@ -91,32 +91,30 @@
 //! One cache miss of [`Cache::get_or_set`] reads top-down through `cache.rs` (the entry point),
 //! `cache/load.rs` (the load path: L1 → hot copy → single-flight → L2 read + lease → loader →
 //! store → L1 admission) and `cache/tiers.rs` (each tier's read and write, and the one store
-//! step every write ends in); the types they call own their state and answer in small methods.
+//! step every write ends in), which call the tiers' own types: `L1` (`l1.rs`), the
+//! stamps (`cache/stamps.rs`) and Redis (`l2.rs`). Each type owns its state and answers in small
+//! methods.
 //!
 //! | module | owns |
 //! |---|---|
 //! | `cache` | [`Cache`] (the public API of single keys, hot marks, metrics) and `Inner`, the parts of one cache, private to `cache` and its children |
-//! | `cache/load` | the read and load paths, fail-safe, `get_or_refresh`'s background refreshes |
+//! | `cache/load` | the read and load paths, in-process single-flight, fail-safe, `get_or_refresh`'s background refreshes |
 //! | `cache/load_many` | the batch load path of `get_or_set_many` |
 //! | `cache/tiers` | one read or write of each tier: L1 lookup, GET/MGET + decode, SET / lease compare-and-set, settling a write into L1, every Redis call through the breaker |
-//! | `cache/marks` | the generations a value carries, captured before a load and judged at every read |
-//! | `cache/hot`, `cache/write_through`, `cache/builder` | hot keys' copies; `set_through`; assembling a cache ([`CacheBuilder`]) |
+//! | `cache/stamps` | a **stamp** is the generation of a namespace or tag: the marks a value carries, the verdict on them at every read, what this instance knows |
+//! | `cache/hot`, `cache/write_through`, `cache/builder` | hot keys' registry and copies; `set_through`; assembling a cache ([`CacheBuilder`]) |
 //! | `batch`, `namespace`, `exposition` | the public API of batches; of namespaces and tags; of Prometheus exposition |
-//! | `l1` | the L1 tier: the moka store, bounded in bytes, and its admission rules (an `Fill` is admitted only with a valid ticket) |
-//! | `coherence` | L1 admission: tickets taken before a round trip, writers' echoes, tracking health |
+//! | `l1` | the L1 tier: the moka store, bounded in bytes, and its admission rule (`Coherence`: tickets taken before a round trip, writers' echoes, tracking health) |
 //! | `invalidation` | the tracking connections (RESP3 `CLIENT TRACKING`), heartbeats, topology and redirects |
-//! | `flight` | in-process single-flight |
 //! | `lease` | lease scripts, tokens and settings ([`LeaseConfig`]) |
-//! | `stamps` | a **stamp**: the generation of a namespace or tag; what this instance knows of them |
 //! | `tags` | [`Tag`]s and the marks (stamp generations) a value records |
 //! | `fresh` | [`Freshness`]: XFetch, stale-while-revalidate, fail-safe, timeouts |
-//! | `l2` | Redis connections: standalone, Cluster, Sentinel, TLS; retries inside one call |
-//! | `breaker`, `retry` | circuit breakers per slot range; what is retried |
+//! | `l2`, `breaker`, `retry` | Redis connections (standalone, Cluster, Sentinel, TLS) and retries inside one call; circuit breakers per slot range; what is retried |
 //! | `codec`, `crypt` | the envelope (format, compression, checksum, `Meta`: logical expiry and load time); AES-GCM |
 //! | `key`, `ttl` | [`Key`] / [`KeySchema`]; [`Ttl`] classes, jitter and expiry arithmetic |
-//! | `hot` | [`HotKeys`] and the registry of hot keys |
+//! | `hot` | [`HotKeys`], the configuration of hot keys, and their copies' names |
 //! | `write_behind` | [`WriteBehind`] queues and their [`Worker`]s |
-//! | `metrics`, `latency`, `exposition` | counters, histograms, Prometheus |
+//! | `metrics`, `latency` | counters and histograms ([`MetricsSnapshot`]) |
 //! | `audit`, `error`, `timefmt` | the audit log; [`Error`]; time formatting |
 //!
 //! ## Example
@@ -143,11 +141,9 @@ mod batch;
 mod breaker;
 mod cache;
 mod codec;
-mod coherence;
 mod crypt;
 mod error;
 mod exposition;
-mod flight;
 mod fresh;
 #[cfg(test)]
 mod fuzz;
@@ -161,7 +157,6 @@ mod lease;
 mod metrics;
 mod namespace;
 mod retry;
-mod stamps;
 mod tags;
 mod timefmt;
 mod ttl;

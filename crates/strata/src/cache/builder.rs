@@ -3,21 +3,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Stamps;
+use super::hot::HotRegistry;
+use super::load::Flights;
 use super::{Cache, Inner};
 use crate::breaker::{BreakerConfig, Breakers};
 use crate::codec::{Codec, Format};
-use crate::coherence::Coherence;
 use crate::crypt::Encryption;
 use crate::error::{Error, Result};
-use crate::flight::Flights;
 use crate::fresh::{Freshness, Refreshes};
-use crate::hot::{HotKeys, HotRegistry};
+use crate::hot::HotKeys;
 use crate::invalidation::{Invalidation, Supervisor};
+use crate::l1::Coherence;
 use crate::l1::{L1, L1Policy};
 use crate::l2::{L2, L2Config, TlsOptions, Topology};
 use crate::lease::LeaseConfig;
 use crate::metrics::Metrics;
-use crate::stamps::Stamps;
 use crate::ttl::TtlPolicy;
 
 /// Builds a [`Cache`]. Start from [`Cache::builder`].

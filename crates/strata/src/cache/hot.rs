@@ -1,18 +1,76 @@
-//! Hot keys' copies ([`HotKeys`](crate::HotKeys)): a read of a hot key picks one of its copies;
+//! Hot keys' copies ([`HotKeys`]): a read of a hot key picks one of its copies;
 //! a write updates them; a delete or invalidating write removes them.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures::future::join_all;
 use rand::Rng;
 
 use super::{CacheValue, Inner, Verdict};
 use crate::codec::Meta;
-use crate::hot::{HotRead, hot_copy_keys};
+use crate::error::{Error, Result};
+use crate::hot::{HotKeys, MAX_HOT_COPIES, hot_copy_keys, valid_copies};
 use crate::key::Key;
 use crate::l1::{Checks, Fill, Slot};
 use crate::metrics::NsCounters;
 use crate::ttl::{expiry_ms, l1_ttl, ttl_millis};
+
+/// The hot keys of one cache: configured ones and those marked at run time.
+#[derive(Debug)]
+pub(crate) struct HotRegistry {
+    config: HotKeys,
+    marked: RwLock<HashMap<Arc<str>, usize>>,
+}
+
+impl HotRegistry {
+    pub(crate) fn new(config: HotKeys) -> Self {
+        Self { config, marked: RwLock::new(HashMap::new()) }
+    }
+
+    /// Marks `key` hot at run time ([`Cache::mark_hot`](crate::Cache::mark_hot)).
+    pub(crate) fn mark(&self, key: &Key, copies: usize) -> Result<()> {
+        if !valid_copies(copies) {
+            return Err(Error::config(format!("hot key copies must be 1 to {MAX_HOT_COPIES}, got {copies}")));
+        }
+        self.marked.write().unwrap_or_else(|p| p.into_inner()).insert(key.shared().clone(), copies);
+        Ok(())
+    }
+
+    /// Removes a run-time mark.
+    pub(crate) fn unmark(&self, key: &Key) {
+        self.marked.write().unwrap_or_else(|p| p.into_inner()).remove(key.as_str());
+    }
+
+    /// How long a copy lives.
+    pub(crate) fn copy_ttl(&self) -> Duration {
+        self.config.copy_ttl_of()
+    }
+
+    /// How many copies `key` has (0: not hot). A run-time mark wins over the configuration.
+    pub(crate) fn copies(&self, key: &Key) -> usize {
+        if self.config.is_empty() && self.marked_is_empty() {
+            return 0;
+        }
+        let marked = self.marked.read().unwrap_or_else(|p| p.into_inner()).get(key.as_str()).copied();
+        marked.or_else(|| self.config.configured(key)).unwrap_or(0)
+    }
+
+    fn marked_is_empty(&self) -> bool {
+        self.marked.read().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+}
+
+/// What the read of a hot key's copy gave.
+pub(crate) enum HotRead<T> {
+    /// The key is not hot: read it as usual.
+    NotHot,
+    /// Served from a copy (a value, or a "not found" the caller accepts).
+    Hit(Option<T>),
+    /// The copy had nothing usable: read the key as usual, then refill this copy.
+    Missed(String),
+}
 
 impl Inner {
     /// After an L1 miss: reads one random copy of a hot key. Fills L1 on a hit, for no longer

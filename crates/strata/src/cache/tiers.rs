@@ -21,10 +21,10 @@ use redis::cluster_routing::Slot as HashSlot;
 
 use super::{CacheValue, Inner};
 use crate::codec::{Encoded, Meta};
-use crate::coherence::{Echo, Ticket};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::l1::{Checks, Fill, Slot, typed};
+use crate::l1::{Echo, Ticket};
 use crate::l2::Conn;
 use crate::lease::{FILL_IF_LEASED, FILL_THROUGH, Holder, RELEASE_IF_HELD, lease_key};
 use crate::metrics::NsCounters;
@@ -468,7 +468,7 @@ impl Inner {
     }
 
     /// L1 fill with a value this instance has just written, once the write's own invalidation
-    /// has come back (see [`crate::coherence`]). Redis names a key once per invalidation
+    /// has come back (see [`crate::l1`]). Redis names a key once per invalidation
     /// message, for all the writes of one event-loop pass: the echo may also stand for a later
     /// write of the key (by this instance or another), so its ticket alone does not prove that
     /// Redis holds this value. A read sent after the echo must find these very bytes: then any
