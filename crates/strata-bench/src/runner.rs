@@ -253,6 +253,7 @@ where
 
 /// A progress bar on stderr that follows the clock over the planned length of a scenario
 /// (phases are bounded by time, so elapsed time is the honest measure of progress).
+#[derive(Debug)]
 pub struct Clock {
     bar: ProgressBar,
     ticker: tokio::task::JoinHandle<()>,

@@ -18,6 +18,7 @@ pub enum Layout {
 }
 
 /// Redis for one run: either started here (and stopped when this is dropped) or given.
+#[derive(Debug)]
 pub struct Target {
     /// How the cache and the raw client reach it.
     pub topology: strata::Topology,
@@ -28,6 +29,7 @@ pub struct Target {
 
 /// Held only for its `Drop`, which stops the processes.
 #[expect(dead_code, reason = "held for its Drop")]
+#[derive(Debug)]
 enum Owned {
     Server(RedisServer),
     Cluster(RedisCluster),

@@ -132,11 +132,7 @@ async fn secure_config_runs_tls_only_with_the_shared_roles() {
         .redis_url(format!("rediss://127.0.0.1:{port}"))
         .username("app")
         .password(app)
-        .tls(strata::TlsOptions {
-            ca_pem: Some(fs::read(conf.join("ca.crt")).expect("ca")),
-            client_cert_pem: None,
-            client_key_pem: None,
-        })
+        .tls(strata::TlsOptions::new().ca_pem(fs::read(conf.join("ca.crt")).expect("ca")))
         .require_redis(true)
         .build()
         .await

@@ -128,19 +128,24 @@ impl Entry {
             // Key and channel denials name the object; the command is in the client info.
             _ => client_field(&self.client_info, "cmd").unwrap_or("unknown").to_owned(),
         };
-        let mut record = AuditRecord::new(&self.username, &action, &self.object, "denied");
-        record.time = strata::rfc3339(self.updated_ms);
-        record.reason = Some(if self.context == "toplevel" || self.context.is_empty() {
+        let reason = if self.context == "toplevel" || self.context.is_empty() {
             self.reason
         } else {
             // Denied inside MULTI, a script or a module: say so.
             format!("{} ({})", self.reason, self.context)
-        });
-        record.node = Some(node.to_owned());
-        record.client = Some(self.client_info);
-        record.count = Some(self.count);
-        record.first_time = self.created_ms.map(strata::rfc3339);
-        record.entry_id = self.entry_id;
+        };
+        let mut record = AuditRecord::new(&self.username, &action, &self.object, "denied")
+            .time(strata::rfc3339(self.updated_ms))
+            .reason(reason)
+            .node(node)
+            .client(self.client_info)
+            .count(self.count);
+        if let Some(created) = self.created_ms {
+            record = record.first_time(strata::rfc3339(created));
+        }
+        if let Some(id) = self.entry_id {
+            record = record.entry_id(id);
+        }
         record
     }
 }

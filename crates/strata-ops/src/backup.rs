@@ -334,6 +334,8 @@ fn cli_failure(addr: &str, output: &str, status: std::process::ExitStatus) -> Op
         .filter(|l| !l.is_empty() && !l.starts_with("sending REPLCONF") && !l.starts_with("SYNC sent"))
         .collect();
     let reason = if lines.is_empty() { format!("redis-cli exited with {status}") } else { lines.join("; ") };
+    // redis-cli's output is the only trace of the failure (no `RedisError` to classify), so its
+    // text is searched for the codes of a refusal.
     let upper = reason.to_uppercase();
     let kind = if ["NOAUTH", "WRONGPASS", "AUTH FAILED", "NOPERM"].iter().any(|c| upper.contains(c)) {
         OpsErrorKind::Auth

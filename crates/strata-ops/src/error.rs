@@ -45,10 +45,9 @@ impl OpsError {
     /// Classifies a Redis error met while talking to `addr`.
     pub fn redis(addr: &str, err: &redis::RedisError) -> Self {
         let text = err.to_string();
-        let upper = text.to_uppercase();
         let kind = if err.is_io_error() || err.is_connection_refusal() || err.is_timeout() {
             OpsErrorKind::Unreachable
-        } else if ["NOAUTH", "WRONGPASS", "AUTHENTICATION", "NOPERM"].iter().any(|c| upper.contains(c)) {
+        } else if refuses_access(err) {
             OpsErrorKind::Auth
         } else {
             OpsErrorKind::Redis
@@ -83,6 +82,20 @@ impl OpsError {
     }
 }
 
+/// Whether Redis refused our credentials or the ACL user's rights: the handshake's
+/// authentication failure, or a reply (of a command, or any reply of a pipeline) `NOPERM`,
+/// `NOAUTH` or `WRONGPASS`. redis-rs has a [`redis::ServerErrorKind`] for `NOPERM` only; the
+/// other two are extension errors, recognised by their exact code.
+fn refuses_access(err: &redis::RedisError) -> bool {
+    let refusal = |e: &redis::ServerError| {
+        e.kind() == Some(redis::ServerErrorKind::NoPerm) || matches!(e.code(), "NOAUTH" | "WRONGPASS")
+    };
+    matches!(
+        err.kind(),
+        redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+    ) || err.clone().into_server_errors().is_some_and(|replies| replies.iter().any(|(_, e)| refusal(e)))
+}
+
 impl fmt::Display for OpsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // One line: multi-line causes (log tails) are folded.
@@ -108,5 +121,36 @@ impl From<strata_cluster::ClusterError> for OpsError {
             OpsErrorKind::Redis
         };
         Self::new(kind, err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error redis-rs makes of the reply `-{line}`, parsed as it parses a server's.
+    fn reply(line: &str) -> redis::RedisError {
+        let value = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).expect("a RESP error reply");
+        value.extract_error().expect_err("an error reply")
+    }
+
+    #[test]
+    fn redis_errors_are_classified_by_kind_and_code() {
+        for line in [
+            "NOAUTH Authentication required.",
+            "WRONGPASS invalid username-password pair or user is disabled.",
+            "NOPERM User ops has no permissions to run the 'flushall' command",
+        ] {
+            assert!(OpsError::redis("n1:6379", &reply(line)).is_auth(), "{line}");
+        }
+        let handshake =
+            redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "Password authentication failed"));
+        assert!(OpsError::redis("n1:6379", &handshake).is_auth());
+        for line in ["ERR unknown command 'NOAUTH'", "WRONGTYPE Operation against a key", "LOADING Redis is loading"] {
+            let err = OpsError::redis("n1:6379", &reply(line));
+            assert_eq!(err.kind(), OpsErrorKind::Redis, "{line}");
+        }
+        let refused = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(OpsError::redis("n1:6379", &refused).is_unreachable());
     }
 }

@@ -162,6 +162,8 @@ fn restore_batch(
     for ((key, _, _), result) in restores.iter().zip(results) {
         match result {
             None => report.keys_restored += 1,
+            // The key exists (no `--replace`). redis-rs has no `ServerErrorKind` for `BUSYKEY`:
+            // the reply's code is compared, exactly.
             Some(e) if e.code() == "BUSYKEY" => report.skipped_existing += 1,
             Some(e) => {
                 return Err(OpsError::new(

@@ -95,7 +95,15 @@ impl AuditSink {
 /// fields appear only when set. Records made from Redis' `ACL LOG` (`strata audit`) have
 /// `result` `denied`, `reason` `command` / `key` / `channel` / `auth`, and `node`, `client`,
 /// `count`, `first_time` (and `entry_id` on Redis 7.2+).
+///
+/// ```
+/// let record = strata::AuditRecord::new("ops", "flush", "127.0.0.1:6379", "error")
+///     .reason("NOPERM")
+///     .node("127.0.0.1:6379");
+/// assert!(record.to_line().ends_with(r#""reason":"NOPERM","node":"127.0.0.1:6379"}"#));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct AuditRecord {
     /// When it happened (RFC 3339, UTC, milliseconds); for a grouped ACL LOG entry, the latest
     /// denial.
@@ -144,6 +152,56 @@ impl AuditRecord {
             first_time: None,
             entry_id: None,
         }
+    }
+
+    /// Sets the time (RFC 3339, UTC, milliseconds; see [`rfc3339`](crate::rfc3339)); `new`
+    /// sets the current time.
+    #[must_use]
+    pub fn time(mut self, time: impl Into<String>) -> Self {
+        self.time = time.into();
+        self
+    }
+
+    /// Sets why it failed or was denied.
+    #[must_use]
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// Sets the Redis node (`host:port`) that reported it.
+    #[must_use]
+    pub fn node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// Sets the client as Redis described it (`CLIENT LIST` format).
+    #[must_use]
+    pub fn client(mut self, client: impl Into<String>) -> Self {
+        self.client = Some(client.into());
+        self
+    }
+
+    /// Sets how many denials Redis grouped into this record.
+    #[must_use]
+    pub fn count(mut self, count: u64) -> Self {
+        self.count = Some(count);
+        self
+    }
+
+    /// Sets the time of the first denial of a grouped record (RFC 3339).
+    #[must_use]
+    pub fn first_time(mut self, time: impl Into<String>) -> Self {
+        self.first_time = Some(time.into());
+        self
+    }
+
+    /// Sets Redis' `entry-id` of an ACL LOG entry.
+    #[must_use]
+    pub fn entry_id(mut self, id: u64) -> Self {
+        self.entry_id = Some(id);
+        self
     }
 
     /// The JSON line (without the newline).

@@ -41,8 +41,18 @@ impl BreakerState {
     }
 }
 
-/// Breaker tuning.
+/// Breaker tuning ([`CacheBuilder::breaker`](crate::CacheBuilder::breaker)).
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let breaker = strata::BreakerConfig::new()
+///     .failure_threshold(3)                      // open after 3 consecutive failures
+///     .open_for(Duration::from_millis(500));     // then skip Redis for 500 ms
+/// assert_eq!(breaker.failure_threshold, 3);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BreakerConfig {
     /// Consecutive failed Redis calls that open the breaker.
     pub failure_threshold: u32,
@@ -53,6 +63,27 @@ pub struct BreakerConfig {
 impl Default for BreakerConfig {
     fn default() -> Self {
         Self { failure_threshold: 5, open_for: Duration::from_secs(1) }
+    }
+}
+
+impl BreakerConfig {
+    /// The defaults: open after 5 consecutive failures, for 1 s (same as `Default`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets how many consecutive failed Redis calls open the breaker.
+    #[must_use]
+    pub fn failure_threshold(mut self, failures: u32) -> Self {
+        self.failure_threshold = failures;
+        self
+    }
+
+    /// Sets how long the breaker stays open before a probe is allowed.
+    #[must_use]
+    pub fn open_for(mut self, period: Duration) -> Self {
+        self.open_for = period;
+        self
     }
 }
 
@@ -276,7 +307,7 @@ impl Breakers {
         if !cluster {
             return Self { whole: Breaker::new(config), ranges: Box::new([]) };
         }
-        let whole = BreakerConfig { failure_threshold: config.failure_threshold.saturating_mul(2), ..config.clone() };
+        let whole = config.clone().failure_threshold(config.failure_threshold.saturating_mul(2));
         let gate = Arc::new(ProbeGate::default());
         let ranges = (0..CLUSTER_SLOTS / SLOTS_PER_BREAKER)
             .map(|i| Breaker::gated(config.clone(), gate.clone(), i * SLOTS_PER_BREAKER))
@@ -367,7 +398,7 @@ mod tests {
     use super::*;
 
     fn breaker() -> Breaker {
-        Breaker::new(BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(5) })
+        Breaker::new(BreakerConfig::new().failure_threshold(3).open_for(Duration::from_secs(5)))
     }
 
     fn fail(b: &Breaker) {
@@ -443,7 +474,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_dead_range_does_not_open_the_others() {
-        let breakers = Breakers::new(BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(5) }, true);
+        let breakers = Breakers::new(BreakerConfig::new().failure_threshold(3).open_for(Duration::from_secs(5)), true);
         // A failover: calls on the dead range fail, calls elsewhere succeed in between.
         for _ in 0..3 {
             assert!(call(&breakers, Some(b"foo"), false));
@@ -462,7 +493,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn range_probes_are_paced() {
-        let breakers = Breakers::new(BreakerConfig { failure_threshold: 1, open_for: Duration::from_secs(5) }, true);
+        let breakers = Breakers::new(BreakerConfig::new().failure_threshold(1).open_for(Duration::from_secs(5)), true);
         assert!(call(&breakers, Some(b"foo"), false));
         assert!(call(&breakers, Some(b"bar"), true), "resets the whole breaker's count");
         assert!(call(&breakers, Some(b"bar"), false));
@@ -487,7 +518,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failures_everywhere_open_the_whole_breaker() {
-        let breakers = Breakers::new(BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(5) }, true);
+        let breakers = Breakers::new(BreakerConfig::new().failure_threshold(3).open_for(Duration::from_secs(5)), true);
         // Six failures on six different ranges: no range reaches 3, the whole reaches 6.
         for key in [b"a", b"b", b"c", b"d", b"e", b"f"] {
             assert!(call(&breakers, Some(key), false));
@@ -499,7 +530,7 @@ mod tests {
         assert!(call(&breakers, Some(b"bar"), true), "the whole breaker's probe");
         assert_eq!(breakers.state(), BreakerState::Closed);
         // Standalone: one breaker, the configured threshold.
-        let single = Breakers::new(BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(5) }, false);
+        let single = Breakers::new(BreakerConfig::new().failure_threshold(3).open_for(Duration::from_secs(5)), false);
         (0..3).for_each(|_| assert!(call(&single, Some(b"foo"), false)));
         assert_eq!(single.state(), BreakerState::Open);
     }

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use redis::ServerErrorKind;
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -120,6 +122,8 @@ impl Error {
     }
 
     /// The Redis error code (`WRONGTYPE`, `NOAUTH`, `MOVED`, ...) when Redis replied with one.
+    /// For a pipeline, redis-rs gives the code of its first failing reply only when that reply
+    /// has a [`redis::ServerErrorKind`] (`MOVED`, `NOPERM`, ...; not `WRONGTYPE` or `NOAUTH`).
     pub fn redis_code(&self) -> Option<&str> {
         self.source.as_deref()?.downcast_ref::<redis::RedisError>()?.code()
     }
@@ -184,14 +188,16 @@ impl Error {
     pub fn is_auth(&self) -> bool {
         self.redis_error().is_some_and(|e| {
             e.kind() == redis::ErrorKind::AuthenticationFailed
-                || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
-                || e.to_string().contains("WRONGPASS")
-                || e.to_string().contains("NOAUTH")
+                || server_errors(e).iter().any(|s| AUTH_CODES.contains(&s.code()))
+                || flattened_cause(e).is_some_and(|cause| AUTH_CODES.iter().any(|c| cause.contains(c)))
         })
     }
     /// The ACL user may not run this command or touch this key (`NOPERM`).
     pub fn is_permission_denied(&self) -> bool {
-        self.redis_error().is_some_and(|e| e.code() == Some("NOPERM") || e.to_string().contains("NOPERM"))
+        self.redis_error().is_some_and(|e| {
+            e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoPerm)
+                || server_errors(e).iter().any(|s| s.kind() == Some(ServerErrorKind::NoPerm))
+        })
     }
     fn redis_error(&self) -> Option<&redis::RedisError> {
         self.source.as_deref()?.downcast_ref::<redis::RedisError>()
@@ -202,26 +208,62 @@ impl Error {
     }
 }
 
+/// Codes of the replies that refuse our credentials. redis-rs has no [`ServerErrorKind`] for
+/// them (it parses them as extension errors), so they are compared as codes, exactly.
+const AUTH_CODES: [&str; 2] = ["NOAUTH", "WRONGPASS"];
+
+/// Codes of replies without a [`ServerErrorKind`] in redis-rs that mean the node cannot serve
+/// now: `BUSY` (a script or function runs too long), `NOREPLICAS` (`min-replicas-to-write`
+/// unmet), `MISCONF` (writes stopped after a failed RDB save) and the refused credentials.
+const UNHEALTHY_CODES: [&str; 5] = ["BUSY", "NOREPLICAS", "MISCONF", "NOAUTH", "WRONGPASS"];
+
+/// The server errors a reply carried: the one error of a command, or every failing reply of a
+/// pipeline or aborted transaction (redis-rs's own [`RedisError::kind`](redis::RedisError::kind)
+/// and `code` only look at a pipeline's first one, and give no code when that one has no
+/// [`ServerErrorKind`]). Empty when the error is not a server reply (I/O, handshake, parse...).
+fn server_errors(err: &redis::RedisError) -> Vec<redis::ServerError> {
+    err.clone().into_server_errors().map(|errors| errors.iter().map(|(_, e)| e.clone()).collect()).unwrap_or_default()
+}
+
+/// The text of a cause redis-rs kept only as text: the Cluster client reports a failed initial
+/// connection as an `Io` error whose detail is the failing node's error, formatted (redis-rs
+/// 1.8, `create_initial_connections`). An I/O error of the socket itself has no detail.
+fn flattened_cause(err: &redis::RedisError) -> Option<&str> {
+    if err.kind() == redis::ErrorKind::Io { err.detail() } else { None }
+}
+
 /// Connection-level failures, timeouts, and the replies of a node that cannot serve now.
 fn redis_unhealthy(err: &redis::RedisError) -> bool {
     if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal() {
         return true;
     }
+    let replies = server_errors(err);
+    if !replies.is_empty() {
+        return replies.iter().any(|reply| match reply.kind() {
+            Some(kind) => unhealthy_kind(kind),
+            None => UNHEALTHY_CODES.contains(&reply.code()),
+        });
+    }
+    match err.kind() {
+        // Made by redis-rs from a reply it checked itself (e.g. an unexpected AUTH answer).
+        redis::ErrorKind::Server(kind) => unhealthy_kind(kind),
+        // Not a reply to a command: the handshake, the protocol, the cluster client or the
+        // connection failed.
+        _ => true,
+    }
+}
+
+/// `LOADING`, `CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`, `READONLY`: the node cannot serve now.
+/// Every other reply (`ERR`, `NOPERM`, `MOVED`, `NOSCRIPT`, ...) rejects one request.
+fn unhealthy_kind(kind: ServerErrorKind) -> bool {
     matches!(
-        err.code(),
-        Some(
-            "LOADING"
-                | "CLUSTERDOWN"
-                | "TRYAGAIN"
-                | "MASTERDOWN"
-                | "BUSY"
-                | "READONLY"
-                | "NOAUTH"
-                | "WRONGPASS"
-                | "NOREPLICAS"
-                | "MISCONF"
-        )
-    ) || err.code().is_none()
+        kind,
+        ServerErrorKind::BusyLoading
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly
+    )
 }
 
 impl fmt::Display for Error {
@@ -239,5 +281,157 @@ impl fmt::Debug for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error redis-rs makes of a reply `-{line}\r\n`, parsed the way it parses a server's.
+    fn reply(line: &str) -> redis::RedisError {
+        let value = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).expect("a RESP error reply");
+        value.extract_error().expect_err("an error reply")
+    }
+
+    /// A connection whose every pipeline gets `replies`.
+    struct Replies(Vec<&'static str>);
+
+    impl redis::ConnectionLike for Replies {
+        fn req_packed_command(&mut self, _cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+            Ok(redis::Value::Okay)
+        }
+        fn req_packed_commands(&mut self, _: &[u8], _: usize, _: usize) -> redis::RedisResult<Vec<redis::Value>> {
+            self.0
+                .iter()
+                .map(|r| redis::parse_redis_value(format!("{r}\r\n").as_bytes()))
+                .collect::<redis::RedisResult<Vec<_>>>()
+        }
+        fn get_db(&self) -> i64 {
+            0
+        }
+        fn check_connection(&mut self) -> bool {
+            true
+        }
+        fn is_open(&self) -> bool {
+            true
+        }
+    }
+
+    /// The error of a two-command pipeline answered with `replies` (RESP lines).
+    fn pipeline(replies: [&'static str; 2]) -> redis::RedisError {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg("k").cmd("PTTL").arg("k");
+        pipe.query::<()>(&mut Replies(replies.to_vec())).expect_err("a failing reply")
+    }
+
+    fn io(kind: std::io::ErrorKind) -> redis::RedisError {
+        redis::RedisError::from(std::io::Error::new(kind, "socket"))
+    }
+
+    fn wrap(err: redis::RedisError) -> Error {
+        Error::redis("GET", err)
+    }
+
+    #[test]
+    fn replies_parse_into_the_kinds_the_classifiers_use() {
+        assert_eq!(reply("NOPERM no permissions").kind(), redis::ErrorKind::Server(ServerErrorKind::NoPerm));
+        assert_eq!(reply("LOADING loading").kind(), redis::ErrorKind::Server(ServerErrorKind::BusyLoading));
+        assert_eq!(reply("MOVED 3999 127.0.0.1:6381").kind(), redis::ErrorKind::Server(ServerErrorKind::Moved));
+        // No typed kind for these: extension errors, with their code.
+        for code in ["NOAUTH", "WRONGPASS", "WRONGTYPE", "BUSY", "OOM"] {
+            let err = reply(&format!("{code} detail"));
+            assert_eq!((err.kind(), err.code()), (redis::ErrorKind::Extension, Some(code)));
+        }
+        // A pipeline whose first failing reply has no typed kind has no code either.
+        assert_eq!(pipeline(["-WRONGTYPE Operation against a key", ":-1"]).code(), None);
+    }
+
+    #[test]
+    fn refused_credentials_are_auth_errors() {
+        for line in ["NOAUTH Authentication required.", "WRONGPASS invalid username-password pair or user is disabled."]
+        {
+            let err = wrap(reply(line));
+            assert!(err.is_auth() && err.is_unhealthy() && err.is_redis(), "{line}");
+            assert!(!err.is_permission_denied(), "{line}");
+        }
+        let handshake =
+            redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "Password authentication failed"));
+        assert!(wrap(handshake).is_auth());
+        // The Cluster client keeps only the text of a node's refusal.
+        let cluster = redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "Failed to create initial connections",
+            reply("WRONGPASS invalid username-password pair").to_string(),
+        ));
+        assert!(wrap(cluster).is_auth());
+        assert!(wrap(pipeline(["-NOAUTH Authentication required.", "-NOAUTH Authentication required."])).is_auth());
+        // The word in another error's message is not a refusal.
+        assert!(!wrap(reply("ERR unknown command 'NOAUTH', with args beginning with:")).is_auth());
+        assert!(!wrap(reply("NOPERM User app has no permissions to run the 'auth' command")).is_auth());
+        assert!(!wrap(io(std::io::ErrorKind::ConnectionRefused)).is_auth());
+    }
+
+    #[test]
+    fn noperm_is_permission_denied_and_not_unhealthy() {
+        let err = wrap(reply("NOPERM User app has no permissions to run the 'flushall' command"));
+        assert!(err.is_permission_denied() && !err.is_unhealthy() && !err.is_auth());
+        assert_eq!(err.redis_code(), Some("NOPERM"));
+        let denied_second = wrap(pipeline(["+OK", "-NOPERM User app has no permissions to access the 'k' key"]));
+        assert!(denied_second.is_permission_denied() && !denied_second.is_unhealthy());
+        assert!(!wrap(reply("ERR NOPERM is not a command")).is_permission_denied());
+        assert!(!wrap(reply("WRONGPASS invalid username-password pair")).is_permission_denied());
+    }
+
+    #[test]
+    fn only_a_node_that_cannot_serve_is_unhealthy() {
+        for line in [
+            "LOADING Redis is loading the dataset in memory",
+            "CLUSTERDOWN The cluster is down",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "READONLY You can't write against a read only replica.",
+            "BUSY Redis is busy running a script.",
+            "NOREPLICAS Not enough good replicas to write.",
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+            "NOAUTH Authentication required.",
+        ] {
+            assert!(wrap(reply(line)).is_unhealthy(), "{line}");
+        }
+        for line in [
+            "ERR syntax error",
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "MOVED 3999 127.0.0.1:6381",
+            "ASK 3999 127.0.0.1:6381",
+            "CROSSSLOT Keys in request don't hash to the same slot",
+            "NOSCRIPT No matching script. Please use EVAL.",
+            "EXECABORT Transaction discarded because of previous errors.",
+            "BUSYGROUP Consumer Group name already exists",
+        ] {
+            assert!(!wrap(reply(line)).is_unhealthy(), "{line}");
+        }
+        // A pipeline is classified by its replies, whatever their position and kind.
+        assert!(!wrap(pipeline(["-WRONGTYPE Operation against a key", ":-1"])).is_unhealthy());
+        assert!(wrap(pipeline(["-LOADING Redis is loading", "-LOADING Redis is loading"])).is_unhealthy());
+        assert!(wrap(pipeline(["+OK", "-MISCONF unable to persist"])).is_unhealthy());
+        // Failures that are not replies.
+        for kind in [std::io::ErrorKind::ConnectionRefused, std::io::ErrorKind::ConnectionReset] {
+            let err = wrap(io(kind));
+            assert!(err.is_unhealthy() && err.is_redis() && !err.is_timeout(), "{kind:?}");
+        }
+        let timed_out = wrap(io(std::io::ErrorKind::TimedOut));
+        assert!(timed_out.is_unhealthy() && timed_out.is_timeout() && timed_out.is_unavailable());
+        let parse = redis::RedisError::from((redis::ErrorKind::Parse, "invalid reply"));
+        assert!(wrap(parse).is_unhealthy());
+    }
+
+    #[test]
+    fn redis_code_is_the_reply_code() {
+        assert_eq!(wrap(reply("WRONGTYPE Operation against a key")).redis_code(), Some("WRONGTYPE"));
+        assert_eq!(wrap(reply("BUSYGROUP Consumer Group name already exists")).redis_code(), Some("BUSYGROUP"));
+        assert_eq!(wrap(reply("MOVED 3999 127.0.0.1:6381")).redis_code(), Some("MOVED"));
+        assert_eq!(wrap(io(std::io::ErrorKind::ConnectionReset)).redis_code(), None);
+        assert_eq!(Error::config("x").redis_code(), None);
     }
 }

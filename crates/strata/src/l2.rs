@@ -48,7 +48,21 @@ pub enum Topology {
 }
 
 /// TLS material for `rediss://` connections (PEM bytes). Without a CA, the system roots are used.
+///
+/// ```no_run
+/// # fn demo() -> std::io::Result<()> {
+/// let tls = strata::TlsOptions::new()
+///     .ca_pem(std::fs::read("tls/ca.crt")?)
+///     .client_cert_pem(std::fs::read("tls/client.crt")?)   // only for servers that ask
+///     .client_key_pem(std::fs::read("tls/client.key")?);
+/// let builder = strata::Cache::builder().redis_url("rediss://127.0.0.1:6380").tls(tls);
+/// # let _ = builder;
+/// # Ok(()) }
+/// ```
+///
+/// `Debug` shows which parts are set, never their bytes.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct TlsOptions {
     /// CA certificate(s) that signed the server certificates.
     pub ca_pem: Option<Vec<u8>>,
@@ -63,11 +77,39 @@ impl std::fmt::Debug for TlsOptions {
         f.debug_struct("TlsOptions")
             .field("ca_pem", &self.ca_pem.is_some())
             .field("client_cert_pem", &self.client_cert_pem.is_some())
-            .finish_non_exhaustive()
+            .field("client_key_pem", &self.client_key_pem.is_some())
+            .finish()
     }
 }
 
 impl TlsOptions {
+    /// No CA (the system roots verify the servers) and no client certificate (same as `Default`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the CA certificate(s), PEM, that signed the server certificates.
+    #[must_use]
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Sets the client certificate, PEM, for servers that require client authentication
+    /// (used together with [`client_key_pem`](Self::client_key_pem)).
+    #[must_use]
+    pub fn client_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.client_cert_pem = Some(pem.into());
+        self
+    }
+
+    /// Sets the key of the client certificate, PEM.
+    #[must_use]
+    pub fn client_key_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.client_key_pem = Some(pem.into());
+        self
+    }
+
     pub(crate) fn certificates(&self) -> redis::TlsCertificates {
         let client_tls = match (&self.client_cert_pem, &self.client_key_pem) {
             (Some(cert), Some(key)) => {
@@ -420,7 +462,10 @@ impl L2 {
             Backend::Sentinel { conn, .. } => {
                 // A slow master is not a reason to ask the sentinels again; a lost connection or a
                 // demoted master is.
-                let demoted = matches!(err.code(), Some("READONLY" | "MASTERDOWN"));
+                let demoted = matches!(
+                    err.kind(),
+                    redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown)
+                );
                 let lost = !err.is_timeout() && (err.is_io_error() || err.is_connection_dropped());
                 if demoted || lost || err.is_connection_refusal() {
                     conn.reset();

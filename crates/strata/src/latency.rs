@@ -54,6 +54,7 @@ impl Histogram {
 
 /// A copy of one latency histogram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LatencySnapshot {
     bounds_micros: &'static [u64; BUCKETS],
     counts: [u64; BUCKETS + 1],

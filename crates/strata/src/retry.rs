@@ -24,15 +24,16 @@ pub(crate) const CAP: Duration = Duration::from_millis(200);
 /// attempt may reach another server (Sentinel re-resolves the master after it); a standalone
 /// server that is a replica stays one.
 pub(crate) fn is_retryable(err: &redis::RedisError, sentinel: bool) -> bool {
-    // A pipeline's error carries the code of its first failing reply. These replies refuse a
+    // A pipeline's error carries the kind of its first failing reply. These replies refuse a
     // server state, not a command, and a server changes state between reads of its socket, not
     // within a pipeline read in one go: the rest of the pipeline met the same refusal. (A pipeline
     // split across reads could straddle the change; the cache's pipelines set absolute values,
     // so running their first part twice is harmless, except that a write-behind dead letter
     // could then be recorded twice.)
-    match err.code() {
-        Some("LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN") => true,
-        Some("READONLY") => sentinel,
+    use redis::ServerErrorKind::{BusyLoading, ClusterDown, MasterDown, ReadOnly, TryAgain};
+    match err.kind() {
+        redis::ErrorKind::Server(BusyLoading | TryAgain | ClusterDown | MasterDown) => true,
+        redis::ErrorKind::Server(ReadOnly) => sentinel,
         _ => false,
     }
 }
@@ -85,8 +86,10 @@ fn jittered(n: u32, rng: &mut impl Rng) -> Duration {
 mod tests {
     use super::*;
 
+    /// The error redis-rs makes of the reply `-CODE detail`, parsed as it parses a server's.
     fn server_error(code: &str) -> redis::RedisError {
-        redis::make_extension_error(code.to_string(), Some("detail".into()))
+        let value = redis::parse_redis_value(format!("-{code} detail\r\n").as_bytes()).expect("a RESP error reply");
+        value.extract_error().expect_err("an error reply")
     }
 
     #[test]

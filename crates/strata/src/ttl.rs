@@ -33,7 +33,19 @@ impl From<Duration> for Ttl {
 }
 
 /// The durations behind the TTL classes, the jitter, and the negative-caching TTL.
+///
+/// ```
+/// use std::time::Duration;
+/// use strata::TtlPolicy;
+///
+/// let policy = TtlPolicy::new()
+///     .short(Duration::from_secs(30))
+///     .negative(Duration::from_secs(5))
+///     .jitter(0.2);                        // ±20 %
+/// assert_eq!(policy.medium, Duration::from_secs(600)); // the default
+/// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct TtlPolicy {
     /// Duration of [`Ttl::Short`].
     pub short: Duration,
@@ -61,6 +73,47 @@ impl Default for TtlPolicy {
 }
 
 impl TtlPolicy {
+    /// The defaults: short 1 minute, medium 10 minutes, long 1 hour, negative 30 s, jitter ±10 %
+    /// (same as `Default`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the duration of [`Ttl::Short`].
+    #[must_use]
+    pub fn short(mut self, ttl: Duration) -> Self {
+        self.short = ttl;
+        self
+    }
+
+    /// Sets the duration of [`Ttl::Medium`].
+    #[must_use]
+    pub fn medium(mut self, ttl: Duration) -> Self {
+        self.medium = ttl;
+        self
+    }
+
+    /// Sets the duration of [`Ttl::Long`].
+    #[must_use]
+    pub fn long(mut self, ttl: Duration) -> Self {
+        self.long = ttl;
+        self
+    }
+
+    /// Sets the TTL of a cached "not found".
+    #[must_use]
+    pub fn negative(mut self, ttl: Duration) -> Self {
+        self.negative = ttl;
+        self
+    }
+
+    /// Sets the jitter: a fraction in `[0, 0.5]` (checked when the cache is built).
+    #[must_use]
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
     /// The nominal duration of a TTL, before jitter.
     pub fn nominal(&self, ttl: Ttl) -> Duration {
         match ttl {
@@ -146,7 +199,7 @@ mod tests {
 
     #[test]
     fn jitter_stays_in_bounds_and_varies() {
-        let policy = TtlPolicy { jitter: 0.2, ..TtlPolicy::default() };
+        let policy = TtlPolicy::new().jitter(0.2);
         let base = Duration::from_secs(100);
         let samples: Vec<Duration> = (0..2000).map(|_| policy.jittered(Ttl::Custom(base))).collect();
         assert!(samples.iter().all(|d| *d >= Duration::from_secs(80) && *d <= Duration::from_secs(120)));
@@ -157,7 +210,7 @@ mod tests {
 
     #[test]
     fn classes_resolve_and_zero_jitter_is_exact() {
-        let policy = TtlPolicy { jitter: 0.0, ..TtlPolicy::default() };
+        let policy = TtlPolicy::new().jitter(0.0);
         assert_eq!(policy.jittered(Ttl::Short), Duration::from_secs(60));
         assert_eq!(policy.jittered(Ttl::Long), Duration::from_secs(3600));
         assert_eq!(policy.jittered(Ttl::Custom(Duration::ZERO)), Duration::from_millis(1));
@@ -178,7 +231,7 @@ mod tests {
 
     #[test]
     fn validation_rejects_bad_jitter() {
-        assert!(TtlPolicy { jitter: 0.9, ..TtlPolicy::default() }.validate().is_err());
+        assert!(TtlPolicy::new().jitter(0.9).validate().is_err());
         assert!(TtlPolicy::default().validate().is_ok());
     }
 }

@@ -24,7 +24,19 @@ use crate::error::{Error, ErrorKind, Result};
 pub use worker::Worker;
 
 /// How a [`WriteBehind`] queue is laid out in Redis and how its workers deliver.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let config = strata::WriteBehindConfig::new("orders")
+///     .partitions(16)
+///     .replicas_to_wait(1)                         // WAIT for one replica before `enqueue` returns
+///     .wait_timeout(Duration::from_millis(50))
+///     .max_attempts(10);
+/// assert_eq!(config.group, "strata");              // the default
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WriteBehindConfig {
     /// The queue's name; every Redis key of the queue starts with `{wb:<stream>:`.
     pub stream: String,
@@ -75,8 +87,102 @@ impl Default for WriteBehindConfig {
     }
 }
 
+impl WriteBehindConfig {
+    /// The defaults for the queue named `stream`: group `strata`, 8 partitions, no `WAIT`,
+    /// 5 attempts with backoff from 50 ms to 5 s, `claim_idle` 10 s, batches of 64, `poll`
+    /// 50 ms, dedup records kept 24 h.
+    pub fn new(stream: impl Into<String>) -> Self {
+        Self { stream: stream.into(), ..Self::default() }
+    }
+
+    /// Sets the queue's name (its Redis keys start with `{wb:<stream>:`).
+    #[must_use]
+    pub fn stream(mut self, stream: impl Into<String>) -> Self {
+        self.stream = stream.into();
+        self
+    }
+
+    /// Sets the consumer group the workers read with.
+    #[must_use]
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// Sets how many partition streams keys are sharded over (the delivery parallelism).
+    #[must_use]
+    pub fn partitions(mut self, partitions: u16) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// Sets how many replicas must confirm an entry (`WAIT`) before `enqueue` returns (0: no `WAIT`).
+    #[must_use]
+    pub fn replicas_to_wait(mut self, replicas: u32) -> Self {
+        self.replicas_to_wait = replicas;
+        self
+    }
+
+    /// Sets how long `WAIT` may block (shorter than the cache's operation timeout).
+    #[must_use]
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = timeout;
+        self
+    }
+
+    /// Sets the sink calls per entry before it goes to the dead-letter stream.
+    #[must_use]
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Sets the delay after the first failed attempt (doubled after each further failure).
+    #[must_use]
+    pub fn backoff(mut self, delay: Duration) -> Self {
+        self.backoff = delay;
+        self
+    }
+
+    /// Sets the upper bound of the retry delay.
+    #[must_use]
+    pub fn max_backoff(mut self, delay: Duration) -> Self {
+        self.max_backoff = delay;
+        self
+    }
+
+    /// Sets how long a worker that stopped renewing keeps its partitions (at least 30 ms).
+    #[must_use]
+    pub fn claim_idle(mut self, idle: Duration) -> Self {
+        self.claim_idle = idle;
+        self
+    }
+
+    /// Sets the entries read per XREADGROUP / XAUTOCLAIM.
+    #[must_use]
+    pub fn batch(mut self, entries: usize) -> Self {
+        self.batch = entries;
+        self
+    }
+
+    /// Sets how long an idle worker waits before reading an empty partition again.
+    #[must_use]
+    pub fn poll(mut self, interval: Duration) -> Self {
+        self.poll = interval;
+        self
+    }
+
+    /// Sets how long a dedup record lives (redeliveries of an idempotency key within it skip the sink).
+    #[must_use]
+    pub fn dedup_ttl(mut self, ttl: Duration) -> Self {
+        self.dedup_ttl = ttl;
+        self
+    }
+}
+
 /// One write as the sink sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WriteRecord {
     /// The stream entry ID (unique per partition; increasing within it).
     pub id: String,
@@ -93,8 +199,10 @@ pub struct WriteRecord {
     pub attempt: u32,
 }
 
-/// Counters of one [`WriteBehind`] (shared by its workers in this process).
+/// Counters of one [`WriteBehind`] (shared by its workers in this process), from
+/// [`WriteBehind::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WriteBehindStats {
     /// Entries acknowledged by `enqueue`.
     pub enqueued: u64,
@@ -126,6 +234,16 @@ pub struct WriteBehind {
     pub(crate) cache: Cache,
     pub(crate) config: Arc<WriteBehindConfig>,
     pub(crate) counters: Arc<Counters>,
+}
+
+/// The configuration and this process's counters (the cache is left out).
+impl std::fmt::Debug for WriteBehind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteBehind")
+            .field("config", &*self.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
 }
 
 impl WriteBehind {

@@ -73,6 +73,7 @@ impl Fault {
 }
 
 /// The Redis the drill runs on.
+#[derive(Debug)]
 pub enum Setup {
     /// A standalone server the drill started.
     Standalone(RedisServer),

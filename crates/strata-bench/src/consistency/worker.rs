@@ -76,7 +76,7 @@ pub async fn worker(options: WorkerOptions) -> anyhow::Result<()> {
     };
     let builder = if options.without_invalidation { builder.invalidation(Invalidation::disabled()) } else { builder };
     let cache = builder
-        .ttl_policy(TtlPolicy { short: VALUE_TTL, ..TtlPolicy::default() })
+        .ttl_policy(TtlPolicy::new().short(VALUE_TTL))
         .freshness(
             Freshness::new()
                 .early_refresh(1.0)

@@ -77,6 +77,21 @@ pub struct Services {
     cache: Cache,
 }
 
+/// Every service and the database; the cache is left out (`strata::Cache` has no `Debug`).
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("users", &self.users)
+            .field("products", &self.products)
+            .field("sessions", &self.sessions)
+            .field("limiter", &self.limiter)
+            .field("leaderboard", &self.leaderboard)
+            .field("visitors", &self.visitors)
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Services {
     /// Assembles the services. Fails on an invalid app name or a zero window / limit.
     pub fn new(db: Db, cache: Cache, redis: RawRedis, config: &ServiceConfig) -> Result<Services> {

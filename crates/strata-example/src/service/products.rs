@@ -17,6 +17,13 @@ pub struct Products {
     schema: KeySchema,
 }
 
+/// The database and the key schema; the cache is left out (`strata::Cache` has no `Debug`).
+impl std::fmt::Debug for Products {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Products").field("db", &self.db).field("schema", &self.schema).finish_non_exhaustive()
+    }
+}
+
 impl Products {
     /// Products of `db` cached in `cache` under `schema`. [`Services`](super::Services) builds one.
     pub fn new(db: Db, cache: Cache, schema: KeySchema) -> Self {

@@ -35,6 +35,19 @@ pub struct Sessions {
     max: Duration,
 }
 
+/// The timeouts, the key schema and the raw client; the cache is left out (`strata::Cache` has
+/// no `Debug`). Tokens are never stored here, so none can show.
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("schema", &self.schema)
+            .field("idle_ms", &self.idle_ms)
+            .field("max", &self.max)
+            .field("redis", &self.redis)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Length of a token in hex digits (128 random bits).
 const TOKEN_LEN: usize = 32;
 

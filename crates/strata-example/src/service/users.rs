@@ -21,6 +21,13 @@ pub struct Users {
     schema: KeySchema,
 }
 
+/// The database and the key schema; the cache is left out (`strata::Cache` has no `Debug`).
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Users").field("db", &self.db).field("schema", &self.schema).finish_non_exhaustive()
+    }
+}
+
 impl Users {
     /// Profiles of `db` cached in `cache` under `schema` (keys `{app}:v{N}:user:ID`). For a
     /// benchmark or an embedding that needs users alone; [`Services`](super::Services) builds one.

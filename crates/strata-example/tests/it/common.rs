@@ -65,7 +65,7 @@ pub async fn cache(urls: &[String]) -> Cache {
         .op_timeout(Duration::from_millis(500))
         .connect_timeout(Duration::from_millis(500))
         .invalidation(invalidation)
-        .breaker(BreakerConfig { failure_threshold: 3, open_for: Duration::from_millis(300) })
+        .breaker(BreakerConfig::new().failure_threshold(3).open_for(Duration::from_millis(300)))
         .build()
         .await
         .expect("build cache")

@@ -40,6 +40,19 @@ pub struct Worker {
     consumer: String,
 }
 
+/// The consumer name and the queue it drains.
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let config = &self.wb.config;
+        f.debug_struct("Worker")
+            .field("consumer", &self.consumer)
+            .field("stream", &config.stream)
+            .field("group", &config.group)
+            .field("partitions", &config.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why a session ended without an error.
 enum Outcome {
     Continue,
@@ -329,6 +342,8 @@ impl Worker {
             .arg("MKSTREAM")
             .clone();
         match self.call::<()>("XGROUP CREATE", cmd).await {
+            // The group exists already. redis-rs has no `ServerErrorKind` for `BUSYGROUP`: the
+            // reply's code is compared, exactly.
             Err(e) if e.redis_code() != Some("BUSYGROUP") => Err(e),
             _ => Ok(()),
         }

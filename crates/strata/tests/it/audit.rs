@@ -100,10 +100,7 @@ async fn batch_and_write_through_are_recorded(redis: Redis) -> TestResult {
         .set_through(&c, &4u32, Ttl::Short, |_| async { Err::<(), _>(std::io::Error::other("source down")) })
         .await;
     assert!(failed.is_err());
-    let queue = strata::WriteBehind::new(
-        &cache,
-        strata::WriteBehindConfig { stream: "it:audit".into(), ..Default::default() },
-    )?;
+    let queue = strata::WriteBehind::new(&cache, strata::WriteBehindConfig::new("it:audit"))?;
     queue.enqueue("it:v1:orders:9", b"payload", "idem-9").await?;
 
     let lines = wait_for(|| sink.lines(), 5);

@@ -50,7 +50,7 @@ impl Redis {
         b.op_timeout(Duration::from_millis(500))
             .connect_timeout(Duration::from_millis(500))
             .invalidation(invalidation)
-            .breaker(BreakerConfig { failure_threshold: 3, open_for: Duration::from_millis(300) })
+            .breaker(BreakerConfig::new().failure_threshold(3).open_for(Duration::from_millis(300)))
     }
 
     pub async fn cache(&self) -> Cache {

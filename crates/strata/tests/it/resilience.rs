@@ -106,7 +106,7 @@ async fn a_dead_master_does_not_stop_the_other_slots() -> TestResult {
         .l1_capacity_bytes(0)
         .op_timeout(Duration::from_millis(500))
         .connect_timeout(Duration::from_millis(500))
-        .breaker(strata::BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(60) })
+        .breaker(strata::BreakerConfig::new().failure_threshold(3).open_for(Duration::from_secs(60)))
         .build()
         .await?;
     let schema = KeySchema::new("it", 1)?;

@@ -41,7 +41,7 @@ impl Secrets {
 fn tls_options(tls: &TlsMaterial) -> TlsOptions {
     let read = |p: &Path| std::fs::read(p).expect("read PEM");
     let (cert, key) = tls.client.as_ref().expect("client certificate");
-    TlsOptions { ca_pem: Some(read(&tls.ca_cert)), client_cert_pem: Some(read(cert)), client_key_pem: Some(read(key)) }
+    TlsOptions::new().ca_pem(read(&tls.ca_cert)).client_cert_pem(read(cert)).client_key_pem(read(key))
 }
 
 fn secure_server(s: &Secrets) -> RedisServer {
@@ -72,7 +72,7 @@ fn builder(urls: Vec<String>, cluster: bool, s: &Secrets, user: &str, password: 
         .op_timeout(Duration::from_secs(2))
         .connect_timeout(Duration::from_secs(2))
         .invalidation(Invalidation::default().heartbeat(Duration::from_millis(200), Duration::from_secs(2)))
-        .breaker(BreakerConfig { failure_threshold: 3, open_for: Duration::from_millis(300) })
+        .breaker(BreakerConfig::new().failure_threshold(3).open_for(Duration::from_millis(300)))
 }
 
 fn assert_noperm<T: std::fmt::Debug>(what: &str, r: redis::RedisResult<T>) {

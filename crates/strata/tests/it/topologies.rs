@@ -23,7 +23,7 @@ async fn sentinel_follows_a_failover() -> TestResult {
         .l1_capacity_bytes(0)
         .op_timeout(Duration::from_millis(300))
         .connect_timeout(Duration::from_millis(300))
-        .breaker(strata::BreakerConfig { failure_threshold: 3, open_for: Duration::from_millis(300) })
+        .breaker(strata::BreakerConfig::new().failure_threshold(3).open_for(Duration::from_millis(300)))
         .build()
         .await?;
     let schema = KeySchema::new("it", 1)?;

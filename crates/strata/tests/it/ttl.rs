@@ -8,7 +8,7 @@ use crate::on_both;
 /// Every written TTL lies within nominal ± jitter, the TTLs are actually spread, and no key the
 /// cache writes (set, set_many, get_or_set, negative entries) is left without a TTL.
 async fn ttls_are_jittered_and_always_present(redis: Redis) -> TestResult {
-    let policy = TtlPolicy { jitter: 0.2, negative: Duration::from_secs(30), ..TtlPolicy::default() };
+    let policy = TtlPolicy::new().jitter(0.2).negative(Duration::from_secs(30));
     let cache = redis.builder().ttl_policy(policy).build().await?;
     let schema = KeySchema::new("it", 1)?;
     let nominal = Duration::from_secs(1000);

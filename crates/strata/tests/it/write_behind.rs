@@ -15,16 +15,13 @@ use crate::on_both;
 const PARTITIONS: u16 = 4;
 
 fn config(stream: &str) -> WriteBehindConfig {
-    WriteBehindConfig {
-        stream: stream.into(),
-        partitions: PARTITIONS,
-        backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(10),
-        claim_idle: Duration::from_millis(300),
-        poll: Duration::from_millis(10),
-        batch: 16,
-        ..WriteBehindConfig::default()
-    }
+    WriteBehindConfig::new(stream)
+        .partitions(PARTITIONS)
+        .backoff(Duration::from_millis(1))
+        .max_backoff(Duration::from_millis(10))
+        .claim_idle(Duration::from_millis(300))
+        .poll(Duration::from_millis(10))
+        .batch(16)
 }
 
 /// Runs a worker in this process until `done` says the sink has everything (30 s at most).
@@ -60,13 +57,10 @@ async fn delivers_in_key_order(redis: Redis) -> TestResult {
     // A loaded test machine can take a while to get the replica's ack; the bound stays below
     // the cache's 500 ms op timeout.
     let wait_timeout = Duration::from_millis(400);
-    let wb =
-        WriteBehind::new(&cache, WriteBehindConfig { replicas_to_wait: replicas, wait_timeout, ..config("order") })?;
+    let wb = WriteBehind::new(&cache, config("order").replicas_to_wait(replicas).wait_timeout(wait_timeout))?;
     if !cluster {
-        let strict = WriteBehind::new(
-            &cache,
-            WriteBehindConfig { replicas_to_wait: 1, wait_timeout: Duration::from_millis(20), ..config("strict") },
-        )?;
+        let strict =
+            WriteBehind::new(&cache, config("strict").replicas_to_wait(1).wait_timeout(Duration::from_millis(20)))?;
         let err = strict.enqueue("k", b"v", "strict-1").await.expect_err("no replica can confirm");
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     }
@@ -133,7 +127,10 @@ async fn delivers_in_key_order(redis: Redis) -> TestResult {
 async fn poisoned_writes_are_dead_lettered() -> TestResult {
     let redis = Redis::standalone();
     let cache = redis.cache().await;
-    let wb = WriteBehind::new(&cache, WriteBehindConfig { max_attempts: 3, ..config("poison") })?;
+    let wb = WriteBehind::new(&cache, config("poison").max_attempts(3))?;
+    let worker = wb.worker();
+    let shown = format!("{wb:?} {worker:?}");
+    assert!(shown.contains(r#"stream: "poison""#) && shown.contains(worker.consumer()), "{shown}");
     let mut poisoned = 0;
     for i in 0..40 {
         let value = if i % 7 == 3 { "poison" } else { "ok" };
@@ -183,10 +180,7 @@ async fn poisoned_writes_are_dead_lettered() -> TestResult {
 async fn a_slow_sink_keeps_its_partition() -> TestResult {
     let redis = Redis::standalone();
     let cache = redis.cache().await;
-    let wb = WriteBehind::new(
-        &cache,
-        WriteBehindConfig { partitions: 1, claim_idle: Duration::from_millis(150), ..config("slow") },
-    )?;
+    let wb = WriteBehind::new(&cache, config("slow").partitions(1).claim_idle(Duration::from_millis(150)))?;
     for i in 0..4 {
         wb.enqueue("slow", i.to_string().as_bytes(), &format!("s{i}")).await?;
     }
