@@ -128,6 +128,13 @@ impl Error {
         self.source.as_deref()?.downcast_ref::<redis::RedisError>()?.code()
     }
 
+    /// Whether Redis answered `WRONGTYPE` (the key holds a list, a set...: nothing this cache
+    /// wrote), also inside a pipeline, where redis-rs gives no code for it.
+    pub(crate) fn is_wrong_type(&self) -> bool {
+        let Some(e) = self.redis_error() else { return false };
+        e.code() == Some("WRONGTYPE") || server_errors(e).iter().any(|s| s.code() == "WRONGTYPE")
+    }
+
     /// The coarse kind of this error.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -345,6 +352,15 @@ mod tests {
         }
         // A pipeline whose first failing reply has no typed kind has no code either.
         assert_eq!(pipeline(["-WRONGTYPE Operation against a key", ":-1"]).code(), None);
+    }
+
+    #[test]
+    fn wrongtype_is_seen_alone_and_inside_a_pipeline() {
+        assert!(wrap(reply("WRONGTYPE Operation against a key")).is_wrong_type());
+        let piped = wrap(pipeline(["-WRONGTYPE Operation against a key holding the wrong kind of value", ":-1"]));
+        assert!(piped.is_wrong_type() && !piped.is_unhealthy());
+        assert!(!wrap(reply("OOM command not allowed")).is_wrong_type());
+        assert!(!wrap(io(std::io::ErrorKind::ConnectionReset)).is_wrong_type());
     }
 
     #[test]

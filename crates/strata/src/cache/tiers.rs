@@ -179,7 +179,7 @@ impl Inner {
                 tracing::debug!(key = %key, tier = "l2", "cache miss");
                 Ok(L2Read::Miss)
             }
-            Err(err) if err.redis_code() == Some("WRONGTYPE") => {
+            Err(err) if err.is_wrong_type() => {
                 // Not a string: not something this cache wrote.
                 self.discard_foreign(key, &ns.corrupt, ns, None).await;
                 Ok(L2Read::Miss)

@@ -115,6 +115,36 @@ async fn a_wrongtype_reply_is_not_retried() -> TestResult {
     Ok(())
 }
 
+/// The same with L1 on, where the read is a pipeline (GET + PTTL, and the lease script on a
+/// `get_or_set`): a WRONGTYPE reply inside it is still a foreign key, removed, and the load's
+/// value replaces it; it does not count against the breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrongtype_reply_in_a_pipelined_read_is_a_foreign_key() -> TestResult {
+    let server = RedisServer::start()?;
+    let cache = Cache::builder().redis_url(server.url()).op_timeout(Duration::from_secs(5)).build().await?;
+    let mut raw = server.connection()?;
+    let schema = KeySchema::new("it", 1)?;
+    for (i, id) in ["get", "get-or-set"].into_iter().enumerate() {
+        let key = schema.key("item", id)?;
+        redis::cmd("RPUSH").arg(key.as_str()).arg("not a cache value").query::<()>(&mut raw)?;
+        if i == 0 {
+            assert_eq!(cache.get::<String>(&key).await?, None);
+            let exists: bool = redis::cmd("EXISTS").arg(key.as_str()).query(&mut raw)?;
+            assert!(!exists, "the foreign key should have been removed");
+        } else {
+            let v =
+                cache.get_or_set(&key, Ttl::Medium, || async { Ok::<_, std::io::Error>("loaded".to_owned()) }).await?;
+            assert_eq!(v, "loaded");
+            assert_eq!(cache.get::<String>(&key).await?.as_deref(), Some("loaded"));
+        }
+    }
+    let stats = cache.metrics();
+    assert_eq!(stats.namespace("it:v1:item").corrupt, 2, "{stats:?}");
+    assert_eq!(stats.l2_retries, 0, "{stats:?}");
+    assert_eq!(stats.breaker_state, strata::BreakerState::Closed, "{stats:?}");
+    Ok(())
+}
+
 /// Sentinel: a write that reaches a master demoted since the last call (`READONLY`) is retried
 /// on the master the sentinels name now, within the same call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
