@@ -120,6 +120,11 @@ pub struct Report {
     pub bound_ms: f64,
     /// Source writes (each followed by a `delete` through the writer's cache).
     pub writes: usize,
+    /// The stalest read (within the bound or not), with the write that superseded it; its
+    /// times are on the host's monotonic clock, like `fault_window_ns`.
+    pub worst_read: Option<crate::consistency::history::StaleRead>,
+    /// When the fault was injected and when the injector finished, monotonic clock in ns.
+    pub fault_window_ns: (u64, u64),
 }
 
 /// One call's outcome, times relative to the start of the load.
@@ -188,6 +193,7 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     // The writer deletes only odd keys: the even ones must survive a reshard untouched.
     let written: Vec<String> = keys.iter().step_by(2).map(|k| k.as_str().to_owned()).collect();
     let fault_start = t0.elapsed();
+    let fault_start_ns = now_ns();
     let injected = tokio::task::spawn_blocking(move || {
         let result = fault_inject::inject(&mut nodes, fault, outage_for, &written);
         (nodes, result)
@@ -195,6 +201,7 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     .await?;
     let (nodes, survival) = (injected.0, injected.1);
     let fault_end = t0.elapsed();
+    let fault_window_ns = (fault_start_ns, now_ns());
     bar.set_message("load after the fault");
     let rest = options.duration.saturating_sub(fault_end);
     // Enough time after recovery for the breakers (open for 1 s by default) to probe and close.
@@ -226,6 +233,8 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     report.max_staleness_ms = verdict.max_staleness_ms;
     report.bound_ms = options.bound.as_secs_f64() * 1e3;
     report.writes = writes;
+    report.worst_read = verdict.worst;
+    report.fault_window_ns = fault_window_ns;
     let _ = fault_inject::remove_keys(&nodes, keys.iter().map(|k| k.as_str().to_owned()).collect());
     Ok(report)
 }
@@ -346,6 +355,8 @@ fn summarize(calls: &[Call], fault_start: Duration, fault_end: Duration) -> Repo
         stale_reads: 0,
         max_staleness_ms: 0.0,
         bound_ms: 0.0,
+        worst_read: None,
+        fault_window_ns: (0, 0),
         writes: 0,
     }
 }

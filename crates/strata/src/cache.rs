@@ -68,10 +68,8 @@ impl std::fmt::Debug for Cache {
 pub(crate) struct Inner {
     /// The in-process tier and its admission rules (tickets, echoes, tracking health).
     l1: L1,
-    /// Redis (retries and timeouts inside each call).
+    /// Redis, behind its circuit breakers (timeouts and retries inside each call).
     l2: L2,
-    /// Circuit breakers in front of Redis: one for all of it, and one per slot range on a cluster.
-    breakers: Breakers,
     /// In-process single-flight of loads.
     flights: Flights,
     /// Background refreshes running in this process (`get_or_refresh`).
@@ -134,7 +132,7 @@ impl Inner {
     }
 
     fn l2_breakers(&self) -> &Breakers {
-        &self.breakers
+        self.l2.breakers()
     }
 
     /// Counts one event of `key`'s namespace.

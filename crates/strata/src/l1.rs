@@ -201,13 +201,20 @@ pub(crate) struct L1 {
     store: Option<Store>,
     coherence: Coherence,
     max_ttl: Duration,
+    /// The longest a value loaded while Redis was unreachable stays (see [`L1::fill_loaded`]).
+    loaded_ttl: Duration,
 }
 
 impl L1 {
     /// `None` budget: L1 off (every method is then a no-op and every lookup a miss).
-    pub(crate) fn new(budget: Option<(u64, u64, L1Policy)>, max_ttl: Duration, coherence: Coherence) -> Self {
+    /// `loaded_ttl`: the longest a value loaded while Redis was unreachable stays.
+    pub(crate) fn new(
+        budget: Option<(u64, u64, L1Policy)>,
+        (max_ttl, loaded_ttl): (Duration, Duration),
+        coherence: Coherence,
+    ) -> Self {
         let store = budget.map(|(bytes, max_entry, policy)| Store::new(bytes, max_entry, policy));
-        Self { store, coherence, max_ttl }
+        Self { store, coherence, max_ttl, loaded_ttl }
     }
 
     /// Whether L1 is on.
@@ -237,9 +244,14 @@ impl L1 {
         self.fill_if(key, fill, || self.coherence.admits(ticket));
     }
 
-    /// [`fill`](Self::fill) for a value fresh from the loader that Redis could not take: kept
-    /// while Redis is away (so the source is not hammered) unless the key was invalidated.
-    pub(crate) fn fill_loaded(&self, key: &Arc<str>, fill: Fill, ticket: &Ticket) {
+    /// [`fill`](Self::fill) for a value fresh from the loader that Redis could not take: it
+    /// stands in while Redis is away, so the source is not hammered, unless the key was
+    /// invalidated since the load began. For one heartbeat interval at most: when Redis comes
+    /// back, this instance may not know at once (its breaker still open, its tracking not yet
+    /// reconnected, so no invalidation reaches it), while other instances write again; a copy
+    /// kept longer could outlive the staleness bound.
+    pub(crate) fn fill_loaded(&self, key: &Arc<str>, mut fill: Fill, ticket: &Ticket) {
+        fill.ttl = fill.ttl.min(self.loaded_ttl);
         self.fill_if(key, fill, || self.coherence.admits_loaded(ticket));
     }
 

@@ -16,7 +16,7 @@
 //! retried: the circuit breaker and the loader fallback deal with them.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -27,7 +27,9 @@ use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType}
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::time::Instant;
 
+use crate::breaker::{BreakerConfig, Breakers};
 use crate::error::{Error, Result};
+use crate::metrics::Globals;
 use crate::retry::{self, Backoff};
 
 /// Where Redis is.
@@ -235,13 +237,15 @@ pub(crate) struct L2 {
     backend: Backend,
     pub(crate) op_timeout: Duration,
     connect_timeout: Duration,
-    /// Attempts made again after a "try again" reply (shared with the cache's metrics).
-    retries: Arc<AtomicU64>,
+    /// The cache's global counters: calls, errors, timeouts, retries, breaker rejections.
+    globals: Arc<Globals>,
+    /// Circuit breakers in front of Redis: one for all of it, and one per slot range on a cluster.
+    breakers: Breakers,
 }
 
 impl L2 {
-    /// Validates the configuration and prepares the client. Does not wait for Redis. Retries
-    /// made by [`run`](Self::run) are counted in `retries`.
+    /// Validates the configuration and prepares the client. Does not wait for Redis. Calls,
+    /// errors and the retries made by [`run`](Self::run) are counted in `globals`.
     ///
     /// The Cluster client retries by itself (redis-rs 1.8, `cluster_async` request handling,
     /// checked in its source): `MOVED` and `ASK` are followed at once (`MOVED` also refreshes
@@ -252,7 +256,7 @@ impl L2 {
     /// these. It gives up after `retries` (3) retries, none of them counted in `l2_retries`.
     /// Two such clients are built: one with those retries, one with none for first attempts
     /// (even with no retries left, a `MOVED` still makes redis-rs refresh its slot map).
-    pub(crate) fn new(config: &L2Config, retries: Arc<AtomicU64>) -> Result<Self> {
+    pub(crate) fn new(config: &L2Config, globals: Arc<Globals>, breaker: BreakerConfig) -> Result<Self> {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             // Our own timer bounds every call (see `run`); a second one inside the driver would
@@ -340,7 +344,8 @@ impl L2 {
                 Backend::Sentinel { client: tokio::sync::Mutex::new(client), manager_config, conn: Slot::default() }
             }
         };
-        Ok(Self { backend, op_timeout: config.op_timeout, connect_timeout: config.connect_timeout, retries })
+        let breakers = Breakers::new(breaker, matches!(backend, Backend::Cluster { .. }));
+        Ok(Self { backend, op_timeout: config.op_timeout, connect_timeout: config.connect_timeout, globals, breakers })
     }
 
     /// The connection when one is ready without waiting (always, for a standalone server).
@@ -432,7 +437,7 @@ impl L2 {
                     return Err(err);
                 };
                 self.after_error(&err);
-                self.retries.fetch_add(1, Ordering::Relaxed);
+                self.globals.l2_retries.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(context, error = %err, ?delay, "redis asked to try again; retrying");
                 tokio::time::sleep(delay).await;
                 conn = match self.ready_conn() {
@@ -446,6 +451,50 @@ impl L2 {
             self.after_error(&e);
             if e.is_timeout() { Error::timeout(context, self.op_timeout) } else { Error::redis(context, e) }
         })
+    }
+
+    /// One call of the cache: on `key` (and keys in its hash slot) through the breaker of its
+    /// slot range, or naming no key (`None`) through the whole-Redis breaker only; then
+    /// [`run`](Self::run), with timeout, retries and error accounting. Only errors that say
+    /// Redis is unhealthy count against the breaker (see [`Error::is_unhealthy`]).
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        key: Option<&[u8]>,
+        context: &str,
+        op: F,
+        redirected: impl Fn(&str) + Sync,
+    ) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let globals = &self.globals;
+        let Some(permit) = self.breakers.try_acquire(key) else {
+            globals.breaker_rejections.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::circuit_open());
+        };
+        // Boxed: it keeps the layout of callers' futures shallow. Unboxed, the retry loop nested
+        // inside every cache operation's state machine made code using the cache overflow the
+        // compiler's query depth limit. One allocation next to a network round trip.
+        let started = std::time::Instant::now();
+        let result = Box::pin(self.run(context, op, &redirected)).await;
+        globals.l2_latency.0.record(started.elapsed());
+        match &result {
+            Ok(_) => self.breakers.record(permit, true),
+            Err(err) => {
+                let counter = if err.is_timeout() { &globals.l2_timeouts } else { &globals.l2_errors };
+                counter.fetch_add(1, Ordering::Relaxed);
+                // Bounded by the breaker: after a few failures calls are skipped, not logged.
+                tracing::warn!(command = context, error = %err, timeout = err.is_timeout(), "redis call failed");
+                self.breakers.record(permit, !err.is_unhealthy());
+            }
+        }
+        result
+    }
+
+    /// The circuit breakers.
+    pub(crate) fn breakers(&self) -> &Breakers {
+        &self.breakers
     }
 
     /// Whether keys must be grouped by hash slot for multi-key commands and pipelines.

@@ -152,7 +152,8 @@ pub(crate) struct Globals {
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     namespaces: RwLock<HashMap<Arc<str>, Arc<NsCounters>>>,
-    pub(crate) globals: Globals,
+    /// Shared with the L2 tier, which counts its calls.
+    pub(crate) globals: Arc<Globals>,
 }
 
 impl Metrics {

@@ -7,7 +7,7 @@ use super::Stamps;
 use super::hot::HotRegistry;
 use super::load::Flights;
 use super::{Cache, Inner};
-use crate::breaker::{BreakerConfig, Breakers};
+use crate::breaker::BreakerConfig;
 use crate::codec::{Codec, Format};
 use crate::crypt::Encryption;
 use crate::error::{Error, Result};
@@ -318,16 +318,14 @@ impl CacheBuilder {
             connect_timeout: self.connect_timeout,
         };
         let metrics = Metrics::default();
-        let l2 = L2::new(&l2_config, metrics.globals.l2_retries.clone())?;
-        let breakers = Breakers::new(self.breaker, l2.is_cluster());
+        let l2 = L2::new(&l2_config, metrics.globals.clone(), self.breaker)?;
         let budget = (self.l1_bytes > 0)
             .then(|| (self.l1_bytes, self.l1_max_entry_bytes.unwrap_or(self.l1_bytes / 16).max(1), self.l1_policy));
         let tracked = self.invalidation.enabled && budget.is_some();
         let coherence = Coherence::new(tracked, self.invalidation.prefixes.clone());
         let inner = Inner {
-            l1: L1::new(budget, self.l1_max_ttl, coherence),
+            l1: L1::new(budget, (self.l1_max_ttl, self.invalidation.heartbeat), coherence),
             l2,
-            breakers,
             flights: Flights::default(),
             refreshes: Arc::new(Refreshes::default()),
             stamps: Stamps::new(self.stamp_refresh),

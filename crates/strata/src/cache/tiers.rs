@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -648,10 +648,9 @@ impl Inner {
         self.call_on(None, context, op).await
     }
 
-    /// One Redis call on `key` (and keys in its hash slot) through the breaker of its slot range,
-    /// with timeout and error accounting. Only errors that say Redis is unhealthy count against
-    /// the breaker (see [`Error::is_unhealthy`]). `op` may run more than once: see
-    /// [`L2::run`](crate::l2::L2::run).
+    /// One Redis call on `key` (and keys in its hash slot) through the breaker of its slot range
+    /// ([`L2::call`](crate::l2::L2::call)); a redirect it meets is reported to the invalidation
+    /// supervisor. `op` may run more than once: see [`L2::run`](crate::l2::L2::run).
     pub(crate) async fn call_for<T, F, Fut>(&self, key: impl AsRef<[u8]>, context: &str, op: F) -> Result<T>
     where
         F: Fn(Conn) -> Fut,
@@ -660,34 +659,18 @@ impl Inner {
         self.call_on(Some(key.as_ref()), context, op).await
     }
 
-    async fn call_on<T, F, Fut>(&self, key: Option<&[u8]>, context: &str, op: F) -> Result<T>
+    fn call_on<'a, T, F, Fut>(
+        &'a self,
+        key: Option<&'a [u8]>,
+        context: &'a str,
+        op: F,
+    ) -> impl Future<Output = Result<T>> + 'a
     where
-        F: Fn(Conn) -> Fut,
-        Fut: Future<Output = redis::RedisResult<T>>,
+        F: Fn(Conn) -> Fut + 'a,
+        Fut: Future<Output = redis::RedisResult<T>> + 'a,
+        T: 'a,
     {
-        let globals = &self.metrics.globals;
-        let breakers = &self.breakers;
-        let Some(permit) = breakers.try_acquire(key) else {
-            globals.breaker_rejections.fetch_add(1, Ordering::Relaxed);
-            return Err(Error::circuit_open());
-        };
-        // Boxed: it keeps the layout of callers' futures shallow. Unboxed, the retry loop nested
-        // inside every cache operation's state machine made `async fn main` code using the cache
-        // overflow the compiler's query depth limit. One allocation next to a network round trip.
-        let started = std::time::Instant::now();
-        let result = Box::pin(self.l2.run(context, op, &self.on_redirect())).await;
-        globals.l2_latency.0.record(started.elapsed());
-        match &result {
-            Ok(_) => breakers.record(permit, true),
-            Err(err) => {
-                let counter = if err.is_timeout() { &globals.l2_timeouts } else { &globals.l2_errors };
-                counter.fetch_add(1, Ordering::Relaxed);
-                // Bounded by the breaker: after a few failures calls are skipped, not logged.
-                tracing::warn!(command = context, error = %err, timeout = err.is_timeout(), "redis call failed");
-                breakers.record(permit, !err.is_unhealthy());
-            }
-        }
-        result
+        self.l2.call(key, context, op, self.on_redirect())
     }
 }
 
