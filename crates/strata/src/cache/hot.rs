@@ -73,15 +73,15 @@ pub(crate) enum HotRead<T> {
 }
 
 impl Inner {
-    /// After an L1 miss: reads one random copy of a hot key. Fills L1 on a hit, for no longer
-    /// than the copy has left.
+    /// After an L1 miss of a hot key with `copies` copies (at least 1): reads one at random.
+    /// Fills L1 on a hit, for no longer than the copy has left.
     pub(crate) async fn hot_read<T: CacheValue>(
         &self,
         key: &Key,
+        copies: usize,
         ns: &NsCounters,
         accept_negative: bool,
     ) -> HotRead<T> {
-        let copies = self.hot.copies(key);
         if copies == 0 {
             return HotRead::NotHot;
         }

@@ -115,10 +115,14 @@ impl Inner {
         if let Some(found) = self.l1_lookup::<T>(key, &ns, true).await {
             return found;
         }
-        let copy = match self.hot_read::<T>(key, &ns, true).await {
-            HotRead::Hit(found) => return found,
-            HotRead::Missed(copy) => Some(copy),
-            HotRead::NotHot => None,
+        // A hot key (rare) is read from one of its copies first.
+        let copy = match self.hot.copies(key) {
+            0 => None,
+            copies => match self.hot_read::<T>(key, copies, &ns, true).await {
+                HotRead::Hit(found) => return found,
+                HotRead::Missed(copy) => Some(copy),
+                HotRead::NotHot => None,
+            },
         };
         match self.read_l2::<T>(key, &ns, true).await {
             Ok(L2Read::Value(v)) => {
@@ -170,10 +174,14 @@ impl Inner {
         if let Some(found) = self.l1_lookup::<T>(key, &ns, negative_is_hit).await {
             return Ok(found);
         }
-        let copy = match self.hot_read::<T>(key, &ns, negative_is_hit).await {
-            HotRead::Hit(found) => return Ok(found),
-            HotRead::Missed(copy) => Some(copy),
-            HotRead::NotHot => None,
+        // A hot key (rare) is read from one of its copies first.
+        let copy = match self.hot.copies(key) {
+            0 => None,
+            copies => match self.hot_read::<T>(key, copies, &ns, negative_is_hit).await {
+                HotRead::Hit(found) => return Ok(found),
+                HotRead::Missed(copy) => Some(copy),
+                HotRead::NotHot => None,
+            },
         };
         // Plain and optional loads of one type are separate flights: one may not satisfy the other.
         let kind = (TypeId::of::<T>(), u8::from(negative_is_hit));
