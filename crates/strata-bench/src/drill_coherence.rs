@@ -92,7 +92,8 @@ pub async fn run(urls: &[String], options: &Options, progress: bool) -> anyhow::
         (0..KEYS).map(|k| schema.key("coherence", &format!("{run_id}-{k}"))).collect::<Result<_, _>>()?;
     let scratch = schema.key("coherence", &format!("{run_id}-scratch"))?;
     let mut plain = PlainClient::connect(urls).await?;
-    let result = drive(writer, readers, &keys, &scratch, &mut plain, options, started, progress).await;
+    let mut rig = Rig { writer, readers, keys: &keys, scratch: &scratch, plain: &mut plain };
+    let result = drive(&mut rig, options, started, progress).await;
     let mut all = keys.clone();
     all.push(scratch);
     for key in &all {
@@ -103,17 +104,19 @@ pub async fn run(urls: &[String], options: &Options, progress: bool) -> anyhow::
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn drive(
-    writer: &Cache,
-    readers: &[Cache],
-    keys: &[Key],
-    scratch: &Key,
-    plain: &mut PlainClient,
-    options: &Options,
-    started: Instant,
-    progress: bool,
-) -> anyhow::Result<Report> {
+/// What the drill drives: the writing instance, the reading ones, the keys, the scratch key a
+/// plain client copies from, and that client.
+struct Rig<'a> {
+    writer: &'a Cache,
+    readers: &'a [Cache],
+    keys: &'a [Key],
+    scratch: &'a Key,
+    plain: &'a mut PlainClient,
+}
+
+async fn drive(rig: &mut Rig<'_>, options: &Options, started: Instant, progress: bool) -> anyhow::Result<Report> {
+    let Rig { writer, readers, keys, scratch, plain } = rig;
+    let (writer, readers, keys, scratch) = (*writer, *readers, *keys, *scratch);
     for key in keys {
         writer.set(key, &"initial".to_owned(), Ttl::Long).await?;
         for reader in readers {
