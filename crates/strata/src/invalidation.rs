@@ -108,7 +108,7 @@ impl Invalidation {
         let mut all = self.prefixes.clone();
         for prefix in &self.prefixes {
             match prefix.split_once(':') {
-                // Meta ids start with the key's first segment: `{app:...}` or `{app}`.
+                // Stamp ids start with the key's first segment: `{app:...}` or `{app}`.
                 Some((app, _)) => all.extend([format!("{{{app}:"), format!("{{{app}}}")]),
                 None => all.push(format!("{{{prefix}")),
             }

@@ -7,7 +7,7 @@
 //! writer knew them *before* producing the value (its [`Marks`]). A value whose recorded
 //! generation is below the current one was produced before an invalidation: it is a miss.
 //!
-//! Meta keys use the lease key's shape so that an application's ACL (`~app:* ~{app:*`) covers
+//! Stamp keys use the lease key's shape so that an application's ACL (`~app:* ~{app:*`) covers
 //! them and `SCAN MATCH app:v1:user:*` (pattern invalidation, inspection) never meets them:
 //!
 //! - namespace `app:v1:user` → `{app:v1:user}:stamp`

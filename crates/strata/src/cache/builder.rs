@@ -324,7 +324,12 @@ impl CacheBuilder {
         let tracked = self.invalidation.enabled && budget.is_some();
         let coherence = Coherence::new(tracked, self.invalidation.prefixes.clone());
         let inner = Inner {
-            l1: L1::new(budget, (self.l1_max_ttl, self.invalidation.heartbeat), coherence),
+            // Without tracking, `l1_max_ttl` bounds every L1 copy's staleness already.
+            l1: L1::new(
+                budget,
+                (self.l1_max_ttl, if tracked { self.invalidation.heartbeat } else { self.l1_max_ttl }),
+                coherence,
+            ),
             l2,
             flights: Flights::default(),
             refreshes: Arc::new(Refreshes::default()),

@@ -2,18 +2,18 @@
 //!
 //! ```text
 //! get_or_load                                  (get_or_set, get_or_set_optional, get_or_set_tagged)
-//!  ├─ L1 lookup (stamps checked)               hit → return          tiers.rs · l1.rs
-//!  ├─ hot key? read one copy                   hit → return          hot.rs
-//!  └─ single-flight: one load per key here     others wait           flight.rs
+//!  ├─ L1 lookup (stamps checked)               hit → return          cache/tiers.rs · l1.rs
+//!  ├─ hot key? read one copy                   hit → return          cache/hot.rs
+//!  └─ single-flight: one load per key here     others wait           Flights, below
 //!      └─ load_through (the leader)
-//!          ├─ L2 read + lease attempt, one round trip                read_leasing
+//!          ├─ L2 read + lease attempt, one round trip                read_leasing · l2.rs
 //!          │    value → return (L1 filled with the ticket of the read)
 //!          ├─ miss: coordinate with other processes                  coordinate
 //!          │    lease taken → load │ another's value appears → return │ waited too long → load
-//!          ├─ capture the marks (namespace/tag generations) BEFORE the load   marks.rs
+//!          ├─ capture the marks (namespace/tag generations) BEFORE the load   cache/stamps.rs
 //!          ├─ loader, under the soft / hard timeouts; failed → fail-safe value or error
 //!          └─ store_loaded: encode, store under the lease (refused if an invalidation
-//!             revoked it), L1 after the write's echo; Redis away → L1 only   tiers.rs
+//!             revoked it), L1 after the write's echo; Redis away → L1 only   cache/tiers.rs
 //! ```
 //!
 //! [`Inner::get_or_refresh`] runs the same load in a task, and adds early refresh and

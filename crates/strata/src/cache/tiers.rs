@@ -551,9 +551,7 @@ impl Inner {
         let prepared = match self.prepare(key, value.cloned(), ttl, &marks, 0) {
             Ok(prepared) => prepared,
             Err(err) => {
-                if let Err(del) = self.delete(key).await {
-                    tracing::warn!(key = %key, error = %del, "could not remove the value a rejected write meant to replace");
-                }
+                self.remove_replaced(key).await;
                 return Err(err);
             }
         };
@@ -575,9 +573,7 @@ impl Inner {
                 Ok(p) => prepared.push(p),
                 Err(err) => {
                     // As with `set`: the value the caller meant to replace must not keep serving.
-                    if let Err(del) = self.delete(key).await {
-                        tracing::warn!(key = %key, error = %del, "could not remove the value a rejected write meant to replace");
-                    }
+                    self.remove_replaced(key).await;
                     return Err(err);
                 }
             }
@@ -621,6 +617,16 @@ impl Inner {
             self.hot_invalidate(key).await;
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// A write the cache refused (too large, not serializable): the value the caller meant to
+    /// replace must not keep serving, so the key goes, as an audited `delete`.
+    async fn remove_replaced(&self, key: &Key) {
+        let removed = self.delete(key).await;
+        self.audit("delete", key.as_str(), &removed);
+        if let Err(err) = removed {
+            tracing::warn!(key = %key, error = %err, "could not remove the value a rejected write meant to replace");
+        }
     }
 
     /// `delete`: L1, then the key and its lease in Redis (same slot: a load in flight must not

@@ -60,6 +60,32 @@ async fn modifications_are_recorded(redis: Redis) -> TestResult {
 }
 on_both!(modifications_are_recorded);
 
+/// A write the cache refuses (too large) removes the value it meant to replace: that removal is
+/// a modification, recorded as a `delete` before the failed `set`.
+async fn a_refused_write_records_the_delete_it_makes(redis: Redis) -> TestResult {
+    let sink = AuditSink::memory();
+    let cache = redis.builder().audit(sink.clone()).max_value_bytes(256).build().await?;
+    let key = KeySchema::new("it", 1)?.key("audited", "too-big")?;
+    assert!(cache.set(&key, &"x".repeat(4096), Ttl::Short).await.is_err());
+    let items = [(key.clone(), "y".repeat(4096))];
+    assert!(cache.set_many(&items, Ttl::Short).await.is_err());
+    let lines = wait_for(|| sink.lines(), 4);
+    let actions: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l))
+        .collect::<Result<Vec<_>, _>>()?
+        .iter()
+        .map(|r| (r["action"].as_str().unwrap_or("").into(), r["result"].as_str().unwrap_or("").into()))
+        .collect();
+    let expected: Vec<(String, String)> = [("delete", "ok"), ("set", "error"), ("delete", "ok"), ("set_many", "error")]
+        .iter()
+        .map(|(a, r)| ((*a).into(), (*r).into()))
+        .collect();
+    assert_eq!(actions, expected, "{}", redis.name());
+    Ok(())
+}
+on_both!(a_refused_write_records_the_delete_it_makes);
+
 /// The file sink appends with mode 0600 and records the ACL user as principal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_sink_is_private_and_names_the_acl_user() -> TestResult {
