@@ -59,7 +59,7 @@ impl Default for ServiceConfig {
 }
 
 /// Every service, sharing one database, one cache and one raw Redis connection. Cheap to clone.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Services {
     /// User profiles.
     pub users: Users,
@@ -75,21 +75,6 @@ pub struct Services {
     pub visitors: Visitors,
     db: Db,
     cache: Cache,
-}
-
-/// Every service and the database; the cache is left out (`strata::Cache` has no `Debug`).
-impl std::fmt::Debug for Services {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Services")
-            .field("users", &self.users)
-            .field("products", &self.products)
-            .field("sessions", &self.sessions)
-            .field("limiter", &self.limiter)
-            .field("leaderboard", &self.leaderboard)
-            .field("visitors", &self.visitors)
-            .field("db", &self.db)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Services {

@@ -10,18 +10,11 @@ use crate::error::Result;
 /// invalidates all of them with one Redis command ([`Cache::invalidate_namespace`]): a repriced
 /// product may appear in any cached listing or item, and enumerating those keys would cost a
 /// scan.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Products {
     db: Db,
     cache: Cache,
     schema: KeySchema,
-}
-
-/// The database and the key schema; the cache is left out (`strata::Cache` has no `Debug`).
-impl std::fmt::Debug for Products {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Products").field("db", &self.db).field("schema", &self.schema).finish_non_exhaustive()
-    }
 }
 
 impl Products {

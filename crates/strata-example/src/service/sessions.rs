@@ -26,26 +26,13 @@ pub struct Session {
 /// [`RawRedis`] (a plain redis-rs client on the same URLs) after the write and after each read.
 /// `PEXPIRE` answering 0 means the key is gone from Redis (idled out): the session is over even
 /// if this instance still had an in-process copy, which is dropped.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Sessions {
     cache: Cache,
     redis: RawRedis,
     schema: KeySchema,
     idle_ms: u64,
     max: Duration,
-}
-
-/// The timeouts, the key schema and the raw client; the cache is left out (`strata::Cache` has
-/// no `Debug`). Tokens are never stored here, so none can show.
-impl std::fmt::Debug for Sessions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sessions")
-            .field("schema", &self.schema)
-            .field("idle_ms", &self.idle_ms)
-            .field("max", &self.max)
-            .field("redis", &self.redis)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Length of a token in hex digits (128 random bits).

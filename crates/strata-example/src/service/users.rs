@@ -14,18 +14,11 @@ use crate::error::Result;
 /// missing user is cached too (Strata's negative TTL, 30 s by default), so a stream of requests
 /// for an unknown id reaches the database once per negative TTL. Concurrent misses on one id
 /// share one query, within this process and across processes (Strata's leases).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Users {
     db: Db,
     cache: Cache,
     schema: KeySchema,
-}
-
-/// The database and the key schema; the cache is left out (`strata::Cache` has no `Debug`).
-impl std::fmt::Debug for Users {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Users").field("db", &self.db).field("schema", &self.schema).finish_non_exhaustive()
-    }
 }
 
 impl Users {
