@@ -33,7 +33,7 @@ use self::hot::HotRegistry;
 use self::load::Flights;
 pub(crate) use self::stamps::{Stamps, Verdict};
 use crate::audit::Audit;
-use crate::breaker::{BreakerState, Breakers};
+use crate::breaker::BreakerState;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::fresh::{Freshness, Refreshes};
@@ -94,7 +94,7 @@ impl std::fmt::Debug for Inner {
             .field("ttl", &self.ttl)
             .field("leases", &self.leases)
             .field("freshness", &self.freshness)
-            .field("breaker", &self.l2_breakers().state())
+            .field("breaker", &self.l2.breakers().state())
             .finish_non_exhaustive()
     }
 }
@@ -131,11 +131,7 @@ impl Inner {
         self.l2.op_timeout
     }
 
-    fn l2_breakers(&self) -> &Breakers {
-        self.l2.breakers()
-    }
-
-    /// Counts one event of `key`'s namespace.
+    /// Counts one event of `namespace`.
     pub(crate) fn count(&self, namespace: &str, counter: impl Fn(&NsCounters) -> &AtomicU64) {
         NsCounters::inc(counter(&self.metrics.ns(namespace)));
     }
@@ -443,12 +439,12 @@ impl Cache {
     pub fn metrics(&self) -> MetricsSnapshot {
         let inner = &self.inner;
         let coherence = crate::invalidation::counters(inner);
-        inner.metrics.snapshot(inner.l2_breakers(), inner.l1.usage(), coherence)
+        inner.metrics.snapshot(inner.l2.breakers(), inner.l1.usage(), coherence)
     }
 
     /// The circuit breakers' worst state now (see [`MetricsSnapshot::breaker_state`]).
     pub fn breaker_state(&self) -> BreakerState {
-        self.inner.l2_breakers().state()
+        self.inner.l2.breakers().state()
     }
 
     /// Sum of the weights of the entries present in L1 now (a weight estimates an entry's

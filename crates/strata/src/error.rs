@@ -291,15 +291,17 @@ impl std::error::Error for Error {
     }
 }
 
+/// The error redis-rs makes of a reply `-{line}\r\n`, parsed the way it parses a server's: for
+/// the classifiers' tests (here and in `retry.rs`).
+#[cfg(test)]
+pub(crate) fn reply(line: &str) -> redis::RedisError {
+    let value = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).expect("a RESP error reply");
+    value.extract_error().expect_err("an error reply")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The error redis-rs makes of a reply `-{line}\r\n`, parsed the way it parses a server's.
-    fn reply(line: &str) -> redis::RedisError {
-        let value = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).expect("a RESP error reply");
-        value.extract_error().expect_err("an error reply")
-    }
 
     /// A connection whose every pipeline gets `replies`.
     struct Replies(Vec<&'static str>);

@@ -86,10 +86,9 @@ fn jittered(n: u32, rng: &mut impl Rng) -> Duration {
 mod tests {
     use super::*;
 
-    /// The error redis-rs makes of the reply `-CODE detail`, parsed as it parses a server's.
+    /// The error redis-rs makes of the reply `-CODE detail`.
     fn server_error(code: &str) -> redis::RedisError {
-        let value = redis::parse_redis_value(format!("-{code} detail\r\n").as_bytes()).expect("a RESP error reply");
-        value.extract_error().expect_err("an error reply")
+        crate::error::reply(&format!("{code} detail"))
     }
 
     #[test]
