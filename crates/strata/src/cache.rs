@@ -337,6 +337,18 @@ impl Cache {
         self.inner.get_or_load::<T, _, _, _>(key, ttl.into(), &[], loader, true).await
     }
 
+    /// Waits until every value this instance has loaded is in Redis (or its store gave up).
+    ///
+    /// A load's caller gets its value as soon as the loader returns; the value reaches Redis,
+    /// and this instance's L1, a round trip later, in the background. A later read of that key
+    /// in this process waits for that store by itself, so this is needed only to see the value
+    /// from outside the process at once (a test, a script) or before shutting the runtime
+    /// down: a store cut off by shutdown leaves the key's lease to expire, and other processes
+    /// wait for it until then (at most the lease TTL).
+    pub async fn settled(&self) {
+        self.inner.flights.all_stored().await;
+    }
+
     /// Cache-aside read whose loader may also run in the background: like
     /// [`get_or_set`](Self::get_or_set), plus the cache's [`Freshness`]:
     ///

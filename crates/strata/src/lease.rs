@@ -4,8 +4,9 @@
 //! On an L2 miss, the single-flight leader of each process tries to take the key's lease:
 //! `SET {key}:lease <token> NX PX <lease_ttl>`, in a script that does so only while the key is
 //! absent. The braces make the lease hash to the same cluster slot as the key, so one script can
-//! touch both, and the script rides in the same pipeline as the leader's GET: a miss costs two
-//! round trips (read + lease, then the store), like naive cache-aside.
+//! touch both. A miss costs its caller two round trips (the GET, then the lease), like naive
+//! cache-aside's GET and SET; the store follows in the background (`cache/load.rs`). An L2 hit
+//! runs no script.
 //!
 //! - The **holder** runs the loader and stores the value with a compare-and-set script that
 //!   writes only if its token still holds the lease, then releases it.
@@ -20,9 +21,11 @@
 //! Writes made directly in Redis by other clients do not delete the lease; such writers should
 //! `DEL` the lease key too (or accept that a concurrent load may overwrite them once).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use rand::Rng;
+use redis::Script;
 
 /// Takes the lease unless the value is already there, atomically: a holder that stores its value
 /// and releases the lease between our read and our SET NX must not let us load a second time.
@@ -77,6 +80,31 @@ return 2";
 pub(crate) const RELEASE_IF_HELD: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
+
+/// Deletes a key only if it still holds the bytes we found corrupt or invalidated, so a good
+/// value written meanwhile by someone else survives. KEYS: key. ARGV: the bytes seen.
+pub(crate) const DELETE_IF_EQUAL: &str =
+    r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+/// The scripts above, each hashed once: a [`Script`] computes its SHA1 when it is made, which
+/// is not work for every call.
+pub(crate) struct Scripts {
+    pub(crate) acquire_unless_present: Script,
+    pub(crate) fill_if_leased: Script,
+    pub(crate) fill_through: Script,
+    pub(crate) acquire_for_refresh: Script,
+    pub(crate) release_if_held: Script,
+    pub(crate) delete_if_equal: Script,
+}
+
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    acquire_unless_present: Script::new(ACQUIRE_UNLESS_PRESENT),
+    fill_if_leased: Script::new(FILL_IF_LEASED),
+    fill_through: Script::new(FILL_THROUGH),
+    acquire_for_refresh: Script::new(ACQUIRE_FOR_REFRESH),
+    release_if_held: Script::new(RELEASE_IF_HELD),
+    delete_if_equal: Script::new(DELETE_IF_EQUAL),
+});
 
 /// Lease settings ([`CacheBuilder::leases`](crate::CacheBuilder::leases)).
 ///

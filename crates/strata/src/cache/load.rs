@@ -3,18 +3,27 @@
 //! ```text
 //! get_or_load                                  (get_or_set, get_or_set_optional, get_or_set_tagged)
 //!  ├─ L1 lookup (stamps checked)               hit → return          cache/tiers.rs · l1.rs
+//!  ├─ a load of this key still storing? wait for it                  Flights::stored, below
 //!  ├─ hot key? read one copy                   hit → return          cache/hot.rs
 //!  └─ single-flight: one load per key here     others wait           Flights, below
 //!      └─ load_through (the leader)
-//!          ├─ L2 read + lease attempt, one round trip                read_leasing · l2.rs
+//!          ├─ L2 read: GET + PTTL, one round trip                    read_l2 · l2.rs
 //!          │    value → return (L1 filled with the ticket of the read)
-//!          ├─ miss: coordinate with other processes                  coordinate
+//!          ├─ miss: coordinate with other processes (round trip 2)   coordinate
 //!          │    lease taken → load │ another's value appears → return │ waited too long → load
 //!          ├─ capture the marks (namespace/tag generations) BEFORE the load   cache/stamps.rs
 //!          ├─ loader, under the soft / hard timeouts; failed → fail-safe value or error
-//!          └─ store_loaded: encode, store under the lease (refused if an invalidation
-//!             revoked it), L1 after the write's echo; Redis away → L1 only   cache/tiers.rs
+//!          └─ return the value; in a task, store_loaded: encode, store under the lease
+//!             (refused if an invalidation revoked it), L1 after the write's echo;
+//!             Redis away → L1 only                                   cache/tiers.rs
 //! ```
+//!
+//! A miss costs its caller two round trips (the read, the lease), like naive cache-aside's GET
+//! and SET; an L1 miss that Redis serves costs one GET + PTTL. The store and the L1 fill (which
+//! waits for the write's own invalidation, see [`crate::l1`]) run after the callers have their
+//! value; until they end, a later caller of the key in this process waits for them
+//! ([`Flights::stored`]) and then reads what they stored, so nothing in this process loads the
+//! key twice or waits on its own lease. [`Cache::settled`](crate::Cache::settled) waits for all.
 //!
 //! [`Inner::get_or_refresh`] runs the same load in a task, and adds early refresh and
 //! stale-while-revalidate: background refreshes are single-flight per key and value type in a
@@ -38,9 +47,10 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 
 use super::hot::HotRead;
 use super::tiers::{L2Read, Prepared, Via};
@@ -51,7 +61,7 @@ use crate::fresh::{Age, Bounded, bounded};
 use crate::key::Key;
 use crate::l1::Shared;
 use crate::l1::Ticket;
-use crate::lease::{ACQUIRE_FOR_REFRESH, ACQUIRE_UNLESS_PRESENT, Holder, PRESENT_RETRIES, backoff, lease_key, token};
+use crate::lease::{Holder, PRESENT_RETRIES, SCRIPTS, backoff, lease_key, token};
 use crate::metrics::NsCounters;
 use crate::tags::{Marks, Tag};
 use crate::ttl::{Ttl, now_ms, ttl_millis};
@@ -76,21 +86,6 @@ enum Coordinated {
     Holder(String),
     /// Load without a lease (waited too long, or Redis failed: then skip the write-back).
     LoadAlone { redis_failed: bool },
-}
-
-/// The lease attempt sent with the first read of a load ([`Inner::read_leasing`]): the token it
-/// used and what [`ACQUIRE_UNLESS_PRESENT`] answered.
-#[derive(Debug)]
-struct FirstTry {
-    token: String,
-    outcome: i64,
-}
-
-impl FirstTry {
-    /// Whether this attempt took the lease (the key was absent when the script ran).
-    fn took_lease(&self) -> bool {
-        self.outcome == 1
-    }
 }
 
 /// What a refresh's lease attempt found.
@@ -157,7 +152,7 @@ impl Inner {
     /// Cache-aside for one key: L1, a hot copy, then one load per key in this process
     /// ([`load_through`](Self::load_through)) whose result every concurrent caller shares.
     pub(crate) async fn get_or_load<T, F, Fut, E>(
-        &self,
+        self: &Arc<Self>,
         key: &Key,
         ttl: Ttl,
         tags: &[Tag],
@@ -207,7 +202,7 @@ impl Inner {
     /// this load directly, so a soft timeout (with a stale value to serve instead) abandons it;
     /// `get_or_refresh` runs it in a task and lets it finish.
     async fn load_through<T, F, Fut, E>(
-        &self,
+        self: &Arc<Self>,
         key: &Key,
         ttl: Ttl,
         tags: &[Tag],
@@ -224,18 +219,8 @@ impl Inner {
         let ns = self.metrics.ns(key.namespace());
         // For the L1 fill when Redis cannot take the value: nothing may have changed since now.
         let before = self.l1.ticket(key.as_str());
-        // With leases, the read carries the lease attempt (one round trip for both on a miss).
-        let (read, first) = if self.leases.enabled {
-            self.read_leasing::<T>(key, &ns, negative_is_hit).await
-        } else {
-            (self.read_l2::<T>(key, &ns, negative_is_hit).await, None)
-        };
-        // A lease taken by that attempt while the read found something to serve, or something
-        // that is not coordinated, goes back at once: others would wait for it in vain.
-        let coordinated = matches!(read, Ok(L2Read::Miss | L2Read::Stale(..)));
-        if let Some(taken) = first.as_ref().filter(|f| f.took_lease() && !coordinated) {
-            self.release_lease(key, &taken.token).await;
-        }
+        // A plain GET (and PTTL): an L2 hit costs Redis nothing more. Only a miss takes a lease.
+        let read = self.read_l2::<T>(key, &ns, negative_is_hit).await;
         // Coordinate with other processes only on a true miss (an expired value kept by a grace
         // period counts as one): a stored value this caller cannot use is simply replaced.
         let (mut redis_failed, coordinate, stale) = match read {
@@ -255,7 +240,7 @@ impl Inner {
         let fallback = stale.filter(|(_, meta)| self.freshness.fail_safe_allows(*meta)).map(|(v, _)| v);
         let mut lease = None;
         if coordinate && !redis_failed && self.leases.enabled {
-            match self.coordinate::<T>(key, &ns, negative_is_hit, stale_present, first).await {
+            match self.coordinate::<T>(key, &ns, negative_is_hit, stale_present).await {
                 Coordinated::Found(shared) => return Ok(shared),
                 Coordinated::Holder(token) => lease = Some(token),
                 Coordinated::LoadAlone { redis_failed: failed } => redis_failed = failed,
@@ -292,24 +277,49 @@ impl Inner {
                 return Err(err);
             }
         };
-        // Redis just failed this flight: do not make the caller wait on it again.
-        let via = match (&lease, redis_failed) {
-            (_, true) => None,
-            (Some(token), false) => Some(Via::Lease(Holder::Load(token))),
-            (None, false) => Some(Via::Plain),
-        };
-        self.store_loaded(key, Loaded { value: value.clone(), ttl, marks, load_us, before }, via).await;
+        let loaded = Loaded { value: value.clone(), ttl, marks, load_us, before };
+        if redis_failed {
+            // Redis just failed this flight: do not try it again.
+            self.store_loaded(key, loaded, None).await;
+        } else {
+            self.store_in_background(key, loaded, lease);
+        }
         Ok(Arc::new(value))
+    }
+
+    /// The store of a load, in a task: the callers have their value once it is loaded; Redis
+    /// and L1 get it a round trip (and an echo) later. Until the task ends, a later caller of
+    /// the key in this process waits for it ([`Flights::stored`]), then reads what it stored,
+    /// as it would have if this store had been awaited: nobody here loads the key again, or
+    /// waits on this process's own lease.
+    fn store_in_background<T: CacheValue>(self: &Arc<Self>, key: &Key, loaded: Loaded<T>, lease: Option<String>) {
+        let before = loaded.before;
+        // Encoded now: a value that cannot be cached is counted before the caller returns.
+        let prepared = self.prepare_loaded(key, loaded);
+        let pending = Pending::begin(self, key.shared());
+        let key = key.clone();
+        tokio::spawn(async move {
+            let via = lease.as_deref().map_or(Via::Plain, |token| Via::Lease(Holder::Load(token)));
+            pending.inner.store_prepared(&key, prepared, &before, Some(via)).await;
+            drop(pending);
+        });
     }
 
     /// The store step of every load (`get_or_set`, `get_or_refresh`; `get_or_set_many` shares
     /// [`prepare_loaded`](Self::prepare_loaded) and [`keep_loaded`](Inner::keep_loaded)): the
     /// value goes to Redis `via` the caller's lease (refused if an invalidation revoked it) or a
     /// plain SET, then to L1 after the write's own invalidation; `None`: Redis failed this
-    /// flight, L1 only. A value that cannot be cached gives its lease back.
+    /// flight, L1 only.
     async fn store_loaded<T: CacheValue>(&self, key: &Key, loaded: Loaded<T>, via: Option<Via<'_>>) {
         let before = loaded.before;
-        let Some(prepared) = self.prepare_loaded(key, loaded) else {
+        let prepared = self.prepare_loaded(key, loaded);
+        self.store_prepared(key, prepared, &before, via).await;
+    }
+
+    /// [`store_loaded`](Self::store_loaded) once encoded; `None`: the value cannot be cached,
+    /// and gives its lease back. `before`: the ticket taken before the load.
+    async fn store_prepared(&self, key: &Key, prepared: Option<Prepared>, before: &Ticket, via: Option<Via<'_>>) {
+        let Some(prepared) = prepared else {
             if let Some(Via::Lease(Holder::Load(token))) = via {
                 self.release_lease(key, token).await;
             }
@@ -320,7 +330,7 @@ impl Inner {
             None => Err(Error::circuit_open()),
         };
         if let Err(err) = written {
-            self.keep_loaded(key, &prepared, &before, &err);
+            self.keep_loaded(key, &prepared, before, &err);
         }
     }
 
@@ -337,85 +347,30 @@ impl Inner {
         }
     }
 
-    /// The first read of a load (an L1 miss, leases on): GET, PTTL and the lease attempt in ONE
-    /// round trip, instead of a GET then, on a miss, the lease script. The script takes the
-    /// lease only if the key is absent when it runs, so a hit costs nothing more; a lease taken
-    /// although the read found something usable (the key appeared or went between the two)
-    /// must be handed back by the caller (see [`FirstTry::took_lease`]). `None` when the combined
-    /// call failed: the read's error, and no lease attempt.
-    async fn read_leasing<T: CacheValue>(
-        &self,
-        key: &Key,
-        ns: &NsCounters,
-        accept_negative: bool,
-    ) -> (Result<L2Read<T>>, Option<FirstTry>) {
-        let k = key.as_str();
-        let ticket = self.l1.ticket(k);
-        let lease = lease_key(k);
-        let token = token();
-        let px = ttl_millis(self.leases.ttl);
-        let (l, t) = (lease.as_slice(), token.as_str());
-        let script = &redis::Script::new(ACQUIRE_UNLESS_PRESENT);
-        let got = self
-            .call_for(k, "GET + lease acquire", |mut c| async move {
-                let mut invocation = script.key(k);
-                invocation.key(l).arg(t).arg(px).arg("0");
-                let mut pipe = redis::pipe();
-                pipe.cmd("GET").arg(k).cmd("PTTL").arg(k).invoke_script(&invocation);
-                match pipe.query_async::<(Option<Vec<u8>>, i64, i64)>(&mut c).await {
-                    // The script is not cached on this node yet (first use, restart, failover):
-                    // load it and send the pipeline again, as `invoke_async` would.
-                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                        invocation.load_async(&mut c).await?;
-                        pipe.query_async(&mut c).await
-                    }
-                    other => other,
-                }
-            })
-            .await;
-        let (got, first) = match got {
-            Ok((bytes, pttl, outcome)) => {
-                let pttl = self.l1.is_on().then_some(pttl);
-                (Ok((bytes, pttl)), Some(FirstTry { token, outcome }))
-            }
-            Err(err) => (Err(err), None),
-        };
-        (self.interpret_l2(key, ns, accept_negative, ticket, got).await, first)
-    }
-
     /// The single-flight leader's coordination with other processes after an L2 miss: take the
     /// lease, or wait for its holder's value (taking the lease over if the holder goes away).
-    /// `stale`: the key holds an expired value, which does not count as present. `first`: the
-    /// attempt already sent with the read ([`Inner::read_leasing`]), used as the first one
-    /// unless the value is stale (that attempt treated it as present).
+    /// `stale`: the key holds an expired value, which does not count as present.
     async fn coordinate<T: CacheValue>(
         &self,
         key: &Key,
         ns: &NsCounters,
         accept_negative: bool,
         stale: bool,
-        first: Option<FirstTry>,
     ) -> Coordinated {
         let mut stale_flag = if stale { "1" } else { "0" };
         let lease = lease_key(key.as_str());
-        // A lease the first attempt took is ours whatever the read found: load under it.
-        let mut first = first.filter(|f| !stale || f.took_lease());
-        let token = first.as_ref().map_or_else(token, |f| f.token.clone());
+        let token = token();
         let px = ttl_millis(self.leases.ttl);
         let started = tokio::time::Instant::now();
         let mut attempt = 0;
         loop {
             let (k, l, t) = (key.as_str(), lease.as_slice(), token.as_str());
-            let script = &redis::Script::new(ACQUIRE_UNLESS_PRESENT);
-            let taken = match first.take() {
-                Some(done) => Ok(done.outcome),
-                None => {
-                    self.call_for(k, "lease acquire", |mut c| async move {
-                        script.key(k).key(l).arg(t).arg(px).arg(stale_flag).invoke_async::<i64>(&mut c).await
-                    })
-                    .await
-                }
-            };
+            let script = &SCRIPTS.acquire_unless_present;
+            let taken = self
+                .call_for(k, "lease acquire", |mut c| async move {
+                    script.key(k).key(l).arg(t).arg(px).arg(stale_flag).invoke_async::<i64>(&mut c).await
+                })
+                .await;
             match taken {
                 Ok(1) => return Coordinated::Holder(token),
                 Ok(0) => {
@@ -475,6 +430,8 @@ impl Inner {
         let ns = self.metrics.ns(key.namespace());
         let freshness = &self.freshness;
         let mut fallback = None;
+        // A load of this key that returned moments ago may still be storing its value.
+        self.flights.stored(key.as_str()).await;
         if let Some((v, meta)) = self.l1_entry::<T>(key, &ns).await {
             match freshness.age(meta, now_ms()) {
                 Age::Fresh => {
@@ -663,7 +620,7 @@ impl Inner {
         let seen = seen.to_bytes();
         let (lease, t, seen) = (lease.as_slice(), token.as_str(), seen.as_slice());
         let (first, last) = (META_RANGE.start, META_RANGE.end - 1);
-        let script = &redis::Script::new(ACQUIRE_FOR_REFRESH);
+        let script = &SCRIPTS.acquire_for_refresh;
         let outcome: i64 = self
             .call_for(k, "lease acquire", |mut c| async move {
                 script.key(k).key(lease).arg(t).arg(px).arg(seen).arg(first).arg(last).invoke_async(&mut c).await
@@ -689,6 +646,12 @@ type FlightKey = (Arc<str>, TypeId, u8);
 #[derive(Default)]
 pub(crate) struct Flights {
     in_flight: Mutex<HashMap<FlightKey, Cell>>,
+    /// Loads that returned and are storing their value in the background, by key.
+    storing: Mutex<HashMap<Arc<str>, usize>>,
+    /// How many there are in all: a caller looks further only when some are.
+    pending: AtomicUsize,
+    /// Woken whenever one ends.
+    stored: Notify,
 }
 
 impl Flights {
@@ -705,6 +668,39 @@ impl Flights {
         guard.cell.get_or_init(load).await.clone()
     }
 
+    /// Waits until no load of `key` is storing its value in the background (see
+    /// [`Pending`]); at once when none is. Whether it waited.
+    pub(crate) async fn stored(&self, key: &str) -> bool {
+        self.wait_until(|storing| !storing.contains_key(key)).await
+    }
+
+    /// Waits until no load of any key is storing its value in the background.
+    pub(crate) async fn all_stored(&self) {
+        self.wait_until(HashMap::is_empty).await;
+    }
+
+    async fn wait_until(&self, done: impl Fn(&HashMap<Arc<str>, usize>) -> bool) -> bool {
+        let mut waited = false;
+        loop {
+            if self.pending.load(Ordering::SeqCst) == 0 {
+                return waited;
+            }
+            // Registered before looking, so that an end between the two still wakes us.
+            let ended = self.stored.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if done(&self.lock_storing()) {
+                return waited;
+            }
+            ended.await;
+            waited = true;
+        }
+    }
+
+    fn lock_storing(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, usize>> {
+        self.storing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Keys with a load in progress.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -713,6 +709,40 @@ impl Flights {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Cell>> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A load's value on its way to Redis in the background: registered in [`Flights`] from before
+/// its load returns until the store (and the L1 fill after its echo) is done, whether it ends,
+/// fails or panics.
+struct Pending {
+    inner: Arc<Inner>,
+    key: Arc<str>,
+}
+
+impl Pending {
+    fn begin(inner: &Arc<Inner>, key: &Arc<str>) -> Self {
+        let flights = &inner.flights;
+        *flights.lock_storing().entry(key.clone()).or_default() += 1;
+        flights.pending.fetch_add(1, Ordering::SeqCst);
+        Self { inner: Arc::clone(inner), key: key.clone() }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let flights = &self.inner.flights;
+        {
+            let mut storing = flights.lock_storing();
+            if let Some(n) = storing.get_mut(&self.key) {
+                *n -= 1;
+                if *n == 0 {
+                    storing.remove(&self.key);
+                }
+            }
+        }
+        flights.pending.fetch_sub(1, Ordering::SeqCst);
+        flights.stored.notify_waiters();
     }
 }
 

@@ -26,15 +26,10 @@ use crate::key::Key;
 use crate::l1::{Checks, Fill, Slot, typed};
 use crate::l1::{Echo, Ticket};
 use crate::l2::Conn;
-use crate::lease::{FILL_IF_LEASED, FILL_THROUGH, Holder, RELEASE_IF_HELD, lease_key};
+use crate::lease::{Holder, SCRIPTS, lease_key};
 use crate::metrics::NsCounters;
 use crate::tags::{Marks, Tag};
 use crate::ttl::{Ttl, expiry_ms, l1_ttl, now_ms, ttl_millis};
-
-/// Deletes a key only if it still holds the bytes we found corrupt, so a good value written
-/// meanwhile by someone else survives.
-pub(crate) const DELETE_IF_EQUAL: &str =
-    r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 /// Most keys sent in one MGET or pipeline.
 const CHUNK: usize = 256;
@@ -82,13 +77,30 @@ pub(crate) enum Via<'a> {
 
 impl Inner {
     /// L1 lookup: `Some(Some(v))` a value, `Some(None)` a cached "not found" (only when the
-    /// caller accepts one), `None` a miss. Counts exactly what it serves.
+    /// caller accepts one), `None` a miss. Counts exactly what it serves. On a miss, a load of
+    /// the key that returned moments ago may still be storing its value (and then filling L1):
+    /// that is waited for and L1 looked at again, so the caller reads what it stored.
     pub(crate) async fn l1_lookup<T: CacheValue>(
         &self,
         key: &Key,
         ns: &NsCounters,
         accept_negative: bool,
     ) -> Option<Option<T>> {
+        if let Some(found) = self.l1_find::<T>(key, ns, accept_negative).await {
+            return Some(found);
+        }
+        if self.flights.stored(key.as_str()).await
+            && let Some(found) = self.l1_find::<T>(key, ns, accept_negative).await
+        {
+            return Some(found);
+        }
+        NsCounters::inc(&ns.l1_misses);
+        tracing::debug!(key = %key, tier = "l1", "cache miss");
+        None
+    }
+
+    /// One look at L1 for [`l1_lookup`](Self::l1_lookup): counts a hit, not a miss.
+    async fn l1_find<T: CacheValue>(&self, key: &Key, ns: &NsCounters, accept_negative: bool) -> Option<Option<T>> {
         if self.l1.is_on() {
             let found = match self.l1_get(key, ns).await {
                 // With a grace period, L1 keeps copies past their logical expiry for
@@ -114,8 +126,6 @@ impl Inner {
                 _ => {}
             }
         }
-        NsCounters::inc(&ns.l1_misses);
-        tracing::debug!(key = %key, tier = "l1", "cache miss");
         None
     }
 
@@ -290,7 +300,7 @@ impl Inner {
 
     /// Deletes `key` if it still holds `bytes` (a newer value written meanwhile stays).
     pub(crate) async fn delete_if_equal(&self, key: &Key, bytes: &[u8]) -> Result<i64> {
-        let (script, k) = (&redis::Script::new(DELETE_IF_EQUAL), key.as_str());
+        let (script, k) = (&SCRIPTS.delete_if_equal, key.as_str());
         self.call_for(k, "EVALSHA", |mut c| async move { script.key(k).arg(bytes).invoke_async::<i64>(&mut c).await })
             .await
     }
@@ -412,12 +422,11 @@ impl Inner {
                 .map(|()| true),
             Via::Lease(holder) => {
                 let (script, token, contended) = match holder {
-                    Holder::Load(token) => (FILL_IF_LEASED, token, None),
+                    Holder::Load(token) => (&SCRIPTS.fill_if_leased, token, None),
                     Holder::Through { token, contended } => {
-                        (FILL_THROUGH, token, Some(if contended { "1" } else { "0" }))
+                        (&SCRIPTS.fill_through, token, Some(if contended { "1" } else { "0" }))
                     }
                 };
-                let script = &redis::Script::new(script);
                 self.call_for(k, "lease fill", |mut c| async move {
                     let mut invocation = script.key(k);
                     invocation.key(lease).arg(token).arg(bytes).arg(px);
@@ -526,7 +535,7 @@ impl Inner {
     /// cached), so other processes need not wait for it to expire. Best effort.
     pub(crate) async fn release_lease(&self, key: &Key, token: &str) {
         let lease = &lease_key(key.as_str());
-        let script = &redis::Script::new(RELEASE_IF_HELD);
+        let script = &SCRIPTS.release_if_held;
         let released = self
             .call_for(key.as_str(), "lease release", |mut c| async move {
                 script.key(lease).arg(token).invoke_async::<i64>(&mut c).await

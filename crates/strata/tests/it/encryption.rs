@@ -67,6 +67,7 @@ async fn ciphertext_in_redis_plaintext_for_the_caller(redis: Redis) -> TestResul
     let loaded = schema.key("card", "loaded")?;
     let got = cache.get_or_set(&loaded, Ttl::Short, || async { Ok::<_, std::io::Error>(card(3)) }).await?;
     assert_eq!(got, card(3));
+    cache.settled().await;
     assert!(!contains(&raw_get(&redis, &loaded).expect("stored"), b"Lovelace"));
     assert_eq!(cache.get::<Card>(&loaded).await?, Some(card(3)));
     let absent = schema.key("card", "absent")?;

@@ -83,6 +83,7 @@ async fn early_refresh_happens_before_expiry_with_beta() -> TestResult {
     assert_eq!(cache.get_or_refresh(&key, Ttl::Exact(Duration::from_secs(60)), source.loader()).await?, "v1");
     assert_eq!(cache.get_or_refresh(&key, Ttl::Exact(Duration::from_secs(60)), source.loader()).await?, "v1");
     eventually(&cache, &key, "v2").await?;
+    cache.settled().await;
     let stats = cache.metrics().namespace("it:v1:fresh");
     assert!(stats.early_refreshes >= 1, "{stats:?}");
     assert_eq!((stats.stale_served, stats.refresh_errors), (0, 0), "{stats:?}");
@@ -121,6 +122,7 @@ async fn stale_while_revalidate_serves_old_then_new() -> TestResult {
     let key = key("swr")?;
     let ttl = Ttl::Exact(Duration::from_millis(300));
     assert_eq!(cache.get_or_refresh(&key, ttl, source.loader()).await?, "v1");
+    cache.settled().await;
     assert!(pttl(&redis, &key)? > 29_000, "Redis keeps the value for the grace period");
     sleep(Duration::from_millis(400)).await;
 
@@ -172,6 +174,7 @@ async fn beyond_max_staleness_the_error_surfaces() -> TestResult {
     let key = key("toolate")?;
     let ttl = Ttl::Exact(Duration::from_millis(200));
     assert_eq!(cache.get_or_refresh(&key, ttl, source.loader()).await?, "v1");
+    cache.settled().await;
     let pttl = pttl(&redis, &key)?;
     assert!((201..=500).contains(&pttl), "logical 200 ms + 300 ms fail-safe, got {pttl} ms");
     sleep(Duration::from_millis(700)).await;

@@ -28,6 +28,7 @@ async fn a_load_that_overlaps_an_invalidation_is_not_stored(redis: Redis) -> Tes
         }
         release.send(()).map_err(|_| "reader gone")?;
         assert_eq!(load.await??, "v1", "the caller still gets what it read");
+        reader.settled().await; // its store has been tried
 
         let mut raw = redis.raw();
         let stored: Option<Vec<u8>> = redis::cmd("GET").arg(key.as_str()).query(raw.as_mut())?;
@@ -60,6 +61,7 @@ async fn a_load_over_an_invalidated_value_is_leased_too(redis: Redis) -> TestRes
     writer.set(&key, &"v2".to_owned(), Ttl::Medium).await?;
     release.send(()).map_err(|_| "reader gone")?;
     assert_eq!(load.await??, "v1", "the caller still gets what it read");
+    reader.settled().await; // its store has been tried
     let fresh = read_from_redis(&writer, &key).await?;
     assert_eq!(fresh.as_deref(), Some("v2"), "{}: the load stored over the newer set", redis.name());
     Ok(())

@@ -155,6 +155,7 @@ async fn a_load_overlapping_an_invalidation_is_not_served(redis: Redis) -> TestR
     writer.invalidate_namespace(key.namespace()).await?;
     release_tx.send(()).map_err(|_| "reader gone")?;
     assert_eq!(load.await??, "v1", "the caller still gets what it loaded");
+    reader.settled().await; // its store has been tried
     // The writer knows the new stamp: the value stored by the overlapping load is old.
     assert_eq!(writer.get::<String>(&key).await?, None, "{}", redis.name());
     // The reader may serve it from L1 until its refresh, not after; a new instance never does.
@@ -163,6 +164,7 @@ async fn a_load_overlapping_an_invalidation_is_not_served(redis: Redis) -> TestR
     let later = redis.cache().await;
     assert_eq!(later.get::<String>(&key).await?, None);
     let v2 = later.get_or_set(&key, Ttl::Medium, || async { Ok::<_, std::io::Error>("v2".to_owned()) }).await?;
+    later.settled().await;
     assert_eq!((v2.as_str(), writer.get::<String>(&key).await?), ("v2", Some("v2".to_owned())));
     Ok(())
 }

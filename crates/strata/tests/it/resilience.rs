@@ -51,6 +51,7 @@ async fn outage_falls_back_to_the_loader_and_recovers(mut redis: Redis) -> TestR
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // L2 is used again: the value written through the cache is in Redis.
+    cache.settled().await;
     let mut raw = redis.raw();
     let key = schema.key("item", &format!("after-{n}"))?;
     let exists: bool = redis::cmd("EXISTS").arg(key.as_str()).query(raw.as_mut())?;

@@ -30,6 +30,7 @@ async fn ttls_are_jittered_and_always_present(redis: Redis) -> TestResult {
     cache.set(&schema.key("exact", "1")?, &1, Ttl::Exact(Duration::from_secs(500))).await?;
     cache.set(&schema.key("forever", "1")?, &1, Duration::MAX).await?;
 
+    cache.settled().await;
     let mut raw = redis.raw();
     let keys = redis.value_keys();
     assert_eq!(keys.len(), 150 + 150 + 20 + 20 + 3, "{}", redis.name());

@@ -96,6 +96,7 @@ async fn oversized_values(redis: Redis) -> TestResult {
     assert!(err.to_string().contains("10000"), "the message names the limit: {err}");
     let loaded = cache.get_or_set(&key, Ttl::Short, || async { Ok::<_, std::io::Error>(vec![2u8; 20_000]) }).await?;
     assert_eq!(loaded.len(), 20_000);
+    cache.settled().await;
     assert!(redis.value_keys().is_empty());
     assert_eq!(cache.metrics().namespace("it:v1:blob").uncacheable, 1);
     // A rejected write removes the value it meant to replace, so the old one is not served.
