@@ -178,6 +178,8 @@ pub async fn worker(
             _ => errors += 1,
         }
     }
+    // The leader's store runs after its callers have the value: let it land before exiting.
+    cache.settled().await;
     let result = WorkerResult { served, errors, max_wait_ms: max_wait.as_millis() as u64 };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())

@@ -61,13 +61,15 @@ async fn main() -> anyhow::Result<()> {
         session_idle: Duration::from_secs(args.session_idle_secs),
         ..ServiceConfig::default()
     };
-    let services = Services::new(db, cache, redis, &config)?;
+    let services = Services::new(db, cache.clone(), redis, &config)?;
 
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     // Scripts (./run demo) read this line to learn the address, also when --listen asks for port 0.
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, strata_example::app(services)).with_graceful_shutdown(shutdown()).await?;
+    // Values loaded by the last requests reach Redis after their responses: let them land.
+    cache.settled().await;
     Ok(())
 }
 

@@ -4,9 +4,9 @@
 //! On an L2 miss, the single-flight leader of each process tries to take the key's lease:
 //! `SET {key}:lease <token> NX PX <lease_ttl>`, in a script that does so only while the key is
 //! absent. The braces make the lease hash to the same cluster slot as the key, so one script can
-//! touch both. A miss costs its caller two round trips (the GET, then the lease), like naive
-//! cache-aside's GET and SET; the store follows in the background (`cache/load.rs`). An L2 hit
-//! runs no script.
+//! touch both. A miss costs its caller at most two round trips (the GET, then the lease), one
+//! when misses dominate (the lease attempt then rides with the GET); the store follows in the
+//! background (`cache/load.rs`). An L2 hit runs no script unless misses dominate.
 //!
 //! - The **holder** runs the loader and stores the value with a compare-and-set script that
 //!   writes only if its token still holds the lease, then releases it.

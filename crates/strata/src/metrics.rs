@@ -2,7 +2,7 @@
 //! [`Cache::metrics`](crate::Cache::metrics). Prometheus export builds on these snapshots.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use std::time::Duration;
@@ -22,6 +22,8 @@ macro_rules! counters {
         pub(crate) struct NsCounters {
             $(pub(crate) $name: AtomicU64,)*
             loader_latency: LoaderLatency,
+            /// What the namespace's recent L1 misses found in Redis.
+            pub(crate) outlook: MissOutlook,
         }
 
         /// Counters for one namespace (or the sum of all, from [`MetricsSnapshot::total`]).
@@ -116,6 +118,31 @@ impl NsCounters {
         self.loader_micros.fetch_add(u64::from(micros), Ordering::Relaxed);
         self.loader_latency.0.record(elapsed);
         micros
+    }
+}
+
+/// Whether the next L1 miss of a namespace is more likely an L2 miss than an L2 hit, from the
+/// recent ones: a score that an L2 hit raises and an L2 miss lowers, within ±[`Self::BOUND`]
+/// (so it follows a change of workload within a few dozen reads). It picks the first read of a
+/// load (see `cache/load.rs`): with misses likely, the lease attempt rides along with the GET.
+#[derive(Debug, Default)]
+pub(crate) struct MissOutlook(AtomicI32);
+
+impl MissOutlook {
+    const BOUND: i32 = 16;
+
+    /// Whether L2 misses have been the more frequent lately.
+    pub(crate) fn misses_likely(&self) -> bool {
+        self.0.load(Ordering::Relaxed) < 0
+    }
+
+    /// What one L1 miss found in Redis.
+    pub(crate) fn record(&self, l2_hit: bool) {
+        let step = if l2_hit { 1 } else { -1 };
+        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |score| {
+            let next = (score + step).clamp(-Self::BOUND, Self::BOUND);
+            (next != score).then_some(next)
+        });
     }
 }
 
@@ -259,5 +286,26 @@ impl NamespaceStats {
         let hits = self.l1_hits + self.l2_hits;
         let reads = self.l1_hits + self.l1_misses;
         if reads == 0 { 0.0 } else { hits as f64 / reads as f64 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outlook_follows_the_recent_reads() {
+        let outlook = MissOutlook::default();
+        assert!(!outlook.misses_likely(), "starts expecting hits: an L2 hit then costs no script");
+        outlook.record(false);
+        assert!(outlook.misses_likely());
+        for _ in 0..100 {
+            outlook.record(false);
+        }
+        // Saturated: as many hits as the bound bring it back, not a hundred.
+        for _ in 0..MissOutlook::BOUND {
+            outlook.record(true);
+        }
+        assert!(!outlook.misses_likely());
     }
 }

@@ -113,6 +113,7 @@ pub async fn worker(options: WorkerOptions) -> anyhow::Result<()> {
         history.extend(task.await?);
     }
     watcher.abort();
+    cache.settled().await;
     let path = dir.join(format!("history-{}.jsonl", options.process));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
     for entry in &history {

@@ -7,9 +7,10 @@
 //!  ├─ hot key? read one copy                   hit → return          cache/hot.rs
 //!  └─ single-flight: one load per key here     others wait           Flights, below
 //!      └─ load_through (the leader)
-//!          ├─ L2 read: GET + PTTL, one round trip                    read_l2 · l2.rs
+//!          ├─ L2 read: GET + PTTL, one round trip; with the lease     read_l2 · read_leasing
+//!          │    attempt too when misses dominate (the namespace's outlook)
 //!          │    value → return (L1 filled with the ticket of the read)
-//!          ├─ miss: coordinate with other processes (round trip 2)   coordinate
+//!          ├─ miss: coordinate with other processes                  coordinate
 //!          │    lease taken → load │ another's value appears → return │ waited too long → load
 //!          ├─ capture the marks (namespace/tag generations) BEFORE the load   cache/stamps.rs
 //!          ├─ loader, under the soft / hard timeouts; failed → fail-safe value or error
@@ -18,8 +19,11 @@
 //!             Redis away → L1 only                                   cache/tiers.rs
 //! ```
 //!
-//! A miss costs its caller two round trips (the read, the lease), like naive cache-aside's GET
-//! and SET; an L1 miss that Redis serves costs one GET + PTTL. The store and the L1 fill (which
+//! An L1 miss that Redis serves costs one GET + PTTL, no script. A miss costs its caller at most
+//! two round trips before its loader runs (the read, then the lease), and one when the
+//! namespace's recent L1 misses were mostly L2 misses: the lease attempt then rides in the
+//! read's pipeline ([`MissOutlook`](crate::metrics::MissOutlook) decides; a hit pays for a
+//! script run in that case). The store and the L1 fill (which
 //! waits for the write's own invalidation, see [`crate::l1`]) run after the callers have their
 //! value; until they end, a later caller of the key in this process waits for them
 //! ([`Flights::stored`]) and then reads what they stored, so nothing in this process loads the
@@ -86,6 +90,21 @@ enum Coordinated {
     Holder(String),
     /// Load without a lease (waited too long, or Redis failed: then skip the write-back).
     LoadAlone { redis_failed: bool },
+}
+
+/// The lease attempt sent with the first read of a load ([`Inner::read_leasing`]): the token it
+/// used and what [`ACQUIRE_UNLESS_PRESENT`] answered.
+#[derive(Debug)]
+struct FirstTry {
+    token: String,
+    outcome: i64,
+}
+
+impl FirstTry {
+    /// Whether this attempt took the lease (the key was absent when the script ran).
+    fn took_lease(&self) -> bool {
+        self.outcome == 1
+    }
 }
 
 /// What a refresh's lease attempt found.
@@ -219,8 +238,25 @@ impl Inner {
         let ns = self.metrics.ns(key.namespace());
         // For the L1 fill when Redis cannot take the value: nothing may have changed since now.
         let before = self.l1.ticket(key.as_str());
-        // A plain GET (and PTTL): an L2 hit costs Redis nothing more. Only a miss takes a lease.
-        let read = self.read_l2::<T>(key, &ns, negative_is_hit).await;
+        // GET and PTTL: an L2 hit costs Redis nothing more. When the namespace's recent L1
+        // misses were mostly L2 misses too, the lease attempt rides along (one round trip for
+        // both on a miss, a script run for nothing on a hit).
+        let (read, first) = if self.leases.enabled && ns.outlook.misses_likely() {
+            self.read_leasing::<T>(key, &ns, negative_is_hit).await
+        } else {
+            (self.read_l2::<T>(key, &ns, negative_is_hit).await, None)
+        };
+        match &read {
+            Ok(L2Read::Value(_) | L2Read::Negative) => ns.outlook.record(true),
+            Ok(L2Read::Miss | L2Read::Stale(..)) => ns.outlook.record(false),
+            Ok(L2Read::Unusable) | Err(_) => {}
+        }
+        // A lease taken by that attempt while the read found something to serve, or something
+        // that is not coordinated, goes back at once: others would wait for it in vain.
+        let coordinated = matches!(read, Ok(L2Read::Miss | L2Read::Stale(..)));
+        if let Some(taken) = first.as_ref().filter(|f| f.took_lease() && !coordinated) {
+            self.release_lease(key, &taken.token).await;
+        }
         // Coordinate with other processes only on a true miss (an expired value kept by a grace
         // period counts as one): a stored value this caller cannot use is simply replaced.
         let (mut redis_failed, coordinate, stale) = match read {
@@ -240,7 +276,7 @@ impl Inner {
         let fallback = stale.filter(|(_, meta)| self.freshness.fail_safe_allows(*meta)).map(|(v, _)| v);
         let mut lease = None;
         if coordinate && !redis_failed && self.leases.enabled {
-            match self.coordinate::<T>(key, &ns, negative_is_hit, stale_present).await {
+            match self.coordinate::<T>(key, &ns, negative_is_hit, stale_present, first).await {
                 Coordinated::Found(shared) => return Ok(shared),
                 Coordinated::Holder(token) => lease = Some(token),
                 Coordinated::LoadAlone { redis_failed: failed } => redis_failed = failed,
@@ -347,30 +383,85 @@ impl Inner {
         }
     }
 
+    /// The first read of a load (an L1 miss, leases on): GET, PTTL and the lease attempt in ONE
+    /// round trip, instead of a GET then, on a miss, the lease script. The script takes the
+    /// lease only if the key is absent when it runs, so a hit costs nothing more; a lease taken
+    /// although the read found something usable (the key appeared or went between the two)
+    /// must be handed back by the caller (see [`FirstTry::took_lease`]). `None` when the combined
+    /// call failed: the read's error, and no lease attempt.
+    async fn read_leasing<T: CacheValue>(
+        &self,
+        key: &Key,
+        ns: &NsCounters,
+        accept_negative: bool,
+    ) -> (Result<L2Read<T>>, Option<FirstTry>) {
+        let k = key.as_str();
+        let ticket = self.l1.ticket(k);
+        let lease = lease_key(k);
+        let token = token();
+        let px = ttl_millis(self.leases.ttl);
+        let (l, t) = (lease.as_slice(), token.as_str());
+        let script = &SCRIPTS.acquire_unless_present;
+        let got = self
+            .call_for(k, "GET + lease acquire", |mut c| async move {
+                let mut invocation = script.key(k);
+                invocation.key(l).arg(t).arg(px).arg("0");
+                let mut pipe = redis::pipe();
+                pipe.cmd("GET").arg(k).cmd("PTTL").arg(k).invoke_script(&invocation);
+                match pipe.query_async::<(Option<Vec<u8>>, i64, i64)>(&mut c).await {
+                    // The script is not cached on this node yet (first use, restart, failover):
+                    // load it and send the pipeline again, as `invoke_async` would.
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        invocation.load_async(&mut c).await?;
+                        pipe.query_async(&mut c).await
+                    }
+                    other => other,
+                }
+            })
+            .await;
+        let (got, first) = match got {
+            Ok((bytes, pttl, outcome)) => {
+                let pttl = self.l1.is_on().then_some(pttl);
+                (Ok((bytes, pttl)), Some(FirstTry { token, outcome }))
+            }
+            Err(err) => (Err(err), None),
+        };
+        (self.interpret_l2(key, ns, accept_negative, ticket, got).await, first)
+    }
+
     /// The single-flight leader's coordination with other processes after an L2 miss: take the
     /// lease, or wait for its holder's value (taking the lease over if the holder goes away).
-    /// `stale`: the key holds an expired value, which does not count as present.
+    /// `stale`: the key holds an expired value, which does not count as present. `first`: the
+    /// attempt already sent with the read ([`Inner::read_leasing`]), used as the first one
+    /// unless the value is stale (that attempt treated it as present).
     async fn coordinate<T: CacheValue>(
         &self,
         key: &Key,
         ns: &NsCounters,
         accept_negative: bool,
         stale: bool,
+        first: Option<FirstTry>,
     ) -> Coordinated {
         let mut stale_flag = if stale { "1" } else { "0" };
         let lease = lease_key(key.as_str());
-        let token = token();
+        // A lease the first attempt took is ours whatever the read found: load under it.
+        let mut first = first.filter(|f| !stale || f.took_lease());
+        let token = first.as_ref().map_or_else(token, |f| f.token.clone());
         let px = ttl_millis(self.leases.ttl);
         let started = tokio::time::Instant::now();
         let mut attempt = 0;
         loop {
             let (k, l, t) = (key.as_str(), lease.as_slice(), token.as_str());
             let script = &SCRIPTS.acquire_unless_present;
-            let taken = self
-                .call_for(k, "lease acquire", |mut c| async move {
-                    script.key(k).key(l).arg(t).arg(px).arg(stale_flag).invoke_async::<i64>(&mut c).await
-                })
-                .await;
+            let taken = match first.take() {
+                Some(done) => Ok(done.outcome),
+                None => {
+                    self.call_for(k, "lease acquire", |mut c| async move {
+                        script.key(k).key(l).arg(t).arg(px).arg(stale_flag).invoke_async::<i64>(&mut c).await
+                    })
+                    .await
+                }
+            };
             match taken {
                 Ok(1) => return Coordinated::Holder(token),
                 Ok(0) => {

@@ -248,7 +248,65 @@ async fn stampede_worker() -> TestResult {
             _ => errors += 1,
         }
     }
+    // The leader's store runs after its callers have the value: let it land before exiting.
+    cache.settled().await;
     let lease_waits = cache.metrics().namespace("it:v1:stampede").lease_waits;
     println!("WORKER_RESULT {}", serde_json::json!({ "served": served, "errors": errors, "lease_waits": lease_waits }));
+    Ok(())
+}
+
+/// What the first read of a load costs (issue 16, target 4): an L1 miss that Redis serves runs
+/// no script — GET + PTTL, one call — and once a namespace's L1 misses are mostly L2 misses, a
+/// miss's caller waits for one round trip before its loader runs (GET, PTTL and the lease
+/// attempt together), not two. The store follows after the caller has its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_costs_its_caller_only_the_round_trips_it_needs() -> TestResult {
+    let redis = Redis::standalone();
+    let writer = redis.cache().await;
+    // Stamps read once and trusted for the whole test: only the reads under test call Redis.
+    let reader = redis.builder().stamp_refresh(Duration::from_secs(600)).build().await?;
+    let schema = KeySchema::new("it", 1)?;
+    let keys: Vec<_> = (0..40).map(|i| schema.key("trips", &i.to_string())).collect::<strata::Result<_>>()?;
+    for key in &keys[..10] {
+        writer.set(key, &1u32, Ttl::Medium).await?;
+    }
+    // The namespace's stamp, read once (by an L2 hit: the outlook starts from hits).
+    let warm = schema.key("trips", "warm")?;
+    writer.set(&warm, &0u32, Ttl::Medium).await?;
+    reader.get_or_set(&warm, Ttl::Medium, || async { Ok::<u32, std::io::Error>(0) }).await?;
+    reader.settled().await;
+    let calls = || reader.metrics().l2_duration.count();
+    let mut raw = redis.raw();
+    redis::cmd("CONFIG").arg("RESETSTAT").query::<()>(raw.as_mut())?;
+    for key in &keys[..10] {
+        let before = calls();
+        let got = reader.get_or_set(key, Ttl::Medium, || async { Ok::<u32, std::io::Error>(2) }).await?;
+        assert_eq!((got, calls() - before), (1, 1), "served by Redis in one call");
+    }
+    let info: String = redis::cmd("INFO").arg("commandstats").query(raw.as_mut())?;
+    assert!(!info.contains("cmdstat_eval"), "an L2 hit runs no script:\n{info}");
+
+    // Misses: the first ones read, then take the lease; from the point where misses dominate,
+    // the lease attempt rides with the read.
+    let mut before_loader = Vec::new();
+    for key in &keys[10..] {
+        reader.settled().await;
+        let before = calls();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (seen_in, reader_in) = (seen.clone(), reader.clone());
+        reader
+            .get_or_set(key, Ttl::Medium, || async move {
+                seen_in.store(reader_in.metrics().l2_duration.count(), std::sync::atomic::Ordering::SeqCst);
+                Ok::<u32, std::io::Error>(3)
+            })
+            .await?;
+        before_loader.push(seen.load(std::sync::atomic::Ordering::SeqCst) - before);
+    }
+    assert_eq!(before_loader[0], 2, "expecting hits: GET + PTTL, then the lease: {before_loader:?}");
+    assert!(before_loader[20..].iter().all(|&n| n == 1), "misses dominate: one round trip: {before_loader:?}");
+    reader.settled().await;
+    for key in &keys[10..] {
+        assert_eq!(writer.get::<u32>(key).await?, Some(3), "every loaded value was stored");
+    }
     Ok(())
 }
