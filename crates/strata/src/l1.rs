@@ -291,6 +291,15 @@ impl L1 {
         }
     }
 
+    /// A write or delete of `key` through this instance is about to be sent: its L1 copy goes,
+    /// and every ticket taken before is void for it now, without waiting for the write's
+    /// invalidation message — a load that began before, and a fill that read before, cannot
+    /// be served after the write returns (see `Inner::join_or_load`).
+    pub(crate) fn invalidate_local(&self, key: &str) {
+        self.coherence.bump(key.as_bytes());
+        self.remove(key);
+    }
+
     pub(crate) fn clear(&self) {
         if let Some(store) = &self.store {
             store.clear();
@@ -489,16 +498,37 @@ impl Coherence {
         self.invalidate_one(key, l1);
     }
 
-    fn invalidate_one(&self, key: &[u8], l1: Option<&Store>) {
+    /// Records that `key` changed: every ticket taken before is void for it.
+    fn bump(&self, key: &[u8]) -> (u64, usize, u64) {
         let (hash, bucket) = self.locate(key);
-        let generation = {
-            let slot = &self.buckets[bucket];
-            let mut log = slot.log.lock().unwrap_or_else(|p| p.into_inner());
-            let next = slot.generation.load(Ordering::SeqCst) + 1;
-            log[(next % LOG) as usize] = hash;
-            slot.generation.store(next, Ordering::SeqCst);
-            next
-        };
+        let slot = &self.buckets[bucket];
+        let mut log = slot.log.lock().unwrap_or_else(|p| p.into_inner());
+        let next = slot.generation.load(Ordering::SeqCst) + 1;
+        log[(next % LOG) as usize] = hash;
+        slot.generation.store(next, Ordering::SeqCst);
+        (hash, bucket, next)
+    }
+
+    /// Whether `key` (of both tickets) changed after `earlier` was taken and before `later`
+    /// was: a load that began at `earlier` may then be older than a write this instance had
+    /// seen at `later`. Unsure (the bucket's log no longer reaches back, or tracking was reset
+    /// in between) counts as changed.
+    pub(crate) fn changed_between(&self, earlier: &Ticket, later: &Ticket) -> bool {
+        if later.epoch != earlier.epoch {
+            return later.epoch > earlier.epoch;
+        }
+        if later.generation <= earlier.generation {
+            return false;
+        }
+        let bucket = &self.buckets[earlier.bucket];
+        let log = bucket.log.lock().unwrap_or_else(|p| p.into_inner());
+        let now = bucket.generation.load(Ordering::SeqCst);
+        now.wrapping_sub(earlier.generation) > LOG
+            || (earlier.generation + 1..=later.generation).any(|g| log[(g % LOG) as usize] == earlier.hash)
+    }
+
+    fn invalidate_one(&self, key: &[u8], l1: Option<&Store>) {
+        let (hash, bucket, generation) = self.bump(key);
         self.invalidated_keys.fetch_add(1, Ordering::Relaxed);
         let Ok(key) = std::str::from_utf8(key) else { return };
         if let Some(l1) = l1 {
@@ -600,6 +630,32 @@ impl Coherence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_between_two_tickets_is_seen_from_the_earlier_one_only() {
+        let c = Coherence::new(false, Vec::new());
+        let key = "app:v1:user:1";
+        let early = c.ticket(key);
+        let same = c.ticket(key);
+        assert!(!c.changed_between(&early, &same));
+        c.bump(key.as_bytes());
+        let late = c.ticket(key);
+        assert!(c.changed_between(&early, &late), "changed after early, before late");
+        assert!(!c.changed_between(&late, &early), "nothing is between a later and an earlier ticket");
+        // Past the log's reach: unsure, so changed.
+        let old = c.ticket(key);
+        let (_, b) = c.locate(key.as_bytes());
+        for i in 0.. {
+            let other = format!("same-bucket-{i}");
+            if c.locate(other.as_bytes()).1 == b {
+                for _ in 0..LOG + 1 {
+                    c.bump(other.as_bytes());
+                }
+                break;
+            }
+        }
+        assert!(c.changed_between(&old, &c.ticket(key)), "the log no longer reaches back");
+    }
 
     #[test]
     fn an_invalidation_voids_earlier_tickets_of_that_key_only_by_bucket() {

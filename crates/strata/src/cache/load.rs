@@ -199,10 +199,14 @@ impl Inner {
         };
         // Plain and optional loads of one type are separate flights: one may not satisfy the other.
         let kind = (TypeId::of::<T>(), u8::from(negative_is_hit));
+        let mut loader = Some(loader);
         let shared = self
-            .flights
-            .run(key.shared(), kind, || {
-                self.load_through::<T, F, Fut, E>(key, ttl, tags, loader, negative_is_hit, true)
+            .join_or_load(key, kind, |before| {
+                let loader = loader.take();
+                async move {
+                    let loader = loader.ok_or_else(|| Error::config("internal error: a load ran twice"))?;
+                    self.load_through::<T, F, Fut, E>(key, ttl, tags, loader, negative_is_hit, true, before).await
+                }
             })
             .await?;
         match shared.downcast_ref::<Option<T>>() {
@@ -216,10 +220,45 @@ impl Inner {
         }
     }
 
+    /// Runs `load` as the key's single flight in this process, or joins the one running: a
+    /// joined load is taken unless it began before a change of the key that this instance had
+    /// seen when the caller came here (a write or delete through this instance, or an
+    /// invalidation message) — its value may be older than that write. The caller then runs or
+    /// joins a later load, which cannot be older than its own arrival. `load` gets the ticket of
+    /// its beginning.
+    async fn join_or_load<L, Fut>(&self, key: &Key, kind: (TypeId, u8), mut load: L) -> Result<Shared>
+    where
+        L: FnMut(Ticket) -> Fut,
+        Fut: Future<Output = Result<Shared>>,
+    {
+        let arrived = self.l1.ticket(key.as_str());
+        // Each turn joins a load that began earlier than the last: a few at most.
+        for _ in 0..4 {
+            let mut ran = false;
+            let landed = self
+                .flights
+                .run(key.shared(), kind, || {
+                    ran = true;
+                    let before = self.l1.ticket(key.as_str());
+                    let loading = load(before);
+                    async move { loading.await.map(|value| Landed { value, before }) }
+                })
+                .await?;
+            if ran || !self.l1.coherence().changed_between(&landed.before, &arrived) {
+                return Ok(landed.value);
+            }
+            tracing::debug!(key = %key, "a load that began before a write of the key is not joined");
+        }
+        let before = self.l1.ticket(key.as_str());
+        load(before).await
+    }
+
     /// The single-flight leader's work: check Redis (another instance may have loaded the key),
     /// else run the loader and store its value in both tiers. `caller_waits`: the caller awaits
     /// this load directly, so a soft timeout (with a stale value to serve instead) abandons it;
-    /// `get_or_refresh` runs it in a task and lets it finish.
+    /// `get_or_refresh` runs it in a task and lets it finish. `before`: the ticket taken as the
+    /// load began (for the L1 fill when Redis cannot take the value: nothing may have changed
+    /// since).
     async fn load_through<T, F, Fut, E>(
         self: &Arc<Self>,
         key: &Key,
@@ -228,6 +267,7 @@ impl Inner {
         loader: F,
         negative_is_hit: bool,
         caller_waits: bool,
+        before: Ticket,
     ) -> Result<Shared>
     where
         T: CacheValue,
@@ -236,8 +276,6 @@ impl Inner {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let ns = self.metrics.ns(key.namespace());
-        // For the L1 fill when Redis cannot take the value: nothing may have changed since now.
-        let before = self.l1.ticket(key.as_str());
         // GET and PTTL: an L2 hit costs Redis nothing more. When the namespace's recent L1
         // misses were mostly L2 misses too, the lease attempt rides along (one round trip for
         // both on a miss, a script run for nothing on a hit).
@@ -581,9 +619,12 @@ impl Inner {
         let task = {
             let (inner, key) = (Arc::clone(self), key.clone());
             tokio::spawn(async move {
-                let load = move || async move { (*loader)().await.map(Some) };
-                let flight = inner.flights.run(key.shared(), (TypeId::of::<T>(), 0), || {
-                    inner.load_through::<T, _, _, E>(&key, ttl, &[], load, false, false)
+                let flight = inner.join_or_load(&key, (TypeId::of::<T>(), 0), |before| {
+                    let (loader, inner, key) = (loader.clone(), &inner, &key);
+                    async move {
+                        let load = move || async move { (*loader)().await.map(Some) };
+                        inner.load_through::<T, _, _, E>(key, ttl, &[], load, false, false, before).await
+                    }
                 });
                 match flight.await?.downcast_ref::<Option<T>>() {
                     Some(Some(v)) => Ok(v.clone()),
@@ -730,7 +771,14 @@ fn unhealthy(err: &Error) -> bool {
     err.is_unhealthy() || err.is_circuit_open()
 }
 
-type Cell = Arc<OnceCell<Result<Shared>>>;
+/// What a flight's callers share: its value, and the ticket taken as its load began.
+#[derive(Debug, Clone)]
+pub(crate) struct Landed {
+    value: Shared,
+    before: Ticket,
+}
+
+type Cell = Arc<OnceCell<Result<Landed>>>;
 /// Key, value type, and a discriminator for flights of one type that produce different results.
 type FlightKey = (Arc<str>, TypeId, u8);
 
@@ -748,10 +796,10 @@ pub(crate) struct Flights {
 impl Flights {
     /// Runs `load` unless a load for the same key and kind is already running, in which case the
     /// caller waits for that one. Returns the shared result.
-    pub(crate) async fn run<F, Fut>(&self, key: &Arc<str>, kind: (TypeId, u8), load: F) -> Result<Shared>
+    pub(crate) async fn run<F, Fut>(&self, key: &Arc<str>, kind: (TypeId, u8), load: F) -> Result<Landed>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Shared>>,
+        Fut: Future<Output = Result<Landed>>,
     {
         let map_key = (key.clone(), kind.0, kind.1);
         let cell = self.lock().entry(map_key.clone()).or_default().clone();
@@ -866,6 +914,11 @@ mod tests {
     use std::time::Duration;
 
     use crate::Error;
+    use crate::l1::Coherence;
+
+    fn landed(v: u8) -> Landed {
+        Landed { value: Arc::new(v), before: Coherence::new(false, Vec::new()).ticket("k") }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_callers_share_one_load_and_its_error() {
@@ -880,7 +933,7 @@ mod tests {
                         .run(&key, (TypeId::of::<u8>(), 0), || async {
                             calls.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await;
-                            Err::<Shared, _>(Error::config("boom"))
+                            Err::<Landed, _>(Error::config("boom"))
                         })
                         .await
                 })
@@ -904,7 +957,7 @@ mod tests {
                 flights
                     .run(&key, (TypeId::of::<u8>(), 0), || async {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
-                        Ok(Arc::new(1u8) as Shared)
+                        Ok(landed(1))
                     })
                     .await
             })
@@ -912,14 +965,12 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1)).await;
         let waiter = {
             let (flights, key) = (flights.clone(), key.clone());
-            tokio::spawn(async move {
-                flights.run(&key, (TypeId::of::<u8>(), 0), || async { Ok(Arc::new(2u8) as Shared) }).await
-            })
+            tokio::spawn(async move { flights.run(&key, (TypeId::of::<u8>(), 0), || async { Ok(landed(2)) }).await })
         };
         tokio::time::sleep(Duration::from_millis(1)).await;
         leader.abort();
         let value = waiter.await.expect("task").expect("value");
-        assert_eq!(value.downcast_ref::<u8>(), Some(&2));
+        assert_eq!(value.value.downcast_ref::<u8>(), Some(&2));
         assert_eq!(flights.len(), 0);
     }
 
@@ -933,7 +984,7 @@ mod tests {
                 flights
                     .run(&key, (TypeId::of::<u8>(), 0), || async {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
-                        Ok(Arc::new(1u8) as Shared)
+                        Ok(landed(1))
                     })
                     .await
             })

@@ -556,6 +556,7 @@ impl Inner {
         ttl: Ttl,
         tags: &[Tag],
     ) -> Result<()> {
+        self.l1.invalidate_local(key.as_str());
         let marks = self.write_marks(key, tags).await?;
         let prepared = match self.prepare(key, value.cloned(), ttl, &marks, 0) {
             Ok(prepared) => prepared,
@@ -576,6 +577,9 @@ impl Inner {
     /// the groups sent concurrently; each key settled like a single write.
     pub(crate) async fn write_many<T: CacheValue>(&self, items: &[(Key, T)], ttl: Ttl) -> Result<()> {
         let mut prepared = Vec::with_capacity(items.len());
+        for (key, _) in items {
+            self.l1.invalidate_local(key.as_str());
+        }
         for (key, value) in items {
             let marks = self.write_marks(key, &[]).await?;
             match self.prepare(key, Some(value.clone()), ttl, &marks, 0) {
@@ -638,10 +642,10 @@ impl Inner {
         }
     }
 
-    /// `delete`: L1, then the key and its lease in Redis (same slot: a load in flight must not
+    /// `delete`: L1 (and every ticket of the key, see [`L1::invalidate_local`](crate::l1::L1::invalidate_local)), then the key and its lease in Redis (same slot: a load in flight must not
     /// store its value after this), then the hot copies. Whether Redis held the key.
     pub(crate) async fn delete(&self, key: &Key) -> Result<bool> {
-        self.l1.remove(key.as_str());
+        self.l1.invalidate_local(key.as_str());
         let (k, lease) = (key.as_str(), &lease_key(key.as_str()));
         let (removed, _): (i64, i64) = self
             .call_for(k, "DEL", |mut c| async move {

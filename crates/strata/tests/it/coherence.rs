@@ -550,3 +550,52 @@ async fn a_redirect_to_an_untracked_master_keeps_l1_coherent() -> TestResult {
     until_reads(&cache, &key, Some("v2"), "after a write on the new owner").await?;
     Ok(())
 }
+
+/// In one process: a read that begins after a delete (the cache-aside write: the source was
+/// updated, then the key deleted) must not take the value of a load that began before the
+/// delete — the single-flight load it would join read the source before the update. Found by
+/// the user-profiles benchmark's stale-read check (40 stale reads in one process).
+async fn a_read_after_a_delete_does_not_join_an_older_load(redis: Redis) -> TestResult {
+    let cache = instance(&redis).await?;
+    let key = KeySchema::new("it", 1)?.key("joined", "1")?;
+    let ns = key.namespace().to_owned();
+    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let older = {
+        let (cache, key) = (cache.clone(), key.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_set(&key, Ttl::Medium, || async move {
+                    let v1 = "v1".to_owned(); // read from the source before the update
+                    let _ = loading_tx.send(());
+                    let _ = release_rx.await;
+                    Ok::<_, std::io::Error>(v1)
+                })
+                .await
+        })
+    };
+    loading_rx.await?;
+    // The source now holds v2; the writer deletes the key, and only then does the reader come.
+    cache.delete(&key).await?;
+    let newer = {
+        let (cache, key) = (cache.clone(), key.clone());
+        tokio::spawn(async move {
+            cache.get_or_set(&key, Ttl::Medium, || async { Ok::<_, std::io::Error>("v2".to_owned()) }).await
+        })
+    };
+    // Let the reader reach the load in flight (its L1 miss is counted just before it joins).
+    let deadline = Instant::now() + PATIENCE;
+    while cache.metrics().namespace(&ns).l1_misses < 2 {
+        assert!(Instant::now() < deadline, "the second reader never missed L1");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    release_tx.send(()).map_err(|_| "the first reader is gone")?;
+    assert_eq!(older.await??, "v1", "the first caller began before the delete: v1 is its answer");
+    assert_eq!(newer.await??, "v2", "{}: the second began after the delete", redis.name());
+    cache.settled().await;
+    cache.clear_l1();
+    assert_eq!(cache.get::<String>(&key).await?.as_deref(), Some("v2"), "v1's store was refused");
+    Ok(())
+}
+on_both!(a_read_after_a_delete_does_not_join_an_older_load);
