@@ -13,7 +13,12 @@
 //! - **redis-rs cache-aio**: the naive cache-aside on a redis-rs connection with its own
 //!   client-side cache (feature `cache-aio`, RESP3, `CLIENT TRACKING ON` in default mode, a
 //!   cluster connection on a cluster): a repeated GET is answered from process memory until
-//!   Redis sends the key's invalidation;
+//!   Redis sends the key's invalidation. Expect stale reads: redis-rs 1.8 stores a GET's reply
+//!   in its cache after the reply has come back (`caching/cmd.rs`, `CacheableCommand::resolve`)
+//!   with no check for an invalidation of that key processed in between, so a DEL racing the
+//!   GET can leave the old value cached, and Redis, having sent its one invalidation, no longer
+//!   tracks the key for this connection: the copy stays until its TTL or the LRU drops it (the
+//!   race lettuce fixed with a pending marker, redis/lettuce#3481);
 //! - **two-tier moka**: a hand-rolled two-tier: a `moka::future::Cache` with a short TTL
 //!   ([`TWO_TIER_L1_TTL`]) in front of the naive cache-aside. Nothing invalidates other
 //!   instances' moka tier; a write updates the row, DELs the Redis key and invalidates its own
