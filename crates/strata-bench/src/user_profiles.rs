@@ -312,7 +312,7 @@ pub struct Run {
     pub options: Options,
 }
 
-/// The sequence number a profile's name carries: what [`Writes::name`] wrote for run `run`, 0
+/// The sequence number a profile's name carries (`User {id} edit {n} {run}.v{seq}`) for run `run`, 0
 /// for anything else (a seeded row, a row an earlier run wrote, a name it cannot parse).
 pub fn written_seq(name: &str, run: &str) -> u64 {
     name.rsplit_once(' ').and_then(|(_, tag)| tag.strip_prefix(run)?.strip_prefix(".v")?.parse().ok()).unwrap_or(0)
