@@ -26,7 +26,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::svg::{Chart, Series, bar_chart, cdf_chart, escape, line_chart};
+use crate::svg::{Chart, Series, bar_chart, cdf_chart, cdf_chart_coloured, escape, line_chart};
 
 /// Default directory of the reports (relative to the working directory).
 pub const DEFAULT_DIR: &str = "target/strata-bench";
@@ -124,6 +124,13 @@ impl Report {
     /// Adds a latency CDF of each histogram (nanoseconds).
     pub fn cdf(&mut self, title: &str, histograms: &[(&str, &Histogram<u64>)]) -> &mut Self {
         self.sections.push(format!("<figure>{}</figure>", cdf_chart(title, histograms)));
+        self
+    }
+
+    /// Adds a latency CDF of each histogram (nanoseconds), each in the palette colour given
+    /// (one colour per variant across a report's charts).
+    pub fn cdf_coloured(&mut self, title: &str, histograms: &[(&str, &Histogram<u64>, usize)]) -> &mut Self {
+        self.sections.push(format!("<figure>{}</figure>", cdf_chart_coloured(title, histograms)));
         self
     }
 

@@ -17,12 +17,26 @@ pub struct Series {
     pub name: String,
     /// Points (x, y), in drawing order; non-finite points are skipped.
     pub points: Vec<(f64, f64)>,
+    /// Index of its colour in the palette; `None`: its position among the chart's series. A
+    /// report whose charts show different subsets of its variants sets it, so that a variant
+    /// keeps one colour in every chart.
+    pub colour: Option<usize>,
 }
 
 impl Series {
     /// A named series.
     pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
-        Self { name: name.into(), points }
+        Self { name: name.into(), points, colour: None }
+    }
+
+    /// The same series drawn in palette colour `index` (modulo the palette's length).
+    pub fn with_colour(mut self, index: usize) -> Self {
+        self.colour = Some(index);
+        self
+    }
+
+    fn colour_at(&self, position: usize) -> &'static str {
+        PALETTE[self.colour.unwrap_or(position) % PALETTE.len()]
     }
 }
 
@@ -69,6 +83,8 @@ const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 58.0;
 const BOTTOM: f64 = 55.0;
+/// Height of a legend row; a legend wider than the chart wraps, and the plot moves down.
+const LEGEND_ROW: f64 = 18.0;
 /// Colours distinguishable with the common colour-vision deficiencies (Okabe-Ito).
 const PALETTE: [&str; 7] = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"];
 
@@ -109,7 +125,7 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> String {
     };
     let py = |y: f64| TOP + plot_h - (y.clamp(y0, y1) - y0) / (y1 - y0) * plot_h;
 
-    let mut svg = frame(chart);
+    let mut svg = String::new();
     for &t in &x_ticks {
         let x = px(t);
         let _ = write!(
@@ -123,7 +139,7 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> String {
     y_grid(&mut svg, &y_ticks, py);
     axes(&mut svg, chart);
     for (i, s) in series.iter().enumerate() {
-        let colour = PALETTE[i % PALETTE.len()];
+        let colour = s.colour_at(i);
         let coords: Vec<String> =
             s.points.iter().filter(|p| usable(p)).map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
         if !coords.is_empty() {
@@ -134,9 +150,9 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> String {
             );
         }
     }
-    legend(&mut svg, series.iter().map(|s| s.name.as_str()));
-    svg.push_str("</svg>");
-    svg
+    let entries: Vec<(&str, &str)> =
+        series.iter().enumerate().map(|(i, s)| (s.name.as_str(), s.colour_at(i))).collect();
+    assemble(chart, &entries, &svg)
 }
 
 /// Draws grouped bars: for each category (x), one bar per series, `values[i]` of a series
@@ -152,7 +168,7 @@ pub fn bar_chart(chart: &Chart, categories: &[String], series: &[(String, Vec<f6
     );
     let (plot_w, plot_h) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
     let py = |y: f64| TOP + plot_h - (y.clamp(0.0, top) / top) * plot_h;
-    let mut svg = frame(chart);
+    let mut svg = String::new();
     y_grid(&mut svg, &linear_ticks(0.0, top), py);
     let group = plot_w / categories.len().max(1) as f64;
     let bar = group * 0.8 / series.len().max(1) as f64;
@@ -179,9 +195,51 @@ pub fn bar_chart(chart: &Chart, categories: &[String], series: &[(String, Vec<f6
         }
     }
     axes(&mut svg, chart);
-    legend(&mut svg, series.iter().map(|s| s.0.as_str()));
+    let entries: Vec<(&str, &str)> =
+        series.iter().enumerate().map(|(i, s)| (s.0.as_str(), PALETTE[i % PALETTE.len()])).collect();
+    assemble(chart, &entries, &svg)
+}
+
+/// The whole SVG: title, legend (on as many rows as it needs) and the plot drawn in `body`,
+/// moved down by the legend's extra rows.
+fn assemble(chart: &Chart, legend_entries: &[(&str, &str)], body: &str) -> String {
+    let rows = legend_layout(legend_entries.iter().map(|e| e.0));
+    let extra = LEGEND_ROW * rows.iter().map(|r| r.1).max().unwrap_or(0) as f64;
+    let mut svg = frame(chart, HEIGHT + extra);
+    for (&(name, colour), &(lx, row)) in legend_entries.iter().zip(&rows) {
+        let ly = 40.0 + LEGEND_ROW * row as f64;
+        let _ = write!(
+            svg,
+            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            lx + 18.0,
+            lx + 24.0,
+            ly + 4.0,
+            escape(name)
+        );
+    }
+    if extra > 0.0 {
+        let _ = write!(svg, r#"<g transform="translate(0 {extra:.1})">{body}</g>"#);
+    } else {
+        svg.push_str(body);
+    }
     svg.push_str("</svg>");
     svg
+}
+
+/// Where each legend entry goes: (x, row). Entries fill a row left to right (text about 7 px
+/// per character at the chart's font size) and wrap before passing the right edge.
+fn legend_layout<'a>(names: impl Iterator<Item = &'a str>) -> Vec<(f64, usize)> {
+    let (mut lx, mut row) = (LEFT, 0);
+    let mut out = Vec::new();
+    for name in names {
+        let width = 40.0 + 7.0 * name.chars().count() as f64;
+        if lx > LEFT && lx + width - 16.0 > WIDTH - RIGHT {
+            (lx, row) = (LEFT, row + 1);
+        }
+        out.push((lx, row));
+        lx += width;
+    }
+    out
 }
 
 /// Horizontal grid lines with their labels at `ticks`, placed by `py`.
@@ -200,9 +258,9 @@ fn y_grid(svg: &mut String, ticks: &[f64], py: impl Fn(f64) -> f64) {
 }
 
 /// The opening tag, background and title.
-fn frame(chart: &Chart) -> String {
+fn frame(chart: &Chart, height: f64) -> String {
     let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = write!(
         svg,
@@ -229,26 +287,15 @@ fn axes(svg: &mut String, chart: &Chart) {
     );
 }
 
-/// The legend: a row above the plot, where it can hide no data.
-fn legend<'a>(svg: &mut String, names: impl Iterator<Item = &'a str>) {
-    let (mut lx, ly) = (LEFT, 40.0);
-    for (i, name) in names.enumerate() {
-        let _ = write!(
-            svg,
-            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            lx + 18.0,
-            PALETTE[i % PALETTE.len()],
-            lx + 24.0,
-            ly + 4.0,
-            escape(name)
-        );
-        lx += 40.0 + 7.0 * name.chars().count() as f64;
-    }
-}
-
 /// The latency CDF of each histogram (nanoseconds), x in milliseconds.
 pub fn cdf_chart(title: &str, histograms: &[(&str, &Histogram<u64>)]) -> String {
-    let series: Vec<Series> = histograms.iter().map(|(name, h)| Series::new(*name, cdf_points(h))).collect();
+    cdf_chart_coloured(title, &histograms.iter().enumerate().map(|(i, (name, h))| (*name, *h, i)).collect::<Vec<_>>())
+}
+
+/// [`cdf_chart`] with the palette colour of each histogram given (see [`Series::colour`]).
+pub fn cdf_chart_coloured(title: &str, histograms: &[(&str, &Histogram<u64>, usize)]) -> String {
+    let series: Vec<Series> =
+        histograms.iter().map(|(name, h, colour)| Series::new(*name, cdf_points(h)).with_colour(*colour)).collect();
     let (lo, hi) = bounds(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).filter(|x| *x > 0.0));
     let mut chart = Chart::new(title, "latency (ms)", "fraction of calls at or below");
     chart.y_range = Some((0.0, 1.0));
@@ -370,6 +417,38 @@ mod tests {
         assert!(svg.contains(&format!("height=\"{:.1}\"", plot_h / 2.0)));
         assert!(svg.contains(">a:1<") && svg.contains(">b:2<") && svg.contains(">y<"));
         assert!(bar_chart(&Chart::new("e", "x", "y"), &[], &[]).ends_with("</svg>"));
+    }
+
+    #[test]
+    fn a_wide_legend_wraps_inside_the_chart_and_moves_the_plot_down() {
+        let names =
+            ["database alone", "strata (example Users)", "naive redis-rs cache-aside", "cached crate AsyncRedisCache"];
+        let series: Vec<Series> = names.iter().map(|n| Series::new(*n, vec![(0.0, 0.5), (1.0, 0.6)])).collect();
+        let svg = line_chart(&Chart::new("t", "x", "y"), &series);
+        let layout = legend_layout(names.iter().copied());
+        assert!(layout.iter().any(|&(_, row)| row > 0), "four long names do not fit one row: {layout:?}");
+        for (&(x, _), name) in layout.iter().zip(names) {
+            assert!(
+                x + 24.0 + 7.0 * name.chars().count() as f64 <= WIDTH - RIGHT,
+                "{name} ends inside the chart at {x}"
+            );
+        }
+        let rows = layout.iter().map(|l| l.1).max().expect("entries") as f64;
+        let height = HEIGHT + LEGEND_ROW * rows;
+        assert!(svg.contains(&format!(r#"height="{height}""#)), "taller by the extra rows: {svg}");
+        assert!(svg.contains(&format!(r#"<g transform="translate(0 {:.1})">"#, LEGEND_ROW * rows)));
+        let short = line_chart(&Chart::new("t", "x", "y"), &series[..1]);
+        assert!(short.contains(&format!(r#"height="{HEIGHT}""#)) && !short.contains("<g "), "one row: as before");
+    }
+
+    #[test]
+    fn a_series_keeps_the_colour_it_is_given() {
+        let chart = Chart::new("t", "x", "y");
+        let svg = line_chart(&chart, &[Series::new("b", vec![(0.0, 1.0), (1.0, 2.0)]).with_colour(1)]);
+        assert!(svg.contains(&format!(r#"stroke="{}" stroke-width="2""#, PALETTE[1])), "{svg}");
+        assert!(!svg.contains(PALETTE[0]), "not the first colour for being first: {svg}");
+        let svg = line_chart(&chart, &[Series::new("a", vec![(0.0, 1.0)]), Series::new("b", vec![(0.0, 2.0)])]);
+        assert!(svg.contains(PALETTE[0]) && svg.contains(PALETTE[1]), "by position when not given");
     }
 
     #[test]

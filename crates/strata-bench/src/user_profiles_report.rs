@@ -49,10 +49,29 @@ pub struct Figures {
     pub warmup_seconds_per_variant: f64,
     /// Operation cap of each variant.
     pub max_ops_per_variant: u64,
-    /// Every variant by name: direct, strata, naive_redis_rs, cached_crate.
+    /// Every variant by name: direct, strata, naive_redis_rs, cached_crate, redis_rs_cache_aio,
+    /// two_tier_moka.
     pub variants: BTreeMap<String, VariantFigures>,
     /// Strata against each peer cache.
     pub peers: BTreeMap<String, PeerRatios>,
+    /// Strata against the peer with the highest throughput among those with no stale read
+    /// (`None`: every peer had stale reads).
+    pub best_coherent_peer: Option<BestPeer>,
+}
+
+/// The peer the targets of issue 16 are measured against.
+#[derive(Debug, Clone, Serialize)]
+pub struct BestPeer {
+    /// Its name among the variants.
+    pub name: String,
+    /// Its operations per second.
+    pub throughput: f64,
+    /// Its read p99, ms.
+    pub p99_ms: f64,
+    /// Strata throughput / its throughput.
+    pub strata_throughput_ratio: f64,
+    /// Strata p99 / its p99.
+    pub strata_p99_ratio: f64,
 }
 
 /// One variant's figures.
@@ -84,6 +103,8 @@ pub struct VariantFigures {
     pub throughput: f64,
     /// Reads that did not query the database.
     pub hit_ratio: f64,
+    /// Reads that returned a profile older than a write completed before they started.
+    pub stale_reads: u64,
     /// Statements the database received.
     pub source_queries: u64,
     /// ... per second.
@@ -105,6 +126,8 @@ pub struct PeerRatios {
     pub throughput: f64,
     /// The peer's hit ratio.
     pub hit_ratio: f64,
+    /// The peer's stale reads.
+    pub stale_reads: u64,
     /// Strata p50 / peer p50.
     pub strata_p50_ratio: f64,
     /// Strata p99 / peer p99.
@@ -129,6 +152,7 @@ fn variant_figures(m: &Measured) -> VariantFigures {
         write_p99_ms: ms(m.writes.value_at_quantile(0.99)),
         throughput: m.throughput().round(),
         hit_ratio: round4(m.hit_ratio()),
+        stale_reads: m.stale_reads,
         source_queries: m.source_queries,
         source_queries_per_s: (m.source_queries as f64 / secs).round(),
         seconds: (secs * 1000.0).round() / 1000.0,
@@ -148,7 +172,7 @@ pub fn figures(run: &Run) -> anyhow::Result<Figures> {
     let (direct, strata) = (find(Variant::Direct)?, find(Variant::Strata)?);
     let (d, s) = (variant_figures(direct), variant_figures(strata));
     let mut peers = BTreeMap::new();
-    for peer in [Variant::Naive, Variant::Cached] {
+    for peer in Variant::ALL.into_iter().filter(|v| !matches!(v, Variant::Direct | Variant::Strata)) {
         let p = variant_figures(find(peer)?);
         peers.insert(
             peer.name().to_owned(),
@@ -157,12 +181,20 @@ pub fn figures(run: &Run) -> anyhow::Result<Figures> {
                 p99_ms: p.p99_ms,
                 throughput: p.throughput,
                 hit_ratio: p.hit_ratio,
+                stale_reads: p.stale_reads,
                 strata_p50_ratio: ratio(s.p50_ms, p.p50_ms),
                 strata_p99_ratio: ratio(s.p99_ms, p.p99_ms),
                 strata_throughput_ratio: ratio(s.throughput, p.throughput),
             },
         );
     }
+    let best_coherent_peer = best_coherent_peer(&peers).map(|(name, p)| BestPeer {
+        name: name.to_owned(),
+        throughput: p.throughput,
+        p99_ms: p.p99_ms,
+        strata_throughput_ratio: p.strata_throughput_ratio,
+        strata_p99_ratio: p.strata_p99_ratio,
+    });
     let o = &run.options;
     Ok(Figures {
         p50_ms_cached: s.p50_ms,
@@ -185,7 +217,17 @@ pub fn figures(run: &Run) -> anyhow::Result<Figures> {
         max_ops_per_variant: o.max_ops,
         variants: run.measured.iter().map(|m| (m.variant.name().to_owned(), variant_figures(m))).collect(),
         peers,
+        best_coherent_peer,
     })
+}
+
+/// The peer with the highest throughput among those with no stale read.
+fn best_coherent_peer(peers: &BTreeMap<String, PeerRatios>) -> Option<(&str, &PeerRatios)> {
+    peers
+        .iter()
+        .filter(|(_, p)| p.stale_reads == 0)
+        .max_by(|a, b| a.1.throughput.total_cmp(&b.1.throughput))
+        .map(|(name, p)| (name.as_str(), p))
 }
 
 /// A percentile of the direct reads, never zero (an empty histogram gives 1 ns).
@@ -218,6 +260,7 @@ pub fn report(run: &Run, figures: &Figures, command: &[String]) -> anyhow::Resul
                 format!("{:.3} ms", v.p99_ms),
                 format!("{:.0}", v.throughput),
                 format!("{:.1} %", v.hit_ratio * 100.0),
+                v.stale_reads.to_string(),
                 format!("{:.0}", v.source_queries_per_s),
                 v.errors.to_string(),
             ]
@@ -225,12 +268,14 @@ pub fn report(run: &Run, figures: &Figures, command: &[String]) -> anyhow::Resul
         .collect();
     report.table(
         "Reads and throughput",
-        &["variant", "p50", "p95", "p99", "ops/s", "hit ratio", "db queries/s", "errors"],
+        &["variant", "p50", "p95", "p99", "ops/s", "hit ratio", "stale reads", "db queries/s", "errors"],
         rows,
     );
     report.preformatted(&render(figures));
-    let hists: Vec<(&str, &Histogram<u64>)> = run.measured.iter().map(|m| (m.variant.label(), &m.reads)).collect();
-    report.cdf("Read latency", &hists);
+    // Colours by variant, not by position: the hit-ratio chart leaves the database out.
+    let hists: Vec<(&str, &Histogram<u64>, usize)> =
+        run.measured.iter().map(|m| (m.variant.label(), &m.reads, m.variant.index())).collect();
+    report.cdf_coloured("Read latency", &hists);
     let mut chart = Chart::new(
         "Read hit ratio over time (per second)",
         "seconds since measuring started (after the warm-up)",
@@ -241,7 +286,7 @@ pub fn report(run: &Run, figures: &Figures, command: &[String]) -> anyhow::Resul
         .measured
         .iter()
         .filter(|m| m.variant != Variant::Direct)
-        .map(|m| Series::new(m.variant.label(), m.timeline.hit_ratio_points()))
+        .map(|m| Series::new(m.variant.label(), m.timeline.hit_ratio_points()).with_colour(m.variant.index()))
         .collect();
     report.line_chart(chart, series);
     Ok(report)
@@ -250,7 +295,7 @@ pub fn report(run: &Run, figures: &Figures, command: &[String]) -> anyhow::Resul
 /// The figures as a terminal table.
 pub fn render(f: &Figures) -> String {
     let mut out = format!(
-        "user-profiles: {} users, {:.0} % reads, Zipf({}), {} workers, {:.1} s warm-up + {:.1} s measured per variant\ndatabase: {}\n\n{:<30} {:>10} {:>10} {:>10} {:>9} {:>9} {:>13}\n",
+        "user-profiles: {} users, {:.0} % reads, Zipf({}), {} workers, {:.1} s warm-up + {:.1} s measured per variant\ndatabase: {}\n\n{:<36} {:>10} {:>10} {:>10} {:>9} {:>9} {:>11} {:>13}\n",
         f.users,
         f.read_ratio * 100.0,
         f.zipf_exponent,
@@ -264,18 +309,20 @@ pub fn render(f: &Figures) -> String {
         "p99",
         "ops/s",
         "hit ratio",
+        "stale reads",
         "db queries/s"
     );
-    for name in ["direct", "strata", "naive_redis_rs", "cached_crate"] {
-        let Some(v) = f.variants.get(name) else { continue };
+    for variant in Variant::ALL {
+        let Some(v) = f.variants.get(variant.name()) else { continue };
         out += &format!(
-            "{:<30} {:>10} {:>10} {:>10} {:>9.0} {:>8.1}% {:>13.0}\n",
+            "{:<36} {:>10} {:>10} {:>10} {:>9.0} {:>8.1}% {:>11} {:>13.0}\n",
             v.label,
             human_ns(v.p50_ms * 1e6),
             human_ns(v.p95_ms * 1e6),
             human_ns(v.p99_ms * 1e6),
             v.throughput,
             v.hit_ratio * 100.0,
+            v.stale_reads,
             v.source_queries_per_s
         );
         if v.errors > 0 {
@@ -287,11 +334,55 @@ pub fn render(f: &Figures) -> String {
         f.latency_reduction * 100.0,
         f.latency_reduction_p99 * 100.0
     );
-    for (name, p) in &f.peers {
+    for variant in Variant::ALL {
+        let Some(p) = f.peers.get(variant.name()) else { continue };
+        let name = variant.name();
         out += &format!(
-            "strata / {name}: p50 x{:.2}, p99 x{:.2}, throughput x{:.2}\n",
+            "strata / {name}: p50 x{:.2}, p99 x{:.2}, throughput x{:.2}",
             p.strata_p50_ratio, p.strata_p99_ratio, p.strata_throughput_ratio
         );
+        if p.stale_reads > 0 {
+            out += &format!(" ({name}: {} stale reads)", p.stale_reads);
+        }
+        out += "\n";
     }
+    out += &match &f.best_coherent_peer {
+        Some(b) => format!(
+            "strata / best coherent peer ({}): throughput x{:.2}, p99 x{:.2} (targets: throughput x1.20 or more, p99 x1.00 or less)\n",
+            b.name, b.strata_throughput_ratio, b.strata_p99_ratio
+        ),
+        None => "strata / best coherent peer: none, every peer had stale reads\n".to_owned(),
+    };
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(throughput: f64, stale_reads: u64) -> PeerRatios {
+        PeerRatios {
+            p50_ms: 0.1,
+            p99_ms: 1.0,
+            throughput,
+            hit_ratio: 0.9,
+            stale_reads,
+            strata_p50_ratio: 1.0,
+            strata_p99_ratio: 1.0,
+            strata_throughput_ratio: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_best_coherent_peer_is_the_fastest_without_stale_reads() {
+        let mut peers = BTreeMap::new();
+        peers.insert("naive_redis_rs".to_owned(), peer(900.0, 0));
+        peers.insert("cached_crate".to_owned(), peer(1000.0, 0));
+        peers.insert("two_tier_moka".to_owned(), peer(5000.0, 12));
+        assert_eq!(best_coherent_peer(&peers).map(|b| b.0), Some("cached_crate"), "the fastest is stale");
+        peers.insert("redis_rs_cache_aio".to_owned(), peer(1100.0, 1));
+        assert_eq!(best_coherent_peer(&peers).map(|b| b.0), Some("cached_crate"), "one stale read disqualifies");
+        peers.retain(|_, p| p.stale_reads > 0);
+        assert!(best_coherent_peer(&peers).is_none(), "none without stale reads");
+    }
 }

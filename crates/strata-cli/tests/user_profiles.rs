@@ -56,18 +56,29 @@ fn user_profiles(out: &Path, urls: &[String], extra: &[&str]) -> Value {
     assert!(hit > 0.2, "Strata serves repeated reads from the cache: {hit}");
     assert_eq!(doc["variants"]["direct"]["hit_ratio"], 0.0, "the database alone has no hits");
 
-    for name in ["direct", "strata", "naive_redis_rs", "cached_crate"] {
+    const PEERS: [&str; 4] = ["naive_redis_rs", "cached_crate", "redis_rs_cache_aio", "two_tier_moka"];
+    for name in ["direct", "strata"].into_iter().chain(PEERS) {
         let v = &doc["variants"][name];
         assert!(v["reads"].as_u64().expect("reads") > 0 && v["writes"].as_u64().expect("writes") > 0, "{name}: {v}");
         assert_eq!(v["errors"], 0, "{name}: {v}");
         assert!(v["source_queries"].as_u64().expect("queries") > 0, "{name}: {v}");
+        assert!(v["stale_reads"].is_u64(), "{name} counts stale reads: {v}");
     }
-    for peer in ["naive_redis_rs", "cached_crate"] {
+    assert_eq!(doc["variants"]["direct"]["stale_reads"], 0, "the database alone is never stale");
+    for peer in PEERS {
         let p = &doc["peers"][peer];
         let hit = p["hit_ratio"].as_f64().expect("peer hit ratio");
         assert!(hit > 0.2 && hit <= 1.0, "{peer} caches too: {p}");
         assert!(p["strata_p50_ratio"].as_f64().expect("ratio") > 0.0, "{peer}: {p}");
         assert!(p["strata_throughput_ratio"].as_f64().expect("ratio") > 0.0, "{peer}: {p}");
+        assert_eq!(p["stale_reads"], doc["variants"][peer]["stale_reads"], "{peer}: {p}");
+    }
+    // The fastest peer with no stale read, when there is one.
+    let best = &doc["best_coherent_peer"];
+    if !best.is_null() {
+        let name = best["name"].as_str().expect("best peer name");
+        assert_eq!(doc["peers"][name]["stale_reads"], 0, "{best}");
+        assert!(best["strata_throughput_ratio"].as_f64().expect("ratio") > 0.0, "{best}");
     }
 
     let json = doc["files"]["json"].as_str().expect("files.json");
@@ -76,6 +87,8 @@ fn user_profiles(out: &Path, urls: &[String], extra: &[&str]) -> Value {
     let page = std::fs::read_to_string(doc["files"]["html"].as_str().expect("files.html")).expect("the HTML file");
     assert!(page.contains("Read latency") && page.contains("hit ratio over time"), "CDF and timeline");
     assert!(page.contains("cached crate AsyncRedisCache") && page.contains("<svg"), "every variant on the page");
+    assert!(page.contains("redis-rs cache-aio") && page.contains("two-tier: moka"), "the new peers on the page");
+    assert!(page.contains("stale reads"), "the stale-reads column");
     doc
 }
 

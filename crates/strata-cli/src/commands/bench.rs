@@ -83,8 +83,10 @@ enum Scenario {
     /// Open-loop load at R and 2R: does latency hold when the offered load doubles?
     Scale,
     /// The seed workload over the example service's database (80 % reads, Zipf(0.99) ids): the
-    /// database alone, Strata, naive redis-rs cache-aside and the `cached` crate, back to back
-    /// on one operation sequence; each warms up for --warmup, then --duration is shared by the four.
+    /// database alone, Strata, naive redis-rs cache-aside, the `cached` crate, redis-rs's own
+    /// client-side cache (cache-aio) and a hand-rolled moka + redis-rs two-tier, back to back on
+    /// one operation sequence, with their stale reads; each warms up for --warmup, then
+    /// --duration is shared by the six.
     UserProfiles,
 }
 

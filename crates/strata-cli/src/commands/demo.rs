@@ -18,8 +18,8 @@ pub(crate) struct Args {
     /// stopped afterwards.
     #[arg(long = "url")]
     urls: Vec<String>,
-    /// Measured time of the whole run, shared by the four variants.
-    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    /// Measured time of the whole run, shared by the six variants (10 s each by default).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     duration: Duration,
     /// Concurrent workers per variant.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -47,12 +47,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             ..args.profiles.options()?
         };
         eprintln!(
-            "redis: {}\nworkload: {} users, 80 % reads, Zipf(0.99), {} workers, {:?} warm-up per variant, {:?} measured over 4 variants",
+            "redis: {}\nworkload: {} users, 80 % reads, Zipf(0.99), {} workers, {:?} warm-up per variant, {:?} measured over {} variants",
             target.urls().join(" "),
             options.users,
             options.concurrency,
             options.warmup,
-            options.duration
+            options.duration,
+            user_profiles::Variant::ALL.len()
         );
         let run = Box::pin(user_profiles::run(&target, &options)).await?;
         let figures = user_profiles_report::figures(&run)?;
