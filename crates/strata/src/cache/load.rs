@@ -82,6 +82,18 @@ pub(crate) struct Loaded<T> {
     pub(crate) before: Ticket,
 }
 
+/// What a caller asks of a load, besides its key and loader.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    ttl: Ttl,
+    tags: &'a [Tag],
+    /// A cached "not found" answers the caller (`get_or_set_optional`).
+    negative_is_hit: bool,
+    /// The caller awaits this load directly, so a soft timeout (with a stale value to serve
+    /// instead) abandons it; `get_or_refresh` runs it in a task and lets it finish.
+    caller_waits: bool,
+}
+
 /// How a miss was coordinated with other processes.
 enum Coordinated {
     /// Another process loaded it meanwhile.
@@ -205,7 +217,8 @@ impl Inner {
                 let loader = loader.take();
                 async move {
                     let loader = loader.ok_or_else(|| Error::config("internal error: a load ran twice"))?;
-                    self.load_through::<T, F, Fut, E>(key, ttl, tags, loader, negative_is_hit, true, before).await
+                    let ask = Ask { ttl, tags, negative_is_hit, caller_waits: true };
+                    self.load_through::<T, F, Fut, E>(key, ask, loader, before).await
                 }
             })
             .await?;
@@ -254,19 +267,14 @@ impl Inner {
     }
 
     /// The single-flight leader's work: check Redis (another instance may have loaded the key),
-    /// else run the loader and store its value in both tiers. `caller_waits`: the caller awaits
-    /// this load directly, so a soft timeout (with a stale value to serve instead) abandons it;
-    /// `get_or_refresh` runs it in a task and lets it finish. `before`: the ticket taken as the
+    /// else run the loader and store its value in both tiers. `before`: the ticket taken as the
     /// load began (for the L1 fill when Redis cannot take the value: nothing may have changed
     /// since).
     async fn load_through<T, F, Fut, E>(
         self: &Arc<Self>,
         key: &Key,
-        ttl: Ttl,
-        tags: &[Tag],
+        ask: Ask<'_>,
         loader: F,
-        negative_is_hit: bool,
-        caller_waits: bool,
         before: Ticket,
     ) -> Result<Shared>
     where
@@ -275,6 +283,7 @@ impl Inner {
         Fut: Future<Output = std::result::Result<Option<T>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let Ask { ttl, tags, negative_is_hit, caller_waits } = ask;
         let ns = self.metrics.ns(key.namespace());
         // GET and PTTL: an L2 hit costs Redis nothing more. When the namespace's recent L1
         // misses were mostly L2 misses too, the lease attempt rides along (one round trip for
@@ -623,7 +632,8 @@ impl Inner {
                     let (loader, inner, key) = (loader.clone(), &inner, &key);
                     async move {
                         let load = move || async move { (*loader)().await.map(Some) };
-                        inner.load_through::<T, _, _, E>(key, ttl, &[], load, false, false, before).await
+                        let ask = Ask { ttl, tags: &[], negative_is_hit: false, caller_waits: false };
+                        inner.load_through::<T, _, _, E>(key, ask, load, before).await
                     }
                 });
                 match flight.await?.downcast_ref::<Option<T>>() {
