@@ -1,9 +1,9 @@
 //! Counters kept by the cache, per namespace and global, readable through
 //! [`Cache::metrics`](crate::Cache::metrics). Prometheus export builds on these snapshots.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use std::time::Duration;
 
@@ -178,25 +178,19 @@ pub(crate) struct Globals {
 
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    namespaces: RwLock<HashMap<Arc<str>, Arc<NsCounters>>>,
+    namespaces: Namespaces,
     /// Shared with the L2 tier, which counts its calls.
     pub(crate) globals: Arc<Globals>,
 }
 
 impl Metrics {
     /// The counters of `namespace`, created on first use.
-    pub(crate) fn ns(&self, namespace: &str) -> Arc<NsCounters> {
-        if let Some(c) = self.read().get(namespace) {
-            return c.clone();
-        }
-        let mut map = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
-        let name: &str =
-            if map.len() >= MAX_NAMESPACES && !map.contains_key(namespace) { OTHER_NAMESPACE } else { namespace };
-        map.entry(name.into()).or_default().clone()
+    pub(crate) fn ns(&self, namespace: &str) -> &NsCounters {
+        self.namespaces.get(namespace)
     }
 
     pub(crate) fn snapshot(&self, breakers: &Breakers, l1: (u64, u64), coherence: (u64, u64, bool)) -> MetricsSnapshot {
-        let namespaces = self.read().iter().map(|(k, v)| (k.to_string(), v.snapshot())).collect();
+        let namespaces = self.namespaces.iter().map(|(k, v)| (k.to_owned(), v.snapshot())).collect();
         let g = &self.globals;
         MetricsSnapshot {
             namespaces,
@@ -215,10 +209,79 @@ impl Metrics {
             l1_coherent: coherence.2,
         }
     }
+}
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<NsCounters>>> {
-        self.namespaces.read().unwrap_or_else(|p| p.into_inner())
+/// Slots of the namespace table: twice the namespaces it holds (and [`OTHER_NAMESPACE`]), so
+/// that probes stay short.
+const SLOTS: usize = 2 * (MAX_NAMESPACES + 1);
+
+/// The counters of each namespace, found without a lock or a reference count: every read of
+/// the cache counts in one, so the lookup is on the L1 hit path. A fixed open-addressing table
+/// whose slots are set once (under `adding`) and never cleared.
+struct Namespaces {
+    slots: Box<[OnceLock<Box<(Box<str>, NsCounters)>>]>,
+    adding: Mutex<usize>,
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Self { slots: (0..SLOTS).map(|_| OnceLock::new()).collect(), adding: Mutex::new(0) }
     }
+}
+
+impl std::fmt::Debug for Namespaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter().map(|(name, _)| name)).finish()
+    }
+}
+
+impl Namespaces {
+    fn get(&self, namespace: &str) -> &NsCounters {
+        match self.find(namespace) {
+            Ok(counters) => counters,
+            Err(_) => self.add(namespace),
+        }
+    }
+
+    /// The namespace's counters, or the free slot where its probe ended.
+    fn find(&self, namespace: &str) -> Result<&NsCounters, usize> {
+        let start = fnv1a(namespace.as_bytes()) as usize % SLOTS;
+        for i in 0..SLOTS {
+            let slot = (start + i) % SLOTS;
+            match self.slots[slot].get() {
+                Some(entry) if &*entry.0 == namespace => return Ok(&entry.1),
+                Some(_) => {}
+                None => return Err(slot),
+            }
+        }
+        Err(SLOTS)
+    }
+
+    fn add(&self, namespace: &str) -> &NsCounters {
+        let mut added = self.adding.lock().unwrap_or_else(|p| p.into_inner());
+        // Past the limit, new names count under one more.
+        let name = if *added >= MAX_NAMESPACES { OTHER_NAMESPACE } else { namespace };
+        match self.find(name) {
+            Ok(counters) => counters,
+            Err(slot) => {
+                // The table has room for every name it may hold: a free slot is always found.
+                let entry = self.slots[slot % SLOTS].get_or_init(|| Box::new((name.into(), NsCounters::default())));
+                if name != OTHER_NAMESPACE {
+                    *added += 1;
+                }
+                &entry.1
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &NsCounters)> {
+        self.slots.iter().filter_map(|s| s.get()).map(|entry| (&*entry.0, &entry.1))
+    }
+}
+
+/// FNV-1a: namespace names are short, and this runs on every read.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A point-in-time copy of every counter.
@@ -307,5 +370,22 @@ mod tests {
             outlook.record(true);
         }
         assert!(!outlook.misses_likely());
+    }
+
+    #[test]
+    fn each_namespace_has_its_counters_up_to_the_limit_then_one_more_for_the_rest() {
+        let table = Namespaces::default();
+        let first = table.get("app:v1:user") as *const NsCounters;
+        assert_eq!(first, table.get("app:v1:user") as *const NsCounters, "found again, not added twice");
+        for i in 1..MAX_NAMESPACES {
+            NsCounters::inc(&table.get(&format!("app:v1:e{i}")).sets);
+        }
+        let other = table.get("app:v1:one-too-many");
+        assert_eq!(other as *const NsCounters, table.get("app:v1:another") as *const NsCounters);
+        NsCounters::inc(&other.sets);
+        let names: Vec<&str> = table.iter().map(|(name, _)| name).collect();
+        assert_eq!(names.len(), MAX_NAMESPACES + 1);
+        assert!(names.contains(&OTHER_NAMESPACE) && names.contains(&"app:v1:e1"));
+        assert_eq!(table.get(OTHER_NAMESPACE).sets.load(Ordering::Relaxed), 1);
     }
 }

@@ -690,7 +690,8 @@ impl Inner {
         let (inner, key, loader) = (Arc::clone(self), key.clone(), loader.clone());
         tokio::spawn(async move {
             let _claim = claim;
-            inner.refresh::<T, F, Fut, E>(&key, ttl, &*loader, &ns, seen).await;
+            let ns = inner.metrics.ns(key.namespace());
+            inner.refresh::<T, F, Fut, E>(&key, ttl, &*loader, ns, seen).await;
         });
     }
 

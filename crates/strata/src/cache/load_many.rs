@@ -20,7 +20,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
 
 use redis::Value;
 
@@ -138,7 +137,7 @@ impl Inner {
         to_load.sort_unstable_by_key(|(u, _)| *u);
         // A batch spanning namespaces counts as one loader call in each of them.
         let namespaces: HashSet<&str> = to_load.iter().map(|(u, _)| keys[*u].namespace()).collect();
-        let counters: Vec<Arc<NsCounters>> = namespaces.iter().map(|ns| self.metrics.ns(ns)).collect();
+        let counters: Vec<&NsCounters> = namespaces.iter().map(|ns| self.metrics.ns(ns)).collect();
         for ns in &counters {
             NsCounters::inc(&ns.loader_calls);
         }
