@@ -133,7 +133,7 @@ impl Inner {
 
     /// Counts one event of `namespace`.
     pub(crate) fn count(&self, namespace: &str, counter: impl Fn(&NsCounters) -> &AtomicU64) {
-        NsCounters::inc(counter(&self.metrics.ns(namespace)));
+        NsCounters::inc(counter(self.metrics.ns(namespace)));
     }
 
     /// Records an action in the audit log, when one is configured.

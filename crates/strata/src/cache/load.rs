@@ -138,19 +138,19 @@ impl Inner {
     /// `get`: L1, then a hot key's copy, then Redis; no loader. Unavailability reads as a miss.
     pub(crate) async fn read<T: CacheValue>(&self, key: &Key) -> Option<T> {
         let ns = self.metrics.ns(key.namespace());
-        if let Some(found) = self.l1_lookup::<T>(key, &ns, true).await {
+        if let Some(found) = self.l1_lookup::<T>(key, ns, true).await {
             return found;
         }
         // A hot key (rare) is read from one of its copies first.
         let copy = match self.hot.copies(key) {
             0 => None,
-            copies => match self.hot_read::<T>(key, copies, &ns, true).await {
+            copies => match self.hot_read::<T>(key, copies, ns, true).await {
                 HotRead::Hit(found) => return found,
                 HotRead::Missed(copy) => Some(copy),
                 HotRead::NotHot => None,
             },
         };
-        match self.read_l2::<T>(key, &ns, true).await {
+        match self.read_l2::<T>(key, ns, true).await {
             Ok(L2Read::Value(v)) => {
                 if let Some(copy) = copy {
                     self.hot_refill(key, &copy, Some(&v)).await;
@@ -167,7 +167,7 @@ impl Inner {
         let mut missing = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let ns = self.metrics.ns(key.namespace());
-            match self.l1_lookup::<T>(key, &ns, true).await {
+            match self.l1_lookup::<T>(key, ns, true).await {
                 Some(found) => out[i] = found,
                 None => missing.push(i),
             }
@@ -197,13 +197,13 @@ impl Inner {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let ns = self.metrics.ns(key.namespace());
-        if let Some(found) = self.l1_lookup::<T>(key, &ns, negative_is_hit).await {
+        if let Some(found) = self.l1_lookup::<T>(key, ns, negative_is_hit).await {
             return Ok(found);
         }
         // A hot key (rare) is read from one of its copies first.
         let copy = match self.hot.copies(key) {
             0 => None,
-            copies => match self.hot_read::<T>(key, copies, &ns, negative_is_hit).await {
+            copies => match self.hot_read::<T>(key, copies, ns, negative_is_hit).await {
                 HotRead::Hit(found) => return Ok(found),
                 HotRead::Missed(copy) => Some(copy),
                 HotRead::NotHot => None,
@@ -289,9 +289,9 @@ impl Inner {
         // misses were mostly L2 misses too, the lease attempt rides along (one round trip for
         // both on a miss, a script run for nothing on a hit).
         let (read, first) = if self.leases.enabled && ns.outlook.misses_likely() {
-            self.read_leasing::<T>(key, &ns, negative_is_hit).await
+            self.read_leasing::<T>(key, ns, negative_is_hit).await
         } else {
-            (self.read_l2::<T>(key, &ns, negative_is_hit).await, None)
+            (self.read_l2::<T>(key, ns, negative_is_hit).await, None)
         };
         match &read {
             Ok(L2Read::Value(_) | L2Read::Negative) => ns.outlook.record(true),
@@ -314,7 +314,7 @@ impl Inner {
             Ok(L2Read::Unusable) => (false, false, None),
             Err(err) => {
                 tracing::debug!(key = %key, error = %err, "redis read failed: loading from the source");
-                (err.is_unhealthy() || err.is_circuit_open(), false, self.l1_entry::<T>(key, &ns).await)
+                (err.is_unhealthy() || err.is_circuit_open(), false, self.l1_entry::<T>(key, ns).await)
             }
         };
         let stale_present = stale.is_some();
@@ -323,7 +323,7 @@ impl Inner {
         let fallback = stale.filter(|(_, meta)| self.freshness.fail_safe_allows(*meta)).map(|(v, _)| v);
         let mut lease = None;
         if coordinate && !redis_failed && self.leases.enabled {
-            match self.coordinate::<T>(key, &ns, negative_is_hit, stale_present, first).await {
+            match self.coordinate::<T>(key, ns, negative_is_hit, stale_present, first).await {
                 Coordinated::Found(shared) => return Ok(shared),
                 Coordinated::Holder(token) => lease = Some(token),
                 Coordinated::LoadAlone { redis_failed: failed } => redis_failed = failed,
@@ -570,7 +570,7 @@ impl Inner {
         let mut fallback = None;
         // A load of this key that returned moments ago may still be storing its value.
         self.flights.stored(key.as_str()).await;
-        if let Some((v, meta)) = self.l1_entry::<T>(key, &ns).await {
+        if let Some((v, meta)) = self.l1_entry::<T>(key, ns).await {
             match freshness.age(meta, now_ms()) {
                 Age::Fresh => {
                     NsCounters::inc(&ns.l1_hits);
@@ -592,7 +592,7 @@ impl Inner {
             }
         }
         NsCounters::inc(&ns.l1_misses);
-        match self.read_l2::<T>(key, &ns, false).await {
+        match self.read_l2::<T>(key, ns, false).await {
             Ok(L2Read::Value(v)) => return Ok(v),
             Ok(L2Read::Stale(v, meta)) => match freshness.age(meta, now_ms()) {
                 Age::Revalidate => {
@@ -606,7 +606,7 @@ impl Inner {
             // Redis unreachable: the L1 copy (if any) is the fail-safe.
             _ => {}
         }
-        self.load_in_task::<T, F, Fut, E>(key, ttl, loader, fallback, &ns).await
+        self.load_in_task::<T, F, Fut, E>(key, ttl, loader, fallback, ns).await
     }
 
     /// A foreground load run in a task, so that the caller can stop waiting (soft or hard

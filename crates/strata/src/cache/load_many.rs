@@ -95,7 +95,7 @@ impl Inner {
         let mut batch = Batch { keys: &unique, token: token(), negative, found, to_load: Vec::new() };
         let mut missing = Vec::new();
         for (u, key) in unique.iter().enumerate() {
-            match self.l1_lookup::<T>(key, &self.metrics.ns(key.namespace()), negative).await {
+            match self.l1_lookup::<T>(key, self.metrics.ns(key.namespace()), negative).await {
                 Some(hit) => batch.found[u] = Some(hit),
                 None => missing.push(u),
             }

@@ -351,7 +351,7 @@ impl Inner {
                 let key = &keys[i];
                 let ns = self.metrics.ns(key.namespace());
                 let read = match bytes {
-                    Some(bytes) => self.accept_bytes::<T>(key, &ns, (bytes, pttl), accept_negative, ticket).await,
+                    Some(bytes) => self.accept_bytes::<T>(key, ns, (bytes, pttl), accept_negative, ticket).await,
                     None => {
                         NsCounters::inc(&ns.l2_misses);
                         L2Read::Miss
