@@ -219,7 +219,7 @@ const SLOTS: usize = 2 * (MAX_NAMESPACES + 1);
 /// the cache counts in one, so the lookup is on the L1 hit path. A fixed open-addressing table
 /// whose slots are set once (under `adding`) and never cleared.
 struct Namespaces {
-    slots: Box<[OnceLock<Box<(Box<str>, NsCounters)>>]>,
+    slots: Box<[OnceLock<Box<Named>>]>,
     adding: Mutex<usize>,
 }
 
@@ -278,6 +278,9 @@ impl Namespaces {
         self.slots.iter().filter_map(|s| s.get()).map(|entry| (&*entry.0, &entry.1))
     }
 }
+
+/// A namespace's name and counters.
+type Named = (Box<str>, NsCounters);
 
 /// FNV-1a: namespace names are short, and this runs on every read.
 fn fnv1a(bytes: &[u8]) -> u64 {
