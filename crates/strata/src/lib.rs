@@ -23,11 +23,18 @@
 //!                 miss   │                                        │
 //!        ┌───────────────▼───────────────┐                        │
 //!        │ loader (the source: database, │◄───────────────────────┘
-//!        │ API...) — its value is written│   the caller still gets a value
-//!        │ to L2 (SET PX, jittered TTL)  │
-//!        │ and L1                        │
+//!        │ API...) — the caller has its  │   the caller still gets a value
+//!        │ value; then, in a task, it is │
+//!        │ written to L2 (SET PX,        │
+//!        │ jittered TTL) and L1          │
 //!        └───────────────────────────────┘
 //! ```
+//!
+//! A miss costs its caller one or two round trips before the loader (one while the namespace's
+//! L1 misses are mostly L2 misses: the lease attempt rides with the GET) and none after it; an
+//! L1 miss that Redis serves costs a GET + PTTL. Later callers of the key in this process wait
+//! for the background store, then read what it stored ([`Cache::settled`] waits for all of them,
+//! e.g. before a process exits). See `cache/load.rs` and docs/decisions/0012-miss-path.md.
 //!
 //! - **Keys** follow `app:v{N}:entity:id[:variant]` ([`KeySchema`]); segments are validated and
 //!   long variants hashed. The namespace (`app:vN:entity`) groups metrics.
@@ -38,7 +45,8 @@
 //!   written without one. A "not found" from the source can be cached with its own shorter TTL
 //!   ([`Cache::get_or_set_optional`]).
 //! - **Stampede protection** in-process: concurrent misses on one key run the loader once and
-//!   share its value or its error. Across processes, leases in Redis ([`LeaseConfig`]) make N
+//!   share its value or its error — unless the key was written after that load began and before
+//!   the caller came (then the caller gets a later load's value, never an older one). Across processes, leases in Redis ([`LeaseConfig`]) make N
 //!   processes missing one key run the loader once in total; the lease expires if its holder
 //!   dies, and another process takes over.
 //! - **No stale sets**: a value loaded before an invalidation (`delete`, `set`) can never be
