@@ -230,6 +230,7 @@ async fn the_library_works_as_the_generated_app_user() {
         .await
         .expect("get_or_set");
     assert_eq!(loaded, "grace");
+    cache.settled().await; // the store follows the caller
     let stored: Option<Vec<u8>> = redis::cmd("GET").arg("shop:v1:user:2").query(&mut admin).expect("GET");
     assert!(stored.is_some(), "get_or_set did not store its value through the lease");
     let lease: bool = redis::cmd("EXISTS").arg("{shop:v1:user:2}:lease").query(&mut admin).expect("EXISTS");

@@ -222,15 +222,22 @@ impl Inner {
                 let physical = Meta { expires_at_ms: meta.expires_at_ms.saturating_add(grace), ..meta };
                 let ttl = l1_ttl(physical, pttl);
                 let expired = meta.expires_at_ms <= now_ms();
-                let fill = |slot: Slot, value_len: usize| {
-                    self.l1.fill(key.shared(), Fill { slot, checks: checks.clone(), value_len, ttl }, &ticket);
+                // Nothing to build when L1 is off (no copy of the value, no `Arc`).
+                let fill = |slot: &dyn Fn() -> Slot, value_len: usize| {
+                    if self.l1.is_on() {
+                        self.l1.fill(
+                            key.shared(),
+                            Fill { slot: slot(), checks: checks.clone(), value_len, ttl },
+                            &ticket,
+                        );
+                    }
                 };
                 match decoded.value {
                     // Kept in Redis past its logical expiry (a freshness grace period): not a hit,
                     // but `get_or_refresh` and fail-safe may still serve it.
                     Some(v) if expired => {
                         NsCounters::inc(&ns.l2_misses);
-                        fill(Slot::Present(Arc::new(v.clone())), decoded.raw_len);
+                        fill(&|| Slot::Present(Arc::new(v.clone())), decoded.raw_len);
                         L2Read::Stale(v, meta)
                     }
                     None if expired => {
@@ -240,13 +247,13 @@ impl Inner {
                     Some(v) => {
                         NsCounters::inc(&ns.l2_hits);
                         tracing::debug!(key = %key, tier = "l2", "cache hit");
-                        fill(Slot::Present(Arc::new(v.clone())), decoded.raw_len);
+                        fill(&|| Slot::Present(Arc::new(v.clone())), decoded.raw_len);
                         L2Read::Value(v)
                     }
                     None if accept_negative => {
                         NsCounters::inc(&ns.l2_hits);
                         NsCounters::inc(&ns.negative_hits);
-                        fill(Slot::Absent, 0);
+                        fill(&|| Slot::Absent, 0);
                         L2Read::Negative
                     }
                     None => {
