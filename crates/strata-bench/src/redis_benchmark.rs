@@ -185,7 +185,11 @@ async fn keyspace(target: &Target) -> Option<(u64, u64)> {
 /// (requests/s, p50 ms, p99 ms) of `test` in `redis-benchmark --csv` output (Redis 7: the
 /// columns test, rps, avg, min, p50, p95, p99, max, each quoted).
 pub fn parse_csv(text: &str, test: &str) -> Option<(f64, f64, f64)> {
-    let mut lines = text.lines().map(|l| l.split(',').map(|f| f.trim().trim_matches('"')).collect::<Vec<_>>());
+    // On a cluster, a description of the masters comes first.
+    let mut lines = text
+        .lines()
+        .map(|l| l.split(',').map(|f| f.trim().trim_matches('"')).collect::<Vec<_>>())
+        .skip_while(|f| f.first() != Some(&"test"));
     let header = lines.next()?;
     let col = |name: &str| header.iter().position(|h| *h == name);
     let (rps, p50, p99) = (col("rps")?, col("p50_latency_ms")?, col("p99_latency_ms")?);
@@ -204,6 +208,8 @@ mod tests {
         assert_eq!(parse_csv(csv, "GET"), Some((47755.49, 0.207, 17.759)));
         assert_eq!(parse_csv(csv, "SET"), None);
         assert_eq!(parse_csv("", "GET"), None);
+        let cluster = format!("Cluster has 3 master nodes:\n\nMaster 0: 0a0e 127.0.0.1:17101\n\n{csv}");
+        assert_eq!(parse_csv(&cluster, "GET"), Some((47755.49, 0.207, 17.759)));
     }
 
     #[tokio::test]
