@@ -15,13 +15,23 @@
 //! L2 and raw GETs are measured in pairs, back to back, alternating which goes first, so drift in
 //! machine load affects both alike; the overhead is reported as ratios of the two distributions
 //! and as the median of the per-pair ratios.
+//!
+//! **Throughput** (after the latency rounds): `tasks` concurrent tokio tasks in this process read
+//! `keys` distinct keys in turn for a fixed time, first through `Cache::get` on the L1-less cache
+//! (every call an L2 hit), then as raw redis-rs GETs of the same keys on one shared connection of
+//! the same type (cluster connection on a cluster, multiplexed otherwise); rounds alternate which
+//! goes first. Then `redis-benchmark -c 50 -t get` runs against the same deployment: the ceiling
+//! of the deployment seen from this machine (see [`crate::redis_benchmark`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::aio::ConnectionLike;
 use serde::Serialize;
-use strata::{KeySchema, Ttl};
+use strata::{Cache, Key, KeySchema, Ttl};
+
+use crate::redis_benchmark;
 
 use crate::stats::{Summary, histogram};
 use crate::workload::{Layout, Profile, Target, progress};
@@ -37,11 +47,40 @@ pub struct Options {
     pub l1_batch: usize,
     /// Stop early (after the current round) once this much time has passed.
     pub max_duration: Duration,
+    /// The throughput variant.
+    pub throughput: ThroughputOptions,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { rounds: 30, ops_per_round: 1000, l1_batch: 1000, max_duration: Duration::from_secs(120) }
+        Self {
+            rounds: 30,
+            ops_per_round: 1000,
+            l1_batch: 1000,
+            max_duration: Duration::from_secs(120),
+            throughput: ThroughputOptions::default(),
+        }
+    }
+}
+
+/// Settings of the throughput variant.
+#[derive(Debug, Clone)]
+pub struct ThroughputOptions {
+    /// Rounds, each one phase of Strata and one of raw GETs (0: no throughput variant).
+    pub rounds: usize,
+    /// Length of one phase.
+    pub phase: Duration,
+    /// Concurrent tasks.
+    pub tasks: usize,
+    /// Distinct keys the tasks read in turn.
+    pub keys: usize,
+    /// Run `redis-benchmark -c 50 -t get` after the rounds.
+    pub redis_benchmark: bool,
+}
+
+impl Default for ThroughputOptions {
+    fn default() -> Self {
+        Self { rounds: 4, phase: Duration::from_secs(3), tasks: 64, keys: 1000, redis_benchmark: true }
     }
 }
 
@@ -74,6 +113,46 @@ pub struct Report {
     pub l2_overhead_paired_median: f64,
     /// Same pairing for the L1-miss path of an L1-enabled cache.
     pub l2_l1_on_overhead_paired_median: f64,
+    /// L2-hit throughput against raw GETs (absent when its rounds are 0).
+    pub throughput: Option<Throughput>,
+}
+
+/// L2-hit throughput (L1 off) against raw redis-rs GETs, concurrent tasks in one process.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Concurrent tasks.
+    pub tasks: usize,
+    /// Distinct keys read.
+    pub keys: usize,
+    /// Length of one phase, in seconds.
+    pub phase_seconds: f64,
+    /// Each round's figures, in order.
+    pub rounds: Vec<ThroughputRound>,
+    /// Strata L2 hits per second over all rounds (calls / time).
+    pub strata_ops_per_sec: f64,
+    /// Raw GETs per second over all rounds.
+    pub raw_ops_per_sec: f64,
+    /// `strata_ops_per_sec / raw_ops_per_sec`.
+    pub ratio: f64,
+    /// Median of the per-round ratios.
+    pub ratio_median: f64,
+    /// The target for `ratio` (issue 16).
+    pub target_ratio: f64,
+    /// `redis-benchmark -c 50 -t get` on the same deployment (absent when not asked for).
+    pub redis_benchmark: Option<redis_benchmark::Outcome>,
+}
+
+/// One round of the throughput variant.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputRound {
+    /// Which phase ran first: "strata" or "raw".
+    pub first: &'static str,
+    /// Strata L2 hits per second in this round.
+    pub strata_ops_per_sec: f64,
+    /// Raw GETs per second in this round.
+    pub raw_ops_per_sec: f64,
+    /// Their ratio.
+    pub ratio: f64,
 }
 
 /// Runs the benchmark against `target`.
@@ -167,7 +246,13 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     let (l1_hit, l2_hit, raw_get) = (Summary::of(&l1_h), Summary::of(&l2_h), Summary::of(&raw_h));
     let paired_median = median(&mut pair_ratios);
     let on_median = median(&mut on_ratios);
+    let throughput = if options.throughput.rounds == 0 {
+        None
+    } else {
+        Some(throughput(target, &l2_only, &raw, &value, stored.len(), &options.throughput).await?)
+    };
     Ok(Report {
+        throughput,
         layout: target.layout,
         rounds,
         value_bytes: stored.len(),
@@ -182,6 +267,140 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
         l2_overhead_mean: l2_hit.mean_ns / raw_get.mean_ns - 1.0,
         l2_overhead_p99: l2_hit.p99_ns as f64 / raw_get.p99_ns as f64 - 1.0,
     })
+}
+
+/// The throughput variant: alternating timed phases of Strata L2 hits and raw GETs, then
+/// `redis-benchmark`.
+async fn throughput(
+    target: &Target,
+    cache: &Cache,
+    raw: &RawConn,
+    value: &Profile,
+    value_bytes: usize,
+    options: &ThroughputOptions,
+) -> anyhow::Result<Throughput> {
+    let schema = KeySchema::new("bench", 1)?;
+    let keys: Vec<Key> =
+        (0..options.keys.max(1)).map(|i| schema.key("profile", &format!("tp-{i}"))).collect::<Result<_, _>>()?;
+    for key in &keys {
+        cache.set(key, value, Ttl::Long).await?;
+    }
+    let keys = Arc::new(keys);
+    let errors_before = cache.metrics().l2_errors;
+    let short = options.phase.min(Duration::from_millis(500));
+    // Warm-up: every task's first calls, connections to every node.
+    phase(Reader::Strata(cache.clone()), &keys, options.tasks, short).await?;
+    phase(Reader::Raw(raw.clone()), &keys, options.tasks, short).await?;
+
+    let bar = progress(options.rounds as u64, "L2 throughput rounds");
+    let mut rounds = Vec::with_capacity(options.rounds);
+    let (mut strata_total, mut raw_total) = ((0u64, Duration::ZERO), (0u64, Duration::ZERO));
+    for round in 0..options.rounds {
+        let strata_first = round % 2 == 0;
+        let mut got = [(0u64, Duration::ZERO); 2];
+        for step in 0..2 {
+            let strata = (step == 0) == strata_first;
+            let reader = if strata { Reader::Strata(cache.clone()) } else { Reader::Raw(raw.clone()) };
+            got[usize::from(!strata)] = phase(reader, &keys, options.tasks, options.phase).await?;
+        }
+        let rate = |(ops, t): (u64, Duration)| ops as f64 / t.as_secs_f64().max(1e-9);
+        let (s, r) = (rate(got[0]), rate(got[1]));
+        rounds.push(ThroughputRound {
+            first: if strata_first { "strata" } else { "raw" },
+            strata_ops_per_sec: s,
+            raw_ops_per_sec: r,
+            ratio: s / r.max(1e-9),
+        });
+        strata_total = (strata_total.0 + got[0].0, strata_total.1 + got[0].1);
+        raw_total = (raw_total.0 + got[1].0, raw_total.1 + got[1].1);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let errors = cache.metrics().l2_errors - errors_before;
+    anyhow::ensure!(errors == 0, "{errors} Strata L2 reads failed during the throughput phases");
+
+    let strata_ops_per_sec = strata_total.0 as f64 / strata_total.1.as_secs_f64().max(1e-9);
+    let raw_ops_per_sec = raw_total.0 as f64 / raw_total.1.as_secs_f64().max(1e-9);
+    let redis_benchmark = if options.redis_benchmark {
+        let spinner = crate::workload::spinner("redis-benchmark -c 50 -t get");
+        // About one phase long at the rate this process reached (redis-benchmark is usually faster).
+        let requests = ((raw_ops_per_sec * options.phase.as_secs_f64() * 1.5) as u64).clamp(10_000, 5_000_000);
+        let outcome = redis_benchmark::run_get(
+            target,
+            &redis_benchmark::Options {
+                clients: 50,
+                requests,
+                keys: options.keys as u64,
+                value_bytes,
+                timeout: options.phase * 10 + Duration::from_secs(30),
+            },
+        )
+        .await;
+        spinner.finish_and_clear();
+        Some(outcome)
+    } else {
+        None
+    };
+    let mut ratios: Vec<f64> = rounds.iter().map(|r| r.ratio).collect();
+    Ok(Throughput {
+        tasks: options.tasks,
+        keys: keys.len(),
+        phase_seconds: options.phase.as_secs_f64(),
+        ratio: strata_ops_per_sec / raw_ops_per_sec.max(1e-9),
+        ratio_median: median(&mut ratios),
+        strata_ops_per_sec,
+        raw_ops_per_sec,
+        rounds,
+        target_ratio: 0.95,
+        redis_benchmark,
+    })
+}
+
+/// What one throughput phase reads through.
+#[derive(Clone)]
+enum Reader {
+    Strata(Cache),
+    Raw(RawConn),
+}
+
+/// `tasks` tasks reading `keys` in turn through `reader` for `length`: (calls completed, wall
+/// time from the start until the last task has finished its last call). A miss or an error
+/// fails the phase: it would measure another path.
+async fn phase(
+    reader: Reader,
+    keys: &Arc<Vec<Key>>,
+    tasks: usize,
+    length: Duration,
+) -> anyhow::Result<(u64, Duration)> {
+    let started = Instant::now();
+    let deadline = started + length;
+    let handles: Vec<_> = (0..tasks.max(1))
+        .map(|task| {
+            let (mut reader, keys) = (reader.clone(), Arc::clone(keys));
+            tokio::spawn(async move {
+                let (mut ops, mut i) = (0u64, task);
+                while Instant::now() < deadline {
+                    let key = &keys[i % keys.len()];
+                    let hit = match &mut reader {
+                        Reader::Strata(cache) => cache.get::<Profile>(key).await?.is_some(),
+                        Reader::Raw(conn) => {
+                            let v: Option<Vec<u8>> = redis::cmd("GET").arg(key.as_str()).query_async(conn).await?;
+                            std::hint::black_box(v).is_some()
+                        }
+                    };
+                    anyhow::ensure!(hit, "{key} missed: the throughput phase would measure the wrong path");
+                    ops += 1;
+                    i += tasks;
+                }
+                anyhow::Ok(ops)
+            })
+        })
+        .collect();
+    let mut ops = 0;
+    for handle in handles {
+        ops += handle.await??;
+    }
+    Ok((ops, started.elapsed()))
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -255,12 +474,133 @@ pub fn render(report: &Report) -> String {
     out += &row("L2 L1-on", &report.l2_hit_l1_on);
     out += &row("raw GET", &report.raw_get);
     out += &format!(
-        "\nL2-hit overhead over raw GET: paired median {:+.1} %; p50 {:+.1} %, mean {:+.1} %, p99 {:+.1} % (target: <= +10 %)\nL1-miss path of an L1-enabled cache (GET+PTTL, L1 insert) over raw GET: paired median {:+.1} %\n",
+        "\nL2-hit overhead over raw GET: paired median {:+.1} %; p50 {:+.1} %, mean {:+.1} %, p99 {:+.1} % (target: <= +5 %)\nL1-miss path of an L1-enabled cache (GET+PTTL, L1 insert) over raw GET: paired median {:+.1} %\n",
         report.l2_overhead_paired_median * 100.0,
         report.l2_overhead_p50 * 100.0,
         report.l2_overhead_mean * 100.0,
         report.l2_overhead_p99 * 100.0,
         report.l2_l1_on_overhead_paired_median * 100.0
     );
+    if let Some(t) = &report.throughput {
+        out += &render_throughput(t);
+    }
     out
+}
+
+/// The throughput variant as text: one line per round, the totals and the ratio, and
+/// redis-benchmark's figure (or why there is none).
+fn render_throughput(t: &Throughput) -> String {
+    let mut out = format!(
+        "\nL2-hit throughput, L1 off, {} tasks, {} keys, {} rounds of {:.1} s per variant\n{:<7} {:>6} {:>14} {:>14} {:>7}\n",
+        t.tasks,
+        t.keys,
+        t.rounds.len(),
+        t.phase_seconds,
+        "round",
+        "first",
+        "Strata ops/s",
+        "raw GET ops/s",
+        "ratio"
+    );
+    for (i, r) in t.rounds.iter().enumerate() {
+        out += &format!(
+            "{:<7} {:>6} {:>14.0} {:>14.0} {:>6.3}x\n",
+            i + 1,
+            r.first,
+            r.strata_ops_per_sec,
+            r.raw_ops_per_sec,
+            r.ratio
+        );
+    }
+    let ceiling = match &t.redis_benchmark {
+        None => "redis-benchmark: not run".to_owned(),
+        Some(rb) => match (rb.requests_per_sec, &rb.error) {
+            (Some(rps), _) => format!(
+                "redis-benchmark -c 50 GET: {rps:.0} req/s (p50 {:.3} ms, p99 {:.3} ms, {} hits; the deployment's ceiling without pipelining)",
+                rb.p50_ms.unwrap_or(f64::NAN),
+                rb.p99_ms.unwrap_or(f64::NAN),
+                rb.hit_ratio.map_or("unknown".to_owned(), |h| format!("{:.1} %", h * 100.0))
+            ),
+            (None, Some(why)) => format!("redis-benchmark: {why}"),
+            (None, None) => "redis-benchmark: no figure".to_owned(),
+        },
+    };
+    out += &format!(
+        "L2-hit throughput: Strata {:.0} ops/s, raw redis-rs GET {:.0} ops/s, ratio {:.3}x (median of rounds {:.3}x; target >= {:.2}x); {ceiling}\n",
+        t.strata_ops_per_sec, t.raw_ops_per_sec, t.ratio, t.ratio_median, t.target_ratio
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Options {
+        Options {
+            rounds: 1,
+            ops_per_round: 20,
+            l1_batch: 10,
+            max_duration: Duration::from_secs(30),
+            throughput: ThroughputOptions {
+                rounds: 2,
+                phase: Duration::from_millis(200),
+                tasks: 8,
+                keys: 16,
+                redis_benchmark: true,
+            },
+        }
+    }
+
+    fn installed(program: &str) -> bool {
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    }
+
+    /// The throughput rounds alternate, count calls of both variants, and redis-benchmark either
+    /// reads keys that exist or says why it did not run.
+    async fn check(target: &Target) {
+        let report = run(target, &small()).await.expect("hit-latency");
+        let t = report.throughput.as_ref().expect("throughput rounds were asked for");
+        assert_eq!(t.rounds.iter().map(|r| r.first).collect::<Vec<_>>(), ["strata", "raw"]);
+        assert!(t.strata_ops_per_sec > 0.0 && t.raw_ops_per_sec > 0.0, "{t:?}");
+        assert!((t.ratio - t.strata_ops_per_sec / t.raw_ops_per_sec).abs() < 1e-9);
+        let rb = t.redis_benchmark.as_ref().expect("redis-benchmark was asked for");
+        if installed(redis_benchmark::PROGRAM) {
+            assert!(rb.requests_per_sec.is_some_and(|r| r > 0.0), "{rb:?}");
+            assert!(rb.hit_ratio.is_some_and(|h| h > 0.9), "its GETs find the keys it wrote: {rb:?}");
+            assert!(rb.command.contains("-c 50") && rb.command.contains("-t get"), "{}", rb.command);
+        } else {
+            assert!(rb.error.as_deref().is_some_and(|e| e.contains("not installed")), "{rb:?}");
+        }
+        let text = render(&report);
+        assert!(text.contains("L2-hit throughput: Strata"), "{text}");
+        assert!(text.contains("redis-benchmark"), "{text}");
+        let json = serde_json::to_value(&report).expect("json");
+        assert!(json["throughput"]["ratio"].is_number(), "{json}");
+        assert!(json["throughput"]["redis_benchmark"].is_object(), "{json}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn throughput_on_a_standalone_server() {
+        let redis = strata_cluster::RedisServer::start().expect("redis-server");
+        check(&Target::external(vec![redis.url()]).expect("target")).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn throughput_on_a_cluster() {
+        let cluster = strata_cluster::RedisCluster::start(3, 0).expect("cluster");
+        let target = Target::external(cluster.seed_urls()).expect("target");
+        assert_eq!(target.layout, crate::workload::Layout::Cluster);
+        check(&target).await;
+    }
+
+    #[tokio::test]
+    async fn no_throughput_rounds_no_throughput() {
+        let redis = strata_cluster::RedisServer::start().expect("redis-server");
+        let target = Target::external(vec![redis.url()]).expect("target");
+        let options = Options { throughput: ThroughputOptions { rounds: 0, ..small().throughput }, ..small() };
+        let report = run(&target, &options).await.expect("hit-latency");
+        assert!(report.throughput.is_none());
+        assert!(!render(&report).contains("L2-hit throughput"));
+    }
 }

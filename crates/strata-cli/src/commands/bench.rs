@@ -31,7 +31,8 @@ pub(crate) struct Args {
     /// Length of the run (stampede, hot-key, cold-start, eviction, scale): 30s, 2m, 500ms.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
-    /// Concurrent workers (stampede: callers per expiry, default 1000; the others 16 to 32).
+    /// Concurrent workers (stampede: callers per expiry, default 1000; hit-latency: tasks of the
+    /// throughput variant, default 64; the others 16 to 32).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     concurrency: Option<u32>,
     /// Upper bound on calls in the whole run (per scenario default when absent).
@@ -55,6 +56,13 @@ pub(crate) struct Args {
     /// Upper bound on hit-latency and expiry, in seconds.
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
+    /// Rounds of hit-latency's throughput variant, each one phase of Strata L2 hits and one of
+    /// raw GETs (0: skip it and redis-benchmark).
+    #[arg(long, default_value_t = 4)]
+    throughput_rounds: usize,
+    /// Length of one phase of the throughput variant: 3s, 500ms.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    throughput_phase: Duration,
     #[command(flatten)]
     profiles: ProfilesArgs,
     #[command(flatten)]
@@ -138,6 +146,12 @@ async fn scenario(args: &Args, target: &Target, command: &[String]) -> anyhow::R
                 rounds: args.rounds.unwrap_or(30),
                 ops_per_round: args.ops_per_round,
                 max_duration: Duration::from_secs(args.max_seconds),
+                throughput: hit_latency::ThroughputOptions {
+                    rounds: args.throughput_rounds,
+                    phase: args.throughput_phase,
+                    tasks: args.concurrency.map_or(64, |c| c as usize),
+                    ..hit_latency::ThroughputOptions::default()
+                },
                 ..hit_latency::Options::default()
             };
             let figures = hit_latency::run(target, &options).await?;
