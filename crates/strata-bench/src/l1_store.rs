@@ -692,14 +692,14 @@ pub fn render(f: &Figures) -> String {
         f.batch, f.rounds, f.cores
     );
     for &keys in &f.key_sets {
-        out += &format!("\n{keys} keys, Zipf {} order\n{:<12} {:<6}", f.exponent, "store", "value");
+        out += &format!("\n{keys} keys, Zipf {} order\n{:<16} {:<6}", f.exponent, "store", "value");
         for &t in &threads {
             out += &format!(" {:>19}", readers(t));
         }
         out.push('\n');
         for v in Variant::LATENCY {
             for kind in [ValueKind::Owned, ValueKind::Arc] {
-                out += &format!("{:<12} {:<6}", v.name(), if kind == ValueKind::Owned { "owned" } else { "Arc" });
+                out += &format!("{:<16} {:<6}", v.name(), if kind == ValueKind::Owned { "owned" } else { "Arc" });
                 for &t in &threads {
                     let cell = find(f, v, kind, keys, t).map_or_else(
                         || "-".to_owned(),
