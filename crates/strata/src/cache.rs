@@ -463,7 +463,7 @@ impl Cache {
     /// memory: key, twice the uncompressed serialized value, fixed overhead). Walks L1: for
     /// tests and inspection.
     pub fn l1_resident_bytes(&self) -> u64 {
-        // No maintenance first: this measures what is held, including writes moka has not settled.
+        // No maintenance first: this measures what is held, including writes the store has not settled.
         self.inner.l1.resident_bytes()
     }
 

@@ -1,11 +1,12 @@
-//! L1: the in-process tier — a moka cache bounded in bytes ([`L1`]) — and its admission rule,
-//! which keeps every instance's L1 coherent with Redis ([`Coherence`]).
+//! L1: the in-process tier — a store bounded in bytes ([`L1`], on quick_cache behind
+//! [`L1Store`]: docs/decisions/0011-l1-store.md) — and its admission rule, which keeps every
+//! instance's L1 coherent with Redis ([`Coherence`]).
 //!
 //! Entries keep the decoded value (type-erased), so an L1 hit is a hash lookup plus a clone:
 //! no deserialization. The weight of an entry is an estimate of the memory it holds: the key,
 //! twice the uncompressed serialized size (which stands in for the decoded value's heap size:
-//! decoded strings and vectors carry headers and spare capacity) and a fixed overhead. moka applies evictions in batches; to keep the budget strict we run its pending
-//! maintenance before an insert that could cross the budget.
+//! decoded strings and vectors carry headers and spare capacity) and a fixed overhead. Every
+//! entry has its own TTL, at most what is left of the Redis copy's.
 //!
 //! ## Admission
 //!
@@ -40,7 +41,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moka::sync::Cache as Moka;
 use tokio::sync::oneshot;
 
 use crate::codec::Meta;
@@ -49,7 +49,7 @@ use crate::tags::Marks;
 /// A decoded value, type-erased so one L1 (and one single-flight map) serves every value type.
 pub(crate) type Shared = Arc<dyn Any + Send + Sync>;
 
-/// Per-entry bookkeeping overhead counted in the weight (key Arc, moka node, timers).
+/// Per-entry bookkeeping overhead counted in the weight (key Arc, the store's node and index).
 const ENTRY_OVERHEAD: u64 = 96;
 
 #[derive(Clone)]
@@ -74,88 +74,189 @@ impl Checks {
     }
 }
 
+/// What a store keeps for a key.
 #[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) slot: Slot,
     /// What a hit is checked against: logical expiry (freshness) and generations (stamps).
     pub(crate) checks: Checks,
+    /// The weight counted against the budget (see [`Store::insert`]).
     weight: u32,
-    ttl: Duration,
-}
-
-struct PerEntryTtl;
-
-impl moka::Expiry<Arc<str>, Entry> for PerEntryTtl {
-    fn expire_after_create(&self, _key: &Arc<str>, entry: &Entry, _now: Instant) -> Option<Duration> {
-        Some(entry.ttl)
-    }
-    fn expire_after_update(
-        &self,
-        _k: &Arc<str>,
-        entry: &Entry,
-        _now: Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.ttl)
-    }
+    /// From this instant on the entry is not served: its insertion plus its TTL (see
+    /// [`Fill::ttl`]).
+    expires: Instant,
 }
 
 /// How L1 chooses what to keep when it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum L1Policy {
-    /// moka's TinyLFU: admits a new entry only if it is used more often than the entry it would
-    /// evict. Best hit ratio on skewed, stable workloads; a key read once may not be kept.
+    /// Frequency first: most of the budget holds entries read again since they came in; a new
+    /// entry waits in a small probation queue and stays only if it is read before it reaches
+    /// that queue's end (quick_cache's CLOCK-PRO-like queues with remembered evicted keys,
+    /// 97 % for the proven entries; see docs/decisions/0011-l1-store.md). Best hit ratio on
+    /// skewed, stable workloads, and a burst of keys read once does not flush the hot ones; a
+    /// key read once may not be kept.
     #[default]
     TinyLfu,
-    /// Least recently used: every new entry is admitted. Better when recent keys are the hot
-    /// ones (sessions, feeds).
+    /// Recency first: three quarters of the budget are a queue of the newest entries, every new
+    /// entry is admitted, and entries read while in it move to the protected quarter. Better
+    /// when recent keys are the hot ones (sessions, feeds). One lock for the whole store (the
+    /// default shards by key): reads under many threads cost a little more.
     Lru,
 }
 
-struct Store {
-    cache: Moka<Arc<str>, Entry>,
+/// The storage under L1, one implementation per crate measured: the rest of L1 sees only this,
+/// so the crate is chosen in one place ([`Chosen`]; docs/decisions/0011-l1-store.md). Entries
+/// are weighed by [`Entry::weight`]; the sum stays within the budget.
+pub(crate) trait L1Store: Send + Sync + Sized {
+    /// A store of at most `budget` bytes (of weights) whose entries weigh at most `max_entry`.
+    fn with_budget(budget: u64, max_entry: u64, policy: L1Policy) -> Self;
+    /// The entry of `key`, unless absent or past its [`Entry::expires`].
+    fn get(&self, key: &str) -> Option<(Slot, Checks)>;
+    /// Stores `entry`, replacing any older one, evicting to stay within the budget. A store may
+    /// refuse an entry that would take too large a share of it (quick_cache: more than its
+    /// protected share of a shard); the older copy is then gone too.
+    fn insert(&self, key: &Arc<str>, entry: Entry);
+    fn remove(&self, key: &str);
+    fn clear(&self);
+    /// (entries, weighted bytes), settled.
+    fn usage(&self) -> (u64, u64);
+    /// Sum of the weights of the entries present now, settled or not.
+    fn resident_bytes(&self) -> u64;
+}
+
+/// The store L1 uses.
+pub(crate) type Chosen = QuickStore;
+
+/// [`L1Store`] on quick_cache's `sync::Cache`: sharded, each shard bounded by its share of the
+/// budget at every insert (no maintenance lag). It has no expiry of its own: an entry past its
+/// [`Entry::expires`] is not served, and the reader that finds it removes it; one never read
+/// again leaves through eviction like any entry not read.
+pub(crate) struct QuickStore {
+    cache: quick_cache::sync::Cache<Arc<str>, Entry, ByWeight>,
+}
+
+#[derive(Clone)]
+struct ByWeight;
+
+impl quick_cache::Weighter<Arc<str>, Entry> for ByWeight {
+    fn weight(&self, _key: &Arc<str>, entry: &Entry) -> u64 {
+        u64::from(entry.weight)
+    }
+}
+
+impl L1Store for QuickStore {
+    fn with_budget(budget: u64, max_entry: u64, policy: L1Policy) -> Self {
+        let budget = budget.max(1);
+        let (shards, hot) = match policy {
+            // Each shard is bounded by its share of the budget and refuses an entry heavier than
+            // its share for proven entries: shards hold two of the largest entries at least,
+            // up to quick_cache's own default of 4 per core.
+            L1Policy::TinyLfu => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+                ((4 * cores).min(budget / max_entry.max(1) / 2).max(1), 0.97)
+            }
+            // The newest entries are kept across the whole budget, not per shard of keys.
+            L1Policy::Lru => (1, RECENCY_HOT_ALLOCATION),
+        };
+        let mut options = quick_cache::OptionsBuilder::new();
+        options
+            .shards(1 << shards.ilog2())
+            .weight_capacity(budget)
+            // Sizes the map and the memory of evicted keys; any order of magnitude will do.
+            .estimated_items_capacity((budget / 512).clamp(64, 1 << 24) as usize)
+            .hot_allocation(hot);
+        let options = options.build().unwrap_or_else(|_| unreachable!("both capacities are set"));
+        Self {
+            cache: quick_cache::sync::Cache::with_options(options, ByWeight, Default::default(), Default::default()),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<(Slot, Checks)> {
+        let entry = self.cache.get(key)?;
+        if entry.expires <= Instant::now() {
+            // Unless a fresh copy replaced it meanwhile.
+            self.cache.remove_if(key, |e| e.expires <= Instant::now());
+            return None;
+        }
+        Some((entry.slot, entry.checks))
+    }
+
+    fn insert(&self, key: &Arc<str>, entry: Entry) {
+        self.cache.insert(key.clone(), entry);
+    }
+
+    fn remove(&self, key: &str) {
+        self.cache.remove(key);
+    }
+
+    fn clear(&self) {
+        self.cache.clear();
+    }
+
+    fn usage(&self) -> (u64, u64) {
+        (self.cache.len() as u64, self.cache.weight())
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        self.cache.weight()
+    }
+}
+
+/// The share of the budget for entries read again under [`L1Policy::Lru`]: the rest is the
+/// queue of the newest entries.
+const RECENCY_HOT_ALLOCATION: f64 = 0.25;
+
+/// [`L1Store`] on moka 0.12's `sync::Cache` (L1's store before docs/decisions/0011-l1-store.md),
+/// kept so that the contract tests hold for both and switching back is [`Chosen`] plus moka
+/// back in the dependencies. moka applies evictions in batches; to keep the budget strict its
+/// pending maintenance runs before an insert that could cross the budget.
+#[cfg(test)]
+pub(crate) struct MokaStore {
+    cache: moka::sync::Cache<Arc<str>, Entry>,
     budget: u64,
-    max_entry: u64,
     /// Weight inserted since moka last ran its maintenance (its own size lags behind).
     unsettled: AtomicU64,
 }
 
-impl Store {
-    fn new(budget_bytes: u64, max_entry_bytes: u64, policy: L1Policy) -> Self {
+#[cfg(test)]
+struct UntilExpiry;
+
+#[cfg(test)]
+impl moka::Expiry<Arc<str>, Entry> for UntilExpiry {
+    fn expire_after_create(&self, _key: &Arc<str>, entry: &Entry, now: Instant) -> Option<Duration> {
+        Some(entry.expires.saturating_duration_since(now))
+    }
+    fn expire_after_update(&self, _: &Arc<str>, entry: &Entry, now: Instant, _: Option<Duration>) -> Option<Duration> {
+        Some(entry.expires.saturating_duration_since(now))
+    }
+}
+
+#[cfg(test)]
+impl L1Store for MokaStore {
+    fn with_budget(budget: u64, _max_entry: u64, policy: L1Policy) -> Self {
         let policy = match policy {
             L1Policy::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
             L1Policy::Lru => moka::policy::EvictionPolicy::lru(),
         };
-        let cache = Moka::builder()
+        let cache = moka::sync::Cache::builder()
             .eviction_policy(policy)
-            .max_capacity(budget_bytes)
+            .max_capacity(budget)
             .weigher(|_k: &Arc<str>, e: &Entry| e.weight)
-            .expire_after(PerEntryTtl)
+            .expire_after(UntilExpiry)
             .build();
-        Self { cache, budget: budget_bytes, max_entry: max_entry_bytes, unsettled: AtomicU64::new(0) }
+        Self { cache, budget, unsettled: AtomicU64::new(0) }
     }
 
     fn get(&self, key: &str) -> Option<(Slot, Checks)> {
         self.cache.get(key).map(|e| (e.slot, e.checks))
     }
 
-    /// Stores a value for at most `ttl`. `value_len` is its uncompressed serialized size.
-    fn insert(&self, key: &Arc<str>, slot: Slot, checks: Checks, value_len: usize, ttl: Duration) {
-        let weight = key.len() as u64 + 2 * value_len as u64 + ENTRY_OVERHEAD;
-        if ttl.is_zero() {
-            // Nothing to keep, and an older copy must not be served instead.
-            self.cache.invalidate(key);
-            return;
-        }
-        if weight > self.max_entry {
-            // Too big for this tier: drop any older copy so it cannot be served instead.
-            self.cache.invalidate(key);
-            return;
-        }
+    fn insert(&self, key: &Arc<str>, entry: Entry) {
+        let weight = u64::from(entry.weight);
         let pending = self.unsettled.fetch_add(weight, Ordering::AcqRel) + weight;
-        let weight = u32::try_from(weight).unwrap_or(u32::MAX);
-        self.cache.insert(key.clone(), Entry { slot, checks, weight, ttl });
+        self.cache.insert(key.clone(), entry);
         if self.cache.weighted_size() + pending > self.budget {
             self.cache.run_pending_tasks();
             self.unsettled.store(0, Ordering::Release);
@@ -170,16 +271,71 @@ impl Store {
         self.cache.invalidate_all();
     }
 
-    /// (entries, weighted bytes) after applying pending maintenance.
     fn usage(&self) -> (u64, u64) {
         self.cache.run_pending_tasks();
         self.unsettled.store(0, Ordering::Release);
         (self.cache.entry_count(), self.cache.weighted_size())
     }
 
-    /// Sum of the weights of the entries actually present (walks the cache; for tests/inspection).
     fn resident_bytes(&self) -> u64 {
         self.cache.iter().map(|(_, e)| u64::from(e.weight)).sum()
+    }
+}
+
+/// The longest an entry is kept, whatever it is given: far beyond any TTL, and `Instant`
+/// arithmetic cannot overflow with it.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// L1's store: the byte budget and the weighing, over the [`L1Store`] in use.
+struct Store<S: L1Store = Chosen> {
+    inner: S,
+    budget: u64,
+    max_entry: u64,
+}
+
+impl<S: L1Store> Store<S> {
+    fn new(budget_bytes: u64, max_entry_bytes: u64, policy: L1Policy) -> Self {
+        Self {
+            inner: S::with_budget(budget_bytes, max_entry_bytes, policy),
+            budget: budget_bytes,
+            max_entry: max_entry_bytes,
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<(Slot, Checks)> {
+        self.inner.get(key)
+    }
+
+    /// Stores a value for at most `ttl`. `value_len` is its uncompressed serialized size.
+    fn insert(&self, key: &Arc<str>, slot: Slot, checks: Checks, value_len: usize, ttl: Duration) {
+        let weight = key.len() as u64 + 2 * value_len as u64 + ENTRY_OVERHEAD;
+        if ttl.is_zero() || weight > self.max_entry {
+            // Nothing to keep, or too big for this tier: an older copy must not be served
+            // instead.
+            self.inner.remove(key);
+            return;
+        }
+        let weight = u32::try_from(weight).unwrap_or(u32::MAX);
+        let expires = Instant::now() + ttl.min(FOREVER);
+        self.inner.insert(key, Entry { slot, checks, weight, expires });
+    }
+
+    fn remove(&self, key: &str) {
+        self.inner.remove(key);
+    }
+
+    fn clear(&self) {
+        self.inner.clear();
+    }
+
+    /// (entries, weighted bytes), settled.
+    fn usage(&self) -> (u64, u64) {
+        self.inner.usage()
+    }
+
+    /// Sum of the weights of the entries actually present (for tests/inspection).
+    fn resident_bytes(&self) -> u64 {
+        self.inner.resident_bytes()
     }
 }
 
@@ -630,6 +786,157 @@ impl Coherence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The [`L1Store`] contract, through [`Store`] (which weighs entries and turns away those
+    /// that may not stay), for one implementation.
+    mod contract {
+        use super::*;
+
+        const BUDGET: u64 = 64 * 1024;
+        const MAX_ENTRY: u64 = BUDGET / 16;
+        const HOUR: Duration = Duration::from_secs(3600);
+
+        fn checks(load_us: u32) -> Checks {
+            Checks::new(Meta { expires_at_ms: u64::MAX, load_us }, Marks::unknown())
+        }
+
+        fn value(i: u32) -> Slot {
+            Slot::Present(Arc::new(i))
+        }
+
+        fn read<S: L1Store>(store: &Store<S>, key: &str) -> Option<u32> {
+            match store.get(key)? {
+                (Slot::Present(v), checks) => {
+                    let v = typed::<u32>(&v).expect("a u32");
+                    assert_eq!(checks.meta.load_us, v, "the checks stored with the value come back with it");
+                    Some(v)
+                }
+                (Slot::Absent, _) => None,
+            }
+        }
+
+        fn key(i: u32) -> Arc<str> {
+            format!("app:v1:item:{i}").into()
+        }
+
+        /// Bounded in bytes after every insert, by the weights `Store` computes, whatever the
+        /// policy; and well used.
+        pub(super) fn budget_in_bytes<S: L1Store>() {
+            for policy in [L1Policy::TinyLfu, L1Policy::Lru] {
+                let store = Store::<S>::new(BUDGET, MAX_ENTRY, policy);
+                for i in 0..2_000u32 {
+                    // Weights from about 130 B to 3.3 KB: 50 times the budget in all.
+                    let len = [10, 200, 1_600][(i % 3) as usize];
+                    store.insert(&key(i), value(i), checks(i), len, HOUR);
+                    let resident = store.resident_bytes();
+                    assert!(resident <= BUDGET, "{policy:?}: after insert {i}, {resident} B > {BUDGET}");
+                }
+                let (entries, bytes) = store.usage();
+                assert!(bytes <= BUDGET && bytes > BUDGET / 2, "{policy:?}: {bytes} B of {BUDGET} used");
+                assert!(entries > 10, "{policy:?}: {entries} entries");
+                // The weight is what Store computes: key + 2 × value + overhead.
+                let one = Store::<S>::new(BUDGET, MAX_ENTRY, policy);
+                one.insert(&key(1), value(1), checks(1), 100, HOUR);
+                assert_eq!(one.usage(), (1, key(1).len() as u64 + 200 + ENTRY_OVERHEAD));
+                // Replacing an entry replaces its weight.
+                one.insert(&key(1), value(2), checks(2), 300, HOUR);
+                assert_eq!(one.usage(), (1, key(1).len() as u64 + 600 + ENTRY_OVERHEAD));
+                assert_eq!(read(&one, &key(1)), Some(2));
+            }
+        }
+
+        /// Entries heavier than the largest allowed, or with no time to live, are not kept, and
+        /// take any older copy with them.
+        pub(super) fn too_big_or_no_ttl_drops_the_older_copy<S: L1Store>() {
+            let store = Store::<S>::new(BUDGET, MAX_ENTRY, L1Policy::default());
+            store.insert(&key(1), value(1), checks(1), 10, HOUR);
+            store.insert(&key(1), value(2), checks(2), MAX_ENTRY as usize, HOUR);
+            assert_eq!(read(&store, &key(1)), None, "too big: not kept, nor the older copy");
+            store.insert(&key(1), value(3), checks(3), 10, HOUR);
+            store.insert(&key(1), value(4), checks(4), 10, Duration::ZERO);
+            assert_eq!(read(&store, &key(1)), None, "no TTL: not kept, nor the older copy");
+            assert_eq!(store.usage(), (0, 0));
+        }
+
+        /// Each entry lives its own TTL (a replacement's own, shorter or longer), never longer.
+        pub(super) fn per_entry_ttl<S: L1Store>() {
+            let store = Store::<S>::new(BUDGET, MAX_ENTRY, L1Policy::default());
+            let short = Duration::from_millis(150);
+            store.insert(&key(1), value(1), checks(1), 10, short);
+            store.insert(&key(2), value(2), checks(2), 10, HOUR);
+            store.insert(&key(3), value(3), checks(3), 10, HOUR);
+            // Replaced with a shorter TTL: the replacement's holds.
+            store.insert(&key(3), value(4), checks(4), 10, short);
+            let negative = key(5);
+            store.insert(&negative, Slot::Absent, checks(0), 0, short);
+            assert_eq!(read(&store, &key(1)), Some(1));
+            assert!(matches!(store.get(&negative), Some((Slot::Absent, _))), "a cached not-found is an entry");
+            std::thread::sleep(short + Duration::from_millis(100));
+            assert_eq!(read(&store, &key(1)), None, "past its TTL");
+            assert_eq!(read(&store, &key(3)), None, "past its replacement's TTL");
+            assert!(store.get(&negative).is_none());
+            assert_eq!(read(&store, &key(2)), Some(2), "another entry's TTL is its own");
+        }
+
+        pub(super) fn remove_and_clear<S: L1Store>() {
+            let store = Store::<S>::new(BUDGET, MAX_ENTRY, L1Policy::default());
+            for i in 0..10 {
+                store.insert(&key(i), value(i), checks(i), 10, HOUR);
+            }
+            store.remove(&key(3));
+            store.remove("app:v1:item:absent");
+            assert_eq!(read(&store, &key(3)), None);
+            assert_eq!(read(&store, &key(4)), Some(4));
+            assert_eq!(store.usage().0, 9);
+            store.clear();
+            assert_eq!(store.usage(), (0, 0));
+            assert_eq!(store.resident_bytes(), 0);
+            assert!((0..10).all(|i| read(&store, &key(i)).is_none()));
+        }
+
+        /// Under either policy, keys read again and again stay while others stream through.
+        pub(super) fn read_keys_stay<S: L1Store>() {
+            for policy in [L1Policy::TinyLfu, L1Policy::Lru] {
+                let store = Store::<S>::new(BUDGET, MAX_ENTRY, policy);
+                let hot: Vec<Arc<str>> = (0..5).map(|i| format!("app:v1:hot:{i}").into()).collect();
+                for (i, k) in hot.iter().enumerate() {
+                    store.insert(k, value(i as u32), checks(i as u32), 100, HOUR);
+                }
+                for i in 0..3_000u32 {
+                    for (h, k) in hot.iter().enumerate() {
+                        if read(&store, k).is_none() {
+                            // Cache-aside: a miss fills again.
+                            store.insert(k, value(h as u32), checks(h as u32), 100, HOUR);
+                        }
+                    }
+                    store.insert(&key(i), value(i), checks(i), 400, HOUR);
+                }
+                for k in &hot {
+                    assert!(store.get(k).is_some(), "{policy:?}: {k} is read all the time");
+                }
+            }
+        }
+    }
+
+    macro_rules! store_contract {
+        ($($name:ident: $store:ty),*) => {$(
+            mod $name {
+                use super::*;
+                #[test]
+                fn budget_in_bytes() { contract::budget_in_bytes::<$store>() }
+                #[test]
+                fn too_big_or_no_ttl_drops_the_older_copy() { contract::too_big_or_no_ttl_drops_the_older_copy::<$store>() }
+                #[test]
+                fn per_entry_ttl() { contract::per_entry_ttl::<$store>() }
+                #[test]
+                fn remove_and_clear() { contract::remove_and_clear::<$store>() }
+                #[test]
+                fn read_keys_stay() { contract::read_keys_stay::<$store>() }
+            }
+        )*};
+    }
+
+    store_contract!(quick_store: QuickStore, moka_store: MokaStore);
 
     #[test]
     fn a_change_between_two_tickets_is_seen_from_the_earlier_one_only() {

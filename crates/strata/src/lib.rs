@@ -7,7 +7,7 @@
 //!            get / get_or_set / get_many
 //!                        │
 //!        ┌───────────────▼───────────────┐   hit: a clone of the decoded value,
-//!        │ L1: in-process (moka)         │   no I/O, no decoding (~100 ns)
+//!        │ L1: in-process (quick_cache)  │   no I/O, no decoding (~200-300 ns)
 //!        │ bounded in bytes, per-entry   │
 //!        │ TTL ≤ the Redis copy's TTL    │
 //!        └───────────────┬───────────────┘
@@ -112,7 +112,7 @@
 //! | `cache/stamps` | a **stamp** is the generation of a namespace or tag: the marks a value carries, the verdict on them at every read, what this instance knows |
 //! | `cache/hot`, `cache/write_through`, `cache/builder` | hot keys' registry and copies; `set_through`; assembling a cache ([`CacheBuilder`]) |
 //! | `batch`, `namespace`, `exposition` | the public API of batches; of namespaces and tags; of Prometheus exposition |
-//! | `l1` | the L1 tier: the moka store, bounded in bytes, and its admission rule (`Coherence`: tickets taken before a round trip, writers' echoes, tracking health) |
+//! | `l1` | the L1 tier: its store (quick_cache behind `L1Store`), bounded in bytes, and its admission rule (`Coherence`: tickets taken before a round trip, writers' echoes, tracking health) |
 //! | `invalidation` | the tracking connections (RESP3 `CLIENT TRACKING`), heartbeats, topology and redirects |
 //! | `lease` | lease scripts, tokens and settings ([`LeaseConfig`]) |
 //! | `tags` | [`Tag`]s and the marks (stamp generations) a value records |

@@ -9,7 +9,7 @@ use strata_bench::report::{DEFAULT_DIR, Report};
 use strata_bench::runner::Load;
 use strata_bench::workload::{Layout, Target};
 use strata_bench::{
-    cold_start, eviction, expiry, hit_latency, hot_key, scale, stampede, user_profiles, user_profiles_report,
+    cold_start, eviction, expiry, hit_latency, hot_key, l1_store, scale, stampede, user_profiles, user_profiles_report,
 };
 
 use super::common::{OutputArgs, ProfilesArgs, parse_duration, runtime};
@@ -47,13 +47,13 @@ pub(crate) struct Args {
     /// Directory of the JSON and HTML reports.
     #[arg(long, default_value = DEFAULT_DIR)]
     out: PathBuf,
-    /// Interleaved rounds of hit-latency (default 30) and expiry (default 6).
+    /// Interleaved rounds of hit-latency (default 30), expiry (default 6) and l1-store (default 40).
     #[arg(long)]
     rounds: Option<usize>,
     /// Timed Redis reads per variant per round (hit-latency).
     #[arg(long, default_value_t = 1000)]
     ops_per_round: usize,
-    /// Upper bound on hit-latency and expiry, in seconds.
+    /// Upper bound on hit-latency, expiry and l1-store's latency rounds, in seconds.
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
     /// Rounds of hit-latency's throughput variant, each one phase of Strata L2 hits and one of
@@ -96,6 +96,10 @@ enum Scenario {
     /// one operation sequence, with their stale reads; each warms up for --warmup, then
     /// --duration is shared by the six.
     UserProfiles,
+    /// The crates that could hold L1 (moka, quick_cache, mini-moka), no Redis: hit latency with
+    /// 1, 2 and 8 reader threads for an owned and an `Arc` value, and hit ratio of Zipf traces
+    /// with a budget smaller than the keys (docs/decisions/0011-l1-store.md).
+    L1Store,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -111,6 +115,23 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let command: Vec<String> = std::env::args().collect();
+    if args.scenario == Scenario::L1Store {
+        // In-process only: no Redis to start.
+        let defaults = l1_store::Options::default();
+        let options = l1_store::Options {
+            rounds: args.rounds.unwrap_or(defaults.rounds),
+            max_duration: Duration::from_secs(args.max_seconds),
+            ..defaults
+        };
+        let figures = l1_store::run(&options)?;
+        let text = l1_store::render(&figures);
+        let written = l1_store::report(&figures, &command)?.write(&args.out)?;
+        let files = format!("report: {}\n        {}\n", written.html.display(), written.json.display());
+        if args.output.json {
+            eprint!("{files}");
+        }
+        return args.output.print(&written.document, || format!("{text}\n{files}"));
+    }
     runtime()?.block_on(async {
         let target = if args.urls.is_empty() {
             let old = matches!(args.scenario, Scenario::HitLatency | Scenario::Expiry);
@@ -213,6 +234,7 @@ async fn scenario(args: &Args, target: &Target, command: &[String]) -> anyhow::R
             let figures = user_profiles_report::figures(&run)?;
             (user_profiles_report::report(&run, &figures, command)?, user_profiles_report::render(&figures))
         }
+        Scenario::L1Store => anyhow::bail!("l1-store needs no Redis and runs before any is started"),
     })
 }
 
