@@ -38,8 +38,10 @@ pub(crate) struct Args {
     /// Upper bound on calls in the whole run (per scenario default when absent).
     #[arg(long)]
     max_ops: Option<u64>,
-    /// Base offered rate R of the scale scenario, calls per second (it also runs 2R).
-    #[arg(long, default_value_t = 2000.0)]
+    /// Base offered rate R of the scale scenario, calls per second (it also runs 2R). The
+    /// default doubles within the headroom of a release build on a 2-core local 3+3 cluster
+    /// (docs/benchmarks.md, "scale").
+    #[arg(long, default_value_t = 20_000.0)]
     rate: f64,
     /// Let the eviction scenario empty (FLUSHALL) and reconfigure a deployment given by --url.
     #[arg(long)]
