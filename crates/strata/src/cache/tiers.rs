@@ -468,16 +468,19 @@ impl Inner {
                 self.fill_after_write(key, prepared, echo, before).await;
                 Ok(true)
             }
+            // Redis refused the write (it deleted the key instead, or left it to a newer
+            // writer), or it failed after Redis may have run it: as after a delete, no copy a
+            // reader put in L1 meanwhile may stay (see `delete`).
             Ok(false) => {
                 self.l1.forget(echo);
                 NsCounters::inc(&ns.stale_writes_refused);
                 tracing::debug!(key = %key, "lease lost during the load, or writes overlapped: value not cached");
-                self.l1.remove(key.as_str());
+                self.l1.invalidate_local(key.as_str());
                 Ok(false)
             }
             Err(err) => {
                 self.l1.forget(echo);
-                self.l1.remove(key.as_str());
+                self.l1.invalidate_local(key.as_str());
                 Err(err)
             }
         }
@@ -497,6 +500,9 @@ impl Inner {
         // Without an echo (no tracking, or a key L1 does not hold), `before` decides alone.
         let echoed = echo.is_some();
         let Some(ticket) = self.l1.after_write(echo, before, self.l2.op_timeout).await else {
+            // The echo did not come (in time): what a reader put in L1 while the write was on
+            // its way may be older than it, and nothing else would remove it.
+            self.l1.invalidate_local(key.as_str());
             return;
         };
         let ttl = match echoed {
@@ -654,11 +660,17 @@ impl Inner {
     pub(crate) async fn delete(&self, key: &Key) -> Result<bool> {
         self.l1.invalidate_local(key.as_str());
         let (k, lease) = (key.as_str(), &lease_key(key.as_str()));
-        let (removed, _): (i64, i64) = self
+        let deleted = self
             .call_for(k, "DEL", |mut c| async move {
                 redis::pipe().cmd("EXISTS").arg(k).cmd("DEL").arg(k).arg(lease).query_async(&mut c).await
             })
-            .await?;
+            .await;
+        // Once more now that Redis has run (or may have run) the DEL: a reader of this instance
+        // that read the old value after the first removal but before the DEL may have put it
+        // in L1, and the DEL's invalidation message, which would remove it, can come later than
+        // this call returns.
+        self.l1.invalidate_local(key.as_str());
+        let (removed, _): (i64, i64) = deleted?;
         NsCounters::inc(&self.metrics.ns(key.namespace()).deletes);
         self.hot_invalidate(key).await;
         Ok(removed > 0)

@@ -50,7 +50,7 @@ impl Inner {
         let prepared = self.prepare(key, Some(value.clone()), ttl, &marks, 0)?;
 
         // 1. Hold the lease and empty the key, atomically (same slot).
-        self.l1.remove(key.as_str());
+        self.l1.invalidate_local(key.as_str());
         let (k, lease, token) = (key.as_str(), lease_key(key.as_str()), through_token());
         let px = ttl_millis(self.leases.ttl);
         let (t, lease) = (token.as_str(), &lease);

@@ -599,3 +599,76 @@ async fn a_read_after_a_delete_does_not_join_an_older_load(redis: Redis) -> Test
     Ok(())
 }
 on_both!(a_read_after_a_delete_does_not_join_an_older_load);
+
+/// Within one instance, a read that starts after `delete` returned never gets the value the
+/// delete removed, however late the delete's invalidation message comes back. A reader that
+/// looked at L1 after the delete had begun, and read Redis before the `DEL` reached it, may
+/// fill L1 with the old value; only that message would remove it, and until it arrives every
+/// reader of this instance would be served the old value. Found by the user-profiles
+/// benchmark's stale-read check (1 stale read in 155,000); the proxy widens the window from
+/// microseconds to 30 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_a_delete_returned_never_sees_the_deleted_value() -> TestResult {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let redis = Redis::standalone();
+    let Redis::Standalone(server) = &redis else { unreachable!() };
+    let proxy = crate::common::LateInvalidations::start(server, Duration::from_millis(30)).await?;
+    let cache = redis.builder().redis_url(proxy.url()).l1_max_ttl(L1_LIFETIME).build().await?;
+    let key = KeySchema::new("it", 1)?.key("deleted", "1")?;
+    let deadline = Instant::now() + PATIENCE;
+    while !cache.metrics().l1_coherent {
+        assert!(Instant::now() < deadline, "tracking never came up through the proxy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The source's version, and the newest one whose delete has returned.
+    let (source, completed, stop) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (cache, key, source, completed, stop) =
+                (cache.clone(), key.clone(), source.clone(), completed.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut reads, mut stale) = (0u64, Vec::new());
+                while !stop.load(Ordering::SeqCst) {
+                    let seen = completed.load(Ordering::SeqCst);
+                    let source = source.clone();
+                    let got: u64 = cache
+                        .get_or_set(&key, Ttl::Medium, || async move {
+                            Ok::<_, std::io::Error>(source.load(Ordering::SeqCst))
+                        })
+                        .await?;
+                    reads += 1;
+                    if got < seen {
+                        stale.push((got, seen));
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Ok::<_, strata::Error>((reads, stale))
+            })
+        })
+        .collect();
+    for version in 1..=150 {
+        source.store(version, Ordering::SeqCst);
+        cache.delete(&key).await?;
+        completed.store(version, Ordering::SeqCst);
+        // Time for a reader to load the new version and for L1 to take it.
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (mut reads, mut stale) = (0, Vec::new());
+    for reader in readers {
+        let (r, s) = reader.await??;
+        reads += r;
+        stale.extend(s);
+    }
+    assert!(reads > 1_000, "the readers barely ran ({reads} reads)");
+    assert!(
+        stale.is_empty(),
+        "{} of {reads} reads returned a version older than a delete that had returned: {:?}",
+        stale.len(),
+        &stale[..stale.len().min(5)]
+    );
+    Ok(())
+}

@@ -144,3 +144,82 @@ macro_rules! on_both {
         }
     };
 }
+
+/// A TCP proxy in front of a standalone server that holds back, by a fixed delay, what the
+/// server sends on Strata's tracking connections (those that name themselves
+/// `strata-invalidation`): invalidation messages then arrive late, as on a loaded machine or
+/// a slow network, while data replies do not. Stops when dropped.
+pub struct LateInvalidations {
+    url: String,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl LateInvalidations {
+    pub async fn start(server: &RedisServer, delay: Duration) -> std::io::Result<Self> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let upstream = server.url().trim_start_matches("redis://").trim_end_matches('/').to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("redis://{}", listener.local_addr()?);
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                let tracking = Arc::new(AtomicBool::new(false));
+                let seen = tracking.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = client_rx.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if buf[..n].windows(19).any(|w| w == b"strata-invalidation") {
+                            seen.store(true, Ordering::SeqCst);
+                        }
+                        if server_tx.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                // Chunks keep their order, each released `delay` after it arrived.
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = server_rx.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let at = tokio::time::Instant::now()
+                            + if tracking.load(Ordering::SeqCst) { delay } else { Duration::ZERO };
+                        if tx.send((at, buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    while let Some((at, chunk)) = rx.recv().await {
+                        tokio::time::sleep_until(at).await;
+                        if client_tx.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self { url, accept })
+    }
+
+    /// The proxy's URL, for a cache builder.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for LateInvalidations {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
