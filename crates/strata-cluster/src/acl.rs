@@ -111,7 +111,7 @@ impl AclRoles {
         match role {
             Role::Admin => "~* &* +@all".into(),
             // Pub/sub is not needed: invalidations arrive as RESP3 pushes on the tracking
-            // connection, not on a channel. CLIENT TRACKING / SETNAME / ID, HELLO, READONLY,
+            // connection, not on a channel. CLIENT TRACKING / CACHING / SETNAME / ID, HELLO, READONLY,
             // CLUSTER SLOTS / NODES / SHARDS, EVAL / EVALSHA / SCRIPT LOAD, WAIT and the
             // stream commands are in categories other than @dangerous and @admin.
             Role::App => format!("resetkeys {keys} resetchannels +@all -@dangerous -@admin -@pubsub {CODE_CHANGES}"),

@@ -228,6 +228,7 @@ fn encode_snapshot(m: &MetricsSnapshot, l1_capacity: u64, mut enc: DescriptorEnc
 
     let mut f = family(&mut enc, "strata_invalidations_total", MetricType::Counter)?;
     counter(&mut f, &[("kind", "message")], m.invalidation_messages)?;
+    counter(&mut f, &[("kind", "message_internal_key")], m.invalidation_messages_internal)?;
     counter(&mut f, &[("kind", "l1_flush")], m.l1_flushes)?;
 
     let mut f = family(&mut enc, "strata_l2_errors_total", MetricType::Counter)?;

@@ -1,24 +1,39 @@
-//! Cross-instance L1 invalidation: RESP3 client-side caching (`CLIENT TRACKING ... BCAST`).
+//! Cross-instance L1 invalidation: RESP3 client-side caching in Redis's default mode
+//! (`CLIENT TRACKING ON OPTIN NOLOOP`), on one connection per Redis master.
 //!
-//! Each cache opens one extra connection per Redis master (standalone: the server) and turns on
-//! broadcast tracking for the configured key prefixes (all keys by default). Redis then pushes
-//! an `invalidate` message naming every key modified on that node — by any client, Strata or
-//! `redis-cli` — and the message removes the key from this instance's L1 only: no instance
-//! re-reads anything until one of its own callers asks again (no invalidation storm). Why
-//! tracking rather than a pub/sub backplane is in `docs/decisions/0004-l1-invalidation.md`.
+//! Each cache opens one connection per master (standalone: the server) with tracking on, and
+//! every read whose answer may enter L1 goes over the connection of the key's master, preceded
+//! by `CLIENT CACHING YES` (`Inner::call_tracked` in `cache/tiers.rs`). Redis then remembers
+//! that this connection read the key, and the next time anyone changes it — any client,
+//! Strata or `redis-cli` — pushes an `invalidate` message naming it on that same connection,
+//! after the read's reply: the message removes the key from this instance's L1 only, and no
+//! instance re-reads anything until one of its own callers asks again (no invalidation
+//! storm). Because the read and the message share one ordered connection, a value read can
+//! never miss the invalidation of a change made after it. Why tracking rather than a pub/sub
+//! backplane is in `docs/decisions/0004-l1-invalidation.md`; why this mode rather than
+//! broadcast tracking in `docs/decisions/0013-default-mode-tracking.md`.
+//!
+//! What this instance receives is therefore one message per change of a key it read since that
+//! key's previous change: it grows with the keys it holds, not with the cluster's write rate,
+//! and internal keys (leases, hot-key copies, write-behind entries) that it never reads this
+//! way cause none. The writes whose value this instance keeps in L1 (its stores and `set`) go
+//! over the same connections and, with `NOLOOP`, cause no message back to it; their own
+//! read-back, in the same pipeline, tracks the key again (see [`crate::l1`]).
 //!
 //! A message can be missed only when its connection is lost, so L1 serves only while every
 //! tracking connection is up ([`Coherence`](crate::l1::Coherence)):
 //!
 //! - a lost connection (the driver's disconnection notice, or no PONG to the heartbeat within
-//!   its timeout) flushes L1 at once, and nothing enters L1 until tracking is on again;
+//!   its timeout) flushes L1 at once, and nothing enters L1 until tracking is on again (a
+//!   reply that comes over a connection marked lost fills nothing);
 //! - a cluster topology change (failover, slot move, node added or removed), polled with
 //!   `CLUSTER NODES`, flushes L1 and connects to the new masters first;
 //! - a `MOVED` or `ASK` reply on the data path (see [`L2::run`](crate::l2::L2)) that names a
 //!   node without a tracking connection flushes and closes L1 at once (the read it redirects
 //!   cannot fill it), and L1 reopens only once that node is tracked too (a master without
 //!   slots yet, receiving migrating keys, included); any redirect also makes the supervisor
-//!   read the topology at once instead of at its next poll.
+//!   read the topology at once instead of at its next poll. A tracked read that meets one is
+//!   sent again the usual way and fills nothing.
 //!
 //! The worst case — a node dies silently — bounds staleness by the heartbeat interval plus its
 //! timeout. With Sentinel, the tracked node is the master the sentinels name, asked again at
@@ -26,13 +41,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
+use crate::breaker::redis_slot;
 use crate::cache::Inner;
 use crate::error::{Error, Result};
 use crate::l2::{L2Config, Topology, connection_info};
@@ -46,10 +62,8 @@ const STARTUP_WAIT: Duration = Duration::from_secs(3);
 pub struct Invalidation {
     /// Track at all. Off: L1 copies may be stale for up to `l1_max_ttl` after a write elsewhere.
     pub enabled: bool,
-    /// Key prefixes to track (`BCAST PREFIX`); empty tracks every key. Must not overlap. Keys
-    /// outside them are never kept in L1 (no invalidation would reach their copies); the stamp
-    /// and lease keys of the prefixes' applications are tracked too (see
-    /// [`prefixes`](Self::prefixes)).
+    /// Key prefixes L1 keeps (empty: every key); keys outside them are read from Redis every
+    /// time (see [`prefixes`](Self::prefixes)).
     pub prefixes: Vec<String>,
     /// How often each tracking connection is pinged.
     pub heartbeat: Duration,
@@ -78,16 +92,10 @@ impl Invalidation {
         Self { enabled: false, ..Self::default() }
     }
 
-    /// Track only keys starting with one of `prefixes` (e.g. your [`KeySchema`](crate::KeySchema)
-    /// apps, `"shop:"`): less traffic when Redis holds other data too.
-    ///
-    /// Coherence is kept: keys outside the prefixes are read from Redis every time (never kept
-    /// in L1), and the namespace and tag stamps of the prefixes' applications (`{shop:...}`,
-    /// `{shop}` for `"shop:"`; `{sh...` for a prefix `"sh"` without a `:`) are tracked as well,
-    /// so that [`invalidate_namespace`](crate::Cache::invalidate_namespace) anywhere reaches this
-    /// instance at once. Lease keys of those applications share that shape, so their changes are
-    /// tracked too. A tag of another application is seen within
-    /// [`stamp_refresh`](crate::CacheBuilder::stamp_refresh).
+    /// Keep in L1 only keys starting with one of `prefixes` (e.g. your
+    /// [`KeySchema`](crate::KeySchema) apps, `"shop:"`); the others are read from Redis every
+    /// time. Redis tracks only the keys an instance reads for its L1, so this is not needed to
+    /// limit invalidation traffic; it keeps L1 to the data that earns it.
     pub fn prefixes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, prefixes: I) -> Self {
         self.prefixes = prefixes.into_iter().map(Into::into).collect();
         self
@@ -101,43 +109,23 @@ impl Invalidation {
         self
     }
 
-    /// The prefixes the tracking connections subscribe to: the configured ones and the stamp
-    /// keys of their applications (see [`prefixes`](Self::prefixes)), without overlaps (Redis
-    /// refuses them); empty for every key.
-    pub(crate) fn tracked_prefixes(&self) -> Vec<String> {
-        let mut all = self.prefixes.clone();
-        for prefix in &self.prefixes {
-            match prefix.split_once(':') {
-                // Stamp ids start with the key's first segment: `{app:...}` or `{app}`.
-                Some((app, _)) => all.extend([format!("{{{app}:"), format!("{{{app}}}")]),
-                None => all.push(format!("{{{prefix}")),
-            }
-        }
-        all.sort();
-        all.dedup();
-        let kept = all.iter().filter(|p| !all.iter().any(|q| q != *p && p.starts_with(q.as_str())));
-        kept.cloned().collect()
-    }
-
     pub(crate) fn validate(&self) -> Result<()> {
         if self.heartbeat.is_zero() || self.heartbeat_timeout.is_zero() || self.topology_interval.is_zero() {
             return Err(Error::config("invalidation heartbeat, timeout and topology interval must be positive"));
         }
-        for (i, a) in self.prefixes.iter().enumerate() {
-            if a.is_empty() {
-                return Err(Error::config("an invalidation prefix must not be empty (leave the list empty instead)"));
-            }
-            if self.prefixes.iter().enumerate().any(|(j, b)| i != j && b.starts_with(a.as_str())) {
-                return Err(Error::config(format!("invalidation prefix {a:?} overlaps another one")));
-            }
+        if self.prefixes.iter().any(String::is_empty) {
+            return Err(Error::config("an invalidation prefix must not be empty (leave the list empty instead)"));
         }
         Ok(())
     }
 }
 
-/// What the data path tells the supervisor: nodes that `MOVED` / `ASK` replies named.
+/// What the data path and the supervisor share: which tracking connection answers for a key,
+/// and the nodes that `MOVED` / `ASK` replies named.
 #[derive(Default)]
-pub(crate) struct Redirects {
+pub(crate) struct Tracking {
+    /// The tracking connection of each hash slot's master, as of the supervisor's last round.
+    routes: RwLock<Arc<Routes>>,
     /// `host:port` of every node with a tracking connection, as of the supervisor's last round.
     tracked: std::sync::RwLock<Vec<String>>,
     /// Redirect targets that were not tracked: tracked from then on whatever the topology
@@ -147,12 +135,71 @@ pub(crate) struct Redirects {
     wake: Arc<tokio::sync::Notify>,
 }
 
+impl Tracking {
+    /// The tracking connection of `key`'s master, if it has one.
+    pub(crate) fn route(&self, key: &[u8]) -> Option<Route> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).find(key)
+    }
+
+    fn publish(&self, routes: Routes) {
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+    }
+}
+
+/// A tracking connection, and whether it is still up: a reply that comes over one marked lost
+/// fills nothing (its invalidations may have stopped).
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub(crate) conn: MultiplexedConnection,
+    pub(crate) alive: Arc<AtomicBool>,
+}
+
+/// Hash slot ranges to tracking connections.
+struct Routes<R = Route> {
+    /// (first slot, last slot, index in `nodes`), sorted; empty with one node for every key.
+    ranges: Vec<(u16, u16, usize)>,
+    nodes: Vec<R>,
+}
+
+impl<R> Default for Routes<R> {
+    fn default() -> Self {
+        Self { ranges: Vec::new(), nodes: Vec::new() }
+    }
+}
+
+impl<R: Clone> Routes<R> {
+    fn find(&self, key: &[u8]) -> Option<R> {
+        if self.ranges.is_empty() {
+            return match self.nodes.as_slice() {
+                [only] => Some(only.clone()),
+                _ => None,
+            };
+        }
+        let slot = redis_slot(key);
+        let i = self.ranges.partition_point(|&(_, last, _)| last < slot);
+        let &(first, _, node) = self.ranges.get(i)?;
+        (first <= slot).then(|| self.nodes[node].clone())
+    }
+}
+
+/// Slot ranges from `CLUSTER NODES`' slot fields (`0-5460`, `5461`); `None` for an empty list.
+fn slot_ranges(slots: &str) -> Option<Vec<(u16, u16)>> {
+    let ranges: Vec<(u16, u16)> = slots
+        .split_whitespace()
+        .filter_map(|r| match r.split_once('-') {
+            Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+            None => r.parse().ok().map(|s| (s, s)),
+        })
+        .collect();
+    (!ranges.is_empty()).then_some(ranges)
+}
+
 /// The data path met a `MOVED` or `ASK` reply naming `node` (`host:port`): a slot moved, or is
 /// moving. Without a tracking connection to that node, what is read from it could miss its
 /// invalidations, so L1 is flushed and closed now (fills whose reads started before are
 /// refused), until the supervisor tracks it. Either way the topology is read again at once.
 pub(crate) fn redirected(cache: &Inner, node: &str) {
-    let redirects = &cache.l1().coherence().redirects;
+    let redirects = &cache.l1().coherence().tracking;
     if !cache.l1().coherence().is_tracking() {
         return;
     }
@@ -211,7 +258,7 @@ impl Supervisor {
         };
         let first_round = Arc::new(AtomicBool::new(false));
         let first_done = first_round.clone();
-        let wake = cache.l1().coherence().redirects.wake.clone();
+        let wake = cache.l1().coherence().tracking.wake.clone();
         let handle = tokio::spawn(async move {
             let mut tick = tokio::time::interval(supervisor.config.heartbeat);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -271,7 +318,7 @@ impl Supervisor {
         // `redirected`).
         let scheme = self.cluster_scheme();
         let pinned: Vec<String> = {
-            let mut pinned = cache.l1().coherence().redirects.pinned.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pinned = cache.l1().coherence().tracking.pinned.lock().unwrap_or_else(|p| p.into_inner());
             pinned.retain(|n| !self.masters.iter().any(|(a, _)| *a == format!("{scheme}://{n}")));
             pinned.iter().map(|n| format!("{scheme}://{n}")).collect()
         };
@@ -290,7 +337,7 @@ impl Supervisor {
                     if pinned.contains(&addr) {
                         // Gone: reads cannot reach it either. The topology decides again.
                         let mut pinned =
-                            cache.l1().coherence().redirects.pinned.lock().unwrap_or_else(|p| p.into_inner());
+                            cache.l1().coherence().tracking.pinned.lock().unwrap_or_else(|p| p.into_inner());
                         pinned.retain(|n| !addr.ends_with(&format!("://{n}")));
                         wanted.retain(|a| *a != addr);
                     }
@@ -298,7 +345,8 @@ impl Supervisor {
             }
         }
         self.heartbeat().await;
-        *cache.l1().coherence().redirects.tracked.write().unwrap_or_else(|p| p.into_inner()) =
+        self.publish_routes(cache);
+        *cache.l1().coherence().tracking.tracked.write().unwrap_or_else(|p| p.into_inner()) =
             self.nodes.keys().map(|a| a.split_once("://").map_or(a.as_str(), |(_, n)| n).to_owned()).collect();
         let all_up = !self.masters.is_empty() && wanted.iter().all(|a| self.nodes.contains_key(a));
         if all_up != cache.l1().coherence().is_healthy() {
@@ -309,6 +357,22 @@ impl Supervisor {
                 close_l1(cache);
             }
         }
+    }
+
+    /// Tells the data path which tracking connection answers for each slot: that of the slot's
+    /// master, when there is one.
+    fn publish_routes(&self, cache: &Inner) {
+        let mut routes = Routes::default();
+        for (addr, slots) in &self.masters {
+            let Some(node) = self.nodes.get(addr) else { continue };
+            let index = routes.nodes.len();
+            routes.nodes.push(Route { conn: node.conn.clone(), alive: node.alive.clone() });
+            if let Some(ranges) = slot_ranges(slots) {
+                routes.ranges.extend(ranges.into_iter().map(|(first, last)| (first, last, index)));
+            }
+        }
+        routes.ranges.sort_unstable();
+        cache.l1().coherence().tracking.publish(routes);
     }
 
     /// PINGs every tracking connection; one that does not answer in time is dropped.
@@ -421,7 +485,8 @@ impl Supervisor {
         .map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))
     }
 
-    /// Opens a RESP3 connection whose push messages evict from L1, and turns tracking on.
+    /// Opens a RESP3 connection whose push messages evict from L1, and turns tracking on. The
+    /// data path sends the reads (and writes) whose answers may enter L1 over it.
     async fn connect(&self, url: &str) -> Result<Node> {
         let client = self.client(url, ProtocolVersion::RESP3)?;
         let alive = Arc::new(AtomicBool::new(true));
@@ -439,12 +504,9 @@ impl Supervisor {
         let setup = async {
             let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
             redis::cmd("CLIENT").arg("SETNAME").arg("strata-invalidation").exec_async(&mut conn).await?;
-            let mut tracking = redis::cmd("CLIENT");
-            tracking.arg("TRACKING").arg("ON").arg("BCAST");
-            for prefix in self.config.tracked_prefixes() {
-                tracking.arg("PREFIX").arg(prefix);
-            }
-            tracking.exec_async(&mut conn).await?;
+            // Default mode: Redis remembers the keys this connection reads after `CLIENT CACHING
+            // YES` (OPTIN), and does not tell it of its own writes (NOLOOP).
+            redis::cmd("CLIENT").arg("TRACKING").arg("ON").arg("OPTIN").arg("NOLOOP").exec_async(&mut conn).await?;
             Ok::<_, redis::RedisError>(conn)
         };
         match tokio::time::timeout(self.l2.connect_timeout * 2, setup).await {
@@ -468,6 +530,9 @@ fn on_push(cache: &Inner, push: PushInfo, alive: &AtomicBool, lost: &mpsc::Unbou
             Some(Value::Array(keys)) => {
                 for key in keys {
                     if let Value::BulkString(bytes) = key {
+                        if is_internal(bytes) {
+                            cache.l1().coherence().internal_keys.fetch_add(1, Ordering::Relaxed);
+                        }
                         cache.l1().invalidate(bytes);
                         // A namespace or tag stamp moved: read it again rather than wait for
                         // the stamp cache to expire.
@@ -520,10 +585,21 @@ fn parse_masters(text: &str, scheme: &str) -> Vec<(String, String)> {
     masters
 }
 
-/// Counters of the invalidation machinery, for [`MetricsSnapshot`](crate::MetricsSnapshot).
-pub(crate) fn counters(cache: &Inner) -> (u64, u64, bool) {
+/// Whether `key` is one Strata keeps for itself rather than a cached value or a stamp: a lease,
+/// a hot key's copy, a write-behind entry. Reads for L1 never track them, so no message should
+/// name one ([`MetricsSnapshot::invalidation_messages_internal`](crate::MetricsSnapshot)).
+fn is_internal(key: &[u8]) -> bool {
+    crate::lease::lease_target(key).is_some()
+        || key.starts_with(b"{wb:")
+        || std::str::from_utf8(key).ok().and_then(crate::hot::hot_copy_of).is_some()
+}
+
+/// Counters of the invalidation machinery, for [`MetricsSnapshot`](crate::MetricsSnapshot):
+/// keys named by messages, those of them that are internal keys, L1 flushes, L1 serving.
+pub(crate) fn counters(cache: &Inner) -> (u64, u64, u64, bool) {
     let c = cache.l1().coherence();
-    (c.invalidated_keys.load(Ordering::Relaxed), c.flushes.load(Ordering::Relaxed), c.is_healthy())
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+    (load(&c.invalidated_keys), load(&c.internal_keys), load(&c.flushes), c.is_healthy())
 }
 
 #[cfg(test)]
@@ -549,21 +625,26 @@ f6 127.0.0.1:7006@17006 master - 0 0 0 connected";
     }
 
     #[test]
-    fn stamp_keys_of_the_prefixes_are_tracked_without_overlaps() {
-        let tracked = |p: &[&str]| Invalidation::default().prefixes(p.iter().copied()).tracked_prefixes();
-        assert!(tracked(&[]).is_empty(), "every key");
-        assert_eq!(tracked(&["shop:"]), ["shop:", "{shop:", "{shop}"]);
-        assert_eq!(tracked(&["shop:v1:user:", "shop:v2:"]), ["shop:v1:user:", "shop:v2:", "{shop:", "{shop}"]);
-        assert_eq!(tracked(&["sh", "{shop"]), ["sh", "{sh", "{{shop"], "{{shop is inside {{sh");
-        for key in ["{shop:v1:user}:stamp", "{shop:tag:t}:stamp", "{shop}:stamp"] {
-            assert!(tracked(&["shop:"]).iter().any(|p| key.starts_with(p.as_str())), "{key}");
-        }
+    fn keys_find_the_connection_of_their_slot() {
+        assert_eq!(slot_ranges("0-5460 5461 5462-10922"), Some(vec![(0, 5460), (5461, 5461), (5462, 10922)]));
+        assert_eq!(slot_ranges(""), None);
+        let single = Routes { ranges: Vec::new(), nodes: vec!["only"] };
+        assert_eq!(single.find(b"any"), Some("only"), "standalone: one connection for every key");
+        assert_eq!(Routes::<&str>::default().find(b"any"), None, "no connection yet");
+        let key_at = |wanted: std::ops::RangeInclusive<u16>| {
+            (0..).map(|i| format!("k{i}")).find(|k| wanted.contains(&redis_slot(k.as_bytes()))).expect("a key")
+        };
+        // Two masters, and slots 12000-16383 served by none (a master just failed).
+        let cluster = Routes { ranges: vec![(0, 5460, 0), (5461, 5461, 1), (5462, 11999, 1)], nodes: vec!["a", "b"] };
+        assert_eq!(cluster.find(key_at(0..=5460).as_bytes()), Some("a"));
+        assert_eq!(cluster.find(key_at(5462..=11999).as_bytes()), Some("b"));
+        assert_eq!(cluster.find(key_at(12000..=16383).as_bytes()), None);
+        assert_eq!(cluster.find(b"{k}:x"), cluster.find(b"k"), "hash tags pick the slot");
     }
 
     #[test]
-    fn overlapping_prefixes_are_rejected() {
-        assert!(Invalidation::default().prefixes(["shop:", "shopping:"]).validate().is_ok());
-        assert!(Invalidation::default().prefixes(["shop:", "shop:v1"]).validate().is_err());
+    fn empty_prefixes_are_rejected() {
+        assert!(Invalidation::default().prefixes(["shop:", "shop:v1"]).validate().is_ok());
         assert!(Invalidation::default().prefixes([""]).validate().is_err());
     }
 }

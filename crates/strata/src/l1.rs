@@ -25,23 +25,18 @@
 //! with the invalidation side bumping the counter *before* removing, one of the two always sees
 //! the other, so a stale insert cannot survive.
 //!
-//! An instance's own write comes back to it as an invalidation too (its tracking connection is
-//! not the one that wrote). To keep what it just wrote in L1, a writer registers an [`Echo`]
-//! before the write and fills L1 with the ticket handed over when that echo is processed: the
-//! state right after its own invalidation, so a later write by anyone still voids the fill.
-//! Redis names a key once per message for all the writes of one event-loop pass, so the echo
-//! may also stand for a write made after this one in the same pass (two pipelined writes of
-//! one connection, or another instance's): the writer then reads the key once more and fills
-//! only if Redis holds exactly what it wrote (`fill_after_write` in `cache/tiers.rs`).
+//! An instance's own writes do not come back to it: its tracking connections are opened with
+//! `NOLOOP`, and the writes whose value it keeps go over them (see
+//! [`invalidation`](crate::invalidation)). A writer instead voids every ticket of the key once
+//! Redis has taken its write, and fills L1 with the ticket that leaves it
+//! ([`Coherence::after_own_write`]): a reader that read the value the write replaced cannot put
+//! it back, and a change by anyone after the write's own read-back still voids the fill.
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use tokio::sync::oneshot;
 
 use crate::codec::Meta;
 use crate::tags::Marks;
@@ -351,7 +346,7 @@ pub(crate) struct Fill {
 }
 
 /// The L1 tier: the store (none when L1 is off) and the rules that decide what may enter it and
-/// stay ([`Coherence`]: tickets, echoes, tracking health). Every L1 read and write goes through
+/// stay ([`Coherence`]: tickets, tracking health). Every L1 read and write goes through
 /// here.
 pub(crate) struct L1 {
     store: Option<Store>,
@@ -394,7 +389,7 @@ impl L1 {
         self.coherence.ticket(key)
     }
 
-    /// Puts a value read from Redis (or just written, with the ticket of its echo) in L1, unless
+    /// Puts a value read from Redis (or just written, with the ticket of [`after_own_write`](Self::after_own_write)) in L1, unless
     /// the key may have changed since `ticket` was taken (see [`crate::l1`]).
     pub(crate) fn fill(&self, key: &Arc<str>, fill: Fill, ticket: &Ticket) {
         self.fill_if(key, fill, || self.coherence.admits(ticket));
@@ -423,22 +418,12 @@ impl L1 {
         }
     }
 
-    /// Registers for the invalidation a write of `key` is about to cause (see
-    /// [`Coherence::expect_echo`]).
-    pub(crate) fn expect_echo(&self, key: &str) -> Option<Echo> {
-        self.coherence.expect_echo(key)
-    }
-
-    /// After a successful write: the ticket to fill L1 with (see [`Coherence::after_write`]).
-    pub(crate) async fn after_write(&self, echo: Option<Echo>, before: Ticket, wait: Duration) -> Option<Ticket> {
-        self.coherence.after_write(echo, before, wait).await
-    }
-
-    /// Drops a registration whose write failed or stored nothing.
-    pub(crate) fn forget(&self, echo: Option<Echo>) {
-        if let Some(echo) = echo {
-            self.coherence.forget(echo);
-        }
+    /// After this instance's write of `key` (see [`Coherence::after_own_write`]): its L1 copy
+    /// goes, and the ticket to fill L1 with what was written, if `before` still holds.
+    pub(crate) fn after_own_write(&self, key: &str, before: &Ticket) -> Option<Ticket> {
+        let ticket = self.coherence.after_own_write(key, before);
+        self.remove(key);
+        ticket
     }
 
     pub(crate) fn remove(&self, key: &str) {
@@ -516,6 +501,14 @@ pub(crate) struct Ticket {
     epoch: u64,
 }
 
+impl Ticket {
+    /// Makes a fill that holds it refused: the answer it stands for came over a connection that
+    /// does not tell this instance of later changes (see `Inner::call_tracked`).
+    pub(crate) fn void(&mut self) {
+        self.covered = false;
+    }
+}
+
 pub(crate) struct Coherence {
     buckets: Box<[Bucket]>,
     epoch: AtomicU64,
@@ -523,6 +516,8 @@ pub(crate) struct Coherence {
     hasher: std::collections::hash_map::RandomState,
     /// Keys named by invalidation messages.
     pub(crate) invalidated_keys: AtomicU64,
+    /// Of those, keys Strata keeps for itself (leases, hot-key copies, write-behind entries).
+    pub(crate) internal_keys: AtomicU64,
     /// Whole-L1 flushes: tracking lost or regained, topology changed, FLUSHALL seen.
     pub(crate) flushes: AtomicU64,
     /// The invalidation supervisor's task, stopped with the cache.
@@ -531,22 +526,8 @@ pub(crate) struct Coherence {
     tracked: bool,
     /// Tracked key prefixes (empty: every key); L1 holds no key outside them.
     prefixes: Vec<String>,
-    /// Writers waiting for the invalidation their own write causes, by key.
-    echoes: Mutex<Waiters>,
-    waiting: AtomicUsize,
-    next_waiter: AtomicU64,
-    /// Redirects met on the data path, for the invalidation supervisor.
-    pub(crate) redirects: crate::invalidation::Redirects,
-}
-
-/// Writers waiting for their echo: key → (registration id, where to hand the ticket).
-type Waiters = HashMap<Box<str>, Vec<(u64, oneshot::Sender<Ticket>)>>;
-
-/// A writer's registration for the invalidation its write will cause.
-pub(crate) struct Echo {
-    key: Box<str>,
-    id: u64,
-    rx: oneshot::Receiver<Ticket>,
+    /// The tracking connections as the data path uses them, and the redirects it meets.
+    pub(crate) tracking: crate::invalidation::Tracking,
 }
 
 impl Drop for Coherence {
@@ -563,15 +544,13 @@ impl Coherence {
         Self {
             tracked,
             prefixes,
-            echoes: Mutex::new(HashMap::new()),
-            waiting: AtomicUsize::new(0),
-            next_waiter: AtomicU64::new(0),
-            redirects: Default::default(),
+            tracking: Default::default(),
             buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
             epoch: AtomicU64::new(0),
             healthy: AtomicBool::new(!tracked),
             hasher: Default::default(),
             invalidated_keys: AtomicU64::new(0),
+            internal_keys: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             task: std::sync::OnceLock::new(),
         }
@@ -655,14 +634,13 @@ impl Coherence {
     }
 
     /// Records that `key` changed: every ticket taken before is void for it.
-    fn bump(&self, key: &[u8]) -> (u64, usize, u64) {
+    fn bump(&self, key: &[u8]) {
         let (hash, bucket) = self.locate(key);
         let slot = &self.buckets[bucket];
         let mut log = slot.log.lock().unwrap_or_else(|p| p.into_inner());
         let next = slot.generation.load(Ordering::SeqCst) + 1;
         log[(next % LOG) as usize] = hash;
         slot.generation.store(next, Ordering::SeqCst);
-        (hash, bucket, next)
     }
 
     /// Whether `key` (of both tickets) changed after `earlier` was taken and before `later`
@@ -684,81 +662,30 @@ impl Coherence {
     }
 
     fn invalidate_one(&self, key: &[u8], l1: Option<&Store>) {
-        let (hash, bucket, generation) = self.bump(key);
+        self.bump(key);
         self.invalidated_keys.fetch_add(1, Ordering::Relaxed);
-        let Ok(key) = std::str::from_utf8(key) else { return };
-        if let Some(l1) = l1 {
+        if let (Some(l1), Ok(key)) = (l1, std::str::from_utf8(key)) {
             l1.remove(key);
         }
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            let waiters = self.lock_echoes().remove(key).unwrap_or_default();
-            self.waiting.fetch_sub(waiters.len(), Ordering::SeqCst);
-            // The state right after this invalidation: a later one of the key voids it.
-            let ticket = Ticket {
-                covered: self.covers(key),
-                hash,
-                bucket,
-                generation,
-                epoch: self.epoch.load(Ordering::SeqCst),
-            };
-            for (_, tx) in waiters {
-                let _ = tx.send(ticket);
-            }
-        }
     }
 
-    /// Registers for the invalidation a write of `key` is about to cause. `None` when no
-    /// tracking runs, or not for this key: the writer's own pre-write ticket is then the one
-    /// (which does not admit a key outside the tracked prefixes).
-    pub(crate) fn expect_echo(&self, key: &str) -> Option<Echo> {
-        if !self.tracked || !self.covers(key) {
-            return None;
-        }
-        let (tx, rx) = oneshot::channel();
-        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
-        self.lock_echoes().entry(key.into()).or_default().push((id, tx));
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        Some(Echo { key: key.into(), id, rx })
-    }
-
-    /// After a successful write: the ticket for filling L1 with what was written — the
-    /// pre-write one without tracking, else the one handed over with the write's own
-    /// invalidation (`None` if it does not come within `wait`: then L1 is not filled).
-    pub(crate) async fn after_write(&self, echo: Option<Echo>, before: Ticket, wait: Duration) -> Option<Ticket> {
-        let Some(echo) = echo else { return Some(before) };
-        if !self.is_healthy() {
-            self.forget(echo);
-            return None;
-        }
-        let Echo { key, id, rx } = echo;
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(ticket)) => Some(ticket),
-            _ => {
-                self.remove_waiter(&key, id);
-                None
-            }
-        }
-    }
-
-    /// Drops a registration whose write failed.
-    pub(crate) fn forget(&self, echo: Echo) {
-        self.remove_waiter(&echo.key, echo.id);
-    }
-
-    fn remove_waiter(&self, key: &str, id: u64) {
-        let mut echoes = self.lock_echoes();
-        if let Some(waiters) = echoes.get_mut(key) {
-            let before = waiters.len();
-            waiters.retain(|(w, _)| *w != id);
-            self.waiting.fetch_sub(before - waiters.len(), Ordering::SeqCst);
-            if waiters.is_empty() {
-                echoes.remove(key);
-            }
-        }
-    }
-
-    fn lock_echoes(&self) -> std::sync::MutexGuard<'_, Waiters> {
-        self.echoes.lock().unwrap_or_else(|p| p.into_inner())
+    /// After this instance's write of `key` has been taken by Redis: voids every ticket of the
+    /// key (a reader that read the replaced value must not fill L1 with it; the write's own
+    /// invalidation does not come back, see [`crate::l1`]) and returns the ticket right after
+    /// that, for filling L1 with what was written — `None` if the key changed since `before`
+    /// was taken, before the write was sent: that change may be newer than the write.
+    pub(crate) fn after_own_write(&self, key: &str, before: &Ticket) -> Option<Ticket> {
+        let (hash, bucket) = self.locate(key.as_bytes());
+        let slot = &self.buckets[bucket];
+        let mut log = slot.log.lock().unwrap_or_else(|p| p.into_inner());
+        let now = slot.generation.load(Ordering::SeqCst);
+        let unchanged = now == before.generation
+            || (now.wrapping_sub(before.generation) <= LOG
+                && (before.generation + 1..=now).all(|g| log[(g % LOG) as usize] != before.hash));
+        let next = now + 1;
+        log[(next % LOG) as usize] = hash;
+        slot.generation.store(next, Ordering::SeqCst);
+        (unchanged && before.covered).then_some(Ticket { generation: next, ..*before })
     }
 
     /// Moves to `healthy` and flushes L1 (on every transition, and when asked to with the same
@@ -772,11 +699,6 @@ impl Coherence {
             l1.clear();
         }
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        if !healthy {
-            // Their echoes may never come: wake them (they will not fill L1).
-            let dropped: usize = self.lock_echoes().drain().map(|(_, w)| w.len()).sum();
-            self.waiting.fetch_sub(dropped, Ordering::SeqCst);
-        }
         if healthy {
             self.healthy.store(true, Ordering::SeqCst);
         }
@@ -999,7 +921,7 @@ mod tests {
         assert!(c.admits(&c.ticket("app:v1:user:1")));
         let outside = c.ticket("other:v1:user:1");
         assert!(!c.admits(&outside) && !c.admits_loaded(&outside));
-        assert!(c.expect_echo("other:v1:user:1").is_none());
+        assert!(c.after_own_write("other:v1:user:1", &outside).is_none());
         let untracked = Coherence::new(false, vec!["app:".into()]);
         assert!(untracked.admits(&untracked.ticket("other:v1:user:1")), "no tracking: TTLs bound L1");
     }
@@ -1017,30 +939,19 @@ mod tests {
         assert_eq!(c.flushes.load(Ordering::Relaxed), 2);
     }
 
-    #[tokio::test]
-    async fn a_writer_fills_with_the_state_right_after_its_own_echo() {
+    #[test]
+    fn a_writer_fills_with_the_ticket_right_after_its_own_write() {
         let c = Coherence::new(true, Vec::new());
         c.reset(true, None);
-        let reader = c.ticket("k"); // a read that began before the write
-        let echo = c.expect_echo("k");
+        let reader = c.ticket("k"); // a read that began before the write was taken
         let before = c.ticket("k");
-        c.invalidate(b"k", None); // the write's own invalidation
-        let ticket = c.after_write(echo, before, Duration::from_secs(1)).await.expect("echo delivered");
+        let ticket = c.after_own_write("k", &before).expect("nothing changed the key meanwhile");
         assert!(c.admits(&ticket), "the writer keeps what it wrote");
         assert!(!c.admits(&reader) && !c.admits(&before), "older reads do not");
         c.invalidate(b"k", None); // someone else writes afterwards
         assert!(!c.admits(&ticket));
-        assert_eq!(c.waiting.load(Ordering::SeqCst), 0);
-    }
-
-    #[tokio::test]
-    async fn an_echo_that_never_comes_means_no_fill_and_no_leak() {
-        let c = Coherence::new(true, Vec::new());
-        c.reset(true, None);
-        let echo = c.expect_echo("k");
         let before = c.ticket("k");
-        assert!(c.after_write(echo, before, Duration::from_millis(10)).await.is_none());
-        assert_eq!(c.waiting.load(Ordering::SeqCst), 0);
-        assert!(c.lock_echoes().is_empty());
+        c.invalidate(b"k", None); // a change between the ticket and the write's reply
+        assert!(c.after_own_write("k", &before).is_none(), "that change may be newer than the write");
     }
 }

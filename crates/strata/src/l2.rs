@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
@@ -139,6 +139,37 @@ pub(crate) struct L2Config {
 pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// A tracking connection to the key's master ([`L2::call_tracked`]): a read sent after
+    /// `CLIENT CACHING YES` on it is remembered by Redis, which then tells this instance of the
+    /// key's next change (see [`crate::invalidation`]).
+    Tracked(MultiplexedConnection),
+}
+
+/// Sends `pipe`, which invokes `script`: when the node does not have the script cached yet
+/// (first use, a restart, a failover), loads it and sends the pipeline again, as
+/// `ScriptInvocation::invoke_async` does for a script alone.
+pub(crate) async fn query_scripted<T: redis::FromRedisValue>(
+    pipe: &Pipeline,
+    script: &redis::ScriptInvocation<'_>,
+    conn: &mut Conn,
+) -> RedisResult<T> {
+    match pipe.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            pipe.query_async(conn).await
+        }
+        other => other,
+    }
+}
+
+impl Conn {
+    /// Adds `CLIENT CACHING YES` to `pipe` on a tracking connection (nothing elsewhere): the
+    /// next command's keys are then tracked. Its reply is ignored.
+    pub(crate) fn track_next(&self, pipe: &mut Pipeline) {
+        if matches!(self, Conn::Tracked(_)) {
+            pipe.cmd("CLIENT").arg("CACHING").arg("YES").ignore();
+        }
+    }
 }
 
 impl ConnectionLike for Conn {
@@ -146,6 +177,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Tracked(c) => c.req_packed_command(cmd),
         }
     }
     fn req_packed_commands<'a>(
@@ -157,12 +189,14 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(p, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(p, offset, count),
+            Conn::Tracked(c) => c.req_packed_commands(p, offset, count),
         }
     }
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Tracked(c) => c.get_db(),
         }
     }
 }
@@ -485,6 +519,57 @@ impl L2 {
                 let counter = if err.is_timeout() { &globals.l2_timeouts } else { &globals.l2_errors };
                 counter.fetch_add(1, Ordering::Relaxed);
                 // Bounded by the breaker: after a few failures calls are skipped, not logged.
+                tracing::warn!(command = context, error = %err, timeout = err.is_timeout(), "redis call failed");
+                self.breakers.record(permit, !err.is_unhealthy());
+            }
+        }
+        result
+    }
+
+    /// [`call`](Self::call) on `key` over `conn`, the tracking connection of its master: one
+    /// attempt, through the key's breaker, bounded by the operation timeout. `Ok(None)` when
+    /// that connection cannot answer for the key — a redirect (reported to `redirected`: the
+    /// slot moved), a "try again", a lost connection: the caller then sends the call the usual
+    /// way, which retries and follows redirects.
+    pub(crate) async fn call_tracked<T, F, Fut>(
+        &self,
+        key: &[u8],
+        conn: MultiplexedConnection,
+        context: &str,
+        op: F,
+        redirected: impl Fn(&str),
+    ) -> Result<Option<T>>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let globals = &self.globals;
+        let Some(permit) = self.breakers.try_acquire(Some(key)) else {
+            globals.breaker_rejections.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::circuit_open());
+        };
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.op_timeout, op(Conn::Tracked(conn))).await {
+            Ok(Ok(value)) => Ok(Some(value)),
+            Ok(Err(err)) if err.is_timeout() => Err(Error::timeout(context, self.op_timeout)),
+            Ok(Err(err)) if !matches!(err.retry_method(), redis::RetryMethod::NoRetry) => {
+                if let Some((node, _slot)) = err.redirect_node() {
+                    redirected(node);
+                }
+                tracing::debug!(command = context, error = %err, "tracking connection could not answer; sending the usual way");
+                // Neither a success nor a failure of Redis: the usual way decides.
+                drop(permit);
+                return Ok(None);
+            }
+            Ok(Err(err)) => Err(Error::redis(context, err)),
+            Err(_) => Err(Error::timeout(context, self.op_timeout)),
+        };
+        globals.l2_latency.0.record(started.elapsed());
+        match &result {
+            Ok(_) => self.breakers.record(permit, true),
+            Err(err) => {
+                let counter = if err.is_timeout() { &globals.l2_timeouts } else { &globals.l2_errors };
+                counter.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(command = context, error = %err, timeout = err.is_timeout(), "redis call failed");
                 self.breakers.record(permit, !err.is_unhealthy());
             }

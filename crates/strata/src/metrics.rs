@@ -189,7 +189,12 @@ impl Metrics {
         self.namespaces.get(namespace)
     }
 
-    pub(crate) fn snapshot(&self, breakers: &Breakers, l1: (u64, u64), coherence: (u64, u64, bool)) -> MetricsSnapshot {
+    pub(crate) fn snapshot(
+        &self,
+        breakers: &Breakers,
+        l1: (u64, u64),
+        coherence: (u64, u64, u64, bool),
+    ) -> MetricsSnapshot {
         let namespaces = self.namespaces.iter().map(|(k, v)| (k.to_owned(), v.snapshot())).collect();
         let g = &self.globals;
         MetricsSnapshot {
@@ -205,8 +210,9 @@ impl Metrics {
             l1_entries: l1.0,
             l1_bytes: l1.1,
             invalidation_messages: coherence.0,
-            l1_flushes: coherence.1,
-            l1_coherent: coherence.2,
+            invalidation_messages_internal: coherence.1,
+            l1_flushes: coherence.2,
+            l1_coherent: coherence.3,
         }
     }
 }
@@ -322,6 +328,10 @@ pub struct MetricsSnapshot {
     /// Keys named by client-tracking invalidation messages from Redis (each evicted from L1 if
     /// present). Not to be confused with the per-namespace `invalidations` (namespace stamps).
     pub invalidation_messages: u64,
+    /// Of `invalidation_messages`, keys Strata keeps for itself (leases, hot-key copies,
+    /// write-behind entries): Redis tracks only the keys an instance reads for its L1, so these
+    /// should stay 0 (docs/decisions/0013-default-mode-tracking.md).
+    pub invalidation_messages_internal: u64,
     /// Times the whole L1 was dropped because an invalidation could have been missed
     /// (tracking connection lost or regained, topology change, FLUSHALL).
     pub l1_flushes: u64,

@@ -28,28 +28,29 @@ use crate::tags::{Tag, dedup_tags, namespace_stamp_key};
 use crate::ttl::{MAX_TTL, Ttl};
 
 /// Raises a stamp: `max(old + 1, now in ms)`, as a decimal string. A non-numeric value (written
-/// by someone else) counts as 0, so an invalidation also repairs it. KEYS: stamp. ARGV: ttl ms.
+/// by someone else) counts as 0, so an invalidation also repairs it. The new value is read back
+/// last, as in [`READ_OR_CREATE`]: over a tracking connection, that read is what Redis
+/// remembers. KEYS: stamp. ARGV: ttl ms.
 pub(crate) const BUMP: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local old = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-local new = string.format('%d', math.max(old + 1, now))
-redis.call('SET', KEYS[1], new, 'PX', ARGV[1])
-return new";
+redis.call('SET', KEYS[1], string.format('%d', math.max(old + 1, now)), 'PX', ARGV[1])
+return redis.call('GET', KEYS[1])";
 
 /// Reads a stamp, creating it at Redis's current time when absent. Its TTL is topped up when
 /// less than half is left: rarely, since every write is also seen by invalidation listeners.
-/// KEYS: stamp. ARGV: ttl ms.
+/// The stamp is read last: run over a tracking connection after `CLIENT CACHING YES`, that read
+/// is what Redis remembers (a write of the key by the connection itself, with `NOLOOP`, makes
+/// Redis forget an earlier one; see [`crate::invalidation`]). KEYS: stamp. ARGV: ttl ms.
 const READ_OR_CREATE: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v then
+if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) / 2 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-  return v
+else
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)), 'PX', ARGV[1])
 end
-local t = redis.call('TIME')
-local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-redis.call('SET', KEYS[1], now, 'PX', ARGV[1])
-return now";
+return redis.call('GET', KEYS[1])";
 
 /// A stamp's TTL: no key goes without one, and a stamp still in use always has more than
 /// [`MAX_TTL`] left, so it outlives every value produced under it. One that does expire (unused

@@ -88,16 +88,13 @@ impl Inner {
         let pick = rand::rng().random_range(0..copies);
         let Some(copy) = hot_copy_keys(key.as_str(), pick + 1).pop() else { return HotRead::NotHot };
         let c = copy.as_str();
-        let ticket = self.l1.ticket(key.as_str());
+        let mut ticket = self.l1.ticket(key.as_str());
+        // Tracked: a change of the copy reaches this instance as a change of the key.
         let got = self
-            .call_for(c, "GET", |mut conn| async move {
-                redis::pipe()
-                    .cmd("GET")
-                    .arg(c)
-                    .cmd("PTTL")
-                    .arg(c)
-                    .query_async::<(Option<Vec<u8>>, i64)>(&mut conn)
-                    .await
+            .call_filling(c, "GET", &mut ticket, |mut conn| async move {
+                let mut pipe = redis::pipe();
+                conn.track_next(&mut pipe);
+                pipe.cmd("GET").arg(c).cmd("PTTL").arg(c).query_async::<(Option<Vec<u8>>, i64)>(&mut conn).await
             })
             .await;
         let (bytes, pttl) = match got {

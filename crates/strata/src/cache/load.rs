@@ -65,6 +65,7 @@ use crate::fresh::{Age, Bounded, bounded};
 use crate::key::Key;
 use crate::l1::Shared;
 use crate::l1::Ticket;
+use crate::l2::{Conn, query_scripted};
 use crate::lease::{Holder, PRESENT_RETRIES, SCRIPTS, backoff, lease_key, token};
 use crate::metrics::NsCounters;
 use crate::tags::{Marks, Tag};
@@ -443,29 +444,25 @@ impl Inner {
         accept_negative: bool,
     ) -> (Result<L2Read<T>>, Option<FirstTry>) {
         let k = key.as_str();
-        let ticket = self.l1.ticket(k);
+        let mut ticket = self.l1.ticket(k);
         let lease = lease_key(k);
         let token = token();
         let px = ttl_millis(self.leases.ttl);
         let (l, t) = (lease.as_slice(), token.as_str());
         let script = &SCRIPTS.acquire_unless_present;
-        let got = self
-            .call_for(k, "GET + lease acquire", |mut c| async move {
-                let mut invocation = script.key(k);
-                invocation.key(l).arg(t).arg(px).arg("0");
-                let mut pipe = redis::pipe();
-                pipe.cmd("GET").arg(k).cmd("PTTL").arg(k).invoke_script(&invocation);
-                match pipe.query_async::<(Option<Vec<u8>>, i64, i64)>(&mut c).await {
-                    // The script is not cached on this node yet (first use, restart, failover):
-                    // load it and send the pipeline again, as `invoke_async` would.
-                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                        invocation.load_async(&mut c).await?;
-                        pipe.query_async(&mut c).await
-                    }
-                    other => other,
-                }
-            })
-            .await;
+        let read = |mut c: Conn| async move {
+            let mut invocation = script.key(k);
+            invocation.key(l).arg(t).arg(px).arg("0");
+            let mut pipe = redis::pipe();
+            // Only the GET is tracked: the script's reads of the lease must not be.
+            c.track_next(&mut pipe);
+            pipe.cmd("GET").arg(k).cmd("PTTL").arg(k).invoke_script(&invocation);
+            query_scripted::<(Option<Vec<u8>>, i64, i64)>(&pipe, &invocation, &mut c).await
+        };
+        let got = match self.l1.is_on() {
+            true => self.call_filling(k, "GET + lease acquire", &mut ticket, read).await,
+            false => self.call_for(k, "GET + lease acquire", read).await,
+        };
         let (got, first) = match got {
             Ok((bytes, pttl, outcome)) => {
                 let pttl = self.l1.is_on().then_some(pttl);

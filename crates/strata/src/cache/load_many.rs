@@ -24,11 +24,11 @@ use std::future::Future;
 use redis::Value;
 
 use super::load::Loaded;
-use super::tiers::{L2Read, Prepared};
+use super::tiers::{L2Read, Prepared, Stored};
 use super::{CacheValue, Inner};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::l1::{Echo, Ticket};
+use crate::l1::Ticket;
 use crate::lease::{ACQUIRE_UNLESS_PRESENT, FILL_IF_LEASED, RELEASE_IF_HELD, backoff, lease_key, token};
 use crate::metrics::NsCounters;
 use crate::ttl::{Ttl, ttl_millis};
@@ -253,11 +253,9 @@ impl Inner {
 
     /// Writes loaded values back, one pipeline per slot group: compare-and-set under the lease,
     /// or a plain SET (revoking any lease, as `set` does); then settles each key like a single
-    /// store, concurrently (each L1 fill waits for its echo and checks what Redis holds).
+    /// store. Sent the usual way with no read-back, so L1 takes these values at their next read.
     async fn write_back(&self, keys: &[Key], mut pending: HashMap<usize, Pending>, token: &str) {
         let wanted: Vec<usize> = pending.keys().copied().collect();
-        let mut echoes: HashMap<usize, Echo> =
-            wanted.iter().filter_map(|&u| Some((u, self.l1.expect_echo(keys[u].as_str())?))).collect();
         let written = self
             .per_key_pipeline("batch write-back", keys, wanted, |pipe, u| {
                 let Some(p) = pending.get(&u) else { return };
@@ -278,21 +276,15 @@ impl Inner {
         let mut settles = Vec::new();
         for (u, reply) in written {
             let Some(p) = pending.remove(&u) else { continue };
-            let echo = echoes.remove(&u);
-            let outcome = reply.map(|reply| !matches!(reply, Value::Int(0)));
+            let outcome = reply.map(|reply| Stored { stored: !matches!(reply, Value::Int(0)), held: None });
             settles.push(async move {
                 let key = &keys[u];
-                // The ticket of the write itself is the one taken before the load: nothing that
-                // changed the key since may be overwritten in L1.
-                if let Err(err) = self.settle(key, &p.prepared, echo, p.before, outcome).await {
+                if let Err(err) = self.settle(key, &p.prepared, p.before, outcome).await {
                     self.keep_loaded(key, &p.prepared, &p.before, &err);
                 }
             });
         }
         futures::future::join_all(settles).await;
-        for (_, echo) in echoes {
-            self.l1.forget(Some(echo));
-        }
     }
 
     /// Gives back the leases of `wanted` that `token` still holds. Best effort: they expire anyway.

@@ -17,6 +17,7 @@ use futures::future::{BoxFuture, join_all};
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::l2::query_scripted;
 use crate::metrics::NsCounters;
 use crate::namespace::{BUMP, READ_SCRIPT, STAMP_TTL_MS};
 use crate::tags::{Marks, Tag, stamp_id, stamp_key};
@@ -295,9 +296,16 @@ impl Inner {
         let (epoch, asked_at) = (self.stamps.epoch(), Instant::now());
         let key = stamp_key(id);
         let k = key.as_str();
-        let raw: String = self
-            .call_for(k, "stamp read", |mut c| async move {
-                READ_SCRIPT.key(k).arg(STAMP_TTL_MS).invoke_async(&mut c).await
+        // Tracked, so that a change of the stamp anywhere reaches this instance at once; a
+        // generation read the usual way (tracking not up for its node) is used, not remembered.
+        let (raw, tracked): (String, bool) = self
+            .call_tracked(k, "stamp read", |mut c| async move {
+                let mut invocation = READ_SCRIPT.key(k);
+                invocation.arg(STAMP_TTL_MS);
+                let mut pipe = redis::pipe();
+                c.track_next(&mut pipe);
+                pipe.invoke_script(&invocation);
+                query_scripted::<(String,)>(&pipe, &invocation, &mut c).await.map(|(raw,)| raw)
             })
             .await
             .inspect_err(|err| tracing::debug!(stamp = %key, error = %err, "could not read stamp"))?;
@@ -305,18 +313,25 @@ impl Inner {
             tracing::warn!(stamp = %key, value = %raw, "stamp is not a generation; invalidate it to repair it");
             Error::corrupt(format!("stamp {key} holds {raw:?}, not a generation"))
         })?;
-        self.stamps.learn(id, generation, asked_at, epoch);
+        if tracked {
+            self.stamps.learn(id, generation, asked_at, epoch);
+        }
         Ok(generation)
     }
 
     pub(crate) async fn bump(&self, stamp: &str) -> Result<u64> {
         let (epoch, asked_at) = (self.stamps.epoch(), Instant::now());
-        let generation: u64 = self
-            .call_for(stamp, "stamp bump", |mut c| async move {
-                redis::cmd("EVAL").arg(BUMP).arg(1).arg(stamp).arg(STAMP_TTL_MS).query_async(&mut c).await
+        // Tracked like a read: the new generation is remembered only if Redis will tell this
+        // instance of the next bump by anyone.
+        let (generation, tracked): (u64, bool) = self
+            .call_tracked(stamp, "stamp bump", |mut c| async move {
+                let mut pipe = redis::pipe();
+                c.track_next(&mut pipe);
+                pipe.cmd("EVAL").arg(BUMP).arg(1).arg(stamp).arg(STAMP_TTL_MS);
+                pipe.query_async::<(u64,)>(&mut c).await.map(|(generation,)| generation)
             })
             .await?;
-        if let Some(id) = stamp_id(stamp) {
+        if tracked && let Some(id) = stamp_id(stamp) {
             self.stamps.learn(id, generation, asked_at, epoch);
         }
         Ok(generation)

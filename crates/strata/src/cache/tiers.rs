@@ -23,9 +23,9 @@ use super::{CacheValue, Inner};
 use crate::codec::{Encoded, Meta};
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::l1::Ticket;
 use crate::l1::{Checks, Fill, Slot, typed};
-use crate::l1::{Echo, Ticket};
-use crate::l2::Conn;
+use crate::l2::{Conn, query_scripted};
 use crate::lease::{Holder, SCRIPTS, lease_key};
 use crate::metrics::NsCounters;
 use crate::tags::{Marks, Tag};
@@ -147,7 +147,8 @@ impl Inner {
     }
 
     /// GET (with PTTL in the same round trip when L1 is on, to bound the L1 copy's lifetime by
-    /// Redis's clock rather than ours), decode, count, fill L1.
+    /// Redis's clock rather than ours; then over the key's tracking connection, see
+    /// [`call_tracked`](Self::call_tracked)), decode, count, fill L1.
     pub(crate) async fn read_l2<T: CacheValue>(
         &self,
         key: &Key,
@@ -155,10 +156,12 @@ impl Inner {
         accept_negative: bool,
     ) -> Result<L2Read<T>> {
         let k = key.as_str();
-        let ticket = self.l1.ticket(k);
+        let mut ticket = self.l1.ticket(k);
         let got = if self.l1.is_on() {
-            self.call_for(k, "GET", |mut c| async move {
-                redis::pipe().cmd("GET").arg(k).cmd("PTTL").arg(k).query_async::<(Option<Vec<u8>>, i64)>(&mut c).await
+            self.call_filling(k, "GET", &mut ticket, |mut c| async move {
+                let mut pipe = redis::pipe();
+                c.track_next(&mut pipe);
+                pipe.cmd("GET").arg(k).cmd("PTTL").arg(k).query_async::<(Option<Vec<u8>>, i64)>(&mut c).await
             })
             .await
             .map(|(bytes, pttl)| (bytes, Some(pttl)))
@@ -323,24 +326,35 @@ impl Inner {
     ) -> Vec<(usize, Result<L2Read<T>>)> {
         let with_pttl = self.l1.is_on();
         let reads = self.groups(keys, wanted).into_iter().map(|group| async move {
-            let tickets: Vec<_> = group.iter().map(|&i| self.l1.ticket(keys[i].as_str())).collect();
-            let mut pipe = redis::pipe();
-            pipe.cmd("MGET");
-            for &i in &group {
-                pipe.arg(keys[i].as_str());
-            }
-            if with_pttl {
-                for &i in &group {
-                    pipe.cmd("PTTL").arg(keys[i].as_str());
-                }
-            }
+            let mut tickets: Vec<_> = group.iter().map(|&i| self.l1.ticket(keys[i].as_str())).collect();
             let slot_key = group.first().map_or("", |&i| keys[i].as_str());
-            let pipe = &pipe;
-            let got = self
-                .call_for(slot_key, "MGET", |mut c| async move { pipe.query_async::<Vec<redis::Value>>(&mut c).await })
-                .await
-                .and_then(|replies| parse_mget(replies, group.len(), with_pttl));
-            (group, tickets, got)
+            let group = &group;
+            let read = |mut c: Conn| async move {
+                let mut pipe = redis::pipe();
+                c.track_next(&mut pipe);
+                pipe.cmd("MGET");
+                for &i in group {
+                    pipe.arg(keys[i].as_str());
+                }
+                if with_pttl {
+                    for &i in group {
+                        pipe.cmd("PTTL").arg(keys[i].as_str());
+                    }
+                }
+                pipe.query_async::<Vec<redis::Value>>(&mut c).await
+            };
+            // Every key of a group has one hash slot, so one tracking connection answers for all.
+            let got = match with_pttl {
+                true => self.call_tracked(slot_key, "MGET", read).await,
+                false => self.call_for(slot_key, "MGET", read).await.map(|replies| (replies, true)),
+            };
+            let got = got.and_then(|(replies, fillable)| {
+                if !fillable {
+                    tickets.iter_mut().for_each(Ticket::void);
+                }
+                parse_mget(replies, group.len(), with_pttl)
+            });
+            (group.clone(), tickets, got)
         });
         let mut out = Vec::new();
         for (group, tickets, got) in join_all(reads).await {
@@ -412,125 +426,104 @@ impl Inner {
     }
 
     /// Writes a prepared value to Redis [`Via`] a plain SET or a lease, then settles it
-    /// ([`settle`](Self::settle)): whether Redis stored it, or its error.
+    /// ([`settle`](Self::settle)): whether Redis stored it, or its error. With L1 on, the write
+    /// goes over the key's tracking connection followed, in the same pipeline, by a tracked
+    /// read of the key: what Redis holds right after the write, which L1 may then keep.
     pub(crate) async fn store(&self, key: &Key, prepared: &Prepared, via: Via<'_>) -> Result<bool> {
         let k = key.as_str();
-        let echo = self.l1.expect_echo(k);
-        let ticket = self.l1.ticket(k);
+        let mut ticket = self.l1.ticket(k);
         let (lease, bytes, px) = (&lease_key(k), prepared.encoded.bytes.as_slice(), ttl_millis(prepared.ttl));
-        let outcome = match via {
-            Via::Plain => self
-                .call_for(k, "SET", |mut c| async move {
-                    let mut pipe = redis::pipe();
+        let read_back = self.l1.is_on();
+        let write = |mut c: Conn| async move {
+            let mut pipe = redis::pipe();
+            let script = match via {
+                Via::Plain => {
                     pipe.cmd("DEL").arg(lease).ignore().cmd("SET").arg(k).arg(bytes).arg("PX").arg(px).ignore();
-                    pipe.query_async::<()>(&mut c).await
-                })
-                .await
-                .map(|()| true),
-            Via::Lease(holder) => {
-                let (script, token, contended) = match holder {
-                    Holder::Load(token) => (&SCRIPTS.fill_if_leased, token, None),
-                    Holder::Through { token, contended } => {
-                        (&SCRIPTS.fill_through, token, Some(if contended { "1" } else { "0" }))
-                    }
-                };
-                self.call_for(k, "lease fill", |mut c| async move {
+                    None
+                }
+                Via::Lease(holder) => {
+                    let (script, token, contended) = match holder {
+                        Holder::Load(token) => (&SCRIPTS.fill_if_leased, token, None),
+                        Holder::Through { token, contended } => {
+                            (&SCRIPTS.fill_through, token, Some(if contended { "1" } else { "0" }))
+                        }
+                    };
                     let mut invocation = script.key(k);
                     invocation.key(lease).arg(token).arg(bytes).arg(px);
                     if let Some(contended) = contended {
                         invocation.arg(contended);
                     }
-                    invocation.invoke_async::<i64>(&mut c).await
-                })
-                .await
-                .map(|stored| stored == 1)
+                    pipe.invoke_script(&invocation);
+                    Some(invocation)
+                }
+            };
+            if read_back {
+                c.track_next(&mut pipe);
+                pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
             }
+            let replies: Vec<redis::Value> = match &script {
+                Some(invocation) => query_scripted(&pipe, invocation, &mut c).await?,
+                None => pipe.query_async(&mut c).await?,
+            };
+            Ok(parse_store(replies, script.is_some(), read_back))
         };
-        self.settle(key, prepared, echo, ticket, outcome).await
+        let context = match via {
+            Via::Plain => "SET",
+            Via::Lease(_) => "lease fill",
+        };
+        let outcome = match read_back {
+            true => self.call_filling(k, context, &mut ticket, write).await,
+            false => self.call_for(k, context, write).await,
+        };
+        let outcome = outcome
+            .and_then(|parsed| parsed.map_err(|what| Error::corrupt(format!("unexpected reply to a store: {what}"))));
+        self.settle(key, prepared, ticket, outcome).await
     }
 
-    /// What follows the round trip that stored `prepared` (`Ok(false)`: Redis refused it, a
-    /// lease lost): count it, and fill L1 with what Redis took, once the write's own
-    /// invalidation has come back (`echo`, registered before the write; `before`, the ticket
-    /// taken then) — or drop this instance's L1 copy when Redis refused or failed the write.
+    /// What follows the round trip that stored `prepared`: count it, and fill L1 with what was
+    /// written if Redis took it and the read sent right after the write (`held`) found these
+    /// very bytes; otherwise drop this instance's L1 copy. Either way every ticket of the key
+    /// taken before is void from now on (see [`L1::after_own_write`](crate::l1::L1::after_own_write)):
+    /// `before`, taken before the write was sent, decides whether the written value may stay.
     pub(crate) async fn settle(
         &self,
         key: &Key,
         prepared: &Prepared,
-        echo: Option<Echo>,
         before: Ticket,
-        outcome: Result<bool>,
+        outcome: Result<Stored>,
     ) -> Result<bool> {
         let ns = self.metrics.ns(key.namespace());
+        let k = key.as_str();
         match outcome {
-            Ok(true) => {
+            Ok(Stored { stored: true, held }) => {
                 NsCounters::inc(&ns.sets);
-                self.fill_after_write(key, prepared, echo, before).await;
+                let ticket = self.l1.after_own_write(k, &before);
+                if let (Some(ticket), Some((Some(bytes), pttl))) = (ticket, held)
+                    && bytes == prepared.encoded.bytes
+                {
+                    let left = match pttl {
+                        -1 => Some(Duration::MAX),
+                        ms => u64::try_from(ms).ok().map(Duration::from_millis),
+                    };
+                    if let Some(left) = left {
+                        self.l1.fill(key.shared(), prepared.fill(prepared.ttl.min(left)), &ticket);
+                    }
+                }
                 Ok(true)
             }
             // Redis refused the write (it deleted the key instead, or left it to a newer
             // writer), or it failed after Redis may have run it: as after a delete, no copy a
             // reader put in L1 meanwhile may stay (see `delete`).
-            Ok(false) => {
-                self.l1.forget(echo);
+            Ok(Stored { stored: false, .. }) => {
                 NsCounters::inc(&ns.stale_writes_refused);
                 tracing::debug!(key = %key, "lease lost during the load, or writes overlapped: value not cached");
-                self.l1.invalidate_local(key.as_str());
+                self.l1.invalidate_local(k);
                 Ok(false)
             }
             Err(err) => {
-                self.l1.forget(echo);
-                self.l1.invalidate_local(key.as_str());
+                self.l1.invalidate_local(k);
                 Err(err)
             }
-        }
-    }
-
-    /// L1 fill with a value this instance has just written, once the write's own invalidation
-    /// has come back (see [`crate::l1`]). Redis names a key once per invalidation
-    /// message, for all the writes of one event-loop pass: the echo may also stand for a later
-    /// write of the key (by this instance or another), so its ticket alone does not prove that
-    /// Redis holds this value. A read sent after the echo must find these very bytes: then any
-    /// later write voids the ticket, as for any read.
-    async fn fill_after_write(&self, key: &Key, prepared: &Prepared, echo: Option<Echo>, before: Ticket) {
-        if !self.l1.is_on() {
-            self.l1.forget(echo);
-            return;
-        }
-        // Without an echo (no tracking, or a key L1 does not hold), `before` decides alone.
-        let echoed = echo.is_some();
-        let Some(ticket) = self.l1.after_write(echo, before, self.l2.op_timeout).await else {
-            // The echo did not come (in time): what a reader put in L1 while the write was on
-            // its way may be older than it, and nothing else would remove it.
-            self.l1.invalidate_local(key.as_str());
-            return;
-        };
-        let ttl = match echoed {
-            true => match self.still_holds(key, &prepared.encoded.bytes).await {
-                Some(left) => prepared.ttl.min(left),
-                None => return,
-            },
-            false => prepared.ttl,
-        };
-        self.l1.fill(key.shared(), prepared.fill(ttl), &ticket);
-    }
-
-    /// Whether Redis holds exactly `written` under `key` (GET and PTTL, one round trip), and for
-    /// how long: `None` if it holds something else, or cannot say.
-    async fn still_holds(&self, key: &Key, written: &[u8]) -> Option<Duration> {
-        let k = key.as_str();
-        let (held, pttl) = self
-            .call_for(k, "GET", |mut c| async move {
-                redis::pipe().cmd("GET").arg(k).cmd("PTTL").arg(k).query_async::<(Option<Vec<u8>>, i64)>(&mut c).await
-            })
-            .await
-            .ok()?;
-        if held.as_deref() != Some(written) {
-            return None;
-        }
-        match pttl {
-            -1 => Some(Duration::MAX),
-            ms => u64::try_from(ms).ok().map(Duration::from_millis),
         }
     }
 
@@ -605,36 +598,69 @@ impl Inner {
             }
         }
         let keys: Vec<Key> = items.iter().map(|(k, _)| k.clone()).collect();
+        // With L1 on, each group goes over its tracking connection with a tracked read-back, as
+        // a single `store` does.
+        let read_back = self.l1.is_on();
         let writes = self.groups(&keys, (0..items.len()).collect()).into_iter().map(|group| {
-            let mut pipe = redis::pipe();
-            for &i in &group {
-                let (k, p) = (keys[i].as_str(), &prepared[i]);
-                // Lease first, as in `store`: no load in flight may store over this value.
-                pipe.cmd("DEL").arg(lease_key(k)).ignore();
-                pipe.cmd("SET").arg(k).arg(p.encoded.bytes.as_slice()).arg("PX").arg(ttl_millis(p.ttl)).ignore();
-            }
-            let registered: Vec<_> = group
-                .iter()
-                .map(|&i| (self.l1.expect_echo(keys[i].as_str()), self.l1.ticket(keys[i].as_str())))
-                .collect();
+            let mut tickets: Vec<_> = group.iter().map(|&i| self.l1.ticket(keys[i].as_str())).collect();
             // Every key of a group has one hash slot: the first names the breaker.
             let slot_key = group.first().map_or("", |&i| keys[i].as_str());
+            let (keys, prepared) = (&keys, &prepared);
             async move {
-                let pipe = &pipe;
-                let written = self
-                    .call_for(slot_key, "SET pipeline", |mut c| async move { pipe.query_async::<()>(&mut c).await });
-                (group, registered, written.await)
+                let group = &group;
+                let write = |mut c: Conn| async move {
+                    let mut pipe = redis::pipe();
+                    for &i in group {
+                        let (k, p) = (keys[i].as_str(), &prepared[i]);
+                        // Lease first, as in `store`: no load in flight may store over this value.
+                        pipe.cmd("DEL").arg(lease_key(k)).ignore();
+                        pipe.cmd("SET")
+                            .arg(k)
+                            .arg(p.encoded.bytes.as_slice())
+                            .arg("PX")
+                            .arg(ttl_millis(p.ttl))
+                            .ignore();
+                    }
+                    if read_back {
+                        c.track_next(&mut pipe);
+                        pipe.cmd("MGET");
+                        for &i in group {
+                            pipe.arg(keys[i].as_str());
+                        }
+                        for &i in group {
+                            pipe.cmd("PTTL").arg(keys[i].as_str());
+                        }
+                    }
+                    pipe.query_async::<Vec<redis::Value>>(&mut c).await
+                };
+                let written = match read_back {
+                    true => self.call_tracked(slot_key, "SET pipeline", write).await,
+                    false => self.call_for(slot_key, "SET pipeline", write).await.map(|replies| (replies, true)),
+                };
+                let held = written.and_then(|(replies, fillable)| {
+                    if !fillable {
+                        tickets.iter_mut().for_each(Ticket::void);
+                    }
+                    match read_back {
+                        true => Ok(parse_mget(replies, group.len(), true)?
+                            .into_iter()
+                            .map(|(b, pttl)| Some((b, pttl.unwrap_or(-2))))
+                            .collect()),
+                        false => Ok(vec![None; group.len()]),
+                    }
+                });
+                (group.clone(), tickets, held)
             }
         });
         let mut first_error = None;
-        // The L1 fills, concurrently: each waits for its echo and checks what Redis holds.
         let mut settles = Vec::new();
-        for (group, registered, written) in join_all(writes).await {
-            for (i, (echo, ticket)) in group.into_iter().zip(registered) {
-                let outcome = written.clone().map(|()| true);
-                settles.push(self.settle(&keys[i], &prepared[i], echo, ticket, outcome));
+        for (group, tickets, held) in join_all(writes).await {
+            let held: Result<Vec<_>> = held;
+            for (n, (i, ticket)) in group.into_iter().zip(tickets).enumerate() {
+                let outcome = held.clone().map(|held| Stored { stored: true, held: held[n].clone() });
+                settles.push(self.settle(&keys[i], &prepared[i], ticket, outcome));
             }
-            if let Err(err) = written {
+            if let Err(err) = held {
                 first_error.get_or_insert(err);
             }
         }
@@ -676,6 +702,49 @@ impl Inner {
         Ok(removed > 0)
     }
 
+    /// [`call_for`](Self::call_for) for a call whose answer may enter L1 (or a stamp read): sent
+    /// over the tracking connection of `key`'s master (see [`crate::invalidation`]), where
+    /// `op` puts `CLIENT CACHING YES` before the read whose keys Redis must remember
+    /// ([`Conn::track_next`]). Without such a connection (tracking off, the node not connected
+    /// yet) or when it cannot answer for the key (a redirect, a lost connection), the call goes
+    /// the usual way. The flag says whether the answer may enter L1: with tracking on, only if
+    /// it came over a tracking connection still up when it came (otherwise nothing would tell
+    /// this instance of the key's next change); with tracking off, always (TTLs bound L1).
+    pub(crate) async fn call_tracked<T, F, Fut>(&self, key: &str, context: &str, op: F) -> Result<(T, bool)>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let tracking = self.l1.coherence().is_tracking();
+        if tracking && let Some(route) = self.l1.coherence().tracking.route(key.as_bytes()) {
+            let answered = self.l2.call_tracked(key.as_bytes(), route.conn, context, &op, self.on_redirect()).await?;
+            if let Some(value) = answered {
+                return Ok((value, route.alive.load(std::sync::atomic::Ordering::SeqCst)));
+            }
+        }
+        Ok((self.call_for(key, context, op).await?, !tracking))
+    }
+
+    /// [`call_tracked`](Self::call_tracked) for a read that fills L1 with `ticket`: voided when
+    /// the answer may not enter L1.
+    pub(crate) async fn call_filling<T, F, Fut>(
+        &self,
+        key: &str,
+        context: &str,
+        ticket: &mut Ticket,
+        op: F,
+    ) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let (value, fillable) = self.call_tracked(key, context, op).await?;
+        if !fillable {
+            ticket.void();
+        }
+        Ok(value)
+    }
+
     /// One Redis call that names no key, through the whole-Redis breaker only (see
     /// [`Self::call_for`]).
     pub(crate) async fn call<T, F, Fut>(&self, context: &str, op: F) -> Result<T>
@@ -710,6 +779,35 @@ impl Inner {
     {
         self.l2.call(key, context, op, self.on_redirect())
     }
+}
+
+/// What a store's round trip answered: whether Redis took the value, and what a read of the
+/// key sent right after the write found (bytes, PTTL), when one was sent.
+pub(crate) struct Stored {
+    pub(crate) stored: bool,
+    pub(crate) held: Option<(Option<Vec<u8>>, i64)>,
+}
+
+/// A store pipeline's replies: the script's (1 stored, 0 refused) when there is one, then GET
+/// and PTTL when asked for. `Err` names what was unexpected.
+fn parse_store(mut replies: Vec<redis::Value>, script: bool, read_back: bool) -> std::result::Result<Stored, String> {
+    if replies.len() != usize::from(script) + if read_back { 2 } else { 0 } {
+        return Err(format!("{} replies", replies.len()));
+    }
+    let held = match read_back {
+        true => {
+            let pttl = replies.pop().map(redis::from_redis_value::<i64>).transpose().map_err(|e| e.to_string())?;
+            let bytes =
+                replies.pop().map(redis::from_redis_value::<Option<Vec<u8>>>).transpose().map_err(|e| e.to_string())?;
+            bytes.zip(pttl)
+        }
+        false => None,
+    };
+    let stored = match replies.pop() {
+        Some(reply) => redis::from_redis_value::<i64>(reply).map_err(|e| e.to_string())? == 1,
+        None => true,
+    };
+    Ok(Stored { stored, held })
 }
 
 /// One key's reply: its bytes (if any) and its PTTL (when asked for).

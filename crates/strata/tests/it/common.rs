@@ -147,8 +147,9 @@ macro_rules! on_both {
 
 /// A TCP proxy in front of a standalone server that holds back, by a fixed delay, what the
 /// server sends on Strata's tracking connections (those that name themselves
-/// `strata-invalidation`): invalidation messages then arrive late, as on a loaded machine or
-/// a slow network, while data replies do not. Stops when dropped.
+/// `strata-invalidation`): invalidation messages, and the replies to the tracked reads that
+/// share those connections, then arrive late, as on a loaded machine or a slow network, while
+/// the other connections' replies do not. Stops when dropped.
 pub struct LateInvalidations {
     url: String,
     accept: tokio::task::JoinHandle<()>,
