@@ -10,7 +10,7 @@
 //! deleted at the end.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use strata::{Cache, KeySchema, LeaseConfig, Ttl};
 
-use crate::worker_process::{WorkerProcess, count_files};
+use crate::worker_process::{RemoveDir, WorkerProcess, count_files, unique};
 
 /// Settings of the drill.
 #[derive(Debug, Clone)]
@@ -183,19 +183,4 @@ pub async fn worker(
     let result = WorkerResult { served, errors, max_wait_ms: max_wait.as_millis() as u64 };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
-}
-
-fn unique() -> String {
-    format!(
-        "{:x}",
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-    )
-}
-
-struct RemoveDir(PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -2,7 +2,7 @@
 //! each is a copy of the `strata` binary, killed if the drill returns early, and its last
 //! stdout line is its result. The drills meet them through files in a directory they share.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -60,4 +60,21 @@ pub(crate) fn count_files(dir: &Path, prefix: &str) -> usize {
     std::fs::read_dir(dir)
         .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count())
         .unwrap_or(0)
+}
+
+/// A name no other run uses at the same time (nanoseconds since the epoch, in hex).
+pub(crate) fn unique() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    )
+}
+
+/// A directory the workers share, removed when dropped.
+pub(crate) struct RemoveDir(pub(crate) PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -71,6 +71,9 @@ enum Command {
     Demo(commands::demo::Args),
     /// Run a benchmark scenario.
     Bench(commands::bench::Args),
+    /// One cache process of the invalidation-scale scenario (started by it).
+    #[command(hide = true)]
+    BenchWorker(commands::bench::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => commands::serve::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::BenchWorker(a) => commands::bench::run_worker(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-//! `strata bench --scenario stampede|hot-key|cold-start|eviction|scale` through the real binary,
+//! `strata bench --scenario stampede|hot-key|cold-start|eviction|scale|invalidation-scale` through the real binary,
 //! short runs against one local cluster, checking the JSON figures and the report files.
 
 use std::path::Path;
@@ -118,6 +118,24 @@ fn every_scenario_runs_and_reports() {
     assert!(b > 0 && d > b, "twice the offered load, same time: {r}");
     assert!(base["errors"] == 0 && doubled["errors"] == 0, "{r}");
     assert!(r["p99_ratio"].as_f64().expect("ratio") > 0.0);
+
+    // Each of 3 cache processes hears of the deletes of its own keys only (a third of them), and
+    // of no internal key; without tracking, of nothing.
+    let i = run("invalidation-scale", &["--processes", "3", "--write-rate", "150"]);
+    let (on, off) = (&i["tracking"], &i["without_tracking"]);
+    assert_eq!(i["share_per_s"], 50.0, "{i}");
+    let heard: Vec<f64> =
+        on["messages_per_s"].as_array().expect("per process").iter().map(|m| m.as_f64().expect("rate")).collect();
+    assert_eq!(heard.len(), 3, "{i}");
+    assert!(heard.iter().all(|&m| m > 0.0), "every process heard of its keys: {i}");
+    assert!(on["max_over_share"].as_f64().expect("ratio") <= 1.2, "no process heard of others' keys: {i}");
+    assert_eq!(on["internal_messages"], 0, "{i}");
+    assert!(off["messages_per_s"].as_array().expect("per process").iter().all(|m| m == 0.0), "{i}");
+    for phase in [on, off] {
+        assert_eq!(phase["caller_errors"], 0, "{i}");
+        assert!(phase["writes_per_s"].as_f64().expect("writes") > 100.0, "the writer kept its rate: {i}");
+        assert!(phase["redis_cpu_us_per_write"].as_f64().expect("cpu") > 0.0, "{i}");
+    }
 }
 
 #[test]

@@ -9,7 +9,8 @@ use strata_bench::report::{DEFAULT_DIR, Report};
 use strata_bench::runner::Load;
 use strata_bench::workload::{Layout, Target};
 use strata_bench::{
-    cold_start, eviction, expiry, hit_latency, hot_key, l1_store, scale, stampede, user_profiles, user_profiles_report,
+    cold_start, eviction, expiry, hit_latency, hot_key, invalidation_scale, l1_store, scale, stampede, user_profiles,
+    user_profiles_report,
 };
 
 use super::common::{OutputArgs, ProfilesArgs, parse_duration, runtime};
@@ -46,6 +47,12 @@ pub(crate) struct Args {
     /// Let the eviction scenario empty (FLUSHALL) and reconfigure a deployment given by --url.
     #[arg(long)]
     allow_flush: bool,
+    /// Deletes per second over all keys in the invalidation-scale scenario (W).
+    #[arg(long, default_value_t = 2_000.0)]
+    write_rate: f64,
+    /// Cache processes of the invalidation-scale scenario, each reading its own share of the keys.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    processes: u16,
     /// Directory of the JSON and HTML reports.
     #[arg(long, default_value = DEFAULT_DIR)]
     out: PathBuf,
@@ -98,6 +105,11 @@ enum Scenario {
     /// one operation sequence, with their stale reads; each warms up for --warmup, then
     /// --duration is shared by the six.
     UserProfiles,
+    /// Cache processes each reading their own share of the keys while a writer deletes keys
+    /// over all of them at --write-rate: invalidation messages each process receives against its
+    /// share of the writes, messages naming internal keys, and Redis CPU per write with and
+    /// without tracking; each phase warms up 3 s, then runs --duration.
+    InvalidationScale,
     /// The crates that could hold L1 (moka, quick_cache, mini-moka), no Redis: hit latency with
     /// 1, 2 and 8 reader threads for an owned and an `Arc` value, and hit ratio of Zipf traces
     /// with a budget smaller than the keys (docs/decisions/0011-l1-store.md).
@@ -236,6 +248,19 @@ async fn scenario(args: &Args, target: &Target, command: &[String]) -> anyhow::R
             let figures = user_profiles_report::figures(&run)?;
             (user_profiles_report::report(&run, &figures, command)?, user_profiles_report::render(&figures))
         }
+        Scenario::InvalidationScale => {
+            let defaults = invalidation_scale::Options::default();
+            let options = invalidation_scale::Options {
+                processes: usize::from(args.processes),
+                write_rate: args.write_rate,
+                measured: args.duration,
+                ..defaults
+            };
+            let exe = std::env::current_exe()?.to_string_lossy().to_string();
+            let worker = vec![exe, "bench-worker".into()];
+            let figures = invalidation_scale::run(target, &options, &worker).await?;
+            (invalidation_scale::report(&figures, command)?, invalidation_scale::render(&figures))
+        }
         Scenario::L1Store => anyhow::bail!("l1-store needs no Redis and runs before any is started"),
     })
 }
@@ -245,4 +270,39 @@ fn plain<T: serde::Serialize>(scenario: &str, command: &[String], figures: &T, t
     let mut report = Report::new(scenario, command);
     report.figures(figures)?.preformatted(text);
     Ok(report)
+}
+
+/// Arguments of `strata bench-worker`: one cache process of the invalidation-scale scenario,
+/// started by it.
+#[derive(clap::Args, Debug)]
+pub(crate) struct WorkerArgs {
+    #[arg(long = "url", required = true)]
+    urls: Vec<String>,
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    app: String,
+    #[arg(long)]
+    id: usize,
+    #[arg(long)]
+    processes: usize,
+    #[arg(long)]
+    keys: usize,
+    #[arg(long)]
+    read_rate: f64,
+    #[arg(long)]
+    without_invalidation: bool,
+}
+
+pub(crate) fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(invalidation_scale::worker(invalidation_scale::WorkerOptions {
+        urls: args.urls,
+        dir: args.dir,
+        app: args.app,
+        id: args.id,
+        processes: args.processes,
+        keys: args.keys,
+        read_rate: args.read_rate,
+        invalidation: !args.without_invalidation,
+    }))
 }
