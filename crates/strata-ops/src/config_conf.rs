@@ -118,6 +118,13 @@ pub(super) fn render_redis_conf(o: &ConfigOptions, maxmemory_bytes: u64) -> Stri
         directive(s, "lfu-decay-time", "1");
     }
     blank(s);
+    comment(s, "Client-side caching: Redis remembers which Strata instance read which key for its L1, to tell");
+    comment(s, "it of the key's next change (docs/decisions/0013-default-mode-tracking.md). This bounds that");
+    comment(s, "table (one entry per key, listing its readers; INFO tracking_total_keys). Past it Redis");
+    comment(s, "forgets keys and invalidates them at once in every instance: safe, only more L1 misses.");
+    comment(s, "Raise it with the number of distinct keys your instances keep in L1 at a time.");
+    directive(s, "tracking-table-max-keys", "1000000");
+    blank(s);
     comment(s, "Free memory in a background thread: evicting, expiring or deleting a large value (a big hash,");
     comment(s, "a compressed blob) must not stall the event loop that serves every other client.");
     directive(s, "lazyfree-lazy-eviction", "yes");

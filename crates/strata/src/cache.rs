@@ -66,7 +66,7 @@ impl std::fmt::Debug for Cache {
 /// Everything a cache is made of. The fields are private to the `cache` module and its
 /// children; the rest of the crate asks through methods.
 pub(crate) struct Inner {
-    /// The in-process tier and its admission rules (tickets, echoes, tracking health).
+    /// The in-process tier and its admission rules (tickets, tracking health).
     l1: L1,
     /// Redis, behind its circuit breakers (timeouts and retries inside each call).
     l2: L2,

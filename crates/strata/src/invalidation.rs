@@ -499,7 +499,9 @@ impl Supervisor {
         };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.l2.connect_timeout))
-            .set_response_timeout(Some(self.config.heartbeat_timeout.max(self.l2.op_timeout)))
+            // Every call on it has its own timer (the heartbeat's, the data path's): a second
+            // one inside the driver would only add cost to each request.
+            .set_response_timeout(None)
             .set_push_sender(on_push);
         let setup = async {
             let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;

@@ -53,14 +53,16 @@
 //!   stored after it — the holder stores with a compare-and-set on its lease, and every write
 //!   through Strata revokes the lease.
 //! - **Coherence across instances**: each cache keeps one RESP3 connection per Redis master
-//!   with `CLIENT TRACKING ... BCAST` on ([`Invalidation`]). Any write to a key — through any
-//!   instance or by another client — evicts it from every instance's L1 within about a
-//!   millisecond (measured by `strata drill coherence`); L1 is flushed and closed while a
-//!   tracking connection is down or the cluster topology changes, so no instance serves a copy
-//!   that could have missed an invalidation. A read that raced an invalidation is never
-//!   inserted (each L1 fill carries a ticket from before its round trip); an instance keeps
-//!   what it wrote itself, once its write's invalidation has come back and Redis is seen to
-//!   hold that value.
+//!   with client tracking on in Redis's default mode (`CLIENT TRACKING ON OPTIN NOLOOP`,
+//!   [`Invalidation`]), and every read whose answer may enter L1 goes over it. Redis then tells
+//!   an instance of the next change to each key it read — through any instance or by another
+//!   client — and of nothing else, on the same connection as the read: its L1 copy goes within
+//!   about a millisecond (measured by `strata drill coherence`), and an instance's invalidation
+//!   work grows with the keys it holds, not with the deployment's write rate. L1 is flushed and
+//!   closed while a tracking connection is down or the cluster topology changes, so no instance
+//!   serves a copy that could have missed an invalidation. A read that raced an invalidation is
+//!   never inserted (each L1 fill carries a ticket from before its round trip); an instance
+//!   keeps what it wrote itself when its write's read-back, in the same round trip, finds it.
 //! - **Freshness** ([`Freshness`], off by default): XFetch probabilistic early refresh from the
 //!   load time stored with each value, stale-while-revalidate, fail-safe (the last good value
 //!   stands in, up to a maximum staleness, when the loader fails or passes its soft timeout) and
@@ -112,8 +114,8 @@
 //! | `cache/stamps` | a **stamp** is the generation of a namespace or tag: the marks a value carries, the verdict on them at every read, what this instance knows |
 //! | `cache/hot`, `cache/write_through`, `cache/builder` | hot keys' registry and copies; `set_through`; assembling a cache ([`CacheBuilder`]) |
 //! | `batch`, `namespace`, `exposition` | the public API of batches; of namespaces and tags; of Prometheus exposition |
-//! | `l1` | the L1 tier: its store (quick_cache behind `L1Store`), bounded in bytes, and its admission rule (`Coherence`: tickets taken before a round trip, writers' echoes, tracking health) |
-//! | `invalidation` | the tracking connections (RESP3 `CLIENT TRACKING`), heartbeats, topology and redirects |
+//! | `l1` | the L1 tier: its store (quick_cache behind `L1Store`), bounded in bytes, and its admission rule (`Coherence`: tickets taken before a round trip, a writer's own ticket, tracking health) |
+//! | `invalidation` | the tracking connections (RESP3 `CLIENT TRACKING`, default mode), which carry the reads for L1; heartbeats, topology, the slot table, redirects |
 //! | `lease` | lease scripts, tokens and settings ([`LeaseConfig`]) |
 //! | `tags` | [`Tag`]s and the marks (stamp generations) a value records |
 //! | `fresh` | [`Freshness`]: XFetch, stale-while-revalidate, fail-safe, timeouts |

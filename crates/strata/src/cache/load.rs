@@ -7,25 +7,24 @@
 //!  ├─ hot key? read one copy                   hit → return          cache/hot.rs
 //!  └─ single-flight: one load per key here     others wait           Flights, below
 //!      └─ load_through (the leader)
-//!          ├─ L2 read: GET + PTTL, one round trip; with the lease     read_l2 · read_leasing
-//!          │    attempt too when misses dominate (the namespace's outlook)
+//!          ├─ L2 read: GET + PTTL, one round trip over the key's tracking   read_l2 · read_leasing
+//!          │    connection; with the lease attempt too when misses dominate (the outlook)
 //!          │    value → return (L1 filled with the ticket of the read)
 //!          ├─ miss: coordinate with other processes                  coordinate
 //!          │    lease taken → load │ another's value appears → return │ waited too long → load
 //!          ├─ capture the marks (namespace/tag generations) BEFORE the load   cache/stamps.rs
 //!          ├─ loader, under the soft / hard timeouts; failed → fail-safe value or error
 //!          └─ return the value; in a task, store_loaded: encode, store under the lease
-//!             (refused if an invalidation revoked it), L1 after the write's echo;
-//!             Redis away → L1 only                                   cache/tiers.rs
+//!             (refused if an invalidation revoked it) and read it back, one round trip;
+//!             L1 if Redis holds it; Redis away → L1 only             cache/tiers.rs
 //! ```
 //!
 //! An L1 miss that Redis serves costs one GET + PTTL, no script. A miss costs its caller at most
 //! two round trips before its loader runs (the read, then the lease), and one when the
 //! namespace's recent L1 misses were mostly L2 misses: the lease attempt then rides in the
 //! read's pipeline ([`MissOutlook`](crate::metrics::MissOutlook) decides; a hit pays for a
-//! script run in that case). The store and the L1 fill (which
-//! waits for the write's own invalidation, see [`crate::l1`]) run after the callers have their
-//! value; until they end, a later caller of the key in this process waits for them
+//! script run in that case). The store and the L1 fill (after the store's read-back, in the
+//! same round trip, see [`crate::l1`]) run after the callers have their value; until they end, a later caller of the key in this process waits for them
 //! ([`Flights::stored`]) and then reads what they stored, so nothing in this process loads the
 //! key twice or waits on its own lease. [`Cache::settled`](crate::Cache::settled) waits for all.
 //!
@@ -372,7 +371,7 @@ impl Inner {
     }
 
     /// The store of a load, in a task: the callers have their value once it is loaded; Redis
-    /// and L1 get it a round trip (and an echo) later. Until the task ends, a later caller of
+    /// and L1 get it a round trip later. Until the task ends, a later caller of
     /// the key in this process waits for it ([`Flights::stored`]), then reads what it stored,
     /// as it would have if this store had been awaited: nobody here loads the key again, or
     /// waits on this process's own lease.
@@ -860,7 +859,7 @@ impl Flights {
 }
 
 /// A load's value on its way to Redis in the background: registered in [`Flights`] from before
-/// its load returns until the store (and the L1 fill after its echo) is done, whether it ends,
+/// its load returns until the store (and the L1 fill after it) is done, whether it ends,
 /// fails or panics.
 struct Pending {
     inner: Arc<Inner>,
