@@ -8,7 +8,7 @@
 //! cache-aside writer does after updating its database); every delete makes the owner's next
 //! read a miss (a lease, a load, a store). Each worker counts the keys named by the
 //! invalidation messages it received (`invalidation_messages`), and of those the internal keys
-//! (leases, hot-key copies, write-behind entries): its share of the writes is `W / processes`.
+//! (leases, write-behind entries): its share of the writes is `W / processes`.
 //!
 //! Two phases run back to back on the same deployment: invalidation on, then off (the workers
 //! started again without tracking), and for each the Redis CPU per write (`used_cpu_sys +

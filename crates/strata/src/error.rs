@@ -299,40 +299,44 @@ pub(crate) fn reply(line: &str) -> redis::RedisError {
     value.extract_error().expect_err("an error reply")
 }
 
+/// A connection whose every pipeline gets `replies`.
+#[cfg(test)]
+struct Replies(Vec<&'static str>);
+
+#[cfg(test)]
+impl redis::ConnectionLike for Replies {
+    fn req_packed_command(&mut self, _cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+        Ok(redis::Value::Okay)
+    }
+    fn req_packed_commands(&mut self, _: &[u8], _: usize, _: usize) -> redis::RedisResult<Vec<redis::Value>> {
+        self.0
+            .iter()
+            .map(|r| redis::parse_redis_value(format!("{r}\r\n").as_bytes()))
+            .collect::<redis::RedisResult<Vec<_>>>()
+    }
+    fn get_db(&self) -> i64 {
+        0
+    }
+    fn check_connection(&mut self) -> bool {
+        true
+    }
+    fn is_open(&self) -> bool {
+        true
+    }
+}
+
+/// The error of a two-command pipeline answered with `replies` (RESP lines): for the
+/// classifiers' tests (here and in `l2.rs`).
+#[cfg(test)]
+pub(crate) fn pipeline(replies: [&'static str; 2]) -> redis::RedisError {
+    let mut pipe = redis::pipe();
+    pipe.cmd("GET").arg("k").cmd("PTTL").arg("k");
+    pipe.query::<()>(&mut Replies(replies.to_vec())).expect_err("a failing reply")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A connection whose every pipeline gets `replies`.
-    struct Replies(Vec<&'static str>);
-
-    impl redis::ConnectionLike for Replies {
-        fn req_packed_command(&mut self, _cmd: &[u8]) -> redis::RedisResult<redis::Value> {
-            Ok(redis::Value::Okay)
-        }
-        fn req_packed_commands(&mut self, _: &[u8], _: usize, _: usize) -> redis::RedisResult<Vec<redis::Value>> {
-            self.0
-                .iter()
-                .map(|r| redis::parse_redis_value(format!("{r}\r\n").as_bytes()))
-                .collect::<redis::RedisResult<Vec<_>>>()
-        }
-        fn get_db(&self) -> i64 {
-            0
-        }
-        fn check_connection(&mut self) -> bool {
-            true
-        }
-        fn is_open(&self) -> bool {
-            true
-        }
-    }
-
-    /// The error of a two-command pipeline answered with `replies` (RESP lines).
-    fn pipeline(replies: [&'static str; 2]) -> redis::RedisError {
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg("k").cmd("PTTL").arg("k");
-        pipe.query::<()>(&mut Replies(replies.to_vec())).expect_err("a failing reply")
-    }
 
     fn io(kind: std::io::ErrorKind) -> redis::RedisError {
         redis::RedisError::from(std::io::Error::new(kind, "socket"))

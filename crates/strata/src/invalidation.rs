@@ -15,7 +15,7 @@
 //!
 //! What this instance receives is therefore one message per change of a key it read since that
 //! key's previous change: it grows with the keys it holds, not with the cluster's write rate,
-//! and internal keys (leases, hot-key copies, write-behind entries) that it never reads this
+//! and internal keys (leases, write-behind entries) that it never reads this
 //! way cause none. The writes whose value this instance keeps in L1 (its stores and `set`) go
 //! over the same connections and, with `NOLOOP`, cause no message back to it; their own
 //! read-back, in the same pipeline, tracks the key again (see [`crate::l1`]).
@@ -125,7 +125,7 @@ impl Invalidation {
 #[derive(Default)]
 pub(crate) struct Tracking {
     /// The tracking connection of each hash slot's master, as of the supervisor's last round.
-    routes: RwLock<Arc<Routes>>,
+    routes: RwLock<Routes>,
     /// `host:port` of every node with a tracking connection, as of the supervisor's last round.
     tracked: std::sync::RwLock<Vec<String>>,
     /// Redirect targets that were not tracked: tracked from then on whatever the topology
@@ -142,7 +142,7 @@ impl Tracking {
     }
 
     fn publish(&self, routes: Routes) {
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
     }
 }
 
@@ -587,13 +587,12 @@ fn parse_masters(text: &str, scheme: &str) -> Vec<(String, String)> {
     masters
 }
 
-/// Whether `key` is one Strata keeps for itself rather than a cached value or a stamp: a lease,
-/// a hot key's copy, a write-behind entry. Reads for L1 never track them, so no message should
-/// name one ([`MetricsSnapshot::invalidation_messages_internal`](crate::MetricsSnapshot)).
+/// Whether `key` is one Strata keeps for coordination rather than a cached value, a stamp or a
+/// hot key's copy (those are read for L1 on purpose): a lease or a write-behind entry. Reads
+/// for L1 never track them, so no message should name one
+/// ([`MetricsSnapshot::invalidation_messages_internal`](crate::MetricsSnapshot)).
 fn is_internal(key: &[u8]) -> bool {
-    crate::lease::lease_target(key).is_some()
-        || key.starts_with(b"{wb:")
-        || std::str::from_utf8(key).ok().and_then(crate::hot::hot_copy_of).is_some()
+    crate::lease::lease_target(key).is_some() || key.starts_with(b"{wb:")
 }
 
 /// Counters of the invalidation machinery, for [`MetricsSnapshot`](crate::MetricsSnapshot):

@@ -426,6 +426,13 @@ impl L1 {
         ticket
     }
 
+    /// A guard for writes about to be sent: unless [`settled`](Unsettled::settled), dropping it
+    /// (the caller gave up while the writes may already be on their way) voids the keys' L1
+    /// copies and tickets, as settling them would have (see [`after_own_write`](Self::after_own_write)).
+    pub(crate) fn unsettled<'a>(&'a self, keys: Vec<&'a str>) -> Unsettled<'a> {
+        Unsettled { l1: self, keys }
+    }
+
     pub(crate) fn remove(&self, key: &str) {
         if let Some(store) = &self.store {
             store.remove(key);
@@ -471,6 +478,36 @@ impl L1 {
     }
 }
 
+/// Whether `ticket`'s key is absent from a bucket's log between the ticket's generation and
+/// `now` (the bucket's, read under the log's lock); unsure (the log no longer reaches back)
+/// counts as changed.
+fn unchanged_in(log: &[u64; LOG as usize], now: u64, ticket: &Ticket) -> bool {
+    now == ticket.generation
+        || (now.wrapping_sub(ticket.generation) <= LOG
+            && (ticket.generation + 1..=now).all(|g| log[(g % LOG) as usize] != ticket.hash))
+}
+
+/// See [`L1::unsettled`].
+pub(crate) struct Unsettled<'a> {
+    l1: &'a L1,
+    keys: Vec<&'a str>,
+}
+
+impl Unsettled<'_> {
+    /// The writes' outcomes are in hand: whoever has them settles the keys.
+    pub(crate) fn settled(mut self) {
+        self.keys.clear();
+    }
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        for key in &self.keys {
+            self.l1.invalidate_local(key);
+        }
+    }
+}
+
 /// Downcasts a shared value to `T` and clones it out.
 pub(crate) fn typed<T: Clone + 'static>(shared: &Shared) -> Option<T> {
     (shared.as_ref() as &dyn Any).downcast_ref::<T>().cloned()
@@ -493,7 +530,7 @@ struct Bucket {
 /// What a reader saw before its Redis round trip.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ticket {
-    /// Whether the key is tracked at all (see [`Coherence::covers`]).
+    /// Whether L1 may keep the key at all (see [`Coherence::covers`]); false too once voided.
     covered: bool,
     hash: u64,
     bucket: usize,
@@ -507,6 +544,11 @@ impl Ticket {
     pub(crate) fn void(&mut self) {
         self.covered = false;
     }
+
+    /// Whether a fill holding it could be admitted at all (a key L1 keeps, not voided).
+    pub(crate) fn is_covered(&self) -> bool {
+        self.covered
+    }
 }
 
 pub(crate) struct Coherence {
@@ -516,7 +558,7 @@ pub(crate) struct Coherence {
     hasher: std::collections::hash_map::RandomState,
     /// Keys named by invalidation messages.
     pub(crate) invalidated_keys: AtomicU64,
-    /// Of those, keys Strata keeps for itself (leases, hot-key copies, write-behind entries).
+    /// Of those, keys Strata keeps for coordination (leases, write-behind entries).
     pub(crate) internal_keys: AtomicU64,
     /// Whole-L1 flushes: tracking lost or regained, topology changed, FLUSHALL seen.
     pub(crate) flushes: AtomicU64,
@@ -524,7 +566,7 @@ pub(crate) struct Coherence {
     task: std::sync::OnceLock<tokio::task::AbortHandle>,
     /// Whether invalidation messages are expected at all.
     tracked: bool,
-    /// Tracked key prefixes (empty: every key); L1 holds no key outside them.
+    /// The prefixes of the keys L1 keeps (empty: every key); see [`Invalidation::prefixes`](crate::Invalidation::prefixes).
     prefixes: Vec<String>,
     /// The tracking connections as the data path uses them, and the redirects it meets.
     pub(crate) tracking: crate::invalidation::Tracking,
@@ -578,9 +620,8 @@ impl Coherence {
         }
     }
 
-    /// Whether invalidations of `key` reach this instance, so that L1 may hold it: always
-    /// without tracking (L1 is then bounded by its TTL alone), else when the key is under one of
-    /// the tracked prefixes.
+    /// Whether L1 may hold `key`: always without tracking (L1 is then bounded by its TTL
+    /// alone), else when the key is under one of the configured prefixes.
     fn covers(&self, key: &str) -> bool {
         !self.tracked || self.prefixes.is_empty() || self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
     }
@@ -592,9 +633,7 @@ impl Coherence {
             return true;
         }
         let log = bucket.log.lock().unwrap_or_else(|p| p.into_inner());
-        let now = bucket.generation.load(Ordering::SeqCst);
-        now.wrapping_sub(ticket.generation) <= LOG
-            && (ticket.generation + 1..=now).all(|g| log[(g % LOG) as usize] != ticket.hash)
+        unchanged_in(&log, bucket.generation.load(Ordering::SeqCst), ticket)
     }
 
     /// Whether a fill holding `ticket` may stay in L1 now.
@@ -679,9 +718,7 @@ impl Coherence {
         let slot = &self.buckets[bucket];
         let mut log = slot.log.lock().unwrap_or_else(|p| p.into_inner());
         let now = slot.generation.load(Ordering::SeqCst);
-        let unchanged = now == before.generation
-            || (now.wrapping_sub(before.generation) <= LOG
-                && (before.generation + 1..=now).all(|g| log[(g % LOG) as usize] != before.hash));
+        let unchanged = unchanged_in(&log, now, before);
         let next = now + 1;
         log[(next % LOG) as usize] = hash;
         slot.generation.store(next, Ordering::SeqCst);

@@ -27,7 +27,7 @@ use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType}
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::time::Instant;
 
-use crate::breaker::{BreakerConfig, Breakers};
+use crate::breaker::{BreakerConfig, Breakers, Permits};
 use crate::error::{Error, Result};
 use crate::metrics::Globals;
 use crate::retry::{self, Backoff};
@@ -147,7 +147,8 @@ pub(crate) enum Conn {
 
 /// Sends `pipe`, which invokes `script`: when the node does not have the script cached yet
 /// (first use, a restart, a failover), loads it and sends the pipeline again, as
-/// `ScriptInvocation::invoke_async` does for a script alone.
+/// `ScriptInvocation::invoke_async` does for a script alone. The script did not run then, but
+/// the pipeline's other commands did and run twice: only reads may share its pipeline.
 pub(crate) async fn query_scripted<T: redis::FromRedisValue>(
     pipe: &Pipeline,
     script: &redis::ScriptInvocation<'_>,
@@ -448,8 +449,8 @@ impl L2 {
                     Err(_) => return Err(timeout_error()),
                 };
                 if self.is_cluster() {
-                    if let Some((node, _slot)) = err.redirect_node() {
-                        redirected(node);
+                    if let Some(node) = redirect_target(&err) {
+                        redirected(&node);
                     }
                     let retryable = !matches!(err.retry_method(), redis::RetryMethod::NoRetry) && !err.is_timeout();
                     if !(first && retryable) {
@@ -512,8 +513,16 @@ impl L2 {
         // compiler's query depth limit. One allocation next to a network round trip.
         let started = std::time::Instant::now();
         let result = Box::pin(self.run(context, op, &redirected)).await;
+        self.account(permit, started, context, &result);
+        result
+    }
+
+    /// Counts a call's outcome (latency, errors, timeouts) and reports it to its breaker: only
+    /// errors that say Redis is unhealthy count against it.
+    fn account<T>(&self, permit: Permits<'_>, started: std::time::Instant, context: &str, result: &Result<T>) {
+        let globals = &self.globals;
         globals.l2_latency.0.record(started.elapsed());
-        match &result {
+        match result {
             Ok(_) => self.breakers.record(permit, true),
             Err(err) => {
                 let counter = if err.is_timeout() { &globals.l2_timeouts } else { &globals.l2_errors };
@@ -523,14 +532,14 @@ impl L2 {
                 self.breakers.record(permit, !err.is_unhealthy());
             }
         }
-        result
     }
 
     /// [`call`](Self::call) on `key` over `conn`, the tracking connection of its master: one
     /// attempt, through the key's breaker, bounded by the operation timeout. `Ok(None)` when
-    /// that connection cannot answer for the key — a redirect (reported to `redirected`: the
-    /// slot moved), a "try again", a lost connection: the caller then sends the call the usual
-    /// way, which retries and follows redirects.
+    /// that node answered without running the call (see [`not_run`]) — a redirect (reported
+    /// to `redirected`: the slot moved), a "try again", a demoted master: the caller then sends
+    /// it the usual way, which retries and follows redirects. Anything else, a lost connection
+    /// included (the call may have run), is the call's outcome.
     pub(crate) async fn call_tracked<T, F, Fut>(
         &self,
         key: &[u8],
@@ -543,37 +552,27 @@ impl L2 {
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let globals = &self.globals;
         let Some(permit) = self.breakers.try_acquire(Some(key)) else {
-            globals.breaker_rejections.fetch_add(1, Ordering::Relaxed);
+            self.globals.breaker_rejections.fetch_add(1, Ordering::Relaxed);
             return Err(Error::circuit_open());
         };
         let started = std::time::Instant::now();
         let result = match tokio::time::timeout(self.op_timeout, op(Conn::Tracked(conn))).await {
             Ok(Ok(value)) => Ok(Some(value)),
-            Ok(Err(err)) if err.is_timeout() => Err(Error::timeout(context, self.op_timeout)),
-            Ok(Err(err)) if !matches!(err.retry_method(), redis::RetryMethod::NoRetry) => {
-                if let Some((node, _slot)) = err.redirect_node() {
-                    redirected(node);
+            Ok(Err(err)) if not_run(&err) => {
+                if let Some(node) = redirect_target(&err) {
+                    redirected(&node);
                 }
                 tracing::debug!(command = context, error = %err, "tracking connection could not answer; sending the usual way");
                 // Neither a success nor a failure of Redis: the usual way decides.
                 drop(permit);
                 return Ok(None);
             }
+            Ok(Err(err)) if err.is_timeout() => Err(Error::timeout(context, self.op_timeout)),
             Ok(Err(err)) => Err(Error::redis(context, err)),
             Err(_) => Err(Error::timeout(context, self.op_timeout)),
         };
-        globals.l2_latency.0.record(started.elapsed());
-        match &result {
-            Ok(_) => self.breakers.record(permit, true),
-            Err(err) => {
-                let counter = if err.is_timeout() { &globals.l2_timeouts } else { &globals.l2_errors };
-                counter.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(command = context, error = %err, timeout = err.is_timeout(), "redis call failed");
-                self.breakers.record(permit, !err.is_unhealthy());
-            }
-        }
+        self.account(permit, started, context, &result);
         result
     }
 
@@ -616,6 +615,36 @@ impl L2 {
             _ => {}
         }
     }
+}
+
+/// Whether a node answered without running the call: it does not serve the slot (`MOVED`,
+/// `ASK`), it cannot yet (`TRYAGAIN`, `CLUSTERDOWN`, `LOADING`, `MASTERDOWN`), or it is no longer
+/// a master (`READONLY`). Such a call may be sent again elsewhere; one whose connection broke
+/// may have run, and must not.
+fn not_run(err: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind as K;
+    matches!(
+        err.kind(),
+        redis::ErrorKind::Server(
+            K::Moved | K::Ask | K::TryAgain | K::ClusterDown | K::BusyLoading | K::MasterDown | K::ReadOnly
+        )
+    )
+}
+
+/// The `host:port` a `MOVED` or `ASK` reply names, also inside a pipeline's errors (whose
+/// `redirect_node` says nothing).
+fn redirect_target(err: &redis::RedisError) -> Option<String> {
+    if let Some((node, _slot)) = err.redirect_node() {
+        return Some(node.to_owned());
+    }
+    use redis::ServerErrorKind as K;
+    if !matches!(err.kind(), redis::ErrorKind::Server(K::Moved | K::Ask)) {
+        return None;
+    }
+    let errors = err.clone().into_server_errors()?;
+    let (_, first) = errors.first()?;
+    // "<slot> <host:port>"
+    first.details()?.split_ascii_whitespace().nth(1).map(str::to_owned)
 }
 
 fn timeout_error() -> redis::RedisError {
@@ -667,4 +696,38 @@ pub(crate) fn connection_info(url: &str, config: &L2Config) -> Result<redis::Con
         settings = settings.set_password(p);
     }
     Ok(info.set_redis_settings(settings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{pipeline, reply};
+
+    #[test]
+    fn only_calls_a_node_did_not_run_go_elsewhere() {
+        for line in [
+            "MOVED 3999 127.0.0.1:6381",
+            "ASK 3999 127.0.0.1:6381",
+            "TRYAGAIN x",
+            "CLUSTERDOWN x",
+            "LOADING x",
+            "MASTERDOWN x",
+            "READONLY x",
+        ] {
+            assert!(not_run(&reply(line)), "{line}");
+        }
+        assert!(not_run(&pipeline(["-MOVED 3999 127.0.0.1:6381", ":-1"])), "inside a pipeline too");
+        assert!(!not_run(&reply("NOSCRIPT x")) && !not_run(&reply("OOM x")) && !not_run(&timeout_error()));
+        let lost = redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "socket"));
+        assert!(!not_run(&lost), "a broken connection may have run the call");
+    }
+
+    #[test]
+    fn redirects_name_their_node_also_inside_a_pipeline() {
+        assert_eq!(redirect_target(&reply("MOVED 3999 127.0.0.1:6381")).as_deref(), Some("127.0.0.1:6381"));
+        let piped = pipeline(["-ASK 3999 127.0.0.1:6382", ":-1"]);
+        assert_eq!(piped.redirect_node(), None, "what redis-rs gives for a pipeline");
+        assert_eq!(redirect_target(&piped).as_deref(), Some("127.0.0.1:6382"));
+        assert_eq!(redirect_target(&reply("TRYAGAIN x")), None);
+    }
 }

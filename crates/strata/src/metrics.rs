@@ -328,9 +328,9 @@ pub struct MetricsSnapshot {
     /// Keys named by client-tracking invalidation messages from Redis (each evicted from L1 if
     /// present). Not to be confused with the per-namespace `invalidations` (namespace stamps).
     pub invalidation_messages: u64,
-    /// Of `invalidation_messages`, keys Strata keeps for itself (leases, hot-key copies,
-    /// write-behind entries): Redis tracks only the keys an instance reads for its L1, so these
-    /// should stay 0 (docs/decisions/0013-default-mode-tracking.md).
+    /// Of `invalidation_messages`, keys Strata keeps for coordination (leases, write-behind
+    /// entries): Redis tracks only the keys an instance reads for its L1 (values, stamps, hot
+    /// keys' copies), so these should stay 0 (docs/decisions/0013-default-mode-tracking.md).
     pub invalidation_messages_internal: u64,
     /// Times the whole L1 was dropped because an invalidation could have been missed
     /// (tracking connection lost or regained, topology change, FLUSHALL).

@@ -391,7 +391,7 @@ impl Inner {
     /// The store step of every load (`get_or_set`, `get_or_refresh`; `get_or_set_many` shares
     /// [`prepare_loaded`](Self::prepare_loaded) and [`keep_loaded`](Inner::keep_loaded)): the
     /// value goes to Redis `via` the caller's lease (refused if an invalidation revoked it) or a
-    /// plain SET, then to L1 after the write's own invalidation; `None`: Redis failed this
+    /// plain SET, then to L1 if the store's read-back finds it; `None`: Redis failed this
     /// flight, L1 only.
     async fn store_loaded<T: CacheValue>(&self, key: &Key, loaded: Loaded<T>, via: Option<Via<'_>>) {
         let before = loaded.before;
@@ -458,10 +458,7 @@ impl Inner {
             pipe.cmd("GET").arg(k).cmd("PTTL").arg(k).invoke_script(&invocation);
             query_scripted::<(Option<Vec<u8>>, i64, i64)>(&pipe, &invocation, &mut c).await
         };
-        let got = match self.l1.is_on() {
-            true => self.call_filling(k, "GET + lease acquire", &mut ticket, read).await,
-            false => self.call_for(k, "GET + lease acquire", read).await,
-        };
+        let got = self.call_filling(k, "GET + lease acquire", &mut ticket, read).await;
         let (got, first) = match got {
             Ok((bytes, pttl, outcome)) => {
                 let pttl = self.l1.is_on().then_some(pttl);

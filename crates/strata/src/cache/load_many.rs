@@ -273,18 +273,14 @@ impl Inner {
                 }
             })
             .await;
-        let mut settles = Vec::new();
         for (u, reply) in written {
             let Some(p) = pending.remove(&u) else { continue };
             let outcome = reply.map(|reply| Stored { stored: !matches!(reply, Value::Int(0)), held: None });
-            settles.push(async move {
-                let key = &keys[u];
-                if let Err(err) = self.settle(key, &p.prepared, p.before, outcome).await {
-                    self.keep_loaded(key, &p.prepared, &p.before, &err);
-                }
-            });
+            let key = &keys[u];
+            if let Err(err) = self.settle(key, &p.prepared, p.before, outcome) {
+                self.keep_loaded(key, &p.prepared, &p.before, &err);
+            }
         }
-        futures::future::join_all(settles).await;
     }
 
     /// Gives back the leases of `wanted` that `token` still holds. Best effort: they expire anyway.

@@ -320,6 +320,12 @@ impl Inner {
     }
 
     pub(crate) async fn bump(&self, stamp: &str) -> Result<u64> {
+        // Forgotten first: with NOLOOP this instance hears nothing of its own bump, and the new
+        // generation may not be learnt below (another stamp forgotten meanwhile, the call
+        // failed or abandoned once sent): the next check then reads it from Redis.
+        if let Some(id) = stamp_id(stamp) {
+            self.stamps.forget(Some(id));
+        }
         let (epoch, asked_at) = (self.stamps.epoch(), Instant::now());
         // Tracked like a read: the new generation is remembered only if Redis will tell this
         // instance of the next bump by anyone.

@@ -1,15 +1,19 @@
 //! One read or one write of each tier, and the store step every write shares.
 //!
-//! - **Calls**: every Redis call goes through [`Inner::call_for`]: the breaker of the key's slot
-//!   range, the timeout and retries of [`L2::run`](crate::l2::L2::run), error accounting.
+//! - **Calls**: every Redis call goes through [`Inner::call_for`] (the breaker of the key's slot
+//!   range, the timeout and retries of [`L2::run`](crate::l2::L2::run), error accounting), or,
+//!   when its answer may enter L1, [`Inner::call_tracked`]: over the tracking connection of the
+//!   key's master, so that Redis tells this instance of the key's next change (see
+//!   [`crate::invalidation`]).
 //! - **Reads**: [`Inner::l1_lookup`] (stamps checked, hits counted), [`Inner::read_l2`] /
 //!   [`Inner::read_l2_many`] (GET or MGET with PTTL, decode, stamp verdict, L1 fill with the
 //!   ticket taken before the round trip). Bytes that are not a Strata envelope are removed.
 //! - **Writes**: a value is [`Prepared`] once (TTL jittered, envelope encoded, the L1 entry
-//!   built), sent [`Via`] a plain `SET` or a lease holder's compare-and-set, and
-//!   [`settled`](Inner::settle): counted, and put in L1 once its own invalidation has come back
-//!   and Redis is seen to hold it — or dropped from L1 when Redis refused or failed it. `set`,
-//!   `set_many`, `set_through`, every load and every batch write-back end in `settle`.
+//!   built), sent [`Via`] a plain `SET` or a lease holder's compare-and-set with a tracked
+//!   read-back in the same pipeline, and [`settled`](Inner::settle): counted, every ticket of
+//!   the key voided, and put in L1 if the read-back found it — or dropped from L1 when Redis
+//!   refused or failed it. `set`, `set_many`, `set_through`, every load and every batch
+//!   write-back end in `settle`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -344,7 +348,7 @@ impl Inner {
                 pipe.query_async::<Vec<redis::Value>>(&mut c).await
             };
             // Every key of a group has one hash slot, so one tracking connection answers for all.
-            let got = match with_pttl {
+            let got = match with_pttl && tickets.iter().any(Ticket::is_covered) {
                 true => self.call_tracked(slot_key, "MGET", read).await,
                 false => self.call_for(slot_key, "MGET", read).await.map(|replies| (replies, true)),
             };
@@ -471,13 +475,14 @@ impl Inner {
             Via::Plain => "SET",
             Via::Lease(_) => "lease fill",
         };
-        let outcome = match read_back {
-            true => self.call_filling(k, context, &mut ticket, write).await,
-            false => self.call_for(k, context, write).await,
-        };
+        // A caller that gives up once the write is sent must not leave the value it replaces in
+        // L1: with NOLOOP, nothing else would tell this instance of its own write.
+        let unsettled = self.l1.unsettled(vec![k]);
+        let outcome = self.call_filling(k, context, &mut ticket, write).await;
+        unsettled.settled();
         let outcome = outcome
             .and_then(|parsed| parsed.map_err(|what| Error::corrupt(format!("unexpected reply to a store: {what}"))));
-        self.settle(key, prepared, ticket, outcome).await
+        self.settle(key, prepared, ticket, outcome)
     }
 
     /// What follows the round trip that stored `prepared`: count it, and fill L1 with what was
@@ -485,7 +490,7 @@ impl Inner {
     /// very bytes; otherwise drop this instance's L1 copy. Either way every ticket of the key
     /// taken before is void from now on (see [`L1::after_own_write`](crate::l1::L1::after_own_write)):
     /// `before`, taken before the write was sent, decides whether the written value may stay.
-    pub(crate) async fn settle(
+    pub(crate) fn settle(
         &self,
         key: &Key,
         prepared: &Prepared,
@@ -600,6 +605,7 @@ impl Inner {
         let keys: Vec<Key> = items.iter().map(|(k, _)| k.clone()).collect();
         // With L1 on, each group goes over its tracking connection with a tracked read-back, as
         // a single `store` does.
+        let unsettled = self.l1.unsettled(keys.iter().map(Key::as_str).collect());
         let read_back = self.l1.is_on();
         let writes = self.groups(&keys, (0..items.len()).collect()).into_iter().map(|group| {
             let mut tickets: Vec<_> = group.iter().map(|&i| self.l1.ticket(keys[i].as_str())).collect();
@@ -633,38 +639,38 @@ impl Inner {
                     }
                     pipe.query_async::<Vec<redis::Value>>(&mut c).await
                 };
-                let written = match read_back {
+                let written = match read_back && tickets.iter().any(Ticket::is_covered) {
                     true => self.call_tracked(slot_key, "SET pipeline", write).await,
                     false => self.call_for(slot_key, "SET pipeline", write).await.map(|replies| (replies, true)),
                 };
-                let held = written.and_then(|(replies, fillable)| {
+                let held = written.map(|(replies, fillable)| {
                     if !fillable {
                         tickets.iter_mut().for_each(Ticket::void);
                     }
-                    match read_back {
-                        true => Ok(parse_mget(replies, group.len(), true)?
-                            .into_iter()
-                            .map(|(b, pttl)| Some((b, pttl.unwrap_or(-2))))
-                            .collect()),
-                        false => Ok(vec![None; group.len()]),
+                    // The values are written either way; a read-back that cannot be parsed only
+                    // means no L1 fill.
+                    match read_back.then(|| parse_mget(replies, group.len(), true).ok()).flatten() {
+                        Some(held) => held.into_iter().map(|(b, pttl)| Some((b, pttl.unwrap_or(-2)))).collect(),
+                        None => vec![None; group.len()],
                     }
                 });
                 (group.clone(), tickets, held)
             }
         });
         let mut first_error = None;
-        let mut settles = Vec::new();
-        for (group, tickets, held) in join_all(writes).await {
+        let written = join_all(writes).await;
+        unsettled.settled();
+        for (group, tickets, held) in written {
             let held: Result<Vec<_>> = held;
             for (n, (i, ticket)) in group.into_iter().zip(tickets).enumerate() {
                 let outcome = held.clone().map(|held| Stored { stored: true, held: held[n].clone() });
-                settles.push(self.settle(&keys[i], &prepared[i], ticket, outcome));
+                // Its error is the group's, reported once below.
+                let _ = self.settle(&keys[i], &prepared[i], ticket, outcome);
             }
             if let Err(err) = held {
                 first_error.get_or_insert(err);
             }
         }
-        join_all(settles).await;
         for (key, _) in items {
             self.hot_invalidate(key).await;
         }
@@ -726,7 +732,8 @@ impl Inner {
     }
 
     /// [`call_tracked`](Self::call_tracked) for a read that fills L1 with `ticket`: voided when
-    /// the answer may not enter L1.
+    /// the answer may not enter L1. A key L1 does not keep (outside the configured prefixes)
+    /// goes the usual way: Redis need not tell this instance of its changes.
     pub(crate) async fn call_filling<T, F, Fut>(
         &self,
         key: &str,
@@ -738,6 +745,9 @@ impl Inner {
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        if !ticket.is_covered() {
+            return self.call_for(key, context, op).await;
+        }
         let (value, fillable) = self.call_tracked(key, context, op).await?;
         if !fillable {
             ticket.void();

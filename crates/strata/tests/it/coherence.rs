@@ -727,3 +727,101 @@ async fn an_instance_hears_only_of_the_keys_it_read(redis: Redis) -> TestResult 
     Ok(())
 }
 on_both!(an_instance_hears_only_of_the_keys_it_read);
+
+/// A `set` whose caller gives up once the write is on its way (a request timeout) must not
+/// leave this instance serving the value it replaced. Its own write sends it no invalidation
+/// (the tracking connections use NOLOOP), so a reader that read the old value while the write
+/// was in flight would keep it in L1 until its TTL. The proxy delays the tracking connection's
+/// replies by 30 ms, so the caller gives up (after 10 ms) before either reply comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_set_leaves_no_older_copy_in_l1() -> TestResult {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let redis = Redis::standalone();
+    let Redis::Standalone(server) = &redis else { unreachable!() };
+    let proxy = crate::common::LateInvalidations::start(server, Duration::from_millis(30)).await?;
+    let cache = redis.builder().redis_url(proxy.url()).l1_max_ttl(L1_LIFETIME).build().await?;
+    let deadline = Instant::now() + PATIENCE;
+    while !cache.metrics().l1_coherent {
+        assert!(Instant::now() < deadline, "tracking never came up through the proxy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Reads Redis itself (no L1).
+    let plain = redis.builder().l1_capacity_bytes(0).build().await?;
+    let (mut abandoned, mut taken) = (0, 0);
+    for round in 0..20 {
+        let key = KeySchema::new("it", 1)?.key("abandoned", &round.to_string())?;
+        cache.set(&key, &"old".to_owned(), Ttl::Long).await?;
+        prime(&[&cache], &key, "old").await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (cache, key, stop) = (cache.clone(), key.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let _ = cache.get::<String>(&key).await;
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if tokio::time::timeout(Duration::from_millis(10), cache.set(&key, &"new".to_owned(), Ttl::Long)).await.is_err()
+        {
+            abandoned += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.store(true, Ordering::SeqCst);
+        reader.await?;
+        // If Redis took the write, this instance must not serve what it replaced.
+        if plain.get::<String>(&key).await?.as_deref() == Some("new") {
+            taken += 1;
+            for _ in 0..3 {
+                let got: Option<String> = cache.get(&key).await?;
+                assert_ne!(got.as_deref(), Some("old"), "round {round}: an abandoned set left the old value in L1");
+            }
+        }
+    }
+    assert!(
+        abandoned >= 10 && taken >= 10,
+        "abandoned {abandoned}, taken by Redis {taken} of 20: the test proves little"
+    );
+    Ok(())
+}
+
+/// After `invalidate_namespace` returns, this instance serves none of the namespace's old
+/// values, even when a message about another stamp arrives during the call. Its own bump sends
+/// it no message (NOLOOP); the new generation it read back may not be remembered (a stamp
+/// forgotten meanwhile voids what reads in flight learn), and the old one must not stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_namespace_invalidation_holds_when_another_stamp_moves_meanwhile() -> TestResult {
+    let redis = Redis::standalone();
+    let Redis::Standalone(server) = &redis else { unreachable!() };
+    let proxy = crate::common::LateInvalidations::start(server, Duration::from_millis(30)).await?;
+    let a = redis
+        .builder()
+        .redis_url(proxy.url())
+        .l1_max_ttl(L1_LIFETIME)
+        .stamp_refresh(Duration::from_secs(120))
+        .build()
+        .await?;
+    let b = instance(&redis).await?;
+    let deadline = Instant::now() + PATIENCE;
+    while !a.metrics().l1_coherent {
+        assert!(Instant::now() < deadline, "tracking never came up through the proxy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let schema = KeySchema::new("it", 1)?;
+    for round in 0..5 {
+        let (own, other) = (schema.key(&format!("own{round}"), "1")?, schema.key(&format!("other{round}"), "1")?);
+        a.set(&own, &"v".to_owned(), Ttl::Long).await?;
+        b.set(&other, &"w".to_owned(), Ttl::Long).await?;
+        prime(&[&a], &own, "v").await?;
+        prime(&[&a], &other, "w").await?;
+        // B's bump runs first; its message to A comes on A's tracking connection just before
+        // the reply to A's own bump.
+        b.invalidate_namespace(other.namespace()).await?;
+        a.invalidate_namespace(own.namespace()).await?;
+        assert_eq!(a.get::<String>(&own).await?, None, "round {round}: A serves a value its own invalidation retired");
+    }
+    Ok(())
+}
