@@ -712,8 +712,8 @@ impl Inner {
     /// over the tracking connection of `key`'s master (see [`crate::invalidation`]), where
     /// `op` puts `CLIENT CACHING YES` before the read whose keys Redis must remember
     /// ([`Conn::track_next`]). Without such a connection (tracking off, the node not connected
-    /// yet) or when it cannot answer for the key (a redirect, a lost connection), the call goes
-    /// the usual way. The flag says whether the answer may enter L1: with tracking on, only if
+    /// yet, its connection known lost) or when the node did not run the call (a redirect, a
+    /// "try again"), the call goes the usual way. The flag says whether the answer may enter L1: with tracking on, only if
     /// it came over a tracking connection still up when it came (otherwise nothing would tell
     /// this instance of the key's next change); with tracking off, always (TTLs bound L1).
     pub(crate) async fn call_tracked<T, F, Fut>(&self, key: &str, context: &str, op: F) -> Result<(T, bool)>
@@ -722,7 +722,12 @@ impl Inner {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let tracking = self.l1.coherence().is_tracking();
-        if tracking && let Some(route) = self.l1.coherence().tracking.route(key.as_bytes()) {
+        // A connection known lost is skipped: the call goes the usual way at once instead of
+        // failing until the supervisor has connected again.
+        if tracking
+            && let Some(route) = self.l1.coherence().tracking.route(key.as_bytes())
+            && route.alive.load(std::sync::atomic::Ordering::SeqCst)
+        {
             let answered = self.l2.call_tracked(key.as_bytes(), route.conn, context, &op, self.on_redirect()).await?;
             if let Some(value) = answered {
                 return Ok((value, route.alive.load(std::sync::atomic::Ordering::SeqCst)));
