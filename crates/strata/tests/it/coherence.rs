@@ -600,6 +600,26 @@ async fn a_read_after_a_delete_does_not_join_an_older_load(redis: Redis) -> Test
 }
 on_both!(a_read_after_a_delete_does_not_join_an_older_load);
 
+/// A cache on a standalone `redis` through a proxy that delays its tracking connections' bytes
+/// by 30 ms ([`LateInvalidations`](crate::common::LateInvalidations), returned to keep it up),
+/// once tracking is up through it. `configure` adjusts the builder.
+async fn behind_late_invalidations(
+    redis: &Redis,
+    configure: impl FnOnce(strata::CacheBuilder) -> strata::CacheBuilder,
+) -> Result<(crate::common::LateInvalidations, Cache), Box<dyn std::error::Error + Send + Sync>> {
+    let Redis::Standalone(server) = redis else { return Err("a standalone server is needed".into()) };
+    let proxy = crate::common::LateInvalidations::start(server, Duration::from_millis(30)).await?;
+    let cache = configure(redis.builder().redis_url(proxy.url()).l1_max_ttl(L1_LIFETIME)).build().await?;
+    let deadline = Instant::now() + PATIENCE;
+    while !cache.metrics().l1_coherent {
+        if Instant::now() > deadline {
+            return Err("tracking never came up through the proxy".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok((proxy, cache))
+}
+
 /// Within one instance, a read that starts after `delete` returned never gets the value the
 /// delete removed, however late the delete's invalidation message comes back. A reader that
 /// looked at L1 after the delete had begun, and read Redis before the `DEL` reached it, may
@@ -616,15 +636,8 @@ async fn a_read_after_a_delete_returned_never_sees_the_deleted_value() -> TestRe
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     let redis = Redis::standalone();
-    let Redis::Standalone(server) = &redis else { unreachable!() };
-    let proxy = crate::common::LateInvalidations::start(server, Duration::from_millis(30)).await?;
-    let cache = redis.builder().redis_url(proxy.url()).l1_max_ttl(L1_LIFETIME).build().await?;
+    let (_proxy, cache) = behind_late_invalidations(&redis, |b| b).await?;
     let key = KeySchema::new("it", 1)?.key("deleted", "1")?;
-    let deadline = Instant::now() + PATIENCE;
-    while !cache.metrics().l1_coherent {
-        assert!(Instant::now() < deadline, "tracking never came up through the proxy");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     // The source's version, and the newest one whose delete has returned.
     let (source, completed, stop) =
         (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
@@ -739,14 +752,7 @@ async fn an_abandoned_set_leaves_no_older_copy_in_l1() -> TestResult {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let redis = Redis::standalone();
-    let Redis::Standalone(server) = &redis else { unreachable!() };
-    let proxy = crate::common::LateInvalidations::start(server, Duration::from_millis(30)).await?;
-    let cache = redis.builder().redis_url(proxy.url()).l1_max_ttl(L1_LIFETIME).build().await?;
-    let deadline = Instant::now() + PATIENCE;
-    while !cache.metrics().l1_coherent {
-        assert!(Instant::now() < deadline, "tracking never came up through the proxy");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (_proxy, cache) = behind_late_invalidations(&redis, |b| b).await?;
     // Reads Redis itself (no L1).
     let plain = redis.builder().l1_capacity_bytes(0).build().await?;
     let (mut abandoned, mut taken) = (0, 0);
@@ -795,21 +801,8 @@ async fn an_abandoned_set_leaves_no_older_copy_in_l1() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_own_namespace_invalidation_holds_when_another_stamp_moves_meanwhile() -> TestResult {
     let redis = Redis::standalone();
-    let Redis::Standalone(server) = &redis else { unreachable!() };
-    let proxy = crate::common::LateInvalidations::start(server, Duration::from_millis(30)).await?;
-    let a = redis
-        .builder()
-        .redis_url(proxy.url())
-        .l1_max_ttl(L1_LIFETIME)
-        .stamp_refresh(Duration::from_secs(120))
-        .build()
-        .await?;
+    let (_proxy, a) = behind_late_invalidations(&redis, |b| b.stamp_refresh(Duration::from_secs(120))).await?;
     let b = instance(&redis).await?;
-    let deadline = Instant::now() + PATIENCE;
-    while !a.metrics().l1_coherent {
-        assert!(Instant::now() < deadline, "tracking never came up through the proxy");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     let schema = KeySchema::new("it", 1)?;
     for round in 0..5 {
         let (own, other) = (schema.key(&format!("own{round}"), "1")?, schema.key(&format!("other{round}"), "1")?);
