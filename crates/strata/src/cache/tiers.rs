@@ -336,7 +336,15 @@ impl Inner {
             let read = |mut c: Conn| async move {
                 let mut pipe = redis::pipe();
                 c.track_next(&mut pipe);
-                mget(&mut pipe, group.iter().map(|&i| keys[i].as_str()), with_pttl);
+                pipe.cmd("MGET");
+                for &i in group {
+                    pipe.arg(keys[i].as_str());
+                }
+                if with_pttl {
+                    for &i in group {
+                        pipe.cmd("PTTL").arg(keys[i].as_str());
+                    }
+                }
                 pipe.query_async::<Vec<redis::Value>>(&mut c).await
             };
             // Every key of a group has one hash slot, so one tracking connection answers for all.
@@ -621,7 +629,13 @@ impl Inner {
                     }
                     if read_back {
                         c.track_next(&mut pipe);
-                        mget(&mut pipe, group.iter().map(|&i| keys[i].as_str()), true);
+                        pipe.cmd("MGET");
+                        for &i in group {
+                            pipe.arg(keys[i].as_str());
+                        }
+                        for &i in group {
+                            pipe.cmd("PTTL").arg(keys[i].as_str());
+                        }
                     }
                     pipe.query_async::<Vec<redis::Value>>(&mut c).await
                 };
@@ -809,19 +823,6 @@ fn parse_store(mut replies: Vec<redis::Value>, script: bool, read_back: bool) ->
         None => true,
     };
     Ok(Stored { stored, held })
-}
-
-/// Adds `MGET` of `keys`, then a `PTTL` of each when `with_pttl`: what [`parse_mget`] reads.
-fn mget<'k>(pipe: &mut redis::Pipeline, keys: impl Iterator<Item = &'k str> + Clone, with_pttl: bool) {
-    pipe.cmd("MGET");
-    for k in keys.clone() {
-        pipe.arg(k);
-    }
-    if with_pttl {
-        for k in keys {
-            pipe.cmd("PTTL").arg(k);
-        }
-    }
 }
 
 /// One key's reply: its bytes (if any) and its PTTL (when asked for).
