@@ -23,8 +23,9 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use strata::{Cache, Invalidation, KeySchema, Ttl};
 
+use crate::cpu::redis_work;
 use crate::report::Report;
-use crate::runner::{command_calls, connect, masters};
+use crate::runner::{connect, masters};
 use crate::worker_process::{RemoveDir, WorkerProcess, count_files, unique};
 use crate::workload::{Target, spinner};
 
@@ -194,13 +195,13 @@ async fn phase(
     for url in masters(target).await? {
         nodes.push(connect(&url).await?);
     }
-    let (cpu_before, calls_before, stats_before) = redis_work(&mut nodes).await?;
+    let (cpu_before, stats_before) = redis_work(&mut nodes).await?;
     std::fs::write(dir.join("measure"), b"")?;
     let started = Instant::now();
     let writes = write_at_rate(&writer, &schema, options).await?;
     let elapsed = started.elapsed().as_secs_f64();
     std::fs::write(dir.join("stop"), b"")?;
-    let (cpu_after, calls_after, stats_after) = redis_work(&mut nodes).await?;
+    let (cpu_after, stats_after) = redis_work(&mut nodes).await?;
     let per_call = |command: &str| {
         let (calls, usec) = (
             stats_after.of(command).0 - stats_before.of(command).0,
@@ -232,7 +233,7 @@ async fn phase(
         l1_hit_ratio: if reads == 0 { 0.0 } else { l1_hits as f64 / reads as f64 },
         caller_errors: results.iter().map(|r| r.errors).sum(),
         redis_cpu_us_per_write: (cpu_after - cpu_before) * 1e6 / writes,
-        redis_commands_per_write: calls_after.saturating_sub(calls_before) as f64 / writes,
+        redis_commands_per_write: (stats_after.calls() - stats_before.calls()) / writes,
         del_us_per_call: per_call("del"),
         get_us_per_call: per_call("get"),
     })
@@ -267,49 +268,6 @@ async fn write_at_rate(writer: &Cache, schema: &KeySchema, options: &Options) ->
         }
     }
     Ok(made)
-}
-
-/// Calls and microseconds per command (INFO commandstats), summed over nodes.
-#[derive(Default)]
-struct CommandStats(std::collections::HashMap<String, (f64, f64)>);
-
-impl CommandStats {
-    fn add(&mut self, text: &str) {
-        for line in text.lines() {
-            let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
-            let field =
-                |f: &str| rest.split(',').find_map(|kv| kv.strip_prefix(f)?.strip_prefix('=')?.parse::<f64>().ok());
-            if let (Some(calls), Some(usec)) = (field("calls"), field("usec")) {
-                let entry = self.0.entry(name.to_owned()).or_default();
-                entry.0 += calls;
-                entry.1 += usec;
-            }
-        }
-    }
-
-    /// (calls, microseconds) of `command`.
-    fn of(&self, command: &str) -> (f64, f64) {
-        self.0.get(command).copied().unwrap_or_default()
-    }
-}
-
-/// Redis CPU seconds (user + system), commands run, and the calls and time of each command,
-/// summed over `nodes`.
-async fn redis_work(nodes: &mut [redis::aio::MultiplexedConnection]) -> anyhow::Result<(f64, u64, CommandStats)> {
-    let (mut cpu, mut calls, mut stats) = (0.0, 0, CommandStats::default());
-    for con in nodes {
-        let text: String = redis::cmd("INFO").arg("cpu").query_async(con).await?;
-        for field in ["used_cpu_sys:", "used_cpu_user:"] {
-            cpu += text
-                .lines()
-                .find_map(|l| l.strip_prefix(field)?.trim().parse::<f64>().ok())
-                .with_context(|| format!("INFO cpu has no {field}"))?;
-        }
-        calls += command_calls(con).await?;
-        let text: String = redis::cmd("INFO").arg("commandstats").query_async(con).await?;
-        stats.add(&text);
-    }
-    Ok((cpu, calls, stats))
 }
 
 /// Settings of one worker (`strata bench-worker`), from the coordinator.

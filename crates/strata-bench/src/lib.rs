@@ -6,6 +6,7 @@
 
 pub mod cold_start;
 pub mod consistency;
+pub mod cpu;
 pub mod drill_coherence;
 pub mod drill_faults;
 pub mod drill_stampede;

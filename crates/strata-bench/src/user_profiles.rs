@@ -62,6 +62,7 @@ use strata::KeySchema;
 use strata_example::db::{Db, LocalPostgres, User, UserUpdate};
 use strata_example::service::Users;
 
+use crate::cpu::{CpuUse, Meter};
 use crate::hit_latency::{RawConn, raw_connection};
 use crate::runner::{Clock, Timeline, Zipf, masters};
 use crate::stats::histogram;
@@ -240,6 +241,8 @@ pub struct Measured {
     pub variant: Variant,
     /// Latency of successful reads, nanoseconds.
     pub reads: Histogram<u64>,
+    /// Latency of successful reads that queried the database (the miss path), nanoseconds.
+    pub miss_reads: Histogram<u64>,
     /// Latency of successful writes, nanoseconds.
     pub writes: Histogram<u64>,
     /// Reads that did not query the database.
@@ -259,6 +262,9 @@ pub struct Measured {
     pub source_queries: u64,
     /// Operations run by the warm-up, before measuring.
     pub warmup_ops: u64,
+    /// CPU the measured phase used: this process, the Redis masters, the machine (`None`
+    /// when Redis refused INFO).
+    pub cpu: Option<CpuUse>,
 }
 
 impl Measured {
@@ -266,6 +272,7 @@ impl Measured {
         Self {
             variant,
             reads: histogram(),
+            miss_reads: histogram(),
             writes: histogram(),
             read_hits: 0,
             stale_reads: 0,
@@ -275,11 +282,13 @@ impl Measured {
             timeline: Timeline::new(Duration::from_secs(1)),
             source_queries: 0,
             warmup_ops: 0,
+            cpu: None,
         }
     }
 
     fn absorb(&mut self, other: &Measured) {
         let _ = self.reads.add(&other.reads);
+        let _ = self.miss_reads.add(&other.miss_reads);
         let _ = self.writes.add(&other.writes);
         self.read_hits += other.read_hits;
         self.stale_reads += other.stale_reads;
@@ -516,6 +525,13 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Run> {
     // One history for the whole run: the variants share the database and its rows.
     let writes = Arc::new(Writes::new(options.users, &nonce));
     let share = options.duration / Variant::ALL.len() as u32;
+    let mut meter = match Meter::new(target).await {
+        Ok(meter) => Some(meter),
+        Err(e) => {
+            eprintln!("no CPU figures per operation: {e:#}");
+            None
+        }
+    };
     let mut measured = Vec::new();
     for variant in Variant::ALL {
         let client = Arc::new(client(variant, target, &db, &nonce, options.users).await?);
@@ -528,8 +544,15 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Run> {
         }
         clock.phase(variant.label());
         let before = db.queries();
+        let cpu_before = match &mut meter {
+            Some(meter) => meter.snapshot().await.ok(),
+            None => None,
+        };
         let mut m = drive(client, variant, sequence, &writes, &next, share, options).await;
         m.source_queries = db.queries() - before;
+        if let (Some(meter), Some(cpu_before)) = (&mut meter, cpu_before) {
+            m.cpu = meter.snapshot().await.ok().map(|after| after.since(&cpu_before));
+        }
         m.warmup_ops = warmup_ops;
         measured.push(m);
     }
@@ -650,6 +673,9 @@ async fn drive(
                             client.read(id).await.map(|read| {
                                 let took = (began.elapsed().as_nanos() as u64).max(1);
                                 let _ = m.reads.record(took);
+                                if !read.hit {
+                                    let _ = m.miss_reads.record(took);
+                                }
                                 m.read_hits += u64::from(read.hit);
                                 m.timeline.record(began.duration_since(start), read.hit);
                                 let seq = read.user.as_ref().map(|u| writes.seq_of(u));

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::cpu::PerOp;
 use crate::report::{Report, ms, round4};
 use crate::stats::human_ns;
 use crate::svg::{Chart, Series};
@@ -95,6 +96,10 @@ pub struct VariantFigures {
     pub p99_ms: f64,
     /// Mean read latency, ms.
     pub mean_ms: f64,
+    /// Latency of the reads that queried the database (the miss path), ms.
+    pub miss_p50_ms: f64,
+    /// Mean latency of those reads, ms.
+    pub miss_mean_ms: f64,
     /// Write latency (update + invalidation), ms.
     pub write_p50_ms: f64,
     /// Write latency, ms.
@@ -113,6 +118,9 @@ pub struct VariantFigures {
     pub seconds: f64,
     /// Operations the unmeasured warm-up ran before these figures.
     pub warmup_ops: u64,
+    /// CPU per operation: this process, the Redis masters, the rest of the machine; what
+    /// the masters ran per operation.
+    pub cpu: Option<PerOp>,
 }
 
 /// Strata's figures over a peer's (below 1: Strata is faster or queries less).
@@ -148,6 +156,8 @@ fn variant_figures(m: &Measured) -> VariantFigures {
         p95_ms: ms(m.reads.value_at_quantile(0.95)),
         p99_ms: ms(m.reads.value_at_quantile(0.99)),
         mean_ms: (m.reads.mean() / 1_000.0).round() / 1_000.0,
+        miss_p50_ms: ms(m.miss_reads.value_at_quantile(0.50)),
+        miss_mean_ms: (m.miss_reads.mean() / 1_000.0).round() / 1_000.0,
         write_p50_ms: ms(m.writes.value_at_quantile(0.50)),
         write_p99_ms: ms(m.writes.value_at_quantile(0.99)),
         throughput: m.throughput().round(),
@@ -157,6 +167,7 @@ fn variant_figures(m: &Measured) -> VariantFigures {
         source_queries_per_s: (m.source_queries as f64 / secs).round(),
         seconds: (secs * 1000.0).round() / 1000.0,
         warmup_ops: m.warmup_ops,
+        cpu: m.cpu.as_ref().map(|c| c.per_op(m.reads.len() + m.writes.len())),
     }
 }
 
@@ -173,7 +184,8 @@ pub fn figures(run: &Run) -> anyhow::Result<Figures> {
     let (d, s) = (variant_figures(direct), variant_figures(strata));
     let mut peers = BTreeMap::new();
     for peer in Variant::ALL.into_iter().filter(|v| !matches!(v, Variant::Direct | Variant::Strata)) {
-        let p = variant_figures(find(peer)?);
+        let Ok(m) = find(peer) else { continue };
+        let p = variant_figures(m);
         peers.insert(
             peer.name().to_owned(),
             PeerRatios {
@@ -346,6 +358,7 @@ pub fn render(f: &Figures) -> String {
         }
         out += "\n";
     }
+    out += &render_cpu(f);
     out += &match &f.best_coherent_peer {
         Some(b) => format!(
             "strata / best coherent peer ({}): throughput x{:.2}, p99 x{:.2} (targets: throughput x1.20 or more, p99 x1.00 or less)\n",
@@ -353,6 +366,36 @@ pub fn render(f: &Figures) -> String {
         ),
         None => "strata / best coherent peer: none, every peer had stale reads\n".to_owned(),
     };
+    out
+}
+
+/// Per variant: what its miss path and its writes take, its CPU per operation (2 cores
+/// shared: what one variant spends more of, it runs fewer operations with), and the three
+/// commands that cost the Redis masters most.
+fn render_cpu(f: &Figures) -> String {
+    let mut out = format!(
+        "\nmiss path, writes and CPU per operation\n{:<36} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>8}  masters' top commands (calls/op, µs/op)\n",
+        "variant", "miss p50", "miss mean", "write p50", "client µs", "redis µs", "other µs", "machine", "calls"
+    );
+    for variant in Variant::ALL {
+        let Some(v) = f.variants.get(variant.name()) else { continue };
+        let Some(c) = &v.cpu else { continue };
+        let top: Vec<String> =
+            c.redis_commands.iter().take(3).map(|(name, calls, us)| format!("{name} {calls:.2}/{us:.1}")).collect();
+        out += &format!(
+            "{:<36} {:>10} {:>10} {:>10} {:>10.1} {:>10.1} {:>8.1} {:>8.0}% {:>8.2}  {}\n",
+            v.label,
+            human_ns(v.miss_p50_ms * 1e6),
+            human_ns(v.miss_mean_ms * 1e6),
+            human_ns(v.write_p50_ms * 1e6),
+            c.process_us,
+            c.redis_masters_us,
+            c.other_us,
+            c.machine_busy * 100.0,
+            c.redis_calls,
+            top.join(", ")
+        );
+    }
     out
 }
 

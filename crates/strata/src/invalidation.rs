@@ -17,8 +17,9 @@
 //! key's previous change: it grows with the keys it holds, not with the cluster's write rate,
 //! and internal keys (leases, write-behind entries) that it never reads this
 //! way cause none. The writes whose value this instance keeps in L1 (its stores and `set`) go
-//! over the same connections and, with `NOLOOP`, cause no message back to it; their own
-//! read-back, in the same pipeline, tracks the key again (see [`crate::l1`]).
+//! over the same connections and, with `NOLOOP`, cause no message back to it; a tracked read
+//! right after the write (a read-back in the same pipeline, or the lease fill script's own
+//! PTTL) tracks the key again (see [`crate::l1`]). Deletes go over them too.
 //!
 //! A message can be missed only when its connection is lost, so L1 serves only while every
 //! tracking connection is up ([`Coherence`](crate::l1::Coherence)):

@@ -30,7 +30,8 @@
 //! [`invalidation`](crate::invalidation)). A writer instead voids every ticket of the key once
 //! Redis has taken its write, and fills L1 with the ticket that leaves it
 //! ([`Coherence::after_own_write`]): a reader that read the value the write replaced cannot put
-//! it back, and a change by anyone after the write's own read-back still voids the fill.
+//! it back, and a change by anyone after the tracked read that follows the write (its read-back,
+//! or the fill script's own PTTL) still voids the fill.
 
 use std::any::Any;
 use std::hash::BuildHasher;

@@ -2,11 +2,13 @@
 //! memcache leases (Nishtala et al., "Scaling Memcache at Facebook", NSDI 2013).
 //!
 //! On an L2 miss, the single-flight leader of each process tries to take the key's lease:
-//! `SET {key}:lease <token> NX PX <lease_ttl>`, in a script that does so only while the key is
-//! absent. The braces make the lease hash to the same cluster slot as the key, so one script can
-//! touch both. A miss costs its caller at most two round trips (the GET, then the lease), one
-//! when misses dominate (the lease attempt then rides with the GET); the store follows in the
-//! background (`cache/load.rs`). An L2 hit runs no script unless misses dominate.
+//! `SET {key}:lease <token> NX PX <lease_ttl> GET`, a plain command (no script: a script run
+//! costs Redis about ten GETs), sent before the read of the key in the same pipeline, so that a
+//! holder that stores and releases in between is seen as a value, not as a free lease (a lease
+//! taken while the read found a value is handed back). The braces make the lease hash to the
+//! same cluster slot as the key. A miss costs its caller at most two round trips (the GET, then
+//! the lease), one when misses dominate (the lease attempt then rides with the GET); the store
+//! follows in the background (`cache/load.rs`). Needs Redis 7.0 or later (`NX` with `GET`).
 //!
 //! - The **holder** runs the loader and stores the value with a compare-and-set script that
 //!   writes only if its token still holds the lease, then releases it.
@@ -27,41 +29,54 @@ use std::time::Duration;
 use rand::Rng;
 use redis::Script;
 
-/// Takes the lease unless the value is already there, atomically: a holder that stores its value
-/// and releases the lease between our read and our SET NX must not let us load a second time.
-/// KEYS: key, lease. ARGV: token, px, 1 when the key holds a stale value (kept past its logical
-/// expiry by a freshness grace period: present, yet to be replaced).
-/// Returns 0 value present, 1 lease taken, 2 lease held. Taking it again with the token that
-/// holds it answers 1: a retried call must not wait for its own lease.
-pub(crate) const ACQUIRE_UNLESS_PRESENT: &str = r"
-if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
-return 2";
+/// Adds a lease attempt to `pipe`: `SET lease token NX PX px GET`, which takes the lease when
+/// it is free and answers the token that held it before (nil when free). A plain command, not a
+/// script: a script run costs Redis about ten GETs (docs/benchmarks.md). Redis 7.0 or later (NX
+/// with GET). Sent BEFORE the command that reads the key: a holder that stores its value and
+/// releases the lease between the two is then seen by the read (present), never as a free lease
+/// taken while its value is already there.
+pub(crate) fn attempt(pipe: &mut redis::Pipeline, lease: &[u8], token: &str, px: u64) {
+    pipe.cmd("SET").arg(lease).arg(token).arg("NX").arg("PX").arg(px).arg("GET");
+}
 
-/// Stores the value only while the caller's token still holds the lease, then releases it.
-/// KEYS: key, lease. ARGV: token, value, px. Returns 1 when stored, 0 when the lease was lost.
+/// Whether the lease attempt's reply (the previous holder's token) means `token` holds it now.
+pub(crate) fn is_ours(previous: Option<&str>, token: &str) -> bool {
+    previous.is_none_or(|held| held == token)
+}
+
+/// What a fill script answers when it did not store the value (the lease was lost, or
+/// write-throughs overlapped). When it stored, it answers the key's PTTL (never below -1).
+pub(crate) const NOT_STORED: i64 = -3;
+
+/// Stores the value only while the caller's token still holds the lease, releases it, and
+/// answers the key's PTTL read right after the write (or [`NOT_STORED`]).
+/// KEYS: key. ARGV: lease, token, value, px.
+///
+/// The lease is named in ARGV, not KEYS (same hash slot, so Redis Cluster allows it): a
+/// tracking connection that sends `CLIENT CACHING YES` before the script has Redis track the
+/// script's declared keys when the script reads, so only the key is tracked, never the lease
+/// (Redis 7.0 `trackingRememberKeys`). The final PTTL is such a read, after the write: the key
+/// is tracked from the value this script stored, and the answer says which value that is and
+/// how long it lives, without a read-back.
 pub(crate) const FILL_IF_LEASED: &str = r"
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  redis.call('DEL', KEYS[2])
-  return 1
-end
-return 0";
+if redis.call('GET', ARGV[1]) ~= ARGV[2] then return -3 end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+redis.call('DEL', ARGV[1])
+return redis.call('PTTL', KEYS[1])";
 
 /// A write-through's store, after its source write: the value goes in only while the caller's
-/// token still holds the lease and no other write-through overlapped it (`ARGV[4]` = '0');
+/// token still holds the lease and no other write-through overlapped it (`ARGV[5]` = '0');
 /// otherwise the key and the lease are both deleted, whoever holds the lease, so that readers
-/// load from the source (see `cache/write_through.rs`).
-/// KEYS: key, lease. ARGV: token, value, px, contended ('1' / '0'). Returns 1 when stored.
+/// load from the source (see `cache/write_through.rs`). Answers like [`FILL_IF_LEASED`].
+/// KEYS: key. ARGV: lease, token, value, px, contended ('1' / '0').
 pub(crate) const FILL_THROUGH: &str = r"
-if ARGV[4] == '0' and redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  redis.call('DEL', KEYS[2])
-  return 1
+if ARGV[5] == '0' and redis.call('GET', ARGV[1]) == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  redis.call('DEL', ARGV[1])
+  return redis.call('PTTL', KEYS[1])
 end
-redis.call('DEL', KEYS[1], KEYS[2])
-return 0";
+redis.call('DEL', KEYS[1], ARGV[1])
+return -3";
 
 /// Takes the lease for a background refresh ([`Cache::get_or_refresh`](crate::Cache::get_or_refresh)) unless the key was
 /// replaced since the refresh was decided: a refresh that comes after another process's has
@@ -89,7 +104,6 @@ pub(crate) const DELETE_IF_EQUAL: &str =
 /// The scripts above, each hashed once: a [`Script`] computes its SHA1 when it is made, which
 /// is not work for every call.
 pub(crate) struct Scripts {
-    pub(crate) acquire_unless_present: Script,
     pub(crate) fill_if_leased: Script,
     pub(crate) fill_through: Script,
     pub(crate) acquire_for_refresh: Script,
@@ -98,7 +112,6 @@ pub(crate) struct Scripts {
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    acquire_unless_present: Script::new(ACQUIRE_UNLESS_PRESENT),
     fill_if_leased: Script::new(FILL_IF_LEASED),
     fill_through: Script::new(FILL_THROUGH),
     acquire_for_refresh: Script::new(ACQUIRE_FOR_REFRESH),

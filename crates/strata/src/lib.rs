@@ -62,7 +62,8 @@
 //!   closed while a tracking connection is down or the cluster topology changes, so no instance
 //!   serves a copy that could have missed an invalidation. A read that raced an invalidation is
 //!   never inserted (each L1 fill carries a ticket from before its round trip); an instance
-//!   keeps what it wrote itself when its write's read-back, in the same round trip, finds it.
+//!   keeps what it wrote itself when Redis held it right after the write (a tracked read in
+//!   the same round trip says so).
 //! - **Freshness** ([`Freshness`], off by default): XFetch probabilistic early refresh from the
 //!   load time stored with each value, stale-while-revalidate, fail-safe (the last good value
 //!   stands in, up to a maximum staleness, when the loader fails or passes its soft timeout) and

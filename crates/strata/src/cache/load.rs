@@ -7,24 +7,26 @@
 //!  ├─ hot key? read one copy                   hit → return          cache/hot.rs
 //!  └─ single-flight: one load per key here     others wait           Flights, below
 //!      └─ load_through (the leader)
+//!          ├─ an earlier load's store still on its way? wait for it (it holds the lease)
 //!          ├─ L2 read: GET + PTTL, one round trip over the key's tracking   read_l2 · read_leasing
-//!          │    connection; with the lease attempt too when misses dominate (the outlook)
+//!          │    connection; with the lease attempt (SET NX GET) too when misses dominate
 //!          │    value → return (L1 filled with the ticket of the read)
 //!          ├─ miss: coordinate with other processes                  coordinate
 //!          │    lease taken → load │ another's value appears → return │ waited too long → load
 //!          ├─ capture the marks (namespace/tag generations) BEFORE the load   cache/stamps.rs
 //!          ├─ loader, under the soft / hard timeouts; failed → fail-safe value or error
 //!          └─ return the value; in a task, store_loaded: encode, store under the lease
-//!             (refused if an invalidation revoked it) and read it back, one round trip;
-//!             L1 if Redis holds it; Redis away → L1 only             cache/tiers.rs
+//!             (refused if an invalidation revoked it; the script answers the key's PTTL),
+//!             one round trip, one script; L1 if stored; Redis away → L1 only   cache/tiers.rs
 //! ```
 //!
 //! An L1 miss that Redis serves costs one GET + PTTL, no script. A miss costs its caller at most
 //! two round trips before its loader runs (the read, then the lease), and one when the
 //! namespace's recent L1 misses were mostly L2 misses: the lease attempt then rides in the
-//! read's pipeline ([`MissOutlook`](crate::metrics::MissOutlook) decides; a hit pays for a
-//! script run in that case). The store and the L1 fill (after the store's read-back, in the
-//! same round trip, see [`crate::l1`]) run after the callers have their value; until they end, a later caller of the key in this process waits for them
+//! read's pipeline ([`MissOutlook`](crate::metrics::MissOutlook) decides; a hit then takes a
+//! lease for nothing and gives it back in a task). A miss runs one script in all: the store's
+//! compare-and-set. The store and the L1 fill (same round trip, see [`crate::l1`]) run after
+//! the callers have their value; until they end, a later caller of the key in this process waits for them
 //! ([`Flights::stored`]) and then reads what they stored, so nothing in this process loads the
 //! key twice or waits on its own lease. [`Cache::settled`](crate::Cache::settled) waits for all.
 //!
@@ -64,8 +66,8 @@ use crate::fresh::{Age, Bounded, bounded};
 use crate::key::Key;
 use crate::l1::Shared;
 use crate::l1::Ticket;
-use crate::l2::{Conn, query_scripted};
-use crate::lease::{Holder, PRESENT_RETRIES, SCRIPTS, backoff, lease_key, token};
+use crate::l2::Conn;
+use crate::lease::{self, Holder, PRESENT_RETRIES, SCRIPTS, backoff, lease_key, token};
 use crate::metrics::NsCounters;
 use crate::tags::{Marks, Tag};
 use crate::ttl::{Ttl, now_ms, ttl_millis};
@@ -104,19 +106,29 @@ enum Coordinated {
     LoadAlone { redis_failed: bool },
 }
 
-/// The lease attempt sent with the first read of a load ([`Inner::read_leasing`]): the token it
-/// used and what [`ACQUIRE_UNLESS_PRESENT`] answered.
+/// A lease attempt ([`lease::attempt`]): the token it used and whether it holds the lease.
 #[derive(Debug)]
 struct FirstTry {
     token: String,
-    outcome: i64,
+    /// The lease was free and is now this token's, or was this token's already.
+    ours: bool,
 }
 
 impl FirstTry {
-    /// Whether this attempt took the lease (the key was absent when the script ran).
+    /// Whether this attempt holds the lease.
     fn took_lease(&self) -> bool {
-        self.outcome == 1
+        self.ours
     }
+}
+
+/// What one lease attempt of [`Inner::coordinate`] found.
+enum Attempt {
+    /// The lease is this caller's.
+    Ours,
+    /// Another caller holds it.
+    Held,
+    /// The key holds a value (not known to be stale): read it.
+    Present,
 }
 
 /// What a refresh's lease attempt found.
@@ -285,10 +297,14 @@ impl Inner {
     {
         let Ask { ttl, tags, negative_is_hit, caller_waits } = ask;
         let ns = self.metrics.ns(key.namespace());
+        // An earlier load of the key may still be storing its value (a load the caller would not
+        // join, see `join_or_load`), or giving back a lease: until it is done, its lease is held.
+        // Wait for it here, in memory, rather than find the lease held and poll Redis for it.
+        self.flights.stored(key.as_str()).await;
         // GET and PTTL: an L2 hit costs Redis nothing more. When the namespace's recent L1
         // misses were mostly L2 misses too, the lease attempt rides along (one round trip for
         // both on a miss, a script run for nothing on a hit).
-        let (read, first) = if self.leases.enabled && ns.outlook.misses_likely() {
+        let (read, mut first) = if self.leases.enabled && ns.outlook.misses_likely() {
             self.read_leasing::<T>(key, ns, negative_is_hit).await
         } else {
             (self.read_l2::<T>(key, ns, negative_is_hit).await, None)
@@ -301,8 +317,14 @@ impl Inner {
         // A lease taken by that attempt while the read found something to serve, or something
         // that is not coordinated, goes back at once: others would wait for it in vain.
         let coordinated = matches!(read, Ok(L2Read::Miss | L2Read::Stale(..)));
-        if let Some(taken) = first.as_ref().filter(|f| f.took_lease() && !coordinated) {
-            self.release_lease(key, &taken.token).await;
+        // In a task (like a store, see `store_in_background`): the caller has its value.
+        if let Some(taken) = first.take_if(|f| f.took_lease() && !coordinated) {
+            let pending = Pending::begin(self, key.shared());
+            let key = key.clone();
+            tokio::spawn(async move {
+                pending.inner.release_lease(&key, &taken.token).await;
+                drop(pending);
+            });
         }
         // Coordinate with other processes only on a true miss (an expired value kept by a grace
         // period counts as one): a stored value this caller cannot use is simply replaced.
@@ -430,12 +452,11 @@ impl Inner {
         }
     }
 
-    /// The first read of a load (an L1 miss, leases on): GET, PTTL and the lease attempt in ONE
-    /// round trip, instead of a GET then, on a miss, the lease script. The script takes the
-    /// lease only if the key is absent when it runs, so a hit costs nothing more; a lease taken
-    /// although the read found something usable (the key appeared or went between the two)
-    /// must be handed back by the caller (see [`FirstTry::took_lease`]). `None` when the combined
-    /// call failed: the read's error, and no lease attempt.
+    /// The first read of a load (an L1 miss, leases on): the lease attempt, GET and PTTL in ONE
+    /// round trip, instead of a GET then, on a miss, the lease. No script: the attempt takes a
+    /// free lease whatever the read finds, so a lease taken although the read found something
+    /// usable must be handed back by the caller (see [`FirstTry::took_lease`]). `None` when the
+    /// combined call failed: the read's error, and no lease attempt.
     async fn read_leasing<T: CacheValue>(
         &self,
         key: &Key,
@@ -448,21 +469,20 @@ impl Inner {
         let token = token();
         let px = ttl_millis(self.leases.ttl);
         let (l, t) = (lease.as_slice(), token.as_str());
-        let script = &SCRIPTS.acquire_unless_present;
         let read = |mut c: Conn| async move {
-            let mut invocation = script.key(k);
-            invocation.key(l).arg(t).arg(px).arg("0");
             let mut pipe = redis::pipe();
-            // Only the GET is tracked: the script's reads of the lease must not be.
+            lease::attempt(&mut pipe, l, t, px);
+            // Only the GET is tracked: the lease must not be.
             c.track_next(&mut pipe);
-            pipe.cmd("GET").arg(k).cmd("PTTL").arg(k).invoke_script(&invocation);
-            query_scripted::<(Option<Vec<u8>>, i64, i64)>(&pipe, &invocation, &mut c).await
+            pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
+            pipe.query_async::<(Option<String>, Option<Vec<u8>>, i64)>(&mut c).await
         };
-        let got = self.call_filling(k, "GET + lease acquire", &mut ticket, read).await;
+        let got = self.call_filling(k, "lease acquire + GET", &mut ticket, read).await;
         let (got, first) = match got {
-            Ok((bytes, pttl, outcome)) => {
+            Ok((previous, bytes, pttl)) => {
                 let pttl = self.l1.is_on().then_some(pttl);
-                (Ok((bytes, pttl)), Some(FirstTry { token, outcome }))
+                let ours = lease::is_ours(previous.as_deref(), &token);
+                (Ok((bytes, pttl)), Some(FirstTry { token, ours }))
             }
             Err(err) => (Err(err), None),
         };
@@ -482,7 +502,7 @@ impl Inner {
         stale: bool,
         first: Option<FirstTry>,
     ) -> Coordinated {
-        let mut stale_flag = if stale { "1" } else { "0" };
+        let mut stale_present = stale;
         let lease = lease_key(key.as_str());
         // A lease the first attempt took is ours whatever the read found: load under it.
         let mut first = first.filter(|f| !stale || f.took_lease());
@@ -492,19 +512,35 @@ impl Inner {
         let mut attempt = 0;
         loop {
             let (k, l, t) = (key.as_str(), lease.as_slice(), token.as_str());
-            let script = &SCRIPTS.acquire_unless_present;
             let taken = match first.take() {
-                Some(done) => Ok(done.outcome),
+                Some(done) => Ok(if done.ours { Attempt::Ours } else { Attempt::Held }),
                 None => {
-                    self.call_for(k, "lease acquire", |mut c| async move {
-                        script.key(k).key(l).arg(t).arg(px).arg(stale_flag).invoke_async::<i64>(&mut c).await
-                    })
-                    .await
+                    let attempt = self
+                        .call_for(k, "lease acquire", |mut c| async move {
+                            let mut pipe = redis::pipe();
+                            lease::attempt(&mut pipe, l, t, px);
+                            pipe.cmd("EXISTS").arg(k);
+                            pipe.query_async::<(Option<String>, bool)>(&mut c).await
+                        })
+                        .await;
+                    match attempt {
+                        // Present (and not known stale): use it, and give back a lease taken
+                        // meanwhile, or others would wait for it in vain.
+                        Ok((previous, true)) if !stale_present => {
+                            if lease::is_ours(previous.as_deref(), t) {
+                                self.release_lease(key, t).await;
+                            }
+                            Ok(Attempt::Present)
+                        }
+                        Ok((previous, _)) if lease::is_ours(previous.as_deref(), t) => Ok(Attempt::Ours),
+                        Ok(_) => Ok(Attempt::Held),
+                        Err(err) => Err(err),
+                    }
                 }
             };
             match taken {
-                Ok(1) => return Coordinated::Holder(token),
-                Ok(0) => {
+                Ok(Attempt::Ours) => return Coordinated::Holder(token),
+                Ok(Attempt::Present) => {
                     // Present: use it; a value we cannot use (another type, or a cached "not
                     // found" this caller does not accept) is replaced by loading without a lease.
                     // Gone again (a value invalidated by its namespace or tags is removed when
@@ -515,7 +551,7 @@ impl Inner {
                         Ok(L2Read::Negative) => return Coordinated::Found(Arc::new(None::<T>)),
                         Ok(found @ (L2Read::Miss | L2Read::Stale(..))) if attempt < PRESENT_RETRIES => {
                             if matches!(found, L2Read::Stale(..)) {
-                                stale_flag = "1";
+                                stale_present = true;
                             }
                             attempt += 1;
                             continue;
@@ -524,7 +560,7 @@ impl Inner {
                         Err(err) => return Coordinated::LoadAlone { redis_failed: unhealthy(&err) },
                     }
                 }
-                Ok(_) => {}
+                Ok(Attempt::Held) => {}
                 Err(err) => return Coordinated::LoadAlone { redis_failed: unhealthy(&err) },
             }
             // Held by another process: wait for its value (or for the lease to go).

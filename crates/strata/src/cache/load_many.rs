@@ -24,12 +24,12 @@ use std::future::Future;
 use redis::Value;
 
 use super::load::Loaded;
-use super::tiers::{L2Read, Prepared, Stored};
+use super::tiers::{Held, L2Read, Prepared, Stored};
 use super::{CacheValue, Inner};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::l1::Ticket;
-use crate::lease::{ACQUIRE_UNLESS_PRESENT, FILL_IF_LEASED, RELEASE_IF_HELD, backoff, lease_key, token};
+use crate::lease::{self, FILL_IF_LEASED, NOT_STORED, RELEASE_IF_HELD, backoff, lease_key, token};
 use crate::metrics::NsCounters;
 use crate::ttl::{Ttl, ttl_millis};
 
@@ -209,16 +209,32 @@ impl Inner {
         let mut attempt = 0;
         while !pending.is_empty() {
             let taken = self
-                .per_key_pipeline("lease acquire", keys, std::mem::take(&mut pending), |pipe, u| {
+                .per_key_pipeline("lease acquire", keys, std::mem::take(&mut pending), 2, |pipe, u| {
                     let k = keys[u].as_str();
-                    pipe.cmd("EVAL").arg(ACQUIRE_UNLESS_PRESENT).arg(2).arg(k).arg(lease_key(k)).arg(token).arg(px);
+                    lease::attempt(pipe, &lease_key(k), token, px);
+                    pipe.cmd("EXISTS").arg(k);
                 })
                 .await;
-            let (mut reread, mut held) = (Vec::new(), false);
-            for (u, reply) in taken {
-                match reply.map(|v| redis::from_redis_value::<i64>(v).ok()) {
-                    Ok(Some(1)) => batch.to_load.push((u, Store::Leased)),
-                    Ok(Some(0)) => reread.push(u),
+            let (mut reread, mut held, mut give_back) = (Vec::new(), false, Vec::new());
+            for (u, replies) in taken {
+                let answer = replies.and_then(|replies| match replies.as_slice() {
+                    [previous, exists] => redis::from_redis_value::<Option<String>>(previous.clone())
+                        .and_then(|p| Ok((p, redis::from_redis_value::<bool>(exists.clone())?)))
+                        .map_err(|e| Error::corrupt(format!("lease acquire: {e}"))),
+                    _ => Err(Error::corrupt("lease acquire: wrong number of replies")),
+                });
+                match answer {
+                    // Present: read it; a lease taken meanwhile goes back (others would wait
+                    // for it in vain).
+                    Ok((previous, true)) => {
+                        if lease::is_ours(previous.as_deref(), token) {
+                            give_back.push(u);
+                        }
+                        reread.push(u);
+                    }
+                    Ok((previous, false)) if lease::is_ours(previous.as_deref(), token) => {
+                        batch.to_load.push((u, Store::Leased));
+                    }
                     Ok(_) => {
                         if waited.insert(u) {
                             NsCounters::inc(&self.metrics.ns(keys[u].namespace()).lease_waits);
@@ -229,6 +245,7 @@ impl Inner {
                     Err(err) => batch.to_load.push((u, store_after(&err))),
                 }
             }
+            self.release_many(keys, give_back, token).await;
             if held {
                 if started.elapsed() >= self.leases.max_wait {
                     tracing::warn!(keys = reread.len(), "gave up waiting for other loads of batch keys");
@@ -257,13 +274,13 @@ impl Inner {
     async fn write_back(&self, keys: &[Key], mut pending: HashMap<usize, Pending>, token: &str) {
         let wanted: Vec<usize> = pending.keys().copied().collect();
         let written = self
-            .per_key_pipeline("batch write-back", keys, wanted, |pipe, u| {
+            .per_key_pipeline("batch write-back", keys, wanted, 1, |pipe, u| {
                 let Some(p) = pending.get(&u) else { return };
                 let (k, px, bytes) =
                     (keys[u].as_str(), ttl_millis(p.prepared.ttl), p.prepared.encoded.bytes.as_slice());
                 match p.store {
                     Store::Leased => {
-                        pipe.cmd("EVAL").arg(FILL_IF_LEASED).arg(2).arg(k).arg(lease_key(k)).arg(token);
+                        pipe.cmd("EVAL").arg(FILL_IF_LEASED).arg(1).arg(k).arg(lease_key(k)).arg(token);
                         pipe.arg(bytes).arg(px);
                     }
                     Store::Plain | Store::L1Only => {
@@ -275,7 +292,11 @@ impl Inner {
             .await;
         for (u, reply) in written {
             let Some(p) = pending.remove(&u) else { continue };
-            let outcome = reply.map(|reply| Stored { stored: !matches!(reply, Value::Int(0)), held: None });
+            // A leased store answers the PTTL or NOT_STORED, a plain one the SET's OK.
+            let outcome = reply.map(|replies| Stored {
+                stored: !matches!(replies.first(), Some(Value::Int(NOT_STORED))),
+                held: Held::Unknown,
+            });
             let key = &keys[u];
             if let Err(err) = self.settle(key, &p.prepared, p.before, outcome) {
                 self.keep_loaded(key, &p.prepared, &p.before, &err);
@@ -289,7 +310,7 @@ impl Inner {
             return;
         }
         let released = self
-            .per_key_pipeline("lease release", keys, wanted, |pipe, u| {
+            .per_key_pipeline("lease release", keys, wanted, 1, |pipe, u| {
                 pipe.cmd("EVAL").arg(RELEASE_IF_HELD).arg(1).arg(lease_key(keys[u].as_str())).arg(token);
             })
             .await;
@@ -298,16 +319,17 @@ impl Inner {
         }
     }
 
-    /// One pipeline per slot group, sent concurrently; `add` appends exactly one non-ignored
-    /// command per key. Returns each key's reply, or its group's error. Scripts go as EVAL
-    /// (Redis caches them by digest), so a pipeline never meets a NOSCRIPT reply.
+    /// One pipeline per slot group, sent concurrently; `add` appends exactly `per_key`
+    /// non-ignored commands per key. Returns each key's replies, or its group's error. Scripts
+    /// go as EVAL (Redis caches them by digest), so a pipeline never meets a NOSCRIPT reply.
     async fn per_key_pipeline(
         &self,
         context: &str,
         keys: &[Key],
         wanted: Vec<usize>,
+        per_key: usize,
         mut add: impl FnMut(&mut redis::Pipeline, usize),
-    ) -> Vec<(usize, Result<Value>)> {
+    ) -> Vec<(usize, Result<Vec<Value>>)> {
         let calls: Vec<_> = self
             .groups(keys, wanted)
             .into_iter()
@@ -330,14 +352,19 @@ impl Inner {
         let mut out = Vec::new();
         for (group, got) in futures::future::join_all(calls).await {
             let got = got.and_then(|replies| {
-                if replies.len() == group.len() {
+                if replies.len() == group.len() * per_key {
                     Ok(replies)
                 } else {
                     Err(Error::corrupt(format!("{context}: {} replies for {} keys", replies.len(), group.len())))
                 }
             });
             match got {
-                Ok(replies) => out.extend(group.into_iter().zip(replies.into_iter().map(Ok))),
+                Ok(replies) => {
+                    let mut replies = replies.into_iter();
+                    for u in group {
+                        out.push((u, Ok(replies.by_ref().take(per_key).collect())));
+                    }
+                }
                 Err(err) => out.extend(group.into_iter().map(|u| (u, Err(err.clone())))),
             }
         }

@@ -9,10 +9,11 @@
 //!   [`Inner::read_l2_many`] (GET or MGET with PTTL, decode, stamp verdict, L1 fill with the
 //!   ticket taken before the round trip). Bytes that are not a Strata envelope are removed.
 //! - **Writes**: a value is [`Prepared`] once (TTL jittered, envelope encoded, the L1 entry
-//!   built), sent [`Via`] a plain `SET` or a lease holder's compare-and-set with a tracked
-//!   read-back in the same pipeline, and [`settled`](Inner::settle): counted, every ticket of
-//!   the key voided, and put in L1 if the read-back found it — or dropped from L1 when Redis
-//!   refused or failed it. `set`, `set_many`, `set_through`, every load and every batch
+//!   built), sent [`Via`] a plain `SET` (a tracked GET + PTTL read-back in the same pipeline)
+//!   or a lease holder's compare-and-set (its script reads the key's PTTL, tracked, after its
+//!   write), and [`settled`](Inner::settle): counted, every ticket of the key voided, and put in
+//!   L1 if Redis held these bytes right after the write — or dropped from L1 when Redis refused
+//!   or failed it. `set`, `set_many`, `set_through`, every load and every batch
 //!   write-back end in `settle`.
 
 use std::future::Future;
@@ -30,7 +31,7 @@ use crate::key::Key;
 use crate::l1::Ticket;
 use crate::l1::{Checks, Fill, Slot, typed};
 use crate::l2::{Conn, query_scripted};
-use crate::lease::{Holder, SCRIPTS, lease_key};
+use crate::lease::{Holder, NOT_STORED, SCRIPTS, lease_key};
 use crate::metrics::NsCounters;
 use crate::tags::{Marks, Tag};
 use crate::ttl::{Ttl, expiry_ms, l1_ttl, now_ms, ttl_millis};
@@ -431,8 +432,9 @@ impl Inner {
 
     /// Writes a prepared value to Redis [`Via`] a plain SET or a lease, then settles it
     /// ([`settle`](Self::settle)): whether Redis stored it, or its error. With L1 on, the write
-    /// goes over the key's tracking connection followed, in the same pipeline, by a tracked
-    /// read of the key: what Redis holds right after the write, which L1 may then keep.
+    /// goes over the key's tracking connection with a tracked read of the key right after it:
+    /// the lease's fill script reads the key's PTTL itself (one command), a plain SET is
+    /// followed by GET + PTTL in the same pipeline. What Redis holds then, L1 may keep.
     pub(crate) async fn store(&self, key: &Key, prepared: &Prepared, via: Via<'_>) -> Result<bool> {
         let k = key.as_str();
         let mut ticket = self.l1.ticket(k);
@@ -453,15 +455,19 @@ impl Inner {
                         }
                     };
                     let mut invocation = script.key(k);
-                    invocation.key(lease).arg(token).arg(bytes).arg(px);
+                    invocation.arg(lease).arg(token).arg(bytes).arg(px);
                     if let Some(contended) = contended {
                         invocation.arg(contended);
+                    }
+                    // The script's own PTTL, after its write, is the tracked read.
+                    if read_back {
+                        c.track_next(&mut pipe);
                     }
                     pipe.invoke_script(&invocation);
                     Some(invocation)
                 }
             };
-            if read_back {
+            if read_back && script.is_none() {
                 c.track_next(&mut pipe);
                 pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
             }
@@ -486,8 +492,9 @@ impl Inner {
     }
 
     /// What follows the round trip that stored `prepared`: count it, and fill L1 with what was
-    /// written if Redis took it and the read sent right after the write (`held`) found these
-    /// very bytes; otherwise drop this instance's L1 copy. Either way every ticket of the key
+    /// written if Redis took it and `held` says Redis held these very bytes right after the
+    /// write (a tracked read sent after it found them, or the fill script read the key in the
+    /// same atomic step); otherwise drop this instance's L1 copy. Either way every ticket of the key
     /// taken before is void from now on (see [`L1::after_own_write`](crate::l1::L1::after_own_write)):
     /// `before`, taken before the write was sent, decides whether the written value may stay.
     pub(crate) fn settle(
@@ -503,9 +510,12 @@ impl Inner {
             Ok(Stored { stored: true, held }) => {
                 NsCounters::inc(&ns.sets);
                 let ticket = self.l1.after_own_write(k, &before);
-                if let (Some(ticket), Some((Some(bytes), pttl))) = (ticket, held)
-                    && bytes == prepared.encoded.bytes
-                {
+                let pttl = match held {
+                    Held::Found(Some(bytes), pttl) if bytes == prepared.encoded.bytes => Some(pttl),
+                    Held::Written(pttl) => Some(pttl),
+                    Held::Found(..) | Held::Unknown => None,
+                };
+                if let (Some(ticket), Some(pttl)) = (ticket, pttl) {
                     let left = match pttl {
                         -1 => Some(Duration::MAX),
                         ms => u64::try_from(ms).ok().map(Duration::from_millis),
@@ -650,8 +660,8 @@ impl Inner {
                     // The values are written either way; a read-back that cannot be parsed only
                     // means no L1 fill.
                     match read_back.then(|| parse_mget(replies, group.len(), true).ok()).flatten() {
-                        Some(held) => held.into_iter().map(|(b, pttl)| Some((b, pttl.unwrap_or(-2)))).collect(),
-                        None => vec![None; group.len()],
+                        Some(held) => held.into_iter().map(|(b, pttl)| Held::Found(b, pttl.unwrap_or(-2))).collect(),
+                        None => vec![Held::Unknown; group.len()],
                     }
                 });
                 (group.clone(), tickets, held)
@@ -692,11 +702,15 @@ impl Inner {
     pub(crate) async fn delete(&self, key: &Key) -> Result<bool> {
         self.l1.invalidate_local(key.as_str());
         let (k, lease) = (key.as_str(), &lease_key(key.as_str()));
+        // Over the key's tracking connection when there is one (a plain connection to its
+        // master; NOLOOP: Redis sends this instance no message about its own delete, the
+        // removals around the call do that job), else the usual way.
         let deleted = self
-            .call_for(k, "DEL", |mut c| async move {
+            .call_tracked(k, "DEL", |mut c| async move {
                 redis::pipe().cmd("EXISTS").arg(k).cmd("DEL").arg(k).arg(lease).query_async(&mut c).await
             })
-            .await;
+            .await
+            .map(|(replies, _)| replies);
         // Once more now that Redis has run (or may have run) the DEL: a reader of this instance
         // that read the old value after the first removal but before the DEL may have put it
         // in L1, and the DEL's invalidation message, which would remove it, can come later than
@@ -796,33 +810,45 @@ impl Inner {
     }
 }
 
-/// What a store's round trip answered: whether Redis took the value, and what a read of the
-/// key sent right after the write found (bytes, PTTL), when one was sent.
+/// What a store's round trip answered: whether Redis took the value, and what Redis held
+/// right after the write.
 pub(crate) struct Stored {
     pub(crate) stored: bool,
-    pub(crate) held: Option<(Option<Vec<u8>>, i64)>,
+    pub(crate) held: Held,
 }
 
-/// A store pipeline's replies: the script's (1 stored, 0 refused) when there is one, then GET
-/// and PTTL when asked for. `Err` names what was unexpected.
+/// What Redis held right after a write, as far as its round trip tells.
+#[derive(Debug, Clone)]
+pub(crate) enum Held {
+    /// Nothing was read.
+    Unknown,
+    /// What a tracked read sent right after the write found: bytes (`None`: absent) and PTTL.
+    Found(Option<Vec<u8>>, i64),
+    /// The written bytes themselves: the fill script read the key's PTTL (tracked) in the same
+    /// atomic step as its write (see [`FILL_IF_LEASED`](crate::lease::FILL_IF_LEASED)).
+    Written(i64),
+}
+
+/// A store pipeline's replies: the fill script's (the key's PTTL, or [`NOT_STORED`]) when there
+/// is one, else the GET and PTTL read back when asked for. `Err` names what was unexpected.
 fn parse_store(mut replies: Vec<redis::Value>, script: bool, read_back: bool) -> std::result::Result<Stored, String> {
-    if replies.len() != usize::from(script) + if read_back { 2 } else { 0 } {
+    let int = |v: redis::Value| redis::from_redis_value::<i64>(v).map_err(|e| e.to_string());
+    if script {
+        let [reply] = <[redis::Value; 1]>::try_from(replies).map_err(|r| format!("{} replies", r.len()))?;
+        let pttl = int(reply)?;
+        let held = if read_back { Held::Written(pttl) } else { Held::Unknown };
+        return Ok(Stored { stored: pttl != NOT_STORED, held });
+    }
+    if replies.len() != if read_back { 2 } else { 0 } {
         return Err(format!("{} replies", replies.len()));
     }
-    let held = match read_back {
-        true => {
-            let pttl = replies.pop().map(redis::from_redis_value::<i64>).transpose().map_err(|e| e.to_string())?;
-            let bytes =
-                replies.pop().map(redis::from_redis_value::<Option<Vec<u8>>>).transpose().map_err(|e| e.to_string())?;
-            bytes.zip(pttl)
+    let held = match (replies.pop(), replies.pop()) {
+        (Some(pttl), Some(bytes)) => {
+            Held::Found(redis::from_redis_value::<Option<Vec<u8>>>(bytes).map_err(|e| e.to_string())?, int(pttl)?)
         }
-        false => None,
+        _ => Held::Unknown,
     };
-    let stored = match replies.pop() {
-        Some(reply) => redis::from_redis_value::<i64>(reply).map_err(|e| e.to_string())? == 1,
-        None => true,
-    };
-    Ok(Stored { stored, held })
+    Ok(Stored { stored: true, held })
 }
 
 /// One key's reply: its bytes (if any) and its PTTL (when asked for).
