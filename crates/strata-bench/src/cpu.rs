@@ -2,7 +2,7 @@
 //!
 //! On a small machine the cache, Redis and the database share the cores, so a variant that
 //! needs more CPU per operation anywhere (client, Redis or database) runs fewer operations.
-//! [`Snapshot::take`] before and after a phase and [`Snapshot::since`] give the CPU seconds each
+//! [`Meter::snapshot`] before and after a phase and [`Snapshot::since`] give the CPU seconds each
 //! part used and what Redis ran (INFO commandstats), so a throughput ratio comes with the
 //! work per operation that explains it.
 

@@ -53,11 +53,14 @@ pub(crate) const NOT_STORED: i64 = -3;
 /// KEYS: key. ARGV: lease, token, value, px.
 ///
 /// The lease is named in ARGV, not KEYS (same hash slot, so Redis Cluster allows it): a
-/// tracking connection that sends `CLIENT CACHING YES` before the script has Redis track the
-/// script's declared keys when the script reads, so only the key is tracked, never the lease
-/// (Redis 7.0 `trackingRememberKeys`). The final PTTL is such a read, after the write: the key
-/// is tracked from the value this script stored, and the answer says which value that is and
-/// how long it lives, without a read-back.
+/// tracking connection that sends `CLIENT CACHING YES` before the script has Redis 7.0 track the
+/// script's declared keys when the script reads (`trackingRememberKeys`, checked on 7.0.15), so
+/// only the key is tracked, never the lease. The final PTTL is such a read, after the write: the
+/// key is tracked from the value this script stored, and the answer says which value that is
+/// and how long it lives, without a read-back. Redis 7.2 and later are reported to track the
+/// keys each read command touches instead: the key is still tracked by the final PTTL, but the
+/// `GET` of the lease would be tracked too, which costs messages about lease keys (counted in
+/// `invalidation_messages_internal`), never a stale read.
 pub(crate) const FILL_IF_LEASED: &str = r"
 if redis.call('GET', ARGV[1]) ~= ARGV[2] then return -3 end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])

@@ -28,7 +28,9 @@
 //! compare-and-set. The store and the L1 fill (same round trip, see [`crate::l1`]) run after
 //! the callers have their value; until they end, a later caller of the key in this process waits for them
 //! ([`Flights::stored`]) and then reads what they stored, so nothing in this process loads the
-//! key twice or waits on its own lease. [`Cache::settled`](crate::Cache::settled) waits for all.
+//! key twice, and a load waits for an earlier store of its key before it tries the lease
+//! (loads of two kinds of one key, `get_or_set` and `get_or_set_optional`, can still find each
+//! other's lease held). [`Cache::settled`](crate::Cache::settled) waits for all.
 //!
 //! [`Inner::get_or_refresh`] runs the same load in a task, and adds early refresh and
 //! stale-while-revalidate: background refreshes are single-flight per key and value type in a
@@ -110,14 +112,20 @@ enum Coordinated {
 #[derive(Debug)]
 struct FirstTry {
     token: String,
-    /// The lease was free and is now this token's, or was this token's already.
-    ours: bool,
+    /// `Some(true)`: the lease was free and is now this token's, or was this token's already;
+    /// `None`: unknown (the round trip failed after the attempt may have run).
+    ours: Option<bool>,
 }
 
 impl FirstTry {
     /// Whether this attempt holds the lease.
     fn took_lease(&self) -> bool {
-        self.ours
+        self.ours == Some(true)
+    }
+
+    /// Whether this attempt may hold the lease.
+    fn may_hold(&self) -> bool {
+        self.ours != Some(false)
     }
 }
 
@@ -303,7 +311,7 @@ impl Inner {
         self.flights.stored(key.as_str()).await;
         // GET and PTTL: an L2 hit costs Redis nothing more. When the namespace's recent L1
         // misses were mostly L2 misses too, the lease attempt rides along (one round trip for
-        // both on a miss, a script run for nothing on a hit).
+        // both on a miss; on a hit, a lease taken for nothing and given back).
         let (read, mut first) = if self.leases.enabled && ns.outlook.misses_likely() {
             self.read_leasing::<T>(key, ns, negative_is_hit).await
         } else {
@@ -314,11 +322,12 @@ impl Inner {
             Ok(L2Read::Miss | L2Read::Stale(..)) => ns.outlook.record(false),
             Ok(L2Read::Unusable) | Err(_) => {}
         }
-        // A lease taken by that attempt while the read found something to serve, or something
-        // that is not coordinated, goes back at once: others would wait for it in vain.
+        // A lease that attempt may have taken while the read found something to serve, or
+        // something that is not coordinated, or failed, goes back: others would wait for it in
+        // vain (on a miss, `coordinate` tries again with the same token). In a task, like a store (see `store_in_background`): the
+        // caller has its value; a later load of the key waits for it.
         let coordinated = matches!(read, Ok(L2Read::Miss | L2Read::Stale(..)));
-        // In a task (like a store, see `store_in_background`): the caller has its value.
-        if let Some(taken) = first.take_if(|f| f.took_lease() && !coordinated) {
+        if let Some(taken) = first.take_if(|f| f.may_hold() && !coordinated) {
             let pending = Pending::begin(self, key.shared());
             let key = key.clone();
             tokio::spawn(async move {
@@ -413,8 +422,8 @@ impl Inner {
     /// The store step of every load (`get_or_set`, `get_or_refresh`; `get_or_set_many` shares
     /// [`prepare_loaded`](Self::prepare_loaded) and [`keep_loaded`](Inner::keep_loaded)): the
     /// value goes to Redis `via` the caller's lease (refused if an invalidation revoked it) or a
-    /// plain SET, then to L1 if the store's read-back finds it; `None`: Redis failed this
-    /// flight, L1 only.
+    /// plain SET, then to L1 if Redis held it right after the write (see
+    /// [`settle`](Inner::settle)); `None`: Redis failed this flight, L1 only.
     async fn store_loaded<T: CacheValue>(&self, key: &Key, loaded: Loaded<T>, via: Option<Via<'_>>) {
         let before = loaded.before;
         let prepared = self.prepare_loaded(key, loaded);
@@ -435,6 +444,11 @@ impl Inner {
             None => Err(Error::circuit_open()),
         };
         if let Err(err) = written {
+            // The store may not have run (a slot moving between nodes, a lost connection): the
+            // lease goes back if this token still holds it, or others wait for it in vain.
+            if let Some(Via::Lease(Holder::Load(token))) = via {
+                self.release_lease(key, token).await;
+            }
             self.keep_loaded(key, &prepared, before, &err);
         }
     }
@@ -455,8 +469,8 @@ impl Inner {
     /// The first read of a load (an L1 miss, leases on): the lease attempt, GET and PTTL in ONE
     /// round trip, instead of a GET then, on a miss, the lease. No script: the attempt takes a
     /// free lease whatever the read finds, so a lease taken although the read found something
-    /// usable must be handed back by the caller (see [`FirstTry::took_lease`]). `None` when the
-    /// combined call failed: the read's error, and no lease attempt.
+    /// usable must be handed back by the caller (see [`FirstTry::may_hold`]); so must one the
+    /// attempt may have taken when the round trip failed (its outcome is then unknown).
     async fn read_leasing<T: CacheValue>(
         &self,
         key: &Key,
@@ -482,9 +496,9 @@ impl Inner {
             Ok((previous, bytes, pttl)) => {
                 let pttl = self.l1.is_on().then_some(pttl);
                 let ours = lease::is_ours(previous.as_deref(), &token);
-                (Ok((bytes, pttl)), Some(FirstTry { token, ours }))
+                (Ok((bytes, pttl)), Some(FirstTry { token, ours: Some(ours) }))
             }
-            Err(err) => (Err(err), None),
+            Err(err) => (Err(err), Some(FirstTry { token, ours: None })),
         };
         (self.interpret_l2(key, ns, accept_negative, ticket, got).await, first)
     }
@@ -492,8 +506,8 @@ impl Inner {
     /// The single-flight leader's coordination with other processes after an L2 miss: take the
     /// lease, or wait for its holder's value (taking the lease over if the holder goes away).
     /// `stale`: the key holds an expired value, which does not count as present. `first`: the
-    /// attempt already sent with the read ([`Inner::read_leasing`]), used as the first one
-    /// unless the value is stale (that attempt treated it as present).
+    /// attempt already sent with the read ([`Inner::read_leasing`]), used as the first one (it
+    /// took a free lease whatever the key held).
     async fn coordinate<T: CacheValue>(
         &self,
         key: &Key,
@@ -504,16 +518,18 @@ impl Inner {
     ) -> Coordinated {
         let mut stale_present = stale;
         let lease = lease_key(key.as_str());
-        // A lease the first attempt took is ours whatever the read found: load under it.
-        let mut first = first.filter(|f| !stale || f.took_lease());
+        // The first attempt's token, if any: a lease it took (or may have taken, when its round
+        // trip failed) is this caller's, and an attempt with the same token says so.
         let token = first.as_ref().map_or_else(token, |f| f.token.clone());
+        // A lease the first attempt took is ours whatever the read found: load under it.
+        let mut first = first.filter(|f| f.ours.is_some() && (!stale || f.took_lease()));
         let px = ttl_millis(self.leases.ttl);
         let started = tokio::time::Instant::now();
         let mut attempt = 0;
         loop {
             let (k, l, t) = (key.as_str(), lease.as_slice(), token.as_str());
             let taken = match first.take() {
-                Some(done) => Ok(if done.ours { Attempt::Ours } else { Attempt::Held }),
+                Some(done) => Ok(if done.took_lease() { Attempt::Ours } else { Attempt::Held }),
                 None => {
                     let attempt = self
                         .call_for(k, "lease acquire", |mut c| async move {

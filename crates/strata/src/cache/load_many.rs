@@ -29,7 +29,7 @@ use super::{CacheValue, Inner};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::l1::Ticket;
-use crate::lease::{self, FILL_IF_LEASED, NOT_STORED, RELEASE_IF_HELD, backoff, lease_key, token};
+use crate::lease::{self, FILL_IF_LEASED, NOT_STORED, PRESENT_RETRIES, RELEASE_IF_HELD, backoff, lease_key, token};
 use crate::metrics::NsCounters;
 use crate::ttl::{Ttl, ttl_millis};
 
@@ -206,6 +206,9 @@ impl Inner {
         let px = ttl_millis(self.leases.ttl);
         let started = tokio::time::Instant::now();
         let mut waited: HashSet<usize> = HashSet::new();
+        // Per key: how often it was present when its lease was tried, yet read as a miss (a
+        // value its namespace invalidated, or a "not found" this batch does not accept).
+        let mut present: HashMap<usize, u32> = HashMap::new();
         let mut attempt = 0;
         while !pending.is_empty() {
             let taken = self
@@ -230,7 +233,14 @@ impl Inner {
                         if lease::is_ours(previous.as_deref(), token) {
                             give_back.push(u);
                         }
-                        reread.push(u);
+                        // As in the single-key path: a few tries, then load without a lease.
+                        let tries = present.entry(u).or_default();
+                        *tries += 1;
+                        if *tries > PRESENT_RETRIES {
+                            batch.to_load.push((u, Store::Plain));
+                        } else {
+                            reread.push(u);
+                        }
                     }
                     Ok((previous, false)) if lease::is_ours(previous.as_deref(), token) => {
                         batch.to_load.push((u, Store::Leased));

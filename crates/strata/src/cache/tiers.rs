@@ -704,13 +704,15 @@ impl Inner {
         let (k, lease) = (key.as_str(), &lease_key(key.as_str()));
         // Over the key's tracking connection when there is one (a plain connection to its
         // master; NOLOOP: Redis sends this instance no message about its own delete, the
-        // removals around the call do that job), else the usual way.
-        let deleted = self
-            .call_tracked(k, "DEL", |mut c| async move {
-                redis::pipe().cmd("EXISTS").arg(k).cmd("DEL").arg(k).arg(lease).query_async(&mut c).await
-            })
-            .await
-            .map(|(replies, _)| replies);
+        // removals around the call do that job), else the usual way. A DEL may run twice, so
+        // one that failed there is sent the usual way too (which retries as every call does).
+        let del = |mut c: Conn| async move {
+            redis::pipe().cmd("EXISTS").arg(k).cmd("DEL").arg(k).arg(lease).query_async(&mut c).await
+        };
+        let deleted = match self.call_tracked(k, "DEL", del).await {
+            Ok((replies, _)) => Ok(replies),
+            Err(_) => self.call_for(k, "DEL", del).await,
+        };
         // Once more now that Redis has run (or may have run) the DEL: a reader of this instance
         // that read the old value after the first removal but before the DEL may have put it
         // in L1, and the DEL's invalidation message, which would remove it, can come later than

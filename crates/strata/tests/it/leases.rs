@@ -356,3 +356,29 @@ async fn a_process_never_waits_on_its_own_lease(redis: Redis) -> TestResult {
     Ok(())
 }
 on_both!(a_process_never_waits_on_its_own_lease);
+
+/// A key of another type (a list another client put there): the first read's round trip fails
+/// after its lease attempt ran. The lease it may hold must not be left behind for the load that
+/// follows (it would wait for it, then load without it) or for other processes. Found by review
+/// (issue 16): the attempt's token was dropped with the failed read.
+async fn a_failed_first_read_leaves_no_lease_behind(redis: Redis) -> TestResult {
+    let cache = redis.builder().leases(LeaseConfig::default().max_wait(Duration::from_secs(1))).build().await?;
+    let schema = KeySchema::new("it", 1)?;
+    // L2 misses first, so that the lease attempt rides with the first read.
+    for i in 0..20 {
+        let key = schema.key("wrongtype", &format!("warm{i}"))?;
+        cache.get_or_set(&key, Ttl::Medium, || async { Ok::<_, std::io::Error>(0u32) }).await?;
+    }
+    let key = schema.key("wrongtype", "list")?;
+    let mut raw = redis.raw();
+    redis::cmd("RPUSH").arg(key.as_str()).arg("not a strata value").query::<()>(raw.as_mut())?;
+    let got = cache.get_or_set(&key, Ttl::Medium, || async { Ok::<_, std::io::Error>(7u32) }).await?;
+    assert_eq!(got, 7);
+    cache.settled().await;
+    let m = cache.metrics().namespace("it:v1:wrongtype");
+    assert_eq!(m.lease_waits, 0, "{}: the load waited on the lease its own first read took", redis.name());
+    let lease: bool = redis::cmd("EXISTS").arg(strata::lease_key(key.as_str())).query(raw.as_mut())?;
+    assert!(!lease, "{}: the lease was left behind", redis.name());
+    Ok(())
+}
+on_both!(a_failed_first_read_leaves_no_lease_behind);
