@@ -26,8 +26,8 @@
 //! read's pipeline ([`MissOutlook`](crate::metrics::MissOutlook) decides; a hit then takes a
 //! lease for nothing and gives it back in a task). A miss runs one script in all: the store's
 //! compare-and-set. The store and the L1 fill (same round trip, see [`crate::l1`]) run after
-//! the callers have their value; until they end, a later caller of the key in this process waits for them
-//! ([`Flights::stored`]) and then reads what they stored, so nothing in this process loads the
+//! the callers have their value; until they end, a later caller of the key in this process
+//! waits for them ([`Flights::stored`]) and then reads what they stored, so nothing in this process loads the
 //! key twice, and a load waits for an earlier store of its key before it tries the lease
 //! (loads of two kinds of one key, `get_or_set` and `get_or_set_optional`, can still find each
 //! other's lease held). [`Cache::settled`](crate::Cache::settled) waits for all.
@@ -324,8 +324,9 @@ impl Inner {
         }
         // A lease that attempt may have taken while the read found something to serve, or
         // something that is not coordinated, or failed, goes back: others would wait for it in
-        // vain (on a miss, `coordinate` tries again with the same token). In a task, like a store (see `store_in_background`): the
-        // caller has its value; a later load of the key waits for it.
+        // vain (on a miss, `coordinate` tries again with the same token). In a task, like a
+        // store (see `store_in_background`): the caller has its value; a later load of the key
+        // waits for it.
         let coordinated = matches!(read, Ok(L2Read::Miss | L2Read::Stale(..)));
         if let Some(taken) = first.take_if(|f| f.may_hold() && !coordinated) {
             let pending = Pending::begin(self, key.shared());
