@@ -83,6 +83,7 @@ pub struct Snapshot {
     machine: Option<(f64, f64)>,
     redis_s: f64,
     commands: CommandStats,
+    switches: f64,
 }
 
 /// Connections to the masters of a deployment, to take [`Snapshot`]s.
@@ -110,6 +111,7 @@ impl Meter {
             machine: machine_cpu_s(),
             redis_s,
             commands,
+            switches: context_switches(),
         })
     }
 }
@@ -129,6 +131,7 @@ impl Snapshot {
             machine_busy_s: busy_s,
             machine_capacity_s: total_s,
             commands: self.commands.minus(&earlier.commands),
+            context_switches: self.switches - earlier.switches,
         }
     }
 }
@@ -148,6 +151,8 @@ pub struct CpuUse {
     pub machine_capacity_s: f64,
     /// What the masters ran.
     pub commands: CommandStats,
+    /// This process's context switches (its threads', voluntary and not).
+    pub context_switches: f64,
 }
 
 /// [`CpuUse`] per operation, for reports.
@@ -162,6 +167,9 @@ pub struct PerOp {
     pub other_us: f64,
     /// Fraction of the machine's cores busy over the phase.
     pub machine_busy: f64,
+    /// This process's context switches per operation: every hand-off between threads (a
+    /// worker parking and being woken, a query on the blocking pool) costs one or two.
+    pub context_switches: f64,
     /// Commands the masters ran per operation.
     pub redis_calls: f64,
     /// Per command: calls per operation and the masters' µs per operation, the most expensive
@@ -185,6 +193,7 @@ impl CpuUse {
             } else {
                 0.0
             },
+            context_switches: self.context_switches / ops,
             redis_calls: self.commands.calls() / ops,
             redis_commands,
         }
@@ -203,6 +212,14 @@ fn process_cpu_s() -> f64 {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     (tick(11) + tick(12)) / TICKS_PER_S
+}
+
+/// This process's context switches so far, every thread's, voluntary and involuntary
+/// (`getrusage`); 0 where it fails.
+fn context_switches() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map_or(0.0, |u| (u.voluntary_context_switches() + u.involuntary_context_switches()) as f64)
 }
 
 /// The machine's busy and total CPU time over every core, seconds (/proc/stat's `cpu` line).
@@ -246,9 +263,11 @@ mod tests {
             machine_busy_s: 1.5,
             machine_capacity_s: 2.0,
             commands: ran,
+            context_switches: 30.0,
         }
         .per_op(10);
         assert_eq!((per.process_us, per.redis_masters_us, per.other_us), (50_000.0, 25_000.0, 75_000.0));
+        assert_eq!(per.context_switches, 3.0);
         assert_eq!(per.machine_busy, 0.75);
         assert_eq!(per.redis_commands[0].0, "evalsha", "the most expensive first");
     }

@@ -45,6 +45,8 @@ pub struct Options {
     pub ops_per_round: usize,
     /// L1 hits per timed batch.
     pub l1_batch: usize,
+    /// Reader thread counts of the concurrent L1-hit figures (empty: none).
+    pub l1_readers: Vec<usize>,
     /// Stop early (after the current round) once this much time has passed.
     pub max_duration: Duration,
     /// The throughput variant.
@@ -57,6 +59,7 @@ impl Default for Options {
             rounds: 30,
             ops_per_round: 1000,
             l1_batch: 1000,
+            l1_readers: vec![1, 2, 8],
             max_duration: Duration::from_secs(120),
             throughput: ThroughputOptions::default(),
         }
@@ -97,6 +100,8 @@ pub struct Report {
     pub l1_hit: Summary,
     /// Per-hit latency of L1 for an `Arc` value (batch means).
     pub l1_hit_arc: Summary,
+    /// L1 hits with concurrent reader threads, per value kind and thread count.
+    pub l1_concurrent: Vec<L1Concurrent>,
     /// Per-call latency of an L2 hit.
     pub l2_hit: Summary,
     /// Per-call latency of an L2 hit on a cache with L1 on (the L1-miss path).
@@ -115,6 +120,80 @@ pub struct Report {
     pub l2_l1_on_overhead_paired_median: f64,
     /// L2-hit throughput against raw GETs (absent when its rounds are 0).
     pub throughput: Option<Throughput>,
+}
+
+/// L1 hits of `Cache::get` from concurrent threads.
+#[derive(Debug, Clone, Serialize)]
+pub struct L1Concurrent {
+    /// Reader threads, started together.
+    pub readers: usize,
+    /// `owned` (the 7-field profile, cloned) or `arc` (`Arc<Profile>`).
+    pub value: &'static str,
+    /// Per hit (batch means, every thread's batches).
+    pub per_hit: Summary,
+}
+
+/// Distinct keys the concurrent readers read in turn (each thread from its own place).
+const L1_READER_KEYS: usize = 100;
+
+/// Timed batches per reader thread per cell of the concurrent L1-hit figures.
+const L1_READER_BATCHES: usize = 200;
+
+/// The concurrent L1-hit figures: for each thread count, owned then `Arc`, every thread on its
+/// own current-thread runtime (an L1 hit does not wait), timing batches of `batch` gets.
+fn l1_concurrent(
+    cache: &Cache,
+    owned: &[Key],
+    arc: &[Key],
+    readers: &[usize],
+    batch: usize,
+) -> anyhow::Result<Vec<L1Concurrent>> {
+    let mut out = Vec::new();
+    for &threads in readers {
+        for (value, keys) in [("owned", owned), ("arc", arc)] {
+            let barrier = std::sync::Barrier::new(threads);
+            let samples = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let (barrier, cache) = (&barrier, cache.clone());
+                        scope.spawn(move || -> anyhow::Result<Vec<u64>> {
+                            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                            rt.block_on(async {
+                                let mut pos = t * keys.len() / threads;
+                                let mut samples = Vec::with_capacity(L1_READER_BATCHES);
+                                barrier.wait();
+                                for _ in 0..L1_READER_BATCHES {
+                                    let started = Instant::now();
+                                    for _ in 0..batch {
+                                        let key = &keys[pos % keys.len()];
+                                        pos += 1;
+                                        let hit = if value == "arc" {
+                                            cache.get::<Arc<Profile>>(key).await?.is_some()
+                                        } else {
+                                            cache.get::<Profile>(key).await?.is_some()
+                                        };
+                                        anyhow::ensure!(hit, "an L1 read missed: the figure would measure Redis");
+                                    }
+                                    samples.push((started.elapsed().as_nanos() as u64 / batch.max(1) as u64).max(1));
+                                }
+                                Ok(samples)
+                            })
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().map_err(|_| anyhow::anyhow!("an L1 reader panicked"))?)
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })?;
+            let mut h = histogram();
+            for sample in samples.into_iter().flatten() {
+                h.record(sample)?;
+            }
+            out.push(L1Concurrent { readers: threads, value, per_hit: Summary::of(&h) });
+        }
+    }
+    Ok(out)
 }
 
 /// L2-hit throughput (L1 off) against raw redis-rs GETs, concurrent tasks in one process.
@@ -243,6 +322,23 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     let misses = l2_only.metrics().total().l2_misses;
     anyhow::ensure!(misses == 0, "{misses} L2 reads missed during the run");
 
+    let l1_concurrent = if options.l1_readers.is_empty() {
+        Vec::new()
+    } else {
+        let schema = KeySchema::new("bench", 1)?;
+        let (mut owned, mut arc) = (Vec::new(), Vec::new());
+        for i in 0..L1_READER_KEYS {
+            let (o, a) = (schema.key("profile", &format!("l1-{i}"))?, schema.key("profile", &format!("l1-arc-{i}"))?);
+            let p = Profile::sample(i as u64);
+            with_l1.set(&o, &p, Ttl::Long).await?;
+            with_l1.set(&a, &Arc::new(p), Ttl::Long).await?;
+            owned.push(o);
+            arc.push(a);
+        }
+        let cache = with_l1.clone();
+        let (readers, batch) = (options.l1_readers.clone(), options.l1_batch);
+        tokio::task::spawn_blocking(move || l1_concurrent(&cache, &owned, &arc, &readers, batch)).await??
+    };
     let (l1_hit, l2_hit, raw_get) = (Summary::of(&l1_h), Summary::of(&l2_h), Summary::of(&raw_h));
     let paired_median = median(&mut pair_ratios);
     let on_median = median(&mut on_ratios);
@@ -258,6 +354,7 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
         value_bytes: stored.len(),
         l1_hit,
         l1_hit_arc: Summary::of(&l1_arc_h),
+        l1_concurrent,
         l2_overhead_paired_median: paired_median - 1.0,
         l2_l1_on_overhead_paired_median: on_median - 1.0,
         l2_hit_l1_on: Summary::of(&l2_on_h),
@@ -470,6 +567,10 @@ pub fn render(report: &Report) -> String {
     );
     out += &row("L1 hit", &report.l1_hit);
     out += &row("L1 hit Arc", &report.l1_hit_arc);
+    for c in &report.l1_concurrent {
+        let name = format!("L1 {}{}t", if c.value == "arc" { "Arc " } else { "" }, c.readers);
+        out += &row(&name, &c.per_hit);
+    }
     out += &row("L2 hit", &report.l2_hit);
     out += &row("L2 L1-on", &report.l2_hit_l1_on);
     out += &row("raw GET", &report.raw_get);
@@ -541,6 +642,7 @@ mod tests {
             rounds: 1,
             ops_per_round: 20,
             l1_batch: 10,
+            l1_readers: vec![1, 2],
             max_duration: Duration::from_secs(30),
             throughput: ThroughputOptions {
                 rounds: 2,
@@ -572,7 +674,15 @@ mod tests {
         } else {
             assert!(rb.error.as_deref().is_some_and(|e| e.contains("not installed")), "{rb:?}");
         }
+        let cells: Vec<(usize, &str, u64)> =
+            report.l1_concurrent.iter().map(|c| (c.readers, c.value, c.per_hit.samples)).collect();
+        let batches = L1_READER_BATCHES as u64;
+        assert_eq!(
+            cells,
+            [(1, "owned", batches), (1, "arc", batches), (2, "owned", 2 * batches), (2, "arc", 2 * batches)]
+        );
         let text = render(&report);
+        assert!(text.contains("L1 Arc 2t"), "{text}");
         assert!(text.contains("L2-hit throughput: Strata"), "{text}");
         assert!(text.contains("redis-benchmark"), "{text}");
         let json = serde_json::to_value(&report).expect("json");

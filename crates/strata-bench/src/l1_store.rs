@@ -243,23 +243,37 @@ struct Checks {
     _marks: Arc<Marks>,
 }
 
-#[derive(Clone)]
+/// Behind an `Arc` in every store, as in the library: a hit takes one reference.
 struct Entry {
     /// `None`: a cached "not found".
     slot: Option<Shared>,
     checks: Checks,
     weight: u32,
     ttl: Duration,
-    expires: Instant,
+    /// On [`coarse_now_ns`]'s clock.
+    expires: u64,
+}
+
+/// The library's L1 clock (`l1::clock`, crate-private there): the kernel's coarse monotonic
+/// clock.
+fn coarse_now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .map_or(0, |t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
 }
 
 struct PerEntryTtl;
 
-impl moka::Expiry<Arc<str>, Entry> for PerEntryTtl {
-    fn expire_after_create(&self, _key: &Arc<str>, entry: &Entry, _now: Instant) -> Option<Duration> {
+impl moka::Expiry<Arc<str>, Arc<Entry>> for PerEntryTtl {
+    fn expire_after_create(&self, _key: &Arc<str>, entry: &Arc<Entry>, _now: Instant) -> Option<Duration> {
         Some(entry.ttl)
     }
-    fn expire_after_update(&self, _: &Arc<str>, entry: &Entry, _: Instant, _: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        _: &Arc<str>,
+        entry: &Arc<Entry>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
         Some(entry.ttl)
     }
 }
@@ -267,18 +281,19 @@ impl moka::Expiry<Arc<str>, Entry> for PerEntryTtl {
 #[derive(Clone)]
 struct EntryWeight;
 
-impl quick_cache::Weighter<Arc<str>, Entry> for EntryWeight {
-    fn weight(&self, _key: &Arc<str>, entry: &Entry) -> u64 {
+impl quick_cache::Weighter<Arc<str>, Arc<Entry>> for EntryWeight {
+    fn weight(&self, _key: &Arc<str>, entry: &Arc<Entry>) -> u64 {
         u64::from(entry.weight)
     }
 }
 
-type Quick = quick_cache::sync::Cache<Arc<str>, Entry, EntryWeight>;
+/// With the library's hasher (its sharded read lock comes with the workspace's features).
+type Quick = quick_cache::sync::Cache<Arc<str>, Arc<Entry>, EntryWeight, foldhash::fast::RandomState>;
 
 enum Store {
-    Moka { cache: moka::sync::Cache<Arc<str>, Entry>, budget: u64, unsettled: AtomicU64 },
+    Moka { cache: moka::sync::Cache<Arc<str>, Arc<Entry>>, budget: u64, unsettled: AtomicU64 },
     Quick(Quick),
-    Mini(mini_moka::sync::Cache<Arc<str>, Entry>),
+    Mini(mini_moka::sync::Cache<Arc<str>, Arc<Entry>>),
 }
 
 impl Store {
@@ -293,7 +308,7 @@ impl Store {
                 let cache = moka::sync::Cache::builder()
                     .eviction_policy(policy)
                     .max_capacity(budget)
-                    .weigher(|_: &Arc<str>, e: &Entry| e.weight)
+                    .weigher(|_: &Arc<str>, e: &Arc<Entry>| e.weight)
                     .expire_after(PerEntryTtl)
                     .build();
                 Store::Moka { cache, budget, unsettled: AtomicU64::new(0) }
@@ -319,7 +334,7 @@ impl Store {
             Variant::MiniMoka => Store::Mini(
                 mini_moka::sync::Cache::builder()
                     .max_capacity(budget)
-                    .weigher(|_: &Arc<str>, e: &Entry| e.weight)
+                    .weigher(|_: &Arc<str>, e: &Arc<Entry>| e.weight)
                     .build(),
             ),
         }
@@ -329,29 +344,29 @@ impl Store {
     /// looks keys up only as its key type (the library has a `&str`: moka and quick_cache take
     /// that).
     #[inline]
-    fn get(&self, key: &Arc<str>) -> Option<(Option<Shared>, Checks)> {
+    fn get(&self, key: &Arc<str>) -> Option<Arc<Entry>> {
         match self {
-            Store::Moka { cache, .. } => cache.get(&**key).map(|e| (e.slot, e.checks)),
+            Store::Moka { cache, .. } => cache.get(&**key),
             Store::Quick(cache) => {
                 let e = cache.get(&**key)?;
-                if e.expires <= Instant::now() {
-                    cache.remove_if(&**key, |e| e.expires <= Instant::now());
+                if e.expires <= coarse_now_ns() {
+                    cache.remove_if(&**key, |e| e.expires <= coarse_now_ns());
                     return None;
                 }
-                Some((e.slot, e.checks))
+                Some(e)
             }
             Store::Mini(cache) => {
                 let e = cache.get(key)?;
-                if e.expires <= Instant::now() {
+                if e.expires <= coarse_now_ns() {
                     cache.invalidate(key);
                     return None;
                 }
-                Some((e.slot, e.checks))
+                Some(e)
             }
         }
     }
 
-    fn insert(&self, key: &Arc<str>, entry: Entry) {
+    fn insert(&self, key: &Arc<str>, entry: Arc<Entry>) {
         match self {
             Store::Moka { cache, budget, unsettled } => {
                 let w = u64::from(entry.weight);
@@ -382,23 +397,23 @@ fn key_of(kind: &str, id: u64) -> Arc<str> {
 }
 
 /// An entry for `value` under `key`, an hour to live.
-fn entry(key: &str, value: Shared, value_len: usize) -> Entry {
+fn entry(key: &str, value: Shared, value_len: usize) -> Arc<Entry> {
     let ttl = Duration::from_secs(3600);
-    Entry {
+    Arc::new(Entry {
         slot: Some(value),
         checks: Checks { _expires_at_ms: u64::MAX, _load_us: 1_000, _marks: Arc::new(Marks::default()) },
         weight: u32::try_from(weight(key, value_len)).unwrap_or(u32::MAX),
         ttl,
-        expires: Instant::now() + ttl,
-    }
+        expires: coarse_now_ns() + ttl.as_nanos() as u64,
+    })
 }
 
 /// An L1 hit as the library makes it: the entry, then the value downcast and cloned out.
 #[inline]
-fn hit<T: Clone + 'static>(store: &Store, key: &Arc<str>) -> Option<(T, Checks)> {
-    let (slot, checks) = store.get(key)?;
-    let value = (slot?.as_ref() as &dyn Any).downcast_ref::<T>().cloned()?;
-    Some((value, checks))
+fn hit<T: Clone + 'static>(store: &Store, key: &Arc<str>) -> Option<T> {
+    let entry = store.get(key)?;
+    std::hint::black_box(&entry.checks);
+    (entry.slot.as_ref()?.as_ref() as &dyn Any).downcast_ref::<T>().cloned()
 }
 
 // ---- Hit latency ----

@@ -374,8 +374,17 @@ pub fn render(f: &Figures) -> String {
 /// commands that cost the Redis masters most.
 fn render_cpu(f: &Figures) -> String {
     let mut out = format!(
-        "\nmiss path, writes and CPU per operation\n{:<36} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>8}  masters' top commands (calls/op, µs/op)\n",
-        "variant", "miss p50", "miss mean", "write p50", "client µs", "redis µs", "other µs", "machine", "calls"
+        "\nmiss path, writes and CPU per operation\n{:<36} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>8}  masters' top commands (calls/op, µs/op)\n",
+        "variant",
+        "miss p50",
+        "miss mean",
+        "write p50",
+        "client µs",
+        "redis µs",
+        "other µs",
+        "machine",
+        "ctx sw",
+        "calls"
     );
     for variant in Variant::ALL {
         let Some(v) = f.variants.get(variant.name()) else { continue };
@@ -383,7 +392,7 @@ fn render_cpu(f: &Figures) -> String {
         let top: Vec<String> =
             c.redis_commands.iter().take(3).map(|(name, calls, us)| format!("{name} {calls:.2}/{us:.1}")).collect();
         out += &format!(
-            "{:<36} {:>10} {:>10} {:>10} {:>10.1} {:>10.1} {:>8.1} {:>8.0}% {:>8.2}  {}\n",
+            "{:<36} {:>10} {:>10} {:>10} {:>10.1} {:>10.1} {:>8.1} {:>8.0}% {:>9.2} {:>8.2}  {}\n",
             v.label,
             human_ns(v.miss_p50_ms * 1e6),
             human_ns(v.miss_mean_ms * 1e6),
@@ -392,6 +401,7 @@ fn render_cpu(f: &Figures) -> String {
             c.redis_masters_us,
             c.other_us,
             c.machine_busy * 100.0,
+            c.context_switches,
             c.redis_calls,
             top.join(", ")
         );

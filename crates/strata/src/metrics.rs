@@ -20,6 +20,8 @@ macro_rules! counters {
     ($(#[$doc:meta] $name:ident),* $(,)?) => {
         #[derive(Debug, Default)]
         pub(crate) struct NsCounters {
+            /// Reads answered by the in-process tier (see [`Striped`]).
+            pub(crate) l1_hits: Striped,
             $(pub(crate) $name: AtomicU64,)*
             loader_latency: LoaderLatency,
             /// What the namespace's recent L1 misses found in Redis.
@@ -30,6 +32,8 @@ macro_rules! counters {
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         #[non_exhaustive]
         pub struct NamespaceStats {
+            /// Reads answered by the in-process tier.
+            pub l1_hits: u64,
             $(#[$doc] pub $name: u64,)*
             /// How long loads took (each loader call that returned or timed out).
             pub loader_duration: LatencySnapshot,
@@ -38,6 +42,7 @@ macro_rules! counters {
         impl NsCounters {
             fn snapshot(&self) -> NamespaceStats {
                 NamespaceStats {
+                    l1_hits: self.l1_hits.load(),
                     $($name: self.$name.load(Ordering::Relaxed),)*
                     loader_duration: self.loader_latency.0.snapshot(),
                 }
@@ -46,6 +51,7 @@ macro_rules! counters {
 
         impl std::ops::AddAssign for NamespaceStats {
             fn add_assign(&mut self, other: Self) {
+                self.l1_hits += other.l1_hits;
                 $(self.$name += other.$name;)*
                 self.loader_duration += other.loader_duration;
             }
@@ -54,8 +60,6 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Reads answered by the in-process tier.
-    l1_hits,
     /// Reads the in-process tier could not answer.
     l1_misses,
     /// Reads answered by Redis.
@@ -106,9 +110,49 @@ counters! {
     invalidations,
 }
 
+/// Something [`NsCounters::inc`] counts in.
+pub(crate) trait Counter {
+    fn add_one(&self);
+}
+
+impl Counter for AtomicU64 {
+    fn add_one(&self) {
+        self.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A counter each thread increments on a cache line of its own, summed when read. For what
+/// every L1 hit counts: threads hitting L1 on several cores at once would otherwise take turns
+/// owning one shared word (measured with `--scenario hit-latency`, two reader threads: an
+/// `Arc` hit cost 248 ns against 86 ns for one thread).
+#[derive(Debug, Default)]
+pub(crate) struct Striped([Padded; STRIPES]);
+
+/// One stripe, alone on its cache line (128 bytes: adjacent lines are fetched in pairs).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+const STRIPES: usize = 8;
+
+impl Striped {
+    fn load(&self) -> u64 {
+        self.0.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl Counter for Striped {
+    fn add_one(&self) {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        thread_local!(static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
+        let stripe = STRIPE.try_with(|s| *s).unwrap_or(0);
+        self.0[stripe].0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl NsCounters {
-    pub(crate) fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn inc(counter: &impl Counter) {
+        counter.add_one();
     }
 
     /// Records one load's duration (in `loader_micros` and the loader histogram); returns it in
@@ -251,7 +295,8 @@ impl Namespaces {
 
     /// The namespace's counters, or the free slot where its probe ended.
     fn find(&self, namespace: &str) -> Result<&NsCounters, usize> {
-        let start = fnv1a(namespace.as_bytes()) as usize % SLOTS;
+        let start =
+            std::hash::BuildHasher::hash_one(&foldhash::fast::FixedState::with_seed(0), namespace) as usize % SLOTS;
         for i in 0..SLOTS {
             let slot = (start + i) % SLOTS;
             match self.slots[slot].get() {
@@ -287,11 +332,6 @@ impl Namespaces {
 
 /// A namespace's name and counters.
 type Named = (Box<str>, NsCounters);
-
-/// FNV-1a: namespace names are short, and this runs on every read.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-}
 
 /// A point-in-time copy of every counter.
 #[derive(Debug, Clone, PartialEq)]
@@ -368,6 +408,17 @@ impl NamespaceStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_striped_counter_sums_every_thread() {
+        let counter = Striped::default();
+        std::thread::scope(|scope| {
+            for _ in 0..12 {
+                scope.spawn(|| (0..1000).for_each(|_| NsCounters::inc(&counter)));
+            }
+        });
+        assert_eq!(counter.load(), 12_000);
+    }
 
     #[test]
     fn the_outlook_follows_the_recent_reads() {

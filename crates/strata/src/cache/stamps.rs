@@ -208,7 +208,7 @@ impl Inner {
         }
         // Read before the check: a change during it leaves the entry to be checked again.
         let version = self.stamps.version();
-        if version.is_some_and(|v| marks.verified.load(Ordering::Acquire) == v) {
+        if self.settled_current(marks) {
             return Verdict::Current;
         }
         let recorded =
@@ -239,6 +239,15 @@ impl Inner {
             marks.verified.store(version.unwrap_or(0), Ordering::Release);
         }
         verdict
+    }
+
+    /// Whether `marks` were found current since the stamps last changed: the verdict of most
+    /// reads, reached without building the full check ([`verdict`](Self::verdict) starts
+    /// with it). `false` means "check", not "invalidated".
+    pub(crate) fn settled_current(&self, marks: &Marks) -> bool {
+        !marks.provisional
+            && marks.ns_gen != 0
+            && self.stamps.version().is_some_and(|v| marks.verified.load(Ordering::Acquire) == v)
     }
 
     /// L1 hook: whether an entry may be served. An invalidated one is removed and counted.

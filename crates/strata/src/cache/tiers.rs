@@ -29,7 +29,7 @@ use crate::codec::{Encoded, Meta};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::l1::Ticket;
-use crate::l1::{Checks, Fill, Slot, typed};
+use crate::l1::{Checks, Entry, Fill, Slot, typed};
 use crate::l2::{Conn, query_scripted};
 use crate::lease::{Holder, NOT_STORED, SCRIPTS, lease_key};
 use crate::metrics::NsCounters;
@@ -91,6 +91,9 @@ impl Inner {
         ns: &NsCounters,
         accept_negative: bool,
     ) -> Option<Option<T>> {
+        if let Some(found) = self.l1_find_settled::<T>(key, ns, accept_negative) {
+            return Some(found);
+        }
         if let Some(found) = self.l1_find::<T>(key, ns, accept_negative).await {
             return Some(found);
         }
@@ -104,50 +107,76 @@ impl Inner {
         None
     }
 
-    /// One look at L1 for [`l1_lookup`](Self::l1_lookup): counts a hit, not a miss.
+    /// One look at L1 for [`l1_lookup`](Self::l1_lookup): counts a hit, not a miss. The
+    /// common hit (an entry checked since the stamps last changed) is served without an
+    /// await; only an entry whose stamps must be checked again builds the full check.
     async fn l1_find<T: CacheValue>(&self, key: &Key, ns: &NsCounters, accept_negative: bool) -> Option<Option<T>> {
-        if self.l1.is_on() {
-            let found = match self.l1_get(key, ns).await {
-                // With a grace period, L1 keeps copies past their logical expiry for
-                // `get_or_refresh`; a plain read treats them as misses.
-                Some((_, checks)) if self.freshness.grace_ms() > 0 && checks.meta.expires_at_ms <= now_ms() => None,
-                Some((slot, _)) => Some(slot),
-                None => None,
-            };
-            match found {
-                Some(Slot::Present(shared)) => {
-                    if let Some(v) = typed::<T>(&shared) {
-                        NsCounters::inc(&ns.l1_hits);
-                        tracing::debug!(key = %key, tier = "l1", "cache hit");
-                        return Some(Some(v));
-                    }
-                }
-                Some(Slot::Absent) if accept_negative => {
-                    NsCounters::inc(&ns.l1_hits);
-                    NsCounters::inc(&ns.negative_hits);
-                    tracing::debug!(key = %key, tier = "l1", negative = true, "cache hit");
-                    return Some(None);
-                }
-                _ => {}
-            }
+        let entry = self.l1.get(key.as_str())?;
+        if !self.settled_current(&entry.checks.marks) && !self.l1_current(key, &entry.checks.marks, ns).await {
+            return None;
         }
-        None
+        self.l1_serve(key, &entry, ns, accept_negative)
+    }
+
+    /// [`l1_find`](Self::l1_find) without an await: `None` when L1 has no settled answer
+    /// (the entry is absent, or its stamps must be checked again).
+    fn l1_find_settled<T: CacheValue>(&self, key: &Key, ns: &NsCounters, accept_negative: bool) -> Option<Option<T>> {
+        let entry = self.l1.get(key.as_str())?;
+        if !self.settled_current(&entry.checks.marks) {
+            return None;
+        }
+        self.l1_serve(key, &entry, ns, accept_negative)
+    }
+
+    /// What a current L1 entry serves as a `T`, counted; `None` when it does not serve (past
+    /// its logical expiry within a grace period, another type, a "not found" the caller does
+    /// not accept).
+    fn l1_serve<T: CacheValue>(
+        &self,
+        key: &Key,
+        entry: &Entry,
+        ns: &NsCounters,
+        accept_negative: bool,
+    ) -> Option<Option<T>> {
+        // With a grace period, L1 keeps copies past their logical expiry for
+        // `get_or_refresh`; a plain read treats them as misses.
+        if self.freshness.grace_ms() > 0 && entry.checks.meta.expires_at_ms <= now_ms() {
+            return None;
+        }
+        match &entry.slot {
+            Slot::Present(shared) => {
+                let v = typed::<T>(shared)?;
+                NsCounters::inc(&ns.l1_hits);
+                tracing::debug!(key = %key, tier = "l1", "cache hit");
+                Some(Some(v))
+            }
+            Slot::Absent if accept_negative => {
+                NsCounters::inc(&ns.l1_hits);
+                NsCounters::inc(&ns.negative_hits);
+                tracing::debug!(key = %key, tier = "l1", negative = true, "cache hit");
+                Some(None)
+            }
+            Slot::Absent => None,
+        }
     }
 
     /// The L1 entry of `key`, if its namespace and tag stamps say it is current (an invalidated
     /// one is removed and counted): every L1 read goes through here. Hits are not counted, and
-    /// the logical expiry is left to the caller.
-    pub(crate) async fn l1_get(&self, key: &Key, ns: &NsCounters) -> Option<(Slot, Checks)> {
-        let (slot, checks) = self.l1.get(key.as_str())?;
-        self.l1_current(key, &checks.marks, ns).await.then_some((slot, checks))
+    /// the logical expiry is left to the caller. An entry checked since the stamps last
+    /// changed is served without building the full check (the common hit).
+    pub(crate) async fn l1_get(&self, key: &Key, ns: &NsCounters) -> Option<Arc<Entry>> {
+        let entry = self.l1.get(key.as_str())?;
+        let marks = &entry.checks.marks;
+        (self.settled_current(marks) || self.l1_current(key, marks, ns).await).then_some(entry)
     }
 
     /// Any current L1 copy of `key` (stamps checked) as a `T`, fresh or stale, with its meta
     /// (uncounted).
     pub(crate) async fn l1_entry<T: CacheValue>(&self, key: &Key, ns: &NsCounters) -> Option<(T, Meta)> {
-        match self.l1_get(key, ns).await? {
-            (Slot::Present(shared), checks) => typed::<T>(&shared).map(|v| (v, checks.meta)),
-            (Slot::Absent, _) => None,
+        let entry = self.l1_get(key, ns).await?;
+        match &entry.slot {
+            Slot::Present(shared) => typed::<T>(shared).map(|v| (v, entry.checks.meta)),
+            Slot::Absent => None,
         }
     }
 
