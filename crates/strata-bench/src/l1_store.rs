@@ -256,9 +256,17 @@ struct Entry {
 
 /// The library's L1 clock (`l1::clock`, crate-private there): the kernel's coarse monotonic
 /// clock.
+#[cfg(target_os = "linux")]
 fn coarse_now_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
-        .map_or(0, |t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
+        .map_or(u64::MAX, |t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
+}
+
+/// Elsewhere, as the library: `Instant`.
+#[cfg(not(target_os = "linux"))]
+fn coarse_now_ns() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 struct PerEntryTtl;
