@@ -972,27 +972,32 @@ mod tests {
 
     store_contract!(quick_store: QuickStore, moka_store: MokaStore);
 
-    /// The coarse clock's deadlines are early, never late: an entry is gone once its TTL has
-    /// passed, however the clock's ticks fall (1 ms of slack for a tick that comes late on a
-    /// busy VM: less than a tick, so a deadline a tick late would still be caught); a TTL the
-    /// clock cannot measure is not kept.
+    /// The coarse clock's deadlines are a tick early: set one resolution before `now + ttl`,
+    /// so that a clock lagging real time by up to one tick still ends the entry within its TTL.
+    /// Once the clock has moved `ttl` past the insert, the entry is gone; a TTL the clock cannot
+    /// measure is not kept. (Judged on the clock itself: a sleep measured in real time would
+    /// make the test depend on the kernel's ticks coming on time.)
     #[test]
     fn an_entry_is_never_served_past_its_ttl() {
         let store = Store::<Chosen>::new(1 << 20, 1 << 16, L1Policy::default());
         let checks = || Checks::new(Meta { expires_at_ms: u64::MAX, load_us: 0 }, Marks::unknown());
+        let resolution = clock::resolution().as_nanos() as u64;
         for ttl_ms in [1, 3, 5, 9, 12, 20, 30] {
             let ttl = Duration::from_millis(ttl_ms);
-            let before = clock::now_ns();
-            assert!(clock::deadline(ttl) <= clock::now_ns() + ttl.as_nanos() as u64);
-            assert!(clock::now_ns() >= before, "monotonic");
+            let deadline = clock::deadline(ttl);
+            let after = clock::now_ns();
+            let early = (ttl.as_nanos() as u64).max(resolution) - resolution;
+            assert!(deadline <= after + early, "{ttl_ms} ms: a tick early");
             let key: Arc<str> = Arc::from(format!("app:v1:item:{ttl_ms}"));
-            let inserted = std::time::Instant::now();
+            let inserted = clock::now_ns();
             store.insert(&key, Slot::Present(Arc::new(1u32)), checks(), 10, ttl);
             if ttl <= clock::resolution() {
                 assert!(store.get(&key).is_none(), "a {ttl_ms} ms TTL is not kept");
                 continue;
             }
-            std::thread::sleep((ttl + Duration::from_millis(1)).saturating_sub(inserted.elapsed()));
+            while clock::now_ns() < inserted + ttl.as_nanos() as u64 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             assert!(store.get(&key).is_none(), "served past a {ttl_ms} ms TTL");
         }
     }
