@@ -91,9 +91,6 @@ impl Inner {
         ns: &NsCounters,
         accept_negative: bool,
     ) -> Option<Option<T>> {
-        if let Some(found) = self.l1_find_settled::<T>(key, ns, accept_negative) {
-            return Some(found);
-        }
         if let Some(found) = self.l1_find::<T>(key, ns, accept_negative).await {
             return Some(found);
         }
@@ -108,21 +105,11 @@ impl Inner {
     }
 
     /// One look at L1 for [`l1_lookup`](Self::l1_lookup): counts a hit, not a miss. The
-    /// common hit (an entry checked since the stamps last changed) is served without an
-    /// await; only an entry whose stamps must be checked again builds the full check.
+    /// common hit (an entry checked since the stamps last changed) is served without building
+    /// the full check; only an entry whose stamps must be checked again awaits it.
     async fn l1_find<T: CacheValue>(&self, key: &Key, ns: &NsCounters, accept_negative: bool) -> Option<Option<T>> {
         let entry = self.l1.get(key.as_str())?;
         if !self.settled_current(&entry.checks.marks) && !self.l1_current(key, &entry.checks.marks, ns).await {
-            return None;
-        }
-        self.l1_serve(key, &entry, ns, accept_negative)
-    }
-
-    /// [`l1_find`](Self::l1_find) without an await: `None` when L1 has no settled answer
-    /// (the entry is absent, or its stamps must be checked again).
-    fn l1_find_settled<T: CacheValue>(&self, key: &Key, ns: &NsCounters, accept_negative: bool) -> Option<Option<T>> {
-        let entry = self.l1.get(key.as_str())?;
-        if !self.settled_current(&entry.checks.marks) {
             return None;
         }
         self.l1_serve(key, &entry, ns, accept_negative)
