@@ -241,7 +241,8 @@ impl Cache {
 
     /// Removes a key from L1 and Redis, on every instance (their L1 copies go with the
     /// invalidation Redis sends them). Returns whether Redis held it. A load of the key in
-    /// flight anywhere cannot store its value after this (its lease goes too).
+    /// flight anywhere cannot store its value after this (its lease goes too). Fails when the
+    /// key or, for a hot key, one of its copies could not be removed.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

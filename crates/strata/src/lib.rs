@@ -87,8 +87,9 @@
 //!   leases as `get_or_set` (no stale sets; a key another caller is loading is waited for).
 //! - **Hot keys** ([`HotKeys`], [`Cache::mark_hot`]): a hot key is replicated over K copies in
 //!   other cluster slots and each read picks one at random; `set` writes every copy, `delete`
-//!   removes them. Copies live at most a short copy TTL, which bounds how long a write that
-//!   skipped them (an instance unaware the key is hot) can go unseen.
+//!   removes them, and either fails if a copy could not be changed. Copies live at most a short
+//!   copy TTL, which bounds how long a write that skipped them (an instance unaware the key is
+//!   hot) can go unseen.
 //! - **Write-behind** ([`WriteBehind`]): writes acknowledged once in a Redis Stream (optionally
 //!   confirmed by replicas), drained in per-key order by workers to a sink, with retries, a
 //!   dead-letter stream and reclaim of a dead worker's entries.

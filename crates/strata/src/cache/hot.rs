@@ -195,10 +195,15 @@ impl Inner {
     }
 
     /// After `set` of a hot key: the new value goes to every copy, for the copy TTL.
-    pub(crate) async fn hot_write<T: CacheValue>(&self, key: &Key, value: &T) {
+    ///
+    /// A copy that could not be written still holds the previous value, which readers would
+    /// be served until the copy expires: the write fails, so the caller knows it is not
+    /// complete (the consistency drill's cluster `hang` caught a `set` and a `delete` that
+    /// returned `Ok` while a copy on the hung master kept the old value).
+    pub(crate) async fn hot_write<T: CacheValue>(&self, key: &Key, value: &T) -> Result<()> {
         let n = self.hot.copies(key);
         if n == 0 {
-            return;
+            return Ok(());
         }
         let copies = hot_copy_keys(key.as_str(), n);
         let ttl = self.hot.copy_ttl();
@@ -207,10 +212,8 @@ impl Inner {
             Ok(marks) => self.codec.encode_marked(key, Some(value), meta, &marks),
             Err((_, err)) => Err(err),
         };
-        let Ok(encoded) = encoded else {
-            self.hot_invalidate(key).await;
-            return;
-        };
+        // The key holds the new value; copies of the old one must not outlive it.
+        let Ok(encoded) = encoded else { return self.hot_invalidate(key).await };
         let bytes = encoded.bytes.as_slice();
         let writes = copies.iter().map(|copy| {
             self.call_for(copy.as_str(), "SET", move |mut c| async move {
@@ -223,16 +226,15 @@ impl Inner {
                     .await
             })
         });
-        if let Some(Err(err)) = join_all(writes).await.into_iter().find(Result::is_err) {
-            tracing::debug!(key = %key, error = %err, "could not update every hot key copy; they expire within the copy ttl");
-        }
+        first_error(key, join_all(writes).await, "could not update every hot key copy")
     }
 
-    /// After a delete or an invalidating write of a hot key: every copy goes.
-    pub(crate) async fn hot_invalidate(&self, key: &Key) {
+    /// After a delete or an invalidating write of a hot key: every copy goes. Fails when one
+    /// could not be removed (see [`hot_write`](Self::hot_write)).
+    pub(crate) async fn hot_invalidate(&self, key: &Key) -> Result<()> {
         let n = self.hot.copies(key);
         if n == 0 {
-            return;
+            return Ok(());
         }
         let copies = hot_copy_keys(key.as_str(), n);
         let deletes = copies.iter().map(|copy| {
@@ -240,9 +242,18 @@ impl Inner {
                 redis::cmd("DEL").arg(copy.as_str()).query_async::<()>(&mut c).await
             })
         });
-        if let Some(Err(err)) = join_all(deletes).await.into_iter().find(Result::is_err) {
-            tracing::debug!(key = %key, error = %err, "could not delete every hot key copy; they expire within the copy ttl");
+        first_error(key, join_all(deletes).await, "could not delete every hot key copy")
+    }
+}
+
+/// The first failure of the calls on a key's copies, if any, logged with `what`.
+fn first_error(key: &Key, results: Vec<Result<()>>, what: &str) -> Result<()> {
+    match results.into_iter().find_map(Result::err) {
+        Some(err) => {
+            tracing::warn!(key = %key, error = %err, "{what}; a copy may serve the previous value until the copy ttl");
+            Err(err)
         }
+        None => Ok(()),
     }
 }
 

@@ -602,12 +602,14 @@ impl Inner {
                 return Err(err);
             }
         };
-        self.store(key, &prepared, Via::Plain).await?;
-        match value {
-            Some(value) => self.hot_write(key, value).await,
-            None => self.hot_invalidate(key).await,
-        }
-        Ok(())
+        let stored = self.store(key, &prepared, Via::Plain).await;
+        // Copies of the previous value go even when the key could not be written.
+        let copies = match (&stored, value) {
+            (Ok(_), Some(value)) => self.hot_write(key, value).await,
+            _ => self.hot_invalidate(key).await,
+        };
+        stored?;
+        copies
     }
 
     /// `set_many`: every value encoded before anything is sent; one pipeline per slot group,
@@ -698,7 +700,9 @@ impl Inner {
             }
         }
         for (key, _) in items {
-            self.hot_invalidate(key).await;
+            if let Err(err) = self.hot_invalidate(key).await {
+                first_error.get_or_insert(err);
+            }
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -734,9 +738,11 @@ impl Inner {
         // in L1, and the DEL's invalidation message, which would remove it, can come later than
         // this call returns.
         self.l1.invalidate_local(key.as_str());
+        // The copies go even when the key's DEL failed: they would serve the old value too.
+        let copies = self.hot_invalidate(key).await;
         let (removed, _): (i64, i64) = deleted?;
+        copies?;
         NsCounters::inc(&self.metrics.ns(key.namespace()).deletes);
-        self.hot_invalidate(key).await;
         Ok(removed > 0)
     }
 

@@ -93,9 +93,9 @@ impl Inner {
         let stored = self.store(key, &prepared, Via::Lease(holder)).await?;
         NsCounters::inc(&self.metrics.ns(key.namespace()).writes_through);
         if stored {
-            self.hot_write(key, value).await;
+            self.hot_write(key, value).await?;
         } else {
-            self.hot_invalidate(key).await;
+            self.hot_invalidate(key).await?;
         }
         Ok(())
     }

@@ -185,3 +185,39 @@ async fn a_changed_copy_evicts_the_l1_entry_it_filled(redis: Redis) -> TestResul
     Ok(())
 }
 on_both!(a_changed_copy_evicts_the_l1_entry_it_filled);
+
+/// A copy whose master hangs while the key is deleted or written keeps the previous value,
+/// which readers would be served once the master is back, until the copy expires: the
+/// `delete` and the `set` must fail, never return `Ok` (the consistency drill's cluster `hang`
+/// found such a stale read). The key's own master stays up throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_could_not_be_changed_fails_the_write() -> TestResult {
+    let redis = Redis::cluster();
+    let Redis::Cluster(cluster) = &redis else { return Err("not a cluster".into()) };
+    let key = KeySchema::new("it", 1)?.key("hot", "hung")?;
+    let home = cluster.node_for_key(key.as_str().as_bytes())?;
+    let mut elsewhere = None;
+    for copy in hot_copy_keys(key.as_str(), 3) {
+        let node = cluster.node_for_key(copy.as_bytes())?;
+        if node != home {
+            elsewhere = Some(node);
+        }
+    }
+    let hung = elsewhere.ok_or("every copy is on the key's master")?;
+
+    for (what, write) in [("delete", true), ("set", false)] {
+        // A cache per round: the first round's failures opened a breaker.
+        let hot = redis.builder().hot_keys(HotKeys::new().key(&key, 3)).build().await?;
+        hot.set(&key, &"old".to_owned(), Ttl::Medium).await?;
+        cluster.nodes()[hung].pause()?;
+        let result = match write {
+            true => hot.delete(&key).await.map(|_| ()),
+            false => hot.set(&key, &"new".to_owned(), Ttl::Medium).await,
+        };
+        cluster.nodes()[hung].resume()?;
+        let err = result.err().ok_or(format!("{what} returned Ok while a copy kept the old value"))?;
+        assert!(err.is_unavailable(), "{what}: {err}");
+        cluster.wait_healthy(Duration::from_secs(30))?;
+    }
+    Ok(())
+}
