@@ -7,7 +7,8 @@
 //!
 //! - **direct**: the database alone ([`Db::get_user`] / [`Db::update_user`]);
 //! - **strata**: the example's [`Users`] service (get_or_set with L1 + L2, negative caching,
-//!   leases; a write updates the row, then deletes the key);
+//!   leases; a write updates the row and caches what the `UPDATE ... RETURNING` gave, under the
+//!   key's lease: `Cache::update_through`);
 //! - **naive**: cache-aside with raw redis-rs: GET; on a miss query and SET EX; a write DELs;
 //! - **cached**: the `cached` crate's `AsyncRedisCache` used the same way (docs/decisions/0008-cached-peer.md);
 //! - **redis-rs cache-aio**: the naive cache-aside on a redis-rs connection with its own

@@ -10,7 +10,7 @@
 //!   breaker, envelope checks, the store step shared by every write, L1 fills after writes;
 //! - [`stamps`]: namespace and tag generations: the marks a value carries, the verdict on
 //!   them at every read, and what this instance knows of the current ones;
-//! - [`hot`]: hot keys' registry and copies; [`write_through`]: `set_through`; [`builder`]:
+//! - [`hot`]: hot keys' registry and copies; [`write_through`]: `set_through`, `update_through`; [`builder`]:
 //!   assembling it all.
 
 mod builder;
@@ -426,6 +426,59 @@ impl Cache {
     {
         let outcome = self.inner.set_through(key, value, ttl.into(), store_fn).await;
         self.audit("set_through", key.as_str(), &outcome);
+        outcome
+    }
+
+    /// [`set_through`](Self::set_through) for a source write that answers the value to cache:
+    /// an `UPDATE ... RETURNING` that changes some fields of a row and returns the whole row, so
+    /// the caller need not know the row beforehand (reading it from the cache first and writing
+    /// it back would lose a concurrent update of another field). The same order and guarantees:
+    /// the key's lease is taken and the cached value deleted; `update` runs; what it returned
+    /// is stored only if no other write-through of the key overlapped it, else the key is left
+    /// uncached. `Ok(None)` from `update` (nothing was updated) leaves the key uncached too.
+    /// This instance's L1 keeps the stored value; other instances drop theirs. Until the call
+    /// ends, a read of the key in this process that misses L1 waits for it (at most the lease's
+    /// `max_wait`), so do not read the key through the cache from inside `update`.
+    ///
+    /// Returns what `update` returned. Errors: a failing `update` is
+    /// [`is_loader`](Error::is_loader); any other error comes after `update` ran, so the source
+    /// holds its write: a value the cache cannot take (too large) leaves the key uncached; when
+    /// Redis is unavailable the error is [`is_unavailable`](Error::is_unavailable), and the
+    /// cache may keep the previous value until its TTL, as after any write Redis could not take.
+    ///
+    /// ```
+    /// # use std::sync::{Arc, Mutex};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let redis = strata_cluster::RedisServer::start()?;
+    /// use strata::{Cache, KeySchema, Ttl};
+    ///
+    /// let cache = Cache::builder().redis_url(redis.url()).build().await?;
+    /// let key = KeySchema::new("shop", 1)?.key("user", "42")?;
+    /// let db = Arc::new(Mutex::new(("Ada".to_owned(), 36))); // the source of truth
+    ///
+    /// let source = db.clone();
+    /// let row = cache
+    ///     .update_through(&key, Ttl::Medium, || async move {
+    ///         // UPDATE users SET age = age + 1 WHERE id = 42 RETURNING name, age
+    ///         let mut row = source.lock().unwrap();
+    ///         row.1 += 1;
+    ///         Ok::<_, std::io::Error>(Some(row.clone()))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(row, Some(("Ada".to_owned(), 37)));
+    /// assert_eq!(cache.get::<(String, u32)>(&key).await?, Some(("Ada".to_owned(), 37)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn update_through<T, F, Fut, E>(&self, key: &Key, ttl: impl Into<Ttl>, update: F) -> Result<Option<T>>
+    where
+        T: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<T>, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let outcome = self.inner.update_through(key, ttl.into(), update).await;
+        self.audit("update_through", key.as_str(), &outcome);
         outcome
     }
 

@@ -2,7 +2,7 @@
 //!
 //! | service | Strata / Redis feature |
 //! | --- | --- |
-//! | [`Users`] | cache-aside ([`Cache::get_or_set_optional`]) with negative caching; a write deletes the key (every instance's L1 follows through client tracking) |
+//! | [`Users`] | cache-aside ([`Cache::get_or_set_optional`]) with negative caching; a write is written through ([`Cache::update_through`]: the row the `UPDATE ... RETURNING` gave is cached under the key's lease; every other instance's L1 follows through client tracking) |
 //! | [`Products`] | cached items and per-category listings in one namespace; a bulk update raises it with one [`Cache::invalidate_namespace`] |
 //! | [`Sessions`] | values set with an absolute lifetime; a raw `PEXPIRE` on each read slides the idle timeout |
 //! | [`RateLimiter`] | fixed-window counter: `INCR` + `PEXPIRE` in one pipeline |

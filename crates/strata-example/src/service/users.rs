@@ -1,4 +1,4 @@
-//! User profiles: cache-aside with negative caching, invalidated on write.
+//! User profiles: cache-aside with negative caching, written through on update.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,23 +50,36 @@ impl Users {
         Ok((user, loaded.load(Ordering::Relaxed)))
     }
 
-    /// Updates the database, then deletes the cached profile. The delete reaches every
-    /// instance: Strata's client tracking evicts their L1 copies, and its leases keep a load
-    /// that read the old row before the update from caching it afterwards.
-    ///
-    /// Delete rather than write the new row into the cache: the next read loads what the
-    /// database holds, whatever order concurrent updates commit in.
+    /// Updates the database and caches the row it returned, through
+    /// [`Cache::update_through`]: the key's lease is taken first, so a load that read the old
+    /// row cannot cache it afterwards, and the new row is stored only if no other update of
+    /// this user overlapped (else the key is left for the next read to load). Every other
+    /// instance's L1 copy goes (client tracking); this instance's L1 keeps the new row, so the
+    /// next read of it costs no query, where deleting it would have cost one.
     pub async fn update(&self, id: i64, update: &UserUpdate) -> Result<Option<User>> {
         let key = self.schema.key("user", &id.to_string())?;
-        let user = self.db.update_user(id, update).await?;
-        if user.is_some() {
-            // The database already holds the change; a failed delete leaves the old profile in
-            // the cache until its TTL, as after any write Redis could not take. Say so loudly
-            // instead of failing a request whose write succeeded.
-            if let Err(e) = self.cache.delete(&key).await {
-                tracing::warn!(user = id, "profile updated but its cache entry could not be deleted: {e}");
+        let db = &self.db;
+        let mut failed = None;
+        let written = self
+            .cache
+            .update_through(&key, Ttl::Medium, || async {
+                db.update_user(id, update).await.map_err(|e| {
+                    let message = e.to_string();
+                    failed = Some(e);
+                    message
+                })
+            })
+            .await;
+        match written {
+            Ok(user) => Ok(user),
+            Err(_) if let Some(db_error) = failed => Err(db_error),
+            Err(e) => {
+                // The database holds the change; the cache could not take it, so the old profile
+                // may stay there until its TTL, as after any write Redis could not take. Say so
+                // loudly instead of failing a request whose write succeeded.
+                tracing::warn!(user = id, "profile updated but its cache entry could not be replaced: {e}");
+                self.db.get_user(id).await
             }
         }
-        Ok(user)
     }
 }

@@ -308,7 +308,7 @@ impl Inner {
         // An earlier load of the key may still be storing its value (a load the caller would not
         // join, see `join_or_load`), or giving back a lease: until it is done, its lease is held.
         // Wait for it here, in memory, rather than find the lease held and poll Redis for it.
-        self.flights.stored(key.as_str()).await;
+        self.wait_stored(key.as_str()).await;
         // GET and PTTL: an L2 hit costs Redis nothing more. When the namespace's recent L1
         // misses were mostly L2 misses too, the lease attempt rides along (one round trip for
         // both on a miss; on a hit, a lease taken for nothing and given back).
@@ -615,7 +615,7 @@ impl Inner {
         let freshness = &self.freshness;
         let mut fallback = None;
         // A load of this key that returned moments ago may still be storing its value.
-        self.flights.stored(key.as_str()).await;
+        self.wait_stored(key.as_str()).await;
         if let Some((v, meta)) = self.l1_entry::<T>(key, ns).await {
             match freshness.age(meta, now_ms()) {
                 Age::Fresh => {
@@ -908,16 +908,27 @@ impl Flights {
     }
 }
 
-/// A load's value on its way to Redis in the background: registered in [`Flights`] from before
-/// its load returns until the store (and the L1 fill after it) is done, whether it ends,
-/// fails or panics.
-struct Pending {
+impl Inner {
+    /// Waits until no load or write-through of `key` in this process is storing its value (see
+    /// [`Pending`]), for at most the lease's `max_wait`: a write-through waits for its source
+    /// write, which is the caller's code. Whether it waited.
+    pub(crate) async fn wait_stored(&self, key: &str) -> bool {
+        tokio::time::timeout(self.leases.max_wait, self.flights.stored(key)).await.unwrap_or(true)
+    }
+}
+
+/// A value on its way to Redis: a load's, in the background, registered in [`Flights`] from
+/// before its load returns until the store (and the L1 fill after it) is done; or a
+/// write-through's, from its lease until its store. Ends whether the work ends, fails or panics.
+/// A caller of the key in this process that misses L1 meanwhile waits for it in memory, then
+/// reads what it stored, instead of finding the lease held and polling Redis.
+pub(super) struct Pending {
     inner: Arc<Inner>,
     key: Arc<str>,
 }
 
 impl Pending {
-    fn begin(inner: &Arc<Inner>, key: &Arc<str>) -> Self {
+    pub(super) fn begin(inner: &Arc<Inner>, key: &Arc<str>) -> Self {
         let flights = &inner.flights;
         *flights.lock_storing().entry(key.clone()).or_default() += 1;
         flights.pending.fetch_add(1, Ordering::SeqCst);

@@ -94,7 +94,7 @@ impl Inner {
         if let Some(found) = self.l1_find::<T>(key, ns, accept_negative).await {
             return Some(found);
         }
-        if self.flights.stored(key.as_str()).await
+        if self.wait_stored(key.as_str()).await
             && let Some(found) = self.l1_find::<T>(key, ns, accept_negative).await
         {
             return Some(found);

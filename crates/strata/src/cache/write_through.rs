@@ -1,5 +1,7 @@
 //! Write-through: [`Cache::set_through`](crate::Cache::set_through) writes the source of truth, then the cache, in an order
 //! that a crash at any point cannot turn into a cache newer — or older — than the source.
+//! [`Cache::update_through`](crate::Cache::update_through) is the same with the value the source
+//! write returned (`UPDATE ... RETURNING`), encoded after step 2.
 //!
 //! ```text
 //! 1. take the key's lease (overwriting any reader's: SET ... GET) and DEL the cached value,
@@ -13,7 +15,9 @@
 //!   source, whichever of its versions it holds. Nothing is ever written to the cache before the
 //!   source has it, so the cache cannot be newer.
 //! - Readers that miss between 1 and 3 find the lease and wait for its value (distributed
-//!   single-flight) instead of loading a version the write is about to replace; one that had
+//!   single-flight) instead of loading a version the write is about to replace — in this
+//!   process, in memory until step 3 is done, then from L1 (the write registers as a store in
+//!   progress, see `load.rs`'s `Pending`), bounded by the lease's `max_wait`; one that had
 //!   already loaded the old value holds a token that 1 revoked, so its store is refused.
 //! - Concurrent write-throughs of one key may reach the source in any order, so none of them
 //!   may store its value unless it ran alone: write-through tokens are recognisable, and one
@@ -27,18 +31,27 @@
 //!   Keep the lease TTL above the slowest source write all the same: readers wait for it.
 
 use std::future::Future;
+use std::sync::Arc;
 
-use super::tiers::Via;
+use super::load::Pending;
+use super::tiers::{Prepared, Via};
 use super::{CacheValue, Inner};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::lease::{Holder, THROUGH_TOKEN_PREFIX, lease_key, through_token};
 use crate::metrics::NsCounters;
+use crate::tags::Marks;
 use crate::ttl::{Ttl, ttl_millis};
 
 impl Inner {
     /// [`Cache::set_through`](crate::Cache::set_through), unaudited.
-    pub(crate) async fn set_through<T, F, Fut, E>(&self, key: &Key, value: &T, ttl: Ttl, store_fn: F) -> Result<()>
+    pub(crate) async fn set_through<T, F, Fut, E>(
+        self: &Arc<Self>,
+        key: &Key,
+        value: &T,
+        ttl: Ttl,
+        store_fn: F,
+    ) -> Result<()>
     where
         T: CacheValue,
         F: FnOnce(&T) -> Fut,
@@ -46,9 +59,57 @@ impl Inner {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         // Before the source write: a namespace invalidation during it makes this value old.
-        let marks = self.write_marks(key, &[]).await?;
-        let prepared = self.prepare(key, Some(value.clone()), ttl, &marks, 0)?;
+        let marks = self.write_marks(key, &[]).await;
+        // A value the cache cannot take fails before the source is touched.
+        let prepared = match &marks {
+            Ok(marks) => Some(self.prepare(key, Some(value.clone()), ttl, marks, 0)?),
+            Err(_) => None,
+        };
+        let write = || async move { store_fn(value).await.map(|()| Some(value.clone())) };
+        self.through(key, ttl, marks, prepared, write).await.map(|_| ())
+    }
 
+    /// [`Cache::update_through`](crate::Cache::update_through), unaudited: as `set_through`,
+    /// with the value the source write returned (encoded after it).
+    pub(crate) async fn update_through<T, F, Fut, E>(
+        self: &Arc<Self>,
+        key: &Key,
+        ttl: Ttl,
+        update: F,
+    ) -> Result<Option<T>>
+    where
+        T: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<T>, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let marks = self.write_marks(key, &[]).await;
+        self.through(key, ttl, marks, None, update).await
+    }
+
+    /// The three steps of the module docs around `write`, the source write, which answers the
+    /// value to cache (`None`: nothing to cache, the key is emptied). `marks`: captured before
+    /// the write; `prepared`: the value, already encoded (`set_through` knows it before the
+    /// write). The source is written whatever Redis does: every error but the source's own
+    /// comes after it.
+    async fn through<T, W, Fut, E>(
+        self: &Arc<Self>,
+        key: &Key,
+        ttl: Ttl,
+        marks: Result<Arc<Marks>>,
+        prepared: Option<Prepared>,
+        write: W,
+    ) -> Result<Option<T>>
+    where
+        T: CacheValue,
+        W: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<T>, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // Until this write ends, a caller of the key here that misses L1 waits for it in memory,
+        // then finds what it stored in L1, rather than finding the lease held and polling Redis
+        // for the value (5 to 50 ms a poll).
+        let storing = Pending::begin(self, key.shared());
         // 1. Hold the lease and empty the key, atomically (same slot).
         self.l1.invalidate_local(key.as_str());
         let (k, lease, token) = (key.as_str(), lease_key(key.as_str()), through_token());
@@ -80,23 +141,47 @@ impl Inner {
         }
 
         // 2. The source.
-        if let Err(e) = store_fn(value).await {
-            if held.is_ok() {
-                self.release_lease(key, &token).await;
+        let value = match write().await {
+            Ok(value) => value,
+            Err(e) => {
+                if held.is_ok() {
+                    self.release_lease(key, &token).await;
+                }
+                return Err(Error::loader(e));
             }
-            return Err(Error::loader(e));
-        }
+        };
+        let marks = match marks {
+            Ok(marks) => marks,
+            Err(err) => {
+                if held.is_ok() {
+                    self.release_lease(key, &token).await;
+                }
+                return Err(err);
+            }
+        };
         let contended = held?;
-
-        // 3. The cache, only if this write ran alone; else the key is emptied.
-        let holder = Holder::Through { token: &token, contended };
-        let stored = self.store(key, &prepared, Via::Lease(holder)).await?;
         NsCounters::inc(&self.metrics.ns(key.namespace()).writes_through);
-        if stored {
-            self.hot_write(key, value).await?;
+
+        // 3. The cache, only if this write ran alone; else the key is emptied. Nothing to cache,
+        // or a value the cache cannot take: the key and the lease go, as in `delete`.
+        let Some(value) = value else {
+            self.delete(key).await?;
+            return Ok(None);
+        };
+        let prepared = match prepared.map_or_else(|| self.prepare(key, Some(value.clone()), ttl, &marks, 0), Ok) {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                self.delete(key).await?;
+                return Err(err);
+            }
+        };
+        let holder = Holder::Through { token: &token, contended };
+        if self.store(key, &prepared, Via::Lease(holder)).await? {
+            self.hot_write(key, &value).await?;
         } else {
             self.hot_invalidate(key).await?;
         }
-        Ok(())
+        drop(storing);
+        Ok(Some(value))
     }
 }

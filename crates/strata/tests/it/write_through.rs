@@ -204,3 +204,120 @@ async fn concurrent_writes_through_agree_with_the_source(redis: Redis) -> TestRe
     Ok(())
 }
 on_both!(concurrent_writes_through_agree_with_the_source);
+
+/// `update_through` caches what the source write returned; `None` (nothing updated) and a
+/// failing write leave the key uncached and the lease free.
+async fn update_through_caches_what_the_source_returned(redis: Redis) -> TestResult {
+    let (cache, other) = (redis.cache().await, redis.cache().await);
+    let key = KeySchema::new("it", 1)?.key("through", "u1")?;
+    let source: Source = Arc::new(Mutex::new("v0".to_owned()));
+    cache.set(&key, &"v0".to_owned(), Ttl::Medium).await?;
+    let lease_of = |redis: &Redis| -> Result<Option<String>, redis::RedisError> {
+        redis::cmd("GET").arg(strata::lease_key(key.as_str())).query(redis.raw().as_mut())
+    };
+
+    // The source appends to what it holds, as `UPDATE ... SET n = n || '+' RETURNING n` would:
+    // the cache must get the row the source returned, which the caller did not know.
+    let returned = cache
+        .update_through(&key, Ttl::Medium, || async {
+            let mut row = source.lock().expect("source");
+            row.push_str("+1");
+            Ok::<_, std::io::Error>(Some(row.clone()))
+        })
+        .await?;
+    assert_eq!(returned.as_deref(), Some("v0+1"));
+    assert_eq!(cache.get::<String>(&key).await?.as_deref(), Some("v0+1"), "{}", redis.name());
+    assert_eq!(other.get::<String>(&key).await?.as_deref(), Some("v0+1"), "{}: in Redis too", redis.name());
+    assert_eq!(cache.metrics().namespace("it:v1:through").writes_through, 1);
+
+    // Nothing updated: the key goes.
+    let none = cache.update_through(&key, Ttl::Medium, || async { Ok::<Option<String>, std::io::Error>(None) }).await?;
+    assert_eq!(none, None);
+    assert_eq!(cache.get::<String>(&key).await?, None, "{}: nothing updated, nothing cached", redis.name());
+    assert_eq!(other.get::<String>(&key).await?, None);
+    assert_eq!(lease_of(&redis)?, None, "the lease is released");
+
+    // A failing update: the source's error, nothing cached.
+    cache.set(&key, &"v0+1".to_owned(), Ttl::Medium).await?;
+    let err = cache
+        .update_through(&key, Ttl::Medium, || async {
+            Err::<Option<String>, _>(std::io::Error::other("deadlock detected"))
+        })
+        .await
+        .err()
+        .ok_or("the source error must surface")?;
+    assert!(err.is_loader(), "{err}");
+    assert_eq!(other.get::<String>(&key).await?, None, "{}", redis.name());
+    assert_eq!(lease_of(&redis)?, None, "the lease is released");
+    Ok(())
+}
+on_both!(update_through_caches_what_the_source_returned);
+
+/// A reader in the writer's own process that misses while the write is in progress waits for
+/// it in memory and is served what it stored from L1: no load, and no poll of the lease (which
+/// costs 5 to 50 ms a turn).
+async fn a_reader_in_the_writers_process_waits_in_memory(redis: Redis) -> TestResult {
+    let cache = redis.cache().await;
+    let key = KeySchema::new("it", 1)?.key("through", "u2")?;
+    let source: Source = Arc::new(Mutex::new("old".to_owned()));
+    let (started_tx, started_rx) = oneshot::channel::<()>();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let writing = {
+        let (cache, key, source) = (cache.clone(), key.clone(), source.clone());
+        tokio::spawn(async move {
+            cache
+                .update_through(&key, Ttl::Medium, move || async move {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.await; // a slow UPDATE
+                    *source.lock().expect("source") = "new".to_owned();
+                    Ok::<_, std::io::Error>(Some("new".to_owned()))
+                })
+                .await
+        })
+    };
+    started_rx.await?;
+    let loads = Arc::new(AtomicUsize::new(0));
+    let reading = {
+        let (cache, key, source, loads) = (cache.clone(), key.clone(), source.clone(), loads.clone());
+        tokio::spawn(async move { read_through(&cache, &key, &source, &loads).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!reading.is_finished(), "the reader must wait for the write");
+    release_tx.send(()).map_err(|_| "writer gone")?;
+    assert_eq!(writing.await??.as_deref(), Some("new"));
+    assert_eq!(reading.await??, "new", "{}", redis.name());
+    assert_eq!(loads.load(Ordering::SeqCst), 0, "the reader waited for the write instead of loading");
+    let ns = cache.metrics().namespace("it:v1:through");
+    assert_eq!(ns.lease_waits, 0, "{}: the reader polled the lease", redis.name());
+    Ok(())
+}
+on_both!(a_reader_in_the_writers_process_waits_in_memory);
+
+/// With Redis gone, the source is still written (the caller's write is the point) and the
+/// error says the cache could not be touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_the_source_is_still_written() -> TestResult {
+    let mut redis = Redis::standalone();
+    let cache = redis.cache().await;
+    let key = KeySchema::new("it", 1)?.key("through", "u3")?;
+    redis.kill_all();
+    let source: Source = Arc::new(Mutex::new("old".to_owned()));
+    let err = cache
+        .update_through(&key, Ttl::Medium, || async {
+            *source.lock().expect("source") = "new".to_owned();
+            Ok::<_, std::io::Error>(Some("new".to_owned()))
+        })
+        .await
+        .err()
+        .ok_or("the cache could not be written: an error")?;
+    assert!(err.is_unavailable(), "{err}");
+    assert_eq!(*source.lock().expect("source"), "new", "the source write ran");
+    let err = cache
+        .set_through(&key, &"newer".to_owned(), Ttl::Medium, store(&source))
+        .await
+        .err()
+        .ok_or("the cache could not be written: an error")?;
+    assert!(err.is_unavailable(), "{err}");
+    assert_eq!(*source.lock().expect("source"), "newer", "the source write ran");
+    Ok(())
+}
