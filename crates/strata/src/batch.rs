@@ -39,7 +39,8 @@ impl Cache {
     /// Writes many values, each with its own jittered TTL. Every value is encoded before anything
     /// is sent, so an oversized or unserializable value fails the whole call with nothing written.
     /// If some slot groups fail to be written, the first error is returned and the L1 copies of
-    /// those keys are dropped; the other groups stay written.
+    /// those keys are dropped; the other groups stay written. A hot key's copies are removed
+    /// (the values are not copied); one that could not be removed fails the call the same way.
     ///
     /// The audit log gets one `set_many` record per key, with the outcome of the whole call.
     pub async fn set_many<T: CacheValue>(&self, items: &[(Key, T)], ttl: impl Into<Ttl>) -> Result<()> {

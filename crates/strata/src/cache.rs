@@ -198,7 +198,9 @@ impl Cache {
     /// [`is_unavailable`](Error::is_unavailable) error when Redis could not be written, in which
     /// case this instance's L1 copy is dropped too. The same when the key's namespace stamp
     /// could not be read first (see [`invalidate_namespace`](Self::invalidate_namespace)): a
-    /// value whose generation is unknown would be discarded by every reader.
+    /// value whose generation is unknown would be discarded by every reader. For a hot key
+    /// ([`HotKeys`](crate::HotKeys)), also an `is_unavailable` error when one of its copies
+    /// could not be written: it may serve the previous value until the copy TTL.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -382,12 +384,15 @@ impl Cache {
     /// lease is still this call's and no other write-through of the key overlapped it (else the
     /// key is left uncached, for readers to load from the source, since concurrent source
     /// writes may land in any order). A crash after the first step leaves the key uncached; readers
-    /// that miss meanwhile wait for the lease instead of loading the version being replaced.
-    /// Keep the lease TTL ([`LeaseConfig`]) above the slowest source write.
+    /// that miss meanwhile wait for the lease instead of loading the version being replaced
+    /// (in this process in memory, in others by polling; at most the lease's `max_wait`, so do
+    /// not read the key through the cache from inside `store_fn`). Keep the lease TTL
+    /// ([`LeaseConfig`]) above the slowest source write.
     ///
     /// Errors: the value is validated (size, serialization) before anything happens; a failing
     /// `store_fn` returns its error as [`is_loader`](Error::is_loader) with the cache emptied of
-    /// the key; when Redis is unavailable the source is still written and the error is
+    /// the key; any other error comes after the source write: when Redis is unavailable (or the
+    /// key's namespace stamp cannot be read) the error is
     /// [`is_unavailable`](Error::is_unavailable): the source holds the new value, and the cache
     /// could not be touched, so it may keep the previous value until its TTL, as after any write
     /// Redis could not take.
@@ -437,8 +442,8 @@ impl Cache {
     /// is stored only if no other write-through of the key overlapped it, else the key is left
     /// uncached. `Ok(None)` from `update` (nothing was updated) leaves the key uncached too.
     /// This instance's L1 keeps the stored value; other instances drop theirs. Until the call
-    /// ends, a read of the key in this process that misses L1 waits for it (at most the lease's
-    /// `max_wait`), so do not read the key through the cache from inside `update`.
+    /// ends, a read of the key that misses waits for it (at most the lease's `max_wait`), so do
+    /// not read the key through the cache from inside `update`.
     ///
     /// Returns what `update` returned. Errors: a failing `update` is
     /// [`is_loader`](Error::is_loader); any other error comes after `update` ran, so the source

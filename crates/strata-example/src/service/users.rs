@@ -59,27 +59,36 @@ impl Users {
     pub async fn update(&self, id: i64, update: &UserUpdate) -> Result<Option<User>> {
         let key = self.schema.key("user", &id.to_string())?;
         let db = &self.db;
-        let mut failed = None;
+        // What the database answered, kept here: a cache error after the update must not cost
+        // the caller the row.
+        let mut answered: Option<Result<Option<User>>> = None;
         let written = self
             .cache
             .update_through(&key, Ttl::Medium, || async {
-                db.update_user(id, update).await.map_err(|e| {
-                    let message = e.to_string();
-                    failed = Some(e);
-                    message
-                })
+                let row = db.update_user(id, update).await;
+                let to_cache = match &row {
+                    Ok(user) => Ok(user.clone()),
+                    Err(e) => Err(e.to_string()),
+                };
+                answered = Some(row);
+                to_cache
             })
             .await;
-        match written {
-            Ok(user) => Ok(user),
-            Err(_) if let Some(db_error) = failed => Err(db_error),
-            Err(e) => {
-                // The database holds the change; the cache could not take it, so the old profile
-                // may stay there until its TTL, as after any write Redis could not take. Say so
-                // loudly instead of failing a request whose write succeeded.
-                tracing::warn!(user = id, "profile updated but its cache entry could not be replaced: {e}");
-                self.db.get_user(id).await
+        match (written, answered) {
+            (Ok(user), _) => Ok(user),
+            // The database failed: its error.
+            (Err(_), Some(Err(db_error))) => Err(db_error),
+            // The database holds the change; the cache could not take it, so the old profile may
+            // stay there until its TTL, as after any write Redis could not take. Say so loudly
+            // instead of failing a request whose write succeeded.
+            (Err(e), Some(Ok(user))) => {
+                if user.is_some() {
+                    tracing::warn!(user = id, "profile updated but its cache entry could not be replaced: {e}");
+                }
+                Ok(user)
             }
+            // The update never ran (the cache failed before it could start: not expected).
+            (Err(e), None) => Err(e.into()),
         }
     }
 }

@@ -56,6 +56,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{Notify, OnceCell};
 
@@ -308,7 +309,7 @@ impl Inner {
         // An earlier load of the key may still be storing its value (a load the caller would not
         // join, see `join_or_load`), or giving back a lease: until it is done, its lease is held.
         // Wait for it here, in memory, rather than find the lease held and poll Redis for it.
-        self.wait_stored(key.as_str()).await;
+        self.flights.stored(key.as_str()).await;
         // GET and PTTL: an L2 hit costs Redis nothing more. When the namespace's recent L1
         // misses were mostly L2 misses too, the lease attempt rides along (one round trip for
         // both on a miss; on a hit, a lease taken for nothing and given back).
@@ -527,6 +528,7 @@ impl Inner {
         let px = ttl_millis(self.leases.ttl);
         let started = tokio::time::Instant::now();
         let mut attempt = 0;
+        let mut polled = false;
         loop {
             let (k, l, t) = (key.as_str(), lease.as_slice(), token.as_str());
             let taken = match first.take() {
@@ -580,15 +582,21 @@ impl Inner {
                 Ok(Attempt::Held) => {}
                 Err(err) => return Coordinated::LoadAlone { redis_failed: unhealthy(&err) },
             }
-            // Held by another process: wait for its value (or for the lease to go).
-            if attempt == 0 {
-                NsCounters::inc(&ns.lease_waits);
-            }
+            // Held: wait for its value (or for the lease to go).
             if started.elapsed() >= self.leases.max_wait {
                 tracing::warn!(key = %key, waited = ?started.elapsed(), "gave up waiting for another process's load");
                 return Coordinated::LoadAlone { redis_failed: false };
             }
-            tokio::time::sleep(backoff(attempt)).await;
+            // By a write-through in this process: in memory, until it has stored. Otherwise by
+            // another process: poll.
+            let left = self.leases.max_wait.saturating_sub(started.elapsed());
+            if !self.flights.written(key.as_str(), left).await {
+                if !polled {
+                    NsCounters::inc(&ns.lease_waits);
+                    polled = true;
+                }
+                tokio::time::sleep(backoff(attempt)).await;
+            }
             attempt += 1;
             match self.read_l2::<T>(key, ns, accept_negative).await {
                 Ok(L2Read::Value(v)) => return Coordinated::Found(Arc::new(Some(v))),
@@ -615,7 +623,7 @@ impl Inner {
         let freshness = &self.freshness;
         let mut fallback = None;
         // A load of this key that returned moments ago may still be storing its value.
-        self.wait_stored(key.as_str()).await;
+        self.flights.stored(key.as_str()).await;
         if let Some((v, meta)) = self.l1_entry::<T>(key, ns).await {
             match freshness.age(meta, now_ms()) {
                 Age::Fresh => {
@@ -848,6 +856,10 @@ pub(crate) struct Flights {
     pending: AtomicUsize,
     /// Woken whenever one ends.
     stored: Notify,
+    /// Write-throughs in progress in this process, by key ([`Writing`]).
+    writing: Mutex<HashMap<Arc<str>, usize>>,
+    /// Woken whenever one ends.
+    written: Notify,
 }
 
 impl Flights {
@@ -897,6 +909,40 @@ impl Flights {
         self.storing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Registers a write-through of `key` in this process until the guard drops.
+    pub(crate) fn begin_write(&self, key: &Arc<str>) -> Writing<'_> {
+        *self.lock_writing().entry(key.clone()).or_default() += 1;
+        Writing { flights: self, key: key.clone() }
+    }
+
+    /// If a write-through of `key` runs in this process, waits for it to end, for at most
+    /// `limit`, and says true; false at once when none runs.
+    async fn written(&self, key: &str, limit: Duration) -> bool {
+        let ended = self.written.notified();
+        tokio::pin!(ended);
+        // Registered before looking, so that an end between the two still wakes us.
+        ended.as_mut().enable();
+        if !self.lock_writing().contains_key(key) {
+            return false;
+        }
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                ended.as_mut().await;
+                ended.set(self.written.notified());
+                ended.as_mut().enable();
+                if !self.lock_writing().contains_key(key) {
+                    return;
+                }
+            }
+        })
+        .await;
+        true
+    }
+
+    fn lock_writing(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, usize>> {
+        self.writing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Keys with a load in progress.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -908,27 +954,39 @@ impl Flights {
     }
 }
 
-impl Inner {
-    /// Waits until no load or write-through of `key` in this process is storing its value (see
-    /// [`Pending`]), for at most the lease's `max_wait`: a write-through waits for its source
-    /// write, which is the caller's code. Whether it waited.
-    pub(crate) async fn wait_stored(&self, key: &str) -> bool {
-        tokio::time::timeout(self.leases.max_wait, self.flights.stored(key)).await.unwrap_or(true)
+/// A write-through in progress ([`Flights::begin_write`]), from before its lease until its
+/// store: a miss of the key in this process that finds the lease held waits for it in memory
+/// instead of polling Redis (see `coordinate`). Ends whether the write ends, fails or is dropped.
+pub(crate) struct Writing<'a> {
+    flights: &'a Flights,
+    key: Arc<str>,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        {
+            let mut writing = self.flights.lock_writing();
+            if let Some(n) = writing.get_mut(&self.key) {
+                *n -= 1;
+                if *n == 0 {
+                    writing.remove(&self.key);
+                }
+            }
+        }
+        self.flights.written.notify_waiters();
     }
 }
 
-/// A value on its way to Redis: a load's, in the background, registered in [`Flights`] from
-/// before its load returns until the store (and the L1 fill after it) is done; or a
-/// write-through's, from its lease until its store. Ends whether the work ends, fails or panics.
-/// A caller of the key in this process that misses L1 meanwhile waits for it in memory, then
-/// reads what it stored, instead of finding the lease held and polling Redis.
-pub(super) struct Pending {
+/// A load's value on its way to Redis in the background: registered in [`Flights`] from before
+/// its load returns until the store (and the L1 fill after it) is done, whether it ends,
+/// fails or panics.
+struct Pending {
     inner: Arc<Inner>,
     key: Arc<str>,
 }
 
 impl Pending {
-    pub(super) fn begin(inner: &Arc<Inner>, key: &Arc<str>) -> Self {
+    fn begin(inner: &Arc<Inner>, key: &Arc<str>) -> Self {
         let flights = &inner.flights;
         *flights.lock_storing().entry(key.clone()).or_default() += 1;
         flights.pending.fetch_add(1, Ordering::SeqCst);

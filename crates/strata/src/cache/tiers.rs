@@ -94,7 +94,7 @@ impl Inner {
         if let Some(found) = self.l1_find::<T>(key, ns, accept_negative).await {
             return Some(found);
         }
-        if self.wait_stored(key.as_str()).await
+        if self.flights.stored(key.as_str()).await
             && let Some(found) = self.l1_find::<T>(key, ns, accept_negative).await
         {
             return Some(found);
@@ -603,11 +603,17 @@ impl Inner {
             }
         };
         let stored = self.store(key, &prepared, Via::Plain).await;
+        if self.hot.copies(key) == 0 {
+            return stored.map(|_| ());
+        }
         // Copies of the previous value go even when the key could not be written.
         let copies = match (&stored, value) {
             (Ok(_), Some(value)) => self.hot_write(key, value).await,
             _ => self.hot_invalidate(key).await,
         };
+        // A read of a copy made before the copies changed may have filled L1 after the
+        // store's own fill: it must not serve once this returns.
+        self.l1.invalidate_local(key.as_str());
         stored?;
         copies
     }
@@ -699,17 +705,19 @@ impl Inner {
                 first_error.get_or_insert(err);
             }
         }
-        for (key, _) in items {
+        for (key, _) in items.iter().filter(|(key, _)| self.hot.copies(key) > 0) {
             if let Err(err) = self.hot_invalidate(key).await {
                 first_error.get_or_insert(err);
             }
+            // As in `write`: no copy read from before the copies went stays in L1.
+            self.l1.invalidate_local(key.as_str());
         }
         first_error.map_or(Ok(()), Err)
     }
 
     /// A write the cache refused (too large, not serializable): the value the caller meant to
     /// replace must not keep serving, so the key goes, as an audited `delete`.
-    async fn remove_replaced(&self, key: &Key) {
+    pub(crate) async fn remove_replaced(&self, key: &Key) {
         let removed = self.delete(key).await;
         self.audit("delete", key.as_str(), &removed);
         if let Err(err) = removed {
@@ -733,16 +741,16 @@ impl Inner {
             Ok((replies, _)) => Ok(replies),
             Err(_) => self.call_for(k, "DEL", del).await,
         };
-        // Once more now that Redis has run (or may have run) the DEL: a reader of this instance
-        // that read the old value after the first removal but before the DEL may have put it
-        // in L1, and the DEL's invalidation message, which would remove it, can come later than
-        // this call returns.
-        self.l1.invalidate_local(key.as_str());
         // The copies go even when the key's DEL failed: they would serve the old value too.
         let copies = self.hot_invalidate(key).await;
+        // Once more now that Redis has run (or may have run) the DELs: a reader of this instance
+        // that read the old value (of the key or of a copy) after the first removal but before
+        // the DEL may have put it in L1, and the DEL's invalidation message, which would remove
+        // it, can come later than this call returns.
+        self.l1.invalidate_local(key.as_str());
         let (removed, _): (i64, i64) = deleted?;
-        copies?;
         NsCounters::inc(&self.metrics.ns(key.namespace()).deletes);
+        copies?;
         Ok(removed > 0)
     }
 

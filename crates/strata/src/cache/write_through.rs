@@ -15,10 +15,10 @@
 //!   source, whichever of its versions it holds. Nothing is ever written to the cache before the
 //!   source has it, so the cache cannot be newer.
 //! - Readers that miss between 1 and 3 find the lease and wait for its value (distributed
-//!   single-flight) instead of loading a version the write is about to replace — in this
-//!   process, in memory until step 3 is done, then from L1 (the write registers as a store in
-//!   progress, see `load.rs`'s `Pending`), bounded by the lease's `max_wait`; one that had
-//!   already loaded the old value holds a token that 1 revoked, so its store is refused.
+//!   single-flight, at most the lease's `max_wait`) instead of loading a version the write is
+//!   about to replace — in this process in memory until step 3 is done (the write registers in
+//!   `Flights`, see `load.rs`'s `Writing`), in others by polling; one that had already loaded
+//!   the old value holds a token that 1 revoked, so its store is refused.
 //! - Concurrent write-throughs of one key may reach the source in any order, so none of them
 //!   may store its value unless it ran alone: write-through tokens are recognisable, and one
 //!   that took the lease over from another (step 1 returns the previous token), or whose lease
@@ -33,7 +33,6 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::load::Pending;
 use super::tiers::{Prepared, Via};
 use super::{CacheValue, Inner};
 use crate::error::{Error, Result};
@@ -45,25 +44,26 @@ use crate::ttl::{Ttl, ttl_millis};
 
 impl Inner {
     /// [`Cache::set_through`](crate::Cache::set_through), unaudited.
-    pub(crate) async fn set_through<T, F, Fut, E>(
-        self: &Arc<Self>,
-        key: &Key,
-        value: &T,
-        ttl: Ttl,
-        store_fn: F,
-    ) -> Result<()>
+    pub(crate) async fn set_through<T, F, Fut, E>(&self, key: &Key, value: &T, ttl: Ttl, store_fn: F) -> Result<()>
     where
         T: CacheValue,
         F: FnOnce(&T) -> Fut,
         Fut: Future<Output = std::result::Result<(), E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        // Before the source write: a namespace invalidation during it makes this value old.
-        let marks = self.write_marks(key, &[]).await;
-        // A value the cache cannot take fails before the source is touched.
-        let prepared = match &marks {
-            Ok(marks) => Some(self.prepare(key, Some(value.clone()), ttl, marks, 0)?),
-            Err(_) => None,
+        // Before the source write: a namespace invalidation during it makes this value old. A
+        // value the cache cannot take fails before the source is touched, stamps readable or
+        // not (unreadable: checked against provisional marks, and the error comes after the
+        // source write).
+        let (marks, prepared) = match self.capture_marks(key, &[]).await {
+            Ok(marks) => {
+                let prepared = self.prepare(key, Some(value.clone()), ttl, &marks, 0)?;
+                (Ok(marks), Some(prepared))
+            }
+            Err((provisional, err)) => {
+                self.prepare(key, Some(value.clone()), ttl, &provisional, 0)?;
+                (Err(err), None)
+            }
         };
         let write = || async move { store_fn(value).await.map(|()| Some(value.clone())) };
         self.through(key, ttl, marks, prepared, write).await.map(|_| ())
@@ -71,29 +71,26 @@ impl Inner {
 
     /// [`Cache::update_through`](crate::Cache::update_through), unaudited: as `set_through`,
     /// with the value the source write returned (encoded after it).
-    pub(crate) async fn update_through<T, F, Fut, E>(
-        self: &Arc<Self>,
-        key: &Key,
-        ttl: Ttl,
-        update: F,
-    ) -> Result<Option<T>>
+    pub(crate) async fn update_through<T, F, Fut, E>(&self, key: &Key, ttl: Ttl, update: F) -> Result<Option<T>>
     where
         T: CacheValue,
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<Option<T>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let marks = self.write_marks(key, &[]).await;
+        let marks = self.capture_marks(key, &[]).await.map_err(|(_, err)| err);
         self.through(key, ttl, marks, None, update).await
     }
 
     /// The three steps of the module docs around `write`, the source write, which answers the
     /// value to cache (`None`: nothing to cache, the key is emptied). `marks`: captured before
-    /// the write; `prepared`: the value, already encoded (`set_through` knows it before the
-    /// write). The source is written whatever Redis does: every error but the source's own
-    /// comes after it.
+    /// the write (an error: the stamps could not be read, which fails the call after the source
+    /// write); `prepared`: the value, already encoded (`set_through` knows it before the write).
+    /// Every error this returns but the source's own comes after the source write, and leaves
+    /// the key uncached, its hot copies removed as far as Redis allows, and this instance's L1
+    /// copy gone.
     async fn through<T, W, Fut, E>(
-        self: &Arc<Self>,
+        &self,
         key: &Key,
         ttl: Ttl,
         marks: Result<Arc<Marks>>,
@@ -106,10 +103,9 @@ impl Inner {
         Fut: Future<Output = std::result::Result<Option<T>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        // Until this write ends, a caller of the key here that misses L1 waits for it in memory,
-        // then finds what it stored in L1, rather than finding the lease held and polling Redis
-        // for the value (5 to 50 ms a poll).
-        let storing = Pending::begin(self, key.shared());
+        // Until this write ends, a miss of the key in this process that finds the lease held
+        // waits for it in memory rather than polling Redis (5 to 50 ms a turn).
+        let _writing = self.flights.begin_write(key.shared());
         // 1. Hold the lease and empty the key, atomically (same slot).
         self.l1.invalidate_local(key.as_str());
         let (k, lease, token) = (key.as_str(), lease_key(key.as_str()), through_token());
@@ -150,20 +146,46 @@ impl Inner {
                 return Err(Error::loader(e));
             }
         };
+
+        // 3. The cache.
+        let cached = self.after_source_write(key, ttl, marks, prepared, held, &token, value).await;
+        if self.hot.copies(key) > 0 {
+            if cached.is_err() {
+                // The copies still hold the previous value: they go too, as in `write`.
+                if let Err(err) = self.hot_invalidate(key).await {
+                    tracing::debug!(key = %key, error = %err, "write-through: could not remove the hot copies");
+                }
+            }
+            // A read of a copy by this instance made before the copies changed may have filled
+            // L1 after the store's own fill: it must not serve once this returns.
+            self.l1.invalidate_local(key.as_str());
+        }
+        cached
+    }
+
+    /// Step 3: the value goes in only if this write ran alone; else the key is emptied. Nothing
+    /// to cache, or a value the cache cannot take: the key and the lease go, as in `delete`.
+    #[allow(clippy::too_many_arguments)]
+    async fn after_source_write<T: CacheValue>(
+        &self,
+        key: &Key,
+        ttl: Ttl,
+        marks: Result<Arc<Marks>>,
+        prepared: Option<Prepared>,
+        held: Result<bool>,
+        token: &str,
+        value: Option<T>,
+    ) -> Result<Option<T>> {
         let marks = match marks {
             Ok(marks) => marks,
             Err(err) => {
                 if held.is_ok() {
-                    self.release_lease(key, &token).await;
+                    self.release_lease(key, token).await;
                 }
                 return Err(err);
             }
         };
         let contended = held?;
-        NsCounters::inc(&self.metrics.ns(key.namespace()).writes_through);
-
-        // 3. The cache, only if this write ran alone; else the key is emptied. Nothing to cache,
-        // or a value the cache cannot take: the key and the lease go, as in `delete`.
         let Some(value) = value else {
             self.delete(key).await?;
             return Ok(None);
@@ -171,17 +193,18 @@ impl Inner {
         let prepared = match prepared.map_or_else(|| self.prepare(key, Some(value.clone()), ttl, &marks, 0), Ok) {
             Ok(prepared) => prepared,
             Err(err) => {
-                self.delete(key).await?;
+                self.remove_replaced(key).await;
                 return Err(err);
             }
         };
-        let holder = Holder::Through { token: &token, contended };
-        if self.store(key, &prepared, Via::Lease(holder)).await? {
+        let holder = Holder::Through { token, contended };
+        let stored = self.store(key, &prepared, Via::Lease(holder)).await?;
+        NsCounters::inc(&self.metrics.ns(key.namespace()).writes_through);
+        if stored {
             self.hot_write(key, &value).await?;
         } else {
             self.hot_invalidate(key).await?;
         }
-        drop(storing);
         Ok(Some(value))
     }
 }

@@ -189,26 +189,30 @@ on_both!(a_changed_copy_evicts_the_l1_entry_it_filled);
 /// A copy whose master hangs while the key is deleted or written keeps the previous value,
 /// which readers would be served once the master is back, until the copy expires: the
 /// `delete` and the `set` must fail, never return `Ok` (the consistency drill's cluster `hang`
-/// found such a stale read). The key's own master stays up throughout.
+/// found such a stale read). The key's own master stays up, and holds the new value. And when
+/// the key's own master hangs, the copies on the others go all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_that_could_not_be_changed_fails_the_write() -> TestResult {
     let redis = Redis::cluster();
     let Redis::Cluster(cluster) = &redis else { return Err("not a cluster".into()) };
     let key = KeySchema::new("it", 1)?.key("hot", "hung")?;
-    let home = cluster.node_for_key(key.as_str().as_bytes())?;
-    let mut elsewhere = None;
-    for copy in hot_copy_keys(key.as_str(), 3) {
-        let node = cluster.node_for_key(copy.as_bytes())?;
-        if node != home {
-            elsewhere = Some(node);
-        }
-    }
-    let hung = elsewhere.ok_or("every copy is on the key's master")?;
+    let copies = hot_copy_keys(key.as_str(), 3);
+    let mut raw = redis.raw();
 
     for (what, write) in [("delete", true), ("set", false)] {
-        // A cache per round: the first round's failures opened a breaker.
+        // A cache per round: the last round's failures opened a breaker. The nodes again: a
+        // pause can end in a failover.
         let hot = redis.builder().hot_keys(HotKeys::new().key(&key, 3)).build().await?;
         hot.set(&key, &"old".to_owned(), Ttl::Medium).await?;
+        let home = cluster.node_for_key(key.as_str().as_bytes())?;
+        let mut elsewhere = None;
+        for copy in &copies {
+            let node = cluster.node_for_key(copy.as_bytes())?;
+            if node != home {
+                elsewhere = Some(node);
+            }
+        }
+        let hung = elsewhere.ok_or("every copy is on the key's master")?;
         cluster.nodes()[hung].pause()?;
         let result = match write {
             true => hot.delete(&key).await.map(|_| ()),
@@ -218,6 +222,34 @@ async fn a_copy_that_could_not_be_changed_fails_the_write() -> TestResult {
         let err = result.err().ok_or(format!("{what} returned Ok while a copy kept the old value"))?;
         assert!(err.is_unavailable(), "{what}: {err}");
         cluster.wait_healthy(Duration::from_secs(30))?;
+        // The key itself took the write: the error is the copy's.
+        let held: Option<Vec<u8>> = redis::cmd("GET").arg(key.as_str()).query(raw.as_mut())?;
+        let reader = redis.builder().l1_capacity_bytes(0).build().await?;
+        match write {
+            true => assert_eq!(held, None, "the key was deleted"),
+            false => {
+                assert_eq!(reader.get::<String>(&key).await?.as_deref(), Some("new"), "the key holds the new value")
+            }
+        }
+    }
+
+    // The key's own master hangs during a delete: the call fails, and the copies on the other
+    // masters are gone all the same.
+    let hot = redis.builder().hot_keys(HotKeys::new().key(&key, 3)).build().await?;
+    hot.set(&key, &"old".to_owned(), Ttl::Medium).await?;
+    let home = cluster.node_for_key(key.as_str().as_bytes())?;
+    let away: Vec<&String> =
+        copies.iter().filter(|c| cluster.node_for_key(c.as_bytes()).is_ok_and(|n| n != home)).collect();
+    assert!(!away.is_empty(), "no copy on another master");
+    cluster.nodes()[home].pause()?;
+    let result = hot.delete(&key).await;
+    cluster.nodes()[home].resume()?;
+    assert!(result.is_err(), "the key's DEL could not run: an error");
+    cluster.wait_healthy(Duration::from_secs(30))?;
+    let mut raw = redis.raw();
+    for copy in away {
+        let exists: bool = redis::cmd("EXISTS").arg(copy).query(raw.as_mut())?;
+        assert!(!exists, "{copy} kept the old value although its master was up");
     }
     Ok(())
 }

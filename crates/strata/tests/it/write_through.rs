@@ -230,7 +230,7 @@ async fn update_through_caches_what_the_source_returned(redis: Redis) -> TestRes
     assert_eq!(other.get::<String>(&key).await?.as_deref(), Some("v0+1"), "{}: in Redis too", redis.name());
     assert_eq!(cache.metrics().namespace("it:v1:through").writes_through, 1);
 
-    // Nothing updated: the key goes.
+    // Nothing updated: the key goes (and nothing counts as written through).
     let none = cache.update_through(&key, Ttl::Medium, || async { Ok::<Option<String>, std::io::Error>(None) }).await?;
     assert_eq!(none, None);
     assert_eq!(cache.get::<String>(&key).await?, None, "{}: nothing updated, nothing cached", redis.name());
@@ -249,13 +249,57 @@ async fn update_through_caches_what_the_source_returned(redis: Redis) -> TestRes
     assert!(err.is_loader(), "{err}");
     assert_eq!(other.get::<String>(&key).await?, None, "{}", redis.name());
     assert_eq!(lease_of(&redis)?, None, "the lease is released");
+    assert_eq!(cache.metrics().namespace("it:v1:through").writes_through, 1, "only the first reached the cache");
     Ok(())
 }
 on_both!(update_through_caches_what_the_source_returned);
 
+/// A source write that does not end holds its readers for the lease's `max_wait`, no longer:
+/// then they load on their own, in the writer's process as in others. (Their loader fails
+/// here, so that neither stores a value the other would then find.)
+async fn a_stuck_write_holds_readers_for_max_wait_only(redis: Redis) -> TestResult {
+    let leases = LeaseConfig::default().ttl(Duration::from_secs(30)).max_wait(Duration::from_millis(300));
+    let cache = redis.builder().leases(leases.clone()).build().await?;
+    let other = redis.builder().leases(leases).build().await?;
+    let key = KeySchema::new("it", 1)?.key("through", "u4")?;
+    let (started_tx, started_rx) = oneshot::channel::<()>();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let writing = {
+        let (cache, key) = (cache.clone(), key.clone());
+        tokio::spawn(async move {
+            cache
+                .update_through(&key, Ttl::Medium, move || async move {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.await; // stuck until the end of the test
+                    Ok::<_, std::io::Error>(Some("new".to_owned()))
+                })
+                .await
+        })
+    };
+    started_rx.await?;
+    let loads = AtomicUsize::new(0);
+    for (name, reader) in [("the writer's process", &cache), ("another process", &other)] {
+        let read = reader.get_or_set(&key, Ttl::Medium, || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Err::<String, _>(std::io::Error::other("the source is busy"))
+        });
+        let got = tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .map_err(|_| format!("{}: {name}: the reader waited past max_wait", redis.name()))?;
+        let err = got.err().ok_or(format!("{name}: the loader's error"))?;
+        assert!(err.is_loader(), "{name}: {err}");
+    }
+    assert!(!writing.is_finished(), "the write is still stuck");
+    assert_eq!(loads.load(Ordering::SeqCst), 2, "each reader loaded on its own after max_wait");
+    release_tx.send(()).map_err(|_| "writer gone")?;
+    assert_eq!(writing.await??.as_deref(), Some("new"));
+    Ok(())
+}
+on_both!(a_stuck_write_holds_readers_for_max_wait_only);
+
 /// A reader in the writer's own process that misses while the write is in progress waits for
-/// it in memory and is served what it stored from L1: no load, and no poll of the lease (which
-/// costs 5 to 50 ms a turn).
+/// it in memory and reads what it stored: no load, and no poll of the lease (which costs 5 to
+/// 50 ms a turn, and counts in `lease_waits`).
 async fn a_reader_in_the_writers_process_waits_in_memory(redis: Redis) -> TestResult {
     let cache = redis.cache().await;
     let key = KeySchema::new("it", 1)?.key("through", "u2")?;
