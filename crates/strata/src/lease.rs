@@ -143,11 +143,26 @@ pub struct LeaseConfig {
     pub ttl: Duration,
     /// Longest a caller waits for another process's load before loading itself (default 10 s).
     pub max_wait: Duration,
+    /// What a write-through ([`Cache::set_through`](crate::Cache::set_through),
+    /// [`Cache::update_through`](crate::Cache::update_through)) leaves readers while its source
+    /// write runs. Off (the default): it deletes the cached value first, so readers wait for
+    /// the write, and a writer that dies after its source write leaves the key uncached: the
+    /// cache is never older than the source. On: the cached value keeps serving until the write
+    /// stores the new one (a hit never waits), and a writer that dies between its source write
+    /// and its store leaves the previous value until its TTL, as update-then-delete does. Either
+    /// way the write revokes every reader's lease first, overlapping writes leave the key
+    /// uncached, and a failing source write removes the key.
+    pub keep_serving_during_writes: bool,
 }
 
 impl Default for LeaseConfig {
     fn default() -> Self {
-        Self { enabled: true, ttl: Duration::from_secs(10), max_wait: Duration::from_secs(10) }
+        Self {
+            enabled: true,
+            ttl: Duration::from_secs(10),
+            max_wait: Duration::from_secs(10),
+            keep_serving_during_writes: false,
+        }
     }
 }
 
@@ -175,6 +190,14 @@ impl LeaseConfig {
     #[must_use]
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = max_wait;
+        self
+    }
+
+    /// Whether a write-through keeps the cached value serving during its source write (see
+    /// [`keep_serving_during_writes`](Self::keep_serving_during_writes)).
+    #[must_use]
+    pub fn keep_serving_during_writes(mut self, keep: bool) -> Self {
+        self.keep_serving_during_writes = keep;
         self
     }
 }

@@ -20,7 +20,7 @@ mod users;
 
 use std::time::Duration;
 
-use strata::{Cache, KeySchema};
+use strata::{Cache, CacheBuilder, KeySchema, LeaseConfig};
 
 pub use counters::{Decision, Leaderboard, MAX_MEMBER_LEN, RateLimiter, Visitors};
 pub use products::Products;
@@ -111,5 +111,13 @@ pub async fn connect_cache(urls: &[String]) -> Result<Cache> {
         [url] => Cache::builder().redis_url(url.clone()),
         seeds => Cache::builder().cluster(seeds.to_vec()),
     };
-    Ok(builder.build().await?)
+    Ok(configure(builder).build().await?)
+}
+
+/// The service's Strata settings on top of a connection: a profile update keeps the previous
+/// profile serving until the new one is stored ([`LeaseConfig::keep_serving_during_writes`]):
+/// readers of a profile being updated are not held for the database's write, and a process
+/// that dies mid-update leaves the previous profile until its TTL, as update-then-delete would.
+pub fn configure(builder: CacheBuilder) -> CacheBuilder {
+    builder.leases(LeaseConfig::default().keep_serving_during_writes(true))
 }

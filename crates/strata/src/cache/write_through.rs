@@ -4,15 +4,16 @@
 //! write returned (`UPDATE ... RETURNING`), encoded after step 2.
 //!
 //! ```text
-//! 1. take the key's lease (overwriting any reader's: SET ... GET) and DEL the cached value,
-//!    one round trip
+//! 1. take the key's lease (overwriting any reader's: SET ... GET) and DEL the cached value
+//!    (not with `LeaseConfig::keep_serving_during_writes`: it serves until 3), one round trip
 //! 2. store_fn(value): the source write                      ── fails: lease released, cache empty
 //! 3. store the value only if the lease is still ours and step 1 overwrote no other
 //!    write-through's lease (CAS), releasing it; otherwise DEL the key and its lease
 //! ```
 //!
-//! - A crash (or a dropped future) after 1 leaves the cache empty: the next read loads from the
-//!   source, whichever of its versions it holds. Nothing is ever written to the cache before the
+//! - A crash (or a dropped future) after 1 leaves the cache empty (unless the value is kept
+//!   serving: then the previous value until its TTL): the next read loads from the source,
+//!   whichever of its versions it holds. Nothing is ever written to the cache before the
 //!   source has it, so the cache cannot be newer.
 //! - Readers that miss between 1 and 3 find the lease and wait for its value (distributed
 //!   single-flight, at most the lease's `max_wait`) instead of loading a version the write is
@@ -107,24 +108,22 @@ impl Inner {
         // waits for it in memory rather than polling Redis (5 to 50 ms a turn).
         let _writing = self.flights.begin_write(key.shared());
         // 1. Hold the lease and empty the key, atomically (same slot).
-        self.l1.invalidate_local(key.as_str());
+        // Kept: the previous value serves until step 3 (`LeaseConfig::keep_serving_during_writes`).
+        let keep = self.leases.keep_serving_during_writes;
+        if !keep {
+            self.l1.invalidate_local(key.as_str());
+        }
         let (k, lease, token) = (key.as_str(), lease_key(key.as_str()), through_token());
         let px = ttl_millis(self.leases.ttl);
         let (t, lease) = (token.as_str(), &lease);
         let held: Result<(Option<String>,)> = self
             .call_for(k, "write-through lease", |mut c| async move {
-                redis::pipe()
-                    .cmd("SET")
-                    .arg(lease)
-                    .arg(t)
-                    .arg("PX")
-                    .arg(px)
-                    .arg("GET")
-                    .cmd("DEL")
-                    .arg(k)
-                    .ignore()
-                    .query_async(&mut c)
-                    .await
+                let mut p = redis::pipe();
+                p.cmd("SET").arg(lease).arg(t).arg("PX").arg(px).arg("GET");
+                if !keep {
+                    p.cmd("DEL").arg(k).ignore();
+                }
+                p.query_async(&mut c).await
             })
             .await;
         // Another write-through's lease was live: its source write and ours may land in either
@@ -140,7 +139,12 @@ impl Inner {
         let value = match write().await {
             Ok(value) => value,
             Err(e) => {
-                if held.is_ok() {
+                if keep {
+                    // The source may have taken the write all the same: the kept value goes.
+                    if let Err(err) = self.delete(key).await {
+                        tracing::debug!(key = %key, error = %err, "write-through: could not remove the kept value");
+                    }
+                } else if held.is_ok() {
                     self.release_lease(key, &token).await;
                 }
                 return Err(Error::loader(e));
@@ -149,6 +153,12 @@ impl Inner {
 
         // 3. The cache.
         let cached = self.after_source_write(key, ttl, marks, prepared, held, &token, value).await;
+        if keep && cached.is_err() {
+            // The previous value was kept: it must not outlive a write that could not replace it.
+            if let Err(err) = self.delete(key).await {
+                tracing::debug!(key = %key, error = %err, "write-through: could not remove the kept value");
+            }
+        }
         if self.hot.copies(key) > 0 {
             if cached.is_err() {
                 // The copies still hold the previous value: they go too, as in `write`.

@@ -153,8 +153,20 @@ on_both!(a_reader_during_the_write_gets_the_new_value);
 /// leases: A takes the lease, B takes it over, B writes v2 to the source, then A writes v1, then
 /// both try to store. The cache must end up agreeing with the source (v1), not holding v2.
 async fn concurrent_writes_through_agree_with_the_source(redis: Redis) -> TestResult {
-    let (a, b) = (redis.cache().await, redis.cache().await);
-    let key = KeySchema::new("it", 1)?.key("through", "5")?;
+    concurrent_writes_through(redis, false).await
+}
+on_both!(concurrent_writes_through_agree_with_the_source);
+
+/// The same with the previous value kept serving during the writes.
+async fn concurrent_kept_writes_through_agree_with_the_source(redis: Redis) -> TestResult {
+    concurrent_writes_through(redis, true).await
+}
+on_both!(concurrent_kept_writes_through_agree_with_the_source);
+
+async fn concurrent_writes_through(redis: Redis, keep: bool) -> TestResult {
+    let leases = LeaseConfig::default().keep_serving_during_writes(keep);
+    let (a, b) = (redis.builder().leases(leases.clone()).build().await?, redis.builder().leases(leases).build().await?);
+    let key = KeySchema::new("it", 1)?.key("through", if keep { "5k" } else { "5" })?;
     let source: Source = Arc::new(Mutex::new("v0".to_owned()));
     a.set(&key, &"v0".to_owned(), Ttl::Medium).await?;
     let (a_holds_tx, a_holds_rx) = oneshot::channel::<()>();
@@ -203,7 +215,6 @@ async fn concurrent_writes_through_agree_with_the_source(redis: Redis) -> TestRe
     }
     Ok(())
 }
-on_both!(concurrent_writes_through_agree_with_the_source);
 
 /// `update_through` caches what the source write returned; `None` (nothing updated) and a
 /// failing write leave the key uncached and the lease free.
@@ -365,3 +376,62 @@ async fn with_redis_down_the_source_is_still_written() -> TestResult {
     assert_eq!(*source.lock().expect("source"), "newer", "the source write ran");
     Ok(())
 }
+
+/// With `keep_serving_during_writes`, readers are served the previous value while the source
+/// write runs (a hit does not wait, in the writer's process or another), then the new one; a
+/// failing source write removes the key.
+async fn a_kept_value_serves_during_the_write(redis: Redis) -> TestResult {
+    let leases = LeaseConfig::default().keep_serving_during_writes(true);
+    let cache = redis.builder().leases(leases.clone()).build().await?;
+    let other = redis.builder().leases(leases).build().await?;
+    let key = KeySchema::new("it", 1)?.key("through", "k1")?;
+    let source: Source = Arc::new(Mutex::new("old".to_owned()));
+    cache.set(&key, &"old".to_owned(), Ttl::Medium).await?;
+    let (started_tx, started_rx) = oneshot::channel::<()>();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let writing = {
+        let (cache, key, source) = (cache.clone(), key.clone(), source.clone());
+        tokio::spawn(async move {
+            cache
+                .update_through(&key, Ttl::Medium, move || async move {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.await; // a slow UPDATE
+                    *source.lock().expect("source") = "new".to_owned();
+                    Ok::<_, std::io::Error>(Some("new".to_owned()))
+                })
+                .await
+        })
+    };
+    started_rx.await?;
+    let loads = AtomicUsize::new(0);
+    for (name, reader) in [("the writer's process", &cache), ("another process", &other)] {
+        assert_eq!(read_through(reader, &key, &source, &loads).await?, "old", "{}: {name}", redis.name());
+    }
+    assert!(!writing.is_finished(), "the reads did not wait for the write");
+    release_tx.send(()).map_err(|_| "writer gone")?;
+    assert_eq!(writing.await??.as_deref(), Some("new"));
+    for (name, reader) in [("the writer's process", &cache), ("another process", &other)] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        // The other process hears of the change through its invalidation message.
+        while read_through(reader, &key, &source, &loads).await? != "new" {
+            assert!(tokio::time::Instant::now() < deadline, "{}: {name} kept the old value", redis.name());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 0, "every read was a hit");
+
+    // A failing source write: the kept value goes (the source may have taken the write).
+    let err = cache
+        .update_through(&key, Ttl::Medium, || async {
+            Err::<Option<String>, _>(std::io::Error::other("connection reset after COMMIT"))
+        })
+        .await
+        .err()
+        .ok_or("the source error must surface")?;
+    assert!(err.is_loader(), "{err}");
+    assert_eq!(other.get::<String>(&key).await?, None, "{}: the kept value was removed", redis.name());
+    let lease: Option<String> = redis::cmd("GET").arg(strata::lease_key(key.as_str())).query(redis.raw().as_mut())?;
+    assert_eq!(lease, None, "the lease is released");
+    Ok(())
+}
+on_both!(a_kept_value_serves_during_the_write);
