@@ -19,7 +19,10 @@
 //! - **`set_through`**: the cache's own ordering is under test, so writers of one key run
 //!   concurrently. The source write is optimistic, as with a version column: it refuses a
 //!   version older than the one it holds (the call then fails and the cache is emptied of the
-//!   key), so the source's versions keep growing; a refused write is not judged.
+//!   key), so the source's versions keep growing; a refused write is not judged. Odd-numbered
+//!   processes keep the previous value serving during their write-throughs
+//!   (`LeaseConfig::keep_serving_during_writes`, as the example service does), even-numbered
+//!   ones delete it first (the default), so every run checks both and their mix.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -31,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rand::Rng;
 use rusqlite::{Connection, params};
-use strata::{Cache, Freshness, HotKeys, Invalidation, Key, Tag, Ttl, TtlPolicy};
+use strata::{Cache, Freshness, HotKeys, Invalidation, Key, LeaseConfig, Tag, Ttl, TtlPolicy};
 
 use super::history::{Entry, Kind};
 use super::{Keyspace, now_ns};
@@ -84,6 +87,7 @@ pub async fn worker(options: WorkerOptions) -> anyhow::Result<()> {
                 .fail_safe(Duration::from_secs(10)),
         )
         .hot_keys(HotKeys::new().namespace(space.hot_namespace.clone(), 3))
+        .leases(LeaseConfig::default().keep_serving_during_writes(options.process % 2 == 1))
         .build()
         .await?;
     let source = Arc::new(Source::open(&options.dir.join(SOURCE_DB))?);
