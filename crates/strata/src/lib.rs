@@ -114,7 +114,7 @@
 //! | `cache/load_many` | the batch load path of `get_or_set_many` |
 //! | `cache/tiers` | one read or write of each tier: L1 lookup, GET/MGET + decode, SET / lease compare-and-set, settling a write into L1, every Redis call through the breaker |
 //! | `cache/stamps` | a **stamp** is the generation of a namespace or tag: the marks a value carries, the verdict on them at every read, what this instance knows |
-//! | `cache/hot`, `cache/write_through`, `cache/builder` | hot keys' registry and copies; `set_through`; assembling a cache ([`CacheBuilder`]) |
+//! | `cache/hot`, `cache/write_through`, `cache/builder` | hot keys' registry and copies; `set_through`, `update_through`; assembling a cache ([`CacheBuilder`]) |
 //! | `batch`, `namespace`, `exposition` | the public API of batches; of namespaces and tags; of Prometheus exposition |
 //! | `l1` | the L1 tier: its store (quick_cache behind `L1Store`), bounded in bytes, and its admission rule (`Coherence`: tickets taken before a round trip, a writer's own ticket, tracking health) |
 //! | `invalidation` | the tracking connections (RESP3 `CLIENT TRACKING`, default mode), which carry the reads for L1; heartbeats, topology, the slot table, redirects |

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use strata::{Cache, Key, KeySchema, LeaseConfig, Ttl};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use crate::common::{Redis, TestResult};
 use crate::on_both;
@@ -33,6 +34,31 @@ async fn read_through(cache: &Cache, key: &Key, source: &Source, loads: &AtomicU
             Ok::<_, std::io::Error>(source.lock().expect("source").clone())
         })
         .await
+}
+
+/// Starts an `update_through` of `key` on `cache` whose source write waits for the returned
+/// sender (a slow `UPDATE`), then puts "new" in `source` and returns it. Returns once the write
+/// holds the key's lease.
+async fn slow_update(
+    cache: &Cache,
+    key: &Key,
+    source: &Source,
+) -> Result<(JoinHandle<strata::Result<Option<String>>>, oneshot::Sender<()>), oneshot::error::RecvError> {
+    let (started_tx, started_rx) = oneshot::channel::<()>();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let (cache, key, source) = (cache.clone(), key.clone(), source.clone());
+    let writing = tokio::spawn(async move {
+        cache
+            .update_through(&key, Ttl::Medium, move || async move {
+                let _ = started_tx.send(());
+                let _ = release_rx.await;
+                *source.lock().expect("source") = "new".to_owned();
+                Ok::<_, std::io::Error>(Some("new".to_owned()))
+            })
+            .await
+    });
+    started_rx.await?;
+    Ok((writing, release_tx))
 }
 
 async fn writes_the_source_then_the_cache(redis: Redis) -> TestResult {
@@ -273,21 +299,7 @@ async fn a_stuck_write_holds_readers_for_max_wait_only(redis: Redis) -> TestResu
     let cache = redis.builder().leases(leases.clone()).build().await?;
     let other = redis.builder().leases(leases).build().await?;
     let key = KeySchema::new("it", 1)?.key("through", "u4")?;
-    let (started_tx, started_rx) = oneshot::channel::<()>();
-    let (release_tx, release_rx) = oneshot::channel::<()>();
-    let writing = {
-        let (cache, key) = (cache.clone(), key.clone());
-        tokio::spawn(async move {
-            cache
-                .update_through(&key, Ttl::Medium, move || async move {
-                    let _ = started_tx.send(());
-                    let _ = release_rx.await; // stuck until the end of the test
-                    Ok::<_, std::io::Error>(Some("new".to_owned()))
-                })
-                .await
-        })
-    };
-    started_rx.await?;
+    let (writing, release_tx) = slow_update(&cache, &key, &Source::default()).await?;
     let loads = AtomicUsize::new(0);
     for (name, reader) in [("the writer's process", &cache), ("another process", &other)] {
         let read = reader.get_or_set(&key, Ttl::Medium, || async {
@@ -315,22 +327,7 @@ async fn a_reader_in_the_writers_process_waits_in_memory(redis: Redis) -> TestRe
     let cache = redis.cache().await;
     let key = KeySchema::new("it", 1)?.key("through", "u2")?;
     let source: Source = Arc::new(Mutex::new("old".to_owned()));
-    let (started_tx, started_rx) = oneshot::channel::<()>();
-    let (release_tx, release_rx) = oneshot::channel::<()>();
-    let writing = {
-        let (cache, key, source) = (cache.clone(), key.clone(), source.clone());
-        tokio::spawn(async move {
-            cache
-                .update_through(&key, Ttl::Medium, move || async move {
-                    let _ = started_tx.send(());
-                    let _ = release_rx.await; // a slow UPDATE
-                    *source.lock().expect("source") = "new".to_owned();
-                    Ok::<_, std::io::Error>(Some("new".to_owned()))
-                })
-                .await
-        })
-    };
-    started_rx.await?;
+    let (writing, release_tx) = slow_update(&cache, &key, &source).await?;
     let loads = Arc::new(AtomicUsize::new(0));
     let reading = {
         let (cache, key, source, loads) = (cache.clone(), key.clone(), source.clone(), loads.clone());
@@ -387,22 +384,7 @@ async fn a_kept_value_serves_during_the_write(redis: Redis) -> TestResult {
     let key = KeySchema::new("it", 1)?.key("through", "k1")?;
     let source: Source = Arc::new(Mutex::new("old".to_owned()));
     cache.set(&key, &"old".to_owned(), Ttl::Medium).await?;
-    let (started_tx, started_rx) = oneshot::channel::<()>();
-    let (release_tx, release_rx) = oneshot::channel::<()>();
-    let writing = {
-        let (cache, key, source) = (cache.clone(), key.clone(), source.clone());
-        tokio::spawn(async move {
-            cache
-                .update_through(&key, Ttl::Medium, move || async move {
-                    let _ = started_tx.send(());
-                    let _ = release_rx.await; // a slow UPDATE
-                    *source.lock().expect("source") = "new".to_owned();
-                    Ok::<_, std::io::Error>(Some("new".to_owned()))
-                })
-                .await
-        })
-    };
-    started_rx.await?;
+    let (writing, release_tx) = slow_update(&cache, &key, &source).await?;
     let loads = AtomicUsize::new(0);
     for (name, reader) in [("the writer's process", &cache), ("another process", &other)] {
         assert_eq!(read_through(reader, &key, &source, &loads).await?, "old", "{}: {name}", redis.name());
