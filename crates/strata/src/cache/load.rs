@@ -850,16 +850,42 @@ type FlightKey = (Arc<str>, TypeId, u8);
 #[derive(Default)]
 pub(crate) struct Flights {
     in_flight: Mutex<HashMap<FlightKey, Cell>>,
-    /// Loads that returned and are storing their value in the background, by key.
-    storing: Mutex<HashMap<Arc<str>, usize>>,
+    /// Loads that returned and are storing their value in the background ([`Pending`]).
+    storing: InProgress,
     /// How many there are in all: a caller looks further only when some are.
     pending: AtomicUsize,
-    /// Woken whenever one ends.
-    stored: Notify,
-    /// Write-throughs in progress in this process, by key ([`Writing`]).
-    writing: Mutex<HashMap<Arc<str>, usize>>,
-    /// Woken whenever one ends.
-    written: Notify,
+    /// Write-throughs in progress in this process ([`Writing`]).
+    writing: InProgress,
+}
+
+/// Work in progress, counted per key, and woken whenever one ends.
+#[derive(Default)]
+struct InProgress {
+    keys: Mutex<HashMap<Arc<str>, usize>>,
+    ended: Notify,
+}
+
+impl InProgress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, usize>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enter(&self, key: &Arc<str>) {
+        *self.lock().entry(key.clone()).or_default() += 1;
+    }
+
+    fn leave(&self, key: &Arc<str>) {
+        {
+            let mut keys = self.lock();
+            if let Some(n) = keys.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    keys.remove(key);
+                }
+            }
+        }
+        self.ended.notify_waiters();
+    }
 }
 
 impl Flights {
@@ -894,10 +920,10 @@ impl Flights {
                 return waited;
             }
             // Registered before looking, so that an end between the two still wakes us.
-            let ended = self.stored.notified();
+            let ended = self.storing.ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            if done(&self.lock_storing()) {
+            if done(&self.storing.lock()) {
                 return waited;
             }
             ended.await;
@@ -905,42 +931,35 @@ impl Flights {
         }
     }
 
-    fn lock_storing(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, usize>> {
-        self.storing.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Registers a write-through of `key` in this process until the guard drops.
     pub(crate) fn begin_write(&self, key: &Arc<str>) -> Writing<'_> {
-        *self.lock_writing().entry(key.clone()).or_default() += 1;
+        self.writing.enter(key);
         Writing { flights: self, key: key.clone() }
     }
 
     /// If a write-through of `key` runs in this process, waits for it to end, for at most
     /// `limit`, and says true; false at once when none runs.
     async fn written(&self, key: &str, limit: Duration) -> bool {
-        let ended = self.written.notified();
+        let writing = &self.writing;
+        let ended = writing.ended.notified();
         tokio::pin!(ended);
         // Registered before looking, so that an end between the two still wakes us.
         ended.as_mut().enable();
-        if !self.lock_writing().contains_key(key) {
+        if !writing.lock().contains_key(key) {
             return false;
         }
         let _ = tokio::time::timeout(limit, async {
             loop {
                 ended.as_mut().await;
-                ended.set(self.written.notified());
+                ended.set(writing.ended.notified());
                 ended.as_mut().enable();
-                if !self.lock_writing().contains_key(key) {
+                if !writing.lock().contains_key(key) {
                     return;
                 }
             }
         })
         .await;
         true
-    }
-
-    fn lock_writing(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, usize>> {
-        self.writing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Keys with a load in progress.
@@ -964,16 +983,7 @@ pub(crate) struct Writing<'a> {
 
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
-        {
-            let mut writing = self.flights.lock_writing();
-            if let Some(n) = writing.get_mut(&self.key) {
-                *n -= 1;
-                if *n == 0 {
-                    writing.remove(&self.key);
-                }
-            }
-        }
-        self.flights.written.notify_waiters();
+        self.flights.writing.leave(&self.key);
     }
 }
 
@@ -988,7 +998,7 @@ struct Pending {
 impl Pending {
     fn begin(inner: &Arc<Inner>, key: &Arc<str>) -> Self {
         let flights = &inner.flights;
-        *flights.lock_storing().entry(key.clone()).or_default() += 1;
+        flights.storing.enter(key);
         flights.pending.fetch_add(1, Ordering::SeqCst);
         Self { inner: Arc::clone(inner), key: key.clone() }
     }
@@ -997,17 +1007,9 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         let flights = &self.inner.flights;
-        {
-            let mut storing = flights.lock_storing();
-            if let Some(n) = storing.get_mut(&self.key) {
-                *n -= 1;
-                if *n == 0 {
-                    storing.remove(&self.key);
-                }
-            }
-        }
+        // The store is done: a caller that sees no store pending from here on is right.
         flights.pending.fetch_sub(1, Ordering::SeqCst);
-        flights.stored.notify_waiters();
+        flights.storing.leave(&self.key);
     }
 }
 
