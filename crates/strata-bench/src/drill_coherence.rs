@@ -203,11 +203,11 @@ impl PlainClient {
         self.query(redis::cmd("DEL").arg(key)).await
     }
 
-    /// DEL of `key` and its lease key, in one command (same slot): what a writer outside Strata
-    /// must do so that a load running meanwhile cannot store what it read before the write
-    /// (see `strata::lease_key`).
-    pub(crate) async fn delete_with_lease(&mut self, key: &str) -> anyhow::Result<()> {
-        self.query(redis::cmd("DEL").arg(key).arg(strata::lease_key(key))).await
+    /// DEL of `key` and its coordination keys, in one command (same slot): what a writer outside
+    /// Strata must do so that a load or a versioned write running meanwhile cannot store what
+    /// it read before the write (see `strata::coordination_keys`).
+    pub(crate) async fn delete_with_coordination(&mut self, key: &str) -> anyhow::Result<()> {
+        self.query(redis::cmd("DEL").arg(key).arg(&strata::coordination_keys(key)[..])).await
     }
 
     /// GET `from`, SET `to` to the same bytes (with a TTL, as any cache writer should).

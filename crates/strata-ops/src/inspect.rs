@@ -19,9 +19,10 @@
 //! Memory is `MEMORY USAGE key SAMPLES 0`: exact for aggregates (hashes, lists, sets ...) too,
 //! where the default samples only 5 elements. It costs time proportional to the key's elements.
 //!
-//! Strata's lease keys (`{app:vN:entity:id}:lease`) are counted in a bucket of their own,
-//! `app:vN:entity (leases)` (see [`namespace_of`]): a namespace's figures stay those of its
-//! values, and a large lease bucket points at loads that are slow or stuck.
+//! Strata's coordination keys (leases `{app:vN:entity:id}:lease` and write versions
+//! `{app:vN:entity:id}:version`) are counted in a bucket of their own,
+//! `app:vN:entity (coordination)` (see [`namespace_of`]): a namespace's figures stay those of
+//! its values, and a large bucket points at loads that are slow or stuck.
 //!
 //! `PTTL` counts as a keyspace lookup in Redis (`MEMORY USAGE` does not): an inspection adds
 //! one hit per key measured to the node's `keyspace_hits`. The hit ratios reported are read
@@ -53,9 +54,9 @@ pub const DEFAULT_BIG_KEYS: usize = 10;
 /// Keys remembered (as 64-bit hashes) to count each key once, over the whole inspection; past
 /// it, counts are approximate (`exact: false`).
 pub const MAX_DEDUP_KEYS: u64 = 5_000_000;
-/// Appended to a namespace for the bucket of its lease keys: `shop:v1:user (leases)`.
-pub const LEASE_BUCKET_SUFFIX: &str = " (leases)";
-/// How a Strata lease key ends: `{<key>}:lease`.
+/// Appended to a namespace for the bucket of its coordination keys (leases and write
+/// versions, [`strata::coordination_keys`]): `shop:v1:user (coordination)`.
+pub const COORDINATION_BUCKET_SUFFIX: &str = " (coordination)";
 /// Names of the TTL histogram buckets, in order.
 pub const TTL_BUCKETS: [&str; 6] = ["none", "<1m", "<10m", "<1h", "<1d", ">=1d"];
 
@@ -65,24 +66,20 @@ pub const TTL_BUCKETS: [&str; 6] = ["none", "<1m", "<10m", "<1h", "<1d", ">=1d"]
 /// segments with a second segment `v` + digits) belongs to `app:v{N}:entity`; any other key
 /// to its first `:`-separated segment (`session:abc` → `session`, `shop:v1:user` →
 /// `shop`); a key without `:` to [`NO_NAMESPACE`]. Non-UTF-8 bytes are replaced (lossy).
-/// A Strata lease key `{KEY}:lease` belongs to the namespace of `KEY` followed by
-/// [`LEASE_BUCKET_SUFFIX`] (`{shop:v1:user:42}:lease` → `shop:v1:user (leases)`).
+/// A Strata coordination key (`{KEY}:lease`, `{KEY}:version`) belongs to the namespace of
+/// `KEY` followed by [`COORDINATION_BUCKET_SUFFIX`] (`{shop:v1:user:42}:lease` →
+/// `shop:v1:user (coordination)`).
 ///
 /// `strata invalidate --namespace NS` removes exactly the keys for which this returns `NS`
-/// (and the lease keys of those keys).
+/// (and the coordination keys of those keys).
 pub fn namespace_of(key: &[u8]) -> Cow<'_, str> {
-    if let Some(inner) = lease_target(key) {
-        return Cow::Owned(format!("{}{LEASE_BUCKET_SUFFIX}", namespace_of_value(inner)));
+    if let Some(inner) = strata::coordination_target(key) {
+        return Cow::Owned(format!("{}{COORDINATION_BUCKET_SUFFIX}", namespace_of_value(inner)));
     }
     namespace_of_value(key)
 }
 
-/// The key a Strata lease key (`{KEY}:lease`) protects, None for any other key.
-pub fn lease_target(key: &[u8]) -> Option<&[u8]> {
-    strata::lease_target(key)
-}
-
-/// [`namespace_of`] without the lease rule: the library's rule, plus a bucket for keys with no
+/// [`namespace_of`] without the coordination rule: the library's rule, plus a bucket for keys with no
 /// `:` at all.
 fn namespace_of_value(key: &[u8]) -> Cow<'_, str> {
     if !key.contains(&b':') {
@@ -570,13 +567,13 @@ mod tests {
         assert_eq!(namespace_of(b"plain"), NO_NAMESPACE);
         assert_eq!(namespace_of(b":x"), "");
         assert_eq!(namespace_of(b"\xff:v1:e:1"), "\u{fffd}:v1:e");
-        // Lease keys: their own bucket, named after their key's namespace.
-        assert_eq!(namespace_of(b"{shop:v1:user:42}:lease"), "shop:v1:user (leases)");
-        assert_eq!(namespace_of(b"{session:abc}:lease"), "session (leases)");
-        assert_eq!(namespace_of(b"{plain}:lease"), "(no namespace) (leases)");
+        // Coordination keys: their own bucket, named after their key's namespace.
+        assert_eq!(namespace_of(b"{shop:v1:user:42}:lease"), "shop:v1:user (coordination)");
+        assert_eq!(namespace_of(b"{session:abc}:lease"), "session (coordination)");
+        assert_eq!(namespace_of(b"{plain}:lease"), "(no namespace) (coordination)");
         assert_eq!(namespace_of(b"{}:lease"), "{}");
         assert_eq!(namespace_of(b"{shop:v1:user:42}:leases"), "{shop:v1:user", "not a lease key");
-        assert_eq!(lease_target(b"{shop:v1:user:42}:lease"), Some(&b"shop:v1:user:42"[..]));
+        assert_eq!(namespace_of(b"{shop:v1:user:42}:version"), "shop:v1:user (coordination)");
     }
 
     #[test]

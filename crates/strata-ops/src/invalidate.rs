@@ -7,9 +7,10 @@
 //! (computed locally, no `CLUSTER KEYSLOT` round trip) into one `UNLINK` per slot. Replicas are
 //! not scanned: they follow their masters.
 //!
-//! Each removed key's Strata lease (`{KEY}:lease`, same slot) is unlinked with it, as the
-//! library's own `delete` does: a load that started before the invalidation must not store its
-//! value after it. Leases are not counted in the report.
+//! Each removed key's Strata coordination keys (`{KEY}:lease`, `{KEY}:version`, same slot,
+//! [`strata::coordination_keys`]) are unlinked with it, as the library's own `delete` does: a
+//! load or a versioned write that started before the invalidation must not store its value
+//! after it. They are not counted in the report.
 //!
 //! No set of the keys seen is kept (memory stays flat on any keyspace): `UNLINK` is idempotent
 //! and `removed` counts its replies, so a key SCAN returns twice is removed and counted once.
@@ -28,7 +29,7 @@ use redis::cluster_routing::Slot;
 use serde::Serialize;
 
 use crate::error::{OpsError, Result};
-use crate::inspect::{SCAN_COUNT, lease_target, namespace_of};
+use crate::inspect::{SCAN_COUNT, namespace_of};
 use crate::target::{Deployment, Node};
 
 /// Default number of keys per `UNLINK` round trip.
@@ -249,8 +250,9 @@ fn invalidate_node(
     Ok((matched, removed))
 }
 
-/// UNLINKs `keys` (emptied) and their lease keys in one round trip: one command per slot on a
-/// cluster. Returns the keys removed (leases not counted).
+/// UNLINKs `keys` (emptied) and their coordination keys (lease, write version) in one round
+/// trip: one command per slot on a cluster. Returns the keys removed (coordination keys not
+/// counted).
 fn unlink(
     con: &mut redis::Connection,
     node: &Node,
@@ -258,15 +260,15 @@ fn unlink(
     keys: &mut Vec<Vec<u8>>,
     progress: &ProgressBar,
 ) -> Result<u64> {
-    // On a cluster, a key with its own hash tag (`{tenant}:x`) has its lease in another slot,
-    // maybe on another node: such leases are left to expire (the library cannot script them
-    // together with their key either).
-    let leases: Vec<Vec<u8>> = keys
+    // On a cluster, a key with its own hash tag (`{tenant}:x`) has its coordination keys in
+    // another slot, maybe on another node: they are left to expire (the library cannot script
+    // them together with their key either).
+    let coordination: Vec<Vec<u8>> = keys
         .iter()
-        .filter(|k| lease_target(k).is_none())
-        .map(|k| (k, strata::lease_key(k)))
-        .filter(|(k, lease)| !cluster || Slot::for_key(k) == Slot::for_key(lease))
-        .map(|(_, lease)| lease)
+        .filter(|k| strata::coordination_target(k).is_none())
+        .flat_map(|k| strata::coordination_keys(k).map(|c| (k, c)))
+        .filter(|(k, c)| !cluster || Slot::for_key(k) == Slot::for_key(c))
+        .map(|(_, c)| c)
         .collect();
     let mut pipe = redis::pipe();
     if cluster {
@@ -280,13 +282,13 @@ fn unlink(
         for group in group(std::mem::take(keys)).values() {
             pipe.cmd("UNLINK").arg(group);
         }
-        for group in group(leases).values() {
+        for group in group(coordination).values() {
             pipe.cmd("UNLINK").arg(group).ignore();
         }
     } else {
         pipe.cmd("UNLINK").arg(&*keys);
-        if !leases.is_empty() {
-            pipe.cmd("UNLINK").arg(&leases).ignore();
+        if !coordination.is_empty() {
+            pipe.cmd("UNLINK").arg(&coordination).ignore();
         }
         keys.clear();
     }

@@ -243,7 +243,7 @@ fn leases_and_aggregates() {
     let report = inspect(&deployment, &InspectOptions::default(), &hidden()).expect("inspect");
     let got = counts(&report.namespaces);
     assert_eq!(got.get("shop:v1:user"), Some(&(20, 0)), "{got:?}");
-    assert_eq!(got.get("shop:v1:user (leases)"), Some(&(5, 0)), "{got:?}");
+    assert_eq!(got.get("shop:v1:user (coordination)"), Some(&(5, 0)), "{got:?}");
     assert_eq!(report.namespaces["shop:v1:blob"].memory_bytes, exact, "memory of an aggregate is exact");
     assert_eq!(report.big_keys[0].key, "shop:v1:blob:1");
     assert_eq!(report.big_keys[0].memory_bytes, exact);

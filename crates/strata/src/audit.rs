@@ -5,7 +5,8 @@
 //! ```
 //!
 //! `principal` is the configured ACL user (`default` without one), `action` one of `set`,
-//! `set_not_found`, `set_many` (one record per key), `set_through`, `write_behind_enqueue`,
+//! `set_not_found`, `set_many` (one record per key), `set_through`, `update_through`,
+//! `update_through_versioned`, `write_behind_enqueue`,
 //! `delete`, `invalidate_namespace`, `invalidate_tag`, `target` the key, namespace or tag, `result` `ok` or `error` (then `reason` holds the error message). Writing
 //! never blocks a cache call: records go through a bounded queue to a writer thread, and records
 //! that find the queue full are dropped and counted ([`AuditSink::dropped`]).

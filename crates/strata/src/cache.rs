@@ -10,7 +10,7 @@
 //!   breaker, envelope checks, the store step shared by every write, L1 fills after writes;
 //! - [`stamps`]: namespace and tag generations: the marks a value carries, the verdict on
 //!   them at every read, and what this instance knows of the current ones;
-//! - [`hot`]: hot keys' registry and copies; [`write_through`]: `set_through`, `update_through`; [`builder`]:
+//! - [`hot`]: hot keys' registry and copies; [`write_through`]: `set_through`, `update_through`, `update_through_versioned`; [`builder`]:
 //!   assembling it all.
 
 mod builder;
@@ -484,6 +484,69 @@ impl Cache {
     {
         let outcome = self.inner.update_through(key, ttl.into(), update).await;
         self.audit("update_through", key.as_str(), &outcome);
+        outcome
+    }
+
+    /// [`update_through`](Self::update_through) for a source that versions its rows: `update`
+    /// answers the row and its version, a number that grows with every write of the row (a
+    /// column the `UPDATE` increments: `SET ..., version = version + 1 ... RETURNING ...,
+    /// version`). The version, not a lease, orders concurrent writes, so nothing is sent to
+    /// Redis before `update` and one script after it: the cost of a `DEL` after the update,
+    /// with the row cached instead of deleted.
+    ///
+    /// The row is stored only over an older version; until then every instance keeps serving
+    /// the previous value (the write has not completed). With no version on record (the key's
+    /// first versioned write, or after a `delete`, a plain `set`, a flush or an eviction) the
+    /// key is emptied instead and the version recorded: the next read loads the row, the next
+    /// write stores. `Ok(None)` from `update` (no such row) empties the key. A key with hot
+    /// copies takes [`update_through`](Self::update_through)'s lease protocol. Design and
+    /// argument: `cache/write_through.rs`, "Versioned".
+    ///
+    /// Errors as [`update_through`](Self::update_through)'s; after one that is not `update`'s
+    /// own, the previous value is removed as far as Redis allows.
+    ///
+    /// ```
+    /// # use std::sync::{Arc, Mutex};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let redis = strata_cluster::RedisServer::start()?;
+    /// use strata::{Cache, KeySchema, Ttl};
+    ///
+    /// let cache = Cache::builder().redis_url(redis.url()).build().await?;
+    /// let key = KeySchema::new("shop", 1)?.key("user", "42")?;
+    /// let db = Arc::new(Mutex::new((("Ada".to_owned(), 36_u32), 1_u64))); // (row, version)
+    ///
+    /// for _ in 0..2 {
+    ///     let source = db.clone();
+    ///     cache
+    ///         .update_through_versioned(&key, Ttl::Medium, || async move {
+    ///             // UPDATE users SET age = age + 1, version = version + 1 WHERE id = 42
+    ///             //     RETURNING name, age, version
+    ///             let mut stored = source.lock().unwrap();
+    ///             stored.0.1 += 1;
+    ///             stored.1 += 1;
+    ///             Ok::<_, std::io::Error>(Some(stored.clone()))
+    ///         })
+    ///         .await?;
+    /// }
+    /// // The first write had no version to compare with: it emptied the key. The second stored.
+    /// assert_eq!(cache.get::<(String, u32)>(&key).await?, Some(("Ada".to_owned(), 38)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn update_through_versioned<T, F, Fut, E>(
+        &self,
+        key: &Key,
+        ttl: impl Into<Ttl>,
+        update: F,
+    ) -> Result<Option<T>>
+    where
+        T: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<(T, u64)>, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let outcome = self.inner.update_through_versioned(key, ttl.into(), update).await;
+        self.audit("update_through_versioned", key.as_str(), &outcome);
         outcome
     }
 

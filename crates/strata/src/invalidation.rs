@@ -589,11 +589,11 @@ fn parse_masters(text: &str, scheme: &str) -> Vec<(String, String)> {
 }
 
 /// Whether `key` is one Strata keeps for coordination rather than a cached value, a stamp or a
-/// hot key's copy (those are read for L1 on purpose): a lease or a write-behind entry. Reads
+/// hot key's copy (those are read for L1 on purpose): a lease, a write version or a write-behind entry. Reads
 /// for L1 never track them, so no message should name one
 /// ([`MetricsSnapshot::invalidation_messages_internal`](crate::MetricsSnapshot)).
 fn is_internal(key: &[u8]) -> bool {
-    crate::lease::lease_target(key).is_some() || key.starts_with(b"{wb:")
+    crate::lease::coordination_target(key).is_some() || key.starts_with(b"{wb:")
 }
 
 /// Counters of the invalidation machinery, for [`MetricsSnapshot`](crate::MetricsSnapshot):

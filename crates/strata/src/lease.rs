@@ -70,9 +70,12 @@ return redis.call('PTTL', KEYS[1])";
 /// A write-through's store, after its source write: the value goes in only while the caller's
 /// token still holds the lease and no other write-through overlapped it (`ARGV[5]` = '0');
 /// otherwise the key and the lease are both deleted, whoever holds the lease, so that readers
-/// load from the source (see `cache/write_through.rs`). Answers like [`FILL_IF_LEASED`].
-/// KEYS: key. ARGV: lease, token, value, px, contended ('1' / '0').
+/// load from the source (see `cache/write_through.rs`). Either way the key's write version
+/// goes: this write carries none, so a versioned write older than it must not store after it.
+/// Answers like [`FILL_IF_LEASED`].
+/// KEYS: key. ARGV: lease, token, value, px, contended ('1' / '0'), version key.
 pub(crate) const FILL_THROUGH: &str = r"
+redis.call('DEL', ARGV[6])
 if ARGV[5] == '0' and redis.call('GET', ARGV[1]) == ARGV[2] then
   redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
   redis.call('DEL', ARGV[1])
@@ -80,6 +83,36 @@ if ARGV[5] == '0' and redis.call('GET', ARGV[1]) == ARGV[2] then
 end
 redis.call('DEL', KEYS[1], ARGV[1])
 return -3";
+
+/// A versioned write-through's store, after its source write
+/// ([`Cache::update_through_versioned`](crate::Cache::update_through_versioned)), one round
+/// trip and no lease taken before: the value goes in only if its source version is newer than
+/// the key's write version (the last one stored); it becomes the write version, and the lease
+/// goes, so that a load that read the source before this write's commit cannot store after it.
+/// An older version stores nothing (the newer one's write already revoked such loads). With no
+/// write version (the key's first versioned write, or after a `delete`, a flush, an eviction,
+/// an expiry), nothing says a write newer than this one did not reach the source before it:
+/// the key is emptied instead and the version recorded, so readers load from the source and
+/// the next write stores. Versions are compared as strings of one width ([`version_arg`]).
+/// Answers like [`FILL_IF_LEASED`].
+/// KEYS: key. ARGV: version key, value, px, version, lease.
+pub(crate) const FILL_VERSIONED: &str = r"
+local seen = redis.call('GET', ARGV[1])
+if seen and seen >= ARGV[4] then return -3 end
+redis.call('SET', ARGV[1], ARGV[4], 'PX', ARGV[3])
+redis.call('DEL', ARGV[5])
+if not seen then
+  redis.call('DEL', KEYS[1])
+  return -3
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return redis.call('PTTL', KEYS[1])";
+
+/// A source version as [`FILL_VERSIONED`] compares it: 20 decimal digits, so that the string
+/// order is the numeric order for every `u64`.
+pub(crate) fn version_arg(version: u64) -> String {
+    format!("{version:020}")
+}
 
 /// Takes the lease for a background refresh ([`Cache::get_or_refresh`](crate::Cache::get_or_refresh)) unless the key was
 /// replaced since the refresh was decided: a refresh that comes after another process's has
@@ -109,6 +142,7 @@ pub(crate) const DELETE_IF_EQUAL: &str =
 pub(crate) struct Scripts {
     pub(crate) fill_if_leased: Script,
     pub(crate) fill_through: Script,
+    pub(crate) fill_versioned: Script,
     pub(crate) acquire_for_refresh: Script,
     pub(crate) release_if_held: Script,
     pub(crate) delete_if_equal: Script,
@@ -117,6 +151,7 @@ pub(crate) struct Scripts {
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     fill_if_leased: Script::new(FILL_IF_LEASED),
     fill_through: Script::new(FILL_THROUGH),
+    fill_versioned: Script::new(FILL_VERSIONED),
     acquire_for_refresh: Script::new(ACQUIRE_FOR_REFRESH),
     release_if_held: Script::new(RELEASE_IF_HELD),
     delete_if_equal: Script::new(DELETE_IF_EQUAL),
@@ -202,19 +237,35 @@ impl LeaseConfig {
     }
 }
 
-const LEASE_PREFIX: &[u8] = b"{";
+const COORDINATION_PREFIX: &[u8] = b"{";
 const LEASE_SUFFIX: &[u8] = b"}:lease";
+const VERSION_SUFFIX: &[u8] = b"}:version";
 
 /// The lease key of `key`: `{KEY}:lease`. The hash tag puts it in the key's cluster slot, and it
-/// falls outside the key's own namespace. Tools that delete keys behind Strata's back should
-/// delete this one too.
+/// falls outside the key's own namespace.
 pub fn lease_key(key: impl AsRef<[u8]>) -> Vec<u8> {
-    [LEASE_PREFIX, key.as_ref(), LEASE_SUFFIX].concat()
+    [COORDINATION_PREFIX, key.as_ref(), LEASE_SUFFIX].concat()
 }
 
-/// The key a lease key protects (the inverse of [`lease_key`]); `None` for any other key.
-pub fn lease_target(key: &[u8]) -> Option<&[u8]> {
-    key.strip_prefix(LEASE_PREFIX).and_then(|k| k.strip_suffix(LEASE_SUFFIX)).filter(|k| !k.is_empty())
+/// The write-version key of `key`: `{KEY}:version`, the source version of the last value a
+/// versioned write-through ([`Cache::update_through_versioned`](crate::Cache::update_through_versioned))
+/// stored, which an older one must not overwrite. Same slot as the key, like the lease.
+pub fn version_key(key: impl AsRef<[u8]>) -> Vec<u8> {
+    [COORDINATION_PREFIX, key.as_ref(), VERSION_SUFFIX].concat()
+}
+
+/// The coordination keys Strata keeps beside `key`: its lease and its write version, both in
+/// the key's slot. Tools that delete `key` behind Strata's back should delete these too, in the
+/// same `DEL`: a load (or a versioned write) in flight could otherwise store a value older than
+/// their write.
+pub fn coordination_keys(key: impl AsRef<[u8]>) -> [Vec<u8>; 2] {
+    [lease_key(&key), version_key(&key)]
+}
+
+/// The key a coordination key ([`coordination_keys`]) belongs to; `None` for any other key.
+pub fn coordination_target(key: &[u8]) -> Option<&[u8]> {
+    let inner = key.strip_prefix(COORDINATION_PREFIX)?;
+    inner.strip_suffix(LEASE_SUFFIX).or_else(|| inner.strip_suffix(VERSION_SUFFIX)).filter(|k| !k.is_empty())
 }
 
 /// A fresh random token.
@@ -260,15 +311,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lease_keys_share_the_slot_of_their_key() {
+    fn coordination_keys_share_the_slot_of_their_key() {
         use redis::cluster_routing::Slot;
         for key in ["app:v1:user:1", "app:v1:user:2:full", "x"] {
             assert_eq!(Slot::for_key(lease_key(key)), Slot::for_key(key), "{key}");
-            assert_eq!(lease_target(&lease_key(key)), Some(key.as_bytes()));
+            assert_eq!(Slot::for_key(version_key(key)), Slot::for_key(key), "{key}");
+            for companion in coordination_keys(key) {
+                assert_eq!(coordination_target(&companion), Some(key.as_bytes()));
+            }
         }
         assert_eq!(lease_key("a:b"), b"{a:b}:lease");
-        assert_eq!(lease_target(b"{a:b}:leases"), None);
-        assert_eq!(lease_target(b"{}:lease"), None);
+        assert_eq!(version_key("a:b"), b"{a:b}:version");
+        assert_eq!(coordination_target(b"{a:b}:leases"), None);
+        assert_eq!(coordination_target(b"{a:b}:versions"), None);
+        assert_eq!(coordination_target(b"{}:lease"), None);
+        assert_eq!(coordination_target(b"a:b"), None);
     }
 
     #[test]

@@ -114,7 +114,7 @@
 //! | `cache/load_many` | the batch load path of `get_or_set_many` |
 //! | `cache/tiers` | one read or write of each tier: L1 lookup, GET/MGET + decode, SET / lease compare-and-set, settling a write into L1, every Redis call through the breaker |
 //! | `cache/stamps` | a **stamp** is the generation of a namespace or tag: the marks a value carries, the verdict on them at every read, what this instance knows |
-//! | `cache/hot`, `cache/write_through`, `cache/builder` | hot keys' registry and copies; `set_through`, `update_through`; assembling a cache ([`CacheBuilder`]) |
+//! | `cache/hot`, `cache/write_through`, `cache/builder` | hot keys' registry and copies; `set_through`, `update_through`, `update_through_versioned`; assembling a cache ([`CacheBuilder`]) |
 //! | `batch`, `namespace`, `exposition` | the public API of batches; of namespaces and tags; of Prometheus exposition |
 //! | `l1` | the L1 tier: its store (quick_cache behind `L1Store`), bounded in bytes, and its admission rule (`Coherence`: tickets taken before a round trip, a writer's own ticket, tracking health) |
 //! | `invalidation` | the tracking connections (RESP3 `CLIENT TRACKING`, default mode), which carry the reads for L1; heartbeats, topology, the slot table, redirects |
@@ -188,7 +188,7 @@ pub use key::{Key, KeySchema, MAX_ID_LEN, MAX_KEY_LEN, MAX_NAME_LEN, MAX_VARIANT
 pub use l1::L1Policy;
 pub use l2::{TlsOptions, Topology};
 pub use latency::{BUCKETS, L2_BUCKETS_MICROS, LOADER_BUCKETS_MICROS, LatencySnapshot};
-pub use lease::{LeaseConfig, lease_key, lease_target};
+pub use lease::{LeaseConfig, coordination_keys, coordination_target, lease_key, version_key};
 pub use metrics::{MAX_NAMESPACES, MetricsSnapshot, NamespaceStats, OTHER_NAMESPACE};
 pub use namespace::bump_stamp;
 /// The Prometheus client library whose [`Registry`](prometheus_client::registry::Registry)

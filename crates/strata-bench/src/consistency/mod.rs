@@ -12,14 +12,15 @@
 //!
 //! | namespace | keys | read with | written with |
 //! | --- | --- | --- | --- |
-//! | `item` | 16 | `get_or_set`, `get`, `get_many`, `get_or_set_many` | `delete`, `set`, `set_through`, `set_many`, `invalidate_namespace`, a plain client's `DEL` |
+//! | `item` | 16 | `get_or_set`, `get`, `get_many`, `get_or_set_many` | `delete`, `set`, `set_through`, `update_through_versioned`, `set_many`, `invalidate_namespace`, a plain client's `DEL` |
 //! | `refresh` | 16 | `get_or_refresh` (its own keys: no other read path evicts what it keeps) | the same as `item` |
 //! | `tagged` | 16, tags `t0`..`t3` | `get_or_set_tagged` | `set_tagged`, `invalidate_tag`, `delete`, a plain `DEL` |
 //! | `hot` | 4, 3 hot copies each | `get_or_set` | `delete`, `set` |
 //!
-//! The plain client deletes the key and its lease key (`DEL key {key}:lease`), as the lease
-//! contract asks of writers outside Strata: with the key alone, a load running meanwhile can
-//! store what it read before the write (docs/reliability.md, "Coherence").
+//! The plain client deletes the key and its coordination keys (`DEL key {key}:lease
+//! {key}:version`), as the contract asks of writers outside Strata: with the key alone, a load
+//! or a versioned write running meanwhile can store what it read before the write
+//! (docs/reliability.md, "Coherence").
 //!
 //! A plain `DEL` of a hot key is not in the mix: it cannot reach the copies, which live up to
 //! their copy TTL by design (see `HotKeys`).

@@ -21,8 +21,11 @@
 //!   version older than the one it holds (the call then fails and the cache is emptied of the
 //!   key), so the source's versions keep growing; a refused write is not judged. Odd-numbered
 //!   processes keep the previous value serving during their write-throughs
-//!   (`LeaseConfig::keep_serving_during_writes`, as the example service does), even-numbered
-//!   ones delete it first (the default), so every run checks both and their mix.
+//!   (`LeaseConfig::keep_serving_during_writes`), even-numbered ones delete it first (the
+//!   default), so every run checks both and their mix;
+//! - **`update_through_versioned`** (as the example service updates a profile): the source
+//!   write commits a new version and answers it; writers of one key run concurrently, ordered
+//!   by that version alone.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -266,7 +269,24 @@ impl Actor {
     /// refused it), the call succeeded).
     async fn write_op(&mut self, roll: u32) -> anyhow::Result<(&'static str, Vec<String>, Option<u64>, bool)> {
         let (cache, source, space) = (self.cache.clone(), self.source.clone(), self.space.clone());
-        if (40..51).contains(&roll) {
+        if (45..51).contains(&roll) {
+            let key = space.plain_key();
+            let k = key.as_str().to_owned();
+            let committed = Arc::new(std::sync::Mutex::new(None));
+            let seen = committed.clone();
+            let ok = cache
+                .update_through_versioned(&key, Ttl::Short, || async move {
+                    let v = source.bump(&[k.as_str()]).await?;
+                    *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+                    Ok::<_, anyhow::Error>(Some((v, v)))
+                })
+                .await
+                .is_ok();
+            let committed = *committed.lock().unwrap_or_else(|p| p.into_inner());
+            let v = committed.context("update_through_versioned: the source write failed")?;
+            return Ok(("update_through_versioned", names(&[&key]), Some(v), ok));
+        }
+        if (40..45).contains(&roll) {
             let key = space.plain_key();
             let v = source.reserve().await?;
             let k = key.as_str().to_owned();
@@ -357,13 +377,16 @@ impl Actor {
 }
 
 impl Actor {
-    /// Another team's service deleting `key` (and its lease key, unless told not to): whether
+    /// Another team's service deleting `key` (and its coordination keys, unless told not to): whether
     /// the DEL succeeded.
     async fn plain_delete(&mut self, key: &Key) -> anyhow::Result<bool> {
         let key_only = self.plain_key_only;
         let plain = self.plain.as_mut().context("a writer has a plain client")?;
-        let deleted =
-            if key_only { plain.delete(key.as_str()).await } else { plain.delete_with_lease(key.as_str()).await };
+        let deleted = if key_only {
+            plain.delete(key.as_str()).await
+        } else {
+            plain.delete_with_coordination(key.as_str()).await
+        };
         Ok(deleted.is_ok())
     }
 }

@@ -81,8 +81,8 @@ struct ConsistencyArgs {
     /// fails).
     #[arg(long)]
     without_invalidation: bool,
-    /// The plain client (another team's service) deletes the key alone, not its lease key as
-    /// the lease contract asks: shows the stale sets that contract prevents.
+    /// The plain client (another team's service) deletes the key alone, not its lease and version keys as
+    /// the contract asks (`strata::coordination_keys`): shows the stale sets that contract prevents.
     #[arg(long)]
     plain_key_only: bool,
     /// Keep every worker's history (`history-N.jsonl`, one JSON line per key touched) and the

@@ -15,8 +15,8 @@ const HUMAN_NAMESPACES: usize = 50;
 #[command(after_help = "Counts are exact without --sample (SCAN of every master, PTTL and MEMORY USAGE of every \
                         key, pipelined per batch). With --sample N, N keys per master are measured and every \
                         figure is extrapolated: the output says so (\"sampled\": true). Past 5 million keys, a key SCAN returns \
-                        twice may be counted twice (\"exact\": false). Lease keys ({KEY}:lease) are counted under \
-                        \"NAMESPACE (leases)\". Control characters in key names are shown escaped (\\n, \\x1b) in \
+                        twice may be counted twice (\"exact\": false). Coordination keys ({KEY}:lease, {KEY}:version) are counted under \
+                        \"NAMESPACE (coordination)\". Control characters in key names are shown escaped (\\n, \\x1b) in \
                         the table, as they are in the JSON.")]
 pub(crate) struct Args {
     #[command(flatten)]

@@ -12,8 +12,8 @@
 //! db.seed_users(1_000).await?;
 //! let user = db.get_user(42).await?.expect("seeded");
 //! let update = UserUpdate { name: Some("Ada".into()), ..UserUpdate::default() };
-//! let user = db.update_user(user.id, &update).await?.expect("exists");
-//! assert_eq!(user.name, "Ada");
+//! let (user, version) = db.update_user(user.id, &update).await?.expect("exists");
+//! assert_eq!((user.name.as_str(), version), ("Ada", 2));
 //! # Ok(()) }
 //! ```
 
@@ -185,9 +185,11 @@ impl Db {
         }
     }
 
-    /// Changes the given fields of a user; returns the row as stored, or `None` when there is no
-    /// such user.
-    pub async fn update_user(&self, id: i64, update: &UserUpdate) -> Result<Option<User>> {
+    /// Changes the given fields of a user; returns the row as stored and its version (a column
+    /// every update raises by one, which orders writes for
+    /// [`Cache::update_through_versioned`](strata::Cache::update_through_versioned)), or `None`
+    /// when there is no such user.
+    pub async fn update_user(&self, id: i64, update: &UserUpdate) -> Result<Option<(User, u64)>> {
         self.count().await;
         match &self.inner.conn {
             Conn::Sqlite(c) => c.update_user(id, update).await,

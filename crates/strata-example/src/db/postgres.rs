@@ -16,7 +16,8 @@ CREATE TABLE IF NOT EXISTS users (
     id    BIGINT PRIMARY KEY,
     name  TEXT NOT NULL,
     email TEXT NOT NULL,
-    bio   TEXT NOT NULL
+    bio   TEXT NOT NULL,
+    version BIGINT NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS products (
     id          BIGINT PRIMARY KEY,
@@ -60,7 +61,8 @@ impl Postgres {
                 update_user: client
                     .prepare(
                         "UPDATE users SET name = COALESCE($2, name), email = COALESCE($3, email),
-                         bio = COALESCE($4, bio) WHERE id = $1 RETURNING id, name, email, bio",
+                         bio = COALESCE($4, bio), version = version + 1 WHERE id = $1
+                         RETURNING id, name, email, bio, version",
                     )
                     .await?,
                 get_product: client
@@ -123,10 +125,11 @@ impl Postgres {
         Ok(c.client.query_opt(&c.get_user, &[&id]).await?.map(|r| user_row(&r)).transpose()?)
     }
 
-    pub(super) async fn update_user(&self, id: i64, u: &UserUpdate) -> Result<Option<User>> {
+    pub(super) async fn update_user(&self, id: i64, u: &UserUpdate) -> Result<Option<(User, u64)>> {
         let c = self.conn();
         let row = c.client.query_opt(&c.update_user, &[&id, &u.name, &u.email, &u.bio]).await?;
-        Ok(row.map(|r| user_row(&r)).transpose()?)
+        let versioned = |r: &Row| Ok::<_, tokio_postgres::Error>((user_row(r)?, r.try_get::<_, i64>(4)? as u64));
+        Ok(row.map(|r| versioned(&r)).transpose()?)
     }
 
     pub(super) async fn get_product(&self, id: i64) -> Result<Option<Product>> {

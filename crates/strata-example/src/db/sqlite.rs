@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS users (
     id    INTEGER PRIMARY KEY,
     name  TEXT NOT NULL,
     email TEXT NOT NULL,
-    bio   TEXT NOT NULL
+    bio   TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS products (
     id          INTEGER PRIMARY KEY,
@@ -117,14 +118,14 @@ impl Sqlite {
         .await
     }
 
-    pub(super) async fn update_user(&self, id: i64, u: &UserUpdate) -> Result<Option<User>> {
+    pub(super) async fn update_user(&self, id: i64, u: &UserUpdate) -> Result<Option<(User, u64)>> {
         let u = u.clone();
         self.with(move |c| {
             c.prepare_cached(
-                "UPDATE users SET name = COALESCE(?2, name), email = COALESCE(?3, email), bio = COALESCE(?4, bio)
-                 WHERE id = ?1 RETURNING id, name, email, bio",
+                "UPDATE users SET name = COALESCE(?2, name), email = COALESCE(?3, email), bio = COALESCE(?4, bio),
+                 version = version + 1 WHERE id = ?1 RETURNING id, name, email, bio, version",
             )?
-            .query_row(params![id, u.name, u.email, u.bio], user_row)
+            .query_row(params![id, u.name, u.email, u.bio], |r| Ok((user_row(r)?, r.get::<_, i64>(4)? as u64)))
             .optional()
         })
         .await

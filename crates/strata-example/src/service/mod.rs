@@ -2,7 +2,7 @@
 //!
 //! | service | Strata / Redis feature |
 //! | --- | --- |
-//! | [`Users`] | cache-aside ([`Cache::get_or_set_optional`]) with negative caching; a write is written through ([`Cache::update_through`]: the row the `UPDATE ... RETURNING` gave is cached under the key's lease; every other instance's L1 follows through client tracking) |
+//! | [`Users`] | cache-aside ([`Cache::get_or_set_optional`]) with negative caching; a write is written through ([`Cache::update_through_versioned`]: the row the `UPDATE ... RETURNING` gave is cached over an older version of it, one round trip after the update; every other instance's L1 follows through client tracking) |
 //! | [`Products`] | cached items and per-category listings in one namespace; a bulk update raises it with one [`Cache::invalidate_namespace`] |
 //! | [`Sessions`] | values set with an absolute lifetime; a raw `PEXPIRE` on each read slides the idle timeout |
 //! | [`RateLimiter`] | fixed-window counter: `INCR` + `PEXPIRE` in one pipeline |
@@ -20,7 +20,7 @@ mod users;
 
 use std::time::Duration;
 
-use strata::{Cache, CacheBuilder, KeySchema, LeaseConfig};
+use strata::{Cache, KeySchema};
 
 pub use counters::{Decision, Leaderboard, MAX_MEMBER_LEN, RateLimiter, Visitors};
 pub use products::Products;
@@ -111,13 +111,5 @@ pub async fn connect_cache(urls: &[String]) -> Result<Cache> {
         [url] => Cache::builder().redis_url(url.clone()),
         seeds => Cache::builder().cluster(seeds.to_vec()),
     };
-    Ok(configure(builder).build().await?)
-}
-
-/// The service's Strata settings on top of a connection: a profile update keeps the previous
-/// profile serving until the new one is stored ([`LeaseConfig::keep_serving_during_writes`]):
-/// readers of a profile being updated are not held for the database's write, and a process
-/// that dies mid-update leaves the previous profile until its TTL, as update-then-delete would.
-pub fn configure(builder: CacheBuilder) -> CacheBuilder {
-    builder.leases(LeaseConfig::default().keep_serving_during_writes(true))
+    Ok(builder.build().await?)
 }

@@ -51,11 +51,13 @@ impl Users {
     }
 
     /// Updates the database and caches the row it returned, through
-    /// [`Cache::update_through`]: the key's lease is taken first, so a load that read the old
-    /// row cannot cache it afterwards, and the new row is stored only if no other update of
-    /// this user overlapped (else the key is left for the next read to load). Every other
-    /// instance's L1 copy goes (client tracking); this instance's L1 keeps the new row, so the
-    /// next read of it costs no query, where deleting it would have cost one.
+    /// [`Cache::update_through_versioned`]: the row's version (raised by the `UPDATE`) orders
+    /// concurrent updates, so the cache is written once, after the update, as a `DEL` would
+    /// be; the new row is stored only over an older version, and a load that read the old row
+    /// cannot store it afterwards. Until the store, every instance keeps serving the previous
+    /// profile (the update has not completed). Every other instance's L1 copy goes (client
+    /// tracking); this instance's L1 keeps the new row, so the next read of it costs no query,
+    /// where deleting it would have cost one.
     pub async fn update(&self, id: i64, update: &UserUpdate) -> Result<Option<User>> {
         let key = self.schema.key("user", &id.to_string())?;
         let db = &self.db;
@@ -64,13 +66,13 @@ impl Users {
         let mut answered: Option<Result<Option<User>>> = None;
         let written = self
             .cache
-            .update_through(&key, Ttl::Medium, || async {
+            .update_through_versioned(&key, Ttl::Medium, || async {
                 let row = db.update_user(id, update).await;
                 let to_cache = match &row {
-                    Ok(user) => Ok(user.clone()),
+                    Ok(versioned) => Ok(versioned.clone()),
                     Err(e) => Err(e.to_string()),
                 };
-                answered = Some(row);
+                answered = Some(row.map(|versioned| versioned.map(|(user, _)| user)));
                 to_cache
             })
             .await;

@@ -21,9 +21,11 @@ async fn the_sqlite_layer_reads_writes_and_counts_its_queries() -> TestResult {
     assert_eq!(db.get_user(1_001).await?, None);
 
     let update = UserUpdate { email: Some("ada@example.com".into()), ..UserUpdate::default() };
-    let updated = db.update_user(1_000, &update).await?.expect("exists");
+    let (updated, version) = db.update_user(1_000, &update).await?.expect("exists");
     assert_eq!((updated.name.as_str(), updated.email.as_str()), ("user-1000", "ada@example.com"));
     assert_eq!(db.get_user(1_000).await?, Some(updated));
+    assert_eq!(version, 2, "every update raises the row's version");
+    assert_eq!(db.update_user(1_000, &update).await?.map(|(_, v)| v), Some(3));
     assert_eq!(db.update_user(5_000, &update).await?, None);
 
     let listing = db.list_products("cat-0").await?;
@@ -32,7 +34,7 @@ async fn the_sqlite_layer_reads_writes_and_counts_its_queries() -> TestResult {
     assert!(db.list_products("cat-0").await?.iter().all(|p| p.price_cents == 0));
     assert_eq!(db.reprice_category("cat-0", -101).await.map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
     assert_eq!(db.get_product(4).await?.map(|p| p.category), Some("cat-1".to_owned()));
-    assert_eq!(db.queries(), 12, "rejected calls do not reach the database");
+    assert_eq!(db.queries(), 13, "rejected calls do not reach the database");
 
     // A second handle on the same file sees the writes.
     let again = Db::open(&format!("sqlite:{}", dir.path().join("db.sqlite3").display())).await?;

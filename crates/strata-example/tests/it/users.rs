@@ -65,6 +65,23 @@ async fn a_write_invalidates_the_profile_on_every_instance() -> TestResult {
     Ok(())
 }
 
+/// An update caches the row it wrote (ordered by the row's version): from a profile's second
+/// update on, reading it again costs no query. The first has no version to compare with in
+/// the cache, so it empties the key and the next read loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_caches_the_row_it_wrote() -> TestResult {
+    let env = Env::standalone().await;
+    for (name, reads_query) in [("first", 1), ("second", 0), ("third", 0)] {
+        let put = call(&env.app, Method::PUT, "/users/5", Some(json!({ "name": name }))).await;
+        assert_eq!(put.status, StatusCode::OK);
+        let before = env.queries();
+        assert_eq!(get(&env.app, "/users/5").await.body["name"], name);
+        assert_eq!(get(&env.app, "/users/5").await.body["name"], name);
+        assert_eq!(env.queries(), before + reads_query, "reads after the {name} update");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updating_a_missing_user_or_with_a_bad_body_fails_cleanly() -> TestResult {
     let env = Env::standalone().await;

@@ -29,7 +29,9 @@ use super::{CacheValue, Inner};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::l1::Ticket;
-use crate::lease::{self, FILL_IF_LEASED, NOT_STORED, PRESENT_RETRIES, RELEASE_IF_HELD, backoff, lease_key, token};
+use crate::lease::{
+    self, FILL_IF_LEASED, NOT_STORED, PRESENT_RETRIES, RELEASE_IF_HELD, backoff, coordination_keys, lease_key, token,
+};
 use crate::metrics::NsCounters;
 use crate::ttl::{Ttl, ttl_millis};
 
@@ -294,7 +296,7 @@ impl Inner {
                         pipe.arg(bytes).arg(px);
                     }
                     Store::Plain | Store::L1Only => {
-                        pipe.cmd("DEL").arg(lease_key(k)).ignore();
+                        pipe.cmd("DEL").arg(&coordination_keys(k)[..]).ignore();
                         pipe.cmd("SET").arg(k).arg(bytes).arg("PX").arg(px);
                     }
                 }

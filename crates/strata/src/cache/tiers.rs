@@ -31,7 +31,7 @@ use crate::key::Key;
 use crate::l1::Ticket;
 use crate::l1::{Checks, Entry, Fill, Slot, typed};
 use crate::l2::{Conn, query_scripted};
-use crate::lease::{Holder, NOT_STORED, SCRIPTS, lease_key};
+use crate::lease::{Holder, NOT_STORED, SCRIPTS, coordination_keys, lease_key, version_arg, version_key};
 use crate::metrics::NsCounters;
 use crate::tags::{Marks, Tag};
 use crate::ttl::{Ttl, expiry_ms, l1_ttl, now_ms, ttl_millis};
@@ -78,6 +78,9 @@ pub(crate) enum Via<'a> {
     Plain,
     /// A lease holder's compare-and-set (see [`Holder`]).
     Lease(Holder<'a>),
+    /// A versioned write-through's store, which holds no lease: only over an older source
+    /// version (see [`FILL_VERSIONED`](crate::lease::FILL_VERSIONED)).
+    Versioned(u64),
 }
 
 impl Inner {
@@ -460,30 +463,34 @@ impl Inner {
             let mut pipe = redis::pipe();
             let script = match via {
                 Via::Plain => {
-                    pipe.cmd("DEL").arg(lease).ignore().cmd("SET").arg(k).arg(bytes).arg("PX").arg(px).ignore();
+                    pipe.cmd("DEL").arg(&coordination_keys(k)[..]).ignore();
+                    pipe.cmd("SET").arg(k).arg(bytes).arg("PX").arg(px).ignore();
                     None
                 }
-                Via::Lease(holder) => {
-                    let (script, token, contended) = match holder {
-                        Holder::Load(token) => (&SCRIPTS.fill_if_leased, token, None),
-                        Holder::Through { token, contended } => {
-                            (&SCRIPTS.fill_through, token, Some(if contended { "1" } else { "0" }))
-                        }
-                    };
-                    let mut invocation = script.key(k);
+                Via::Lease(Holder::Load(token)) => {
+                    let mut invocation = SCRIPTS.fill_if_leased.key(k);
                     invocation.arg(lease).arg(token).arg(bytes).arg(px);
-                    if let Some(contended) = contended {
-                        invocation.arg(contended);
-                    }
-                    // The script's own PTTL, after its write, is the tracked read.
-                    if read_back {
-                        c.track_next(&mut pipe);
-                    }
-                    pipe.invoke_script(&invocation);
+                    Some(invocation)
+                }
+                Via::Lease(Holder::Through { token, contended }) => {
+                    let mut invocation = SCRIPTS.fill_through.key(k);
+                    let contended = if contended { "1" } else { "0" };
+                    invocation.arg(lease).arg(token).arg(bytes).arg(px).arg(contended).arg(version_key(k));
+                    Some(invocation)
+                }
+                Via::Versioned(version) => {
+                    let mut invocation = SCRIPTS.fill_versioned.key(k);
+                    invocation.arg(version_key(k)).arg(bytes).arg(px).arg(version_arg(version)).arg(lease);
                     Some(invocation)
                 }
             };
-            if read_back && script.is_none() {
+            if let Some(invocation) = &script {
+                // The script's own PTTL, after its write, is the tracked read.
+                if read_back {
+                    c.track_next(&mut pipe);
+                }
+                pipe.invoke_script(invocation);
+            } else if read_back {
                 c.track_next(&mut pipe);
                 pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
             }
@@ -496,6 +503,7 @@ impl Inner {
         let context = match via {
             Via::Plain => "SET",
             Via::Lease(_) => "lease fill",
+            Via::Versioned(_) => "versioned store",
         };
         // A caller that gives up once the write is sent must not leave the value it replaces in
         // L1: with NOLOOP, nothing else would tell this instance of its own write.
@@ -653,7 +661,7 @@ impl Inner {
                     for &i in group {
                         let (k, p) = (keys[i].as_str(), &prepared[i]);
                         // Lease first, as in `store`: no load in flight may store over this value.
-                        pipe.cmd("DEL").arg(lease_key(k)).ignore();
+                        pipe.cmd("DEL").arg(&coordination_keys(k)[..]).ignore();
                         pipe.cmd("SET")
                             .arg(k)
                             .arg(p.encoded.bytes.as_slice())
@@ -725,17 +733,17 @@ impl Inner {
         }
     }
 
-    /// `delete`: L1 (and every ticket of the key, see [`L1::invalidate_local`](crate::l1::L1::invalidate_local)), then the key and its lease in Redis (same slot: a load in flight must not
-    /// store its value after this), then the hot copies. Whether Redis held the key.
+    /// `delete`: L1 (and every ticket of the key, see [`L1::invalidate_local`](crate::l1::L1::invalidate_local)), then the key and its coordination keys in Redis (same slot: a load or a
+    /// versioned write in flight must not store its value after this), then the hot copies. Whether Redis held the key.
     pub(crate) async fn delete(&self, key: &Key) -> Result<bool> {
         self.l1.invalidate_local(key.as_str());
-        let (k, lease) = (key.as_str(), &lease_key(key.as_str()));
+        let (k, coordination) = (key.as_str(), &coordination_keys(key.as_str()));
         // Over the key's tracking connection when there is one (a plain connection to its
         // master; NOLOOP: Redis sends this instance no message about its own delete, the
         // removals around the call do that job), else the usual way. A DEL may run twice, so
         // one that failed there is sent the usual way too (which retries as every call does).
         let del = |mut c: Conn| async move {
-            redis::pipe().cmd("EXISTS").arg(k).cmd("DEL").arg(k).arg(lease).query_async(&mut c).await
+            redis::pipe().cmd("EXISTS").arg(k).cmd("DEL").arg(k).arg(&coordination[..]).query_async(&mut c).await
         };
         let deleted = match self.call_tracked(k, "DEL", del).await {
             Ok((replies, _)) => Ok(replies),

@@ -1,7 +1,9 @@
 //! Write-through: [`Cache::set_through`](crate::Cache::set_through) writes the source of truth, then the cache, in an order
 //! that a crash at any point cannot turn into a cache newer — or older — than the source.
 //! [`Cache::update_through`](crate::Cache::update_through) is the same with the value the source
-//! write returned (`UPDATE ... RETURNING`), encoded after step 2.
+//! write returned (`UPDATE ... RETURNING`), encoded after step 2;
+//! [`Cache::update_through_versioned`](crate::Cache::update_through_versioned) orders writes by
+//! a version the source returns instead of a lease (below, "Versioned").
 //!
 //! ```text
 //! 1. take the key's lease (overwriting any reader's: SET ... GET) and DEL the cached value
@@ -30,6 +32,38 @@
 //! - If the source write outlasts the lease TTL, another caller may take the lease and load
 //!   (possibly the version being replaced); the write's final DEL removes what it stored.
 //!   Keep the lease TTL above the slowest source write all the same: readers wait for it.
+//!
+//! # Versioned
+//!
+//! [`Cache::update_through_versioned`](crate::Cache::update_through_versioned) takes no lease
+//! before the source write: the source answers a version with the row (a column the `UPDATE`
+//! increments), and that version, not a lease, orders concurrent writes. One round trip, after
+//! the source write, as a `DEL` after an update would be:
+//!
+//! ```text
+//! 1. update(): the source write, which answers (value, version)
+//! 2. one script (FILL_VERSIONED): store the value only if the key's write version
+//!    `{KEY}:version` is older, record this version, DEL the lease; no write version: DEL the
+//!    key instead, record this version
+//! ```
+//!
+//! - **Two writes:** whichever store runs last, the newer version is the one left, or the key
+//!   is empty: an older version never stores over a newer one's record.
+//! - **A load that read the source before this write's commit** took its lease before reading,
+//!   so the lease this write's store deletes is the one it holds (or a later one, whose holder
+//!   read after the commit): its store is refused. One that stored before is overwritten. A
+//!   load that stores successfully after a versioned store therefore read the source after it,
+//!   so the write version never claims more than the cached value holds.
+//! - **No write version** (the key's first versioned write, or after `delete`, any plain `set`,
+//!   a lease-protocol write-through, a flush, an eviction or an expiry, all of which remove it
+//!   or lose it): a newer write may have reached the source unseen, so this write empties the
+//!   key rather than store, and records its version; the next read loads, the next write stores.
+//! - Until the store, every instance keeps serving the previous value, as with
+//!   `keep_serving_during_writes`: the write has not completed.
+//! - A crash after 1 leaves the previous value until its TTL, as update-then-`DEL` would.
+//! - Tools that delete keys behind Strata's back delete the version key with the lease
+//!   ([`coordination_keys`](crate::coordination_keys)); otherwise a versioned write older than
+//!   their change may store once after it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -141,9 +175,7 @@ impl Inner {
             Err(e) => {
                 if keep {
                     // The source may have taken the write all the same: the kept value goes.
-                    if let Err(err) = self.delete(key).await {
-                        tracing::debug!(key = %key, error = %err, "write-through: could not remove the kept value");
-                    }
+                    self.remove_kept(key).await;
                 } else if held.is_ok() {
                     self.release_lease(key, &token).await;
                 }
@@ -155,9 +187,7 @@ impl Inner {
         let cached = self.after_source_write(key, ttl, marks, prepared, held, &token, value).await;
         if keep && cached.is_err() {
             // The previous value was kept: it must not outlive a write that could not replace it.
-            if let Err(err) = self.delete(key).await {
-                tracing::debug!(key = %key, error = %err, "write-through: could not remove the kept value");
-            }
+            self.remove_kept(key).await;
         }
         if self.hot.copies(key) > 0 {
             if cached.is_err() {
@@ -171,6 +201,72 @@ impl Inner {
             self.l1.invalidate_local(key.as_str());
         }
         cached
+    }
+
+    /// [`Cache::update_through_versioned`](crate::Cache::update_through_versioned), unaudited:
+    /// no round trip before the source write, one after it (the module docs' "Versioned"). A
+    /// key with hot copies takes `update_through`'s lease instead: its copies are written after
+    /// the store, so two versioned writes could leave them in the reverse order.
+    pub(crate) async fn update_through_versioned<T, F, Fut, E>(
+        &self,
+        key: &Key,
+        ttl: Ttl,
+        update: F,
+    ) -> Result<Option<T>>
+    where
+        T: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<(T, u64)>, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if self.hot.copies(key) > 0 {
+            let unversioned = || async move { update().await.map(|row| row.map(|(value, _)| value)) };
+            return self.update_through(key, ttl, unversioned).await;
+        }
+        // Before the source write: a namespace invalidation during it makes this value old.
+        let marks = self.capture_marks(key, &[]).await.map_err(|(_, err)| err);
+        let written = match update().await {
+            Ok(written) => written,
+            Err(e) => {
+                // The source may have taken the write all the same: the value it replaced goes.
+                self.remove_kept(key).await;
+                return Err(Error::loader(e));
+            }
+        };
+        let stored = self.store_versioned(key, ttl, marks, written).await;
+        if stored.is_err() {
+            // The previous value must not outlive a write that could not replace it.
+            self.remove_kept(key).await;
+        }
+        stored
+    }
+
+    /// After a versioned source write: its value goes in over an older version (see
+    /// [`FILL_VERSIONED`](crate::lease::FILL_VERSIONED)); nothing to cache empties the key.
+    async fn store_versioned<T: CacheValue>(
+        &self,
+        key: &Key,
+        ttl: Ttl,
+        marks: Result<Arc<Marks>>,
+        written: Option<(T, u64)>,
+    ) -> Result<Option<T>> {
+        let marks = marks?;
+        let Some((value, version)) = written else {
+            self.delete(key).await?;
+            return Ok(None);
+        };
+        let prepared = self.prepare(key, Some(value.clone()), ttl, &marks, 0)?;
+        self.store(key, &prepared, Via::Versioned(version)).await?;
+        NsCounters::inc(&self.metrics.ns(key.namespace()).writes_through);
+        Ok(Some(value))
+    }
+
+    /// After a source write that may have landed, a value that cannot be replaced goes. Best
+    /// effort: when Redis is away the caller has its error already.
+    async fn remove_kept(&self, key: &Key) {
+        if let Err(err) = self.delete(key).await {
+            tracing::debug!(key = %key, error = %err, "write-through: could not remove the previous value");
+        }
     }
 
     /// Step 3: the value goes in only if this write ran alone; else the key is emptied. Nothing

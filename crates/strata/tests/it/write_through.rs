@@ -417,3 +417,152 @@ async fn a_kept_value_serves_during_the_write(redis: Redis) -> TestResult {
     Ok(())
 }
 on_both!(a_kept_value_serves_during_the_write);
+
+/// The key's write version, as Redis holds it.
+fn version_of(redis: &Redis, key: &Key) -> Result<Option<String>, redis::RedisError> {
+    redis::cmd("GET").arg(strata::version_key(key.as_str())).query(redis.raw().as_mut())
+}
+
+/// `update_through_versioned` of `key` whose source write answers `row` at `version`.
+async fn versioned(cache: &Cache, key: &Key, row: &str, version: u64) -> strata::Result<Option<String>> {
+    let row = row.to_owned();
+    cache
+        .update_through_versioned(key, Ttl::Medium, || async move { Ok::<_, std::io::Error>(Some((row, version))) })
+        .await
+}
+
+/// Two versioned writes whose stores run in the reverse order of their source writes: the
+/// newer version is what every instance reads, and versions compare as numbers.
+async fn versioned_writes_keep_the_newest_whatever_order_they_store_in(redis: Redis) -> TestResult {
+    let (a, b) = (redis.cache().await, redis.cache().await);
+    let key = KeySchema::new("it", 1)?.key("versioned", "order")?;
+    a.set(&key, &"v0".to_owned(), Ttl::Medium).await?;
+    // No version on record: the first write empties the key and records its version.
+    assert_eq!(versioned(&a, &key, "v1", 1).await?.as_deref(), Some("v1"), "the caller gets its row");
+    assert_eq!(b.get::<String>(&key).await?, None, "{}: the first versioned write empties the key", redis.name());
+    assert_eq!(version_of(&redis, &key)?, Some(format!("{:020}", 1)));
+
+    // A's source write (version 2) comes first, B's (version 3) after it, but B stores first.
+    let (a_wrote_tx, a_wrote_rx) = oneshot::channel::<()>();
+    let (b_stored_tx, b_stored_rx) = oneshot::channel::<()>();
+    let writing_a = {
+        let (a, key) = (a.clone(), key.clone());
+        tokio::spawn(async move {
+            a.update_through_versioned(&key, Ttl::Medium, move || async move {
+                let _ = a_wrote_tx.send(());
+                let _ = b_stored_rx.await;
+                Ok::<_, std::io::Error>(Some(("v2".to_owned(), 2)))
+            })
+            .await
+        })
+    };
+    a_wrote_rx.await?;
+    assert_eq!(versioned(&b, &key, "v3", 3).await?.as_deref(), Some("v3"));
+    b_stored_tx.send(()).map_err(|_| "writer A gone")?;
+    assert_eq!(writing_a.await??.as_deref(), Some("v2"), "the caller still gets its row");
+    for (name, cache) in [("A", &a), ("B", &b)] {
+        let got = cache.get::<String>(&key).await?;
+        assert_eq!(got.as_deref(), Some("v3"), "{}: {name} reads the older version", redis.name());
+    }
+    assert_eq!(version_of(&redis, &key)?, Some(format!("{:020}", 3)));
+
+    // 10 is newer than 3, though "10" < "3" as text.
+    versioned(&b, &key, "v10", 10).await?;
+    assert_eq!(a.get::<String>(&key).await?.as_deref(), Some("v10"), "{}", redis.name());
+    for (name, cache) in [("A", &a), ("B", &b)] {
+        assert_eq!(cache.metrics().namespace("it:v1:versioned").writes_through, 2, "{name}'s writes reached the cache");
+    }
+    Ok(())
+}
+on_both!(versioned_writes_keep_the_newest_whatever_order_they_store_in);
+
+/// A load that read the source before a versioned write's commit, and tries to store after the
+/// write's store, is refused: the write took no lease, but its store revoked the load's.
+async fn a_load_that_read_before_a_versioned_write_does_not_store_after_it(redis: Redis) -> TestResult {
+    let (cache, other) = (redis.cache().await, redis.cache().await);
+    let key = KeySchema::new("it", 1)?.key("versioned", "load")?;
+    versioned(&cache, &key, "v1", 1).await?;
+    let (loaded_tx, loaded_rx) = oneshot::channel::<()>();
+    let (go_tx, go_rx) = oneshot::channel::<()>();
+    let reading = {
+        let (other, key) = (other.clone(), key.clone());
+        tokio::spawn(async move {
+            other
+                .get_or_set(&key, Ttl::Medium, move || async move {
+                    let _ = loaded_tx.send(()); // read "v1" from the source
+                    let _ = go_rx.await;
+                    Ok::<_, std::io::Error>("v1".to_owned())
+                })
+                .await
+        })
+    };
+    loaded_rx.await?;
+    versioned(&cache, &key, "v2", 2).await?;
+    go_tx.send(()).map_err(|_| "reader gone")?;
+    assert_eq!(reading.await??, "v1", "the read began before the write completed");
+    for (name, cache) in [("the writer", &cache), ("the reader's process", &other)] {
+        let got = cache.get::<String>(&key).await?;
+        assert_eq!(got.as_deref(), Some("v2"), "{}: {name} reads the load's old value", redis.name());
+    }
+    Ok(())
+}
+on_both!(a_load_that_read_before_a_versioned_write_does_not_store_after_it);
+
+/// After a `delete` (which stands for a source change the cache knows no version of), a late
+/// versioned write older than it does not store; a failing source write removes the value.
+async fn a_versioned_write_after_a_delete_empties_the_key(redis: Redis) -> TestResult {
+    let (cache, other) = (redis.cache().await, redis.cache().await);
+    let key = KeySchema::new("it", 1)?.key("versioned", "delete")?;
+    versioned(&cache, &key, "v1", 1).await?;
+    versioned(&cache, &key, "v5", 5).await?;
+    assert_eq!(other.get::<String>(&key).await?.as_deref(), Some("v5"), "{}: the second write stores", redis.name());
+    cache.delete(&key).await?;
+    assert_eq!(version_of(&redis, &key)?, None, "delete removes the write version");
+    // A write whose source write came before the delete's change, arriving late.
+    versioned(&cache, &key, "v4", 4).await?;
+    assert_eq!(other.get::<String>(&key).await?, None, "{}: an old write stored after a delete", redis.name());
+    assert_eq!(cache.get::<String>(&key).await?, None, "{}", redis.name());
+    versioned(&cache, &key, "v6", 6).await?;
+    assert_eq!(other.get::<String>(&key).await?.as_deref(), Some("v6"));
+
+    // A failing source write: the source may have taken it, so the value it replaced goes.
+    let err = cache
+        .update_through_versioned(&key, Ttl::Medium, || async {
+            Err::<Option<(String, u64)>, _>(std::io::Error::other("connection reset after COMMIT"))
+        })
+        .await
+        .err()
+        .ok_or("the source error must surface")?;
+    assert!(err.is_loader(), "{err}");
+    assert_eq!(other.get::<String>(&key).await?, None, "{}: the previous value was removed", redis.name());
+    // No such row: the key goes too.
+    versioned(&cache, &key, "v7", 7).await?;
+    versioned(&cache, &key, "v8", 8).await?;
+    let none = cache
+        .update_through_versioned(&key, Ttl::Medium, || async { Ok::<Option<(String, u64)>, std::io::Error>(None) })
+        .await?;
+    assert_eq!(none, None);
+    assert_eq!(other.get::<String>(&key).await?, None, "{}: nothing updated, nothing cached", redis.name());
+    Ok(())
+}
+on_both!(a_versioned_write_after_a_delete_empties_the_key);
+
+/// A key with hot copies takes the lease protocol (its copies are written after the store):
+/// its first write stores at once, and no write version is kept.
+async fn a_hot_key_is_written_through_under_its_lease(redis: Redis) -> TestResult {
+    let key = KeySchema::new("it", 1)?.key("versioned", "hot")?;
+    let cache = redis.builder().hot_keys(strata::HotKeys::new().key(&key, 3)).build().await?;
+    let other = redis.builder().hot_keys(strata::HotKeys::new().key(&key, 3)).build().await?;
+    cache.set(&key, &"v0".to_owned(), Ttl::Medium).await?;
+    assert_eq!(other.get::<String>(&key).await?.as_deref(), Some("v0"));
+    versioned(&cache, &key, "v1", 1).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    // Another process may read a copy, whose change reaches its L1 through an invalidation.
+    while other.get::<String>(&key).await?.as_deref() != Some("v1") {
+        assert!(tokio::time::Instant::now() < deadline, "{}: a copy kept the old value", redis.name());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(version_of(&redis, &key)?, None, "the lease protocol keeps no version");
+    Ok(())
+}
+on_both!(a_hot_key_is_written_through_under_its_lease);
