@@ -466,7 +466,7 @@ pub fn schema_key(key_prefix: &str) -> String {
 }
 
 /// The key patterns of the `app` and `readonly` users: the prefix's keys (`<prefix>:*`) and their
-/// lease keys (`{<prefix>:...}:lease`: the key in hash-tag braces, so a pattern starting with a
+/// coordination keys (`{<prefix>:...}:lease`, `{<prefix>:...}:version`: the key in hash-tag braces, so a pattern starting with a
 /// literal `{`; Redis globs treat braces as plain characters).
 pub fn key_patterns(key_prefix: &str) -> [String; 2] {
     [format!("{key_prefix}:*"), format!("{{{key_prefix}:*")]
@@ -479,7 +479,7 @@ pub(crate) fn acl_rules(user: &str, key_prefix: &str) -> String {
     match user {
         "admin" => "~* &* +@all".to_owned(),
         // Everything but dangerous and administrative commands (FLUSHALL, KEYS, CONFIG, DEBUG,
-        // SHUTDOWN, MONITOR, ...), on the prefix's keys, their lease keys and Strata's channels
+        // SHUTDOWN, MONITOR, ...), on the prefix's keys, their coordination keys and Strata's channels
         // only, plus read access to the schema key. ROLE is @dangerous but harmless, and Sentinel
         // clients need it to check who is master. The library's commands (GET, SET, DEL, EXISTS,
         // PTTL, MGET, EVAL, EVALSHA, SCRIPT LOAD) are all in +@all minus those categories.

@@ -200,11 +200,15 @@ pub(super) fn render_redis_conf(o: &ConfigOptions, maxmemory_bytes: u64) -> Stri
         comment(s, "  admin     every command, key and channel: operators and `strata` admin commands.");
         comment(
             s,
-            &format!("  app       the application: keys `{prefix}:*` and their lease keys `{{{prefix}:*` (Strata's"),
+            &format!(
+                "  app       the application: keys `{prefix}:*` and their coordination keys `{{{prefix}:*` (Strata's"
+            ),
         );
         comment(
             s,
-            &format!("            `{{key}}:lease`), read-only `strata:schema:{prefix}` (the schema version), channels"),
+            &format!(
+                "            `{{key}}:lease`, `{{key}}:version`), read-only `strata:schema:{prefix}` (the schema version), channels"
+            ),
         );
         comment(
             s,

@@ -86,22 +86,47 @@ return -3";
 
 /// A versioned write-through's store, after its source write
 /// ([`Cache::update_through_versioned`](crate::Cache::update_through_versioned)), one round
-/// trip and no lease taken before: the value goes in only if its source version is newer than
-/// the key's write version (the last one stored); it becomes the write version, and the lease
-/// goes, so that a load that read the source before this write's commit cannot store after it.
-/// An older version stores nothing (the newer one's write already revoked such loads). With no
-/// write version (the key's first versioned write, or after a `delete`, a flush, an eviction,
-/// an expiry), nothing says a write newer than this one did not reach the source before it:
-/// the key is emptied instead and the version recorded, so readers load from the source and
-/// the next write stores. Versions are compared as strings of one width ([`version_arg`]).
-/// Answers like [`FILL_IF_LEASED`].
-/// KEYS: key. ARGV: version key, value, px, version, lease.
+/// trip and no lease taken before. The key's write version `{KEY}:version` holds the newest
+/// source version any versioned store has seen, and, while the key is quarantined, `q` and the
+/// Redis time (ms) the quarantine ends. Always: the key's lease goes (a load that read the
+/// source before this write's commit holds it, or an older one: its store is refused). Then:
+///
+/// - **no write version** (never written, or lost: a flush, an eviction, an expiry, or removed
+///   by a `delete`, a plain `set` or a lease-protocol write-through, each a change of unknown
+///   version): a write newer than this one may have been stored and lost, and writes older
+///   than it may still be running. The key is emptied and quarantined for the window;
+/// - **quarantined**: the key is emptied, the version raised; no write that started before
+///   the loss can still be running when the quarantine ends (it would be past its window);
+/// - **this version not newer**: nothing (the newer write's store did the rest);
+/// - **this write past its window** (it started more than the window ago, by Redis's clock):
+///   the key is emptied and the version raised, since a loss it cannot see may have happened;
+/// - otherwise the value is stored and its version recorded.
+///
+/// Versions compare as strings of one width ([`version_arg`]). Answers like [`FILL_IF_LEASED`].
+/// KEYS: key. ARGV: version key, value, px, version, lease, start of the write (ms since the
+/// epoch, the client's clock), window (ms).
 pub(crate) const FILL_VERSIONED: &str = r"
-local seen = redis.call('GET', ARGV[1])
-if seen and seen >= ARGV[4] then return -3 end
-redis.call('SET', ARGV[1], ARGV[4], 'PX', ARGV[3])
 redis.call('DEL', ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[7])
+local seen = redis.call('GET', ARGV[1])
 if not seen then
+  redis.call('SET', ARGV[1], ARGV[4] .. 'q' .. (now + window), 'PX', math.max(tonumber(ARGV[3]), window))
+  redis.call('DEL', KEYS[1])
+  return -3
+end
+local recorded = string.sub(seen, 1, 20)
+local ends = tonumber(string.sub(seen, 22)) or 0
+if now < ends then
+  if ARGV[4] > recorded then recorded = ARGV[4] end
+  redis.call('SET', ARGV[1], recorded .. 'q' .. ends, 'KEEPTTL')
+  redis.call('DEL', KEYS[1])
+  return -3
+end
+if ARGV[4] <= recorded then return -3 end
+redis.call('SET', ARGV[1], ARGV[4], 'PX', ARGV[3])
+if now - tonumber(ARGV[6]) > window then
   redis.call('DEL', KEYS[1])
   return -3
 end
@@ -188,6 +213,13 @@ pub struct LeaseConfig {
     /// way the write revokes every reader's lease first, overlapping writes leave the key
     /// uncached, and a failing source write removes the key.
     pub keep_serving_during_writes: bool,
+    /// The time a versioned write-through ([`Cache::update_through_versioned`](crate::Cache::update_through_versioned))
+    /// has from its start to its store (default 1 s): one that stores later empties the key
+    /// instead, and when a key's write version was lost (a flush, an eviction, a `delete`),
+    /// the key's versioned stores empty it for this long, so that no write older than what was
+    /// lost can store. Keep it above the slowest normal source write (and well above the clock
+    /// skew between the clients and Redis); a write slower than it costs the next read a miss.
+    pub versioned_window: Duration,
 }
 
 impl Default for LeaseConfig {
@@ -197,6 +229,7 @@ impl Default for LeaseConfig {
             ttl: Duration::from_secs(10),
             max_wait: Duration::from_secs(10),
             keep_serving_during_writes: false,
+            versioned_window: Duration::from_secs(1),
         }
     }
 }
@@ -225,6 +258,14 @@ impl LeaseConfig {
     #[must_use]
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = max_wait;
+        self
+    }
+
+    /// The time a versioned write-through has to store (see
+    /// [`versioned_window`](Self::versioned_window)).
+    #[must_use]
+    pub fn versioned_window(mut self, window: Duration) -> Self {
+        self.versioned_window = window;
         self
     }
 

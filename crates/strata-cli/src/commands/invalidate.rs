@@ -11,8 +11,8 @@ use super::common::{AuditArgs, OutputArgs, Style, TargetArgs, paint};
 #[command(group(clap::ArgGroup::new("selector").required(true).args(["namespace", "pattern", "tag"])))]
 #[command(after_help = "--namespace shop:v1:user removes exactly the keys `strata inspect` lists under that \
                         namespace (shop:v1:user:*, not shop:v1:users:*). --pattern takes a Redis glob as is \
-                        (escape * ? [ ] \\ yourself). Each removed key's Strata lease ({KEY}:lease) goes with it, so a load \
-                        in flight cannot store a value loaded before the invalidation. Try --dry-run first. \
+                        (escape * ? [ ] \\ yourself). Each removed key's Strata coordination keys ({KEY}:lease, {KEY}:version) go \
+                        with it, so a load or versioned write in flight cannot store a value read before the invalidation. Try --dry-run first. \
                         --stamp (with --namespace) and --tag invalidate in O(1) instead: one command raises \
                         the stamp key ({NS}:stamp, {APP:tag:NAME}:stamp); Strata caches treat older values as \
                         misses and the keys expire by their TTL.")]

@@ -26,6 +26,8 @@ CREATE TABLE IF NOT EXISTS products (
     price_cents BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS products_by_category ON products (category, id);
+-- A database made before the column existed (every row at version 1).
+ALTER TABLE users ADD COLUMN IF NOT EXISTS version BIGINT NOT NULL DEFAULT 1;
 ";
 
 struct Conn {

@@ -50,6 +50,7 @@ impl Sqlite {
                 if i == 0 {
                     conn.pragma_update(None, "journal_mode", "WAL")?;
                     conn.execute_batch(SCHEMA)?;
+                    add_version_column(&conn)?;
                 }
                 conn.pragma_update(None, "synchronous", "NORMAL")?;
                 conns.push(Mutex::new(conn));
@@ -163,6 +164,18 @@ impl Sqlite {
         .await
         .map(|n| n as u64)
     }
+}
+
+/// A database made before `users.version` existed gets the column (every row at version 1).
+fn add_version_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool =
+        conn.query_row("SELECT EXISTS (SELECT 1 FROM pragma_table_info('users') WHERE name = 'version')", [], |r| {
+            r.get(0)
+        })?;
+    if !has {
+        conn.execute_batch("ALTER TABLE users ADD COLUMN version INTEGER NOT NULL DEFAULT 1")?;
+    }
+    Ok(())
 }
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {

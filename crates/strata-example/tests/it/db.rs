@@ -52,3 +52,26 @@ async fn an_in_memory_database_and_bad_urls() -> TestResult {
     assert_eq!(unreachable.map(drop).map_err(|e| e.kind()), Err(ErrorKind::Database));
     Ok(())
 }
+
+/// A database file made before `users.version` existed gets the column when opened: updates
+/// work and start counting from version 1.
+#[tokio::test]
+async fn a_database_made_before_row_versions_gets_the_column() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("old.sqlite3");
+    {
+        let old = rusqlite::Connection::open(&path)?;
+        old.execute_batch(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL, bio TEXT NOT NULL);
+             INSERT INTO users VALUES (1, 'user-1', 'user1@example.com', 'bio');",
+        )?;
+    }
+    let db = Db::open(&format!("sqlite:{}", path.display())).await?;
+    let update = UserUpdate { name: Some("Ada".into()), ..UserUpdate::default() };
+    let (user, version) = db.update_user(1, &update).await?.expect("exists");
+    assert_eq!((user.name.as_str(), version), ("Ada", 2));
+    // Opening it again changes nothing.
+    let again = Db::open(&format!("sqlite:{}", path.display())).await?;
+    assert_eq!(again.update_user(1, &update).await?.map(|(_, v)| v), Some(3));
+    Ok(())
+}

@@ -79,8 +79,9 @@ pub(crate) enum Via<'a> {
     /// A lease holder's compare-and-set (see [`Holder`]).
     Lease(Holder<'a>),
     /// A versioned write-through's store, which holds no lease: only over an older source
-    /// version (see [`FILL_VERSIONED`](crate::lease::FILL_VERSIONED)).
-    Versioned(u64),
+    /// version, within the write's window from `started_ms` (wall clock, ms since the epoch)
+    /// (see [`FILL_VERSIONED`](crate::lease::FILL_VERSIONED)).
+    Versioned { version: u64, started_ms: u64 },
 }
 
 impl Inner {
@@ -459,6 +460,7 @@ impl Inner {
         let mut ticket = self.l1.ticket(k);
         let (lease, bytes, px) = (&lease_key(k), prepared.encoded.bytes.as_slice(), ttl_millis(prepared.ttl));
         let read_back = self.l1.is_on();
+        let window = ttl_millis(self.leases.versioned_window);
         let write = |mut c: Conn| async move {
             let mut pipe = redis::pipe();
             let script = match via {
@@ -478,9 +480,10 @@ impl Inner {
                     invocation.arg(lease).arg(token).arg(bytes).arg(px).arg(contended).arg(version_key(k));
                     Some(invocation)
                 }
-                Via::Versioned(version) => {
+                Via::Versioned { version, started_ms } => {
                     let mut invocation = SCRIPTS.fill_versioned.key(k);
                     invocation.arg(version_key(k)).arg(bytes).arg(px).arg(version_arg(version)).arg(lease);
+                    invocation.arg(started_ms).arg(window);
                     Some(invocation)
                 }
             };
@@ -503,7 +506,7 @@ impl Inner {
         let context = match via {
             Via::Plain => "SET",
             Via::Lease(_) => "lease fill",
-            Via::Versioned(_) => "versioned store",
+            Via::Versioned { .. } => "versioned store",
         };
         // A caller that gives up once the write is sent must not leave the value it replaces in
         // L1: with NOLOOP, nothing else would tell this instance of its own write.

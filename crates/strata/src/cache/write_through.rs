@@ -6,8 +6,9 @@
 //! a version the source returns instead of a lease (below, "Versioned").
 //!
 //! ```text
-//! 1. take the key's lease (overwriting any reader's: SET ... GET) and DEL the cached value
-//!    (not with `LeaseConfig::keep_serving_during_writes`: it serves until 3), one round trip
+//! 1. take the key's lease (overwriting any reader's: SET ... GET), DEL its write version
+//!    (below) and the cached value (not with `LeaseConfig::keep_serving_during_writes`: it
+//!    serves until 3), one round trip
 //! 2. store_fn(value): the source write                      ── fails: lease released, cache empty
 //! 3. store the value only if the lease is still ours and step 1 overwrote no other
 //!    write-through's lease (CAS), releasing it; otherwise DEL the key and its lease
@@ -41,23 +42,33 @@
 //! the source write, as a `DEL` after an update would be:
 //!
 //! ```text
-//! 1. update(): the source write, which answers (value, version)
-//! 2. one script (FILL_VERSIONED): store the value only if the key's write version
-//!    `{KEY}:version` is older, record this version, DEL the lease; no write version: DEL the
-//!    key instead, record this version
+//! 1. note the start (wall clock); update(): the source write, which answers (value, version)
+//! 2. one script (FILL_VERSIONED): DEL the lease; then, by the key's write version
+//!    `{KEY}:version` (the newest version a versioned store has seen):
+//!      none (never written, or lost)  -> DEL the key, record the version, quarantine the key
+//!                                        for the window (`LeaseConfig::versioned_window`)
+//!      quarantined                    -> DEL the key, raise the version
+//!      not older than this one        -> nothing
+//!      this write past its window     -> DEL the key, record the version
+//!      otherwise                      -> store the value, record the version
 //! ```
 //!
 //! - **Two writes:** whichever store runs last, the newer version is the one left, or the key
 //!   is empty: an older version never stores over a newer one's record.
-//! - **A load that read the source before this write's commit** took its lease before reading,
-//!   so the lease this write's store deletes is the one it holds (or a later one, whose holder
-//!   read after the commit): its store is refused. One that stored before is overwritten. A
-//!   load that stores successfully after a versioned store therefore read the source after it,
-//!   so the write version never claims more than the cached value holds.
-//! - **No write version** (the key's first versioned write, or after `delete`, any plain `set`,
-//!   a lease-protocol write-through, a flush, an eviction or an expiry, all of which remove it
-//!   or lose it): a newer write may have reached the source unseen, so this write empties the
-//!   key rather than store, and records its version; the next read loads, the next write stores.
+//! - **A load that read the source before this write's commit**, under a lease taken before
+//!   it read, finds its lease gone (or another's): its store is refused; one that stored
+//!   before is overwritten. (Loads that store without a lease — after `max_wait`, or with
+//!   leases off — are not covered here, as they are not by the lease protocol.)
+//! - **A lost write version.** `delete`, a plain `set`, a batch load's plain store and the
+//!   lease protocol's write-through remove it (each a change whose version the cache does not
+//!   know); a flush, an eviction or an expiry lose it. A newer write may then have been stored
+//!   and lost, and older writes may still be running: recording the first late version after
+//!   the loss would let the second store. So the first store that finds none quarantines the
+//!   key: for the window, versioned stores only empty it and raise the version. A write that
+//!   started before the loss and stores after the quarantine is past its window (it started
+//!   more than the window before its store, by Redis's clock against the client's): it empties
+//!   the key instead of storing. After the quarantine, the recorded version is at least every
+//!   version stored since the loss, and every write still to store started after the loss.
 //! - Until the store, every instance keeps serving the previous value, as with
 //!   `keep_serving_during_writes`: the write has not completed.
 //! - A crash after 1 leaves the previous value until its TTL, as update-then-`DEL` would.
@@ -72,10 +83,10 @@ use super::tiers::{Prepared, Via};
 use super::{CacheValue, Inner};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::lease::{Holder, THROUGH_TOKEN_PREFIX, lease_key, through_token};
+use crate::lease::{Holder, THROUGH_TOKEN_PREFIX, lease_key, through_token, version_key};
 use crate::metrics::NsCounters;
 use crate::tags::Marks;
-use crate::ttl::{Ttl, ttl_millis};
+use crate::ttl::{Ttl, now_ms, ttl_millis};
 
 impl Inner {
     /// [`Cache::set_through`](crate::Cache::set_through), unaudited.
@@ -154,6 +165,9 @@ impl Inner {
             .call_for(k, "write-through lease", |mut c| async move {
                 let mut p = redis::pipe();
                 p.cmd("SET").arg(lease).arg(t).arg("PX").arg(px).arg("GET");
+                // The key's write version goes: this write carries none, and a versioned write
+                // older than it must not store after it, even if it fails or dies.
+                p.cmd("DEL").arg(version_key(k)).ignore();
                 if !keep {
                     p.cmd("DEL").arg(k).ignore();
                 }
@@ -224,6 +238,7 @@ impl Inner {
             return self.update_through(key, ttl, unversioned).await;
         }
         // Before the source write: a namespace invalidation during it makes this value old.
+        let started_ms = now_ms();
         let marks = self.capture_marks(key, &[]).await.map_err(|(_, err)| err);
         let written = match update().await {
             Ok(written) => written,
@@ -233,7 +248,7 @@ impl Inner {
                 return Err(Error::loader(e));
             }
         };
-        let stored = self.store_versioned(key, ttl, marks, written).await;
+        let stored = self.store_versioned(key, ttl, marks, written, started_ms).await;
         if stored.is_err() {
             // The previous value must not outlive a write that could not replace it.
             self.remove_kept(key).await;
@@ -249,6 +264,7 @@ impl Inner {
         ttl: Ttl,
         marks: Result<Arc<Marks>>,
         written: Option<(T, u64)>,
+        started_ms: u64,
     ) -> Result<Option<T>> {
         let marks = marks?;
         let Some((value, version)) = written else {
@@ -256,7 +272,7 @@ impl Inner {
             return Ok(None);
         };
         let prepared = self.prepare(key, Some(value.clone()), ttl, &marks, 0)?;
-        self.store(key, &prepared, Via::Versioned(version)).await?;
+        self.store(key, &prepared, Via::Versioned { version, started_ms }).await?;
         NsCounters::inc(&self.metrics.ns(key.namespace()).writes_through);
         Ok(Some(value))
     }

@@ -423,6 +423,18 @@ fn version_of(redis: &Redis, key: &Key) -> Result<Option<String>, redis::RedisEr
     redis::cmd("GET").arg(strata::version_key(key.as_str())).query(redis.raw().as_mut())
 }
 
+/// A write version as Redis holds it outside a quarantine.
+fn recorded(version: u64) -> Option<String> {
+    Some(format!("{version:020}"))
+}
+
+/// The versioned window of the caches below: short, so that a test can wait a quarantine out.
+const WINDOW: Duration = Duration::from_millis(300);
+
+async fn versioned_cache(redis: &Redis) -> Result<Cache, strata::Error> {
+    redis.builder().leases(LeaseConfig::default().versioned_window(WINDOW)).build().await
+}
+
 /// `update_through_versioned` of `key` whose source write answers `row` at `version`.
 async fn versioned(cache: &Cache, key: &Key, row: &str, version: u64) -> strata::Result<Option<String>> {
     let row = row.to_owned();
@@ -431,44 +443,75 @@ async fn versioned(cache: &Cache, key: &Key, row: &str, version: u64) -> strata:
         .await
 }
 
+/// Starts a versioned write of `row` at `version` whose store waits for the returned sender
+/// (its source write done, the store delayed).
+fn late_versioned(
+    cache: &Cache,
+    key: &Key,
+    row: &str,
+    version: u64,
+) -> (JoinHandle<strata::Result<Option<String>>>, oneshot::Sender<()>) {
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let (cache, key, row) = (cache.clone(), key.clone(), row.to_owned());
+    let writing = tokio::spawn(async move {
+        cache
+            .update_through_versioned(&key, Ttl::Medium, move || async move {
+                let _ = release_rx.await;
+                Ok::<_, std::io::Error>(Some((row, version)))
+            })
+            .await
+    });
+    (writing, release_tx)
+}
+
+/// What `cache` reads of `key` once its L1 has heard of the latest change (an invalidation
+/// message from another instance arrives asynchronously): polls until `want` or 5 s.
+async fn reads_eventually(cache: &Cache, key: &Key, want: Option<&str>) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = cache.get::<String>(key).await.map_err(|e| e.to_string())?;
+        if got.as_deref() == want {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("read {got:?}, want {want:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A key with a write version on record and no quarantine: a first write, then the window.
+async fn with_a_version_on_record(cache: &Cache, key: &Key, version: u64) -> TestResult {
+    versioned(cache, key, "first", version).await?;
+    tokio::time::sleep(WINDOW + Duration::from_millis(50)).await;
+    Ok(())
+}
+
 /// Two versioned writes whose stores run in the reverse order of their source writes: the
 /// newer version is what every instance reads, and versions compare as numbers.
 async fn versioned_writes_keep_the_newest_whatever_order_they_store_in(redis: Redis) -> TestResult {
-    let (a, b) = (redis.cache().await, redis.cache().await);
+    let (a, b) = (versioned_cache(&redis).await?, versioned_cache(&redis).await?);
     let key = KeySchema::new("it", 1)?.key("versioned", "order")?;
     a.set(&key, &"v0".to_owned(), Ttl::Medium).await?;
     // No version on record: the first write empties the key and records its version.
     assert_eq!(versioned(&a, &key, "v1", 1).await?.as_deref(), Some("v1"), "the caller gets its row");
     assert_eq!(b.get::<String>(&key).await?, None, "{}: the first versioned write empties the key", redis.name());
-    assert_eq!(version_of(&redis, &key)?, Some(format!("{:020}", 1)));
+    tokio::time::sleep(WINDOW + Duration::from_millis(50)).await;
 
     // A's source write (version 2) comes first, B's (version 3) after it, but B stores first.
-    let (a_wrote_tx, a_wrote_rx) = oneshot::channel::<()>();
-    let (b_stored_tx, b_stored_rx) = oneshot::channel::<()>();
-    let writing_a = {
-        let (a, key) = (a.clone(), key.clone());
-        tokio::spawn(async move {
-            a.update_through_versioned(&key, Ttl::Medium, move || async move {
-                let _ = a_wrote_tx.send(());
-                let _ = b_stored_rx.await;
-                Ok::<_, std::io::Error>(Some(("v2".to_owned(), 2)))
-            })
-            .await
-        })
-    };
-    a_wrote_rx.await?;
+    let (writing_a, release_a) = late_versioned(&a, &key, "v2", 2);
     assert_eq!(versioned(&b, &key, "v3", 3).await?.as_deref(), Some("v3"));
-    b_stored_tx.send(()).map_err(|_| "writer A gone")?;
+    assert_eq!(version_of(&redis, &key)?, recorded(3));
+    release_a.send(()).map_err(|_| "writer A gone")?;
     assert_eq!(writing_a.await??.as_deref(), Some("v2"), "the caller still gets its row");
     for (name, cache) in [("A", &a), ("B", &b)] {
-        let got = cache.get::<String>(&key).await?;
-        assert_eq!(got.as_deref(), Some("v3"), "{}: {name} reads the older version", redis.name());
+        reads_eventually(cache, &key, Some("v3")).await.map_err(|e| format!("{}: {name}: {e}", redis.name()))?;
     }
-    assert_eq!(version_of(&redis, &key)?, Some(format!("{:020}", 3)));
+    assert_eq!(version_of(&redis, &key)?, recorded(3));
 
     // 10 is newer than 3, though "10" < "3" as text.
     versioned(&b, &key, "v10", 10).await?;
-    assert_eq!(a.get::<String>(&key).await?.as_deref(), Some("v10"), "{}", redis.name());
+    reads_eventually(&a, &key, Some("v10")).await.map_err(|e| format!("{}: {e}", redis.name()))?;
     for (name, cache) in [("A", &a), ("B", &b)] {
         assert_eq!(cache.metrics().namespace("it:v1:versioned").writes_through, 2, "{name}'s writes reached the cache");
     }
@@ -479,9 +522,9 @@ on_both!(versioned_writes_keep_the_newest_whatever_order_they_store_in);
 /// A load that read the source before a versioned write's commit, and tries to store after the
 /// write's store, is refused: the write took no lease, but its store revoked the load's.
 async fn a_load_that_read_before_a_versioned_write_does_not_store_after_it(redis: Redis) -> TestResult {
-    let (cache, other) = (redis.cache().await, redis.cache().await);
+    let (cache, other) = (versioned_cache(&redis).await?, versioned_cache(&redis).await?);
     let key = KeySchema::new("it", 1)?.key("versioned", "load")?;
-    versioned(&cache, &key, "v1", 1).await?;
+    with_a_version_on_record(&cache, &key, 1).await?;
     let (loaded_tx, loaded_rx) = oneshot::channel::<()>();
     let (go_tx, go_rx) = oneshot::channel::<()>();
     let reading = {
@@ -489,9 +532,9 @@ async fn a_load_that_read_before_a_versioned_write_does_not_store_after_it(redis
         tokio::spawn(async move {
             other
                 .get_or_set(&key, Ttl::Medium, move || async move {
-                    let _ = loaded_tx.send(()); // read "v1" from the source
+                    let _ = loaded_tx.send(()); // read "first" from the source
                     let _ = go_rx.await;
-                    Ok::<_, std::io::Error>("v1".to_owned())
+                    Ok::<_, std::io::Error>("first".to_owned())
                 })
                 .await
         })
@@ -499,7 +542,10 @@ async fn a_load_that_read_before_a_versioned_write_does_not_store_after_it(redis
     loaded_rx.await?;
     versioned(&cache, &key, "v2", 2).await?;
     go_tx.send(()).map_err(|_| "reader gone")?;
-    assert_eq!(reading.await??, "v1", "the read began before the write completed");
+    assert_eq!(reading.await??, "first", "the read began before the write completed");
+    // The load's store runs in the background: wait for it to be refused (or to land).
+    other.settled().await;
+    assert_eq!(other.metrics().namespace("it:v1:versioned").stale_writes_refused, 1, "{}", redis.name());
     for (name, cache) in [("the writer", &cache), ("the reader's process", &other)] {
         let got = cache.get::<String>(&key).await?;
         assert_eq!(got.as_deref(), Some("v2"), "{}: {name} reads the load's old value", redis.name());
@@ -508,24 +554,61 @@ async fn a_load_that_read_before_a_versioned_write_does_not_store_after_it(redis
 }
 on_both!(a_load_that_read_before_a_versioned_write_does_not_store_after_it);
 
-/// After a `delete` (which stands for a source change the cache knows no version of), a late
-/// versioned write older than it does not store; a failing source write removes the value.
-async fn a_versioned_write_after_a_delete_empties_the_key(redis: Redis) -> TestResult {
-    let (cache, other) = (redis.cache().await, redis.cache().await);
+/// A `delete` stands for a change whose version the cache does not know: after it, versioned
+/// writes that were running store nothing (the first late one must not record its version for
+/// the second to beat), the key stays empty for the window, then writes store again.
+async fn after_a_delete_late_versioned_writes_store_nothing(redis: Redis) -> TestResult {
+    let (cache, other) = (versioned_cache(&redis).await?, versioned_cache(&redis).await?);
     let key = KeySchema::new("it", 1)?.key("versioned", "delete")?;
-    versioned(&cache, &key, "v1", 1).await?;
-    versioned(&cache, &key, "v5", 5).await?;
-    assert_eq!(other.get::<String>(&key).await?.as_deref(), Some("v5"), "{}: the second write stores", redis.name());
-    cache.delete(&key).await?;
+    with_a_version_on_record(&cache, &key, 1).await?;
+    // Versions 5 and 6 reach the source; their stores are late.
+    let (writing_5, release_5) = late_versioned(&cache, &key, "v5", 5);
+    let (writing_6, release_6) = late_versioned(&other, &key, "v6", 6);
+    versioned(&cache, &key, "v7", 7).await?;
+    reads_eventually(&other, &key, Some("v7")).await.map_err(|e| format!("{}: {e}", redis.name()))?;
+    cache.delete(&key).await?; // the source moved on again
     assert_eq!(version_of(&redis, &key)?, None, "delete removes the write version");
-    // A write whose source write came before the delete's change, arriving late.
-    versioned(&cache, &key, "v4", 4).await?;
-    assert_eq!(other.get::<String>(&key).await?, None, "{}: an old write stored after a delete", redis.name());
+    for (release, writing) in [(release_5, writing_5), (release_6, writing_6)] {
+        release.send(()).map_err(|_| "writer gone")?;
+        writing.await??;
+    }
+    reads_eventually(&other, &key, None).await.map_err(|e| format!("{}: a late write stored: {e}", redis.name()))?;
     assert_eq!(cache.get::<String>(&key).await?, None, "{}", redis.name());
-    versioned(&cache, &key, "v6", 6).await?;
-    assert_eq!(other.get::<String>(&key).await?.as_deref(), Some("v6"));
+    // Quarantined: even a newer write only empties the key for the window.
+    versioned(&cache, &key, "v8", 8).await?;
+    assert_eq!(other.get::<String>(&key).await?, None, "{}: stored during the quarantine", redis.name());
+    tokio::time::sleep(WINDOW + Duration::from_millis(50)).await;
+    versioned(&cache, &key, "v9", 9).await?;
+    reads_eventually(&other, &key, Some("v9")).await.map_err(|e| format!("{}: {e}", redis.name()))?;
+    assert_eq!(version_of(&redis, &key)?, recorded(9));
+    Ok(())
+}
+on_both!(after_a_delete_late_versioned_writes_store_nothing);
+
+/// A write whose store comes later than the window after its start empties the key (a loss
+/// it cannot see may have happened meanwhile) and still raises the version, so that an older
+/// write does not store after it. A failing source write, or no such row, empties the key.
+async fn a_versioned_write_past_its_window_empties_the_key(redis: Redis) -> TestResult {
+    let (cache, other) = (versioned_cache(&redis).await?, versioned_cache(&redis).await?);
+    let key = KeySchema::new("it", 1)?.key("versioned", "slow")?;
+    with_a_version_on_record(&cache, &key, 1).await?;
+    versioned(&cache, &key, "v2", 2).await?;
+    reads_eventually(&other, &key, Some("v2")).await.map_err(|e| format!("{}: {e}", redis.name()))?;
+    let slow = cache
+        .update_through_versioned(&key, Ttl::Medium, || async {
+            tokio::time::sleep(WINDOW + Duration::from_millis(100)).await;
+            Ok::<_, std::io::Error>(Some(("v4".to_owned(), 4)))
+        })
+        .await?;
+    assert_eq!(slow.as_deref(), Some("v4"), "the caller gets its row");
+    reads_eventually(&other, &key, None).await.map_err(|e| format!("{}: a slow write stored: {e}", redis.name()))?;
+    assert_eq!(version_of(&redis, &key)?, recorded(4));
+    versioned(&cache, &key, "v3", 3).await?;
+    assert_eq!(other.get::<String>(&key).await?, None, "{}: an older write stored", redis.name());
 
     // A failing source write: the source may have taken it, so the value it replaced goes.
+    versioned(&cache, &key, "v5", 5).await?;
+    reads_eventually(&other, &key, Some("v5")).await.map_err(|e| format!("{}: {e}", redis.name()))?;
     let err = cache
         .update_through_versioned(&key, Ttl::Medium, || async {
             Err::<Option<(String, u64)>, _>(std::io::Error::other("connection reset after COMMIT"))
@@ -534,18 +617,42 @@ async fn a_versioned_write_after_a_delete_empties_the_key(redis: Redis) -> TestR
         .err()
         .ok_or("the source error must surface")?;
     assert!(err.is_loader(), "{err}");
-    assert_eq!(other.get::<String>(&key).await?, None, "{}: the previous value was removed", redis.name());
+    reads_eventually(&other, &key, None)
+        .await
+        .map_err(|e| format!("{}: the previous value stayed: {e}", redis.name()))?;
     // No such row: the key goes too.
+    with_a_version_on_record(&cache, &key, 6).await?;
     versioned(&cache, &key, "v7", 7).await?;
-    versioned(&cache, &key, "v8", 8).await?;
+    reads_eventually(&other, &key, Some("v7")).await.map_err(|e| format!("{}: {e}", redis.name()))?;
     let none = cache
         .update_through_versioned(&key, Ttl::Medium, || async { Ok::<Option<(String, u64)>, std::io::Error>(None) })
         .await?;
     assert_eq!(none, None);
-    assert_eq!(other.get::<String>(&key).await?, None, "{}: nothing updated, nothing cached", redis.name());
+    reads_eventually(&other, &key, None).await.map_err(|e| format!("{}: nothing updated: {e}", redis.name()))?;
     Ok(())
 }
-on_both!(a_versioned_write_after_a_delete_empties_the_key);
+on_both!(a_versioned_write_past_its_window_empties_the_key);
+
+/// A lease-protocol write-through that fails after emptying the key (its source may hold the
+/// newer row) removes the write version too: a versioned write older than it stores nothing.
+async fn a_failed_lease_write_through_stops_older_versioned_writes(redis: Redis) -> TestResult {
+    let (cache, other) = (versioned_cache(&redis).await?, versioned_cache(&redis).await?);
+    let key = KeySchema::new("it", 1)?.key("versioned", "mixed")?;
+    with_a_version_on_record(&cache, &key, 1).await?;
+    let (writing_6, release_6) = late_versioned(&cache, &key, "v6", 6);
+    // The lease protocol's write (version 7 in the source) times out after its commit.
+    let failed = other
+        .update_through(&key, Ttl::Medium, || async {
+            Err::<Option<String>, _>(std::io::Error::other("timed out after COMMIT"))
+        })
+        .await;
+    assert!(failed.is_err());
+    release_6.send(()).map_err(|_| "writer gone")?;
+    writing_6.await??;
+    reads_eventually(&other, &key, None).await.map_err(|e| format!("{}: an older write stored: {e}", redis.name()))?;
+    Ok(())
+}
+on_both!(a_failed_lease_write_through_stops_older_versioned_writes);
 
 /// A key with hot copies takes the lease protocol (its copies are written after the store):
 /// its first write stores at once, and no write version is kept.
@@ -556,12 +663,10 @@ async fn a_hot_key_is_written_through_under_its_lease(redis: Redis) -> TestResul
     cache.set(&key, &"v0".to_owned(), Ttl::Medium).await?;
     assert_eq!(other.get::<String>(&key).await?.as_deref(), Some("v0"));
     versioned(&cache, &key, "v1", 1).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     // Another process may read a copy, whose change reaches its L1 through an invalidation.
-    while other.get::<String>(&key).await?.as_deref() != Some("v1") {
-        assert!(tokio::time::Instant::now() < deadline, "{}: a copy kept the old value", redis.name());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    reads_eventually(&other, &key, Some("v1"))
+        .await
+        .map_err(|e| format!("{}: a copy kept the old value: {e}", redis.name()))?;
     assert_eq!(version_of(&redis, &key)?, None, "the lease protocol keeps no version");
     Ok(())
 }
