@@ -497,11 +497,11 @@ impl Cache {
     /// The row is stored only over an older version; until then every instance keeps serving
     /// the previous value (the write has not completed). With no version on record (the key's
     /// first versioned write, or after a `delete`, a plain `set`, a flush or an eviction: any
-    /// change whose version the cache does not know) the key is emptied instead, and for
-    /// [`LeaseConfig::versioned_window`](crate::LeaseConfig::versioned_window) (1 s by default)
-    /// its versioned writes keep emptying it: a write older than the lost version may still be
-    /// running. A write whose store comes later than that window after its start empties the
-    /// key too. Then reads load the row and writes store it. `Ok(None)` from `update` (no such
+    /// change whose version the cache does not know) the key is emptied instead, and for two
+    /// [`VERSIONED_WINDOW`](crate::VERSIONED_WINDOW)s (2 s) its versioned writes keep emptying
+    /// it: a write older than the lost version may still be running. A write whose store comes
+    /// more than a window after its start (the client's clock against Redis's) empties the key
+    /// too. Then reads load the row and writes store it. `Ok(None)` from `update` (no such
     /// row) empties the key. A key with hot copies takes
     /// [`update_through`](Self::update_through)'s lease protocol. Design and argument:
     /// `cache/write_through.rs`, "Versioned".
@@ -511,15 +511,12 @@ impl Cache {
     ///
     /// ```
     /// # use std::sync::{Arc, Mutex};
-    /// # use std::time::Duration;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let redis = strata_cluster::RedisServer::start()?;
-    /// use strata::{Cache, KeySchema, LeaseConfig, Ttl};
+    /// use strata::{Cache, KeySchema, Ttl, VERSIONED_WINDOW};
     ///
-    /// let window = Duration::from_millis(100);
-    /// let leases = LeaseConfig::default().versioned_window(window);
-    /// let cache = Cache::builder().redis_url(redis.url()).leases(leases).build().await?;
+    /// let cache = Cache::builder().redis_url(redis.url()).build().await?;
     /// let key = KeySchema::new("shop", 1)?.key("user", "42")?;
     /// let db = Arc::new(Mutex::new((("Ada".to_owned(), 36_u32), 1_u64))); // (row, version)
     /// // UPDATE users SET age = age + 1, version = version + 1 WHERE id = 42
@@ -534,7 +531,7 @@ impl Cache {
     /// // No version on record yet: the write empties the key (and quarantines it a moment).
     /// assert_eq!(cache.update_through_versioned(&key, Ttl::Medium, birthday).await?, Some(("Ada".to_owned(), 37)));
     /// assert_eq!(cache.get::<(String, u32)>(&key).await?, None);
-    /// tokio::time::sleep(window).await;
+    /// tokio::time::sleep(2 * VERSIONED_WINDOW).await;
     /// // From now on a write stores the row it wrote.
     /// cache.update_through_versioned(&key, Ttl::Medium, birthday).await?;
     /// assert_eq!(cache.get::<(String, u32)>(&key).await?, Some(("Ada".to_owned(), 38)));

@@ -94,9 +94,10 @@ return -3";
 /// - **no write version** (never written, or lost: a flush, an eviction, an expiry, or removed
 ///   by a `delete`, a plain `set` or a lease-protocol write-through, each a change of unknown
 ///   version): a write newer than this one may have been stored and lost, and writes older
-///   than it may still be running. The key is emptied and quarantined for the window;
-/// - **quarantined**: the key is emptied, the version raised; no write that started before
-///   the loss can still be running when the quarantine ends (it would be past its window);
+///   than it may still be running. The key is emptied and quarantined for two windows;
+/// - **quarantined**: the key is emptied, the version raised; a write that started before the
+///   loss and stores after the quarantine took more than two windows, so it is past its own
+///   even with the client's clock up to one window ahead of Redis's;
 /// - **this version not newer**: nothing (the newer write's store did the rest);
 /// - **this write past its window** (it started more than the window ago, by Redis's clock):
 ///   the key is emptied and the version raised, since a loss it cannot see may have happened;
@@ -104,7 +105,7 @@ return -3";
 ///
 /// Versions compare as strings of one width ([`version_arg`]). Answers like [`FILL_IF_LEASED`].
 /// KEYS: key. ARGV: version key, value, px, version, lease, start of the write (ms since the
-/// epoch, the client's clock), window (ms).
+/// epoch, the client's clock), window (ms, [`VERSIONED_WINDOW`]).
 pub(crate) const FILL_VERSIONED: &str = r"
 redis.call('DEL', ARGV[5])
 local t = redis.call('TIME')
@@ -112,7 +113,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[7])
 local seen = redis.call('GET', ARGV[1])
 if not seen then
-  redis.call('SET', ARGV[1], ARGV[4] .. 'q' .. (now + window), 'PX', math.max(tonumber(ARGV[3]), window))
+  redis.call('SET', ARGV[1], ARGV[4] .. 'q' .. (now + 2 * window), 'PX', math.max(tonumber(ARGV[3]), 2 * window))
   redis.call('DEL', KEYS[1])
   return -3
 end
@@ -132,6 +133,15 @@ if now - tonumber(ARGV[6]) > window then
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return redis.call('PTTL', KEYS[1])";
+
+/// The time a versioned write-through ([`Cache::update_through_versioned`](crate::Cache::update_through_versioned))
+/// has from its start (the client's clock) to its store (Redis's clock): one that stores later
+/// empties the key instead. A key whose write version was lost is quarantined for twice this
+/// (see [`FILL_VERSIONED`]), so that a client clock up to one window ahead of Redis's cannot
+/// let a write older than the loss store after the quarantine. A protocol constant, not a
+/// setting: every instance writing a key must use the same one. A source write slower than it
+/// costs the next read a miss; a client clock behind Redis's by `d` leaves writes `window - d`.
+pub const VERSIONED_WINDOW: Duration = Duration::from_secs(1);
 
 /// A source version as [`FILL_VERSIONED`] compares it: 20 decimal digits, so that the string
 /// order is the numeric order for every `u64`.
@@ -213,13 +223,6 @@ pub struct LeaseConfig {
     /// way the write revokes every reader's lease first, overlapping writes leave the key
     /// uncached, and a failing source write removes the key.
     pub keep_serving_during_writes: bool,
-    /// The time a versioned write-through ([`Cache::update_through_versioned`](crate::Cache::update_through_versioned))
-    /// has from its start to its store (default 1 s): one that stores later empties the key
-    /// instead, and when a key's write version was lost (a flush, an eviction, a `delete`),
-    /// the key's versioned stores empty it for this long, so that no write older than what was
-    /// lost can store. Keep it above the slowest normal source write (and well above the clock
-    /// skew between the clients and Redis); a write slower than it costs the next read a miss.
-    pub versioned_window: Duration,
 }
 
 impl Default for LeaseConfig {
@@ -229,7 +232,6 @@ impl Default for LeaseConfig {
             ttl: Duration::from_secs(10),
             max_wait: Duration::from_secs(10),
             keep_serving_during_writes: false,
-            versioned_window: Duration::from_secs(1),
         }
     }
 }
@@ -258,14 +260,6 @@ impl LeaseConfig {
     #[must_use]
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = max_wait;
-        self
-    }
-
-    /// The time a versioned write-through has to store (see
-    /// [`versioned_window`](Self::versioned_window)).
-    #[must_use]
-    pub fn versioned_window(mut self, window: Duration) -> Self {
-        self.versioned_window = window;
         self
     }
 

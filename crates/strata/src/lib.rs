@@ -188,7 +188,7 @@ pub use key::{Key, KeySchema, MAX_ID_LEN, MAX_KEY_LEN, MAX_NAME_LEN, MAX_VARIANT
 pub use l1::L1Policy;
 pub use l2::{TlsOptions, Topology};
 pub use latency::{BUCKETS, L2_BUCKETS_MICROS, LOADER_BUCKETS_MICROS, LatencySnapshot};
-pub use lease::{LeaseConfig, coordination_keys, coordination_target, lease_key, version_key};
+pub use lease::{LeaseConfig, VERSIONED_WINDOW, coordination_keys, coordination_target, lease_key, version_key};
 pub use metrics::{MAX_NAMESPACES, MetricsSnapshot, NamespaceStats, OTHER_NAMESPACE};
 pub use namespace::bump_stamp;
 /// The Prometheus client library whose [`Registry`](prometheus_client::registry::Registry)

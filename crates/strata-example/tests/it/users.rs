@@ -4,7 +4,6 @@ use axum::http::{Method, StatusCode};
 use serde_json::json;
 use std::time::Duration;
 
-use strata::LeaseConfig;
 use strata_example::service::ServiceConfig;
 
 use crate::common::{Env, TestResult, call, eventually, get};
@@ -83,7 +82,7 @@ async fn an_update_caches_the_row_it_wrote() -> TestResult {
         assert_eq!(get(&env.app, "/users/5").await.body["name"], name);
         assert_eq!(env.queries(), before + reads_query, "reads after the {name} update");
         if name == "first" {
-            tokio::time::sleep(LeaseConfig::default().versioned_window + Duration::from_millis(100)).await;
+            tokio::time::sleep(2 * strata::VERSIONED_WINDOW + Duration::from_millis(100)).await;
         }
     }
     Ok(())

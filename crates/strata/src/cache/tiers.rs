@@ -31,7 +31,9 @@ use crate::key::Key;
 use crate::l1::Ticket;
 use crate::l1::{Checks, Entry, Fill, Slot, typed};
 use crate::l2::{Conn, query_scripted};
-use crate::lease::{Holder, NOT_STORED, SCRIPTS, coordination_keys, lease_key, version_arg, version_key};
+use crate::lease::{
+    Holder, NOT_STORED, SCRIPTS, VERSIONED_WINDOW, coordination_keys, lease_key, version_arg, version_key,
+};
 use crate::metrics::NsCounters;
 use crate::tags::{Marks, Tag};
 use crate::ttl::{Ttl, expiry_ms, l1_ttl, now_ms, ttl_millis};
@@ -460,7 +462,7 @@ impl Inner {
         let mut ticket = self.l1.ticket(k);
         let (lease, bytes, px) = (&lease_key(k), prepared.encoded.bytes.as_slice(), ttl_millis(prepared.ttl));
         let read_back = self.l1.is_on();
-        let window = ttl_millis(self.leases.versioned_window);
+        let window = ttl_millis(VERSIONED_WINDOW);
         let write = |mut c: Conn| async move {
             let mut pipe = redis::pipe();
             let script = match via {

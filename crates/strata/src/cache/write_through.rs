@@ -46,7 +46,7 @@
 //! 2. one script (FILL_VERSIONED): DEL the lease; then, by the key's write version
 //!    `{KEY}:version` (the newest version a versioned store has seen):
 //!      none (never written, or lost)  -> DEL the key, record the version, quarantine the key
-//!                                        for the window (`LeaseConfig::versioned_window`)
+//!                                        for two windows (`VERSIONED_WINDOW`, 1 s)
 //!      quarantined                    -> DEL the key, raise the version
 //!      not older than this one        -> nothing
 //!      this write past its window     -> DEL the key, record the version
@@ -64,14 +64,18 @@
 //!   know); a flush, an eviction or an expiry lose it. A newer write may then have been stored
 //!   and lost, and older writes may still be running: recording the first late version after
 //!   the loss would let the second store. So the first store that finds none quarantines the
-//!   key: for the window, versioned stores only empty it and raise the version. A write that
-//!   started before the loss and stores after the quarantine is past its window (it started
-//!   more than the window before its store, by Redis's clock against the client's): it empties
-//!   the key instead of storing. After the quarantine, the recorded version is at least every
-//!   version stored since the loss, and every write still to store started after the loss.
+//!   key: for two windows, versioned stores only empty it and raise the version. A write that
+//!   started before the loss and stores after the quarantine took more than two windows: it is
+//!   past its own window (it started more than one window before its store, by Redis's clock
+//!   against the client's, which may be up to one window ahead) and empties the key instead
+//!   of storing. After the quarantine, the recorded version is at least every version stored
+//!   since the loss, and every write still to store started after the loss. The window is a
+//!   protocol constant, so every instance quarantines and judges alike.
+//! - **A writer that dies between its source write and its store** leaves what the key held:
+//!   the previous value, or, if an older versioned write stored after a load had cached this
+//!   write's row, that older row, until its TTL.
 //! - Until the store, every instance keeps serving the previous value, as with
 //!   `keep_serving_during_writes`: the write has not completed.
-//! - A crash after 1 leaves the previous value until its TTL, as update-then-`DEL` would.
 //! - Tools that delete keys behind Strata's back delete the version key with the lease
 //!   ([`coordination_keys`](crate::coordination_keys)); otherwise a versioned write older than
 //!   their change may store once after it.
@@ -252,6 +256,12 @@ impl Inner {
         if stored.is_err() {
             // The previous value must not outlive a write that could not replace it.
             self.remove_kept(key).await;
+        } else if self.hot.copies(key) > 0 {
+            // Marked hot during the write: its copies, refilled from the previous value, go,
+            // and so does anything a read of them put in this instance's L1.
+            let copies = self.hot_invalidate(key).await;
+            self.l1.invalidate_local(key.as_str());
+            copies?;
         }
         stored
     }

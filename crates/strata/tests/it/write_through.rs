@@ -428,12 +428,8 @@ fn recorded(version: u64) -> Option<String> {
     Some(format!("{version:020}"))
 }
 
-/// The versioned window of the caches below: short, so that a test can wait a quarantine out.
-const WINDOW: Duration = Duration::from_millis(300);
-
-async fn versioned_cache(redis: &Redis) -> Result<Cache, strata::Error> {
-    redis.builder().leases(LeaseConfig::default().versioned_window(WINDOW)).build().await
-}
+/// How long a quarantine lasts (two versioned windows), and a margin.
+const QUARANTINE: Duration = Duration::from_millis(2 * strata::VERSIONED_WINDOW.as_millis() as u64 + 100);
 
 /// `update_through_versioned` of `key` whose source write answers `row` at `version`.
 async fn versioned(cache: &Cache, key: &Key, row: &str, version: u64) -> strata::Result<Option<String>> {
@@ -443,25 +439,26 @@ async fn versioned(cache: &Cache, key: &Key, row: &str, version: u64) -> strata:
         .await
 }
 
+/// A versioned write in flight ([`late_versioned`]).
+type Late = (JoinHandle<strata::Result<Option<String>>>, oneshot::Sender<()>);
+
 /// Starts a versioned write of `row` at `version` whose store waits for the returned sender
-/// (its source write done, the store delayed).
-fn late_versioned(
-    cache: &Cache,
-    key: &Key,
-    row: &str,
-    version: u64,
-) -> (JoinHandle<strata::Result<Option<String>>>, oneshot::Sender<()>) {
+/// (its source write done, the store delayed). Returns once its source write has begun.
+async fn late_versioned(cache: &Cache, key: &Key, row: &str, version: u64) -> Result<Late, oneshot::error::RecvError> {
+    let (started_tx, started_rx) = oneshot::channel::<()>();
     let (release_tx, release_rx) = oneshot::channel::<()>();
     let (cache, key, row) = (cache.clone(), key.clone(), row.to_owned());
     let writing = tokio::spawn(async move {
         cache
             .update_through_versioned(&key, Ttl::Medium, move || async move {
+                let _ = started_tx.send(());
                 let _ = release_rx.await;
                 Ok::<_, std::io::Error>(Some((row, version)))
             })
             .await
     });
-    (writing, release_tx)
+    started_rx.await?;
+    Ok((writing, release_tx))
 }
 
 /// What `cache` reads of `key` once its L1 has heard of the latest change (an invalidation
@@ -483,23 +480,23 @@ async fn reads_eventually(cache: &Cache, key: &Key, want: Option<&str>) -> Resul
 /// A key with a write version on record and no quarantine: a first write, then the window.
 async fn with_a_version_on_record(cache: &Cache, key: &Key, version: u64) -> TestResult {
     versioned(cache, key, "first", version).await?;
-    tokio::time::sleep(WINDOW + Duration::from_millis(50)).await;
+    tokio::time::sleep(QUARANTINE).await;
     Ok(())
 }
 
 /// Two versioned writes whose stores run in the reverse order of their source writes: the
 /// newer version is what every instance reads, and versions compare as numbers.
 async fn versioned_writes_keep_the_newest_whatever_order_they_store_in(redis: Redis) -> TestResult {
-    let (a, b) = (versioned_cache(&redis).await?, versioned_cache(&redis).await?);
+    let (a, b) = (redis.cache().await, redis.cache().await);
     let key = KeySchema::new("it", 1)?.key("versioned", "order")?;
     a.set(&key, &"v0".to_owned(), Ttl::Medium).await?;
     // No version on record: the first write empties the key and records its version.
     assert_eq!(versioned(&a, &key, "v1", 1).await?.as_deref(), Some("v1"), "the caller gets its row");
     assert_eq!(b.get::<String>(&key).await?, None, "{}: the first versioned write empties the key", redis.name());
-    tokio::time::sleep(WINDOW + Duration::from_millis(50)).await;
+    tokio::time::sleep(QUARANTINE).await;
 
     // A's source write (version 2) comes first, B's (version 3) after it, but B stores first.
-    let (writing_a, release_a) = late_versioned(&a, &key, "v2", 2);
+    let (writing_a, release_a) = late_versioned(&a, &key, "v2", 2).await?;
     assert_eq!(versioned(&b, &key, "v3", 3).await?.as_deref(), Some("v3"));
     assert_eq!(version_of(&redis, &key)?, recorded(3));
     release_a.send(()).map_err(|_| "writer A gone")?;
@@ -522,7 +519,7 @@ on_both!(versioned_writes_keep_the_newest_whatever_order_they_store_in);
 /// A load that read the source before a versioned write's commit, and tries to store after the
 /// write's store, is refused: the write took no lease, but its store revoked the load's.
 async fn a_load_that_read_before_a_versioned_write_does_not_store_after_it(redis: Redis) -> TestResult {
-    let (cache, other) = (versioned_cache(&redis).await?, versioned_cache(&redis).await?);
+    let (cache, other) = (redis.cache().await, redis.cache().await);
     let key = KeySchema::new("it", 1)?.key("versioned", "load")?;
     with_a_version_on_record(&cache, &key, 1).await?;
     let (loaded_tx, loaded_rx) = oneshot::channel::<()>();
@@ -558,12 +555,12 @@ on_both!(a_load_that_read_before_a_versioned_write_does_not_store_after_it);
 /// writes that were running store nothing (the first late one must not record its version for
 /// the second to beat), the key stays empty for the window, then writes store again.
 async fn after_a_delete_late_versioned_writes_store_nothing(redis: Redis) -> TestResult {
-    let (cache, other) = (versioned_cache(&redis).await?, versioned_cache(&redis).await?);
+    let (cache, other) = (redis.cache().await, redis.cache().await);
     let key = KeySchema::new("it", 1)?.key("versioned", "delete")?;
     with_a_version_on_record(&cache, &key, 1).await?;
     // Versions 5 and 6 reach the source; their stores are late.
-    let (writing_5, release_5) = late_versioned(&cache, &key, "v5", 5);
-    let (writing_6, release_6) = late_versioned(&other, &key, "v6", 6);
+    let (writing_5, release_5) = late_versioned(&cache, &key, "v5", 5).await?;
+    let (writing_6, release_6) = late_versioned(&other, &key, "v6", 6).await?;
     versioned(&cache, &key, "v7", 7).await?;
     reads_eventually(&other, &key, Some("v7")).await.map_err(|e| format!("{}: {e}", redis.name()))?;
     cache.delete(&key).await?; // the source moved on again
@@ -577,7 +574,7 @@ async fn after_a_delete_late_versioned_writes_store_nothing(redis: Redis) -> Tes
     // Quarantined: even a newer write only empties the key for the window.
     versioned(&cache, &key, "v8", 8).await?;
     assert_eq!(other.get::<String>(&key).await?, None, "{}: stored during the quarantine", redis.name());
-    tokio::time::sleep(WINDOW + Duration::from_millis(50)).await;
+    tokio::time::sleep(QUARANTINE).await;
     versioned(&cache, &key, "v9", 9).await?;
     reads_eventually(&other, &key, Some("v9")).await.map_err(|e| format!("{}: {e}", redis.name()))?;
     assert_eq!(version_of(&redis, &key)?, recorded(9));
@@ -589,14 +586,14 @@ on_both!(after_a_delete_late_versioned_writes_store_nothing);
 /// it cannot see may have happened meanwhile) and still raises the version, so that an older
 /// write does not store after it. A failing source write, or no such row, empties the key.
 async fn a_versioned_write_past_its_window_empties_the_key(redis: Redis) -> TestResult {
-    let (cache, other) = (versioned_cache(&redis).await?, versioned_cache(&redis).await?);
+    let (cache, other) = (redis.cache().await, redis.cache().await);
     let key = KeySchema::new("it", 1)?.key("versioned", "slow")?;
     with_a_version_on_record(&cache, &key, 1).await?;
     versioned(&cache, &key, "v2", 2).await?;
     reads_eventually(&other, &key, Some("v2")).await.map_err(|e| format!("{}: {e}", redis.name()))?;
     let slow = cache
         .update_through_versioned(&key, Ttl::Medium, || async {
-            tokio::time::sleep(WINDOW + Duration::from_millis(100)).await;
+            tokio::time::sleep(strata::VERSIONED_WINDOW + Duration::from_millis(100)).await;
             Ok::<_, std::io::Error>(Some(("v4".to_owned(), 4)))
         })
         .await?;
@@ -636,10 +633,10 @@ on_both!(a_versioned_write_past_its_window_empties_the_key);
 /// A lease-protocol write-through that fails after emptying the key (its source may hold the
 /// newer row) removes the write version too: a versioned write older than it stores nothing.
 async fn a_failed_lease_write_through_stops_older_versioned_writes(redis: Redis) -> TestResult {
-    let (cache, other) = (versioned_cache(&redis).await?, versioned_cache(&redis).await?);
+    let (cache, other) = (redis.cache().await, redis.cache().await);
     let key = KeySchema::new("it", 1)?.key("versioned", "mixed")?;
     with_a_version_on_record(&cache, &key, 1).await?;
-    let (writing_6, release_6) = late_versioned(&cache, &key, "v6", 6);
+    let (writing_6, release_6) = late_versioned(&cache, &key, "v6", 6).await?;
     // The lease protocol's write (version 7 in the source) times out after its commit.
     let failed = other
         .update_through(&key, Ttl::Medium, || async {
