@@ -137,7 +137,7 @@ return redis.call('PTTL', KEYS[1])";
 /// The time a versioned write-through ([`Cache::update_through_versioned`](crate::Cache::update_through_versioned))
 /// has from its start (the client's clock) to its store (Redis's clock): one that stores later
 /// empties the key instead. A key whose write version was lost is quarantined for twice this
-/// (see [`FILL_VERSIONED`]), so that a client clock up to one window ahead of Redis's cannot
+/// (design: `cache/write_through.rs`, "Versioned"), so that a client clock up to one window ahead of Redis's cannot
 /// let a write older than the loss store after the quarantine. A protocol constant, not a
 /// setting: every instance writing a key must use the same one. A source write slower than it
 /// costs the next read a miss; a client clock behind Redis's by `d` leaves writes `window - d`.
