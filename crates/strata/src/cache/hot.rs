@@ -306,4 +306,52 @@ mod tests {
         assert!(!copy_exists(), "a copy of a deleted key was kept");
         Ok(())
     }
+
+    /// A key marked hot while a versioned write of it runs (the write looked for copies before
+    /// its source write) loses the copies refilled from the previous value meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_marked_hot_during_a_versioned_write_loses_its_copies() -> Result<()> {
+        let redis = strata_cluster::RedisServer::start().map_err(|e| Error::config(e.to_string()))?;
+        let key = crate::KeySchema::new("hot", 1)?.key("user", "2")?;
+        let cache = crate::Cache::builder().redis_url(redis.url()).build().await?;
+        let copy = hot_copy_keys(key.as_str(), 1).remove(0);
+        let copy_exists = || {
+            let mut con = redis.connection().expect("connection");
+            redis::cmd("EXISTS").arg(&copy).query::<bool>(&mut con).expect("EXISTS")
+        };
+        let ttl = Duration::from_secs(60);
+        let row = |name: &str, version: u64| {
+            let name = name.to_owned();
+            move || async move { Ok::<_, std::io::Error>(Some((name, version))) }
+        };
+        // A version on record: the first write empties the key and quarantines it; after the
+        // quarantine the second stores.
+        cache.update_through_versioned(&key, ttl, row("v1", 1)).await?;
+        tokio::time::sleep(2 * crate::VERSIONED_WINDOW + Duration::from_millis(100)).await;
+        cache.update_through_versioned(&key, ttl, row("v2", 2)).await?;
+
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let writing = {
+            let (cache, key) = (cache.clone(), key.clone());
+            tokio::spawn(async move {
+                cache
+                    .update_through_versioned(&key, ttl, move || async move {
+                        let _ = started_tx.send(());
+                        let _ = release_rx.await;
+                        Ok::<_, std::io::Error>(Some(("v3".to_owned(), 3)))
+                    })
+                    .await
+            })
+        };
+        started_rx.await.map_err(|e| Error::config(e.to_string()))?;
+        cache.mark_hot(&key, 1)?;
+        cache.inner().hot_refill(&key, &copy, Some(&"v2".to_owned())).await;
+        assert!(copy_exists(), "a refill of what the key holds stands");
+        release_tx.send(()).map_err(|()| Error::config("writer gone"))?;
+        writing.await.map_err(|e| Error::config(e.to_string()))??;
+        assert!(!copy_exists(), "a copy of the previous value outlived the write");
+        assert_eq!(cache.get::<String>(&key).await?.as_deref(), Some("v3"));
+        Ok(())
+    }
 }
