@@ -569,7 +569,8 @@ async fn client(variant: Variant, target: &Target, db: &Db, nonce: &str, users: 
     Ok(match variant {
         Variant::Direct => Client::Direct(db.clone()),
         Variant::Strata => {
-            let cache = target.cache_builder().require_redis(true).build().await.context("connecting Strata")?;
+            let builder = strata_example::service::configure(target.cache_builder());
+            let cache = builder.require_redis(true).build().await.context("connecting Strata")?;
             Client::Strata(Users::new(db.clone(), cache, KeySchema::new(&format!("profiles{nonce}"), 1)?))
         }
         Variant::Naive => Client::Naive {

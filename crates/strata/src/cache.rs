@@ -501,7 +501,9 @@ impl Cache {
     /// [`VERSIONED_WINDOW`](crate::VERSIONED_WINDOW)s (2 s) its versioned writes keep emptying
     /// it: a write older than the lost version may still be running. A write whose store comes
     /// more than a window after its start (the client's clock against Redis's) empties the key
-    /// too. Then reads load the row and writes store it. `Ok(None)` from `update` (no such
+    /// too. Then reads load the row and writes store it. With
+    /// [`LeaseConfig::versioned_writes`](crate::LeaseConfig::versioned_writes), a load that
+    /// stores a key with no version on record starts one, so the first write need not empty it. `Ok(None)` from `update` (no such
     /// row) empties the key. A key with hot copies takes
     /// [`update_through`](Self::update_through)'s lease protocol. Design and argument:
     /// `cache/write_through.rs`, "Versioned".

@@ -50,7 +50,7 @@ pub(crate) const NOT_STORED: i64 = -3;
 
 /// Stores the value only while the caller's token still holds the lease, releases it, and
 /// answers the key's PTTL read right after the write (or [`NOT_STORED`]).
-/// KEYS: key. ARGV: lease, token, value, px.
+/// KEYS: key. ARGV: lease, token, value, px[, version key, window ms].
 ///
 /// The lease is named in ARGV, not KEYS (same hash slot, so Redis Cluster allows it): a
 /// tracking connection that sends `CLIENT CACHING YES` before the script has Redis 7.0 track the
@@ -61,10 +61,21 @@ pub(crate) const NOT_STORED: i64 = -3;
 /// keys each read command touches instead: the key is still tracked by the final PTTL, but the
 /// `GET` of the lease would be tracked too, which costs messages about lease keys (counted in
 /// `invalidation_messages_internal`), never a stale read.
+///
+/// With [`LeaseConfig::versioned_writes`] (`ARGV[5]`: the key's version key, `ARGV[6]`: the
+/// versioned window in ms), a store that finds no write version starts one: version 0,
+/// quarantined for two windows, as a versioned store that finds none does (see
+/// [`FILL_VERSIONED`]), so that the key's versioned writes store once the quarantine is over
+/// instead of the first of them emptying the key.
 pub(crate) const FILL_IF_LEASED: &str = r"
 if redis.call('GET', ARGV[1]) ~= ARGV[2] then return -3 end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 redis.call('DEL', ARGV[1])
+if ARGV[5] and redis.call('EXISTS', ARGV[5]) == 0 then
+  local t = redis.call('TIME')
+  local ends = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + 2 * tonumber(ARGV[6])
+  redis.call('SET', ARGV[5], string.rep('0', 20) .. 'q' .. ends, 'PX', math.max(tonumber(ARGV[4]), 2 * tonumber(ARGV[6])))
+end
 return redis.call('PTTL', KEYS[1])";
 
 /// A write-through's store, after its source write: the value goes in only while the caller's
@@ -223,6 +234,13 @@ pub struct LeaseConfig {
     /// way the write revokes every reader's lease first, overlapping writes leave the key
     /// uncached, and a failing source write removes the key.
     pub keep_serving_during_writes: bool,
+    /// Whether this cache's keys are written with
+    /// [`Cache::update_through_versioned`](crate::Cache::update_through_versioned) (default
+    /// off). On, a load that stores a key with no write version on record starts one (version
+    /// 0, quarantined for two [`VERSIONED_WINDOW`]s), so that the key's next versioned write
+    /// after that stores its row, where it would otherwise find no version and empty the key.
+    /// Costs every load's store an `EXISTS` of the version key, and a small key per loaded key.
+    pub versioned_writes: bool,
 }
 
 impl Default for LeaseConfig {
@@ -232,6 +250,7 @@ impl Default for LeaseConfig {
             ttl: Duration::from_secs(10),
             max_wait: Duration::from_secs(10),
             keep_serving_during_writes: false,
+            versioned_writes: false,
         }
     }
 }
@@ -268,6 +287,14 @@ impl LeaseConfig {
     #[must_use]
     pub fn keep_serving_during_writes(mut self, keep: bool) -> Self {
         self.keep_serving_during_writes = keep;
+        self
+    }
+
+    /// Whether this cache's keys are written with `update_through_versioned` (see
+    /// [`versioned_writes`](Self::versioned_writes)).
+    #[must_use]
+    pub fn versioned_writes(mut self, versioned: bool) -> Self {
+        self.versioned_writes = versioned;
         self
     }
 }

@@ -23,9 +23,10 @@
 //!   processes keep the previous value serving during their write-throughs
 //!   (`LeaseConfig::keep_serving_during_writes`), even-numbered ones delete it first (the
 //!   default), so every run checks both and their mix;
-//! - **`update_through_versioned`** (as the example service updates a profile): the source
-//!   write commits a new version and answers it; writers of one key run concurrently, ordered
-//!   by that version alone.
+//! - **`update_through_versioned`** (as the example service updates a profile, with
+//!   `LeaseConfig::versioned_writes` on, so loads start write versions): the source write
+//!   commits a new version and answers it; writers of one key run concurrently, ordered by that
+//!   version alone.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -90,7 +91,7 @@ pub async fn worker(options: WorkerOptions) -> anyhow::Result<()> {
                 .fail_safe(Duration::from_secs(10)),
         )
         .hot_keys(HotKeys::new().namespace(space.hot_namespace.clone(), 3))
-        .leases(LeaseConfig::default().keep_serving_during_writes(options.process % 2 == 1))
+        .leases(LeaseConfig::default().keep_serving_during_writes(options.process % 2 == 1).versioned_writes(true))
         .build()
         .await?;
     let source = Arc::new(Source::open(&options.dir.join(SOURCE_DB))?);

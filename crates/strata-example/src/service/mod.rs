@@ -20,7 +20,7 @@ mod users;
 
 use std::time::Duration;
 
-use strata::{Cache, KeySchema};
+use strata::{Cache, CacheBuilder, KeySchema, LeaseConfig};
 
 pub use counters::{Decision, Leaderboard, MAX_MEMBER_LEN, RateLimiter, Visitors};
 pub use products::Products;
@@ -111,5 +111,13 @@ pub async fn connect_cache(urls: &[String]) -> Result<Cache> {
         [url] => Cache::builder().redis_url(url.clone()),
         seeds => Cache::builder().cluster(seeds.to_vec()),
     };
-    Ok(builder.build().await?)
+    Ok(configure(builder).build().await?)
+}
+
+/// The service's Strata settings on top of a connection: profiles are written with
+/// [`Cache::update_through_versioned`], so loads start a profile's write version
+/// ([`LeaseConfig::versioned_writes`]) and its next update stores the row it wrote instead of
+/// emptying the key.
+pub fn configure(builder: CacheBuilder) -> CacheBuilder {
+    builder.leases(LeaseConfig::default().versioned_writes(true))
 }

@@ -61,7 +61,8 @@ pub async fn cache(urls: &[String]) -> Cache {
         seeds => Cache::builder().cluster(seeds.to_vec()),
     };
     let invalidation = Invalidation::default().heartbeat(Duration::from_millis(200), Duration::from_secs(2));
-    builder
+    // The service's own settings, with test-friendly timeouts on top.
+    strata_example::service::configure(builder)
         .op_timeout(Duration::from_millis(500))
         .connect_timeout(Duration::from_millis(500))
         .invalidation(invalidation)

@@ -30,7 +30,8 @@ use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::l1::Ticket;
 use crate::lease::{
-    self, FILL_IF_LEASED, NOT_STORED, PRESENT_RETRIES, RELEASE_IF_HELD, backoff, coordination_keys, lease_key, token,
+    self, FILL_IF_LEASED, NOT_STORED, PRESENT_RETRIES, RELEASE_IF_HELD, VERSIONED_WINDOW, backoff, coordination_keys,
+    lease_key, token, version_key,
 };
 use crate::metrics::NsCounters;
 use crate::ttl::{Ttl, ttl_millis};
@@ -294,6 +295,9 @@ impl Inner {
                     Store::Leased => {
                         pipe.cmd("EVAL").arg(FILL_IF_LEASED).arg(1).arg(k).arg(lease_key(k)).arg(token);
                         pipe.arg(bytes).arg(px);
+                        if self.leases.versioned_writes {
+                            pipe.arg(version_key(k)).arg(ttl_millis(VERSIONED_WINDOW));
+                        }
                     }
                     Store::Plain | Store::L1Only => {
                         pipe.cmd("DEL").arg(&coordination_keys(k)[..]).ignore();

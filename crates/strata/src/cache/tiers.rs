@@ -462,7 +462,7 @@ impl Inner {
         let mut ticket = self.l1.ticket(k);
         let (lease, bytes, px) = (&lease_key(k), prepared.encoded.bytes.as_slice(), ttl_millis(prepared.ttl));
         let read_back = self.l1.is_on();
-        let window = ttl_millis(VERSIONED_WINDOW);
+        let (window, versioned_writes) = (ttl_millis(VERSIONED_WINDOW), self.leases.versioned_writes);
         let write = |mut c: Conn| async move {
             let mut pipe = redis::pipe();
             let script = match via {
@@ -474,6 +474,9 @@ impl Inner {
                 Via::Lease(Holder::Load(token)) => {
                     let mut invocation = SCRIPTS.fill_if_leased.key(k);
                     invocation.arg(lease).arg(token).arg(bytes).arg(px);
+                    if versioned_writes {
+                        invocation.arg(version_key(k)).arg(window);
+                    }
                     Some(invocation)
                 }
                 Via::Lease(Holder::Through { token, contended }) => {

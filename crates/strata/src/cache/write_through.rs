@@ -71,6 +71,10 @@
 //!   of storing. After the quarantine, the recorded version is at least every version stored
 //!   since the loss, and every write still to store started after the loss. The window is a
 //!   protocol constant, so every instance quarantines and judges alike.
+//! - **The first write of a key** finds no version and empties it, so the next read loads
+//!   again. With `LeaseConfig::versioned_writes`, a load that stores a key with no version
+//!   starts one instead (version 0, quarantined as above: it stands for what the load cannot
+//!   know either), so the key's versioned writes after the quarantine store.
 //! - **A writer that dies between its source write and its store** leaves what the key held:
 //!   the previous value, or, if an older versioned write stored after a load had cached this
 //!   write's row, that older row, until its TTL.

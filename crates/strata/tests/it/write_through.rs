@@ -668,3 +668,30 @@ async fn a_hot_key_is_written_through_under_its_lease(redis: Redis) -> TestResul
     Ok(())
 }
 on_both!(a_hot_key_is_written_through_under_its_lease);
+
+/// With `LeaseConfig::versioned_writes`, a load that stores a key with no write version starts
+/// one (quarantined for two windows), so the key's first versioned write after that stores its
+/// row; without it, a load leaves no version key behind and that write empties the key.
+async fn with_versioned_writes_a_load_starts_the_write_version(redis: Redis) -> TestResult {
+    let with = redis.builder().leases(LeaseConfig::default().versioned_writes(true)).build().await?;
+    let plain = redis.cache().await;
+    for (name, cache) in [("versioned_writes", &with), ("default", &plain)] {
+        let key = KeySchema::new("it", 1)?.key("versioned", &format!("load-{name}"))?;
+        let loaded = cache.get_or_set(&key, Ttl::Medium, || async { Ok::<_, std::io::Error>("v0".to_owned()) }).await?;
+        assert_eq!(loaded, "v0");
+        cache.settled().await;
+        let started = version_of(&redis, &key)?;
+        if name == "default" {
+            assert_eq!(started, None, "{}: a load left a version key", redis.name());
+        } else {
+            let started = started.ok_or_else(|| format!("{}: the load started no write version", redis.name()))?;
+            assert!(started.starts_with(&format!("{:020}q", 0)), "{started}");
+        }
+        tokio::time::sleep(QUARANTINE).await;
+        versioned(cache, &key, "v1", 1).await?;
+        let want = if name == "default" { None } else { Some("v1") };
+        assert_eq!(plain.get::<String>(&key).await?.as_deref(), want, "{}: {name}", redis.name());
+    }
+    Ok(())
+}
+on_both!(with_versioned_writes_a_load_starts_the_write_version);
