@@ -48,6 +48,25 @@ pub(crate) fn is_ours(previous: Option<&str>, token: &str) -> bool {
 /// write-throughs overlapped). When it stored, it answers the key's PTTL (never below -1).
 pub(crate) const NOT_STORED: i64 = -3;
 
+/// The write version's record, in one place for the scripts that write it ([`FILL_IF_LEASED`],
+/// [`FILL_VERSIONED`]; the latter also reads it): a version of 20 digits ([`version_arg`]),
+/// then, while the key is quarantined, `q` and the Redis time (ms) the quarantine ends.
+/// `quarantine` records `version` quarantined for two windows from `now`, living at least as
+/// long as the quarantine.
+macro_rules! write_version_lua {
+    () => {
+        r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function quarantine(version_key, version, px, window, now)
+  redis.call('SET', version_key, version .. 'q' .. (now + 2 * window), 'PX', math.max(px, 2 * window))
+end
+"
+    };
+}
+
 /// Stores the value only while the caller's token still holds the lease, releases it, and
 /// answers the key's PTTL read right after the write (or [`NOT_STORED`]).
 /// KEYS: key. ARGV: lease, token, value, px[, version key, window ms].
@@ -67,16 +86,17 @@ pub(crate) const NOT_STORED: i64 = -3;
 /// quarantined for two windows, as a versioned store that finds none does (see
 /// [`FILL_VERSIONED`]), so that the key's versioned writes store once the quarantine is over
 /// instead of the first of them emptying the key.
-pub(crate) const FILL_IF_LEASED: &str = r"
+pub(crate) const FILL_IF_LEASED: &str = concat!(
+    write_version_lua!(),
+    r"
 if redis.call('GET', ARGV[1]) ~= ARGV[2] then return -3 end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 redis.call('DEL', ARGV[1])
 if ARGV[5] and redis.call('EXISTS', ARGV[5]) == 0 then
-  local t = redis.call('TIME')
-  local ends = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + 2 * tonumber(ARGV[6])
-  redis.call('SET', ARGV[5], string.rep('0', 20) .. 'q' .. ends, 'PX', math.max(tonumber(ARGV[4]), 2 * tonumber(ARGV[6])))
+  quarantine(ARGV[5], string.rep('0', 20), tonumber(ARGV[4]), tonumber(ARGV[6]), now_ms())
 end
-return redis.call('PTTL', KEYS[1])";
+return redis.call('PTTL', KEYS[1])"
+);
 
 /// A write-through's store, after its source write: the value goes in only while the caller's
 /// token still holds the lease and no other write-through overlapped it (`ARGV[5]` = '0');
@@ -117,14 +137,15 @@ return -3";
 /// Versions compare as strings of one width ([`version_arg`]). Answers like [`FILL_IF_LEASED`].
 /// KEYS: key. ARGV: version key, value, px, version, lease, start of the write (ms since the
 /// epoch, the client's clock), window (ms, [`VERSIONED_WINDOW`]).
-pub(crate) const FILL_VERSIONED: &str = r"
+pub(crate) const FILL_VERSIONED: &str = concat!(
+    write_version_lua!(),
+    r"
 redis.call('DEL', ARGV[5])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local window = tonumber(ARGV[7])
 local seen = redis.call('GET', ARGV[1])
 if not seen then
-  redis.call('SET', ARGV[1], ARGV[4] .. 'q' .. (now + 2 * window), 'PX', math.max(tonumber(ARGV[3]), 2 * window))
+  quarantine(ARGV[1], ARGV[4], tonumber(ARGV[3]), window, now)
   redis.call('DEL', KEYS[1])
   return -3
 end
@@ -143,7 +164,8 @@ if now - tonumber(ARGV[6]) > window then
   return -3
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return redis.call('PTTL', KEYS[1])";
+return redis.call('PTTL', KEYS[1])"
+);
 
 /// The time a versioned write-through ([`Cache::update_through_versioned`](crate::Cache::update_through_versioned))
 /// has from its start (the client's clock) to its store (Redis's clock): one that stores later
