@@ -181,6 +181,13 @@ fn generated_files_run_a_real_server_and_the_credentials_log_in() {
     let config: redis::RedisResult<Vec<String>> =
         redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query(&mut con);
     assert!(config.is_err(), "the app user may not read the config");
+    // The server runs with the generated limit on normal clients' output buffers (Redis's
+    // default is none): a client that stops reading cannot grow its memory without bound.
+    let admin = format!("redis://admin:{}@127.0.0.1:{port}/", password(&users, "admin"));
+    let mut admin = redis::Client::open(admin.as_str()).expect("url").get_connection().expect("log in as admin");
+    let limit: Vec<String> =
+        redis::cmd("CONFIG").arg("GET").arg("client-output-buffer-limit").query(&mut admin).expect("CONFIG GET");
+    assert!(limit[1].starts_with("normal 67108864 16777216 60 "), "{limit:?}");
 }
 
 /// The ACL entries logged for the `app` user so far (`ACL LOG`, read as admin).

@@ -109,7 +109,9 @@ fn user_profiles_on_postgres() {
     let (url, ()) = match std::env::var("STRATA_TEST_POSTGRES_URL") {
         Ok(url) => (Some(url), ()),
         Err(_) if !Path::new(PG_BIN).join("initdb").exists() => {
-            println!("skipped: no STRATA_TEST_POSTGRES_URL and no {PG_BIN}/initdb (apt-get install -y postgresql-15)");
+            strata_cluster::skip_test(&format!(
+                "user_profiles_on_postgres: no STRATA_TEST_POSTGRES_URL and no {PG_BIN}/initdb (apt-get install -y postgresql-15)"
+            ));
             return;
         }
         // `--database postgres`: strata starts a throwaway server itself and stops it afterwards.

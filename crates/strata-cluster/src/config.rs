@@ -175,6 +175,10 @@ impl NodeConfig {
         directive(out, "repl-diskless-sync-delay", "0");
         comment(out, "Allow DEBUG (SLEEP, SEGFAULT ...) from loopback clients, for fault drills.");
         directive(out, "enable-debug-command", "local");
+        for l in CLIENT_OUTPUT_BUFFER_COMMENT {
+            comment(out, l);
+        }
+        directive(out, "client-output-buffer-limit", CLIENT_OUTPUT_BUFFER_LIMIT);
 
         match (&self.acl, &self.auth) {
             (Some(acl), _) => {
@@ -257,6 +261,23 @@ fn render_auth(out: &mut String, auth: &Credentials) {
     }
 }
 
+/// The output buffer limit of normal clients in every `redis.conf` Strata writes (`strata up`,
+/// the tests' nodes, `strata config` and so deploy/): a hard limit of 64 MiB, or 16 MiB for 60 s.
+/// Redis's default for normal clients is no limit, so a client that stops reading (a stalled
+/// tracking connection falling behind a burst of invalidations, a frozen process) would grow the
+/// server's memory until maxmemory or the OOM killer; replicas and Pub/Sub keep their defaults.
+pub const CLIENT_OUTPUT_BUFFER_LIMIT: &str = "normal 64mb 16mb 60";
+
+/// Why [`CLIENT_OUTPUT_BUFFER_LIMIT`], and what it does to a Strata instance that reaches it: the
+/// config comment, one line each.
+pub const CLIENT_OUTPUT_BUFFER_COMMENT: [&str; 5] = [
+    "Output buffers of normal clients: closed at 64 MiB pending, or above 16 MiB for 60 s (Redis's",
+    "default is no limit: a client that stops reading would grow this server's memory without bound).",
+    "A Strata instance whose tracking connection is closed this way drops the L1 copies that may have",
+    "missed invalidations and reconnects, as after any lost connection; the Redis log names the",
+    "client. Replicas and Pub/Sub clients keep Redis's own limits.",
+];
+
 fn line(out: &mut String, s: &str) {
     out.push_str(s);
     out.push('\n');
@@ -321,6 +342,7 @@ mod tests {
         assert!(conf.contains("logfile \"/tmp/x/redis.log\""));
         assert!(conf.trim_end().ends_with("maxmemory 10mb"));
         assert!(!conf.contains("cluster-enabled"));
+        assert!(conf.contains("\nclient-output-buffer-limit normal 64mb 16mb 60\n"));
     }
 
     #[test]

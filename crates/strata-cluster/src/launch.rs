@@ -180,7 +180,7 @@ mod tests {
         let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = taken.local_addr().expect("addr").port();
         let Some(mut req) = request(tmp.path(), port, false) else {
-            eprintln!("redis-server not installed; skipping");
+            crate::skip_test("redis-server not installed (apt-get install -y redis-server redis-tools)");
             return;
         };
         let mut node = RedisNode::spawn(req.launch.clone()).expect("spawn");
@@ -195,7 +195,7 @@ mod tests {
         let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = taken.local_addr().expect("addr").port();
         let Some(mut req) = request(tmp.path(), port, true) else {
-            eprintln!("redis-server not installed; skipping");
+            crate::skip_test("redis-server not installed (apt-get install -y redis-server redis-tools)");
             return;
         };
         // Skip the up-front check to exercise the log-based detection.

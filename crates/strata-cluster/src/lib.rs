@@ -28,6 +28,10 @@
 //! `detach()` hands the processes over instead (pid file in the directory,
 //! see [`Detached`]). A test process killed with SIGKILL cannot clean up.
 //!
+//! A test that cannot run because something is not installed calls [`skip_test`]: under CI
+//! (`CI=true`, set by `.ci/run`) that fails the test with the install command, elsewhere it
+//! skips with the reason printed and counted in `./run test`'s summary.
+//!
 //! Errors are one type, [`ClusterError`], with checks such as
 //! [`ClusterError::is_not_installed`] (the message tells how to install
 //! Redis: `apt-get install -y redis-server redis-tools`),
@@ -78,18 +82,20 @@ mod ports;
 mod probe;
 mod secure;
 mod sentinel;
+mod skip;
 mod standalone;
 mod tls;
 
 pub use acl::{AclRoles, DEFAULT_KEY_PREFIX, Role, random_secret};
 pub use binaries::{REDIS_CLI_ENV, REDIS_SERVER_ENV, RedisBinaries, redis_available, redis_cli, redis_server};
 pub use cluster::{ClusterBuilder, DEFAULT_HEALTHY_TIMEOUT, DEFAULT_NODE_TIMEOUT_MS, RedisCluster};
-pub use config::{Credentials, quote as quote_config_value};
+pub use config::{CLIENT_OUTPUT_BUFFER_COMMENT, CLIENT_OUTPUT_BUFFER_LIMIT, Credentials, quote as quote_config_value};
 pub use detached::{Detached, DetachedCluster, DetachedProcess, PID_FILE};
 pub use error::{ClusterError, ErrorKind, INSTALL_HINT, Result};
 pub use node::{DEFAULT_START_TIMEOUT, NodeKind, RedisNode, STOP_GRACE};
 pub use ports::{check_port_free, free_port, is_port_free};
 pub use sentinel::{DEFAULT_MASTER_NAME, SentinelBuilder, SentinelSetup};
+pub use skip::{SKIP_LOG_ENV, skip_test};
 /// Number of hash slots in a Redis Cluster.
 pub const SLOT_COUNT: u16 = 16384;
 pub use secure::{ACL_FILE, SECURE_DIR, SecureFiles};

@@ -225,3 +225,42 @@ fn user_dir_is_kept_and_detach_leaves_process_running() {
     assert!(!pid_running(pid), "stopped");
     assert!(!dir.join(strata_cluster::PID_FILE).exists());
 }
+
+/// A client that stops reading is disconnected once its pending replies pass the output buffer
+/// limit every generated redis.conf sets (`CLIENT_OUTPUT_BUFFER_LIMIT`), instead of growing the
+/// server's memory without bound (Redis's default for normal clients is no limit).
+#[test]
+fn a_client_that_stops_reading_is_disconnected_at_the_output_buffer_limit() {
+    use std::io::Write;
+
+    let server = RedisServer::start().expect("start");
+    let mut con = server.connection().expect("connect");
+    let limit: Vec<String> =
+        redis::cmd("CONFIG").arg("GET").arg("client-output-buffer-limit").query(&mut con).expect("CONFIG GET");
+    assert!(limit[1].starts_with("normal 67108864 16777216 60 "), "{limit:?}");
+    let () = redis::cmd("SET").arg("big").arg(vec![b'x'; 1 << 20]).query(&mut con).expect("SET");
+    let clients = |con: &mut redis::Connection| -> usize {
+        let list: String = redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal").query(con).expect("CLIENT LIST");
+        list.lines().count()
+    };
+    assert_eq!(clients(&mut con), 1);
+
+    // 128 pipelined GETs of 1 MiB, never read: 128 MiB of replies, past the 64 MiB hard limit
+    // even after the kernel's socket buffers took their share.
+    let mut slow = std::net::TcpStream::connect(server.node().addr()).expect("connect the slow client");
+    let get = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n";
+    slow.write_all(&get.repeat(128)).expect("send GETs");
+    let log = || std::fs::read_to_string(server.node().dir().join("redis.log")).expect("log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Redis logs "Client id=... scheduled to be closed ASAP for overcoming of output buffer limits".
+    while !log().contains("output buffer limits") || clients(&mut con) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow client was not disconnected; clients {}:\n{}",
+            clients(&mut con),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(slow);
+}

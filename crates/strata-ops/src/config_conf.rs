@@ -60,6 +60,10 @@ pub(super) fn render_redis_conf(o: &ConfigOptions, maxmemory_bytes: u64) -> Stri
     directive(s, "tcp-keepalive", "60");
     comment(s, "Upper bound on connections: app instances x pool size, plus replicas and operators.");
     directive(s, "maxclients", "10000");
+    for l in strata_cluster::CLIENT_OUTPUT_BUFFER_COMMENT {
+        comment(s, l);
+    }
+    directive(s, "client-output-buffer-limit", strata_cluster::CLIENT_OUTPUT_BUFFER_LIMIT);
 
     section(s, "Process and logging");
     comment(s, "Run in the foreground under systemd or a container runtime; `supervised auto` notifies systemd");

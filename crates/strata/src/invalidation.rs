@@ -229,6 +229,10 @@ pub(crate) struct Supervisor {
     config: Invalidation,
     l2: L2Config,
     nodes: HashMap<String, Node>,
+    /// With Sentinel: a connection to each sentinel that answered, kept for the next topology
+    /// check (made on first use, and again after it failed), so that a check costs one command,
+    /// not a new connection.
+    sentinels: HashMap<String, MultiplexedConnection>,
     /// The masters (and their slots) last seen; a change flushes L1.
     topology: Option<String>,
     masters: Vec<(String, String)>,
@@ -252,6 +256,7 @@ impl Supervisor {
             config,
             l2,
             nodes: HashMap::new(),
+            sentinels: HashMap::new(),
             topology: None,
             masters: Vec::new(),
             checked: None,
@@ -410,7 +415,8 @@ impl Supervisor {
             Topology::Standalone(url) => return Ok(vec![(url.clone(), String::new())]),
             Topology::Cluster(seeds) => seeds.clone(),
             Topology::Sentinel { sentinels, master_name } => {
-                let master = self.sentinel_master(sentinels, master_name).await?;
+                let (sentinels, master_name) = (sentinels.clone(), master_name.clone());
+                let master = self.sentinel_master(&sentinels, &master_name).await?;
                 return Ok(vec![(master, String::new())]);
             }
         };
@@ -437,24 +443,46 @@ impl Supervisor {
 
     /// The master's URL as the sentinels see it now (the first that answers). A failover
     /// changes it, which the caller treats as a topology change.
-    async fn sentinel_master(&self, sentinels: &[String], name: &str) -> Result<String> {
+    /// Each sentinel is asked over the connection kept from the last check ([`Self::sentinels`]),
+    /// connected first if there is none; a connection that fails is dropped.
+    async fn sentinel_master(&mut self, sentinels: &[String], name: &str) -> Result<String> {
         let scheme = if self.l2.tls.is_some() { "rediss" } else { "redis" };
         let mut last_err = Error::config("no sentinel configured");
         for sentinel in sentinels {
-            // The sentinel URLs carry the sentinels' own credentials, if any.
-            let client = redis::Client::open(sentinel.as_str())
-                .map_err(|e| Error::config(format!("invalid sentinel url {sentinel:?}: {e}")))?;
+            let kept = self.sentinels.remove(sentinel);
             let ask = async {
-                let mut conn = client.get_multiplexed_async_connection().await?;
-                redis::cmd("SENTINEL")
+                let mut conn = match kept {
+                    Some(conn) => conn,
+                    None => {
+                        // The sentinel URLs carry the sentinels' own credentials, if any.
+                        let client = redis::Client::open(sentinel.as_str()).map_err(|e| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::InvalidClientConfig,
+                                "invalid sentinel url",
+                                e.to_string(),
+                            ))
+                        })?;
+                        client.get_multiplexed_async_connection().await?
+                    }
+                };
+                let master = redis::cmd("SENTINEL")
                     .arg("get-master-addr-by-name")
                     .arg(name)
                     .query_async::<Option<(String, u16)>>(&mut conn)
-                    .await
+                    .await?;
+                Ok::<_, redis::RedisError>((conn, master))
             };
             match tokio::time::timeout(self.l2.connect_timeout, ask).await {
-                Ok(Ok(Some((host, port)))) => return Ok(format!("{scheme}://{host}:{port}")),
-                Ok(Ok(None)) => last_err = Error::config(format!("sentinel knows no master named {name:?}")),
+                Ok(Ok((conn, master))) => {
+                    self.sentinels.insert(sentinel.clone(), conn);
+                    match master {
+                        Some((host, port)) => return Ok(format!("{scheme}://{host}:{port}")),
+                        None => last_err = Error::config(format!("sentinel knows no master named {name:?}")),
+                    }
+                }
+                Ok(Err(err)) if err.kind() == redis::ErrorKind::InvalidClientConfig => {
+                    return Err(Error::config(format!("invalid sentinel url {sentinel:?}: {err}")));
+                }
                 Ok(Err(err)) => last_err = Error::redis("SENTINEL get-master-addr-by-name", err),
                 Err(_) => last_err = Error::timeout("SENTINEL get-master-addr-by-name", self.l2.connect_timeout),
             }

@@ -1,6 +1,6 @@
 //! The PostgreSQL path: against `STRATA_TEST_POSTGRES_URL` when set, else a throwaway server
 //! started from `/usr/lib/postgresql/15/bin` (Debian's `postgresql-15`), else skipped with the
-//! reason printed.
+//! reason printed (under CI, a failure: `strata_cluster::skip_test`).
 
 use axum::http::{Method, StatusCode};
 use serde_json::json;
@@ -14,7 +14,9 @@ async fn the_service_runs_on_postgres() -> TestResult {
     let (url, _server) = match std::env::var("STRATA_TEST_POSTGRES_URL") {
         Ok(url) => (url, None),
         Err(_) if !LocalPostgres::available() => {
-            println!("skipped: no STRATA_TEST_POSTGRES_URL and no postgresql-15 (apt-get install -y postgresql-15)");
+            strata_cluster::skip_test(
+                "the example's PostgreSQL tests: no STRATA_TEST_POSTGRES_URL and no postgresql-15 (apt-get install -y postgresql-15)",
+            );
             return Ok(());
         }
         Err(_) => {

@@ -63,6 +63,32 @@ async fn sentinel_follows_a_failover() -> TestResult {
     Ok(())
 }
 
+/// Sentinel: the topology check (every `topology_interval`) asks the sentinels over a kept
+/// connection, not a new one each time: 20 checks cost the sentinel no new connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_topology_checks_reuse_one_connection() -> TestResult {
+    let setup = SentinelSetup::builder().replicas(0).sentinels(1).quorum(1).master_name("cache").start()?;
+    let mut invalidation = strata::Invalidation::default();
+    invalidation.topology_interval = Duration::from_millis(100);
+    let cache = Cache::builder().sentinel(setup.sentinel_urls(), "cache").invalidation(invalidation).build().await?;
+    let key = KeySchema::new("it", 1)?.key("user", "1")?;
+    cache.set(&key, &"one".to_string(), Ttl::Medium).await?;
+    let mut sentinel = setup.sentinels()[0].connection()?;
+    let connections = |sentinel: &mut redis::Connection| -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+        let info: String = redis::cmd("INFO").arg("stats").query(sentinel)?;
+        let line = info.lines().find_map(|l| l.strip_prefix("total_connections_received:")).ok_or("no counter")?;
+        Ok(line.trim().parse()?)
+    };
+    // Let the first checks connect, then count over 2 s (about 20 checks).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = connections(&mut sentinel)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = connections(&mut sentinel)?;
+    assert!(after - before <= 1, "{} new connections to the sentinel in 2 s", after - before);
+    assert_eq!(cache.get::<String>(&key).await?, Some("one".into()), "the cache still works");
+    Ok(())
+}
+
 /// Authentication: the right password works; a wrong one is a clear error from `require_redis`
 /// and, for a running service, a silent fallback to the loader.
 #[tokio::test]
