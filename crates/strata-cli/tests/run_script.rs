@@ -14,7 +14,7 @@ fn run(args: &[&str], target_dir: Option<&Path>) -> String {
     cmd.arg(repo_root().join("run")).args(args).env("NO_COLOR", "1");
     match target_dir {
         Some(dir) => cmd.env("CARGO_TARGET_DIR", dir),
-        None => cmd.env_remove("CARGO_TARGET_DIR"),
+        None => cmd.env_remove("CARGO_TARGET_DIR").env_remove("CARGO_BUILD_TARGET_DIR"),
     };
     let out = cmd.output().expect("bash runs ./run");
     assert!(out.status.success(), "./run {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -48,4 +48,7 @@ fn the_test_summary_counts_every_crate_and_the_skips() {
         summary,
         "tests: 13 passed, 2 failed, 3 ignored, 1 skipped\n  skipped: no postgresql-15 (apt-get install -y postgresql-15)"
     );
+    // A test binary that crashed prints no "test result:" line: cargo's status says it.
+    let args = ["test-summary", output.to_str().expect("path"), skips.to_str().expect("path"), "101"];
+    assert!(run(&args, None).starts_with("tests: 13 passed, 2 failed, 3 ignored, 1 skipped; cargo test exited 101\n"));
 }

@@ -50,7 +50,8 @@ fn skip_with(reason: &str, ci: bool, log: Option<&Path>) -> Result<(), String> {
             .create(true)
             .append(true)
             .open(path)
-            .and_then(|mut file| writeln!(file, "{}", line.replace('\n', " ")));
+            // One write per line, so that tests skipping at once cannot interleave their lines.
+            .and_then(|mut file| file.write_all(format!("{}\n", line.replace('\n', " ")).as_bytes()));
         if let Err(err) = appended {
             eprintln!("could not record the skip in {}: {err}", path.display());
         }

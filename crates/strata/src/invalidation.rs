@@ -443,33 +443,28 @@ impl Supervisor {
 
     /// The master's URL as the sentinels see it now (the first that answers). A failover
     /// changes it, which the caller treats as a topology change.
-    /// Each sentinel is asked over the connection kept from the last check ([`Self::sentinels`]),
-    /// connected first if there is none; a connection that fails is dropped.
+    /// Each sentinel is asked over the connection kept from the last check ([`Self::sentinels`]);
+    /// when there is none, or it fails (the sentinel restarted, or closed it), over a new one,
+    /// within the same timeout. A connection that fails is dropped.
     async fn sentinel_master(&mut self, sentinels: &[String], name: &str) -> Result<String> {
         let scheme = if self.l2.tls.is_some() { "rediss" } else { "redis" };
         let mut last_err = Error::config("no sentinel configured");
         for sentinel in sentinels {
+            // The sentinel URLs carry the sentinels' own credentials, if any.
+            let client = redis::Client::open(sentinel.as_str())
+                .map_err(|e| Error::config(format!("invalid sentinel url {sentinel:?}: {e}")))?;
             let kept = self.sentinels.remove(sentinel);
             let ask = async {
-                let mut conn = match kept {
-                    Some(conn) => conn,
-                    None => {
-                        // The sentinel URLs carry the sentinels' own credentials, if any.
-                        let client = redis::Client::open(sentinel.as_str()).map_err(|e| {
-                            redis::RedisError::from((
-                                redis::ErrorKind::InvalidClientConfig,
-                                "invalid sentinel url",
-                                e.to_string(),
-                            ))
-                        })?;
-                        client.get_multiplexed_async_connection().await?
+                if let Some(mut conn) = kept {
+                    match master_by_name(&mut conn, name).await {
+                        Ok(master) => return Ok((conn, master)),
+                        Err(err) => {
+                            tracing::debug!(sentinel = %sentinel, error = %err, "kept sentinel connection failed; connecting again")
+                        }
                     }
-                };
-                let master = redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(name)
-                    .query_async::<Option<(String, u16)>>(&mut conn)
-                    .await?;
+                }
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                let master = master_by_name(&mut conn, name).await?;
                 Ok::<_, redis::RedisError>((conn, master))
             };
             match tokio::time::timeout(self.l2.connect_timeout, ask).await {
@@ -479,9 +474,6 @@ impl Supervisor {
                         Some((host, port)) => return Ok(format!("{scheme}://{host}:{port}")),
                         None => last_err = Error::config(format!("sentinel knows no master named {name:?}")),
                     }
-                }
-                Ok(Err(err)) if err.kind() == redis::ErrorKind::InvalidClientConfig => {
-                    return Err(Error::config(format!("invalid sentinel url {sentinel:?}: {err}")));
                 }
                 Ok(Err(err)) => last_err = Error::redis("SENTINEL get-master-addr-by-name", err),
                 Err(_) => last_err = Error::timeout("SENTINEL get-master-addr-by-name", self.l2.connect_timeout),
@@ -630,6 +622,12 @@ pub(crate) fn counters(cache: &Inner) -> (u64, u64, u64, bool) {
     let c = cache.l1().coherence();
     let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
     (load(&c.invalidated_keys), load(&c.internal_keys), load(&c.flushes), c.is_healthy())
+}
+
+/// `SENTINEL get-master-addr-by-name NAME`: the master's host and port, `None` for a name the
+/// sentinel does not monitor.
+async fn master_by_name(conn: &mut MultiplexedConnection, name: &str) -> redis::RedisResult<Option<(String, u16)>> {
+    redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(name).query_async(conn).await
 }
 
 #[cfg(test)]

@@ -64,7 +64,8 @@ async fn sentinel_follows_a_failover() -> TestResult {
 }
 
 /// Sentinel: the topology check (every `topology_interval`) asks the sentinels over a kept
-/// connection, not a new one each time: 20 checks cost the sentinel no new connections.
+/// connection, not a new one each time: 20 checks cost the sentinel no new connections; and a
+/// kept connection the sentinel closed is replaced within the check, without flushing L1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_topology_checks_reuse_one_connection() -> TestResult {
     let setup = SentinelSetup::builder().replicas(0).sentinels(1).quorum(1).master_name("cache").start()?;
@@ -81,10 +82,26 @@ async fn sentinel_topology_checks_reuse_one_connection() -> TestResult {
     };
     // Let the first checks connect, then count over 2 s (about 20 checks).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = connections(&mut sentinel)?;
+    let commands = |sentinel: &mut redis::Connection| -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+        let info: String = redis::cmd("INFO").arg("stats").query(sentinel)?;
+        let line = info.lines().find_map(|l| l.strip_prefix("total_commands_processed:")).ok_or("no counter")?;
+        Ok(line.trim().parse()?)
+    };
+    let (before, asked) = (connections(&mut sentinel)?, commands(&mut sentinel)?);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = connections(&mut sentinel)?;
     assert!(after - before <= 1, "{} new connections to the sentinel in 2 s", after - before);
+    // The checks did run (each one command), besides this test's own INFO.
+    assert!(commands(&mut sentinel)? - asked >= 6, "the topology was not checked");
+
+    // The sentinel closes the kept connection (a restart, an idle timeout): the next check
+    // connects again instead of failing, so L1 is not flushed.
+    let flushes = cache.metrics().l1_flushes;
+    let killed: u64 =
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes").query(&mut sentinel)?;
+    assert!(killed >= 1, "the supervisor's connection was open");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(cache.metrics().l1_flushes, flushes, "a closed sentinel connection flushed L1");
     assert_eq!(cache.get::<String>(&key).await?, Some("one".into()), "the cache still works");
     Ok(())
 }
