@@ -94,6 +94,12 @@ pub struct Report {
     pub stray_degraded_calls: usize,
     /// The longest call, in milliseconds (every phase).
     pub slowest_call_ms: f64,
+    /// When the longest call started, in seconds from the fault (negative: before it).
+    pub slowest_call_start_s: f64,
+    /// Whether the longest call ran its loader (it waited, then loaded; or loaded slowly).
+    pub slowest_call_loaded: bool,
+    /// Calls that took longer than a second.
+    pub calls_over_1s: usize,
     /// `cluster-node-timeout` of the nodes, in seconds.
     pub node_timeout_s: f64,
     /// Which fault was injected.
@@ -326,6 +332,7 @@ fn summarize(calls: &[Call], fault_start: Duration, fault_end: Duration) -> Repo
         let ns = u64::try_from((c.end - c.start).as_nanos()).unwrap_or(u64::MAX).max(1);
         let _ = phases[phase].record(ns.min(60_000_000_000));
     }
+    let slowest = calls.iter().max_by_key(|c| c.end - c.start);
     let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| {
         if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1e6 }
     };
@@ -344,7 +351,10 @@ fn summarize(calls: &[Call], fault_start: Duration, fault_end: Duration) -> Repo
         p50_ms_after: ms(&phases[2], 0.5),
         stray_l2_failures: stray_failed,
         stray_degraded_calls: stray_degraded,
-        slowest_call_ms: calls.iter().map(|c| (c.end - c.start).as_secs_f64() * 1e3).fold(0.0, f64::max),
+        slowest_call_ms: slowest.map_or(0.0, |c| (c.end - c.start).as_secs_f64() * 1e3),
+        slowest_call_start_s: slowest.map_or(0.0, |c| c.start.as_secs_f64() - fault_start.as_secs_f64()),
+        slowest_call_loaded: slowest.is_some_and(|c| c.loaded),
+        calls_over_1s: calls.iter().filter(|c| c.end - c.start > Duration::from_secs(1)).count(),
         fault: String::new(),
         fault_s: 0.0,
         cluster_recovered_s: 0.0,
@@ -413,6 +423,16 @@ mod tests {
         assert!((r.p99_ms_before - 1.0).abs() < 0.01, "{}", r.p99_ms_before);
         assert!((r.p99_ms_during - 500.0).abs() < 1.0, "{}", r.p99_ms_during);
         assert!((r.p99_ms_after - 2.0).abs() < 0.01, "{}", r.p99_ms_after);
+        // The slowest call (500 ms, started 1.1 s after the fault at 900 ms) and the calls over 1 s.
+        assert!((r.slowest_call_ms - 500.0).abs() < 1e-9, "{}", r.slowest_call_ms);
+        assert!((r.slowest_call_start_s - 1.1).abs() < 1e-9, "{}", r.slowest_call_start_s);
+        assert!(r.slowest_call_loaded);
+        assert_eq!(r.calls_over_1s, 0);
+        let waited = [call(0, 1, false, false, false), call(500, 8900, false, false, false)];
+        let r = summarize(&waited, Duration::from_millis(900), Duration::from_millis(2000));
+        assert_eq!(r.calls_over_1s, 1);
+        assert!((r.slowest_call_start_s + 0.4).abs() < 1e-9, "{}", r.slowest_call_start_s);
+        assert!(!r.slowest_call_loaded);
     }
 
     #[test]

@@ -112,6 +112,15 @@ fn render(r: &Report, problems: &[String]) -> String {
         "  p50 / p99 ms: before {:.2} / {:.2}, during {:.2} / {:.2}, after {:.2} / {:.2}\n",
         r.p50_ms_before, r.p99_ms_before, r.p50_ms_during, r.p99_ms_during, r.p50_ms_after, r.p99_ms_after
     ));
+    if r.calls_over_1s > 0 {
+        text.push_str(&format!(
+            "  {} call(s) over 1 s; the slowest {:.0} ms, started {:+.2} s from the fault{}\n",
+            r.calls_over_1s,
+            r.slowest_call_ms,
+            r.slowest_call_start_s,
+            if r.slowest_call_loaded { ", then ran its loader" } else { "" }
+        ));
+    }
     if r.stray_l2_failures > 0 {
         text.push_str(&format!(
             "  {} call(s) saw L2 fail more than 1 s after the window closed (isolated, not part of it)\n",
