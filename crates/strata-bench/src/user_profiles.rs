@@ -261,6 +261,9 @@ pub struct Measured {
     pub timeline: Timeline,
     /// Statements the database received (measured phase only).
     pub source_queries: u64,
+    /// Time the writes spent in the database's update (measured phase only, summed over
+    /// writes): the rest of a write's time is the variant's cache work.
+    pub source_write_time: Duration,
     /// Operations run by the warm-up, before measuring.
     pub warmup_ops: u64,
     /// CPU the measured phase used: this process, the Redis masters, the machine (`None`
@@ -282,6 +285,7 @@ impl Measured {
             elapsed: Duration::ZERO,
             timeline: Timeline::new(Duration::from_secs(1)),
             source_queries: 0,
+            source_write_time: Duration::ZERO,
             warmup_ops: 0,
             cpu: None,
         }
@@ -544,13 +548,14 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Run> {
             warmup_ops = warm.reads.len() + warm.writes.len() + warm.errors;
         }
         clock.phase(variant.label());
-        let before = db.queries();
+        let (before, updating_before) = (db.queries(), db.update_time());
         let cpu_before = match &mut meter {
             Some(meter) => meter.snapshot().await.ok(),
             None => None,
         };
         let mut m = drive(client, variant, sequence, &writes, &next, share, options).await;
         m.source_queries = db.queries() - before;
+        m.source_write_time = db.update_time().saturating_sub(updating_before);
         if let (Some(meter), Some(cpu_before)) = (&mut meter, cpu_before) {
             m.cpu = meter.snapshot().await.ok().map(|after| after.since(&cpu_before));
         }

@@ -89,6 +89,8 @@ struct Inner {
     conn: Conn,
     queries: AtomicU64,
     extra_latency_ns: AtomicU64,
+    /// Nanoseconds spent in `update_user` (added latency included), summed over calls.
+    update_ns: AtomicU64,
 }
 
 enum Conn {
@@ -122,7 +124,8 @@ impl Db {
             }
             Conn::Sqlite(sqlite::Sqlite::open(path).await?)
         };
-        Ok(Db { inner: Arc::new(Inner { conn, queries: AtomicU64::new(0), extra_latency_ns: AtomicU64::new(0) }) })
+        let (queries, extra_latency_ns, update_ns) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+        Ok(Db { inner: Arc::new(Inner { conn, queries, extra_latency_ns, update_ns }) })
     }
 
     /// Which database this is.
@@ -136,6 +139,13 @@ impl Db {
     /// Statements sent to the database since it was opened (seeding included).
     pub fn queries(&self) -> u64 {
         self.inner.queries.load(Ordering::Relaxed)
+    }
+
+    /// Time spent in [`update_user`](Self::update_user) since the database was opened, summed
+    /// over calls (concurrent calls each count): a benchmark splits a write's time between
+    /// the database and what the cache did around it.
+    pub fn update_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.inner.update_ns.load(Ordering::Relaxed))
     }
 
     /// Adds `latency` before every statement from now on (zero, the default, adds nothing).
@@ -190,11 +200,15 @@ impl Db {
     /// [`Cache::update_through_versioned`](strata::Cache::update_through_versioned)), or `None`
     /// when there is no such user.
     pub async fn update_user(&self, id: i64, update: &UserUpdate) -> Result<Option<(User, u64)>> {
+        let started = std::time::Instant::now();
         self.count().await;
-        match &self.inner.conn {
+        let row = match &self.inner.conn {
             Conn::Sqlite(c) => c.update_user(id, update).await,
             Conn::Postgres(c) => c.update_user(id, update).await,
-        }
+        };
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.inner.update_ns.fetch_add(ns, Ordering::Relaxed);
+        row
     }
 
     /// One product by id.

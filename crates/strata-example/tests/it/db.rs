@@ -53,6 +53,23 @@ async fn an_in_memory_database_and_bad_urls() -> TestResult {
     Ok(())
 }
 
+/// The time spent in updates is summed per call, the added latency included, and nothing else
+/// adds to it: what the benchmark subtracts from a write's time to get the cache's share.
+#[tokio::test]
+async fn update_time_counts_updates_only() -> TestResult {
+    let db = Db::open("sqlite::memory:").await?;
+    db.seed_users(10).await?;
+    assert_eq!(db.update_time(), std::time::Duration::ZERO);
+    db.set_extra_latency(std::time::Duration::from_millis(20));
+    db.get_user(1).await?;
+    assert_eq!(db.update_time(), std::time::Duration::ZERO, "reads do not count");
+    let update = UserUpdate { name: Some("x".into()), ..UserUpdate::default() };
+    db.update_user(1, &update).await?;
+    db.update_user(2, &update).await?;
+    assert!(db.update_time() >= std::time::Duration::from_millis(40), "{:?}", db.update_time());
+    Ok(())
+}
+
 /// A database file made before `users.version` existed gets the column when opened: updates
 /// work and start counting from version 1.
 #[tokio::test]
