@@ -10,6 +10,8 @@
 //!   breaker, envelope checks, the store step shared by every write, L1 fills after writes;
 //! - [`stamps`]: namespace and tag generations: the marks a value carries, the verdict on
 //!   them at every read, and what this instance knows of the current ones;
+//! - [`recovery`]: auto-recovery, the queue of invalidations Redis could not take and their
+//!   replay;
 //! - [`hot`]: hot keys' registry and copies; [`write_through`]: `set_through`, `update_through`, `update_through_versioned`; [`builder`]:
 //!   assembling it all.
 
@@ -17,6 +19,7 @@ mod builder;
 mod hot;
 mod load;
 mod load_many;
+mod recovery;
 mod stamps;
 mod tiers;
 mod write_through;
@@ -31,6 +34,9 @@ use serde::de::DeserializeOwned;
 pub use self::builder::CacheBuilder;
 use self::hot::HotRegistry;
 use self::load::Flights;
+pub use self::recovery::AutoRecovery;
+use self::recovery::Recovery;
+pub(crate) use self::recovery::RecoveryCounts;
 pub(crate) use self::stamps::{Stamps, Verdict};
 use crate::audit::Audit;
 use crate::breaker::BreakerState;
@@ -83,6 +89,8 @@ pub(crate) struct Inner {
     freshness: Freshness,
     hot: HotRegistry,
     audit: Option<Audit>,
+    /// Invalidations Redis could not take, queued for replay (auto-recovery).
+    recovery: Arc<Recovery>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -196,7 +204,8 @@ impl Cache {
     /// previous value is then removed from both tiers (best effort for Redis), so the cache does
     /// not keep serving what the caller meant to replace; an
     /// [`is_unavailable`](Error::is_unavailable) error when Redis could not be written, in which
-    /// case this instance's L1 copy is dropped too. The same when the key's namespace stamp
+    /// case this instance's L1 copy is dropped too, and the key's removal is queued for when
+    /// Redis is back ([`is_queued`](Error::is_queued), [`AutoRecovery`]). The same when the key's namespace stamp
     /// could not be read first (see [`invalidate_namespace`](Self::invalidate_namespace)): a
     /// value whose generation is unknown would be discarded by every reader. For a hot key
     /// ([`HotKeys`](crate::HotKeys)), also an `is_unavailable` error when one of its copies
@@ -244,7 +253,10 @@ impl Cache {
     /// Removes a key from L1 and Redis, on every instance (their L1 copies go with the
     /// invalidation Redis sends them). Returns whether Redis held it. A load of the key in
     /// flight anywhere cannot store its value after this (its lease goes too). Fails when the
-    /// key or, for a hot key, one of its copies could not be removed.
+    /// key or, for a hot key, one of its copies could not be removed; when Redis was unhealthy,
+    /// the removal is then queued in this instance and replayed when Redis is back
+    /// ([`Error::is_queued`], [`AutoRecovery`]), and until then this instance reads the key
+    /// from neither tier.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -579,7 +591,13 @@ impl Cache {
     pub fn metrics(&self) -> MetricsSnapshot {
         let inner = &self.inner;
         let coherence = crate::invalidation::counters(inner);
-        inner.metrics.snapshot(inner.l2.breakers(), inner.l1.usage(), coherence)
+        inner.metrics.snapshot(inner.l2.breakers(), inner.l1.usage(), coherence, inner.recovery.counts())
+    }
+
+    /// Invalidations queued now for replay because Redis could not take them
+    /// ([`AutoRecovery`]): 0 once Redis is back and every replay went through.
+    pub fn recovery_queue_len(&self) -> usize {
+        self.inner.recovery.len()
     }
 
     /// The circuit breakers' worst state now (see [`MetricsSnapshot::breaker_state`]).

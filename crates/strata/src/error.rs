@@ -52,11 +52,13 @@ pub struct Error {
     message: Arc<str>,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     unhealthy: bool,
+    /// The removal of the value this call meant to replace was queued for replay.
+    queued: bool,
 }
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into().into(), source: None, unhealthy: false }
+        Self { kind, message: message.into().into(), source: None, unhealthy: false, queued: false }
     }
 
     pub(crate) fn with_source(
@@ -64,7 +66,13 @@ impl Error {
         message: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        Self { kind, message: message.into().into(), source: Some(Arc::from(source.into())), unhealthy: false }
+        Self {
+            kind,
+            message: message.into().into(),
+            source: Some(Arc::from(source.into())),
+            unhealthy: false,
+            queued: false,
+        }
     }
 
     pub(crate) fn invalid_key(message: impl Into<String>) -> Self {
@@ -110,6 +118,22 @@ impl Error {
 
     pub(crate) fn circuit_open() -> Self {
         Self::new(ErrorKind::CircuitOpen, "redis circuit breaker is open; L2 skipped")
+    }
+
+    /// A read of a key whose removal is queued for replay (auto-recovery): Redis is skipped for
+    /// it, as for a key behind an open breaker.
+    pub(crate) fn held_back() -> Self {
+        Self::new(ErrorKind::CircuitOpen, "a removal of this key is queued for replay; redis skipped for it")
+    }
+
+    /// This error, noting that the removal of the value the call meant to replace was queued
+    /// for replay ([`is_queued`](Self::is_queued)).
+    pub(crate) fn queued(mut self) -> Self {
+        if !self.queued {
+            self.queued = true;
+            self.message = format!("{}; the key's removal is queued for replay (auto-recovery)", self.message).into();
+        }
+        self
     }
 
     pub(crate) fn loader_timeout(after: std::time::Duration) -> Self {
@@ -180,6 +204,13 @@ impl Error {
     /// Redis could not be used: an error, a timeout, or an open breaker.
     pub fn is_unavailable(&self) -> bool {
         matches!(self.kind, ErrorKind::Redis | ErrorKind::Timeout | ErrorKind::CircuitOpen)
+    }
+    /// Redis could not take this write, and the removal of the value it meant to replace is
+    /// queued in this instance for replay when Redis is back
+    /// ([`AutoRecovery`](crate::AutoRecovery)): nothing stale outlives the outage. Until the
+    /// replay, this instance reads the key from neither tier.
+    pub fn is_queued(&self) -> bool {
+        self.queued
     }
     /// The loader passed to `get_or_set` failed.
     pub fn is_loader(&self) -> bool {

@@ -91,6 +91,18 @@ pub const METRIC_FAMILIES: &[(&str, &str, &str)] = &[
     ("strata_l1_bytes", "gauge", "Weighted bytes held by the in-process tier."),
     ("strata_l1_capacity_bytes", "gauge", "Byte budget of the in-process tier (0 when disabled)."),
     ("strata_l1_coherent", "gauge", "1 when L1 may serve (every invalidation connection is up), else 0."),
+    (
+        "strata_recovery_queue",
+        "gauge",
+        "Invalidations Redis could not take, queued in this instance for replay (auto-recovery).",
+    ),
+    ("strata_recovery_queued_total", "counter", "Invalidations queued for replay because Redis could not take them."),
+    ("strata_recovery_replayed_total", "counter", "Queued invalidations replayed once Redis took them."),
+    (
+        "strata_recovery_dropped_total",
+        "counter",
+        "Invalidations lost: not queued (queue full) or refused by Redis on replay; their keys may serve stale values until their TTL.",
+    ),
 ];
 
 /// Help text of a family in [`METRIC_FAMILIES`] (empty if absent: a unit test keeps them in step).
@@ -242,6 +254,9 @@ fn encode_snapshot(m: &MetricsSnapshot, l1_capacity: u64, mut enc: DescriptorEnc
         ("strata_l2_retries_total", m.l2_retries),
         ("strata_breaker_rejections_total", m.breaker_rejections),
         ("strata_breaker_opens_total", m.breaker_opens),
+        ("strata_recovery_queued_total", m.recovery_queued),
+        ("strata_recovery_replayed_total", m.recovery_replayed),
+        ("strata_recovery_dropped_total", m.recovery_dropped),
     ] {
         counter(&mut family(&mut enc, name, MetricType::Counter)?, &[], v)?;
     }
@@ -252,6 +267,7 @@ fn encode_snapshot(m: &MetricsSnapshot, l1_capacity: u64, mut enc: DescriptorEnc
         ("strata_l1_bytes", m.l1_bytes),
         ("strata_l1_capacity_bytes", l1_capacity),
         ("strata_l1_coherent", u64::from(m.l1_coherent)),
+        ("strata_recovery_queue", m.recovery_queue),
     ] {
         family(&mut enc, name, MetricType::Gauge)?.encode_gauge(&v)?;
     }

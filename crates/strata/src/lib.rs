@@ -176,7 +176,7 @@ mod write_behind;
 
 pub use audit::{AUDIT_QUEUE, AuditRecord, AuditSink};
 pub use breaker::{BreakerConfig, BreakerState};
-pub use cache::{Cache, CacheBuilder, CacheValue};
+pub use cache::{AutoRecovery, Cache, CacheBuilder, CacheValue};
 pub use codec::Format;
 pub use crypt::{Encryption, KEY_LEN, Keyring, MAX_KEY_ID_LEN};
 pub use error::{Error, ErrorKind, Result};

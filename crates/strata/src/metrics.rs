@@ -238,6 +238,7 @@ impl Metrics {
         breakers: &Breakers,
         l1: (u64, u64),
         coherence: (u64, u64, u64, bool),
+        recovery: crate::cache::RecoveryCounts,
     ) -> MetricsSnapshot {
         let namespaces = self.namespaces.iter().map(|(k, v)| (k.to_owned(), v.snapshot())).collect();
         let g = &self.globals;
@@ -257,6 +258,10 @@ impl Metrics {
             invalidation_messages_internal: coherence.1,
             l1_flushes: coherence.2,
             l1_coherent: coherence.3,
+            recovery_queue: recovery.queue_len,
+            recovery_queued: recovery.queued,
+            recovery_replayed: recovery.replayed,
+            recovery_dropped: recovery.dropped,
         }
     }
 }
@@ -378,6 +383,17 @@ pub struct MetricsSnapshot {
     /// Whether L1 is serving now: every tracking connection is up (always true with
     /// invalidation off, or on Sentinel).
     pub l1_coherent: bool,
+    /// Invalidations (key removals, stamp bumps) queued now for replay because Redis could not
+    /// take them ([`AutoRecovery`](crate::AutoRecovery)).
+    pub recovery_queue: u64,
+    /// Invalidations queued for replay since start (a key queued again counts again).
+    pub recovery_queued: u64,
+    /// Queued invalidations replayed.
+    pub recovery_replayed: u64,
+    /// Invalidations not queued because the queue was full, or dropped because Redis refused
+    /// their replay (not a failure of Redis: `NOPERM`, ...). Each leaves a value that may be
+    /// stale until its TTL.
+    pub recovery_dropped: u64,
 }
 
 impl MetricsSnapshot {

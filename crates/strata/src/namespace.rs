@@ -74,8 +74,11 @@ impl Cache {
     /// [`stamp_refresh`](crate::CacheBuilder::stamp_refresh) on the others — and expire by
     /// their TTL. A load that started before this call cannot cache its value over it.
     ///
-    /// Errors: [`is_invalid_key`](Error::is_invalid_key) for a malformed namespace, or an
-    /// unavailability error when Redis could not be written (nothing was invalidated).
+    /// Errors: [`is_invalid_key`](Error::is_invalid_key) for a malformed namespace; an
+    /// unavailability error when Redis could not be written. Then, unless auto-recovery is off
+    /// or its queue full, the invalidation is queued in this instance and replayed when Redis
+    /// is back ([`Error::is_queued`], [`AutoRecovery`](crate::AutoRecovery)); meanwhile this
+    /// instance serves no value of the namespace.
     ///
     /// To retire every namespace of an app at once (a deploy that changes value types), build
     /// keys with the next schema version instead: [`KeySchema::bumped`](crate::KeySchema::bumped).
@@ -103,7 +106,7 @@ impl Cache {
     /// ```
     pub async fn invalidate_namespace(&self, namespace: &str) -> Result<()> {
         let outcome = match namespace_stamp_key(namespace) {
-            Ok(stamp) => self.inner().bump(&stamp).await.map(drop),
+            Ok(stamp) => self.inner().invalidate_stamp(&stamp).await,
             Err(err) => Err(err),
         };
         self.audit("invalidate_namespace", namespace, &outcome);
@@ -116,7 +119,7 @@ impl Cache {
     /// [`get_or_set_tagged`](Self::get_or_set_tagged)), in any namespace, like
     /// [`invalidate_namespace`](Self::invalidate_namespace): one command on the tag's stamp key.
     pub async fn invalidate_tag(&self, tag: &Tag) -> Result<()> {
-        let outcome = self.inner().bump(&tag.stamp_key()).await.map(drop);
+        let outcome = self.inner().invalidate_stamp(&tag.stamp_key()).await;
         self.audit("invalidate_tag", &format!("{}:{}", tag.app(), tag.name()), &outcome);
         outcome
     }

@@ -80,11 +80,14 @@ impl Users {
             (Ok(user), _) => Ok(user),
             // The database failed: its error.
             (Err(_), Some(Err(db_error))) => Err(db_error),
-            // The database holds the change; the cache could not take it, so the old profile may
-            // stay there until its TTL, as after any write Redis could not take. Say so loudly
-            // instead of failing a request whose write succeeded.
+            // The database holds the change; the cache could not take it. Strata queued the old
+            // profile's removal for when Redis is back (auto-recovery), unless its queue was
+            // full: then the old profile may stay there until its TTL. Say so instead of failing
+            // a request whose write succeeded.
             (Err(e), Some(Ok(user))) => {
-                if user.is_some() {
+                if e.is_queued() {
+                    tracing::info!(user = id, "profile updated; its cache entry goes when redis is back: {e}");
+                } else if user.is_some() {
                     tracing::warn!(user = id, "profile updated but its cache entry could not be replaced: {e}");
                 }
                 Ok(user)

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::Stamps;
 use super::hot::HotRegistry;
 use super::load::Flights;
+use super::recovery::{AutoRecovery, Recovery};
 use super::{Cache, Inner};
 use crate::breaker::BreakerConfig;
 use crate::codec::{Codec, Format};
@@ -62,6 +63,7 @@ pub struct CacheBuilder {
     stamp_refresh: Duration,
     encryption: Option<Encryption>,
     audit: Option<crate::audit::AuditSink>,
+    auto_recovery: AutoRecovery,
 }
 
 impl Default for CacheBuilder {
@@ -90,6 +92,7 @@ impl Default for CacheBuilder {
             stamp_refresh: Duration::from_secs(1),
             encryption: None,
             audit: None,
+            auto_recovery: AutoRecovery::default(),
         }
     }
 }
@@ -275,6 +278,17 @@ impl CacheBuilder {
         self
     }
 
+    /// Auto-recovery of invalidations Redis could not take (default: on, 10,000 entries): when
+    /// a `delete`, a write or an `invalidate_namespace` / `invalidate_tag` fails because Redis
+    /// is unhealthy, the removal of what it meant to replace is queued in this instance and
+    /// replayed when Redis is back. The call still fails (other instances may serve the old
+    /// value until the replay), with [`Error::is_queued`](crate::Error::is_queued). See
+    /// [`AutoRecovery`].
+    pub fn auto_recovery(mut self, config: AutoRecovery) -> Self {
+        self.auto_recovery = config;
+        self
+    }
+
     /// Make [`build`](Self::build) fail when Redis does not answer a PING (default: start anyway
     /// and serve from the loader until Redis is reachable — a cache must not stop a service).
     pub fn require_redis(mut self, require: bool) -> Self {
@@ -303,6 +317,7 @@ impl CacheBuilder {
             return Err(Error::config("breaker failure_threshold must be at least 1"));
         }
         self.invalidation.validate()?;
+        self.auto_recovery.validate()?;
         if let Some(enc) = &self.encryption {
             enc.validate()?;
         }
@@ -346,9 +361,11 @@ impl CacheBuilder {
             freshness: self.freshness,
             hot: HotRegistry::new(self.hot),
             audit,
+            recovery: Arc::new(Recovery::new(self.auto_recovery)),
         };
         inner.stamps.start_ticker();
         let inner = Arc::new(inner);
+        Recovery::start(&inner);
         let diagnosis_config = l2_config.clone();
         if tracked && let Some(task) = Supervisor::start(&inner, self.invalidation, l2_config).await {
             inner.l1.coherence().set_task(task);

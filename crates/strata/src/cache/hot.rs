@@ -82,7 +82,8 @@ impl Inner {
         ns: &NsCounters,
         accept_negative: bool,
     ) -> HotRead<T> {
-        if copies == 0 {
+        // A key whose removal is queued is not read from its copies either.
+        if copies == 0 || self.held_back(key.as_str()) {
             return HotRead::NotHot;
         }
         let pick = rand::rng().random_range(0..copies);

@@ -206,6 +206,13 @@ impl Inner {
             // Unknown when written (a version-1 envelope, or Redis was away): cannot be trusted.
             return Verdict::Invalidated;
         }
+        if self.recovery.any_stamp()
+            && (self.recovery.holds_stamp(key.namespace())
+                || marks.tags.iter().any(|(t, _)| self.recovery.holds_stamp(t.id())))
+        {
+            // An invalidation of it is queued for replay (see `cache/recovery.rs`).
+            return Verdict::Unknown;
+        }
         // Read before the check: a change during it leaves the entry to be checked again.
         let version = self.stamps.version();
         if self.settled_current(marks) {

@@ -24,6 +24,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use redis::cluster_routing::Slot as HashSlot;
 
+use super::recovery::Target;
 use super::{CacheValue, Inner};
 use crate::codec::{Encoded, Meta};
 use crate::error::{Error, Result};
@@ -183,6 +184,10 @@ impl Inner {
         accept_negative: bool,
     ) -> Result<L2Read<T>> {
         let k = key.as_str();
+        if self.held_back(k) {
+            NsCounters::inc(&ns.l2_misses);
+            return Err(Error::held_back());
+        }
         let mut ticket = self.l1.ticket(k);
         let got = if self.l1.is_on() {
             self.call_filling(k, "GET", &mut ticket, |mut c| async move {
@@ -352,6 +357,19 @@ impl Inner {
         accept_negative: bool,
     ) -> Vec<(usize, Result<L2Read<T>>)> {
         let with_pttl = self.l1.is_on();
+        let mut out = Vec::new();
+        // Keys whose removal is queued are not read (see `cache/recovery.rs`).
+        let wanted = wanted
+            .into_iter()
+            .filter(|&i| {
+                let held = self.held_back(keys[i].as_str());
+                if held {
+                    NsCounters::inc(&self.metrics.ns(keys[i].namespace()).l2_misses);
+                    out.push((i, Err(Error::held_back())));
+                }
+                !held
+            })
+            .collect();
         let reads = self.groups(keys, wanted).into_iter().map(|group| async move {
             let mut tickets: Vec<_> = group.iter().map(|&i| self.l1.ticket(keys[i].as_str())).collect();
             let slot_key = group.first().map_or("", |&i| keys[i].as_str());
@@ -383,7 +401,6 @@ impl Inner {
             });
             (group.clone(), tickets, got)
         });
-        let mut out = Vec::new();
         for (group, tickets, got) in join_all(reads).await {
             let replies = match got {
                 Ok(replies) => replies,
@@ -547,7 +564,8 @@ impl Inner {
                     Held::Written(pttl) => Some(pttl),
                     Held::Found(..) | Held::Unknown => None,
                 };
-                if let (Some(ticket), Some(pttl)) = (ticket, pttl) {
+                // Not while a removal of the key is queued: it may be an older load's value.
+                if let (Some(ticket), Some(pttl), false) = (ticket, pttl, self.held_back(k)) {
                     let left = match pttl {
                         -1 => Some(Duration::MAX),
                         ms => u64::try_from(ms).ok().map(Duration::from_millis),
@@ -579,24 +597,35 @@ impl Inner {
     /// load began (`before`, taken then).
     pub(crate) fn keep_loaded(&self, key: &Key, prepared: &Prepared, before: &Ticket, err: &Error) {
         tracing::debug!(key = %key, error = %err, "loaded value not written to redis");
-        if err.is_unavailable() {
+        if err.is_unavailable() && !self.held_back(key.as_str()) {
             self.l1.fill_loaded(key.shared(), prepared.fill(prepared.ttl), before);
         }
     }
 
-    /// Gives the lease back without storing anything (the load failed or its value cannot be
-    /// cached), so other processes need not wait for it to expire. Best effort.
+    /// Gives the lease back without storing anything (the load failed, its value cannot be
+    /// cached, or its store failed), so other processes need not wait for it to expire. When
+    /// Redis is unhealthy the release is queued for replay with the invalidations
+    /// (`cache/recovery.rs`): a lease taken an instant before the cluster went down would
+    /// otherwise keep every other caller of the key waiting until its TTL once it is back.
     pub(crate) async fn release_lease(&self, key: &Key, token: &str) {
+        if let Err(err) = self.release_now(key, token).await {
+            let target = Target::Lease { key: key.clone(), token: token.into() };
+            if !self.queue_removal(target, &err) {
+                tracing::debug!(key = %key, error = %err, "could not release lease; it will expire");
+            }
+        }
+    }
+
+    /// One attempt at [`release_lease`](Self::release_lease) (a no-op once another token holds
+    /// the lease, or it expired).
+    pub(crate) async fn release_now(&self, key: &Key, token: &str) -> Result<()> {
         let lease = &lease_key(key.as_str());
         let script = &SCRIPTS.release_if_held;
-        let released = self
-            .call_for(key.as_str(), "lease release", |mut c| async move {
-                script.key(lease).arg(token).invoke_async::<i64>(&mut c).await
-            })
-            .await;
-        if let Err(err) = released {
-            tracing::debug!(key = %key, error = %err, "could not release lease; it will expire");
-        }
+        self.call_for(key.as_str(), "lease release", |mut c| async move {
+            script.key(lease).arg(token).invoke_async::<i64>(&mut c).await
+        })
+        .await
+        .map(drop)
     }
 
     /// A caller's write (`set`, `set_tagged`, `set_not_found` with `None`): marks, encode, store,
@@ -610,7 +639,11 @@ impl Inner {
         tags: &[Tag],
     ) -> Result<()> {
         self.l1.invalidate_local(key.as_str());
-        let marks = self.write_marks(key, tags).await?;
+        let marks = match self.write_marks(key, tags).await {
+            Ok(marks) => marks,
+            // The value this write meant to replace must not stay: its removal is queued.
+            Err(err) => return self.recover_write(key, Err(err)),
+        };
         let prepared = match self.prepare(key, value.cloned(), ttl, &marks, 0) {
             Ok(prepared) => prepared,
             Err(err) => {
@@ -619,6 +652,7 @@ impl Inner {
             }
         };
         let stored = self.store(key, &prepared, Via::Plain).await;
+        let stored = self.recover_write(key, stored);
         if self.hot.copies(key) == 0 {
             return stored.map(|_| ());
         }
@@ -627,11 +661,35 @@ impl Inner {
             (Ok(_), Some(value)) => self.hot_write(key, value).await,
             _ => self.hot_invalidate(key).await,
         };
+        // A copy left with the previous value: the key and its copies go when Redis is back.
+        let copies = match copies {
+            Err(err) if stored.is_ok() => self.recover_write(key, Err(err)),
+            other => other,
+        };
         // A read of a copy made before the copies changed may have filled L1 after the
         // store's own fill: it must not serve once this returns.
         self.l1.invalidate_local(key.as_str());
         stored?;
         copies
+    }
+
+    /// After a caller's write of `key` (not a load's store): on success a removal queued earlier
+    /// is moot (Redis holds a newer value); when Redis was unhealthy, the key's removal is
+    /// queued and the error says so ([`Error::is_queued`]).
+    pub(crate) fn recover_write<T>(&self, key: &Key, written: Result<T>) -> Result<T> {
+        match written {
+            Ok(v) => {
+                self.recovery.settle(key.as_str(), None);
+                Ok(v)
+            }
+            Err(err) => {
+                if !self.queue_removal(Target::Key(key.clone()), &err) {
+                    return Err(err);
+                }
+                self.l1.invalidate_local(key.as_str());
+                Err(err.queued())
+            }
+        }
     }
 
     /// `set_many`: every value encoded before anything is sent; one pipeline per slot group,
@@ -642,7 +700,18 @@ impl Inner {
             self.l1.invalidate_local(key.as_str());
         }
         for (key, value) in items {
-            let marks = self.write_marks(key, &[]).await?;
+            let marks = match self.write_marks(key, &[]).await {
+                Ok(marks) => marks,
+                Err(err) => {
+                    // Nothing was sent: every value the batch meant to replace stays, so each
+                    // key's removal is queued.
+                    let mut err = Err(err);
+                    for (key, _) in items {
+                        err = self.recover_write(key, err);
+                    }
+                    return err;
+                }
+            };
             match self.prepare(key, Some(value.clone()), ttl, &marks, 0) {
                 Ok(p) => prepared.push(p),
                 Err(err) => {
@@ -715,10 +784,10 @@ impl Inner {
             for (n, (i, ticket)) in group.into_iter().zip(tickets).enumerate() {
                 let outcome = held.clone().map(|held| Stored { stored: true, held: held[n].clone() });
                 // Its error is the group's, reported once below.
-                let _ = self.settle(&keys[i], &prepared[i], ticket, outcome);
-            }
-            if let Err(err) = held {
-                first_error.get_or_insert(err);
+                let settled = self.settle(&keys[i], &prepared[i], ticket, outcome);
+                if let Err(err) = self.recover_write(&keys[i], settled) {
+                    first_error.get_or_insert(err);
+                }
             }
         }
         for (key, _) in items.iter().filter(|(key, _)| self.hot.copies(key) > 0) {
@@ -741,9 +810,18 @@ impl Inner {
         }
     }
 
-    /// `delete`: L1 (and every ticket of the key, see [`L1::invalidate_local`](crate::l1::L1::invalidate_local)), then the key and its coordination keys in Redis (same slot: a load or a
-    /// versioned write in flight must not store its value after this), then the hot copies. Whether Redis held the key.
+    /// `delete`, with auto-recovery: [`delete_now`](Self::delete_now), and when Redis is
+    /// unhealthy, the removal queued for replay (the error says so, [`Error::is_queued`]: the
+    /// call did not complete, other instances may serve the old value until the replay).
     pub(crate) async fn delete(&self, key: &Key) -> Result<bool> {
+        let deleted = self.delete_now(key).await;
+        // A removal queued earlier is done by this one; a failed one is queued.
+        self.recover_write(key, deleted)
+    }
+
+    /// One attempt at a removal: L1 (and every ticket of the key, see [`L1::invalidate_local`](crate::l1::L1::invalidate_local)), then the key and its coordination keys in Redis (same slot: a load or a
+    /// versioned write in flight must not store its value after this), then the hot copies. Whether Redis held the key.
+    pub(crate) async fn delete_now(&self, key: &Key) -> Result<bool> {
         self.l1.invalidate_local(key.as_str());
         let (k, coordination) = (key.as_str(), &coordination_keys(key.as_str()));
         // Over the key's tracking connection when there is one (a plain connection to its

@@ -197,7 +197,7 @@ impl Inner {
             Err(e) => {
                 if keep {
                     // The source may have taken the write all the same: the kept value goes.
-                    self.remove_kept(key).await;
+                    let _ = self.remove_kept(key, Ok(())).await;
                 } else if held.is_ok() {
                     self.release_lease(key, &token).await;
                 }
@@ -206,10 +206,13 @@ impl Inner {
         };
 
         // 3. The cache.
-        let cached = self.after_source_write(key, ttl, marks, prepared, held, &token, value).await;
-        if keep && cached.is_err() {
-            // The previous value was kept: it must not outlive a write that could not replace it.
-            self.remove_kept(key).await;
+        let mut cached = self.after_source_write(key, ttl, marks, prepared, held, &token, value).await;
+        if cached.is_err() {
+            // The previous value (kept, or left because step 1 failed) must not outlive a
+            // write that could not replace it.
+            cached = self.remove_kept(key, cached).await;
+        } else {
+            self.recovery.settle(key.as_str(), None);
         }
         if self.hot.copies(key) > 0 {
             if cached.is_err() {
@@ -252,15 +255,18 @@ impl Inner {
             Ok(written) => written,
             Err(e) => {
                 // The source may have taken the write all the same: the value it replaced goes.
-                self.remove_kept(key).await;
+                let _ = self.remove_kept(key, Ok(())).await;
                 return Err(Error::loader(e));
             }
         };
-        let stored = self.store_versioned(key, ttl, marks, written, started_ms).await;
+        let mut stored = self.store_versioned(key, ttl, marks, written, started_ms).await;
         if stored.is_err() {
             // The previous value must not outlive a write that could not replace it.
-            self.remove_kept(key).await;
-        } else if self.hot.copies(key) > 0 {
+            stored = self.remove_kept(key, stored).await;
+        } else {
+            self.recovery.settle(key.as_str(), None);
+        }
+        if stored.is_ok() && self.hot.copies(key) > 0 {
             // Marked hot during the write: its copies, refilled from the previous value, go,
             // and so does anything a read of them put in this instance's L1.
             let copies = self.hot_invalidate(key).await;
@@ -291,11 +297,16 @@ impl Inner {
         Ok(Some(value))
     }
 
-    /// After a source write that may have landed, a value that cannot be replaced goes. Best
-    /// effort: when Redis is away the caller has its error already.
-    async fn remove_kept(&self, key: &Key) {
+    /// After a source write that may have landed, a value that cannot be replaced goes: now, or
+    /// when Redis is back (auto-recovery; the caller's error then says it is queued,
+    /// [`Error::is_queued`]).
+    async fn remove_kept<T>(&self, key: &Key, failed: Result<T>) -> Result<T> {
         if let Err(err) = self.delete(key).await {
             tracing::debug!(key = %key, error = %err, "write-through: could not remove the previous value");
+        }
+        match failed {
+            Err(err) if self.held_back(key.as_str()) => Err(err.queued()),
+            other => other,
         }
     }
 

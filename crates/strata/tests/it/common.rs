@@ -224,3 +224,15 @@ impl Drop for LateInvalidations {
         self.accept.abort();
     }
 }
+
+/// Polls `check` every 20 ms for at most `limit`.
+pub async fn within<F: FnMut() -> Fut, Fut: Future<Output = bool>>(limit: Duration, mut check: F) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check().await
+}

@@ -189,10 +189,11 @@ on_both!(a_changed_copy_evicts_the_l1_entry_it_filled);
 /// A copy whose master hangs while the key is deleted or written keeps the previous value,
 /// which readers would be served once the master is back, until the copy expires: the
 /// `delete` and the `set` must fail, never return `Ok` (the consistency drill's cluster `hang`
-/// found such a stale read). The key's own master stays up, and holds the new value. And when
-/// the key's own master hangs, the copies on the others go all the same.
+/// found such a stale read), and the key's removal with its copies is replayed once the master
+/// answers (auto-recovery). And when the key's own master hangs, the copies on the others go
+/// all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_that_could_not_be_changed_fails_the_write() -> TestResult {
+async fn a_copy_that_could_not_be_changed_is_removed_when_redis_is_back() -> TestResult {
     let redis = Redis::cluster();
     let Redis::Cluster(cluster) = &redis else { return Err("not a cluster".into()) };
     let key = KeySchema::new("it", 1)?.key("hot", "hung")?;
@@ -219,17 +220,23 @@ async fn a_copy_that_could_not_be_changed_fails_the_write() -> TestResult {
             false => hot.set(&key, &"new".to_owned(), Ttl::Medium).await,
         };
         cluster.nodes()[hung].resume()?;
+        // The call fails, and the key's removal (with its copies) is queued for replay.
         let err = result.err().ok_or(format!("{what} returned Ok while a copy kept the old value"))?;
-        assert!(err.is_unavailable(), "{what}: {err}");
+        assert!(err.is_unavailable() && err.is_queued(), "{what}: {err}");
+        assert_eq!(hot.metrics().recovery_queued, 1, "{what}: queued for replay");
         cluster.wait_healthy(Duration::from_secs(30))?;
-        // The key itself took the write: the error is the copy's.
+        assert!(
+            crate::common::within(Duration::from_secs(20), || async { hot.recovery_queue_len() == 0 }).await,
+            "{what}: replayed once the node answers"
+        );
         let held: Option<Vec<u8>> = redis::cmd("GET").arg(key.as_str()).query(raw.as_mut())?;
         let reader = redis.builder().l1_capacity_bytes(0).build().await?;
-        match write {
-            true => assert_eq!(held, None, "the key was deleted"),
-            false => {
-                assert_eq!(reader.get::<String>(&key).await?.as_deref(), Some("new"), "the key holds the new value")
-            }
+        // The replay removed the key and every copy: nothing serves the old value.
+        assert_eq!(held, None, "{what}: the key was removed");
+        assert_eq!(reader.get::<String>(&key).await?, None, "{what}");
+        for copy in &copies {
+            let exists: bool = redis::cmd("EXISTS").arg(copy).query(raw.as_mut())?;
+            assert!(!exists, "{what}: {copy} kept the old value");
         }
     }
 

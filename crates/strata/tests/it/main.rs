@@ -15,6 +15,7 @@ mod leases;
 mod namespaces;
 mod prom_text;
 mod prometheus;
+mod recovery;
 mod resilience;
 mod retries;
 mod security;
