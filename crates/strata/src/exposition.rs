@@ -105,9 +105,41 @@ pub const METRIC_FAMILIES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Every metric family a [`WriteBehind`](crate::WriteBehind) queue exports (this process's
+/// counters; [`WriteBehind::register_metrics`](crate::WriteBehind::register_metrics)), labelled
+/// with the queue's `stream`.
+pub const WRITE_BEHIND_METRIC_FAMILIES: &[(&str, &str, &str)] = &[
+    ("strata_write_behind_enqueued_total", "counter", "Write-behind entries acknowledged by enqueue."),
+    ("strata_write_behind_delivered_total", "counter", "Write-behind entries the sink accepted."),
+    ("strata_write_behind_retried_total", "counter", "Failed write-behind sink calls that were retried."),
+    ("strata_write_behind_dead_lettered_total", "counter", "Write-behind entries moved to a dead-letter stream."),
+    (
+        "strata_write_behind_dead_letters_dropped_total",
+        "counter",
+        "Dead letters trimmed at the dead-letter cap (lost for inspection and replay).",
+    ),
+    ("strata_write_behind_claimed_total", "counter", "Write-behind entries reclaimed from a dead worker."),
+    (
+        "strata_write_behind_deduplicated_total",
+        "counter",
+        "Write-behind entries skipped because their idempotency key was already delivered.",
+    ),
+    (
+        "strata_write_behind_dead_letter_entries",
+        "gauge",
+        "The longest dead-letter stream of the queue this process saw (compare with the cap).",
+    ),
+    ("strata_write_behind_dead_letter_cap", "gauge", "Most entries a partition's dead-letter stream keeps."),
+];
+
 /// Help text of a family in [`METRIC_FAMILIES`] (empty if absent: a unit test keeps them in step).
 fn help(name: &str) -> &'static str {
-    METRIC_FAMILIES.iter().find(|(n, _, _)| *n == name).map(|(_, _, h)| *h).unwrap_or("")
+    METRIC_FAMILIES
+        .iter()
+        .chain(WRITE_BEHIND_METRIC_FAMILIES)
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, h)| *h)
+        .unwrap_or("")
 }
 
 /// The collector a registry holds: a weak handle, so registering does not keep a dropped
@@ -155,6 +187,65 @@ impl Cache {
             out.clear();
         }
         out
+    }
+}
+
+/// The collector of a write-behind queue: its counters are this process's, shared by clones.
+#[derive(Debug)]
+struct WriteBehindCollector {
+    stream: String,
+    cap: u64,
+    counters: Weak<crate::write_behind::Counters>,
+}
+
+impl Collector for WriteBehindCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let Some(counters) = self.counters.upgrade() else { return Ok(()) };
+        let s = crate::write_behind::stats_of(&counters);
+        let labels = [("stream", self.stream.as_str())];
+        for (name, v) in [
+            ("strata_write_behind_enqueued_total", s.enqueued),
+            ("strata_write_behind_delivered_total", s.delivered),
+            ("strata_write_behind_retried_total", s.retried),
+            ("strata_write_behind_dead_lettered_total", s.dead_lettered),
+            ("strata_write_behind_dead_letters_dropped_total", s.dead_letters_dropped),
+            ("strata_write_behind_claimed_total", s.claimed),
+            ("strata_write_behind_deduplicated_total", s.deduplicated),
+        ] {
+            counter(&mut family(&mut enc, name, MetricType::Counter)?, &labels, v)?;
+        }
+        for (name, v) in [
+            ("strata_write_behind_dead_letter_entries", s.dead_letter_len),
+            ("strata_write_behind_dead_letter_cap", self.cap),
+        ] {
+            family(&mut enc, name, MetricType::Gauge)?.encode_family(&Labels(&labels))?.encode_gauge(&v)?;
+        }
+        Ok(())
+    }
+}
+
+impl crate::WriteBehind {
+    /// Adds this queue's metrics ([`WRITE_BEHIND_METRIC_FAMILIES`], labelled `stream`) to
+    /// `registry`, read at each scrape; the registry keeps only a weak handle. Register each
+    /// queue once.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(WriteBehindCollector {
+            stream: self.config.stream.clone(),
+            cap: self.config.dead_letter_cap as u64,
+            counters: std::sync::Arc::downgrade(&self.counters),
+        }));
+    }
+
+    /// This queue's metrics in the Prometheus text format 0.0.4 (see
+    /// [`Cache::prometheus_text`]).
+    pub fn prometheus_text(&self) -> String {
+        let mut registry = Registry::default();
+        self.register_metrics(&mut registry);
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        openmetrics_to_prometheus(&out)
     }
 }
 
@@ -330,7 +421,7 @@ mod tests {
     #[test]
     fn family_names_are_unique_and_follow_conventions() {
         let mut seen = std::collections::HashSet::new();
-        for (name, kind, help) in METRIC_FAMILIES {
+        for (name, kind, help) in METRIC_FAMILIES.iter().chain(WRITE_BEHIND_METRIC_FAMILIES) {
             assert!(seen.insert(*name), "{name} listed twice");
             assert!(name.starts_with("strata_"), "{name}");
             assert!(!help.is_empty() && !help.contains('\n') && !help.contains('\\'), "{name}: {help:?}");

@@ -180,7 +180,7 @@ pub use cache::{AutoRecovery, Cache, CacheBuilder, CacheValue};
 pub use codec::Format;
 pub use crypt::{Encryption, KEY_LEN, Keyring, MAX_KEY_ID_LEN};
 pub use error::{Error, ErrorKind, Result};
-pub use exposition::{METRIC_FAMILIES, openmetrics_to_prometheus};
+pub use exposition::{METRIC_FAMILIES, WRITE_BEHIND_METRIC_FAMILIES, openmetrics_to_prometheus};
 pub use fresh::Freshness;
 pub use hot::{HotKeys, MAX_HOT_COPIES, MAX_HOT_COPY_TTL, hot_copy_keys};
 pub use invalidation::Invalidation;

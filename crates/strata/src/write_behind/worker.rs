@@ -225,9 +225,11 @@ impl Worker {
             wb.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         };
-        let done = wb.done_key(p, &record.idempotency_key);
-        let seen: bool = self.call("EXISTS", redis::cmd("EXISTS").arg(&done).clone()).await?;
-        if seen {
+        let done = wb.done_key(p);
+        let delivered: Option<u64> =
+            self.call("ZSCORE", redis::cmd("ZSCORE").arg(&done).arg(&record.idempotency_key).clone()).await?;
+        let window = config.dedup_ttl.as_millis() as u64;
+        if delivered.is_some_and(|at| at.saturating_add(window) >= crate::ttl::now_ms()) {
             self.finish(p, &entry, None, None).await?;
             wb.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
@@ -239,7 +241,7 @@ impl Worker {
             record.attempt = attempt;
             match self.call_sink(p, sink(record.clone()), renewed).await {
                 Ok(()) => {
-                    self.finish(p, &entry, Some(&done), None).await?;
+                    self.finish(p, &entry, Some(&record.idempotency_key), None).await?;
                     wb.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     return Ok(None);
                 }
@@ -282,30 +284,60 @@ impl Worker {
         }
     }
 
-    /// Settles an entry in one transaction: optionally records its idempotency key as done or
-    /// copies it to the dead-letter stream, then XACK and XDEL (the stream stays bounded).
-    async fn finish(&self, p: u16, entry: &StreamId, done: Option<&str>, dead: Option<(String, u32)>) -> Result<()> {
+    /// Settles an entry in one transaction: optionally records its idempotency key as
+    /// delivered (trimming the partition's records to `dedup_ttl` and `dedup_capacity`) or
+    /// copies it to the dead-letter stream (trimmed to `dead_letter_cap`), then XACK and XDEL
+    /// (the stream stays bounded).
+    async fn finish(&self, p: u16, entry: &StreamId, idem: Option<&str>, dead: Option<(String, u32)>) -> Result<()> {
         let wb = &self.wb;
+        let config = &wb.config;
         let stream = wb.stream_key(p);
         let mut pipe = redis::pipe();
         pipe.atomic();
-        if let Some(done) = done {
-            pipe.cmd("SET").arg(done).arg(1).arg("PX").arg(wb.config.dedup_ttl.as_millis() as u64).ignore();
+        if let Some(idem) = idem {
+            let (done, now) = (wb.done_key(p), crate::ttl::now_ms());
+            let oldest = now.saturating_sub(config.dedup_ttl.as_millis() as u64);
+            pipe.cmd("ZADD").arg(&done).arg(now).arg(idem).ignore();
+            pipe.cmd("ZREMRANGEBYSCORE").arg(&done).arg("-inf").arg(format!("({oldest}")).ignore();
+            // Keeps the newest `dedup_capacity` (ranks 0.. are the oldest).
+            pipe.cmd("ZREMRANGEBYRANK").arg(&done).arg(0).arg(-(config.dedup_capacity as i64) - 1).ignore();
+            // A partition idle for longer than the window leaves nothing behind.
+            pipe.cmd("PEXPIRE").arg(&done).arg(config.dedup_ttl.as_millis() as u64).ignore();
         }
+        let dead_letter = dead.is_some();
         if let Some((error, attempts)) = dead {
-            let xadd = pipe.cmd("XADD").arg(wb.dead_letter_key(p)).arg("*");
+            // Exact trimming: XADD answers nothing about what it trimmed, so the length is read
+            // before and after (rare: only failed entries get here).
+            let dead_key = wb.dead_letter_key(p);
+            pipe.cmd("XLEN").arg(&dead_key);
+            let xadd = pipe.cmd("XADD").arg(&dead_key).arg("MAXLEN").arg("=").arg(config.dead_letter_cap).arg("*");
             for (field, value) in &entry.map {
                 if let Value::BulkString(bytes) = value {
                     xadd.arg(field).arg(bytes);
                 }
             }
             xadd.arg("error").arg(error).arg("attempts").arg(attempts).arg("source_id").arg(&entry.id).ignore();
+            pipe.cmd("XLEN").arg(&dead_key);
         }
-        pipe.cmd("XACK").arg(&stream).arg(&wb.config.group).arg(&entry.id).ignore();
+        pipe.cmd("XACK").arg(&stream).arg(&config.group).arg(&entry.id).ignore();
         pipe.cmd("XDEL").arg(&stream).arg(&entry.id).ignore();
         let pipe = &pipe;
-        let settle = |mut c: Conn| async move { pipe.query_async::<()>(&mut c).await };
-        wb.cache.inner().run_l2("write-behind settle", settle).await
+        let settle = |mut c: Conn| async move { pipe.query_async::<Vec<u64>>(&mut c).await };
+        let lengths = wb.cache.inner().run_l2("write-behind settle", settle).await?;
+        if let (true, [before, after]) = (dead_letter, lengths.as_slice()) {
+            let dropped = (before + 1).saturating_sub(*after);
+            if dropped > 0 {
+                wb.counters.dead_letters_dropped.fetch_add(dropped, Ordering::Relaxed);
+                tracing::warn!(
+                    partition = p,
+                    dropped,
+                    cap = config.dead_letter_cap,
+                    "dead-letter stream full: oldest entries trimmed"
+                );
+            }
+            wb.counters.dead_letter_len.fetch_max(*after, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Renews the lease when a third of it has passed; false once it is no longer ours.

@@ -28,7 +28,10 @@ async fn exposition_text() -> Result<String, Box<dyn std::error::Error + Send + 
         openmetrics.ends_with("# EOF\n") && openmetrics.contains("# TYPE strata_requests counter"),
         "{openmetrics}"
     );
-    Ok(cache.prometheus_text())
+    // A write-behind queue's families too, as an application exporting both would scrape them.
+    let wb = strata::WriteBehind::new(&cache, strata::WriteBehindConfig::new("metrics"))?;
+    wb.enqueue("k", b"v", "i1").await?;
+    Ok(cache.prometheus_text() + &wb.prometheus_text())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +44,11 @@ async fn exposition_is_valid_documented_and_counts() -> TestResult {
     let found = families(&text);
     let unique: HashSet<&String> = found.iter().collect();
     assert_eq!(unique.len(), found.len(), "a family is exported twice:\n{text}");
-    let listed: BTreeSet<String> = strata::METRIC_FAMILIES.iter().map(|(n, _, _)| n.to_string()).collect();
+    let listed: BTreeSet<String> = strata::METRIC_FAMILIES
+        .iter()
+        .chain(strata::WRITE_BEHIND_METRIC_FAMILIES)
+        .map(|(n, _, _)| n.to_string())
+        .collect();
     assert_eq!(found.iter().cloned().collect::<BTreeSet<_>>(), listed, "METRIC_FAMILIES and the scrape differ");
     for name in &found {
         let help = text.lines().find_map(|l| l.strip_prefix(&format!("# HELP {name} ")));

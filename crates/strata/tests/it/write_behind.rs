@@ -174,6 +174,72 @@ async fn poisoned_writes_are_dead_lettered() -> TestResult {
     Ok(())
 }
 
+/// The dead-letter stream is capped: past `dead_letter_cap` the oldest entries go, and the
+/// drops are counted and exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_stream_is_capped_and_its_drops_counted() -> TestResult {
+    let redis = Redis::standalone();
+    let cache = redis.cache().await;
+    let wb = WriteBehind::new(&cache, config("capped").partitions(1).max_attempts(1).dead_letter_cap(3))?;
+    for i in 0..5 {
+        wb.enqueue(&format!("item:{i}"), b"poison", &format!("c{i}")).await?;
+    }
+    let sink = |_: WriteRecord| async { Err::<(), String>("refused".into()) };
+    drain(&wb, sink, || wb.stats().dead_lettered >= 5).await?;
+    let mut conn = cache_conn(&redis).await?;
+    let reply: redis::streams::StreamRangeReply = conn.xrange_all(wb.dead_letter_key(0)).await?;
+    let kept: Vec<String> = reply.ids.iter().filter_map(|e| e.get::<String>("idem")).collect();
+    assert_eq!(kept, ["c2", "c3", "c4"], "the newest 3 are kept");
+    let stats = wb.stats();
+    assert_eq!((stats.dead_lettered, stats.dead_letters_dropped, stats.dead_letter_len), (5, 2, 3));
+    let text = wb.prometheus_text();
+    for line in [
+        r#"strata_write_behind_dead_letters_dropped_total{stream="capped"} 2"#,
+        r#"strata_write_behind_dead_letter_entries{stream="capped"} 3"#,
+        r#"strata_write_behind_dead_letter_cap{stream="capped"} 3"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+    }
+    Ok(())
+}
+
+/// Dedup records are one sorted set per partition holding its newest `dedup_capacity`
+/// deliveries: a re-enqueued idempotency key among them is skipped, an older one is delivered
+/// again (the documented bound), and no key is left per write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_records_are_bounded_per_partition() -> TestResult {
+    let redis = Redis::standalone();
+    let cache = redis.cache().await;
+    let wb = WriteBehind::new(&cache, config("bounded").partitions(1).dedup_capacity(10))?;
+    for i in 0..50 {
+        wb.enqueue(&format!("item:{i}"), b"v", &format!("d{i}")).await?;
+    }
+    let delivered: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = |r: WriteRecord| {
+        let delivered = delivered.clone();
+        async move {
+            delivered.lock().map_err(|e| e.to_string())?.push(r.idempotency_key);
+            Ok::<(), String>(())
+        }
+    };
+    drain(&wb, sink, || wb.stats().delivered >= 50).await?;
+    let mut conn = cache_conn(&redis).await?;
+    let records: Vec<String> = conn.zrange(wb.done_key(0), 0, -1).await?;
+    let newest: Vec<String> = (40..50).map(|i| format!("d{i}")).collect();
+    assert_eq!(records, newest, "the newest 10 deliveries");
+    let keys: Vec<String> = conn.keys("{wb:bounded:*").await?;
+    assert!(keys.len() <= 3, "no key per write: {keys:?}");
+
+    // d49 again: skipped. d0 again: past the bound, delivered a second time.
+    wb.enqueue("item:49", b"v", "d49").await?;
+    wb.enqueue("item:0", b"v", "d0").await?;
+    drain(&wb, sink, || wb.stats().deduplicated + wb.stats().delivered >= 52).await?;
+    let stats = wb.stats();
+    assert_eq!((stats.delivered, stats.deduplicated), (51, 1));
+    assert_eq!(delivered.lock().map_err(|e| e.to_string())?.last().map(String::as_str), Some("d0"));
+    Ok(())
+}
+
 /// Two workers compete for one partition while each sink call outlasts `claim_idle`: the
 /// owner keeps its lease through the call, so no entry is taken over and delivered twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,6 +376,14 @@ async fn workers_killed_mid_drain_lose_and_reorder_nothing() -> TestResult {
         assert_eq!((len, dead), (0, 0), "partition {p} drained, nothing dead-lettered");
     }
     assert!(wb.stats().claimed > 0, "the final worker reclaimed a killed worker's entries");
+    // Bounded: the queue's keys are a few per partition (stream, owner, dedup records), not
+    // one dedup record per write.
+    let queue_keys: Vec<String> = conn.keys("{wb:kill:*").await?;
+    assert!(queue_keys.len() <= 3 * PARTITIONS as usize, "{} keys: {queue_keys:?}", queue_keys.len());
+    for p in 0..PARTITIONS {
+        let records: usize = conn.zcard(wb.done_key(p)).await?;
+        assert!(records > 0, "partition {p} has dedup records");
+    }
     eprintln!("kill test: {calls} sink calls for {total} writes ({duplicates} redeliveries)");
     Ok(())
 }
