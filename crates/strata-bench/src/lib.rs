@@ -17,6 +17,7 @@ pub mod fault_nodes;
 pub mod hit_latency;
 pub mod hot_key;
 pub mod invalidation_scale;
+pub mod invalidation_wait;
 pub mod l1_store;
 pub mod redis_benchmark;
 pub mod report;

@@ -160,3 +160,32 @@ fn without_url_a_local_cluster_is_started_and_eviction_refuses_url_without_conse
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--allow-flush"));
 }
+
+/// `invalidation-wait`: both variants delete every key without an error, and the figures say
+/// what one replica's confirmation costs.
+#[test]
+fn invalidation_wait_reports_both_variants() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let cluster = strata_cluster::RedisCluster::start(3, 1).expect("cluster");
+    let out = tempfile::tempdir().expect("tempdir");
+    let o = out.path().to_str().expect("utf-8 path");
+    let seeds = cluster.seed_urls();
+    let urls: Vec<&str> = seeds.iter().flat_map(|u| ["--url", u.as_str()]).collect();
+    let output = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(
+            [&["bench", "--json", "--out", o, "--scenario", "invalidation-wait", "--rounds", "1"], &urls[..]].concat(),
+        )
+        .env("STRATA_LOG", "off")
+        .output()
+        .expect("run strata");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let doc: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(doc["scenario"], "invalidation-wait");
+    let variants = doc["variants"].as_array().expect("variants");
+    assert_eq!(variants.iter().map(|v| v["replicas"].as_u64().expect("replicas")).collect::<Vec<_>>(), [0, 1]);
+    for v in variants {
+        assert_eq!(v["errors"], 0, "{v}");
+        assert_eq!(v["latency"]["samples"], 2_000, "{v}");
+        assert!(v["per_second"][0].as_f64().expect("rate") > 0.0, "{v}");
+    }
+}

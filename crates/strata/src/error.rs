@@ -120,6 +120,17 @@ impl Error {
         Self::new(ErrorKind::CircuitOpen, "redis circuit breaker is open; L2 skipped")
     }
 
+    /// An invalidation Redis took but fewer replicas than asked confirmed (`WAIT`): a failover
+    /// could still lose it, so it counts as one Redis could not take.
+    pub(crate) fn unconfirmed(context: &str, reached: i64, wanted: u32, within: u64) -> Self {
+        let mut e = Self::new(
+            ErrorKind::Timeout,
+            format!("redis {context}: {reached} of {wanted} replicas confirmed within {within} ms"),
+        );
+        e.unhealthy = true;
+        e
+    }
+
     /// A read of a key whose removal is queued for replay (auto-recovery): Redis is skipped for
     /// it, as for a key behind an open breaker.
     pub(crate) fn held_back() -> Self {

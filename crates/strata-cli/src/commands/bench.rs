@@ -9,8 +9,8 @@ use strata_bench::report::{DEFAULT_DIR, Report};
 use strata_bench::runner::Load;
 use strata_bench::workload::{Layout, Target};
 use strata_bench::{
-    cold_start, eviction, expiry, hit_latency, hot_key, invalidation_scale, l1_store, scale, stampede, user_profiles,
-    user_profiles_report,
+    cold_start, eviction, expiry, hit_latency, hot_key, invalidation_scale, invalidation_wait, l1_store, scale,
+    stampede, user_profiles, user_profiles_report,
 };
 
 use super::common::{OutputArgs, ProfilesArgs, parse_duration, runtime};
@@ -110,6 +110,10 @@ enum Scenario {
     /// share of the writes, messages naming internal keys, and Redis CPU per write with and
     /// without tracking; each phase warms up 3 s, then runs --duration.
     InvalidationScale,
+    /// Deletes through Strata without and with a WAIT for one replica
+    /// (`AutoRecovery::wait_replicas`), in alternating rounds: latency from one task,
+    /// throughput from 32 (needs a replica per master: the default cluster).
+    InvalidationWait,
     /// The crates that could hold L1 (moka, quick_cache, mini-moka), no Redis: hit latency with
     /// 1, 2 and 8 reader threads for an owned and an `Arc` value, and hit ratio of Zipf traces
     /// with a budget smaller than the keys (docs/decisions/0011-l1-store.md).
@@ -260,6 +264,17 @@ async fn scenario(args: &Args, target: &Target, command: &[String]) -> anyhow::R
             let worker = vec![exe, "bench-worker".into()];
             let figures = invalidation_scale::run(target, &options, &worker).await?;
             (invalidation_scale::report(&figures, command)?, invalidation_scale::render(&figures))
+        }
+        Scenario::InvalidationWait => {
+            let defaults = invalidation_wait::Options::default();
+            let options = invalidation_wait::Options {
+                rounds: args.rounds.unwrap_or(defaults.rounds),
+                tasks: args.concurrency.map_or(defaults.tasks, |c| c as usize),
+                ..defaults
+            };
+            let figures = invalidation_wait::run(target, &options).await?;
+            let text = invalidation_wait::render(&figures);
+            (plain("invalidation-wait", command, &figures, &text)?, text)
         }
         Scenario::L1Store => anyhow::bail!("l1-store needs no Redis and runs before any is started"),
     })

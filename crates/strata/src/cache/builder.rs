@@ -318,6 +318,9 @@ impl CacheBuilder {
         }
         self.invalidation.validate()?;
         self.auto_recovery.validate()?;
+        if self.auto_recovery.wait_replicas > 0 && self.auto_recovery.wait_timeout >= self.op_timeout {
+            return Err(Error::config("auto_recovery wait_timeout must be shorter than op_timeout"));
+        }
         if let Some(enc) = &self.encryption {
             enc.validate()?;
         }

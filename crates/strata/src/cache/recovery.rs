@@ -65,11 +65,27 @@ pub struct AutoRecovery {
     /// Longest wait between two replay rounds while Redis keeps failing (default 500 ms; the
     /// first retry comes after 25 ms, and each failed round doubles the wait).
     pub max_backoff: Duration,
+    /// Replicas that must confirm each invalidation (a `delete`'s `DEL`, a stamp's bump) before
+    /// it counts as done (`WAIT`; default 0: no wait). Replication is asynchronous: a master that
+    /// dies right after taking a `DEL` can lose it in the failover, and the old value serves again
+    /// from the promoted replica. With a confirmation, an invalidation fewer replicas confirmed
+    /// within [`wait_timeout`](Self::wait_timeout) fails and is queued for replay like one Redis
+    /// could not take. Costs: the `WAIT` round trip on every invalidation, and it holds the
+    /// connection it runs on (this instance's plain connection to that master) meanwhile.
+    pub wait_replicas: u32,
+    /// How long a confirmation may take (default 50 ms); shorter than the cache's `op_timeout`.
+    pub wait_timeout: Duration,
 }
 
 impl Default for AutoRecovery {
     fn default() -> Self {
-        Self { enabled: true, capacity: 10_000, max_backoff: Duration::from_millis(500) }
+        Self {
+            enabled: true,
+            capacity: 10_000,
+            max_backoff: Duration::from_millis(500),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(50),
+        }
     }
 }
 
@@ -84,12 +100,23 @@ impl AutoRecovery {
         Self { capacity, ..Self::default() }
     }
 
+    /// The default settings, with every invalidation confirmed by `replicas` replicas within
+    /// `timeout` ([`wait_replicas`](Self::wait_replicas)).
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_replicas = replicas;
+        self.wait_timeout = timeout;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         if self.enabled && self.capacity == 0 {
             return Err(Error::config("auto_recovery capacity must be at least 1 (or disable it)"));
         }
         if self.max_backoff.is_zero() {
             return Err(Error::config("auto_recovery max_backoff must be positive"));
+        }
+        if self.wait_replicas > 0 && self.wait_timeout.is_zero() {
+            return Err(Error::config("auto_recovery wait_timeout must be positive"));
         }
         Ok(())
     }
@@ -369,6 +396,13 @@ impl Inner {
             }
         }
         progressed || self.recovery.len() == 0
+    }
+
+    /// `(replicas, timeout in ms)` every invalidation waits for, if any
+    /// ([`AutoRecovery::wait_replicas`]).
+    pub(crate) fn confirmation(&self) -> Option<(u32, u64)> {
+        let config = &self.recovery.config;
+        (config.wait_replicas > 0).then(|| (config.wait_replicas, (config.wait_timeout.as_millis() as u64).max(1)))
     }
 
     /// Whether this instance holds `key` back (a removal of it is queued): it reads it neither

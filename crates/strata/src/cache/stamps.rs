@@ -17,7 +17,7 @@ use futures::future::{BoxFuture, join_all};
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::l2::query_scripted;
+use crate::l2::{Conn, query_scripted};
 use crate::metrics::NsCounters;
 use crate::namespace::{BUMP, READ_SCRIPT, STAMP_TTL_MS};
 use crate::tags::{Marks, Tag, stamp_id, stamp_key};
@@ -343,6 +343,20 @@ impl Inner {
             self.stamps.forget(Some(id));
         }
         let (epoch, asked_at) = (self.stamps.epoch(), Instant::now());
+        if let Some((replicas, ms)) = self.confirmation() {
+            // Confirmed by replicas (see `delete_now`): on the plain connection, so the new
+            // generation is not remembered; the next check reads it.
+            let confirmed = |mut c: Conn| async move {
+                let mut pipe = redis::pipe();
+                pipe.cmd("EVAL").arg(BUMP).arg(1).arg(stamp).arg(STAMP_TTL_MS).cmd("WAIT").arg(replicas).arg(ms);
+                pipe.query_async::<(u64, i64)>(&mut c).await
+            };
+            let (generation, reached) = self.call_for(stamp, "stamp bump", confirmed).await?;
+            if reached < i64::from(replicas) {
+                return Err(Error::unconfirmed("stamp bump", reached, replicas, ms));
+            }
+            return Ok(generation);
+        }
         // Tracked like a read: the new generation is remembered only if Redis will tell this
         // instance of the next bump by anyone.
         let (generation, tracked): (u64, bool) = self

@@ -831,9 +831,34 @@ impl Inner {
         let del = |mut c: Conn| async move {
             redis::pipe().cmd("EXISTS").arg(k).cmd("DEL").arg(k).arg(&coordination[..]).query_async(&mut c).await
         };
-        let deleted = match self.call_tracked(k, "DEL", del).await {
-            Ok((replies, _)) => Ok(replies),
-            Err(_) => self.call_for(k, "DEL", del).await,
+        let deleted = match self.confirmation() {
+            // Confirmed by replicas: `WAIT` waits for the writes of the connection it runs on,
+            // so it shares the DEL's pipeline, on the plain connection (on the tracking one it
+            // would hold up every L1 read meanwhile).
+            Some((replicas, ms)) => {
+                let confirmed = |mut c: Conn| async move {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("EXISTS")
+                        .arg(k)
+                        .cmd("DEL")
+                        .arg(k)
+                        .arg(&coordination[..])
+                        .cmd("WAIT")
+                        .arg(replicas)
+                        .arg(ms);
+                    pipe.query_async::<(i64, i64, i64)>(&mut c).await
+                };
+                self.call_for(k, "DEL", confirmed).await.and_then(|(existed, removed, reached)| {
+                    if reached < i64::from(replicas) {
+                        return Err(Error::unconfirmed("DEL", reached, replicas, ms));
+                    }
+                    Ok((existed, removed))
+                })
+            }
+            None => match self.call_tracked(k, "DEL", del).await {
+                Ok((replies, _)) => Ok(replies),
+                Err(_) => self.call_for(k, "DEL", del).await,
+            },
         };
         // The copies go even when the key's DEL failed: they would serve the old value too.
         let copies = self.hot_invalidate(key).await;

@@ -133,3 +133,41 @@ async fn a_lease_left_by_an_outage_is_released_when_redis_is_back() -> TestResul
     assert_eq!(again, "again");
     Ok(())
 }
+
+/// `WAIT`-confirmed invalidations: with one replica per master, a `delete` and a namespace
+/// invalidation confirmed by 1 replica complete; asking for 2 (more than exist) they fail as
+/// unconfirmed (a failover could still lose them) and are queued, although the master took them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_can_wait_for_replicas() -> TestResult {
+    let redis = Redis::cluster();
+    let schema = KeySchema::new("rec", 1)?;
+    let key = schema.key("user", "1")?;
+    let wait = |n| AutoRecovery::default().wait_for_replicas(n, Duration::from_millis(100));
+    let one = redis.builder().auto_recovery(wait(1)).build().await?;
+    one.set(&key, &"v".to_owned(), Ttl::Long).await?;
+    assert!(one.delete(&key).await?, "confirmed by the replica");
+    one.invalidate_namespace(key.namespace()).await?;
+    assert_eq!(one.recovery_queue_len(), 0);
+
+    let two = redis.builder().auto_recovery(wait(2)).build().await?;
+    two.set(&key, &"v".to_owned(), Ttl::Long).await?;
+    let err = two.delete(&key).await.expect_err("only one replica");
+    assert!(err.is_timeout() && err.is_queued(), "{err}");
+    assert!(err.to_string().contains("1 of 2 replicas"), "{err}");
+    let err = two.invalidate_namespace(key.namespace()).await.expect_err("only one replica");
+    assert!(err.is_queued(), "{err}");
+    assert_eq!(two.recovery_queue_len(), 2);
+    // The master took the DEL all the same.
+    let held: Option<Vec<u8>> = redis::cmd("GET").arg(key.as_str()).query(&mut *redis.raw())?;
+    assert_eq!(held, None);
+    assert!(
+        redis
+            .builder()
+            .auto_recovery(AutoRecovery::default().wait_for_replicas(1, Duration::from_secs(1)))
+            .build()
+            .await
+            .is_err(),
+        "a confirmation as long as op_timeout is refused"
+    );
+    Ok(())
+}
