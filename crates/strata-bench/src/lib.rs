@@ -23,6 +23,7 @@ pub mod redis_benchmark;
 pub mod report;
 pub mod runner;
 pub mod scale;
+pub mod soak;
 pub mod stampede;
 pub mod stats;
 pub mod svg;

@@ -16,6 +16,11 @@ impl WorkerProcess {
         Self(Some(child))
     }
 
+    /// The process id, while it has not been waited for.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
     /// Whether it has exited, successfully or not.
     pub(crate) fn exited(&mut self) -> bool {
         self.0.as_mut().and_then(|c| c.try_wait().ok().flatten()).is_some()

@@ -65,6 +65,8 @@ pub(crate) struct Keyspace {
     tagged: Vec<(Key, Tag)>,
     hot: Vec<Key>,
     hot_namespace: String,
+    /// The namespace of `tagged` (encrypted under `drill soak`).
+    tagged_namespace: String,
 }
 
 const PLAIN_KEYS: usize = 16;
@@ -88,6 +90,7 @@ impl Keyspace {
             tagged,
             hot: keys("hot", HOT_KEYS)?,
             hot_namespace: schema.namespace("hot")?,
+            tagged_namespace: schema.namespace("tagged")?,
         })
     }
 
@@ -141,9 +144,10 @@ impl Keyspace {
         plain.chain(self.tagged.iter().map(|(k, t)| (k, Some(t))))
     }
 
-    /// Every Redis key the drill may have written (values, leases, stamps, hot copies).
-    fn redis_patterns() -> [&'static str; 2] {
-        ["strata-cons:*", "{strata-cons:*"]
+    /// Every Redis key the drill may have written (values, leases, stamps, hot copies, and the
+    /// soak's write-behind queue).
+    fn redis_patterns() -> [&'static str; 3] {
+        ["strata-cons:*", "{strata-cons:*", "{wb:strata-soak:*"]
     }
 }
 
@@ -171,6 +175,9 @@ pub struct Options {
     pub plain_key_only: bool,
     /// Keep the histories (`history-N.jsonl`) and the source in this directory.
     pub keep: Option<PathBuf>,
+    /// `drill soak`: no fault; the workers run at a fixed rate with every feature on, and the
+    /// resources are sampled at this interval ([`crate::soak`]).
+    pub soak: Option<Duration>,
 }
 
 /// What the drill found (the fields up to `caller_errors` are the contract of `--json`).
@@ -220,6 +227,9 @@ pub struct Report {
     pub load_s: f64,
     /// L1 hits summed over the processes (proves the L1 was exercised).
     pub l1_hits: u64,
+    /// `drill soak`'s samples of the resources (empty otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<crate::soak::Sample>,
 }
 
 /// Runs the drill on `setup`, starting workers with `worker_command` (the `strata` binary and
@@ -248,15 +258,24 @@ pub fn run(setup: &mut Setup, options: &Options, worker_command: &[String]) -> a
     }
     std::fs::write(dir.path().join("go"), b"")?;
     let t0 = Instant::now();
-    bar.set_message("load before the fault");
-    std::thread::sleep(options.duration / 3);
-    bar.set_message(format!("injecting {}", options.fault.name()));
-    let fault_at = t0.elapsed();
-    setup.inject(options.fault).with_context(|| format!("injecting {}", options.fault.name()))?;
-    let fault_s = (t0.elapsed() - fault_at).as_secs_f64();
-    bar.set_message("load after the fault");
-    let end = options.duration.max(t0.elapsed() + Duration::from_secs(4));
-    std::thread::sleep(end.saturating_sub(t0.elapsed()));
+    let (mut fault_at, mut fault_s, mut samples) = (Duration::ZERO, 0.0, Vec::new());
+    match options.soak {
+        Some(every) => {
+            let mut sampler = crate::soak::Sampler::new(setup, &workers, dir.path())?;
+            samples = sampler.run(t0, options.duration, every, &bar)?;
+        }
+        None => {
+            bar.set_message("load before the fault");
+            std::thread::sleep(options.duration / 3);
+            bar.set_message(format!("injecting {}", options.fault.name()));
+            fault_at = t0.elapsed();
+            setup.inject(options.fault).with_context(|| format!("injecting {}", options.fault.name()))?;
+            fault_s = (t0.elapsed() - fault_at).as_secs_f64();
+            bar.set_message("load after the fault");
+            let end = options.duration.max(t0.elapsed() + Duration::from_secs(4));
+            std::thread::sleep(end.saturating_sub(t0.elapsed()));
+        }
+    }
     std::fs::write(dir.path().join("stop"), b"")?;
     let load_s = t0.elapsed().as_secs_f64();
     bar.set_message("collecting the histories");
@@ -314,6 +333,7 @@ pub fn run(setup: &mut Setup, options: &Options, worker_command: &[String]) -> a
         fault_s,
         load_s,
         l1_hits,
+        samples,
     })
 }
 
@@ -335,6 +355,7 @@ fn spawn_workers(
             .args(["--max-secs", &max.as_secs().to_string()])
             .args(options.without_invalidation.then_some("--without-invalidation"))
             .args(options.plain_key_only.then_some("--plain-key-only"))
+            .args(options.soak.is_some().then_some("--soak"))
             .args(urls.iter().flat_map(|u| ["--url".to_owned(), u.clone()]))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

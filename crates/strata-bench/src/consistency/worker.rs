@@ -67,6 +67,38 @@ pub struct WorkerOptions {
     /// The plain client deletes the key alone, not its lease key too (shows the stale sets the
     /// lease contract prevents).
     pub plain_key_only: bool,
+    /// `drill soak`: a fixed rate per task, and every other feature on too (encryption of the
+    /// `tagged` namespace, an audit log, a write-behind queue drained by this process), with
+    /// this process's figures written to `metrics-N.json` every second.
+    pub soak: bool,
+}
+
+/// The period of one reader task (and 4 times it of a writer) under `soak`: about 450
+/// operations a second per process with 4 readers and 2 writers.
+const SOAK_READ_PERIOD: Duration = Duration::from_millis(10);
+
+/// The write-behind queue of `drill soak` (each process enqueues 20 writes a second to it).
+pub const SOAK_STREAM: &str = "strata-soak";
+
+/// What a soak worker reports every second (`metrics-N.json`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SoakMetrics {
+    /// Weighted bytes in L1.
+    pub l1_bytes: u64,
+    /// Entries in L1.
+    pub l1_entries: u64,
+    /// Invalidations queued for replay (auto-recovery).
+    pub recovery_queue: u64,
+    /// Write-behind entries enqueued by this process.
+    pub wb_enqueued: u64,
+    /// Write-behind entries this process delivered.
+    pub wb_delivered: u64,
+    /// Write-behind entries this process dead-lettered.
+    pub wb_dead_lettered: u64,
+    /// `enqueue` calls that failed.
+    pub wb_enqueue_errors: u64,
+    /// Audit records dropped (the log could not keep up).
+    pub audit_dropped: u64,
 }
 
 /// The TTL of every value the drill caches: short, so that values expire, refresh early and
@@ -82,6 +114,21 @@ pub async fn worker(options: WorkerOptions) -> anyhow::Result<()> {
         Cache::builder().redis_url(options.urls[0].clone())
     };
     let builder = if options.without_invalidation { builder.invalidation(Invalidation::disabled()) } else { builder };
+    let audit = if options.soak {
+        Some(strata::AuditSink::file(options.dir.join(format!("audit-{}.log", options.process)))?)
+    } else {
+        None
+    };
+    let builder = match &audit {
+        Some(sink) => {
+            // A fixed key: the drill checks memory and coherence, not secrecy.
+            let ring = strata::Keyring::parse(&format!("soak:{}", "5a".repeat(32)))?;
+            builder
+                .encryption(strata::Encryption::new(ring).namespace(space.tagged_namespace.clone()))
+                .audit(sink.clone())
+        }
+        None => builder,
+    };
     let cache = builder
         .ttl_policy(TtlPolicy::new().short(VALUE_TTL))
         .freshness(
@@ -104,6 +151,16 @@ pub async fn worker(options: WorkerOptions) -> anyhow::Result<()> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = tokio::spawn(watch_stop(dir.join("stop"), options.max_duration, stop.clone()));
+    // The history goes to its file as it is made: a long run must not grow this process.
+    let (history, entries) = tokio::sync::mpsc::unbounded_channel::<Entry>();
+    let writing = tokio::task::spawn_blocking({
+        let path = dir.join(format!("history-{}.jsonl", options.process));
+        move || write_history(&path, entries)
+    });
+    let soak = match options.soak {
+        true => Some(Soak::start(&cache, &dir, options.process, audit, stop.clone())?),
+        false => None,
+    };
     let mut tasks = Vec::new();
     for i in 0..options.readers + options.writers {
         let actor = Actor {
@@ -113,25 +170,117 @@ pub async fn worker(options: WorkerOptions) -> anyhow::Result<()> {
             process: options.process,
             plain: if i >= options.readers { Some(PlainClient::connect(&options.urls).await?) } else { None },
             plain_key_only: options.plain_key_only,
+            history: history.clone(),
+            period: options.soak.then_some(if i >= options.readers { SOAK_READ_PERIOD * 4 } else { SOAK_READ_PERIOD }),
         };
         tasks.push(tokio::spawn(actor.run(stop.clone())));
     }
-    let mut history = Vec::new();
+    drop(history);
     for task in tasks {
-        history.extend(task.await?);
+        task.await?;
     }
     watcher.abort();
+    if let Some(soak) = soak {
+        soak.finish().await?;
+    }
     cache.settled().await;
-    let path = dir.join(format!("history-{}.jsonl", options.process));
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
-    for entry in &history {
-        serde_json::to_writer(&mut out, entry)?;
+    let written = writing.await??;
+    let m = cache.metrics();
+    println!("{}", serde_json::json!({ "entries": written, "l1_hits": m.total().l1_hits }));
+    Ok(())
+}
+
+/// Writes every entry received to `path`, one JSON line each, until the senders are gone.
+fn write_history(path: &Path, mut entries: tokio::sync::mpsc::UnboundedReceiver<Entry>) -> anyhow::Result<usize> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut written = 0;
+    while let Some(entry) = entries.blocking_recv() {
+        serde_json::to_writer(&mut out, &entry)?;
         out.write_all(b"\n")?;
+        written += 1;
     }
     out.flush()?;
-    let m = cache.metrics();
-    println!("{}", serde_json::json!({ "entries": history.len(), "l1_hits": m.total().l1_hits }));
-    Ok(())
+    Ok(written)
+}
+
+/// The parts of `drill soak` beyond the consistency workload: a write-behind queue (enqueued
+/// to at 20 writes a second, drained by this process) and the metrics file.
+struct Soak {
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Soak {
+    fn start(
+        cache: &Cache,
+        dir: &Path,
+        process: u16,
+        audit: Option<strata::AuditSink>,
+        stop: Arc<AtomicBool>,
+    ) -> anyhow::Result<Soak> {
+        // Few dedup records per partition: they reach their bound within the warm-up, and the
+        // soak checks that it holds (with the default 10,000 they would grow for minutes).
+        let config = strata::WriteBehindConfig::new(SOAK_STREAM)
+            .partitions(4)
+            .claim_idle(Duration::from_secs(2))
+            .dedup_capacity(100);
+        let wb = strata::WriteBehind::new(cache, config)?;
+        let enqueue_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        let (queue, errors, stopping) = (wb.clone(), enqueue_errors.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(50));
+            let mut n = 0_u64;
+            while !stopping.load(Ordering::Relaxed) {
+                ticks.tick().await;
+                n += 1;
+                let key = format!("soak:{process}:{}", n % 100);
+                if queue.enqueue(&key, &n.to_le_bytes(), &format!("{process}-{n}")).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        }));
+        let (drain, stopping) = (wb.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                while !stopping.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            drain.worker().run(|_record| async { Ok::<(), String>(()) }, shutdown).await?;
+            Ok(())
+        }));
+        let (cache, path) = (cache.clone(), dir.join(format!("metrics-{process}.json")));
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let (m, s) = (cache.metrics(), wb.stats());
+                let figures = SoakMetrics {
+                    l1_bytes: m.l1_bytes,
+                    l1_entries: m.l1_entries,
+                    recovery_queue: m.recovery_queue,
+                    wb_enqueued: s.enqueued,
+                    wb_delivered: s.delivered,
+                    wb_dead_lettered: s.dead_lettered,
+                    wb_enqueue_errors: enqueue_errors.load(Ordering::Relaxed),
+                    audit_dropped: audit.as_ref().map_or(0, strata::AuditSink::dropped),
+                };
+                // Written aside, then renamed: the coordinator never reads half a file.
+                let partial = path.with_extension("tmp");
+                std::fs::write(&partial, serde_json::to_vec(&figures)?)?;
+                std::fs::rename(&partial, &path)?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok(())
+        }));
+        Ok(Soak { tasks })
+    }
+
+    async fn finish(self) -> anyhow::Result<()> {
+        for task in self.tasks {
+            task.await??;
+        }
+        Ok(())
+    }
 }
 
 async fn watch_stop(signal: PathBuf, max: Duration, stop: Arc<AtomicBool>) {
@@ -152,6 +301,10 @@ struct Actor {
     plain: Option<PlainClient>,
     /// The plain client leaves the lease key alone.
     plain_key_only: bool,
+    /// Where the history goes.
+    history: tokio::sync::mpsc::UnboundedSender<Entry>,
+    /// A fixed period per operation (`drill soak`); without it, a short pause after each.
+    period: Option<Duration>,
 }
 
 /// What one operation did, before it becomes history entries.
@@ -165,16 +318,23 @@ struct Outcome {
 }
 
 impl Actor {
-    async fn run(mut self, stop: Arc<AtomicBool>) -> Vec<Entry> {
-        let mut history = Vec::new();
+    async fn run(mut self, stop: Arc<AtomicBool>) {
         let writer = self.plain.is_some();
+        let mut ticks = self.period.map(|period| {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
         // Bounded: the stop signal, or the worker's own deadline in `watch_stop`.
         while !stop.load(Ordering::Relaxed) {
+            if let Some(ticks) = &mut ticks {
+                ticks.tick().await;
+            }
             let roll = rand::rng().random_range(0..100);
             let outcome = if writer { self.write(roll).await } else { self.read(roll).await };
             let end = now_ns();
             for (i, key) in outcome.keys.iter().enumerate() {
-                history.push(Entry {
+                let _ = self.history.send(Entry {
                     kind: outcome.kind,
                     op: outcome.op.to_owned(),
                     process: self.process,
@@ -185,10 +345,11 @@ impl Actor {
                     ok: outcome.ok,
                 });
             }
-            let pause = if writer { 4 } else { 1 };
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+            if ticks.is_none() {
+                let pause = if writer { 4 } else { 1 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
         }
-        history
     }
 
     async fn read(&self, roll: u32) -> Outcome {

@@ -39,6 +39,10 @@ enum Drill {
     /// Add a master to a `strata up` cluster and move a quarter of the slots to it under load:
     /// no key written before the move may be lost.
     Reshard(FaultArgs),
+    /// A long fixed-rate run with every feature on (4 processes): worker RSS and Redis memory
+    /// must stay flat after warm-up, with 0 caller errors and 0 stale reads (exit status 1
+    /// otherwise). Writes a JSON and an HTML report like `strata bench`.
+    Soak(SoakArgs),
     /// One worker process of `drill stampede` (started by it).
     #[command(hide = true)]
     StampedeWorker(WorkerArgs),
@@ -94,6 +98,42 @@ struct ConsistencyArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct SoakArgs {
+    /// How long the load runs.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    duration: Duration,
+    /// Load before the measured run, sampled but not judged (allocators, L1 and the
+    /// write-behind dedup records reach their size).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    warm_up: Duration,
+    /// How often the resources are sampled.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    sample_every: Duration,
+    /// The Redis the drill starts for itself and stops afterwards: standalone or cluster (3
+    /// masters + 3 replicas).
+    #[arg(long, default_value = "cluster", value_parser = ["standalone", "cluster"])]
+    topology: String,
+    /// Run on this deployment instead (any node; a cluster is discovered; unauthenticated).
+    #[arg(long, conflicts_with = "topology")]
+    url: Option<String>,
+    /// Worker processes, each with its own cache.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+    processes: u16,
+    /// The staleness bound of the consistency checker.
+    #[arg(long, default_value = "700ms", value_parser = parse_duration)]
+    bound: Duration,
+    /// The largest growth accepted for the workers' RSS and Redis memory, in % of their value
+    /// after warm-up per minute.
+    #[arg(long, default_value_t = strata_bench::soak::MAX_SLOPE_PCT_PER_MIN)]
+    max_slope_pct_per_min: f64,
+    /// Where the JSON and HTML reports go.
+    #[arg(long, default_value = strata_bench::report::DEFAULT_DIR)]
+    out: PathBuf,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(clap::Args, Debug)]
 struct ConsistencyWorkerArgs {
     #[arg(long = "url", required = true)]
     urls: Vec<String>,
@@ -111,6 +151,8 @@ struct ConsistencyWorkerArgs {
     without_invalidation: bool,
     #[arg(long)]
     plain_key_only: bool,
+    #[arg(long)]
+    soak: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -186,7 +228,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             max_duration: Duration::from_secs(w.max_secs),
             without_invalidation: w.without_invalidation,
             plain_key_only: w.plain_key_only,
+            soak: w.soak,
         })),
+        Drill::Soak(a) => soak(a),
         Drill::Failover(a) => drill_faults::run(Fault::Failover, a),
         Drill::Restart(a) => drill_faults::run(Fault::Restart, a),
         Drill::Outage(a) => drill_faults::run(Fault::Outage, a),
@@ -271,6 +315,7 @@ fn consistency_drill(args: ConsistencyArgs) -> anyhow::Result<()> {
         without_invalidation: args.without_invalidation,
         plain_key_only: args.plain_key_only,
         keep: args.keep,
+        soak: None,
     };
     let report = consistency::run(&mut setup, &options, &worker)?;
     args.output.print(&report, || {
@@ -317,6 +362,62 @@ fn consistency_drill(args: ConsistencyArgs) -> anyhow::Result<()> {
     anyhow::ensure!(report.caller_errors == 0, "{} reads returned an error", report.caller_errors);
     anyhow::ensure!(report.stale_reads == 0, "{} stale reads", report.stale_reads);
     Ok(())
+}
+
+fn soak(args: SoakArgs) -> anyhow::Result<()> {
+    let mut setup = match &args.url {
+        Some(url) => Setup::External(external_urls(url)?),
+        None => Setup::start(&args.topology, ConsistencyFault::None)?,
+    };
+    let exe = std::env::current_exe()?.to_string_lossy().to_string();
+    let worker = vec![exe, "drill".into(), "consistency-worker".into()];
+    let options = consistency::Options {
+        fault: ConsistencyFault::None,
+        processes: usize::from(args.processes),
+        readers: 4,
+        writers: 2,
+        duration: args.warm_up + args.duration,
+        bound: args.bound,
+        progress: !args.output.json,
+        without_invalidation: false,
+        plain_key_only: false,
+        keep: None,
+        soak: Some(args.sample_every),
+    };
+    let run = consistency::run(&mut setup, &options, &worker)?;
+    let verdict = strata_bench::soak::verdict(&run, args.warm_up, args.max_slope_pct_per_min)?;
+    let command: Vec<String> = std::env::args().collect();
+    let written = strata_bench::soak::report(&verdict, &command)?.write(&args.out)?;
+    let files = format!("report: {}\n        {}\n", written.html.display(), written.json.display());
+    if args.output.json {
+        eprint!("{files}");
+    }
+    args.output.print(&verdict, || {
+        let text = strata_bench::soak::render(&verdict);
+        let text =
+            text.replacen("PASS", &paint("PASS", Style::Good), 1).replacen("FAIL", &paint("FAIL", Style::Bad), 1);
+        format!("{text}{files}")
+    })?;
+    anyhow::ensure!(verdict.pass, "the soak failed (see the report)");
+    Ok(())
+}
+
+/// The URLs of a deployment given by `--url` (unauthenticated, database 0).
+fn external_urls(url: &str) -> anyhow::Result<Vec<String>> {
+    let target = TargetArgs {
+        url: Some(url.to_owned()),
+        dir: None,
+        user: None,
+        password: None,
+        password_file: None,
+        tls_dir: None,
+    };
+    let deployment = target.deployment()?;
+    anyhow::ensure!(
+        deployment.credentials().password.is_none() && deployment.db() == 0,
+        "this drill supports unauthenticated database 0 only for now"
+    );
+    Ok(deployment.urls())
 }
 
 fn coherence(args: CoherenceArgs) -> anyhow::Result<()> {
