@@ -284,22 +284,7 @@ fn stampede(args: StampedeArgs) -> anyhow::Result<()> {
 
 fn consistency_drill(args: ConsistencyArgs) -> anyhow::Result<()> {
     let mut setup = match &args.url {
-        Some(url) => {
-            let target = TargetArgs {
-                url: Some(url.clone()),
-                dir: None,
-                user: None,
-                password: None,
-                password_file: None,
-                tls_dir: None,
-            };
-            let deployment = target.deployment()?;
-            anyhow::ensure!(
-                deployment.credentials().password.is_none() && deployment.db() == 0,
-                "drill consistency supports unauthenticated database 0 only for now"
-            );
-            Setup::External(deployment.urls())
-        }
+        Some(url) => Setup::External(external_urls(url)?),
         None => Setup::start(&args.topology, args.fault)?,
     };
     let exe = std::env::current_exe()?.to_string_lossy().to_string();
