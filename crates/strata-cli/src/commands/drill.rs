@@ -114,8 +114,11 @@ struct SoakArgs {
     #[arg(long, default_value = "cluster", value_parser = ["standalone", "cluster"])]
     topology: String,
     /// Run on this deployment instead (any node; a cluster is discovered; unauthenticated).
-    #[arg(long, conflicts_with = "topology")]
+    #[arg(long, conflicts_with_all = ["topology", "dir"])]
     url: Option<String>,
+    /// Run on the cluster of this `strata up` directory instead (not `--secure`).
+    #[arg(long, conflicts_with = "topology")]
+    dir: Option<PathBuf>,
     /// Worker processes, each with its own cache.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
     processes: u16,
@@ -284,7 +287,7 @@ fn stampede(args: StampedeArgs) -> anyhow::Result<()> {
 
 fn consistency_drill(args: ConsistencyArgs) -> anyhow::Result<()> {
     let mut setup = match &args.url {
-        Some(url) => Setup::External(external_urls(url)?),
+        Some(url) => Setup::External(external_urls(Some(url), None)?),
         None => Setup::start(&args.topology, args.fault)?,
     };
     let exe = std::env::current_exe()?.to_string_lossy().to_string();
@@ -350,9 +353,10 @@ fn consistency_drill(args: ConsistencyArgs) -> anyhow::Result<()> {
 }
 
 fn soak(args: SoakArgs) -> anyhow::Result<()> {
-    let mut setup = match &args.url {
-        Some(url) => Setup::External(external_urls(url)?),
-        None => Setup::start(&args.topology, ConsistencyFault::None)?,
+    let mut setup = match (&args.url, &args.dir) {
+        (Some(url), _) => Setup::External(external_urls(Some(url), None)?),
+        (None, Some(dir)) => Setup::External(external_urls(None, Some(dir))?),
+        (None, None) => Setup::start(&args.topology, ConsistencyFault::None)?,
     };
     let exe = std::env::current_exe()?.to_string_lossy().to_string();
     let worker = vec![exe, "drill".into(), "consistency-worker".into()];
@@ -387,11 +391,12 @@ fn soak(args: SoakArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The URLs of a deployment given by `--url` (unauthenticated, database 0).
-fn external_urls(url: &str) -> anyhow::Result<Vec<String>> {
+/// The URLs of a deployment given by `--url` or a `strata up` directory (unauthenticated,
+/// database 0).
+fn external_urls(url: Option<&str>, dir: Option<&std::path::Path>) -> anyhow::Result<Vec<String>> {
     let target = TargetArgs {
-        url: Some(url.to_owned()),
-        dir: None,
+        url: url.map(str::to_owned),
+        dir: dir.map(std::path::Path::to_path_buf),
         user: None,
         password: None,
         password_file: None,
