@@ -3,7 +3,7 @@
 //! The consistency drill's workers (4 processes, each its own cache: L1, leases, freshness,
 //! tags, hot keys) run at a fixed rate with the rest on too: the `tagged` namespace encrypted,
 //! an audit log, and a write-behind queue each process enqueues to and drains (see
-//! [`crate::consistency::worker`]). Every `--sample-every` the coordinator records each worker's
+//! [`crate::consistency::worker`](mod@crate::consistency::worker)). Every `--sample-every` the coordinator records each worker's
 //! RSS, what the workers report (L1 bytes, auto-recovery queue, write-behind counters), each
 //! master's `used_memory` and connected clients, and the write-behind streams' length. At the
 //! end the histories go through the consistency checker.

@@ -312,7 +312,11 @@ impl WriteBehind {
         if config.claim_idle < Duration::from_millis(30) || config.dedup_ttl.is_zero() {
             return Err(Error::config("write-behind claim_idle must be at least 30 ms and dedup_ttl positive"));
         }
-        if config.dedup_capacity == 0 || config.dead_letter_cap == 0 {
+        if config.dedup_capacity == 0
+            || config.dead_letter_cap == 0
+            || i64::try_from(config.dedup_capacity).is_err()
+            || i64::try_from(config.dead_letter_cap).is_err()
+        {
             return Err(Error::config("write-behind dedup_capacity and dead_letter_cap must be at least 1"));
         }
         if config.replicas_to_wait > 0 && config.wait_timeout >= cache.inner().op_timeout() {

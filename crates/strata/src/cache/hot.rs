@@ -82,14 +82,18 @@ impl Inner {
         ns: &NsCounters,
         accept_negative: bool,
     ) -> HotRead<T> {
-        // A key whose removal is queued is not read from its copies either.
-        if copies == 0 || self.held_back(key.as_str()) {
+        if copies == 0 {
+            return HotRead::NotHot;
+        }
+        // The ticket first, as in `read_l2`: a key whose removal is queued is not read from its
+        // copies either.
+        let mut ticket = self.l1.ticket(key.as_str());
+        if self.held_back(key.as_str()) {
             return HotRead::NotHot;
         }
         let pick = rand::rng().random_range(0..copies);
         let Some(copy) = hot_copy_keys(key.as_str(), pick + 1).pop() else { return HotRead::NotHot };
         let c = copy.as_str();
-        let mut ticket = self.l1.ticket(key.as_str());
         // Tracked: a change of the copy reaches this instance as a change of the key.
         let got = self
             .call_filling(c, "GET", &mut ticket, |mut conn| async move {

@@ -480,11 +480,12 @@ impl Inner {
         accept_negative: bool,
     ) -> (Result<L2Read<T>>, Option<FirstTry>) {
         let k = key.as_str();
+        // The ticket first, as in `read_l2`.
+        let mut ticket = self.l1.ticket(k);
         if self.held_back(k) {
             NsCounters::inc(&ns.l2_misses);
             return (Err(Error::held_back()), None);
         }
-        let mut ticket = self.l1.ticket(k);
         let lease = lease_key(k);
         let token = token();
         let px = ttl_millis(self.leases.ttl);

@@ -176,6 +176,15 @@ pub(crate) struct Recovery {
     pub(crate) dropped_total: AtomicU64,
 }
 
+/// Which entry [`Recovery::settle`] removes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Settle {
+    /// The entry replayed, if it was not queued again since.
+    Exactly(u64),
+    /// One queued before [`Recovery::mark`] returned this (a write sent after it succeeded).
+    Before(u64),
+}
+
 /// A copy of the counters, for [`MetricsSnapshot`](crate::MetricsSnapshot).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct RecoveryCounts {
@@ -254,15 +263,25 @@ impl Recovery {
         self.stamps.load(Ordering::Acquire) > 0
     }
 
-    /// Removes the entry of `name` if it is still the one numbered `seq` (`None`: whichever):
-    /// its replay succeeded, or a later write through this instance made it moot.
-    pub(crate) fn settle(&self, name: &str, seq: Option<u64>) -> bool {
+    /// Taken before a write is sent: entries numbered below it were queued before the write,
+    /// so its success makes them moot ([`Settle::Before`]).
+    pub(crate) fn mark(&self) -> u64 {
+        if self.len.load(Ordering::Acquire) == 0 { 0 } else { self.lock().next }
+    }
+
+    /// Removes the entry of `name` if `which` says so: its replay succeeded (the entry is still
+    /// the one replayed), or a write through this instance sent after it was queued succeeded.
+    pub(crate) fn settle(&self, name: &str, which: Settle) -> bool {
         if self.len.load(Ordering::Acquire) == 0 {
             return false;
         }
         let mut queue = self.lock();
         let Some(&current) = queue.by_name.get(name) else { return false };
-        if seq.is_some_and(|seq| seq != current) {
+        let matches = match which {
+            Settle::Exactly(seq) => seq == current,
+            Settle::Before(mark) => current < mark,
+        };
+        if !matches {
             return false;
         }
         queue.by_name.remove(name);
@@ -273,6 +292,11 @@ impl Recovery {
         }
         self.len.fetch_sub(1, Ordering::AcqRel);
         true
+    }
+
+    /// Whether `name`'s entry is still the one numbered `seq`.
+    fn current(&self, name: &str, seq: u64) -> bool {
+        self.lock().by_name.get(name) == Some(&seq)
     }
 
     /// Entries queued now.
@@ -322,11 +346,35 @@ async fn replay_loop(recovery: Arc<Recovery>, cache: Weak<Inner>) {
         }
         // Redis just refused these: give it a moment before the first try.
         tokio::time::sleep(backoff).await;
-        let Some(inner) = cache.upgrade() else { return };
-        let progressed = inner.replay_queued().await;
-        drop(inner);
+        let progressed = replay_round(&recovery, &cache).await;
         backoff = if progressed { FIRST } else { (backoff * 2).min(recovery.config.max_backoff) };
     }
+}
+
+/// Entries replayed per hold of the cache: a dropped cache is released within one batch.
+const BATCH: usize = 32;
+/// Consecutive failures that end a round early (Redis is still away, or replicas do not
+/// confirm): the rest waits for the next round rather than each entry waiting its timeout.
+const GIVE_UP_AFTER: usize = 8;
+
+/// One replay round: every queued entry, in order, in batches. Whether any succeeded (or the
+/// queue is empty).
+async fn replay_round(recovery: &Recovery, cache: &Weak<Inner>) -> bool {
+    let (mut progressed, mut failures) = (false, 0);
+    for batch in recovery.snapshot().chunks(BATCH) {
+        let Some(inner) = cache.upgrade() else { return true };
+        for (seq, target) in batch {
+            match inner.replay(*seq, target).await {
+                Some(true) => (progressed, failures) = (true, 0),
+                Some(false) => failures += 1,
+                None => {}
+            }
+            if failures >= GIVE_UP_AFTER {
+                return progressed;
+            }
+        }
+    }
+    progressed || recovery.len() == 0
 }
 
 impl Inner {
@@ -354,9 +402,10 @@ impl Inner {
 
     /// `invalidate_namespace` / `invalidate_tag`: the stamp's bump, or its queued replay.
     pub(crate) async fn invalidate_stamp(&self, stamp: &str) -> Result<()> {
+        let mark = self.recovery.mark();
         match self.bump(stamp).await {
             Ok(_) => {
-                self.recovery.settle(stamp, None);
+                self.recovery.settle(stamp, Settle::Before(mark));
                 Ok(())
             }
             Err(err) if self.queue_removal(Target::Stamp(stamp.to_owned()), &err) => Err(err.queued()),
@@ -364,38 +413,39 @@ impl Inner {
         }
     }
 
-    /// One replay round: every queued entry, in order. Whether any succeeded (or the queue is
-    /// empty).
-    pub(crate) async fn replay_queued(&self) -> bool {
-        let mut progressed = false;
-        for (seq, target) in self.recovery.snapshot() {
-            let replayed = match &target {
-                Target::Key(key) => self.delete_now(key).await.map(drop),
-                Target::Stamp(stamp) => self.bump(stamp).await.map(drop),
-                Target::Lease { key, token } => self.release_now(key, token).await,
-            };
-            let name = target.name();
-            match replayed {
-                Ok(()) => {
-                    if self.recovery.settle(&name, Some(seq)) {
-                        self.recovery.replayed_total.fetch_add(1, Ordering::Relaxed);
-                    }
-                    progressed = true;
-                    tracing::info!(key = name, what = target.what(), "queued for replay: done");
+    /// Replays one entry: `Some(true)` done (or refused for good, and dropped), `Some(false)`
+    /// Redis still cannot take it, `None` skipped (settled or queued again since the snapshot).
+    async fn replay(&self, seq: u64, target: &Target) -> Option<bool> {
+        let name = target.name();
+        if !self.recovery.current(&name, seq) {
+            return None;
+        }
+        let replayed = match target {
+            Target::Key(key) => self.delete_now(key).await.map(drop),
+            Target::Stamp(stamp) => self.bump(stamp).await.map(drop),
+            Target::Lease { key, token } => self.release_now(key, token).await,
+        };
+        match replayed {
+            Ok(()) => {
+                if self.recovery.settle(&name, Settle::Exactly(seq)) {
+                    self.recovery.replayed_total.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(err) if err.is_unhealthy() || err.is_circuit_open() => {
-                    tracing::debug!(key = name, what = target.what(), error = %err, "queued for replay: not yet");
+                tracing::info!(key = name, what = target.what(), "queued for replay: done");
+                Some(true)
+            }
+            Err(err) if err.is_unhealthy() || err.is_circuit_open() => {
+                tracing::debug!(key = name, what = target.what(), error = %err, "queued for replay: not yet");
+                Some(false)
+            }
+            Err(err) => {
+                // Redis answered and refused it (NOPERM...): retrying will not help.
+                if self.recovery.settle(&name, Settle::Exactly(seq)) {
+                    self.recovery.dropped_total.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(err) => {
-                    // Redis answered and refused it (NOPERM...): retrying will not help.
-                    if self.recovery.settle(&name, Some(seq)) {
-                        self.recovery.dropped_total.fetch_add(1, Ordering::Relaxed);
-                    }
-                    tracing::error!(key = name, what = target.what(), error = %err, "queued for replay: refused by redis, dropped");
-                }
+                tracing::error!(key = name, what = target.what(), error = %err, "queued for replay: refused by redis, dropped");
+                Some(true)
             }
         }
-        progressed || self.recovery.len() == 0
     }
 
     /// `(replicas, timeout in ms)` every invalidation waits for, if any
@@ -440,10 +490,13 @@ mod tests {
         r.push(Target::Key(key("1")));
         let (old, _) = r.snapshot()[0].clone();
         r.push(Target::Key(key("1")));
-        assert!(!r.settle("app:v1:user:1", Some(old)), "re-queued since: the newer entry stays");
+        assert!(!r.settle("app:v1:user:1", Settle::Exactly(old)), "re-queued since: the newer entry stays");
         assert!(r.holds("app:v1:user:1"));
-        assert!(r.settle("app:v1:user:1", None));
-        assert_eq!(r.len(), 0);
+        let mark = r.mark();
+        r.push(Target::Key(key("2")));
+        assert!(!r.settle("app:v1:user:2", Settle::Before(mark)), "queued after the write was sent: it stays");
+        assert!(r.settle("app:v1:user:1", Settle::Before(mark)));
+        assert_eq!(r.len(), 1);
         assert!(!r.holds("app:v1:user:1"));
     }
 
@@ -453,7 +506,7 @@ mod tests {
         let stamp = stamp_key("app:v1:user");
         r.push(Target::Stamp(stamp.as_str().to_owned()));
         assert!(r.any_stamp() && r.holds_stamp("app:v1:user") && !r.holds_stamp("app:v1:order"));
-        assert!(r.settle(stamp.as_str(), None));
+        assert!(r.settle(stamp.as_str(), Settle::Before(r.mark())));
         assert!(!r.any_stamp());
     }
 

@@ -206,6 +206,9 @@ impl Inner {
             // Unknown when written (a version-1 envelope, or Redis was away): cannot be trusted.
             return Verdict::Invalidated;
         }
+        // Read before the checks: a change during them (a stamp queued for replay forgets it,
+        // which moves the version) leaves the entry to be checked again.
+        let version = self.stamps.version();
         if self.recovery.any_stamp()
             && (self.recovery.holds_stamp(key.namespace())
                 || marks.tags.iter().any(|(t, _)| self.recovery.holds_stamp(t.id())))
@@ -213,8 +216,6 @@ impl Inner {
             // An invalidation of it is queued for replay (see `cache/recovery.rs`).
             return Verdict::Unknown;
         }
-        // Read before the check: a change during it leaves the entry to be checked again.
-        let version = self.stamps.version();
         if self.settled_current(marks) {
             return Verdict::Current;
         }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use redis::cluster_routing::Slot as HashSlot;
 
-use super::recovery::Target;
+use super::recovery::{Settle, Target};
 use super::{CacheValue, Inner};
 use crate::codec::{Encoded, Meta};
 use crate::error::{Error, Result};
@@ -184,11 +184,13 @@ impl Inner {
         accept_negative: bool,
     ) -> Result<L2Read<T>> {
         let k = key.as_str();
+        // The ticket first: a removal queued after this check voids it (`recover_write`
+        // queues, then invalidates), so nothing read here can fill L1 after that.
+        let mut ticket = self.l1.ticket(k);
         if self.held_back(k) {
             NsCounters::inc(&ns.l2_misses);
             return Err(Error::held_back());
         }
-        let mut ticket = self.l1.ticket(k);
         let got = if self.l1.is_on() {
             self.call_filling(k, "GET", &mut ticket, |mut c| async move {
                 let mut pipe = redis::pipe();
@@ -372,6 +374,12 @@ impl Inner {
             .collect();
         let reads = self.groups(keys, wanted).into_iter().map(|group| async move {
             let mut tickets: Vec<_> = group.iter().map(|&i| self.l1.ticket(keys[i].as_str())).collect();
+            // Queued since the filter above: no fill (see `read_l2`).
+            for (ticket, &i) in tickets.iter_mut().zip(&group) {
+                if self.held_back(keys[i].as_str()) {
+                    ticket.void();
+                }
+            }
             let slot_key = group.first().map_or("", |&i| keys[i].as_str());
             let group = &group;
             let read = |mut c: Conn| async move {
@@ -639,10 +647,11 @@ impl Inner {
         tags: &[Tag],
     ) -> Result<()> {
         self.l1.invalidate_local(key.as_str());
+        let mark = self.recovery.mark();
         let marks = match self.write_marks(key, tags).await {
             Ok(marks) => marks,
             // The value this write meant to replace must not stay: its removal is queued.
-            Err(err) => return self.recover_write(key, Err(err)),
+            Err(err) => return self.recover_write(key, mark, Err(err)),
         };
         let prepared = match self.prepare(key, value.cloned(), ttl, &marks, 0) {
             Ok(prepared) => prepared,
@@ -652,7 +661,7 @@ impl Inner {
             }
         };
         let stored = self.store(key, &prepared, Via::Plain).await;
-        let stored = self.recover_write(key, stored);
+        let stored = self.recover_write(key, mark, stored);
         if self.hot.copies(key) == 0 {
             return stored.map(|_| ());
         }
@@ -663,7 +672,7 @@ impl Inner {
         };
         // A copy left with the previous value: the key and its copies go when Redis is back.
         let copies = match copies {
-            Err(err) if stored.is_ok() => self.recover_write(key, Err(err)),
+            Err(err) if stored.is_ok() => self.recover_write(key, mark, Err(err)),
             other => other,
         };
         // A read of a copy made before the copies changed may have filled L1 after the
@@ -673,13 +682,14 @@ impl Inner {
         copies
     }
 
-    /// After a caller's write of `key` (not a load's store): on success a removal queued earlier
-    /// is moot (Redis holds a newer value); when Redis was unhealthy, the key's removal is
-    /// queued and the error says so ([`Error::is_queued`]).
-    pub(crate) fn recover_write<T>(&self, key: &Key, written: Result<T>) -> Result<T> {
+    /// After a caller's write of `key` (not a load's store), sent after `mark` was taken
+    /// ([`Recovery::mark`](super::recovery::Recovery::mark)): on success a removal queued
+    /// before it is moot (Redis holds a newer value; one queued since stays); when Redis was
+    /// unhealthy, the key's removal is queued and the error says so ([`Error::is_queued`]).
+    pub(crate) fn recover_write<T>(&self, key: &Key, mark: u64, written: Result<T>) -> Result<T> {
         match written {
             Ok(v) => {
-                self.recovery.settle(key.as_str(), None);
+                self.recovery.settle(key.as_str(), Settle::Before(mark));
                 Ok(v)
             }
             Err(err) => {
@@ -699,17 +709,22 @@ impl Inner {
         for (key, _) in items {
             self.l1.invalidate_local(key.as_str());
         }
+        let mark = self.recovery.mark();
+        // The error to report: one whose key's removal was not queued if there is one, so
+        // that `is_queued` means every key's was.
+        let mut errors = FirstErrors::default();
         for (key, value) in items {
             let marks = match self.write_marks(key, &[]).await {
                 Ok(marks) => marks,
                 Err(err) => {
                     // Nothing was sent: every value the batch meant to replace stays, so each
                     // key's removal is queued.
-                    let mut err = Err(err);
                     for (key, _) in items {
-                        err = self.recover_write(key, err);
+                        if let Err(err) = self.recover_write(key, mark, Err::<(), _>(err.clone())) {
+                            errors.add(err);
+                        }
                     }
-                    return err;
+                    return errors.result();
                 }
             };
             match self.prepare(key, Some(value.clone()), ttl, &marks, 0) {
@@ -776,7 +791,6 @@ impl Inner {
                 (group.clone(), tickets, held)
             }
         });
-        let mut first_error = None;
         let written = join_all(writes).await;
         unsettled.settled();
         for (group, tickets, held) in written {
@@ -785,19 +799,22 @@ impl Inner {
                 let outcome = held.clone().map(|held| Stored { stored: true, held: held[n].clone() });
                 // Its error is the group's, reported once below.
                 let settled = self.settle(&keys[i], &prepared[i], ticket, outcome);
-                if let Err(err) = self.recover_write(&keys[i], settled) {
-                    first_error.get_or_insert(err);
+                if let Err(err) = self.recover_write(&keys[i], mark, settled) {
+                    errors.add(err);
                 }
             }
         }
         for (key, _) in items.iter().filter(|(key, _)| self.hot.copies(key) > 0) {
-            if let Err(err) = self.hot_invalidate(key).await {
-                first_error.get_or_insert(err);
+            // A copy left with the previous value: the key and its copies go when Redis is back.
+            if let Err(err) = self.hot_invalidate(key).await
+                && let Err(err) = self.recover_write(key, mark, Err::<(), _>(err))
+            {
+                errors.add(err);
             }
             // As in `write`: no copy read from before the copies went stays in L1.
             self.l1.invalidate_local(key.as_str());
         }
-        first_error.map_or(Ok(()), Err)
+        errors.result()
     }
 
     /// A write the cache refused (too large, not serializable): the value the caller meant to
@@ -814,9 +831,10 @@ impl Inner {
     /// unhealthy, the removal queued for replay (the error says so, [`Error::is_queued`]: the
     /// call did not complete, other instances may serve the old value until the replay).
     pub(crate) async fn delete(&self, key: &Key) -> Result<bool> {
+        let mark = self.recovery.mark();
         let deleted = self.delete_now(key).await;
         // A removal queued earlier is done by this one; a failed one is queued.
-        self.recover_write(key, deleted)
+        self.recover_write(key, mark, deleted)
     }
 
     /// One attempt at a removal: L1 (and every ticket of the key, see [`L1::invalidate_local`](crate::l1::L1::invalidate_local)), then the key and its coordination keys in Redis (same slot: a load or a
@@ -982,6 +1000,27 @@ pub(crate) enum Held {
 
 /// A store pipeline's replies: the fill script's (the key's PTTL, or [`NOT_STORED`]) when there
 /// is one, else the GET and PTTL read back when asked for. `Err` names what was unexpected.
+/// The error a batch write reports: the first one whose key's removal was not queued if any,
+/// else the first one (queued), so that [`Error::is_queued`] means every key's was.
+#[derive(Default)]
+struct FirstErrors {
+    queued: Option<Error>,
+    not_queued: Option<Error>,
+}
+
+impl FirstErrors {
+    fn add(&mut self, err: Error) {
+        match err.is_queued() {
+            true => self.queued.get_or_insert(err),
+            false => self.not_queued.get_or_insert(err),
+        };
+    }
+
+    fn result(self) -> Result<()> {
+        self.not_queued.or(self.queued).map_or(Ok(()), Err)
+    }
+}
+
 fn parse_store(mut replies: Vec<redis::Value>, script: bool, read_back: bool) -> std::result::Result<Stored, String> {
     let int = |v: redis::Value| redis::from_redis_value::<i64>(v).map_err(|e| e.to_string());
     if script {

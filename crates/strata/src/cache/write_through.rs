@@ -87,6 +87,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use super::recovery::Settle;
 use super::tiers::{Prepared, Via};
 use super::{CacheValue, Inner};
 use crate::error::{Error, Result};
@@ -160,6 +161,7 @@ impl Inner {
         // Until this write ends, a miss of the key in this process that finds the lease held
         // waits for it in memory rather than polling Redis (5 to 50 ms a turn).
         let _writing = self.flights.begin_write(key.shared());
+        let mark = self.recovery.mark();
         // 1. Hold the lease and empty the key, atomically (same slot).
         // Kept: the previous value serves until step 3 (`LeaseConfig::keep_serving_during_writes`).
         let keep = self.leases.keep_serving_during_writes;
@@ -212,7 +214,7 @@ impl Inner {
             // write that could not replace it.
             cached = self.remove_kept(key, cached).await;
         } else {
-            self.recovery.settle(key.as_str(), None);
+            self.recovery.settle(key.as_str(), Settle::Before(mark));
         }
         if self.hot.copies(key) > 0 {
             if cached.is_err() {
@@ -250,6 +252,7 @@ impl Inner {
         }
         // Before the source write: a namespace invalidation during it makes this value old.
         let started_ms = now_ms();
+        let mark = self.recovery.mark();
         let marks = self.capture_marks(key, &[]).await.map_err(|(_, err)| err);
         let written = match update().await {
             Ok(written) => written,
@@ -264,7 +267,7 @@ impl Inner {
             // The previous value must not outlive a write that could not replace it.
             stored = self.remove_kept(key, stored).await;
         } else {
-            self.recovery.settle(key.as_str(), None);
+            self.recovery.settle(key.as_str(), Settle::Before(mark));
         }
         if stored.is_ok() && self.hot.copies(key) > 0 {
             // Marked hot during the write: its copies, refilled from the previous value, go,
