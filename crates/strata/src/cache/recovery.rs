@@ -353,8 +353,9 @@ async fn replay_loop(recovery: Arc<Recovery>, cache: Weak<Inner>) {
 
 /// Entries replayed per hold of the cache: a dropped cache is released within one batch.
 const BATCH: usize = 32;
-/// Consecutive failures that end a round early (Redis is still away, or replicas do not
-/// confirm): the rest waits for the next round rather than each entry waiting its timeout.
+/// Consecutive slow failures (a timeout, replicas that do not confirm) that end a round early:
+/// the rest waits for the next round rather than each entry waiting its timeout. A breaker's
+/// rejection costs nothing and does not count, so entries behind a dead master's still go.
 const GIVE_UP_AFTER: usize = 8;
 
 /// One replay round: every queued entry, in order, in batches. Whether any succeeded (or the
@@ -365,9 +366,9 @@ async fn replay_round(recovery: &Recovery, cache: &Weak<Inner>) -> bool {
         let Some(inner) = cache.upgrade() else { return true };
         for (seq, target) in batch {
             match inner.replay(*seq, target).await {
-                Some(true) => (progressed, failures) = (true, 0),
-                Some(false) => failures += 1,
-                None => {}
+                Replayed::Done => (progressed, failures) = (true, 0),
+                Replayed::Failed { slow: true } => failures += 1,
+                Replayed::Failed { slow: false } | Replayed::Skipped => {}
             }
             if failures >= GIVE_UP_AFTER {
                 return progressed;
@@ -375,6 +376,16 @@ async fn replay_round(recovery: &Recovery, cache: &Weak<Inner>) -> bool {
         }
     }
     progressed || recovery.len() == 0
+}
+
+/// What one replay did.
+enum Replayed {
+    /// Redis took it (or refused it for good: it was dropped).
+    Done,
+    /// Redis still cannot take it; `slow` unless the breaker rejected it at once.
+    Failed { slow: bool },
+    /// Settled, or queued again, since the round's snapshot.
+    Skipped,
 }
 
 impl Inner {
@@ -413,12 +424,11 @@ impl Inner {
         }
     }
 
-    /// Replays one entry: `Some(true)` done (or refused for good, and dropped), `Some(false)`
-    /// Redis still cannot take it, `None` skipped (settled or queued again since the snapshot).
-    async fn replay(&self, seq: u64, target: &Target) -> Option<bool> {
+    /// Replays one entry.
+    async fn replay(&self, seq: u64, target: &Target) -> Replayed {
         let name = target.name();
         if !self.recovery.current(&name, seq) {
-            return None;
+            return Replayed::Skipped;
         }
         let replayed = match target {
             Target::Key(key) => self.delete_now(key).await.map(drop),
@@ -431,11 +441,11 @@ impl Inner {
                     self.recovery.replayed_total.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::info!(key = name, what = target.what(), "queued for replay: done");
-                Some(true)
+                Replayed::Done
             }
             Err(err) if err.is_unhealthy() || err.is_circuit_open() => {
                 tracing::debug!(key = name, what = target.what(), error = %err, "queued for replay: not yet");
-                Some(false)
+                Replayed::Failed { slow: !err.is_circuit_open() }
             }
             Err(err) => {
                 // Redis answered and refused it (NOPERM...): retrying will not help.
@@ -443,7 +453,7 @@ impl Inner {
                     self.recovery.dropped_total.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::error!(key = name, what = target.what(), error = %err, "queued for replay: refused by redis, dropped");
-                Some(true)
+                Replayed::Done
             }
         }
     }

@@ -140,6 +140,17 @@ async fn a_lease_left_by_an_outage_is_released_when_redis_is_back() -> TestResul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_can_wait_for_replicas() -> TestResult {
     let redis = Redis::cluster();
+    // A just-formed cluster's replicas may still be syncing: WAIT counts online ones only.
+    let Redis::Cluster(cluster) = &redis else { unreachable!("cluster") };
+    for i in cluster.master_indices()? {
+        let mut con = cluster.nodes()[i].connection()?;
+        let online = within(Duration::from_secs(20), || {
+            let info: String = redis::cmd("INFO").arg("replication").query(&mut con).unwrap_or_default();
+            std::future::ready(info.lines().any(|l| l.starts_with("slave0:") && l.contains("state=online")))
+        })
+        .await;
+        assert!(online, "master {i}'s replica is online");
+    }
     let schema = KeySchema::new("rec", 1)?;
     let key = schema.key("user", "1")?;
     let wait = |n| AutoRecovery::default().wait_for_replicas(n, Duration::from_millis(100));
