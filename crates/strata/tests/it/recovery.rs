@@ -135,8 +135,9 @@ async fn a_lease_left_by_an_outage_is_released_when_redis_is_back() -> TestResul
 }
 
 /// `WAIT`-confirmed invalidations: with one replica per master, a `delete` and a namespace
-/// invalidation confirmed by 1 replica complete; asking for 2 (more than exist) they fail as
-/// unconfirmed (a failover could still lose them) and are queued, although the master took them.
+/// invalidation confirmed by 1 replica complete (at once, or through the replay when the
+/// replica is slow); asking for 2 (more than exist) they fail as unconfirmed (a failover could
+/// still lose them) and are queued, although the master took them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_can_wait_for_replicas() -> TestResult {
     let redis = Redis::cluster();
@@ -156,15 +157,22 @@ async fn invalidations_can_wait_for_replicas() -> TestResult {
     let wait = |n| AutoRecovery::default().wait_for_replicas(n, Duration::from_millis(100));
     let one = redis.builder().auto_recovery(wait(1)).build().await?;
     one.set(&key, &"v".to_owned(), Ttl::Long).await?;
-    assert!(one.delete(&key).await?, "confirmed by the replica");
-    one.invalidate_namespace(key.namespace()).await?;
-    assert_eq!(one.recovery_queue_len(), 0);
+    // Confirmed by the replica, at once or, when it is slow to acknowledge on a loaded machine
+    // (100 ms here), by the replay, which waits for it again: the queue drains either way.
+    let outcomes = [one.delete(&key).await.map(drop), one.invalidate_namespace(key.namespace()).await];
+    for outcome in outcomes {
+        if let Err(err) = outcome {
+            assert!(err.is_timeout() && err.is_queued(), "only an unconfirmed one may fail: {err}");
+        }
+    }
+    assert!(within(Duration::from_secs(20), || async { one.recovery_queue_len() == 0 }).await, "confirmed");
+    assert_eq!(one.metrics().recovery_dropped, 0);
 
     let two = redis.builder().auto_recovery(wait(2)).build().await?;
     two.set(&key, &"v".to_owned(), Ttl::Long).await?;
     let err = two.delete(&key).await.expect_err("only one replica");
     assert!(err.is_timeout() && err.is_queued(), "{err}");
-    assert!(err.to_string().contains("1 of 2 replicas"), "{err}");
+    assert!(err.to_string().contains("of 2 replicas confirmed"), "{err}");
     let err = two.invalidate_namespace(key.namespace()).await.expect_err("only one replica");
     assert!(err.is_queued(), "{err}");
     assert_eq!(two.recovery_queue_len(), 2);
