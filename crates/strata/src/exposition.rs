@@ -181,12 +181,7 @@ impl Cache {
     pub fn openmetrics_text(&self) -> String {
         let mut registry = Registry::default();
         self.register_metrics(&mut registry);
-        let mut out = String::new();
-        // Writing to a String cannot fail; an empty exposition is the only other outcome.
-        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
-            out.clear();
-        }
-        out
+        openmetrics(&registry)
     }
 }
 
@@ -241,12 +236,18 @@ impl crate::WriteBehind {
     pub fn prometheus_text(&self) -> String {
         let mut registry = Registry::default();
         self.register_metrics(&mut registry);
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
-            out.clear();
-        }
-        openmetrics_to_prometheus(&out)
+        openmetrics_to_prometheus(&openmetrics(&registry))
     }
+}
+
+/// `registry` in the OpenMetrics text format (empty if it cannot be encoded: writing to a
+/// String cannot fail otherwise).
+fn openmetrics(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
 }
 
 /// Converts OpenMetrics text as `prometheus_client` writes it (no `# UNIT`, no exemplars) into
