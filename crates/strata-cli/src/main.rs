@@ -71,6 +71,8 @@ enum Command {
     Demo(commands::demo::Args),
     /// Run a benchmark scenario.
     Bench(commands::bench::Args),
+    /// A lab of hosts on this machine (network namespaces): up, down, partition, heal, delay. Root only.
+    Lab(commands::lab::Args),
     /// One cache process of the invalidation-scale scenario (started by it).
     #[command(hide = true)]
     BenchWorker(commands::bench::WorkerArgs),
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => commands::serve::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Lab(a) => commands::lab::run(a),
         Command::BenchWorker(a) => commands::bench::run_worker(a),
     };
     match result {

@@ -12,6 +12,7 @@ pub(crate) mod drill_faults;
 pub(crate) mod flush;
 pub(crate) mod inspect;
 pub(crate) mod invalidate;
+pub(crate) mod lab;
 pub(crate) mod restore;
 pub(crate) mod serve;
 pub(crate) mod status;
