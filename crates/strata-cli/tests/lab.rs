@@ -232,14 +232,14 @@ fn credential(lab: &Path, user: &str) -> String {
 }
 
 #[test]
-fn the_playbook_deploys_a_cluster_over_six_hosts_twice_with_no_change_the_second_time() {
+fn the_playbook_deploys_a_cluster_over_six_hosts_twice_with_no_change_and_partitions_stay_coherent() {
     assert!(nix_is_root(), "the lab tests need root (./run lab-test as root)");
     let _turn = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().expect("lab test step");
     let dir = tmp.path().join("lab");
     let _ = strata(&dir, &["down"]);
     let _down = Down(dir.clone());
-    ok(&dir, &["up", "--hosts", "7"]);
+    ok(&dir, &["up", "--hosts", "8"]);
 
     // First run: Redis installed, configured by `strata config`, started, clustered, checked.
     let (ran, first) = ansible_playbook(&dir, &["-e", "strata_key_prefix=example"]);
@@ -309,6 +309,29 @@ fn the_playbook_deploys_a_cluster_over_six_hosts_twice_with_no_change_the_second
     assert!(keys > 0, "the profile is not cached in the cluster");
     let _ = service.kill();
     let _ = service.wait();
+
+    // The partition drills (issue 9's checker on h7 and h8): the master of slot 0 with h7 cut
+    // off from the rest, then h7 cut off from that master only. No stale read, no caller error;
+    // a write a replica confirmed (WAIT 1) survives the heal.
+    for scenario in ["minority", "client"] {
+        let out = Command::new(STRATA)
+            .args(["drill", "partition", "--lab"])
+            .arg(&dir)
+            .args(["--scenario", scenario, "--duration", "24s", "--json"])
+            .output()
+            .expect("lab test step");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "drill partition {scenario}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_str(&text).expect("lab test step");
+        assert_eq!(report["consistency"]["stale_reads"], 0, "{text}");
+        assert_eq!(report["consistency"]["caller_errors"], 0, "{text}");
+        assert!(report["consistency"]["reads"].as_u64().unwrap_or(0) > 1000, "{text}");
+        if scenario == "minority" {
+            assert!(report["failover_s"].as_f64().is_some(), "the majority never took over the slots: {text}");
+            assert!(report["acked_with_wait"].as_u64().unwrap_or(0) > 0, "{text}");
+            assert_eq!(report["acked_with_wait_lost"], 0, "{text}");
+        }
+    }
 }
 
 #[test]

@@ -19,6 +19,8 @@ pub const BRIDGE: &str = "stlab-br0";
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 /// Host `hN` has address `10.77.0.(10 + N)`.
 const FIRST_HOST: u8 = 10;
+/// The machine's name in [`Lab::partitions`].
+pub const GATEWAY_NAME: &str = "gateway";
 /// At most this many hosts (addresses up to 10.77.0.74).
 pub const MAX_HOSTS: usize = 64;
 const STATE: &str = "lab.json";
@@ -329,48 +331,30 @@ impl Lab {
         if self.partitions.iter().any(|(x, y)| (x == &ha.name && y == &hb.name) || (x == &hb.name && y == &ha.name)) {
             return Ok(());
         }
-        for (me, other) in [(&ha, &hb), (&hb, &ha)] {
-            ensure_partition_table(&me.netns)?;
-            let peer = other.addr.to_string();
-            run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &me.netns,
-                    "nft",
-                    "add",
-                    "rule",
-                    "inet",
-                    PARTITION_TABLE,
-                    "input",
-                    "ip",
-                    "saddr",
-                    &peer,
-                    "drop",
-                ],
-            )?;
-            run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &me.netns,
-                    "nft",
-                    "add",
-                    "rule",
-                    "inet",
-                    PARTITION_TABLE,
-                    "output",
-                    "ip",
-                    "daddr",
-                    &peer,
-                    "drop",
-                ],
-            )?;
-        }
+        cut(&ha.netns, hb.addr)?;
+        cut(&hb.netns, ha.addr)?;
         self.partitions.push((ha.name, hb.name));
         self.save()
+    }
+
+    /// Cuts the hosts of `group` off from every other host and from the machine ([`GATEWAY`],
+    /// recorded as `gateway`): a minority side, e.g. a master with its own clients. Hosts of
+    /// the group still reach each other.
+    pub fn isolate(&mut self, group: &[&str]) -> Result<()> {
+        let inside: Vec<Host> = group.iter().map(|name| self.host(name).cloned()).collect::<Result<_>>()?;
+        let outside: Vec<Host> =
+            self.hosts.iter().filter(|h| !inside.iter().any(|i| i.name == h.name)).cloned().collect();
+        for me in &inside {
+            for other in &outside {
+                self.partition(&me.name, &other.name)?;
+            }
+            if !self.partitions.iter().any(|(a, b)| a == &me.name && b == GATEWAY_NAME) {
+                cut(&me.netns, self.gateway)?;
+                self.partitions.push((me.name.clone(), GATEWAY_NAME.into()));
+                self.save()?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes every partition; returns how many there were.
@@ -535,6 +519,34 @@ fn start_holder(host: &Host) -> Result<u32> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// In `netns`, drops everything to and from `peer`.
+fn cut(netns: &str, peer: Ipv4Addr) -> Result<()> {
+    ensure_partition_table(netns)?;
+    let peer = peer.to_string();
+    run(
+        "ip",
+        &["netns", "exec", netns, "nft", "add", "rule", "inet", PARTITION_TABLE, "input", "ip", "saddr", &peer, "drop"],
+    )?;
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            netns,
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            PARTITION_TABLE,
+            "output",
+            "ip",
+            "daddr",
+            &peer,
+            "drop",
+        ],
+    )
 }
 
 fn ensure_partition_table(netns: &str) -> Result<()> {

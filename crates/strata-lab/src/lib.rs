@@ -24,4 +24,6 @@ mod sh;
 
 pub use delay::{MAX_DELAY, PROXY_PORT, serve as serve_delay};
 pub use error::{Error, ErrorKind, Result};
-pub use lab::{BRIDGE, Delay, DownReport, GATEWAY, Host, Lab, MAX_HOSTS, PREFIX, UpOptions, require_root};
+pub use lab::{
+    BRIDGE, Delay, DownReport, GATEWAY, GATEWAY_NAME, Host, Lab, MAX_HOSTS, PREFIX, UpOptions, require_root,
+};

@@ -175,13 +175,19 @@ impl Setup {
             Setup::External(urls) => {
                 let mut con = connect(&urls[0])?;
                 let text: String = redis::cmd("CLUSTER").arg("NODES").query(&mut con)?;
+                // The credentials of the URL given (an ACL user) for every master.
+                let userinfo = urls[0]
+                    .split_once("://")
+                    .and_then(|(_, rest)| rest.rsplit_once('@'))
+                    .map(|(user, _)| format!("{user}@"))
+                    .unwrap_or_default();
                 Ok(text
                     .lines()
                     .filter(|l| {
                         l.split_whitespace().nth(2).is_some_and(|f| f.contains("master") && !f.contains("fail"))
                     })
                     .filter_map(|l| l.split_whitespace().nth(1))
-                    .map(|addr| format!("redis://{}", addr.split('@').next().unwrap_or_default()))
+                    .map(|addr| format!("redis://{userinfo}{}", addr.split('@').next().unwrap_or_default()))
                     .collect())
             }
         }

@@ -235,12 +235,42 @@ pub struct Report {
 /// Runs the drill on `setup`, starting workers with `worker_command` (the `strata` binary and
 /// the arguments before the worker's own).
 pub fn run(setup: &mut Setup, options: &Options, worker_command: &[String]) -> anyhow::Result<Report> {
-    anyhow::ensure!(options.processes >= 1 && options.readers + options.writers >= 1, "nothing to run");
     anyhow::ensure!(
         !options.fault.needs_processes() || !matches!(setup, Setup::External(_)),
         "fault {} stops or starts nodes: let the drill start its own setup (--topology)",
         options.fault.name()
     );
+    let fault = options.fault;
+    let mut inject = |setup: &mut Setup| setup.inject(fault).with_context(|| format!("injecting {}", fault.name()));
+    let injected = Injected { name: fault.name(), inject: &mut inject };
+    run_with(setup, options, &[worker_command.to_vec()], injected)
+}
+
+/// A fault [`run_with`] injects a third of the way in: its name for the report, and what
+/// injects it and waits until the setup is healthy again.
+pub struct Injected<'a> {
+    /// The fault's name in the report.
+    pub name: &'a str,
+    /// Injects it; returns once the setup is healthy again.
+    pub inject: &'a mut dyn FnMut(&mut Setup) -> anyhow::Result<()>,
+}
+
+impl std::fmt::Debug for Injected<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injected").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// [`run`] with a fault of the caller's (`strata drill partition`'s, on the lab) and a command
+/// per worker: worker `p` runs `worker_commands[p % len]` (e.g. inside different lab hosts).
+pub fn run_with(
+    setup: &mut Setup,
+    options: &Options,
+    worker_commands: &[Vec<String>],
+    fault: Injected<'_>,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(options.processes >= 1 && options.readers + options.writers >= 1, "nothing to run");
+    anyhow::ensure!(!worker_commands.is_empty(), "no worker command");
     let dir = tempfile::Builder::new().prefix("strata-consistency-").tempdir()?;
     let space = Keyspace::new()?;
     let urls = setup.urls();
@@ -249,7 +279,7 @@ pub fn run(setup: &mut Setup, options: &Options, worker_command: &[String]) -> a
 
     let bar = progress(options.progress);
     bar.set_message("starting the workers");
-    let mut workers = spawn_workers(dir.path(), &urls, options, worker_command)?;
+    let mut workers = spawn_workers(dir.path(), &urls, options, worker_commands)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while count_files(dir.path(), "ready-") < options.processes {
         anyhow::ensure!(Instant::now() < deadline, "the workers did not start in 60 s");
@@ -267,9 +297,9 @@ pub fn run(setup: &mut Setup, options: &Options, worker_command: &[String]) -> a
         None => {
             bar.set_message("load before the fault");
             std::thread::sleep(options.duration / 3);
-            bar.set_message(format!("injecting {}", options.fault.name()));
+            bar.set_message(format!("injecting {}", fault.name));
             fault_at = t0.elapsed();
-            setup.inject(options.fault).with_context(|| format!("injecting {}", options.fault.name()))?;
+            (fault.inject)(setup)?;
             fault_s = (t0.elapsed() - fault_at).as_secs_f64();
             bar.set_message("load after the fault");
             let end = options.duration.max(t0.elapsed() + Duration::from_secs(4));
@@ -312,7 +342,7 @@ pub fn run(setup: &mut Setup, options: &Options, worker_command: &[String]) -> a
     bar.finish_and_clear();
     let _ = clear_keys(setup);
     Ok(Report {
-        fault: options.fault.name().to_owned(),
+        fault: fault.name.to_owned(),
         topology: setup.topology().to_owned(),
         processes: options.processes,
         ops: count_ops(&entries),
@@ -341,13 +371,14 @@ fn spawn_workers(
     dir: &Path,
     urls: &[String],
     options: &Options,
-    worker_command: &[String],
+    worker_commands: &[Vec<String>],
 ) -> anyhow::Result<Vec<WorkerProcess>> {
-    let (program, base_args) = worker_command.split_first().context("no worker command")?;
     // A worker stops by itself at the latest this long after its start (a lost coordinator).
     let max = options.duration * 3 + Duration::from_secs(180);
     let mut workers = Vec::new();
     for p in 0..options.processes {
+        let command = &worker_commands[p % worker_commands.len()];
+        let (program, base_args) = command.split_first().context("no worker command")?;
         let child = Command::new(program)
             .args(base_args)
             .args(["--dir", &dir.to_string_lossy(), "--process", &p.to_string()])

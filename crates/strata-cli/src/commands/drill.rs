@@ -43,6 +43,10 @@ enum Drill {
     /// must stay flat after warm-up, with 0 caller errors and 0 stale reads (exit status 1
     /// otherwise). Writes a JSON and an HTML report like `strata bench`.
     Soak(SoakArgs),
+    /// On the lab (`strata lab`, 8 hosts, the cluster of deploy/ansible): isolate one master with
+    /// its own clients past the node timeout, then heal, under the history checker's load;
+    /// reports stale reads, caller errors, the failover and the acknowledged writes lost. Root.
+    Partition(super::drill_partition::Args),
     /// One worker process of `drill stampede` (started by it).
     #[command(hide = true)]
     StampedeWorker(WorkerArgs),
@@ -234,6 +238,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             soak: w.soak,
         })),
         Drill::Soak(a) => soak(a),
+        Drill::Partition(a) => super::drill_partition::run(a),
         Drill::Failover(a) => drill_faults::run(Fault::Failover, a),
         Drill::Restart(a) => drill_faults::run(Fault::Restart, a),
         Drill::Outage(a) => drill_faults::run(Fault::Outage, a),
