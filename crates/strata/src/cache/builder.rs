@@ -324,13 +324,19 @@ impl CacheBuilder {
         if let Some(enc) = &self.encryption {
             enc.validate()?;
         }
+        // Credentials given in the URLs only: every connection must use them, the ones to nodes
+        // the cache discovers (tracking, pinned nodes) included, whose URLs carry none.
+        let (username, password) = match (self.username, self.password) {
+            (None, None) => credentials_in(&topology)?,
+            given => given,
+        };
         let audit = self
             .audit
-            .map(|sink| crate::audit::Audit { sink, principal: self.username.as_deref().unwrap_or("default").into() });
+            .map(|sink| crate::audit::Audit { sink, principal: username.as_deref().unwrap_or("default").into() });
         let l2_config = L2Config {
             topology,
-            username: self.username,
-            password: self.password,
+            username,
+            password,
             tls: self.tls,
             op_timeout: self.op_timeout,
             connect_timeout: self.connect_timeout,
@@ -387,4 +393,21 @@ impl CacheBuilder {
         }
         Ok(cache)
     }
+}
+
+/// The user and password in the first URL of a standalone or cluster topology (a Sentinel's
+/// URLs name the sentinels, not the data nodes).
+fn credentials_in(topology: &Topology) -> Result<(Option<String>, Option<String>)> {
+    let url = match topology {
+        Topology::Standalone(url) => url,
+        Topology::Cluster(seeds) => match seeds.first() {
+            Some(url) => url,
+            None => return Ok((None, None)),
+        },
+        Topology::Sentinel { .. } => return Ok((None, None)),
+    };
+    let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+        .map_err(|e| Error::config(format!("invalid redis url: {e}")))?;
+    let settings = info.redis_settings();
+    Ok((settings.username().map(str::to_owned), settings.password().map(str::to_owned)))
 }

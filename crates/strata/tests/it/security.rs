@@ -278,3 +278,62 @@ async fn the_cache_api_works_as_app_over_tls_on_a_cluster() -> TestResult {
     assert_noperm("cluster FLUSHALL", redis::cmd("FLUSHALL").query::<()>(&mut app));
     Ok(())
 }
+
+/// Credentials given in the URLs alone (no `username` / `password` on the builder), as
+/// `strata drill partition` and most deployments pass them: every connection the cache makes
+/// must log in, the tracking connections to the nodes it discovers included. Without them
+/// tracking never came up on an ACL cluster and L1 stayed closed (issue 18's lab found it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_urls_reach_every_connection_and_l1_opens() -> TestResult {
+    let s = Secrets::new();
+    let cluster = RedisCluster::builder()
+        .masters(3)
+        .replicas(1)
+        .acl_file(s.acl_path(), &s.roles)
+        .start()
+        .expect("start a 3+3 cluster with ACL users");
+    let pass = s.roles.password(Role::App);
+    let urls: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.public_url().replacen("redis://", &format!("redis://app:{pass}@"), 1))
+        .collect();
+    assert!(urls.iter().all(|u| u.starts_with("redis://app:")), "{urls:?}");
+    let build = || {
+        Cache::builder()
+            .cluster(urls.clone())
+            .require_redis(true)
+            .op_timeout(Duration::from_secs(2))
+            .invalidation(Invalidation::default().heartbeat(Duration::from_millis(200), Duration::from_secs(2)))
+            .build()
+    };
+    let (a, b) = (build().await?, build().await?);
+    let mut coherent = false;
+    for _ in 0..100 {
+        coherent = a.metrics().l1_coherent && b.metrics().l1_coherent;
+        if coherent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(coherent, "tracking never came up: a {:?}, b {:?}", a.metrics().l1_coherent, b.metrics().l1_coherent);
+
+    let key = KeySchema::new("app", 1)?.key("user", "1")?;
+    a.set(&key, &"v1".to_string(), Ttl::Medium).await?;
+    assert_eq!(b.get::<String>(&key).await?.as_deref(), Some("v1"));
+    let before = b.metrics().total().l1_hits;
+    assert_eq!(b.get::<String>(&key).await?.as_deref(), Some("v1"));
+    assert!(b.metrics().total().l1_hits > before, "the second read was not an L1 hit");
+    // And b's L1 copy follows a's write.
+    a.set(&key, &"v2".to_string(), Ttl::Medium).await?;
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = b.get::<String>(&key).await?;
+        if seen.as_deref() == Some("v2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen.as_deref(), Some("v2"));
+    Ok(())
+}
