@@ -326,6 +326,7 @@ fn the_playbook_deploys_a_cluster_over_six_hosts_twice_with_no_change_and_partit
         assert_eq!(report["consistency"]["stale_reads"], 0, "{text}");
         assert_eq!(report["consistency"]["caller_errors"], 0, "{text}");
         assert!(report["consistency"]["reads"].as_u64().unwrap_or(0) > 1000, "{text}");
+        assert!(report["consistency"]["l1_hits"].as_u64().unwrap_or(0) > 0, "L1 never served: {text}");
         if scenario == "minority" {
             assert!(report["failover_s"].as_f64().is_some(), "the majority never took over the slots: {text}");
             assert!(report["acked_with_wait"].as_u64().unwrap_or(0) > 0, "{text}");
