@@ -336,6 +336,38 @@ fn the_playbook_deploys_a_cluster_over_six_hosts_twice_with_no_change_and_partit
 }
 
 #[test]
+fn the_secure_playbook_deploys_a_tls_only_cluster_twice_with_no_change() {
+    assert!(nix_is_root(), "the lab tests need root (./run lab-test as root)");
+    let _turn = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().expect("lab test step");
+    let dir = tmp.path().join("lab");
+    let _ = strata(&dir, &["down"]);
+    let _down = Down(dir.clone());
+    ok(&dir, &["up", "--hosts", "6"]);
+
+    let (ran, first) = ansible_playbook(&dir, &["-e", "strata_secure=true"]);
+    assert!(ran, "first playbook run failed:\n{first}");
+    let (ran, second) = ansible_playbook(&dir, &["-e", "strata_secure=true"]);
+    assert!(ran, "second playbook run failed:\n{second}");
+    let changed = changed_counts(&second);
+    assert_eq!(changed.len(), 6, "recap: {second}");
+    assert!(changed.iter().all(|(_, n)| *n == 0), "the second run changed something: {changed:?}\n{second}");
+
+    // TLS with the distributed CA: every slot served, nodes linked, masters replicated ...
+    let check = Command::new(STRATA)
+        .args(["check", "--url", "rediss://10.77.0.14:6379", "--user", "admin", "--tls-dir"])
+        .arg(dir.join("redis-config"))
+        .env("STRATA_REDIS_PASSWORD", credential(&dir, "admin"))
+        .output()
+        .expect("lab test step");
+    assert!(check.status.success(), "strata check over TLS: {}", String::from_utf8_lossy(&check.stderr));
+    // ... and plaintext gets no answer on any node.
+    for i in 11..=16 {
+        assert!(ping(&format!("10.77.0.{i}:6379"), Duration::from_secs(1)).is_none(), "10.77.0.{i} answered plaintext");
+    }
+}
+
+#[test]
 fn without_root_the_lab_says_so_and_exits_1() {
     let tmp = tempfile::tempdir().expect("lab test step");
     let out = Command::new("setpriv")
