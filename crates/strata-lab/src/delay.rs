@@ -95,7 +95,10 @@ impl Lab {
             std::mem::take(&mut self.delays).into_iter().partition(|d| d.host == host.name);
         self.delays = kept;
         for delay in gone {
-            sh::stop(delay.pid);
+            // Only if it is still the proxy of this host (not a pid reused since).
+            if sh::in_netns(delay.pid, &host.netns) {
+                sh::stop(delay.pid);
+            }
         }
         self.save()
     }
@@ -106,7 +109,15 @@ impl Lab {
 pub async fn serve(listen: SocketAddr, delay: Duration) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     loop {
-        let (client, from) = listener.accept().await?;
+        let (client, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors, an aborted handshake: the next one may work.
+                tracing::warn!(error = %err, "delay proxy: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         tokio::spawn(async move {
             if let Err(err) = forward(client, listen, delay).await {
                 tracing::debug!(%from, error = %err, "delayed connection ended");
@@ -143,7 +154,8 @@ async fn forward(client: TcpStream, listen: SocketAddr, delay: Duration) -> std:
             }
         }
     };
-    let write_replies = async {
+    // Owns the receiver: when writing to the client fails, dropping it ends the reader too.
+    let write_replies = async move {
         while let Some((due, chunk)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
             client_write.write_all(&chunk).await?;

@@ -170,6 +170,15 @@ impl Lab {
         }
         std::fs::create_dir_all(dir).map_err(|e| state_error(dir, e))?;
         let dir = dir.canonicalize().map_err(|e| state_error(dir, e))?;
+        // It is written into sshd_config, the SSH client configuration, the inventory and a
+        // shell script: keep it to characters none of them needs to quote.
+        let text = dir.to_string_lossy();
+        if text.chars().any(|c| c.is_whitespace() || c.is_control() || "'\"\\$`;&|<>*?#".contains(c)) {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("the lab directory {text:?} has spaces, quotes or shell characters"),
+            ));
+        }
         let hosts = (1..=options.hosts)
             .map(|i| {
                 let name = format!("h{i}");
@@ -263,23 +272,21 @@ impl Lab {
                 None
             }
         };
-        if let Some(lab) = &lab {
-            let pids = lab
-                .delays
-                .iter()
-                .map(|d| d.pid)
-                .chain(lab.hosts.iter().flat_map(|h| h.sshd.into_iter().chain(h.holder)));
-            for pid in pids {
-                if sh::stop(pid) {
-                    report.stopped.push(pid);
-                }
-            }
-        }
+        // Every process of the lab is in one of its namespaces (holders, SSH servers, delay
+        // proxies, and whatever ran there: a Redis server, a client): the namespaces say which,
+        // so a recorded pid that now names another process (after a reboot) is never signalled.
         for netns in leftover_namespaces()? {
-            // Processes still inside (a Redis server the playbook started, a client) go with it.
-            for pid in sh::pids_in_netns(&netns) {
-                if sh::stop(pid) {
-                    report.stopped.push(pid);
+            // Until none is left: a process may fork (an SSH session, a BGSAVE) meanwhile.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let pids = sh::pids_in_netns(&netns);
+                if pids.is_empty() || std::time::Instant::now() > deadline {
+                    break;
+                }
+                for pid in pids {
+                    if sh::stop(pid) && !report.stopped.contains(&pid) {
+                        report.stopped.push(pid);
+                    }
                 }
             }
             run("ip", &["netns", "del", &netns])?;
@@ -316,6 +323,14 @@ impl Lab {
         let holder = host
             .holder
             .ok_or_else(|| Error::new(ErrorKind::State, format!("host {} has no namespace holder", host.name)))?;
+        // The recorded holder must still be this host's (a stale state file after a reboot
+        // names pids of other processes).
+        if !sh::in_netns(holder, &host.netns) {
+            return Err(Error::new(
+                ErrorKind::State,
+                format!("host {}'s namespace holder (pid {holder}) is gone: strata lab down, then up", host.name),
+            ));
+        }
         let mut cmd = Command::new("nsenter");
         cmd.arg("--target").arg(holder.to_string()).args(["--mount", "--net", "--uts", "--"]).arg(program);
         Ok(cmd)
@@ -455,7 +470,9 @@ impl Lab {
             key.display()
         );
         inventory += &format!(
-            "\n[lab:vars]\nansible_user=root\nansible_python_interpreter=/usr/bin/python3\nansible_ssh_private_key_file={}\n\
+            "\n[lab:vars]\nansible_user=root\nansible_python_interpreter=/usr/bin/python3\n\
+             # Lab hosts share the machine's PID 1 and /etc/systemd: Redis runs from the role's start script.\n\
+             strata_service_mgr=script\nansible_ssh_private_key_file={}\n\
              ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'\n",
             key.display()
         );

@@ -94,6 +94,17 @@ pub(crate) fn pids_in_netns(netns: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Whether `pid` runs in the named network namespace `netns` (`/run/netns/NAME`).
+pub(crate) fn in_netns(pid: u32, netns: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(theirs), Ok(named)) =
+        (std::fs::metadata(format!("/proc/{pid}/ns/net")), std::fs::metadata(format!("/run/netns/{netns}")))
+    else {
+        return false;
+    };
+    theirs.dev() == named.dev() && theirs.ino() == named.ino()
+}
+
 /// Stops `pid` (TERM, then KILL after 3 s); whether it was running.
 pub(crate) fn stop(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else { return false };

@@ -127,8 +127,9 @@ impl Setup {
             for url in self.master_urls()? {
                 anyhow::ensure!(
                     is_loopback(&url)?,
-                    "fault {} touches only nodes on this machine (loopback); {url} is not",
-                    fault.name()
+                    "fault {} touches only nodes on this machine (loopback); {} is not",
+                    fault.name(),
+                    without_userinfo(&url)
                 );
             }
         }
@@ -269,6 +270,14 @@ fn cluster_fault(cluster: &mut RedisCluster, fault: Fault) -> anyhow::Result<()>
 }
 
 /// Whether `url` names a node on this machine.
+/// `url` without its `user:password@` (for messages).
+fn without_userinfo(url: &str) -> String {
+    match url.split_once("://").and_then(|(scheme, rest)| rest.rsplit_once('@').map(|(_, host)| (scheme, host))) {
+        Some((scheme, host)) => format!("{scheme}://{host}"),
+        None => url.to_owned(),
+    }
+}
+
 fn is_loopback(url: &str) -> anyhow::Result<bool> {
     Ok(match redis::Client::open(url)?.get_connection_info().addr() {
         redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {

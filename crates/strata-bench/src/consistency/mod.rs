@@ -375,11 +375,18 @@ fn spawn_workers(
 ) -> anyhow::Result<Vec<WorkerProcess>> {
     // A worker stops by itself at the latest this long after its start (a lost coordinator).
     let max = options.duration * 3 + Duration::from_secs(180);
+    // Credentials in the URLs go to the workers through their environment: a command line is
+    // readable by every user of the machine.
+    let (urls, credentials) = without_credentials(urls);
     let mut workers = Vec::new();
     for p in 0..options.processes {
         let command = &worker_commands[p % worker_commands.len()];
         let (program, base_args) = command.split_first().context("no worker command")?;
-        let child = Command::new(program)
+        let mut child = Command::new(program);
+        for (name, value) in credentials.iter() {
+            child.env(name, value);
+        }
+        let child = child
             .args(base_args)
             .args(["--dir", &dir.to_string_lossy(), "--process", &p.to_string()])
             .args(["--readers", &options.readers.to_string(), "--writers", &options.writers.to_string()])
@@ -395,6 +402,28 @@ fn spawn_workers(
         workers.push(WorkerProcess::new(child));
     }
     Ok(workers)
+}
+
+/// `urls` without their `user:password@`, and that user and password as the workers'
+/// environment (from the first URL that has them).
+fn without_credentials(urls: &[String]) -> (Vec<String>, Vec<(&'static str, String)>) {
+    let mut credentials = Vec::new();
+    let stripped = urls
+        .iter()
+        .map(|url| {
+            let Some((scheme, rest)) = url.split_once("://") else { return url.clone() };
+            let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.clone() };
+            if credentials.is_empty() {
+                let (user, password) = userinfo.split_once(':').unwrap_or(("", userinfo));
+                if !user.is_empty() {
+                    credentials.push((worker::WORKER_USER, user.to_owned()));
+                }
+                credentials.push((worker::WORKER_PASSWORD, password.to_owned()));
+            }
+            format!("{scheme}://{host}")
+        })
+        .collect();
+    (stripped, credentials)
 }
 
 fn read_history(path: &PathBuf) -> anyhow::Result<Vec<Entry>> {

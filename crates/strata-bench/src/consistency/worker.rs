@@ -105,13 +105,34 @@ pub struct SoakMetrics {
 /// are served stale-while-revalidate within one run.
 const VALUE_TTL: Duration = Duration::from_secs(3);
 
+/// The ACL user a worker logs in as, set by the coordinator when its URLs carry one.
+pub(crate) const WORKER_USER: &str = "STRATA_DRILL_REDIS_USER";
+/// Its password.
+pub(crate) const WORKER_PASSWORD: &str = "STRATA_DRILL_REDIS_PASSWORD";
+
 /// Runs one worker until the coordinator's stop signal (or `max_duration`).
 pub async fn worker(options: WorkerOptions) -> anyhow::Result<()> {
     let space = Arc::new(Keyspace::new()?);
-    let builder = if options.urls.len() > 1 {
-        Cache::builder().cluster(options.urls.clone())
+    // Credentials come through the environment, not the command line (`ps` shows that); the
+    // cache and the plain client both use them.
+    let urls: Vec<String> = match std::env::var(WORKER_PASSWORD) {
+        Ok(password) => {
+            let user = std::env::var(WORKER_USER).unwrap_or_default();
+            options
+                .urls
+                .iter()
+                .map(|u| match u.split_once("://") {
+                    Some((scheme, host)) => format!("{scheme}://{user}:{password}@{host}"),
+                    None => u.clone(),
+                })
+                .collect()
+        }
+        Err(_) => options.urls.clone(),
+    };
+    let builder = if urls.len() > 1 {
+        Cache::builder().cluster(urls.clone())
     } else {
-        Cache::builder().redis_url(options.urls[0].clone())
+        Cache::builder().redis_url(urls[0].clone())
     };
     let builder = if options.without_invalidation { builder.invalidation(Invalidation::disabled()) } else { builder };
     let audit = if options.soak {
@@ -168,7 +189,7 @@ pub async fn worker(options: WorkerOptions) -> anyhow::Result<()> {
             source: source.clone(),
             space: space.clone(),
             process: options.process,
-            plain: if i >= options.readers { Some(PlainClient::connect(&options.urls).await?) } else { None },
+            plain: if i >= options.readers { Some(PlainClient::connect(&urls).await?) } else { None },
             plain_key_only: options.plain_key_only,
             history: history.clone(),
             period: options.soak.then_some(if i >= options.readers { SOAK_READ_PERIOD * 4 } else { SOAK_READ_PERIOD }),

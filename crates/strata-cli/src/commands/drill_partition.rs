@@ -165,10 +165,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     };
     let result = consistency::run_with(&mut setup, &options, &commands, Injected { name: &name, inject: &mut inject });
     stop.store(true, Ordering::SeqCst);
-    let written = writer.join().map_err(|_| anyhow::anyhow!("the writer panicked"))??;
-    // Whatever happened, the lab is whole again.
+    let written = writer.join();
+    // Whatever happened, the lab is whole again before any error is returned.
     let mut lab = Lab::load(&args.lab)?;
     lab.heal()?;
+    let written = written.map_err(|_| anyhow::anyhow!("the writer panicked"))??;
     let consistency = result?;
 
     wait_healthy(&seeds, Duration::from_secs(60))?;

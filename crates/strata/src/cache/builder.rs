@@ -326,10 +326,8 @@ impl CacheBuilder {
         }
         // Credentials given in the URLs only: every connection must use them, the ones to nodes
         // the cache discovers (tracking, pinned nodes) included, whose URLs carry none.
-        let (username, password) = match (self.username, self.password) {
-            (None, None) => credentials_in(&topology)?,
-            given => given,
-        };
+        let (url_user, url_password) = credentials_in(&topology)?;
+        let (username, password) = (self.username.or(url_user), self.password.or(url_password));
         let audit = self
             .audit
             .map(|sink| crate::audit::Audit { sink, principal: username.as_deref().unwrap_or("default").into() });
