@@ -231,29 +231,34 @@ fn credential(lab: &Path, user: &str) -> String {
     text.lines().find_map(|l| l.strip_prefix(&format!("{user} "))).expect("user in credentials").trim().to_owned()
 }
 
+/// A lab of `hosts` hosts with the playbook run twice (`extra` its variables): the first run
+/// changes every Redis host, the second none. The lab goes when the guard is dropped.
+fn deployed_twice(tmp: &Path, hosts: &str, extra: &[&str]) -> (std::path::PathBuf, Down) {
+    let dir = tmp.join("lab");
+    let _ = strata(&dir, &["down"]);
+    let down = Down(dir.clone());
+    ok(&dir, &["up", "--hosts", hosts]);
+    // First run: Redis installed, configured by `strata config`, started, clustered, checked.
+    let (ran, first) = ansible_playbook(&dir, extra);
+    assert!(ran, "first playbook run failed:\n{first}");
+    let changed = changed_counts(&first);
+    assert_eq!(changed.len(), 6, "recap: {first}");
+    assert!(changed.iter().all(|(_, n)| *n > 0), "the first run changed nothing on some host: {changed:?}");
+    // Second run: nothing changes.
+    let (ran, second) = ansible_playbook(&dir, extra);
+    assert!(ran, "second playbook run failed:\n{second}");
+    let changed = changed_counts(&second);
+    assert_eq!(changed.len(), 6, "recap: {second}");
+    assert!(changed.iter().all(|(_, n)| *n == 0), "the second run changed something: {changed:?}\n{second}");
+    (dir, down)
+}
+
 #[test]
 fn the_playbook_deploys_a_cluster_over_six_hosts_twice_with_no_change_and_partitions_stay_coherent() {
     assert!(nix_is_root(), "the lab tests need root (./run lab-test as root)");
     let _turn = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().expect("lab test step");
-    let dir = tmp.path().join("lab");
-    let _ = strata(&dir, &["down"]);
-    let _down = Down(dir.clone());
-    ok(&dir, &["up", "--hosts", "8"]);
-
-    // First run: Redis installed, configured by `strata config`, started, clustered, checked.
-    let (ran, first) = ansible_playbook(&dir, &["-e", "strata_key_prefix=example"]);
-    assert!(ran, "first playbook run failed:\n{first}");
-    let changed = changed_counts(&first);
-    assert_eq!(changed.len(), 6, "recap: {first}");
-    assert!(changed.iter().all(|(_, n)| *n > 0), "the first run changed nothing on some host: {changed:?}");
-
-    // Second run: nothing changes.
-    let (ran, second) = ansible_playbook(&dir, &["-e", "strata_key_prefix=example"]);
-    assert!(ran, "second playbook run failed:\n{second}");
-    let changed = changed_counts(&second);
-    assert_eq!(changed.len(), 6, "recap: {second}");
-    assert!(changed.iter().all(|(_, n)| *n == 0), "the second run changed something: {changed:?}\n{second}");
+    let (dir, _down) = deployed_twice(tmp.path(), "8", &["-e", "strata_key_prefix=example"]);
 
     // strata status: six nodes on six addresses, three masters with three replicas.
     let status = Command::new(STRATA)
@@ -340,18 +345,7 @@ fn the_secure_playbook_deploys_a_tls_only_cluster_twice_with_no_change() {
     assert!(nix_is_root(), "the lab tests need root (./run lab-test as root)");
     let _turn = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().expect("lab test step");
-    let dir = tmp.path().join("lab");
-    let _ = strata(&dir, &["down"]);
-    let _down = Down(dir.clone());
-    ok(&dir, &["up", "--hosts", "6"]);
-
-    let (ran, first) = ansible_playbook(&dir, &["-e", "strata_secure=true"]);
-    assert!(ran, "first playbook run failed:\n{first}");
-    let (ran, second) = ansible_playbook(&dir, &["-e", "strata_secure=true"]);
-    assert!(ran, "second playbook run failed:\n{second}");
-    let changed = changed_counts(&second);
-    assert_eq!(changed.len(), 6, "recap: {second}");
-    assert!(changed.iter().all(|(_, n)| *n == 0), "the second run changed something: {changed:?}\n{second}");
+    let (dir, _down) = deployed_twice(tmp.path(), "6", &["-e", "strata_secure=true"]);
 
     // TLS with the distributed CA: every slot served, nodes linked, masters replicated ...
     let check = Command::new(STRATA)

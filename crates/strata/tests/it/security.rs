@@ -225,15 +225,7 @@ async fn the_cache_api_works_as_app_over_tls_on_a_cluster() -> TestResult {
     assert_eq!(b.get::<String>(&key).await?.as_deref(), Some("v1"));
     // b now holds it in L1; a's overwrite must reach b through invalidation tracking.
     a.set(&key, &"v2".to_string(), Ttl::Medium).await?;
-    let mut seen = None;
-    for _ in 0..100 {
-        seen = b.get::<String>(&key).await?;
-        if seen.as_deref() == Some("v2") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(seen.as_deref(), Some("v2"), "b's L1 copy was invalidated");
+    assert_eq!(eventually_reads(&b, &key, "v2").await?.as_deref(), Some("v2"), "b's L1 copy was invalidated");
 
     // Cache-aside with leases, then a namespace invalidation (stamps) forces a reload.
     let loads = Arc::new(AtomicUsize::new(0));
@@ -326,14 +318,19 @@ async fn credentials_in_the_urls_reach_every_connection_and_l1_opens() -> TestRe
     assert!(b.metrics().total().l1_hits > before, "the second read was not an L1 hit");
     // And b's L1 copy follows a's write.
     a.set(&key, &"v2".to_string(), Ttl::Medium).await?;
+    assert_eq!(eventually_reads(&b, &key, "v2").await?.as_deref(), Some("v2"));
+    Ok(())
+}
+
+/// What `cache` reads for `key` once it reads `want`, or after 5 s of trying.
+async fn eventually_reads(cache: &Cache, key: &strata::Key, want: &str) -> strata::Result<Option<String>> {
     let mut seen = None;
     for _ in 0..100 {
-        seen = b.get::<String>(&key).await?;
-        if seen.as_deref() == Some("v2") {
+        seen = cache.get::<String>(key).await?;
+        if seen.as_deref() == Some(want) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(seen.as_deref(), Some("v2"));
-    Ok(())
+    Ok(seen)
 }
