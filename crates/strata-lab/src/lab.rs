@@ -51,7 +51,7 @@ pub struct Host {
     pub root: PathBuf,
 }
 
-/// Latency added in front of one host's TCP services (see [`crate::delay`]).
+/// Latency added in front of one host's TCP services (see [`Lab::delay`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Delay {
     /// The host.
