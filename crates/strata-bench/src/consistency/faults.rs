@@ -129,7 +129,7 @@ impl Setup {
                     is_loopback(&url)?,
                     "fault {} touches only nodes on this machine (loopback); {} is not",
                     fault.name(),
-                    without_userinfo(&url)
+                    split_userinfo(&url).0
                 );
             }
         }
@@ -177,11 +177,7 @@ impl Setup {
                 let mut con = connect(&urls[0])?;
                 let text: String = redis::cmd("CLUSTER").arg("NODES").query(&mut con)?;
                 // The credentials of the URL given (an ACL user) for every master.
-                let userinfo = urls[0]
-                    .split_once("://")
-                    .and_then(|(_, rest)| rest.rsplit_once('@'))
-                    .map(|(user, _)| format!("{user}@"))
-                    .unwrap_or_default();
+                let userinfo = split_userinfo(&urls[0]).1.map(|info| format!("{info}@")).unwrap_or_default();
                 Ok(text
                     .lines()
                     .filter(|l| {
@@ -269,15 +265,18 @@ fn cluster_fault(cluster: &mut RedisCluster, fault: Fault) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Whether `url` names a node on this machine.
-/// `url` without its `user:password@` (for messages).
-fn without_userinfo(url: &str) -> String {
-    match url.split_once("://").and_then(|(scheme, rest)| rest.rsplit_once('@').map(|(_, host)| (scheme, host))) {
-        Some((scheme, host)) => format!("{scheme}://{host}"),
-        None => url.to_owned(),
+/// `url` without its `user:password@`, and that `user:password` (if any).
+pub(crate) fn split_userinfo(url: &str) -> (String, Option<&str>) {
+    match url
+        .split_once("://")
+        .and_then(|(scheme, rest)| rest.rsplit_once('@').map(|(info, host)| (scheme, info, host)))
+    {
+        Some((scheme, info, host)) => (format!("{scheme}://{host}"), Some(info)),
+        None => (url.to_owned(), None),
     }
 }
 
+/// Whether `url` names a node on this machine.
 fn is_loopback(url: &str) -> anyhow::Result<bool> {
     Ok(match redis::Client::open(url)?.get_connection_info().addr() {
         redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {

@@ -411,16 +411,15 @@ fn without_credentials(urls: &[String]) -> (Vec<String>, Vec<(&'static str, Stri
     let stripped = urls
         .iter()
         .map(|url| {
-            let Some((scheme, rest)) = url.split_once("://") else { return url.clone() };
-            let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.clone() };
-            if credentials.is_empty() {
-                let (user, password) = userinfo.split_once(':').unwrap_or(("", userinfo));
+            let (bare, info) = faults::split_userinfo(url);
+            if let (Some(info), true) = (info, credentials.is_empty()) {
+                let (user, password) = info.split_once(':').unwrap_or(("", info));
                 if !user.is_empty() {
                     credentials.push((worker::WORKER_USER, user.to_owned()));
                 }
                 credentials.push((worker::WORKER_PASSWORD, password.to_owned()));
             }
-            format!("{scheme}://{host}")
+            bare
         })
         .collect();
     (stripped, credentials)
@@ -457,4 +456,22 @@ fn progress(on: bool) -> indicatif::ProgressBar {
     let bar = if on { indicatif::ProgressBar::new_spinner() } else { indicatif::ProgressBar::hidden() };
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_worker_urls_for_their_environment() {
+        let urls = ["redis://admin:s3cret@10.77.0.11:6379".to_owned(), "redis://10.77.0.12:6379".to_owned()];
+        let (bare, env) = without_credentials(&urls);
+        assert_eq!(bare, ["redis://10.77.0.11:6379", "redis://10.77.0.12:6379"]);
+        assert_eq!(env, [(worker::WORKER_USER, "admin".to_owned()), (worker::WORKER_PASSWORD, "s3cret".to_owned())]);
+        // A password alone (the default user), and no credentials at all.
+        let (_, env) = without_credentials(&["redis://:pw@h:1".to_owned()]);
+        assert_eq!(env, [(worker::WORKER_PASSWORD, "pw".to_owned())]);
+        let (bare, env) = without_credentials(&["redis://h:1".to_owned()]);
+        assert_eq!((bare, env.len()), (vec!["redis://h:1".to_owned()], 0));
+    }
 }
