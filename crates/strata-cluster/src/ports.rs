@@ -22,8 +22,14 @@ fn handed_out() -> &'static Mutex<HashSet<u16>> {
 }
 
 /// Pick a currently free TCP port on 127.0.0.1 that this process has not
-/// handed out before.
+/// handed out before, outside the kernel's ephemeral range when it can: a port
+/// from that range can be taken, while its node is down (a restart drill), as
+/// the source port of any outgoing connection, and the node then cannot bind
+/// it again (a drill's restart failed that way under the full suite).
 pub fn free_port() -> Result<u16> {
+    if let Some(port) = free_port_outside_ephemeral() {
+        return Ok(port);
+    }
     // Retry a few times in case the kernel repeats a port we already gave out.
     for _ in 0..64 {
         let listener = TcpListener::bind(SocketAddrV4::new(LOOPBACK, 0))
@@ -35,6 +41,28 @@ pub fn free_port() -> Result<u16> {
         }
     }
     Err(ClusterError::new(crate::ErrorKind::Io, "could not find a free port on 127.0.0.1"))
+}
+
+/// A free port in [10000, the ephemeral range's start), tried from a random
+/// point; `None` if the range cannot be read or holds no free port.
+fn free_port_outside_ephemeral() -> Option<u16> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let low: u16 = text.split_whitespace().next()?.parse().ok()?;
+    let (first, end) = (10_000u16, low);
+    if end <= first + 1000 {
+        return None;
+    }
+    let span = end - first;
+    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.subsec_nanos() as u16 % span;
+    let mut seen = handed_out().lock().unwrap_or_else(|p| p.into_inner());
+    for k in 0..span {
+        let port = first + (start + k) % span;
+        if !seen.contains(&port) && TcpListener::bind(SocketAddrV4::new(LOOPBACK, port)).is_ok() {
+            seen.insert(port);
+            return Some(port);
+        }
+    }
+    None
 }
 
 /// `true` if `127.0.0.1:port` can be bound right now.
