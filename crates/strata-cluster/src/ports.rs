@@ -1,7 +1,8 @@
 //! Picking free loopback ports.
 //!
-//! A free port is found by binding `127.0.0.1:0` and reading back the port
-//! the kernel chose. The listener is closed before Redis binds the port, so
+//! A free port is one below the kernel's ephemeral range that binds now (else,
+//! where that range cannot be read, the port the kernel picks for
+//! `127.0.0.1:0`). The listener is closed before Redis binds the port, so
 //! the pick is inherently racy; callers retry on "Address already in use".
 //! Ports handed out by this process are remembered so two nodes started in
 //! parallel (for example by concurrent tests) never receive the same one.
