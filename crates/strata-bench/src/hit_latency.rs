@@ -231,6 +231,12 @@ pub struct Throughput {
     pub ratio: f64,
     /// Median of the per-round ratios.
     pub ratio_median: f64,
+    /// On a cluster, raw GETs per second over one multiplexed connection per master, each key
+    /// sent to its master's: the connection type Strata's L2 hits take there (its own
+    /// connection to each master, rather than redis-rs's cluster connection).
+    pub raw_masters_ops_per_sec: Option<f64>,
+    /// `strata_ops_per_sec / raw_masters_ops_per_sec`.
+    pub ratio_masters: Option<f64>,
     /// The target for `ratio` (issue 16).
     pub target_ratio: f64,
     /// `redis-benchmark -c 50 -t get` on the same deployment (absent when not asked for).
@@ -248,6 +254,9 @@ pub struct ThroughputRound {
     pub raw_ops_per_sec: f64,
     /// Their ratio.
     pub ratio: f64,
+    /// Raw GETs per second over per-master connections in this round (cluster only; this phase
+    /// runs third in every round).
+    pub raw_masters_ops_per_sec: Option<f64>,
 }
 
 /// Runs the benchmark against `target`.
@@ -399,16 +408,22 @@ async fn throughput(
     for key in &keys {
         cache.set(key, value, Ttl::Long).await?;
     }
+    let masters = raw_masters(raw, &keys).await?;
     let keys = Arc::new(keys);
     let errors_before = cache.metrics().l2_errors;
     let short = options.phase.min(Duration::from_millis(500));
     // Warm-up: every task's first calls, connections to every node.
     phase(Reader::Strata(cache.clone()), &keys, options.tasks, short).await?;
     phase(Reader::Raw(raw.clone()), &keys, options.tasks, short).await?;
+    if let Some(m) = &masters {
+        phase(Reader::RawMasters(m.clone()), &keys, options.tasks, short).await?;
+    }
 
     let bar = progress(options.rounds as u64, "L2 throughput rounds");
     let mut rounds = Vec::with_capacity(options.rounds);
     let (mut strata_total, mut raw_total) = ((0u64, Duration::ZERO), (0u64, Duration::ZERO));
+    let mut masters_total = (0u64, Duration::ZERO);
+    let rate = |(ops, t): (u64, Duration)| ops as f64 / t.as_secs_f64().max(1e-9);
     for round in 0..options.rounds {
         let strata_first = round % 2 == 0;
         let mut got = [(0u64, Duration::ZERO); 2];
@@ -417,16 +432,23 @@ async fn throughput(
             let reader = if strata { Reader::Strata(cache.clone()) } else { Reader::Raw(raw.clone()) };
             got[usize::from(!strata)] = phase(reader, &keys, options.tasks, options.phase).await?;
         }
-        let rate = |(ops, t): (u64, Duration)| ops as f64 / t.as_secs_f64().max(1e-9);
+        let on_masters = match &masters {
+            Some(m) => Some(phase(Reader::RawMasters(m.clone()), &keys, options.tasks, options.phase).await?),
+            None => None,
+        };
         let (s, r) = (rate(got[0]), rate(got[1]));
         rounds.push(ThroughputRound {
             first: if strata_first { "strata" } else { "raw" },
             strata_ops_per_sec: s,
             raw_ops_per_sec: r,
             ratio: s / r.max(1e-9),
+            raw_masters_ops_per_sec: on_masters.map(rate),
         });
         strata_total = (strata_total.0 + got[0].0, strata_total.1 + got[0].1);
         raw_total = (raw_total.0 + got[1].0, raw_total.1 + got[1].1);
+        if let Some((ops, t)) = on_masters {
+            masters_total = (masters_total.0 + ops, masters_total.1 + t);
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -456,7 +478,10 @@ async fn throughput(
         None
     };
     let mut ratios: Vec<f64> = rounds.iter().map(|r| r.ratio).collect();
+    let raw_masters_ops_per_sec = masters.is_some().then(|| rate(masters_total));
     Ok(Throughput {
+        raw_masters_ops_per_sec,
+        ratio_masters: raw_masters_ops_per_sec.map(|m| strata_ops_per_sec / m.max(1e-9)),
         tasks: options.tasks,
         keys: keys.len(),
         phase_seconds: options.phase.as_secs_f64(),
@@ -475,6 +500,47 @@ async fn throughput(
 enum Reader {
     Strata(Cache),
     Raw(RawConn),
+    /// Key `i`'s master's connection at `i`.
+    RawMasters(Arc<Vec<redis::aio::MultiplexedConnection>>),
+}
+
+/// On a cluster, a multiplexed connection to the master of each of `keys` (one per master,
+/// shared), found once with `CLUSTER SLOTS` and `CLUSTER KEYSLOT`; `None` elsewhere.
+async fn raw_masters(
+    raw: &RawConn,
+    keys: &[Key],
+) -> anyhow::Result<Option<Arc<Vec<redis::aio::MultiplexedConnection>>>> {
+    let RawConn::Cluster(cluster) = raw else { return Ok(None) };
+    let mut cluster = cluster.clone();
+    let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut cluster).await?;
+    // (first slot, last slot, host, port) of each range's master.
+    let mut ranges = Vec::new();
+    for range in slots {
+        let [first, last, master, ..] = range.as_slice() else { anyhow::bail!("CLUSTER SLOTS: a short entry") };
+        let (first, last): (u16, u16) = (redis::from_redis_value_ref(first)?, redis::from_redis_value_ref(last)?);
+        let (host, port): (String, u16) = match redis::from_redis_value_ref::<Vec<redis::Value>>(master)?.as_slice() {
+            [host, port, ..] => (redis::from_redis_value_ref(host)?, redis::from_redis_value_ref(port)?),
+            _ => anyhow::bail!("CLUSTER SLOTS: a master without an address"),
+        };
+        ranges.push((first, last, host, port));
+    }
+    let mut conns: std::collections::HashMap<(String, u16), redis::aio::MultiplexedConnection> = Default::default();
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key.as_str()).query_async(&mut cluster).await?;
+        let (_, _, host, port) = ranges
+            .iter()
+            .find(|(first, last, ..)| (*first..=*last).contains(&slot))
+            .with_context(|| format!("no master serves slot {slot}"))?;
+        let node = (host.clone(), *port);
+        if !conns.contains_key(&node) {
+            let conn =
+                redis::Client::open(format!("redis://{host}:{port}"))?.get_multiplexed_async_connection().await?;
+            conns.insert(node.clone(), conn);
+        }
+        out.push(conns[&node].clone());
+    }
+    Ok(Some(Arc::new(out)))
 }
 
 /// `tasks` tasks reading `keys` in turn through `reader` for `length`: (calls completed, wall
@@ -499,6 +565,11 @@ async fn phase(
                         Reader::Strata(cache) => cache.get::<Profile>(key).await?.is_some(),
                         Reader::Raw(conn) => {
                             let v: Option<Vec<u8>> = redis::cmd("GET").arg(key.as_str()).query_async(conn).await?;
+                            std::hint::black_box(v).is_some()
+                        }
+                        Reader::RawMasters(conns) => {
+                            let mut conn = conns[i % keys.len()].clone();
+                            let v: Option<Vec<u8>> = redis::cmd("GET").arg(key.as_str()).query_async(&mut conn).await?;
                             std::hint::black_box(v).is_some()
                         }
                     };
@@ -626,15 +697,22 @@ fn render_throughput(t: &Throughput) -> String {
         "raw GET ops/s",
         "ratio"
     );
+    if t.raw_masters_ops_per_sec.is_some() {
+        out = out.trim_end().to_owned() + &format!(" {:>18}\n", "raw, per master");
+    }
     for (i, r) in t.rounds.iter().enumerate() {
         out += &format!(
-            "{:<7} {:>6} {:>14.0} {:>14.0} {:>6.3}x\n",
+            "{:<7} {:>6} {:>14.0} {:>14.0} {:>6.3}x",
             i + 1,
             r.first,
             r.strata_ops_per_sec,
             r.raw_ops_per_sec,
             r.ratio
         );
+        if let Some(m) = r.raw_masters_ops_per_sec {
+            out += &format!(" {m:>18.0}");
+        }
+        out += "\n";
     }
     let ceiling = match &t.redis_benchmark {
         None => "redis-benchmark: not run".to_owned(),
@@ -653,6 +731,11 @@ fn render_throughput(t: &Throughput) -> String {
         "L2-hit throughput: Strata {:.0} ops/s, raw redis-rs GET {:.0} ops/s, ratio {:.3}x (median of rounds {:.3}x; target >= {:.2}x); {ceiling}\n",
         t.strata_ops_per_sec, t.raw_ops_per_sec, t.ratio, t.ratio_median, t.target_ratio
     );
+    if let (Some(m), Some(ratio)) = (t.raw_masters_ops_per_sec, t.ratio_masters) {
+        out += &format!(
+            "Raw GETs over one connection per master (the connection type Strata's L2 hit uses on a cluster): {m:.0} ops/s; Strata / that: {ratio:.3}x\n"
+        );
+    }
     out
 }
 
@@ -689,6 +772,9 @@ mod tests {
         assert_eq!(t.rounds.iter().map(|r| r.first).collect::<Vec<_>>(), ["strata", "raw"]);
         assert!(t.strata_ops_per_sec > 0.0 && t.raw_ops_per_sec > 0.0, "{t:?}");
         assert!((t.ratio - t.strata_ops_per_sec / t.raw_ops_per_sec).abs() < 1e-9);
+        let cluster = matches!(target.topology, strata::Topology::Cluster(_));
+        assert_eq!(t.raw_masters_ops_per_sec.is_some_and(|m| m > 0.0), cluster, "{t:?}");
+        assert_eq!(t.rounds.iter().all(|r| r.raw_masters_ops_per_sec.is_some()), cluster, "{t:?}");
         let rb = t.redis_benchmark.as_ref().expect("redis-benchmark was asked for");
         if installed(redis_benchmark::PROGRAM) {
             assert!(rb.requests_per_sec.is_some_and(|r| r > 0.0), "{rb:?}");

@@ -131,7 +131,7 @@ impl Inner {
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        self.l2.run(context, op, &self.on_redirect()).await
+        self.l2.run(None, context, op, &self.on_redirect()).await
     }
 
     /// The per-call Redis timeout.

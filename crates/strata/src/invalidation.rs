@@ -49,10 +49,10 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use crate::breaker::redis_slot;
 use crate::cache::Inner;
 use crate::error::{Error, Result};
 use crate::l2::{L2Config, Topology, connection_info};
+use crate::slots::{Routes, parse_masters};
 
 /// How long `build` waits at most for tracking to be up on every node.
 const STARTUP_WAIT: Duration = Duration::from_secs(3);
@@ -126,7 +126,7 @@ impl Invalidation {
 #[derive(Default)]
 pub(crate) struct Tracking {
     /// The tracking connection of each hash slot's master, as of the supervisor's last round.
-    routes: RwLock<Routes>,
+    routes: RwLock<Routes<Route>>,
     /// `host:port` of every node with a tracking connection, as of the supervisor's last round.
     tracked: std::sync::RwLock<Vec<String>>,
     /// Redirect targets that were not tracked: tracked from then on whatever the topology
@@ -142,7 +142,7 @@ impl Tracking {
         self.routes.read().unwrap_or_else(|p| p.into_inner()).find(key)
     }
 
-    fn publish(&self, routes: Routes) {
+    fn publish(&self, routes: Routes<Route>) {
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
     }
 }
@@ -153,46 +153,6 @@ impl Tracking {
 pub(crate) struct Route {
     pub(crate) conn: MultiplexedConnection,
     pub(crate) alive: Arc<AtomicBool>,
-}
-
-/// Hash slot ranges to tracking connections.
-struct Routes<R = Route> {
-    /// (first slot, last slot, index in `nodes`), sorted; empty with one node for every key.
-    ranges: Vec<(u16, u16, usize)>,
-    nodes: Vec<R>,
-}
-
-impl<R> Default for Routes<R> {
-    fn default() -> Self {
-        Self { ranges: Vec::new(), nodes: Vec::new() }
-    }
-}
-
-impl<R: Clone> Routes<R> {
-    fn find(&self, key: &[u8]) -> Option<R> {
-        if self.ranges.is_empty() {
-            return match self.nodes.as_slice() {
-                [only] => Some(only.clone()),
-                _ => None,
-            };
-        }
-        let slot = redis_slot(key);
-        let i = self.ranges.partition_point(|&(_, last, _)| last < slot);
-        let &(first, _, node) = self.ranges.get(i)?;
-        (first <= slot).then(|| self.nodes[node].clone())
-    }
-}
-
-/// Slot ranges from `CLUSTER NODES`' slot fields (`0-5460`, `5461`); `None` for an empty list.
-fn slot_ranges(slots: &str) -> Option<Vec<(u16, u16)>> {
-    let ranges: Vec<(u16, u16)> = slots
-        .split_whitespace()
-        .filter_map(|r| match r.split_once('-') {
-            Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
-            None => r.parse().ok().map(|s| (s, s)),
-        })
-        .collect();
-    (!ranges.is_empty()).then_some(ranges)
 }
 
 /// The data path met a `MOVED` or `ASK` reply naming `node` (`host:port`): a slot moved, or is
@@ -368,16 +328,9 @@ impl Supervisor {
     /// Tells the data path which tracking connection answers for each slot: that of the slot's
     /// master, when there is one.
     fn publish_routes(&self, cache: &Inner) {
-        let mut routes = Routes::default();
-        for (addr, slots) in &self.masters {
-            let Some(node) = self.nodes.get(addr) else { continue };
-            let index = routes.nodes.len();
-            routes.nodes.push(Route { conn: node.conn.clone(), alive: node.alive.clone() });
-            if let Some(ranges) = slot_ranges(slots) {
-                routes.ranges.extend(ranges.into_iter().map(|(first, last)| (first, last, index)));
-            }
-        }
-        routes.ranges.sort_unstable();
+        let routes = Routes::of_masters(&self.masters, |addr| {
+            self.nodes.get(addr).map(|node| Route { conn: node.conn.clone(), alive: node.alive.clone() })
+        });
         cache.l1().coherence().tracking.publish(routes);
     }
 
@@ -578,36 +531,6 @@ fn on_push(cache: &Inner, push: PushInfo, alive: &AtomicBool, lost: &mpsc::Unbou
     }
 }
 
-/// Masters that own slots, from `CLUSTER NODES` output, as (url, slots), sorted. Failed or
-/// address-less nodes are left out; a suspected (`fail?`) one stays, so its loss keeps L1 off until failover.
-fn parse_masters(text: &str, scheme: &str) -> Vec<(String, String)> {
-    let mut masters: Vec<(String, String)> = text
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (addr, flags) = (fields.get(1)?, fields.get(2)?.split(',').collect::<Vec<_>>());
-            if !flags.contains(&"master") || flags.iter().any(|f| matches!(*f, "fail" | "noaddr" | "handshake")) {
-                return None;
-            }
-            let host_port = addr.split(['@', ',']).next()?;
-            // Migration markers (`[slot->-id]`) appear only in a node's view of itself: leave
-            // them out so that asking another node does not look like a topology change. The
-            // move itself shows when the slot changes owner.
-            let slots: Vec<&str> =
-                fields.get(8..).unwrap_or_default().iter().filter(|s| !s.starts_with('[')).copied().collect();
-            // A master without slots holds no keys (a node joining, or a replica not yet
-            // attached in this node's view); it is tracked once slots move to it, or as soon
-            // as a redirect names it (keys migrating to it, see `redirected`).
-            if slots.is_empty() {
-                return None;
-            }
-            Some((format!("{scheme}://{host_port}"), slots.join(" ")))
-        })
-        .collect();
-    masters.sort();
-    masters
-}
-
 /// Whether `key` is one Strata keeps for coordination rather than a cached value, a stamp or a
 /// hot key's copy (those are read for L1 on purpose): a lease, a write version or a write-behind entry. Reads
 /// for L1 never track them, so no message should name one
@@ -633,42 +556,6 @@ async fn master_by_name(conn: &mut MultiplexedConnection, name: &str) -> redis::
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn masters_are_parsed_from_cluster_nodes() {
-        let text = "\
-a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
-b2 127.0.0.1:7002@17002,host master - 0 0 2 connected 5461-10922 [5000->-a1]
-c3 127.0.0.1:7003@17003 slave b2 0 0 2 connected
-d4 127.0.0.1:7004@17004 master,fail - 0 0 3 disconnected 10923-16383
-e5 :0@0 master,noaddr - 0 0 0 disconnected
-f6 127.0.0.1:7006@17006 master - 0 0 0 connected";
-        assert_eq!(
-            parse_masters(text, "redis"),
-            vec![
-                ("redis://127.0.0.1:7001".to_string(), "0-5460".to_string()),
-                ("redis://127.0.0.1:7002".to_string(), "5461-10922".to_string()),
-            ]
-        );
-    }
-
-    #[test]
-    fn keys_find_the_connection_of_their_slot() {
-        assert_eq!(slot_ranges("0-5460 5461 5462-10922"), Some(vec![(0, 5460), (5461, 5461), (5462, 10922)]));
-        assert_eq!(slot_ranges(""), None);
-        let single = Routes { ranges: Vec::new(), nodes: vec!["only"] };
-        assert_eq!(single.find(b"any"), Some("only"), "standalone: one connection for every key");
-        assert_eq!(Routes::<&str>::default().find(b"any"), None, "no connection yet");
-        let key_at = |wanted: std::ops::RangeInclusive<u16>| {
-            (0..).map(|i| format!("k{i}")).find(|k| wanted.contains(&redis_slot(k.as_bytes()))).expect("a key")
-        };
-        // Two masters, and slots 12000-16383 served by none (a master just failed).
-        let cluster = Routes { ranges: vec![(0, 5460, 0), (5461, 5461, 1), (5462, 11999, 1)], nodes: vec!["a", "b"] };
-        assert_eq!(cluster.find(key_at(0..=5460).as_bytes()), Some("a"));
-        assert_eq!(cluster.find(key_at(5462..=11999).as_bytes()), Some("b"));
-        assert_eq!(cluster.find(key_at(12000..=16383).as_bytes()), None);
-        assert_eq!(cluster.find(b"{k}:x"), cluster.find(b"k"), "hash tags pick the slot");
-    }
 
     #[test]
     fn empty_prefixes_are_rejected() {

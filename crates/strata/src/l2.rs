@@ -3,7 +3,9 @@
 //! Standalone uses redis-rs's `ConnectionManager` (multiplexed, reconnects by itself) created
 //! lazily, so a cache can start while Redis is down. Cluster uses redis-rs's async cluster
 //! connection seeded with every node given; it is created on first use and re-created after a
-//! failed connect. Sentinel resolves the current master through the sentinels and re-resolves
+//! failed connect. The first attempt of a call on a key goes instead over a connection of the
+//! cache's own to the key's master when the cache knows it ([`Masters`]: one per master, by hash
+//! slot), which costs the client less CPU than the cluster connection's own routing. Sentinel resolves the current master through the sentinels and re-resolves
 //! after a connection-level error or a `READONLY` reply (the old master was demoted).
 //!
 //! Every call is bounded by the operation timeout here, whatever the driver's own settings.
@@ -15,8 +17,9 @@
 //! from a master its L1 invalidation does not track yet (see [`L2::run`]). Other errors are not
 //! retried: the circuit breaker and the loader fallback deal with them.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -31,6 +34,7 @@ use crate::breaker::{BreakerConfig, Breakers, Permits};
 use crate::error::{Error, Result};
 use crate::metrics::Globals;
 use crate::retry::{self, Backoff};
+use crate::slots::{Routes, parse_masters};
 
 /// Where Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +147,9 @@ pub(crate) enum Conn {
     /// `CLIENT CACHING YES` on it is remembered by Redis, which then tells this instance of the
     /// key's next change (see [`crate::invalidation`]).
     Tracked(MultiplexedConnection),
+    /// This cache's own (untracked) connection to the key's master, for the first attempt of a
+    /// call on a key ([`Masters`]).
+    Node(MultiplexedConnection),
 }
 
 /// Sends `pipe`, which invokes `script`: when the node does not have the script cached yet
@@ -178,7 +185,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
-            Conn::Tracked(c) => c.req_packed_command(cmd),
+            Conn::Tracked(c) | Conn::Node(c) => c.req_packed_command(cmd),
         }
     }
     fn req_packed_commands<'a>(
@@ -190,14 +197,14 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(p, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(p, offset, count),
-            Conn::Tracked(c) => c.req_packed_commands(p, offset, count),
+            Conn::Tracked(c) | Conn::Node(c) => c.req_packed_commands(p, offset, count),
         }
     }
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
-            Conn::Tracked(c) => c.get_db(),
+            Conn::Tracked(c) | Conn::Node(c) => c.get_db(),
         }
     }
 }
@@ -207,9 +214,11 @@ enum Backend {
     /// `direct` makes the first attempt of every call, with no retries inside redis-rs, so that
     /// a `MOVED` or `ASK` reply (or a "try again") reaches [`L2::run`]; `managed` makes the
     /// attempt after such a reply, following redirects and retrying by itself.
+    /// `masters` makes it instead when it knows the key's master.
     Cluster {
         direct: ClusterConn,
         managed: Box<ClusterConn>,
+        masters: Arc<Masters>,
     },
     Sentinel {
         client: tokio::sync::Mutex<SentinelClient>,
@@ -231,6 +240,139 @@ impl ClusterConn {
 
     async fn get(&self) -> RedisResult<Conn> {
         self.conn.get(|| async { self.client.get_async_connection().await.map(Conn::Cluster) }).await
+    }
+}
+
+/// The client name of [`Masters`]' connections (`CLIENT LIST`).
+pub(crate) const MASTER_CONNECTION_NAME: &str = "strata-l2";
+
+/// How soon after one refresh of [`Masters`] the next may start.
+const REFRESH_SPACING: Duration = Duration::from_millis(200);
+
+/// This cache's own connection to each master of a cluster, by hash slot: the first attempt of
+/// a call on a key goes straight to the key's master over it. redis-rs's cluster connection
+/// hands every call to a task of its own, which routes it and hands it on to the node's
+/// connection; with a client short of CPU, that relay cost more than the rest of an L2 hit
+/// (docs/benchmarks.md, "Issue 16, tenth session"). The table is read from `CLUSTER NODES` on
+/// first use and again after a call over it failed or was redirected, one refresh at a time and
+/// at most one per [`REFRESH_SPACING`]; meanwhile, and for slots it does not know, calls go over
+/// the cluster connection as before. What is sent over it is handled as a first attempt over
+/// the cluster connection would be (see [`L2::run`]).
+struct Masters {
+    routes: RwLock<Routes<MultiplexedConnection>>,
+    /// The connections of `routes` by URL, kept across refreshes while they answer.
+    conns: std::sync::Mutex<HashMap<String, MultiplexedConnection>>,
+    /// A refresh is running, or waiting out its spacing.
+    refreshing: AtomicBool,
+    config: L2Config,
+}
+
+impl Masters {
+    fn new(config: &L2Config) -> Self {
+        Self {
+            routes: RwLock::default(),
+            conns: std::sync::Mutex::default(),
+            refreshing: AtomicBool::new(false),
+            config: config.clone(),
+        }
+    }
+
+    /// The connection to `key`'s master, when known.
+    fn find(&self, key: &[u8]) -> Option<MultiplexedConnection> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).find(key)
+    }
+
+    /// Reads the masters again in the background, asking over `via` (a cluster connection),
+    /// unless a refresh is on its way already.
+    fn refresh(self: &Arc<Self>, via: Conn) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        /// Lets the next refresh start, also when the task is dropped unfinished (its runtime
+        /// shut down).
+        struct Done(Arc<Masters>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.refreshing.store(false, Ordering::Release);
+            }
+        }
+        let done = Done(Arc::clone(self));
+        tokio::spawn(async move {
+            let this = &done.0;
+            let started = Instant::now();
+            if let Err(err) = this.read_masters(via).await {
+                tracing::debug!(error = %err, "cannot read the cluster's masters; calls go over the cluster connection");
+                // Calls keep to what answers: the cluster connection routes every key.
+                *this.routes.write().unwrap_or_else(|p| p.into_inner()) = Routes::default();
+            }
+            tokio::time::sleep_until(started + REFRESH_SPACING).await;
+        });
+    }
+
+    async fn read_masters(&self, mut via: Conn) -> Result<()> {
+        let wait = self.config.connect_timeout;
+        let text = tokio::time::timeout(wait, redis::cmd("CLUSTER").arg("NODES").query_async::<String>(&mut via))
+            .await
+            .map_err(|_| Error::timeout("CLUSTER NODES", wait))?
+            .map_err(|e| Error::redis("CLUSTER NODES", e))?;
+        let scheme = match &self.config.topology {
+            Topology::Cluster(seeds) if seeds.iter().any(|s| s.starts_with("rediss://")) => "rediss",
+            _ => "redis",
+        };
+        let masters = parse_masters(&text, scheme);
+        let kept = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|p| p.into_inner()));
+        let conns = futures::future::join_all(masters.iter().map(|(url, _)| {
+            let kept = kept.get(url).cloned();
+            async move {
+                // A kept connection that still answers stays; any other is made again.
+                if let Some(mut conn) = kept {
+                    let ping = redis::cmd("PING");
+                    if matches!(tokio::time::timeout(wait, ping.query_async::<String>(&mut conn)).await, Ok(Ok(_))) {
+                        return Some(conn);
+                    }
+                }
+                match tokio::time::timeout(wait, self.connect(url)).await {
+                    Ok(Ok(conn)) => Some(conn),
+                    Ok(Err(err)) => {
+                        tracing::debug!(node = %url, error = %err, "cannot connect to a master; its slots go over the cluster connection");
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+        }))
+        .await;
+        let by_url: HashMap<String, MultiplexedConnection> =
+            masters.iter().zip(conns).filter_map(|((url, _), conn)| Some((url.clone(), conn?))).collect();
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) =
+            Routes::of_masters(&masters, |url| by_url.get(url).cloned());
+        *self.conns.lock().unwrap_or_else(|p| p.into_inner()) = by_url;
+        Ok(())
+    }
+
+    async fn connect(&self, url: &str) -> Result<MultiplexedConnection> {
+        let info = connection_info(url, &self.config)?;
+        let client = match &self.config.tls {
+            Some(tls) => redis::Client::build_with_tls(info, tls.certificates()),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.connect_timeout))
+            // Every call on it has its own timer (see `L2::run`).
+            .set_response_timeout(None);
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| Error::redis("connect", e))?;
+        // Named for `CLIENT LIST`: an operator (and a test) can tell it from the others.
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(MASTER_CONNECTION_NAME)
+            .exec_async(&mut conn)
+            .await
+            .map_err(|e| Error::redis("CLIENT SETNAME", e))?;
+        Ok(conn)
     }
 }
 
@@ -338,6 +480,7 @@ impl L2 {
                 Backend::Cluster {
                     direct: ClusterConn::new(client(0)?),
                     managed: Box::new(ClusterConn::new(client(3)?)),
+                    masters: Arc::new(Masters::new(config)),
                 }
             }
             Topology::Sentinel { sentinels, master_name } => {
@@ -392,6 +535,33 @@ impl L2 {
         }
     }
 
+    /// The connection of a call's first attempt: on a cluster, for a call on a key, this cache's
+    /// own connection to the key's master when it knows it ([`Masters`], which it asks to
+    /// learn the key's slot otherwise); else the usual connection when one is ready.
+    fn first_conn(&self, key: Option<&[u8]>) -> Option<Conn> {
+        if let (Backend::Cluster { direct, masters, .. }, Some(key)) = (&self.backend, key) {
+            if let Some(conn) = masters.find(key) {
+                return Some(Conn::Node(conn));
+            }
+            let ready = direct.conn.read();
+            if let Some(via) = &ready {
+                masters.refresh(via.clone());
+            }
+            return ready;
+        }
+        self.ready_conn()
+    }
+
+    /// After a call over one of [`Masters`]' connections failed or was redirected: the table
+    /// is read again (in the background).
+    fn masters_moved(&self) {
+        if let Backend::Cluster { direct, masters, .. } = &self.backend
+            && let Some(via) = direct.conn.read()
+        {
+            masters.refresh(via);
+        }
+    }
+
     /// Makes (or waits for another caller to make) the connection.
     async fn connect(&self) -> RedisResult<Conn> {
         match &self.backend {
@@ -421,19 +591,28 @@ impl L2 {
     /// shortly" (see [`crate::retry`]) runs `op` again after a jittered backoff, as long as the
     /// wait ends before the deadline set by the operation timeout when the first attempt
     /// started; a connection made again for a retry (Sentinel, after a demotion) counts against
-    /// that same deadline. On a Cluster, the first attempt runs without redis-rs's retries: a
+    /// that same deadline. On a Cluster, the first attempt of a call on `key` goes over this
+    /// cache's own connection to the key's master when it knows it ([`Masters`]; a failure or a
+    /// redirect there has the masters read again), else over the cluster connection; either
+    /// way it runs without redis-rs's retries: a
     /// `MOVED` or `ASK` reply is reported to `redirected` (with the node it names) before
     /// anything is read from that node, and whatever redis-rs would have retried (a redirect,
     /// "try again", a lost connection) gets one more attempt, on the connection that follows
     /// redirects and retries by itself (see [`L2::new`]) — no further layer, which would only
     /// hold callers longer during a failover.
-    pub(crate) async fn run<T, F, Fut>(&self, context: &str, op: F, redirected: &(dyn Fn(&str) + Sync)) -> Result<T>
+    pub(crate) async fn run<T, F, Fut>(
+        &self,
+        key: Option<&[u8]>,
+        context: &str,
+        op: F,
+        redirected: &(dyn Fn(&str) + Sync),
+    ) -> Result<T>
     where
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let result = async {
-            let mut conn = match self.ready_conn() {
+            let mut conn = match self.first_conn(key) {
                 Some(conn) => conn,
                 None => {
                     tokio::time::timeout(self.connect_timeout, self.connect()).await.map_err(|_| timeout_error())??
@@ -443,11 +622,20 @@ impl L2 {
             let mut backoff: Option<Backoff> = None;
             let mut first = true;
             loop {
+                let over_master = matches!(conn, Conn::Node(_));
                 let err = match tokio::time::timeout_at(deadline, op(conn)).await {
                     Ok(Ok(value)) => return Ok(value),
                     Ok(Err(err)) => err,
-                    Err(_) => return Err(timeout_error()),
+                    Err(_) => {
+                        if over_master {
+                            self.masters_moved();
+                        }
+                        return Err(timeout_error());
+                    }
                 };
+                if over_master {
+                    self.masters_moved();
+                }
                 if self.is_cluster() {
                     if let Some(node) = redirect_target(&err) {
                         redirected(&node);
@@ -512,7 +700,7 @@ impl L2 {
         // inside every cache operation's state machine made code using the cache overflow the
         // compiler's query depth limit. One allocation next to a network round trip.
         let started = std::time::Instant::now();
-        let result = Box::pin(self.run(context, op, &redirected)).await;
+        let result = Box::pin(self.run(key, context, op, &redirected)).await;
         self.account(permit, started, context, &result);
         result
     }
@@ -608,7 +796,7 @@ impl L2 {
             // slots through connections that no longer exist and never goes back to the seeds
             // (observed with 1.8.1: "No connections found" long after the cluster is healthy).
             // Start over from the seeds instead.
-            Backend::Cluster { direct, managed } if err.kind() == redis::ErrorKind::ClusterConnectionNotFound => {
+            Backend::Cluster { direct, managed, .. } if err.kind() == redis::ErrorKind::ClusterConnectionNotFound => {
                 direct.conn.reset();
                 managed.conn.reset();
             }

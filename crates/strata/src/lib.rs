@@ -117,11 +117,12 @@
 //! | `cache/hot`, `cache/write_through`, `cache/builder` | hot keys' registry and copies; `set_through`, `update_through`, `update_through_versioned`; assembling a cache ([`CacheBuilder`]) |
 //! | `batch`, `namespace`, `exposition` | the public API of batches; of namespaces and tags; of Prometheus exposition |
 //! | `l1` | the L1 tier: its store (quick_cache behind `L1Store`), bounded in bytes, and its admission rule (`Coherence`: tickets taken before a round trip, a writer's own ticket, tracking health) |
-//! | `invalidation` | the tracking connections (RESP3 `CLIENT TRACKING`, default mode), which carry the reads for L1; heartbeats, topology, the slot table, redirects |
+//! | `invalidation` | the tracking connections (RESP3 `CLIENT TRACKING`, default mode), which carry the reads for L1; heartbeats, topology, redirects |
+//! | `slots` | which master serves a key: `CLUSTER NODES` parsed, the slot table of per-master connections (tracking ones, and L2's own) |
 //! | `lease` | lease scripts, tokens and settings ([`LeaseConfig`]) |
 //! | `tags` | [`Tag`]s and the marks (stamp generations) a value records |
 //! | `fresh` | [`Freshness`]: XFetch, stale-while-revalidate, fail-safe, timeouts |
-//! | `l2`, `breaker`, `retry` | Redis connections (standalone, Cluster, Sentinel, TLS) and retries inside one call; circuit breakers per slot range; what is retried |
+//! | `l2`, `breaker`, `retry` | Redis connections (standalone, Cluster — a connection of its own to each master for the first attempt of a call on a key —, Sentinel, TLS) and retries inside one call; circuit breakers per slot range; what is retried |
 //! | `codec`, `crypt` | the envelope (format, compression, checksum, `Meta`: logical expiry and load time); AES-GCM |
 //! | `key`, `ttl` | [`Key`] / [`KeySchema`]; [`Ttl`] classes, jitter and expiry arithmetic |
 //! | `hot` | [`HotKeys`], the configuration of hot keys, and their copies' names |
@@ -169,6 +170,7 @@ mod lease;
 mod metrics;
 mod namespace;
 mod retry;
+mod slots;
 mod tags;
 mod timefmt;
 mod ttl;

@@ -136,3 +136,65 @@ async fn wrong_password_falls_back_to_the_loader() -> TestResult {
     assert_eq!(nopass.get_or_set(&key, Ttl::Short, || async { Ok::<_, std::io::Error>(3u32) }).await?, 3);
     Ok(())
 }
+
+/// Cluster: a call on a key goes to the key's master over a connection of the cache's own
+/// (`CLIENT LIST` names it `strata-l2`), not through redis-rs's cluster connection, and keeps
+/// doing so across a failover (the promoted replica gets one) and a slot move; every key reads
+/// back throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_calls_go_to_each_master_over_a_connection_of_the_cache() -> TestResult {
+    let redis = std::sync::Arc::new(crate::common::Redis::cluster());
+    let cache = redis.builder().l1_capacity_bytes(0).build().await?;
+    let schema = KeySchema::new("it", 1)?;
+    let keys: Vec<_> = (0..60).map(|i| schema.key("direct", &i.to_string())).collect::<Result<_, _>>()?;
+    for (i, key) in keys.iter().enumerate() {
+        cache.set(key, &i, Ttl::Long).await?;
+    }
+    for change in ["none", "failover", "reshard"] {
+        let cluster = redis.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let crate::common::Redis::Cluster(c) = cluster.as_ref() else { return Err("not a cluster".into()) };
+            let masters = c.master_indices().map_err(|e| e.to_string())?;
+            match change {
+                "failover" => {
+                    let replica = c.replica_indices().map_err(|e| e.to_string())?[0];
+                    c.manual_failover(replica, Duration::from_secs(60)).map_err(|e| e.to_string())
+                }
+                "reshard" => c.reshard(masters[0], masters[1], 64).map_err(|e| e.to_string()),
+                _ => Ok(()),
+            }
+        })
+        .await??;
+        // Every master (the promoted replica included) has a connection of the cache whose last
+        // command was one of the reads below.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for (i, key) in keys.iter().enumerate() {
+                assert_eq!(cache.get::<usize>(key).await?, Some(i), "{change}: {key} reads back");
+            }
+            let cluster = redis.clone();
+            let missing = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
+                let crate::common::Redis::Cluster(c) = cluster.as_ref() else { return Err("not a cluster".into()) };
+                let mut missing = Vec::new();
+                for m in c.master_indices().map_err(|e| e.to_string())? {
+                    let url = c.nodes()[m].url();
+                    let mut conn = redis::Client::open(url.as_str())
+                        .and_then(|client| client.get_connection())
+                        .map_err(|e| e.to_string())?;
+                    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).map_err(|e| e.to_string())?;
+                    if !list.lines().any(|l| l.contains(" name=strata-l2 ") && l.contains(" cmd=get ")) {
+                        missing.push(url);
+                    }
+                }
+                Ok(missing)
+            })
+            .await??;
+            if missing.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{change}: no read of the cache's own reached {missing:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
