@@ -408,7 +408,7 @@ async fn throughput(
     for key in &keys {
         cache.set(key, value, Ttl::Long).await?;
     }
-    let masters = raw_masters(raw, &keys).await?;
+    let masters = raw_masters(target, raw, &keys).await?;
     let keys = Arc::new(keys);
     let errors_before = cache.metrics().l2_errors;
     let short = options.phase.min(Duration::from_millis(500));
@@ -507,10 +507,14 @@ enum Reader {
 /// On a cluster, a multiplexed connection to the master of each of `keys` (one per master,
 /// shared), found once with `CLUSTER SLOTS` and `CLUSTER KEYSLOT`; `None` elsewhere.
 async fn raw_masters(
+    target: &Target,
     raw: &RawConn,
     keys: &[Key],
 ) -> anyhow::Result<Option<Arc<Vec<redis::aio::MultiplexedConnection>>>> {
     let RawConn::Cluster(cluster) = raw else { return Ok(None) };
+    // Each master is reached as the first seed is: its credentials, TLS or not.
+    let seed = target.urls().into_iter().next().context("no seed url")?;
+    let seed = redis::IntoConnectionInfo::into_connection_info(seed.as_str())?;
     let mut cluster = cluster.clone();
     let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut cluster).await?;
     // (first slot, last slot, host, port) of each range's master.
@@ -534,8 +538,16 @@ async fn raw_masters(
             .with_context(|| format!("no master serves slot {slot}"))?;
         let node = (host.clone(), *port);
         if !conns.contains_key(&node) {
-            let conn =
-                redis::Client::open(format!("redis://{host}:{port}"))?.get_multiplexed_async_connection().await?;
+            let addr = match seed.addr() {
+                redis::ConnectionAddr::TcpTls { insecure, tls_params, .. } => redis::ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port: *port,
+                    insecure: *insecure,
+                    tls_params: tls_params.clone(),
+                },
+                _ => redis::ConnectionAddr::Tcp(host.clone(), *port),
+            };
+            let conn = redis::Client::open(seed.clone().set_addr(addr))?.get_multiplexed_async_connection().await?;
             conns.insert(node.clone(), conn);
         }
         out.push(conns[&node].clone());

@@ -249,14 +249,20 @@ pub(crate) const MASTER_CONNECTION_NAME: &str = "strata-l2";
 /// How soon after one refresh of [`Masters`] the next may start.
 const REFRESH_SPACING: Duration = Duration::from_millis(200);
 
+/// The same after a refresh that could not read the masters or reach one of them: a master this
+/// cache cannot connect to (an address it cannot use, a node down) is asked for again at this
+/// pace, not at every call on its slots.
+const REFRESH_BACKOFF: Duration = Duration::from_secs(2);
+
 /// This cache's own connection to each master of a cluster, by hash slot: the first attempt of
 /// a call on a key goes straight to the key's master over it. redis-rs's cluster connection
 /// hands every call to a task of its own, which routes it and hands it on to the node's
 /// connection; with a client short of CPU, that relay cost more than the rest of an L2 hit
-/// (docs/benchmarks.md, "Issue 16, tenth session"). The table is read from `CLUSTER NODES` on
-/// first use and again after a call over it failed or was redirected, one refresh at a time and
-/// at most one per [`REFRESH_SPACING`]; meanwhile, and for slots it does not know, calls go over
-/// the cluster connection as before. What is sent over it is handled as a first attempt over
+/// (docs/benchmarks.md, "Issue 16, tenth session"). The table is read from `CLUSTER NODES` when
+/// a call's slot is not in it, and again after a call over it met a sign that the table is out
+/// of date ([`stale_route`]), one refresh at a time and at most one per [`REFRESH_SPACING`]
+/// ([`REFRESH_BACKOFF`] after one that failed or left a master out); meanwhile, and for slots it
+/// does not know, calls go over the cluster connection as before. What is sent over it is handled as a first attempt over
 /// the cluster connection would be (see [`L2::run`]).
 struct Masters {
     routes: RwLock<Routes<MultiplexedConnection>>,
@@ -300,16 +306,26 @@ impl Masters {
         tokio::spawn(async move {
             let this = &done.0;
             let started = Instant::now();
-            if let Err(err) = this.read_masters(via).await {
-                tracing::debug!(error = %err, "cannot read the cluster's masters; calls go over the cluster connection");
-                // Calls keep to what answers: the cluster connection routes every key.
-                *this.routes.write().unwrap_or_else(|p| p.into_inner()) = Routes::default();
-            }
-            tokio::time::sleep_until(started + REFRESH_SPACING).await;
+            let complete = match this.read_masters(via).await {
+                Ok(complete) => complete,
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot read the cluster's masters; calls go over the cluster connection");
+                    this.clear();
+                    false
+                }
+            };
+            tokio::time::sleep_until(started + if complete { REFRESH_SPACING } else { REFRESH_BACKOFF }).await;
         });
     }
 
-    async fn read_masters(&self, mut via: Conn) -> Result<()> {
+    /// Forgets every route: calls go over the cluster connection, which routes every key.
+    fn clear(&self) {
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Routes::default();
+    }
+
+    /// Reads the masters and connects to those without a live connection; whether every one
+    /// of them has one now.
+    async fn read_masters(&self, mut via: Conn) -> Result<bool> {
         let wait = self.config.connect_timeout;
         let text = tokio::time::timeout(wait, redis::cmd("CLUSTER").arg("NODES").query_async::<String>(&mut via))
             .await
@@ -344,10 +360,11 @@ impl Masters {
         .await;
         let by_url: HashMap<String, MultiplexedConnection> =
             masters.iter().zip(conns).filter_map(|((url, _), conn)| Some((url.clone(), conn?))).collect();
+        let complete = by_url.len() == masters.len();
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) =
             Routes::of_masters(&masters, |url| by_url.get(url).cloned());
         *self.conns.lock().unwrap_or_else(|p| p.into_inner()) = by_url;
-        Ok(())
+        Ok(complete)
     }
 
     async fn connect(&self, url: &str) -> Result<MultiplexedConnection> {
@@ -552,13 +569,16 @@ impl L2 {
         self.ready_conn()
     }
 
-    /// After a call over one of [`Masters`]' connections failed or was redirected: the table
-    /// is read again (in the background).
+    /// After a call over one of [`Masters`]' connections met a sign that the table is out of
+    /// date: the table is read again (in the background), or, when there is no cluster
+    /// connection to read it over (it was reset after every node was lost), forgotten, so that
+    /// calls make that connection again and the table is read once it is up.
     fn masters_moved(&self) {
-        if let Backend::Cluster { direct, masters, .. } = &self.backend
-            && let Some(via) = direct.conn.read()
-        {
-            masters.refresh(via);
+        if let Backend::Cluster { direct, masters, .. } = &self.backend {
+            match direct.conn.read() {
+                Some(via) => masters.refresh(via),
+                None => masters.clear(),
+            }
         }
     }
 
@@ -633,7 +653,7 @@ impl L2 {
                         return Err(timeout_error());
                     }
                 };
-                if over_master {
+                if over_master && stale_route(&err) {
                     self.masters_moved();
                 }
                 if self.is_cluster() {
@@ -803,6 +823,20 @@ impl L2 {
             _ => {}
         }
     }
+}
+
+/// Whether an error of a call sent over [`Masters`]' connection to the key's master says the
+/// table may be out of date: the slot moved for good (`MOVED`; an `ASK` is a migration under
+/// way, which the table cannot express), the node is no longer a master or not serving
+/// (`READONLY`, `CLUSTERDOWN`, `MASTERDOWN`), or the connection failed. A reply about the call
+/// itself (`WRONGTYPE`, `NOPERM`, `OOM`, a script error, ...) is not.
+fn stale_route(err: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind as K;
+    matches!(err.kind(), redis::ErrorKind::Server(K::Moved | K::ReadOnly | K::ClusterDown | K::MasterDown))
+        || err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
 }
 
 /// Whether a node answered without running the call: it does not serve the slot (`MOVED`,

@@ -87,7 +87,14 @@ pub(crate) fn parse_masters(text: &str, scheme: &str) -> Vec<(String, String)> {
             if slots.is_empty() {
                 return None;
             }
-            Some((format!("{scheme}://{host_port}"), slots.join(" ")))
+            // An IPv6 address goes in brackets in a URL.
+            let url = match host_port.rsplit_once(':') {
+                Some((host, port)) if host.contains(':') && !host.starts_with('[') => {
+                    format!("{scheme}://[{host}]:{port}")
+                }
+                _ => format!("{scheme}://{host_port}"),
+            };
+            Some((url, slots.join(" ")))
         })
         .collect();
     masters.sort();
@@ -106,12 +113,14 @@ b2 127.0.0.1:7002@17002,host master - 0 0 2 connected 5461-10922 [5000->-a1]
 c3 127.0.0.1:7003@17003 slave b2 0 0 2 connected
 d4 127.0.0.1:7004@17004 master,fail - 0 0 3 disconnected 10923-16383
 e5 :0@0 master,noaddr - 0 0 0 disconnected
-f6 127.0.0.1:7006@17006 master - 0 0 0 connected";
+f6 127.0.0.1:7006@17006 master - 0 0 0 connected
+g7 2001:db8::7:7007@17007 master - 0 0 4 connected 10923-16383";
         assert_eq!(
             parse_masters(text, "redis"),
             vec![
                 ("redis://127.0.0.1:7001".to_string(), "0-5460".to_string()),
                 ("redis://127.0.0.1:7002".to_string(), "5461-10922".to_string()),
+                ("redis://[2001:db8::7]:7007".to_string(), "10923-16383".to_string()),
             ]
         );
     }

@@ -146,11 +146,40 @@ async fn cluster_calls_go_to_each_master_over_a_connection_of_the_cache() -> Tes
     let redis = std::sync::Arc::new(crate::common::Redis::cluster());
     let cache = redis.builder().l1_capacity_bytes(0).build().await?;
     let schema = KeySchema::new("it", 1)?;
-    let keys: Vec<_> = (0..60).map(|i| schema.key("direct", &i.to_string())).collect::<Result<_, _>>()?;
+    // Keys spread over every master, a third of them in the lowest 64 slots of a master's range
+    // in a new 3-master cluster: those move in the "reshard" step.
+    let moving = |key: &strata::Key| {
+        let slot = redis::cluster_routing::Slot::for_key(key.as_str());
+        [0u16, 5461, 10923]
+            .iter()
+            .any(|&first| (first..first + 64).any(|s| redis::cluster_routing::Slot::new(s) == Some(slot)))
+    };
+    let mut keys = Vec::new();
+    let (mut plain, mut low) = (0, 0);
+    for i in 0.. {
+        let key = schema.key("direct", &i.to_string())?;
+        if moving(&key) && low < 20 {
+            low += 1;
+        } else if !moving(&key) && plain < 40 {
+            plain += 1;
+        } else if low == 20 && plain == 40 {
+            break;
+        } else {
+            continue;
+        }
+        keys.push(key);
+    }
     for (i, key) in keys.iter().enumerate() {
         cache.set(key, &i, Ttl::Long).await?;
     }
+    let owners = |cluster: std::sync::Arc<crate::common::Redis>, keys: Vec<strata::Key>| {
+        tokio::task::spawn_blocking(move || -> Result<Vec<usize>, String> {
+            let crate::common::Redis::Cluster(c) = cluster.as_ref() else { return Err("not a cluster".into()) };
+            keys.iter().map(|k| c.node_for_key(k.as_str().as_bytes()).map_err(|e| e.to_string())).collect()
+        })
+    };
     for change in ["none", "failover", "reshard"] {
+        let before = owners(redis.clone(), keys.clone()).await??;
         let cluster = redis.clone();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             let crate::common::Redis::Cluster(c) = cluster.as_ref() else { return Err("not a cluster".into()) };
@@ -165,6 +194,10 @@ async fn cluster_calls_go_to_each_master_over_a_connection_of_the_cache() -> Tes
             }
         })
         .await??;
+        let after = owners(redis.clone(), keys.clone()).await??;
+        if change != "none" {
+            assert!(before != after, "{change}: some keys change master");
+        }
         // Every master (the promoted replica included) has a connection of the cache whose last
         // command was one of the reads below.
         let deadline = Instant::now() + Duration::from_secs(20);
