@@ -51,7 +51,7 @@ use tokio::sync::mpsc;
 
 use crate::cache::Inner;
 use crate::error::{Error, Result};
-use crate::l2::{L2Config, Topology, connection_info};
+use crate::l2::{L2Config, Topology, node_client};
 use crate::slots::{Routes, parse_masters};
 
 /// How long `build` waits at most for tracking to be up on every node.
@@ -282,7 +282,7 @@ impl Supervisor {
         }
         // The masters, and the nodes redirects named that the topology does not list yet (see
         // `redirected`).
-        let scheme = self.cluster_scheme();
+        let scheme = self.l2.cluster_scheme();
         let pinned: Vec<String> = {
             let mut pinned = cache.l1().coherence().tracking.pinned.lock().unwrap_or_else(|p| p.into_inner());
             pinned.retain(|n| !self.masters.iter().any(|(a, _)| *a == format!("{scheme}://{n}")));
@@ -354,14 +354,6 @@ impl Supervisor {
         }
     }
 
-    /// The URL scheme of a cluster's nodes: that of its seeds.
-    fn cluster_scheme(&self) -> &'static str {
-        match &self.l2.topology {
-            Topology::Cluster(seeds) if seeds.iter().any(|s| s.starts_with("rediss://")) => "rediss",
-            _ => "redis",
-        }
-    }
-
     /// The masters to track, with their slot ranges (empty for a standalone server).
     async fn masters(&mut self) -> Result<Vec<(String, String)>> {
         let seeds = match &self.l2.topology {
@@ -373,7 +365,7 @@ impl Supervisor {
                 return Ok(vec![(master, String::new())]);
             }
         };
-        let scheme = self.cluster_scheme();
+        let scheme = self.l2.cluster_scheme();
         // Ask a node we already talk to, else the seeds, in turn.
         let mut last_err = Error::config("no cluster seed answered");
         let mut asked: Vec<_> = self.nodes.iter_mut().collect();
@@ -449,14 +441,7 @@ impl Supervisor {
     }
 
     fn client(&self, url: &str, protocol: ProtocolVersion) -> Result<redis::Client> {
-        let info = connection_info(url, &self.l2)?;
-        let settings = info.redis_settings().clone().set_protocol(protocol);
-        let info = info.set_redis_settings(settings);
-        match &self.l2.tls {
-            Some(tls) => redis::Client::build_with_tls(info, tls.certificates()),
-            None => redis::Client::open(info),
-        }
-        .map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))
+        node_client(url, &self.l2, protocol)
     }
 
     /// Opens a RESP3 connection whose push messages evict from L1, and turns tracking on. The

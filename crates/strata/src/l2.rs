@@ -5,7 +5,8 @@
 //! connection seeded with every node given; it is created on first use and re-created after a
 //! failed connect. The first attempt of a call on a key goes instead over a connection of the
 //! cache's own to the key's master when the cache knows it ([`Masters`]: one per master, by hash
-//! slot), which costs the client less CPU than the cluster connection's own routing. Sentinel resolves the current master through the sentinels and re-resolves
+//! slot), which costs the client less CPU than the cluster connection's own routing. Sentinel
+//! resolves the current master through the sentinels and re-resolves
 //! after a connection-level error or a `READONLY` reply (the old master was demoted).
 //!
 //! Every call is bounded by the operation timeout here, whatever the driver's own settings.
@@ -138,6 +139,29 @@ pub(crate) struct L2Config {
     pub(crate) connect_timeout: Duration,
 }
 
+impl L2Config {
+    /// The URL scheme of a cluster's nodes: that of its seeds.
+    pub(crate) fn cluster_scheme(&self) -> &'static str {
+        match &self.topology {
+            Topology::Cluster(seeds) if seeds.iter().any(|s| s.starts_with("rediss://")) => "rediss",
+            _ => "redis",
+        }
+    }
+}
+
+/// A client for the one node at `url` (a master the cache found, a seed), with the cache's
+/// credentials and TLS material, speaking `protocol`.
+pub(crate) fn node_client(url: &str, config: &L2Config, protocol: redis::ProtocolVersion) -> Result<redis::Client> {
+    let info = connection_info(url, config)?;
+    let settings = info.redis_settings().clone().set_protocol(protocol);
+    let info = info.set_redis_settings(settings);
+    match &config.tls {
+        Some(tls) => redis::Client::build_with_tls(info, tls.certificates()),
+        None => redis::Client::open(info),
+    }
+    .map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))
+}
+
 /// A connection usable for any command; cheap to clone.
 #[derive(Clone)]
 pub(crate) enum Conn {
@@ -262,8 +286,8 @@ const REFRESH_BACKOFF: Duration = Duration::from_secs(2);
 /// a call's slot is not in it, and again after a call over it met a sign that the table is out
 /// of date ([`stale_route`]), one refresh at a time and at most one per [`REFRESH_SPACING`]
 /// ([`REFRESH_BACKOFF`] after one that failed or left a master out); meanwhile, and for slots it
-/// does not know, calls go over the cluster connection as before. What is sent over it is handled as a first attempt over
-/// the cluster connection would be (see [`L2::run`]).
+/// does not know, calls go over the cluster connection as before. What is sent over it is
+/// handled as a first attempt over the cluster connection would be (see [`L2::run`]).
 struct Masters {
     routes: RwLock<Routes<MultiplexedConnection>>,
     /// The connections of `routes` by URL, kept across refreshes while they answer.
@@ -331,11 +355,7 @@ impl Masters {
             .await
             .map_err(|_| Error::timeout("CLUSTER NODES", wait))?
             .map_err(|e| Error::redis("CLUSTER NODES", e))?;
-        let scheme = match &self.config.topology {
-            Topology::Cluster(seeds) if seeds.iter().any(|s| s.starts_with("rediss://")) => "rediss",
-            _ => "redis",
-        };
-        let masters = parse_masters(&text, scheme);
+        let masters = parse_masters(&text, self.config.cluster_scheme());
         let kept = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|p| p.into_inner()));
         let conns = futures::future::join_all(masters.iter().map(|(url, _)| {
             let kept = kept.get(url).cloned();
@@ -368,12 +388,7 @@ impl Masters {
     }
 
     async fn connect(&self, url: &str) -> Result<MultiplexedConnection> {
-        let info = connection_info(url, &self.config)?;
-        let client = match &self.config.tls {
-            Some(tls) => redis::Client::build_with_tls(info, tls.certificates()),
-            None => redis::Client::open(info),
-        }
-        .map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))?;
+        let client = node_client(url, &self.config, redis::ProtocolVersion::RESP2)?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.config.connect_timeout))
             // Every call on it has its own timer (see `L2::run`).
