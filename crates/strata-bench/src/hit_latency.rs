@@ -154,21 +154,30 @@ fn l1_concurrent(
     for &threads in readers {
         for (value, keys) in [("owned", owned), ("arc", arc)] {
             let before = cache.metrics().total();
-            let barrier = std::sync::Barrier::new(threads);
+            // A spinning barrier: threads woken from a sleeping one start up to a millisecond
+            // apart, and would not read at once.
+            let arrived = std::sync::atomic::AtomicUsize::new(0);
+            let barrier = || {
+                arrived.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                while arrived.load(std::sync::atomic::Ordering::Acquire) < threads {
+                    std::thread::yield_now();
+                }
+            };
             let samples = std::thread::scope(|scope| {
                 let handles: Vec<_> = (0..threads)
                     .map(|t| {
                         let (barrier, cache) = (&barrier, cache.clone());
                         scope.spawn(move || -> anyhow::Result<Vec<u64>> {
+                            pin_to_core(t);
                             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
                             // Every thread reaches the barrier, or the others would wait forever.
                             let rt = rt.inspect_err(|_| {
-                                barrier.wait();
+                                barrier();
                             })?;
                             rt.block_on(async {
                                 let mut pos = t * keys.len() / threads;
                                 let mut samples = Vec::with_capacity(L1_READER_BATCHES);
-                                barrier.wait();
+                                barrier();
                                 for _ in 0..L1_READER_BATCHES {
                                     let started = Instant::now();
                                     for _ in 0..batch {
@@ -210,6 +219,29 @@ fn l1_concurrent(
         }
     }
     Ok(out)
+}
+
+/// Pins reader thread `t` to core `t` modulo the cores this process may use, so that N readers
+/// run on N cores at once where there are N (the scheduler could otherwise put two on one core
+/// in turn, and the figure would not show what reading one key from two cores costs). Best
+/// effort: where pinning is refused, the thread runs wherever the scheduler puts it.
+fn pin_to_core(t: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+        use nix::unistd::Pid;
+        let Ok(allowed) = sched_getaffinity(Pid::from_raw(0)) else { return };
+        let cores: Vec<usize> = (0..CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).collect();
+        if cores.is_empty() {
+            return;
+        }
+        let mut one = CpuSet::new();
+        if one.set(cores[t % cores.len()]).is_ok() {
+            let _ = sched_setaffinity(Pid::from_raw(0), &one);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = t;
 }
 
 /// L2-hit throughput (L1 off) against raw redis-rs GETs, concurrent tasks in one process.
@@ -676,7 +708,7 @@ pub fn render(report: &Report) -> String {
     out += &row("raw GET", &report.raw_get);
     if !report.l1_concurrent.is_empty() {
         out += &format!(
-            "L1 Nt: Cache::get from N reader threads at once, {} cores (more threads than cores take turns)\n",
+            "L1 Nt: Cache::get from N reader threads at once, thread i pinned to core i mod {} (more threads than cores take turns)\n",
             report.cores
         );
     }

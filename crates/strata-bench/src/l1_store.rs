@@ -295,7 +295,7 @@ impl quick_cache::Weighter<Arc<str>, Arc<Entry>> for EntryWeight {
     }
 }
 
-/// With the library's hasher (its sharded read lock comes with the workspace's features).
+/// With the library's hasher and the sharded read lock (crossbeam's `ShardedLock`) that L1's shards also use.
 type Quick = quick_cache::sync::Cache<Arc<str>, Arc<Entry>, EntryWeight, foldhash::fast::RandomState>;
 
 enum Store {

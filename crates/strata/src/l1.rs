@@ -36,8 +36,10 @@
 use std::any::Any;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 
 use crate::codec::Meta;
 use crate::tags::Marks;
@@ -174,6 +176,13 @@ pub(crate) trait L1Store: Send + Sync + Sized {
     fn with_budget(budget: u64, max_entry: u64, policy: L1Policy) -> Self;
     /// The entry of `key`, unless absent or past its [`Entry::expires`].
     fn get(&self, key: &str) -> Option<Arc<Entry>>;
+    /// What `f` makes of the entry of `key` (as [`get`](Self::get) finds it), lent to `f`
+    /// instead of cloned where the store can: a hit then takes no reference to the entry, whose
+    /// count every core reading the key would otherwise write in turn. `f` runs under the
+    /// store's read lock: it must not block nor call the store.
+    fn read<R>(&self, key: &str, f: impl FnOnce(&Arc<Entry>) -> R) -> Option<R> {
+        self.get(key).map(|entry| f(&entry))
+    }
     /// Stores `entry`, replacing any older one, evicting to stay within the budget. A store may
     /// refuse an entry that would take too large a share of it (quick_cache: more than its
     /// protected share of a shard); the older copy is then gone too.
@@ -189,13 +198,21 @@ pub(crate) trait L1Store: Send + Sync + Sized {
 /// The store L1 uses.
 pub(crate) type Chosen = QuickStore;
 
-/// [`L1Store`] on quick_cache's `sync::Cache`: sharded, each shard bounded by its share of the
-/// budget at every insert (no maintenance lag). It has no expiry of its own: an entry past its
-/// [`Entry::expires`] is not served, and the reader that finds it removes it; one never read
-/// again leaves through eviction like any entry not read.
+/// [`L1Store`] on quick_cache: its single-threaded `unsync::Cache` per shard of keys, each
+/// behind a [`ShardedLock`] (a read lock per core, so readers on different cores do not write
+/// one lock word) — what quick_cache's own `sync::Cache` is with its `sharded-lock` feature,
+/// except that a hit can be read under the lock ([`L1Store::read`]) rather than cloned out of
+/// it. Each shard is bounded by its share of the budget at every insert (no maintenance lag).
+/// It has no expiry of its own: an entry past its [`Entry::expires`] is not served, and the
+/// reader that finds it removes it; one never read again leaves through eviction like any
+/// entry not read.
 pub(crate) struct QuickStore {
-    cache: quick_cache::sync::Cache<Arc<str>, Arc<Entry>, ByWeight, foldhash::fast::RandomState>,
+    shards: Box<[ShardedLock<QuickShard>]>,
+    /// Chooses a key's shard (seeded apart from the shards' own hashers).
+    hasher: foldhash::fast::RandomState,
 }
+
+type QuickShard = quick_cache::unsync::Cache<Arc<str>, Arc<Entry>, ByWeight, foldhash::fast::RandomState>;
 
 #[derive(Clone)]
 struct ByWeight;
@@ -203,6 +220,28 @@ struct ByWeight;
 impl quick_cache::Weighter<Arc<str>, Arc<Entry>> for ByWeight {
     fn weight(&self, _key: &Arc<str>, entry: &Arc<Entry>) -> u64 {
         u64::from(entry.weight)
+    }
+}
+
+impl QuickStore {
+    fn shard(&self, key: &str) -> &ShardedLock<QuickShard> {
+        // High bits: the shards' maps index by the low ones (of their own hash).
+        let hash = self.hasher.hash_one(key);
+        &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]
+    }
+
+    fn reading(&self, key: &str) -> ShardedLockReadGuard<'_, QuickShard> {
+        // A panic under the lock (none is known) leaves a shard whose entries are whole.
+        self.shard(key).read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn writing(&self, key: &str) -> ShardedLockWriteGuard<'_, QuickShard> {
+        self.shard(key).write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An entry found past its expiry goes, unless a fresh copy replaced it meanwhile.
+    fn expired(&self, key: &str) {
+        self.writing(key).remove_if(key, |e| e.expires <= clock::now_ns());
     }
 }
 
@@ -220,47 +259,61 @@ impl L1Store for QuickStore {
             // The newest entries are kept across the whole budget, not per shard of keys.
             L1Policy::Lru => (1, RECENCY_HOT_ALLOCATION),
         };
-        let mut options = quick_cache::OptionsBuilder::new();
-        options
-            .shards(1 << shards.ilog2())
-            .weight_capacity(budget)
-            // Sizes the map and the memory of evicted keys; any order of magnitude will do.
-            .estimated_items_capacity((budget / 512).clamp(64, 1 << 24) as usize)
-            .hot_allocation(hot);
-        let options = options.build().unwrap_or_else(|_| unreachable!("both capacities are set"));
-        Self {
-            cache: quick_cache::sync::Cache::with_options(options, ByWeight, Default::default(), Default::default()),
-        }
+        let shards = 1u64 << shards.ilog2();
+        let shard_budget = (budget / shards).max(1);
+        let shards = (0..shards)
+            .map(|_| {
+                let mut options = quick_cache::OptionsBuilder::new();
+                options
+                    .weight_capacity(shard_budget)
+                    // Sizes the map and the memory of evicted keys; any order of magnitude will do.
+                    .estimated_items_capacity((shard_budget / 512).clamp(64, 1 << 24) as usize)
+                    .hot_allocation(hot);
+                let options = options.build().unwrap_or_else(|_| unreachable!("both capacities are set"));
+                ShardedLock::new(QuickShard::with_options(options, ByWeight, Default::default(), Default::default()))
+            })
+            .collect();
+        Self { shards, hasher: Default::default() }
     }
 
     fn get(&self, key: &str) -> Option<Arc<Entry>> {
-        let entry = self.cache.get(key)?;
+        self.read(key, Arc::clone)
+    }
+
+    fn read<R>(&self, key: &str, f: impl FnOnce(&Arc<Entry>) -> R) -> Option<R> {
+        let shard = self.reading(key);
+        let entry = shard.get(key)?;
         if entry.expires <= clock::now_ns() {
-            // Unless a fresh copy replaced it meanwhile.
-            self.cache.remove_if(key, |e| e.expires <= clock::now_ns());
+            drop(shard);
+            self.expired(key);
             return None;
         }
-        Some(entry)
+        Some(f(entry))
     }
 
     fn insert(&self, key: &Arc<str>, entry: Arc<Entry>) {
-        self.cache.insert(key.clone(), entry);
+        self.writing(key).insert(key.clone(), entry);
     }
 
     fn remove(&self, key: &str) {
-        self.cache.remove(key);
+        self.writing(key).remove(key);
     }
 
     fn clear(&self) {
-        self.cache.clear();
+        for shard in &self.shards {
+            shard.write().unwrap_or_else(PoisonError::into_inner).clear();
+        }
     }
 
     fn usage(&self) -> (u64, u64) {
-        (self.cache.len() as u64, self.cache.weight())
+        self.shards.iter().fold((0, 0), |(n, w), shard| {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            (n + shard.len() as u64, w + shard.weight())
+        })
     }
 
     fn resident_bytes(&self) -> u64 {
-        self.cache.weight()
+        self.usage().1
     }
 }
 
@@ -372,6 +425,10 @@ impl<S: L1Store> Store<S> {
         self.inner.get(key)
     }
 
+    fn read<R>(&self, key: &str, f: impl FnOnce(&Arc<Entry>) -> R) -> Option<R> {
+        self.inner.read(key, f)
+    }
+
     /// Stores a value for at most `ttl`. `value_len` is its uncompressed serialized size.
     fn insert(&self, key: &Arc<str>, slot: Slot, checks: Checks, value_len: usize, ttl: Duration) {
         let weight = key.len() as u64 + 2 * value_len as u64 + ENTRY_OVERHEAD;
@@ -452,6 +509,12 @@ impl L1 {
     /// The entry of `key`, unchecked: stamps and expiry are the caller's to judge.
     pub(crate) fn get(&self, key: &str) -> Option<Arc<Entry>> {
         self.store.as_ref()?.get(key)
+    }
+
+    /// What `f` makes of the entry of `key`, unchecked like [`get`](Self::get), lent rather
+    /// than cloned (see [`L1Store::read`]): `f` must not block nor call L1.
+    pub(crate) fn read<R>(&self, key: &str, f: impl FnOnce(&Arc<Entry>) -> R) -> Option<R> {
+        self.store.as_ref()?.read(key, f)
     }
 
     /// Taken before reading or writing Redis for `key`: a fill that holds it is admitted only if

@@ -115,8 +115,18 @@ impl Inner {
     /// common hit (an entry checked since the stamps last changed) is served without building
     /// the full check; only an entry whose stamps must be checked again awaits it.
     async fn l1_find<T: CacheValue>(&self, key: &Key, ns: &NsCounters, accept_negative: bool) -> Option<Option<T>> {
-        let entry = self.l1.get(key.as_str())?;
-        if !self.settled_current(&entry.checks.marks) && !self.l1_current(key, &entry.checks.marks, ns).await {
+        // The common hit is served under the store's read lock, without a reference to the entry.
+        let entry = match self.l1.read(key.as_str(), |entry| {
+            if self.settled_current(&entry.checks.marks) {
+                Ok(self.l1_serve(key, entry, ns, accept_negative))
+            } else {
+                Err(entry.clone())
+            }
+        })? {
+            Ok(served) => return served,
+            Err(entry) => entry,
+        };
+        if !self.l1_current(key, &entry.checks.marks, ns).await {
             return None;
         }
         self.l1_serve(key, &entry, ns, accept_negative)
