@@ -67,6 +67,8 @@ enum Command {
     Drill(commands::drill::Args),
     /// Admin HTTP server: Prometheus exporter (/metrics), /healthz, JSON API and web dashboard.
     Serve(commands::serve::Args),
+    /// Caching reverse proxy (RFC 9111) in front of an origin, on the deployment's Redis.
+    Edge(commands::edge::Args),
     /// Run the user-profiles workload over a real database: alone, through Strata, and two peers.
     Demo(commands::demo::Args),
     /// Run a benchmark scenario.
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
         Command::Audit(a) => commands::audit::run(a),
         Command::Drill(a) => commands::drill::run(a),
         Command::Serve(a) => commands::serve::run(a),
+        Command::Edge(a) => commands::edge::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Lab(a) => commands::lab::run(a),

@@ -10,6 +10,7 @@ pub(crate) mod down;
 pub(crate) mod drill;
 pub(crate) mod drill_faults;
 pub(crate) mod drill_partition;
+pub(crate) mod edge;
 pub(crate) mod flush;
 pub(crate) mod inspect;
 pub(crate) mod invalidate;

@@ -1,0 +1,538 @@
+//! The tower layer: every request goes through [`HttpCache::handle`].
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt as _, BodyStream, Full, StreamBody};
+use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy};
+use tower::{Layer, Service, ServiceExt as _};
+
+use crate::flight::{self, Turn};
+use crate::rules::{self, OriginFailure, Vary};
+use crate::store::{Store, Stored};
+use crate::{BoxError, HttpCache};
+
+/// The body of the responses the layer returns.
+pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// The `X-Cache` header: how a response was produced.
+pub const X_CACHE: &str = "x-cache";
+
+/// How a response was produced (the `X-Cache` value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Served from the cache without contacting the origin.
+    Hit,
+    /// From the origin (stored if it could be).
+    Miss,
+    /// A stored response past its freshness, served because the origin failed.
+    Stale,
+    /// A stored response the origin confirmed with a 304.
+    Revalidated,
+    /// Not cacheable by method: passed to the origin.
+    Pass,
+}
+
+impl Outcome {
+    fn value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Outcome::Hit => "HIT",
+            Outcome::Miss => "MISS",
+            Outcome::Stale => "STALE",
+            Outcome::Revalidated => "REVALIDATED",
+            Outcome::Pass => "PASS",
+        })
+    }
+}
+
+/// A [`tower::Layer`] that caches the responses of the service it wraps in an [`HttpCache`].
+#[derive(Clone, Debug)]
+pub struct HttpCacheLayer {
+    http: HttpCache,
+}
+
+impl HttpCacheLayer {
+    /// The layer over `http`.
+    pub fn new(http: HttpCache) -> Self {
+        Self { http }
+    }
+}
+
+impl<S> Layer<S> for HttpCacheLayer {
+    type Service = HttpCacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpCacheService { http: self.http.clone(), inner }
+    }
+}
+
+/// The service of [`HttpCacheLayer`]. It never fails: an origin that cannot answer becomes a
+/// 502 (or 504 on a timeout) unless a stored response may stand in for it.
+#[derive(Clone, Debug)]
+pub struct HttpCacheService<S> {
+    http: HttpCache,
+    inner: S,
+}
+
+impl<S, B, RB> Service<Request<B>> for HttpCacheService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Default + Send + 'static,
+    RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Each call waits for a clone of the inner service to be ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let (http, inner) = (self.http.clone(), self.inner.clone());
+        Box::pin(async move { Ok(http.handle(inner, request).await) })
+    }
+}
+
+/// What the origin gave for one request.
+enum Fetched<RB> {
+    Response(Response<RB>),
+    Failed(OriginFailure, Response<ResponseBody>),
+}
+
+async fn fetch<S, B, RB>(inner: S, request: Request<B>, timeout: Duration) -> Fetched<RB>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+{
+    let call = async move { inner.oneshot(request).await.map_err(Into::into) };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(response)) => Fetched::Response(response),
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, "origin failed");
+            Fetched::Failed(OriginFailure::Unreachable, status_only(StatusCode::BAD_GATEWAY))
+        }
+        Err(_) => Fetched::Failed(OriginFailure::Unreachable, status_only(StatusCode::GATEWAY_TIMEOUT)),
+    }
+}
+
+fn status_only(status: StatusCode) -> Response<ResponseBody> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
+fn full(bytes: Bytes) -> ResponseBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn boxed<RB>(body: RB) -> ResponseBody
+where
+    RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// A copy of the request's head without its extensions (the policy keeps heads by value).
+fn head_of(parts: &http::request::Parts, method: Method) -> http::request::Parts {
+    let mut head = Request::new(()).into_parts().0;
+    head.method = method;
+    head.uri = parts.uri.clone();
+    head.version = parts.version;
+    head.headers = parts.headers.clone();
+    head
+}
+
+/// A body read up to a limit: whole, or its first chunks and the rest.
+enum Buffered<RB> {
+    Whole(Bytes),
+    TooLarge(Vec<Bytes>, Pin<Box<RB>>),
+}
+
+async fn buffer<RB>(body: RB, limit: usize) -> Result<Buffered<RB>, BoxError>
+where
+    RB: Body<Data = Bytes>,
+    RB::Error: Into<BoxError>,
+{
+    let mut body = Box::pin(body);
+    let (mut chunks, mut len) = (Vec::new(), 0usize);
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(Into::into)?.into_data() else { continue };
+        len += data.len();
+        chunks.push(data);
+        if len > limit {
+            return Ok(Buffered::TooLarge(chunks, body));
+        }
+    }
+    Ok(Buffered::Whole(match chunks.len() {
+        1 => chunks.pop().unwrap_or_default(),
+        _ => chunks.concat().into(),
+    }))
+}
+
+impl HttpCache {
+    /// Answers one request: from the cache, the origin (`inner`), or both.
+    pub(crate) async fn handle<S, B, RB>(&self, inner: S, request: Request<B>) -> Response<ResponseBody>
+    where
+        S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        B: Default + Send + 'static,
+        RB: Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = request.into_parts();
+        let Some(url) = rules::effective_url(&self.config().scheme, &parts.uri, &parts.headers) else {
+            return status_only(StatusCode::BAD_REQUEST);
+        };
+        // The origin may target this cache in `Surrogate-Control` (rules::SURROGATE_DEVICE).
+        parts.headers.append("surrogate-capability", HeaderValue::from_static(rules::SURROGATE_CAPABILITY));
+        if parts.method == Method::GET || parts.method == Method::HEAD {
+            self.read(inner, parts, body, &url).await
+        } else {
+            self.pass(inner, parts, body, &url).await
+        }
+    }
+
+    /// Any method but GET and HEAD: to the origin; an unsafe one that succeeded invalidates its
+    /// URL and the same-origin `Location` and `Content-Location` (RFC 9111 §4.4).
+    async fn pass<S, B, RB>(&self, inner: S, parts: http::request::Parts, body: B, url: &str) -> Response<ResponseBody>
+    where
+        S: Service<Request<B>, Response = Response<RB>>,
+        S::Error: Into<BoxError>,
+        RB: Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        let unsafe_method = !rules::is_safe(&parts.method);
+        let response = match fetch(inner, Request::from_parts(parts, body), self.config().origin_timeout).await {
+            Fetched::Response(response) => response,
+            Fetched::Failed(_, response) => return response,
+        };
+        let status = response.status();
+        if unsafe_method && (status.is_success() || status.is_redirection()) {
+            let mut urls = vec![url.to_owned()];
+            urls.extend(rules::invalidated_by(url, response.headers()));
+            for url in &urls {
+                if let Err(err) = self.store().invalidate(url).await {
+                    tracing::warn!(url = %url, error = %err, "could not invalidate after an unsafe request");
+                }
+            }
+        }
+        with_outcome(response.map(boxed), Outcome::Pass)
+    }
+
+    async fn read<S, B, RB>(&self, inner: S, parts: http::request::Parts, body: B, url: &str) -> Response<ResponseBody>
+    where
+        S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        B: Default + Send + 'static,
+        RB: Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        // HEAD is answered from GET's entry; the policy compares methods, so it sees a GET.
+        let as_get = head_of(&parts, Method::GET);
+        let head = parts.method == Method::HEAD;
+        if let Some(stored) = self.store().lookup(url, &parts.headers).await {
+            let now = SystemTime::now();
+            match stored.policy.before_request(&as_get, now) {
+                BeforeRequest::Fresh(_) => return self.serve(&stored, &parts, head, Outcome::Hit),
+                BeforeRequest::Stale { request, matches: true } => {
+                    if self.while_revalidating(&stored, &parts.headers) {
+                        // RFC 5861: serve it now and revalidate in the background, once per URL.
+                        if let Turn::Lead(leading) = self.shared.flights.turn(&format!("revalidate {url}")) {
+                            let (http, inner, url, stored) =
+                                (self.clone(), inner.clone(), url.to_owned(), stored.clone());
+                            let as_get = head_of(&as_get, Method::GET);
+                            tokio::spawn(async move {
+                                let _leading = leading;
+                                http.revalidate_later(
+                                    inner,
+                                    Request::from_parts(request, B::default()),
+                                    &url,
+                                    &as_get,
+                                    stored,
+                                )
+                                .await;
+                            });
+                        }
+                        return self.serve(&stored, &parts, head, Outcome::Stale);
+                    }
+                    let conditional = Request::from_parts(request, B::default());
+                    match fetch(inner.clone(), conditional, self.config().origin_timeout).await {
+                        Fetched::Response(response) if response.status() == StatusCode::NOT_MODIFIED => {
+                            let (mut answer, _) = response.into_parts();
+                            rules::strip_hop_by_hop(&mut answer.headers);
+                            if rules::selects(&stored.headers, &answer.headers) {
+                                let headers = rules::merge_not_modified(&stored.headers, &answer.headers);
+                                let updated = self.stored(&as_get, stored.status, headers, stored.body);
+                                if let Some(updated) = &updated {
+                                    self.keep(url, &as_get, updated).await;
+                                }
+                                let updated = updated.unwrap_or_else(|| self.unstored(stored.status, &answer.headers));
+                                return self.serve(&updated, &parts, head, Outcome::Revalidated);
+                            }
+                            // A 304 that selects no stored response: ask again, unconditionally.
+                        }
+                        Fetched::Response(response) if rules::is_origin_error(response.status()) => {
+                            if let Some(served) = self.stale(&stored, &as_get, &parts, head, OriginFailure::Error) {
+                                return served;
+                            }
+                            return self.fill(url, &as_get, head, response).await;
+                        }
+                        Fetched::Response(response) => return self.fill(url, &as_get, head, response).await,
+                        Fetched::Failed(failure, answer) => {
+                            return self.stale(&stored, &as_get, &parts, head, failure).unwrap_or(answer);
+                        }
+                    }
+                }
+                BeforeRequest::Stale { matches: false, .. } => {}
+            }
+        }
+        // One request per URL goes to the origin at a time; the others then read what it stored.
+        let _leading = match self.shared.flights.turn(url) {
+            Turn::Lead(leading) => Some(leading),
+            Turn::Follow(rx) => {
+                flight::follow(rx).await;
+                if let Some(stored) = self.store().lookup(url, &parts.headers).await
+                    && let BeforeRequest::Fresh(_) = stored.policy.before_request(&as_get, SystemTime::now())
+                {
+                    return self.serve(&stored, &parts, head, Outcome::Hit);
+                }
+                None
+            }
+        };
+        let forwarded = Request::from_parts(parts, body);
+        match fetch(inner, forwarded, self.config().origin_timeout).await {
+            Fetched::Response(response) => self.fill(url, &as_get, head, response).await,
+            Fetched::Failed(_, answer) => answer,
+        }
+    }
+
+    /// Whether a stale `stored` may be served while it is revalidated: within its
+    /// `stale-while-revalidate` window, when nothing forbids serving it stale and the request
+    /// does not ask for a validated response.
+    fn while_revalidating(&self, stored: &Stored, request: &http::HeaderMap) -> bool {
+        let now = SystemTime::now();
+        let Some(view) = rules::policy_head(stored.status, &stored.headers) else { return false };
+        let Some(window) = rules::seconds(&view.headers, "stale-while-revalidate") else { return false };
+        let asks_validation =
+            ["no-cache", "max-age", "min-fresh"].iter().any(|d| rules::directive(request, d).is_some())
+                || request.get(header::PRAGMA).is_some_and(|p| p.as_bytes().windows(8).any(|w| w == b"no-cache"));
+        stored.policy.is_stale(now)
+            && !asks_validation
+            && rules::may_serve_stale(&view.headers)
+            && stored.policy.age(now).saturating_sub(stored.lifetime) <= window
+    }
+
+    /// The background revalidation of `stale-while-revalidate`: a 304 refreshes the stored
+    /// response, a new response replaces it; a failure leaves it as it is.
+    async fn revalidate_later<S, B, RB>(
+        &self,
+        inner: S,
+        conditional: Request<B>,
+        url: &str,
+        as_get: &http::request::Parts,
+        stored: Stored,
+    ) where
+        S: Service<Request<B>, Response = Response<RB>>,
+        S::Error: Into<BoxError>,
+        RB: Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        match fetch(inner, conditional, self.config().origin_timeout).await {
+            Fetched::Response(response) if response.status() == StatusCode::NOT_MODIFIED => {
+                let (mut answer, _) = response.into_parts();
+                rules::strip_hop_by_hop(&mut answer.headers);
+                if rules::selects(&stored.headers, &answer.headers) {
+                    let headers = rules::merge_not_modified(&stored.headers, &answer.headers);
+                    if let Some(updated) = self.stored(as_get, stored.status, headers, stored.body) {
+                        self.keep(url, as_get, &updated).await;
+                    }
+                }
+            }
+            Fetched::Response(response) if !rules::is_origin_error(response.status()) => {
+                // Read to its end, so that it is stored.
+                let response = self.fill(url, as_get, false, response).await;
+                let _ = response.into_body().collect().await;
+            }
+            Fetched::Response(_) | Fetched::Failed(..) => {}
+        }
+    }
+
+    /// A stored response past its freshness, when it may stand in for a failed origin.
+    fn stale(
+        &self,
+        stored: &Stored,
+        as_get: &http::request::Parts,
+        parts: &http::request::Parts,
+        head: bool,
+        failure: OriginFailure,
+    ) -> Option<Response<ResponseBody>> {
+        let now = SystemTime::now();
+        let staleness = stored.policy.age(now).saturating_sub(stored.lifetime);
+        // The policy's view of the response has the directives' names in lower case.
+        let view = rules::policy_head(stored.status, &stored.headers)?;
+        if !stored.policy.is_storable() || !rules::stale_on_failure(&view.headers, staleness, failure) {
+            return None;
+        }
+        let _ = as_get;
+        Some(self.serve(stored, parts, head, Outcome::Stale))
+    }
+
+    /// A response from the origin: stored if it may be, and returned.
+    async fn fill<RB>(
+        &self,
+        url: &str,
+        as_get: &http::request::Parts,
+        head: bool,
+        response: Response<RB>,
+    ) -> Response<ResponseBody>
+    where
+        RB: Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        let (mut answer, body) = response.into_parts();
+        rules::strip_hop_by_hop(&mut answer.headers);
+        let fits = content_length(&answer.headers).is_none_or(|n| n <= self.config().max_body as u64);
+        let candidate = !head && fits && Vary::of(&answer.headers) != Vary::Star;
+        // Whether it may be stored, before its body is read: the policy decides on the head.
+        let storable = candidate
+            && rules::policy_head(answer.status, &answer.headers)
+                .is_some_and(|h| CachePolicy::new_options(as_get, &h, SystemTime::now(), self.options()).is_storable());
+        if !storable {
+            return with_outcome(Response::from_parts(answer, boxed(body)), Outcome::Miss);
+        }
+        let bytes = match buffer(body, self.config().max_body).await {
+            Ok(Buffered::Whole(bytes)) => bytes,
+            Ok(Buffered::TooLarge(chunks, rest)) => {
+                let first = futures::stream::iter(chunks.into_iter().map(|c| Ok::<_, BoxError>(Frame::data(c))));
+                let rest = BodyStream::new(rest.map_err(Into::into));
+                let body = StreamBody::new(first.chain(rest)).boxed_unsync();
+                return with_outcome(Response::from_parts(answer, body), Outcome::Miss);
+            }
+            Err(err) => {
+                tracing::debug!(url = %url, error = %err, "the origin's body failed");
+                return status_only(StatusCode::BAD_GATEWAY);
+            }
+        };
+        if let Some(stored) = self.stored(as_get, answer.status, answer.headers.clone(), bytes.clone()) {
+            self.keep(url, as_get, &stored).await;
+        }
+        with_outcome(Response::from_parts(answer, full(bytes)), Outcome::Miss)
+    }
+
+    /// A response as stored, with its policy; `None` when it must not be stored.
+    fn stored(
+        &self,
+        as_get: &http::request::Parts,
+        status: StatusCode,
+        headers: http::HeaderMap,
+        body: Bytes,
+    ) -> Option<Stored> {
+        let now = SystemTime::now();
+        let head = rules::policy_head(status, &headers)?;
+        let policy = CachePolicy::new_options(as_get, &head, now, self.options());
+        if !policy.is_storable() {
+            return None;
+        }
+        let lifetime = policy.time_to_live(now) + policy.age(now);
+        Some(Stored { status, headers, policy, lifetime, body })
+    }
+
+    /// A response to serve once that was not stored (a 304's merge that may not be kept).
+    fn unstored(&self, status: StatusCode, headers: &http::HeaderMap) -> Stored {
+        let head = rules::policy_head(status, headers).unwrap_or_else(|| {
+            let mut parts = Response::new(()).into_parts().0;
+            parts.status = status;
+            parts
+        });
+        let policy = CachePolicy::new_options(&Request::new(()), &head, SystemTime::now(), self.options());
+        Stored { status, headers: headers.clone(), policy, lifetime: Duration::ZERO, body: Bytes::new() }
+    }
+
+    /// Puts a response in the store for as long as it can serve: its freshness, plus what it
+    /// may be served stale or revalidated for.
+    async fn keep(&self, url: &str, as_get: &http::request::Parts, stored: &Stored) {
+        let now = SystemTime::now();
+        let headers = &stored.headers;
+        let stale_window = rules::seconds(headers, "stale-if-error")
+            .into_iter()
+            .chain(rules::seconds(headers, "stale-while-revalidate"))
+            .max()
+            .unwrap_or_default();
+        let ttl = stored.policy.time_to_live(now) + self.config().keep.max(stale_window);
+        let tags: Vec<_> =
+            surrogate_keys(headers).filter_map(|k| self.store().tag(&k).ok()).take(strata::MAX_TAGS).collect();
+        let vary = Vary::of(headers);
+        if let Err(err) = self.store().put(url, &as_get.headers, &vary, stored, ttl, &tags).await {
+            tracing::debug!(url = %url, error = %err, "a response could not be stored");
+        }
+    }
+
+    /// A stored response as served: its headers with `Age` (RFC 9111 §5.1), without
+    /// `Surrogate-Control` (meant for this cache); a 304 when the client's own conditions hold;
+    /// no body for HEAD.
+    fn serve(
+        &self,
+        stored: &Stored,
+        parts: &http::request::Parts,
+        head: bool,
+        outcome: Outcome,
+    ) -> Response<ResponseBody> {
+        let mut headers = stored.headers.clone();
+        headers.remove("surrogate-control");
+        headers.insert(header::AGE, HeaderValue::from(stored.policy.age(SystemTime::now()).as_secs()));
+        let mut view = Response::new(()).into_parts().0;
+        view.status = stored.status;
+        if view.status.is_success() && rules::not_modified(&parts.headers, &headers) {
+            view.headers = rules::not_modified_headers(headers);
+            view.status = StatusCode::NOT_MODIFIED;
+            return with_outcome(Response::from_parts(view, full(Bytes::new())), outcome);
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+        view.headers = headers;
+        let body = if head { Bytes::new() } else { stored.body.clone() };
+        with_outcome(Response::from_parts(view, full(body)), outcome)
+    }
+
+    fn options(&self) -> CacheOptions {
+        CacheOptions { shared: true, ..CacheOptions::default() }
+    }
+
+    fn store(&self) -> &Store {
+        &self.shared.store
+    }
+}
+
+fn with_outcome(mut response: Response<ResponseBody>, outcome: Outcome) -> Response<ResponseBody> {
+    response.headers_mut().insert(X_CACHE, outcome.value());
+    response
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The names of a `Surrogate-Key` header (space-separated), as they may name a tag.
+fn surrogate_keys(headers: &http::HeaderMap) -> impl Iterator<Item = String> + '_ {
+    headers
+        .get_all("surrogate-key")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(str::split_ascii_whitespace)
+        .map(str::to_owned)
+}
