@@ -16,6 +16,7 @@ pub mod fault_inject;
 pub mod fault_nodes;
 pub mod hit_latency;
 pub mod hot_key;
+pub mod http;
 pub mod invalidation_scale;
 pub mod invalidation_wait;
 pub mod l1_store;

@@ -1,4 +1,4 @@
-//! `strata bench --scenario stampede|hot-key|cold-start|eviction|scale|invalidation-scale` through the real binary,
+//! `strata bench --scenario stampede|hot-key|cold-start|eviction|scale|invalidation-scale|http` through the real binary,
 //! short runs against one local cluster, checking the JSON figures and the report files.
 
 use std::path::Path;
@@ -136,6 +136,22 @@ fn every_scenario_runs_and_reports() {
         assert!(phase["writes_per_s"].as_f64().expect("writes") > 100.0, "the writer kept its rate: {i}");
         assert!(phase["redis_cpu_us_per_write"].as_f64().expect("cpu") > 0.0, "{i}");
     }
+
+    // The origin alone, then behind strata edge: the edge answers most requests from the
+    // cache, and the origin sees each page about once.
+    let h = run("http", &["--concurrency", "8"]);
+    let variants = h["variants"].as_array().expect("variants");
+    assert_eq!(variants.len(), 2, "{h}");
+    let (alone, edge) = (&variants[0], &variants[1]);
+    assert_eq!((alone["name"].as_str(), edge["name"].as_str()), (Some("origin alone"), Some("strata edge")));
+    for v in variants {
+        assert!(v["requests"].as_u64().expect("requests") > 0 && v["errors"] == 0, "{v}");
+    }
+    assert_eq!(alone["hit_ratio"], 0.0, "{h}");
+    assert!(ratio(&edge["hit_ratio"]) > 0.5, "{h}");
+    // About once per page of the 1000 (a follower whose lookup failed under load asks again).
+    assert!(edge["origin_requests"].as_u64().expect("origin") <= 1050, "{h}");
+    assert_eq!(alone["origin_requests"], alone["requests"], "{h}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use strata_bench::report::{DEFAULT_DIR, Report};
 use strata_bench::runner::Load;
 use strata_bench::workload::{Layout, Target};
 use strata_bench::{
-    cold_start, eviction, expiry, hit_latency, hot_key, invalidation_scale, invalidation_wait, l1_store, scale,
+    cold_start, eviction, expiry, hit_latency, hot_key, http, invalidation_scale, invalidation_wait, l1_store, scale,
     stampede, user_profiles, user_profiles_report,
 };
 
@@ -114,6 +114,9 @@ enum Scenario {
     /// (`AutoRecovery::wait_replicas`), in alternating rounds: latency from one task,
     /// throughput from 32 (needs a replica per master: the default cluster).
     InvalidationWait,
+    /// An origin answering after 5 ms, alone and behind `strata edge` (strata-http), back to
+    /// back: requests/s, p50 and p99, the edge's hit ratio (--duration per variant).
+    Http,
     /// The crates that could hold L1 (moka, quick_cache, mini-moka), no Redis: hit latency with
     /// 1, 2 and 8 reader threads for an owned and an `Arc` value, and hit ratio of Zipf traces
     /// with a budget smaller than the keys (docs/decisions/0011-l1-store.md).
@@ -275,6 +278,11 @@ async fn scenario(args: &Args, target: &Target, command: &[String]) -> anyhow::R
             let figures = invalidation_wait::run(target, &options).await?;
             let text = invalidation_wait::render(&figures);
             (plain("invalidation-wait", command, &figures, &text)?, text)
+        }
+        Scenario::Http => {
+            let options = http::Options { load: load(32, 5_000_000), ..http::Options::default() };
+            let run = http::run(target, &options).await?;
+            (http::report(&run, command)?, http::render(&run.figures))
         }
         Scenario::L1Store => anyhow::bail!("l1-store needs no Redis and runs before any is started"),
     })
