@@ -19,6 +19,9 @@ use serde::Deserialize;
 
 use crate::{Error, HttpCache, Origin};
 
+/// The shortest purge token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 /// Settings of an [`Edge`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -71,6 +74,9 @@ struct Purge {
 impl Edge {
     /// Binds the listener and connects nothing yet (the origin is reached per request).
     pub async fn bind(http: HttpCache, config: EdgeConfig) -> Result<Self, Error> {
+        if config.purge_token.as_ref().is_some_and(|t| t.len() < MIN_TOKEN_LEN) {
+            return Err(Error::config(format!("the purge token must have at least {MIN_TOKEN_LEN} characters")));
+        }
         let origin = Origin::new(&config.origin, config.connect_timeout)?;
         let admin = Admin { http: http.clone(), token: config.purge_token };
         let router = Router::new()

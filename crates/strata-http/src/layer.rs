@@ -198,6 +198,11 @@ impl HttpCache {
         let Some(url) = rules::effective_url(&self.config().scheme, &parts.uri, &parts.headers) else {
             return status_only(StatusCode::BAD_REQUEST);
         };
+        // An absolute-form target names the host (RFC 9112 §3.2.2): the origin hears the same
+        // host the response is stored under.
+        if let Some(authority) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            parts.headers.insert(header::HOST, authority);
+        }
         // The origin may target this cache in `Surrogate-Control` (rules::SURROGATE_DEVICE).
         parts.headers.append("surrogate-capability", HeaderValue::from_static(rules::SURROGATE_CAPABILITY));
         if parts.method == Method::GET || parts.method == Method::HEAD {
@@ -234,7 +239,13 @@ impl HttpCache {
         with_outcome(response.map(boxed), Outcome::Pass)
     }
 
-    async fn read<S, B, RB>(&self, inner: S, parts: http::request::Parts, body: B, url: &str) -> Response<ResponseBody>
+    async fn read<S, B, RB>(
+        &self,
+        inner: S,
+        mut parts: http::request::Parts,
+        body: B,
+        url: &str,
+    ) -> Response<ResponseBody>
     where
         S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
         S::Future: Send,
@@ -243,12 +254,17 @@ impl HttpCache {
         RB: Body<Data = Bytes> + Send + 'static,
         RB::Error: Into<BoxError>,
     {
-        // HEAD is answered from GET's entry; the policy compares methods, so it sees a GET.
-        let as_get = head_of(&parts, Method::GET);
         let head = parts.method == Method::HEAD;
+        // What the cache asks the origin for: the whole representation, never an answer to this
+        // client's own preconditions or ranges (those are answered here, from what is stored).
+        // HEAD is answered from GET's entry; the policy compares methods, so it sees a GET.
+        let mut as_get = head_of(&parts, Method::GET);
+        rules::strip_client_conditions(&mut as_get.headers);
         if let Some(stored) = self.store().lookup(url, &parts.headers).await {
             let now = SystemTime::now();
-            match stored.policy.before_request(&as_get, now) {
+            // A client's `max-stale` does not reach past what the response allows (§4.2.4).
+            let asked = self.without_disallowed_staleness(&stored, &as_get);
+            match stored.policy.before_request(&asked, now) {
                 BeforeRequest::Fresh(_) => return self.serve(&stored, &parts, head, Outcome::Hit),
                 BeforeRequest::Stale { request, matches: true } => {
                     if self.while_revalidating(&stored, &parts.headers) {
@@ -278,24 +294,26 @@ impl HttpCache {
                             rules::strip_hop_by_hop(&mut answer.headers);
                             if rules::selects(&stored.headers, &answer.headers) {
                                 let headers = rules::merge_not_modified(&stored.headers, &answer.headers);
-                                let updated = self.stored(&as_get, stored.status, headers, stored.body);
+                                let updated = self.stored(&as_get, stored.status, headers.clone(), stored.body.clone());
                                 if let Some(updated) = &updated {
                                     self.keep(url, &as_get, updated).await;
                                 }
-                                let updated = updated.unwrap_or_else(|| self.unstored(stored.status, &answer.headers));
+                                // Not storable any more (a cookie set by the 304): served to this client only.
+                                let updated =
+                                    updated.unwrap_or_else(|| self.unstored(stored.status, &headers, stored.body));
                                 return self.serve(&updated, &parts, head, Outcome::Revalidated);
                             }
                             // A 304 that selects no stored response: ask again, unconditionally.
                         }
                         Fetched::Response(response) if rules::is_origin_error(response.status()) => {
-                            if let Some(served) = self.stale(&stored, &as_get, &parts, head, OriginFailure::Error) {
+                            if let Some(served) = self.stale(&stored, &parts, head, OriginFailure::Error) {
                                 return served;
                             }
-                            return self.fill(url, &as_get, head, response).await;
+                            return self.answer(url, &as_get, &parts, response).await;
                         }
-                        Fetched::Response(response) => return self.fill(url, &as_get, head, response).await,
+                        Fetched::Response(response) => return self.answer(url, &as_get, &parts, response).await,
                         Fetched::Failed(failure, answer) => {
-                            return self.stale(&stored, &as_get, &parts, head, failure).unwrap_or(answer);
+                            return self.stale(&stored, &parts, head, failure).unwrap_or(answer);
                         }
                     }
                 }
@@ -304,22 +322,82 @@ impl HttpCache {
         }
         // One request per URL goes to the origin at a time; the others then read what it stored.
         let _leading = match self.shared.flights.turn(url) {
-            Turn::Lead(leading) => Some(leading),
+            Turn::Lead(leading) => {
+                // A leader that finished just before this one began may have stored it.
+                if let Some(hit) = self.fresh_hit(url, &as_get, &parts, head).await {
+                    return hit;
+                }
+                Some(leading)
+            }
             Turn::Follow(rx) => {
-                flight::follow(rx).await;
-                if let Some(stored) = self.store().lookup(url, &parts.headers).await
-                    && let BeforeRequest::Fresh(_) = stored.policy.before_request(&as_get, SystemTime::now())
-                {
-                    return self.serve(&stored, &parts, head, Outcome::Hit);
+                // Not longer than the leader may take; then on its own.
+                let _ = tokio::time::timeout(self.config().origin_timeout * 2, flight::follow(rx)).await;
+                if let Some(hit) = self.fresh_hit(url, &as_get, &parts, head).await {
+                    return hit;
                 }
                 None
             }
         };
+        if head {
+            // Not stored (no body): forwarded as it came.
+            return match fetch(inner, Request::from_parts(parts, body), self.config().origin_timeout).await {
+                Fetched::Response(response) => with_outcome(response.map(boxed), Outcome::Miss),
+                Fetched::Failed(_, answer) => answer,
+            };
+        }
+        let client_headers = std::mem::replace(&mut parts.headers, as_get.headers.clone());
         let forwarded = Request::from_parts(parts, body);
+        let mut client = head_of(&as_get, Method::GET);
+        client.headers = client_headers;
         match fetch(inner, forwarded, self.config().origin_timeout).await {
-            Fetched::Response(response) => self.fill(url, &as_get, head, response).await,
+            Fetched::Response(response) => self.answer(url, &as_get, &client, response).await,
             Fetched::Failed(_, answer) => answer,
         }
+    }
+
+    /// The stored response of `url` if it is fresh for this request, served.
+    async fn fresh_hit(
+        &self,
+        url: &str,
+        as_get: &http::request::Parts,
+        parts: &http::request::Parts,
+        head: bool,
+    ) -> Option<Response<ResponseBody>> {
+        let stored = self.store().lookup(url, &parts.headers).await?;
+        let asked = self.without_disallowed_staleness(&stored, as_get);
+        match stored.policy.before_request(&asked, SystemTime::now()) {
+            BeforeRequest::Fresh(_) => Some(self.serve(&stored, parts, head, Outcome::Hit)),
+            BeforeRequest::Stale { .. } => None,
+        }
+    }
+
+    /// The request as the policy should judge it: without `max-stale` when the stored response
+    /// may not be served stale (`must-revalidate`, `proxy-revalidate`, `no-cache`, `s-maxage`),
+    /// which the policy checks only in part.
+    fn without_disallowed_staleness(&self, stored: &Stored, as_get: &http::request::Parts) -> http::request::Parts {
+        let mut asked = head_of(as_get, Method::GET);
+        let allowed = rules::policy_head(stored.status, &stored.headers, true)
+            .is_some_and(|view| rules::may_serve_stale(&view.headers));
+        if !allowed && rules::directive(&asked.headers, "max-stale").is_some() {
+            let kept: Vec<HeaderValue> = asked
+                .headers
+                .get_all(header::CACHE_CONTROL)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(|v| {
+                    v.split(',')
+                        .filter(|d| !d.trim().to_ascii_lowercase().starts_with("max-stale"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .filter_map(|v| HeaderValue::from_str(&v).ok())
+                .collect();
+            asked.headers.remove(header::CACHE_CONTROL);
+            for v in kept {
+                asked.headers.append(header::CACHE_CONTROL, v);
+            }
+        }
+        asked
     }
 
     /// Whether a stale `stored` may be served while it is revalidated: within its
@@ -327,7 +405,7 @@ impl HttpCache {
     /// does not ask for a validated response.
     fn while_revalidating(&self, stored: &Stored, request: &http::HeaderMap) -> bool {
         let now = SystemTime::now();
-        let Some(view) = rules::policy_head(stored.status, &stored.headers) else { return false };
+        let Some(view) = rules::policy_head(stored.status, &stored.headers, true) else { return false };
         let Some(window) = rules::seconds(&view.headers, "stale-while-revalidate") else { return false };
         let asks_validation =
             ["no-cache", "max-age", "min-fresh"].iter().any(|d| rules::directive(request, d).is_some())
@@ -364,10 +442,9 @@ impl HttpCache {
                     }
                 }
             }
+            // Stored by `fill` when it may be; the body of one that may not is not read.
             Fetched::Response(response) if !rules::is_origin_error(response.status()) => {
-                // Read to its end, so that it is stored.
-                let response = self.fill(url, as_get, false, response).await;
-                let _ = response.into_body().collect().await;
+                drop(self.fill(url, as_get, response).await);
             }
             Fetched::Response(_) | Fetched::Failed(..) => {}
         }
@@ -377,7 +454,6 @@ impl HttpCache {
     fn stale(
         &self,
         stored: &Stored,
-        as_get: &http::request::Parts,
         parts: &http::request::Parts,
         head: bool,
         failure: OriginFailure,
@@ -385,22 +461,44 @@ impl HttpCache {
         let now = SystemTime::now();
         let staleness = stored.policy.age(now).saturating_sub(stored.lifetime);
         // The policy's view of the response has the directives' names in lower case.
-        let view = rules::policy_head(stored.status, &stored.headers)?;
+        let view = rules::policy_head(stored.status, &stored.headers, true)?;
         if !stored.policy.is_storable() || !rules::stale_on_failure(&view.headers, staleness, failure) {
             return None;
         }
-        let _ = as_get;
         Some(self.serve(stored, parts, head, Outcome::Stale))
     }
 
-    /// A response from the origin: stored if it may be, and returned.
-    async fn fill<RB>(
+    /// The origin's response to a GET the cache sent, for a client's GET or HEAD: stored when it
+    /// may be, then answered with the client's own preconditions applied (a 304 when they hold)
+    /// and without a body for HEAD.
+    async fn answer<RB>(
         &self,
         url: &str,
         as_get: &http::request::Parts,
-        head: bool,
+        client: &http::request::Parts,
         response: Response<RB>,
     ) -> Response<ResponseBody>
+    where
+        RB: Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        let response = self.fill(url, as_get, response).await;
+        let head = client.method == Method::HEAD;
+        let conditional =
+            response.status() == StatusCode::OK && rules::not_modified(&client.headers, response.headers());
+        if !head && !conditional {
+            return response;
+        }
+        let (mut parts, _) = response.into_parts();
+        if conditional {
+            parts.headers = rules::not_modified_headers(parts.headers);
+            parts.status = StatusCode::NOT_MODIFIED;
+        }
+        Response::from_parts(parts, full(Bytes::new()))
+    }
+
+    /// A response from the origin to a GET: stored if it may be, and returned.
+    async fn fill<RB>(&self, url: &str, as_get: &http::request::Parts, response: Response<RB>) -> Response<ResponseBody>
     where
         RB: Body<Data = Bytes> + Send + 'static,
         RB::Error: Into<BoxError>,
@@ -408,25 +506,30 @@ impl HttpCache {
         let (mut answer, body) = response.into_parts();
         rules::strip_hop_by_hop(&mut answer.headers);
         let fits = content_length(&answer.headers).is_none_or(|n| n <= self.config().max_body as u64);
-        let candidate = !head && fits && Vary::of(&answer.headers) != Vary::Star;
+        let candidate = fits && Vary::of(&answer.headers) != Vary::Star;
         // Whether it may be stored, before its body is read: the policy decides on the head.
         let storable = candidate
-            && rules::policy_head(answer.status, &answer.headers)
+            && rules::policy_head(answer.status, &answer.headers, self.config().store_set_cookie)
                 .is_some_and(|h| CachePolicy::new_options(as_get, &h, SystemTime::now(), self.options()).is_storable());
         if !storable {
             return with_outcome(Response::from_parts(answer, boxed(body)), Outcome::Miss);
         }
-        let bytes = match buffer(body, self.config().max_body).await {
-            Ok(Buffered::Whole(bytes)) => bytes,
-            Ok(Buffered::TooLarge(chunks, rest)) => {
+        let read = tokio::time::timeout(self.config().origin_timeout, buffer(body, self.config().max_body)).await;
+        let bytes = match read {
+            Ok(Ok(Buffered::Whole(bytes))) => bytes,
+            Ok(Ok(Buffered::TooLarge(chunks, rest))) => {
                 let first = futures::stream::iter(chunks.into_iter().map(|c| Ok::<_, BoxError>(Frame::data(c))));
                 let rest = BodyStream::new(rest.map_err(Into::into));
                 let body = StreamBody::new(first.chain(rest)).boxed_unsync();
                 return with_outcome(Response::from_parts(answer, body), Outcome::Miss);
             }
-            Err(err) => {
+            Ok(Err(err)) => {
                 tracing::debug!(url = %url, error = %err, "the origin's body failed");
                 return status_only(StatusCode::BAD_GATEWAY);
+            }
+            Err(_) => {
+                tracing::debug!(url = %url, "the origin's body did not come in time");
+                return status_only(StatusCode::GATEWAY_TIMEOUT);
             }
         };
         if let Some(stored) = self.stored(as_get, answer.status, answer.headers.clone(), bytes.clone()) {
@@ -444,24 +547,24 @@ impl HttpCache {
         body: Bytes,
     ) -> Option<Stored> {
         let now = SystemTime::now();
-        let head = rules::policy_head(status, &headers)?;
+        let head = rules::policy_head(status, &headers, self.config().store_set_cookie)?;
         let policy = CachePolicy::new_options(as_get, &head, now, self.options());
         if !policy.is_storable() {
             return None;
         }
-        let lifetime = policy.time_to_live(now) + policy.age(now);
+        let lifetime = policy.time_to_live(now).saturating_add(policy.age(now));
         Some(Stored { status, headers, policy, lifetime, body })
     }
 
-    /// A response to serve once that was not stored (a 304's merge that may not be kept).
-    fn unstored(&self, status: StatusCode, headers: &http::HeaderMap) -> Stored {
-        let head = rules::policy_head(status, headers).unwrap_or_else(|| {
+    /// A response to serve once that may not be stored (a 304's merge that set a cookie).
+    fn unstored(&self, status: StatusCode, headers: &http::HeaderMap, body: Bytes) -> Stored {
+        let head = rules::policy_head(status, headers, true).unwrap_or_else(|| {
             let mut parts = Response::new(()).into_parts().0;
             parts.status = status;
             parts
         });
         let policy = CachePolicy::new_options(&Request::new(()), &head, SystemTime::now(), self.options());
-        Stored { status, headers: headers.clone(), policy, lifetime: Duration::ZERO, body: Bytes::new() }
+        Stored { status, headers: headers.clone(), policy, lifetime: Duration::ZERO, body }
     }
 
     /// Puts a response in the store for as long as it can serve: its freshness, plus what it
@@ -474,7 +577,7 @@ impl HttpCache {
             .chain(rules::seconds(headers, "stale-while-revalidate"))
             .max()
             .unwrap_or_default();
-        let ttl = stored.policy.time_to_live(now) + self.config().keep.max(stale_window);
+        let ttl = stored.policy.time_to_live(now).saturating_add(self.config().keep.max(stale_window));
         let tags: Vec<_> =
             surrogate_keys(headers).filter_map(|k| self.store().tag(&k).ok()).take(strata::MAX_TAGS).collect();
         let vary = Vary::of(headers);

@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use strata::{Cache, KeySchema};
 
-pub use edge::{Edge, EdgeConfig};
+pub use edge::{Edge, EdgeConfig, MIN_TOKEN_LEN};
 pub use error::{BoxError, Error};
 pub use layer::{HttpCacheLayer, HttpCacheService, ResponseBody, X_CACHE};
 pub use origin::Origin;
@@ -61,9 +61,12 @@ pub struct Config {
     /// How long a stale response with a validator is kept for revalidation (and a response
     /// without one for serving stale when the origin is down), beyond its freshness.
     pub keep: Duration,
-    /// How long the origin has to answer (headers) before the request fails with a 504, or a
-    /// stale response stands in.
+    /// How long the origin has to answer (its headers, then a body to store) before the request
+    /// fails with a 504, or a stale response stands in.
     pub origin_timeout: Duration,
+    /// Store responses that set a cookie (`Set-Cookie`) and are not `public`, as RFC 9111 §7.3
+    /// allows. Off by default: a stored cookie is handed to every client that gets the response.
+    pub store_set_cookie: bool,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             max_body: 512 * 1024,
             keep: Duration::from_secs(3600),
             origin_timeout: Duration::from_secs(30),
+            store_set_cookie: false,
         }
     }
 }
@@ -122,9 +126,13 @@ impl HttpCache {
     }
 
     /// Removes what is stored for an absolute URL (`http://host/path?query`), every variant.
+    /// Responses are stored under [`Config::scheme`], so the URL must use it.
     pub async fn purge_url(&self, url: &str) -> Result<(), Error> {
         let uri: http::Uri = url.parse().map_err(Error::config)?;
-        let scheme = uri.scheme_str().ok_or_else(|| Error::config("the URL has no scheme"))?;
+        let scheme = self.config().scheme.as_str();
+        if uri.scheme_str() != Some(scheme) {
+            return Err(Error::config(format!("responses are stored under {scheme}:// URLs, not {url}")));
+        }
         let url = rules::effective_url(scheme, &uri, &http::HeaderMap::new())
             .ok_or_else(|| Error::config("the URL has no host"))?;
         self.shared.store.invalidate(&url).await

@@ -69,7 +69,10 @@ pub(crate) fn first_age(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> 
     let mut ages = headers.get_all(header::AGE).iter();
     match (ages.next(), ages.next()) {
         (None, _) => Ok(None),
-        (Some(age), None) if !age.is_empty() && age.as_bytes().iter().all(u8::is_ascii_digit) => Ok(Some(age.clone())),
+        (Some(age), None) if !age.is_empty() && age.as_bytes().iter().all(u8::is_ascii_digit) => {
+            let secs = age.to_str().ok().and_then(|a| a.parse::<u64>().ok()).unwrap_or(MAX_DELTA_SECONDS);
+            Ok(Some(HeaderValue::from(secs.min(MAX_DELTA_SECONDS))))
+        }
         _ => Err(()),
     }
 }
@@ -77,19 +80,33 @@ pub(crate) fn first_age(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> 
 /// Statuses `http-cache-semantics` stores (its list of understood codes).
 const UNDERSTOOD: &[u16] = &[200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501];
 
+/// Statuses never stored: answers to one client's conditions or ranges (a 304, a 206, a 412,
+/// a 416), whatever their freshness; stored, they would be replayed to everyone.
+const NEVER_STORED: &[u16] = &[206, 304, 412, 416];
+
+/// The largest delta-seconds value read (RFC 9111 §1.2.2: larger ones count as 2^31).
+pub(crate) const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
 /// The response head the policy decides on, or `None` when the response must not be stored.
 /// It differs from what is stored and served in what the policy would misread:
 ///
-/// - `Age`: none stored unless it is a plain number ([`first_age`]);
-/// - `Cache-Control`: directive names in lower case (they are case-insensitive);
-/// - `Surrogate-Control` (for this cache, a surrogate): `no-store` is not stored, `max-age=N`
-///   replaces the freshness of `Cache-Control` and `Expires`;
-/// - `Set-Cookie` is left out: the policy would give such a response no freshness, where
-///   RFC 9111 stores it like any other header (§7.3);
+/// - `Age`: none stored unless it is a plain number ([`first_age`]), at most 2^31;
+/// - `Cache-Control`: directive names in lower case (they are case-insensitive), numbers
+///   at most 2^31;
+/// - `Surrogate-Control` (for this cache, a surrogate): `no-store` is not stored; `max-age=N`
+///   replaces the freshness and `no-store` of `Cache-Control` (the Edge Architecture
+///   Specification), while `private` and `no-cache` still hold;
+/// - `Set-Cookie`: a response that sets a cookie is stored only when `public`, or when
+///   `cookies` allows it (RFC 9111 §7.3 would store it; one user's cookie must not be handed to
+///   the next by default); the policy does not see the header (it would give such a response
+///   no freshness);
 /// - a final status the policy does not know, with explicit freshness and without
 ///   `must-understand`, is decided as a 200 (RFC 9111 §3: any final status may be stored
-///   when its freshness is explicit).
-pub(crate) fn policy_head(status: StatusCode, headers: &HeaderMap) -> Option<http::response::Parts> {
+///   when its freshness is explicit); 206, 304, 412 and 416 never are.
+pub(crate) fn policy_head(status: StatusCode, headers: &HeaderMap, cookies: bool) -> Option<http::response::Parts> {
+    if NEVER_STORED.contains(&status.as_u16()) {
+        return None;
+    }
     let mut head = http::Response::new(()).into_parts().0;
     head.status = status;
     head.headers = headers.clone();
@@ -105,7 +122,7 @@ pub(crate) fn policy_head(status: StatusCode, headers: &HeaderMap) -> Option<htt
         .get_all(header::CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| HeaderValue::from_str(&lower_directive_names(v)).ok())
+        .filter_map(|v| HeaderValue::from_str(&normalise_directives(v)).ok())
         .collect();
     h.remove(header::CACHE_CONTROL);
     for value in lowered {
@@ -118,9 +135,17 @@ pub(crate) fn policy_head(status: StatusCode, headers: &HeaderMap) -> Option<htt
         if let Some(max_age) = surrogate.max_age {
             h.remove(header::EXPIRES);
             h.remove(header::PRAGMA);
-            let value = format!("max-age={max_age}");
+            let kept: Vec<&str> = ["private", "no-cache"].into_iter().filter(|d| directive(h, d).is_some()).collect();
+            let value = [format!("max-age={}", max_age.min(MAX_DELTA_SECONDS))]
+                .into_iter()
+                .chain(kept.iter().map(|d| (*d).to_owned()))
+                .collect::<Vec<_>>()
+                .join(", ");
             h.insert(header::CACHE_CONTROL, HeaderValue::from_str(&value).ok()?);
         }
+    }
+    if h.contains_key(header::SET_COOKIE) && !cookies && directive(h, "public").is_none() {
+        return None;
     }
     h.remove(header::SET_COOKIE);
     let explicit =
@@ -131,11 +156,20 @@ pub(crate) fn policy_head(status: StatusCode, headers: &HeaderMap) -> Option<htt
     Some(head)
 }
 
-fn lower_directive_names(value: &str) -> String {
+/// Directive names in lower case; a numeric argument at most [`MAX_DELTA_SECONDS`].
+fn normalise_directives(value: &str) -> String {
     value
         .split(',')
         .map(|part| match part.split_once('=') {
-            Some((name, arg)) => format!("{}={}", name.trim().to_ascii_lowercase(), arg.trim()),
+            Some((name, arg)) => {
+                let arg = arg.trim();
+                let arg = if !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_digit()) {
+                    arg.parse::<u64>().map_or(MAX_DELTA_SECONDS, |n| n.min(MAX_DELTA_SECONDS)).to_string()
+                } else {
+                    arg.to_owned()
+                };
+                format!("{}={arg}", name.trim().to_ascii_lowercase())
+            }
             None => part.trim().to_ascii_lowercase(),
         })
         .filter(|p| !p.is_empty())
@@ -204,7 +238,11 @@ pub(crate) fn directive<'a>(headers: &'a HeaderMap, name: &str) -> Option<Option
 
 /// Seconds of a directive such as `stale-if-error=60` (none when absent or not a number).
 pub(crate) fn seconds(headers: &HeaderMap, name: &str) -> Option<Duration> {
-    directive(headers, name).flatten().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs)
+    let arg = directive(headers, name).flatten()?;
+    if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(Duration::from_secs(arg.parse::<u64>().map_or(MAX_DELTA_SECONDS, |n| n.min(MAX_DELTA_SECONDS))))
 }
 
 /// Whether a stored response may be served stale at all by a shared cache (RFC 9111 §4.2.4,
@@ -254,7 +292,18 @@ pub(crate) fn effective_url(scheme: &str, uri: &Uri, headers: &HeaderMap) -> Opt
         None => headers.get(header::HOST)?.to_str().ok()?.to_owned(),
     };
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    Some(format!("{scheme}://{}{path}", authority.to_ascii_lowercase()))
+    let authority = authority.to_ascii_lowercase();
+    // The scheme's default port is the same host (`site` and `site:80`).
+    let default_port = match scheme {
+        "http" => ":80",
+        "https" => ":443",
+        _ => "",
+    };
+    let authority = match authority.strip_suffix(default_port) {
+        Some(host) if !default_port.is_empty() => host,
+        _ => authority.as_str(),
+    };
+    Some(format!("{scheme}://{authority}{path}"))
 }
 
 /// The URLs an unsafe request's response invalidates besides the request's own: its
@@ -307,9 +356,12 @@ fn resolve(base: &str, reference: &str) -> Option<String> {
 /// or else `If-Modified-Since` against its `Last-Modified` (RFC 9110 §13.1).
 pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     if let Some(inm) = request.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        if inm.split(',').any(|t| t.trim() == "*") {
+            return true;
+        }
         let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else { return false };
         let weak = |t: &str| t.trim().trim_start_matches("W/").to_owned();
-        return inm.split(',').any(|t| t.trim() == "*" || weak(t) == weak(etag));
+        return inm.split(',').any(|t| weak(t) == weak(etag));
     }
     let (Some(since), Some(modified)) = (
         request.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(http_date),
@@ -335,7 +387,7 @@ pub(crate) fn http_date(value: &str) -> Option<SystemTime> {
     let (day, year): (u64, u64) = (day.parse().ok()?, year.parse().ok()?);
     let mut hms = time.split(':').map(|p| p.parse::<u64>());
     let (h, m, s) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
-    if !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || s > 60 {
+    if !(1..=31).contains(&day) || !(1970..=9999).contains(&year) || h > 23 || m > 59 || s > 60 {
         return None;
     }
     // Days from the civil date (Howard Hinnant's algorithm), years from 1970 on.
@@ -395,6 +447,22 @@ pub(crate) fn not_modified_headers(mut headers: HeaderMap) -> HeaderMap {
         headers.remove(name);
     }
     headers
+}
+
+/// The client's own preconditions and ranges: removed from the requests the cache sends to fill
+/// or revalidate a stored response (it answers them itself from what it stores), so the origin's
+/// answer is the whole representation, not one meant for this client only.
+pub(crate) fn strip_client_conditions(headers: &mut HeaderMap) {
+    for name in [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
+    ] {
+        headers.remove(name);
+    }
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and those the `Connection` header names: never
@@ -471,28 +539,45 @@ mod tests {
 
     #[test]
     fn the_policy_sees_a_normalised_head() {
-        let h =
-            policy_head(StatusCode::OK, &headers(&[("cache-control", "Max-Age=10, No-CaChE"), ("set-cookie", "a=b")]));
+        let h = policy_head(
+            StatusCode::OK,
+            &headers(&[("cache-control", "Max-Age=10, No-CaChE, public"), ("set-cookie", "a=b")]),
+            false,
+        );
         let h = h.map(|p| p.headers).unwrap_or_default();
-        assert_eq!(h.get("cache-control").and_then(|v| v.to_str().ok()), Some("max-age=10, no-cache"));
-        assert!(!h.contains_key("set-cookie"));
+        assert_eq!(h.get("cache-control").and_then(|v| v.to_str().ok()), Some("max-age=10, no-cache, public"));
+        assert!(!h.contains_key("set-cookie"), "the policy does not see the cookie");
+        let cookie = headers(&[("cache-control", "max-age=10"), ("set-cookie", "a=b")]);
+        assert!(policy_head(StatusCode::OK, &cookie, false).is_none(), "a cookie is not handed to others");
+        assert!(policy_head(StatusCode::OK, &cookie, true).is_some());
+        let huge = headers(&[("cache-control", "max-age=99999999999999999999999"), ("age", "18446744073709551615")]);
+        let h = policy_head(StatusCode::OK, &huge, false).map(|p| p.headers).unwrap_or_default();
+        assert_eq!(h.get("cache-control").and_then(|v| v.to_str().ok()), Some("max-age=2147483648"));
+        assert_eq!(h.get("age").and_then(|v| v.to_str().ok()), Some("2147483648"));
+        for status in [206, 304, 412, 416] {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            assert!(policy_head(status, &headers(&[("cache-control", "max-age=60")]), true).is_none(), "{status}");
+        }
         let sc = headers(&[("cache-control", "no-store"), ("surrogate-control", "max-age=60"), ("expires", "0")]);
-        let h = policy_head(StatusCode::OK, &sc).map(|p| p.headers).unwrap_or_default();
+        let h = policy_head(StatusCode::OK, &sc, false).map(|p| p.headers).unwrap_or_default();
         assert_eq!(h.get("cache-control").and_then(|v| v.to_str().ok()), Some("max-age=60"));
+        let private = headers(&[("cache-control", "private"), ("surrogate-control", "max-age=60")]);
+        let h = policy_head(StatusCode::OK, &private, false).map(|p| p.headers).unwrap_or_default();
+        assert_eq!(h.get("cache-control").and_then(|v| v.to_str().ok()), Some("max-age=60, private"));
         assert!(!h.contains_key("expires"));
-        assert!(policy_head(StatusCode::OK, &headers(&[("surrogate-control", "no-store")])).is_none());
+        assert!(policy_head(StatusCode::OK, &headers(&[("surrogate-control", "no-store")]), false).is_none());
         let ours = headers(&[("surrogate-control", "max-age=60;strata"), ("cache-control", "no-store")]);
-        let h = policy_head(StatusCode::OK, &ours).map(|p| p.headers).unwrap_or_default();
+        let h = policy_head(StatusCode::OK, &ours, false).map(|p| p.headers).unwrap_or_default();
         assert_eq!(h.get("cache-control").and_then(|v| v.to_str().ok()), Some("max-age=60"));
         let other = headers(&[("surrogate-control", "max-age=60;other"), ("cache-control", "max-age=1")]);
-        let h = policy_head(StatusCode::OK, &other).map(|p| p.headers).unwrap_or_default();
+        let h = policy_head(StatusCode::OK, &other, false).map(|p| p.headers).unwrap_or_default();
         assert_eq!(h.get("cache-control").and_then(|v| v.to_str().ok()), Some("max-age=1"));
         let odd = StatusCode::from_u16(599).unwrap_or(StatusCode::OK);
         let fresh = headers(&[("cache-control", "max-age=60")]);
-        assert_eq!(policy_head(odd, &fresh).map(|p| p.status), Some(StatusCode::OK));
+        assert_eq!(policy_head(odd, &fresh, false).map(|p| p.status), Some(StatusCode::OK));
         let understand = headers(&[("cache-control", "max-age=60, must-understand")]);
-        assert_eq!(policy_head(odd, &understand).map(|p| p.status), Some(odd));
-        assert_eq!(policy_head(odd, &headers(&[])).map(|p| p.status), Some(odd));
+        assert_eq!(policy_head(odd, &understand, false).map(|p| p.status), Some(odd));
+        assert_eq!(policy_head(odd, &headers(&[]), false).map(|p| p.status), Some(odd));
     }
 
     #[test]
@@ -523,6 +608,7 @@ mod tests {
         let stored = headers(&[("etag", "\"abc\""), ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
         assert!(not_modified(&headers(&[("if-none-match", "W/\"abc\"")]), &stored));
         assert!(not_modified(&headers(&[("if-none-match", "\"x\", *")]), &stored));
+        assert!(not_modified(&headers(&[("if-none-match", "*")]), &headers(&[])), "any representation matches *");
         assert!(!not_modified(&headers(&[("if-none-match", "\"x\"")]), &stored));
         assert!(not_modified(&headers(&[("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")]), &stored));
         assert!(!not_modified(&headers(&[("if-modified-since", "Sat, 05 Nov 1994 08:49:37 GMT")]), &stored));
@@ -546,5 +632,6 @@ mod tests {
         assert_eq!(t, Some(Duration::from_secs(784_111_777)));
         assert_eq!(http_date("Sun, 06 Nov 1994 08:49:37 PST"), None);
         assert_eq!(http_date("Sun, 32 Nov 1994 08:49:37 GMT"), None);
+        assert_eq!(http_date("Sun, 06 Nov 300000000000 08:49:37 GMT"), None);
     }
 }

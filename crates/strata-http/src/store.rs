@@ -119,16 +119,15 @@ impl Store {
                 .await
                 .map_err(Error::from),
             Vary::Names(names) => {
-                // The same names keep their generation (and the other variants); new ones start afresh.
+                // The same names keep their generation (and the other variants); new ones start
+                // afresh. The URL entry is written again each time, so it lasts as long as the
+                // newest variant.
                 let generation = match self.cache.get::<UrlEntry>(&key).await {
                     Ok(Some(UrlEntry::Varied { names: known, generation })) if &known == names => generation,
-                    _ => {
-                        let generation = rand::random::<u64>();
-                        let entry = UrlEntry::Varied { names: names.clone(), generation };
-                        self.cache.set_tagged(&key, &entry, ttl, tags).await?;
-                        generation
-                    }
+                    _ => rand::random::<u64>(),
                 };
+                let entry = UrlEntry::Varied { names: names.clone(), generation };
+                self.cache.set_tagged(&key, &entry, ttl, tags).await?;
                 let variant = self.variant_key(url, generation, names, request)?;
                 self.cache.set_tagged(&variant, stored, ttl, tags).await.map_err(Error::from)
             }

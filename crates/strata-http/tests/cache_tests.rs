@@ -6,7 +6,6 @@
 //! Needs `node` and `npm` (`./run test` installs them); the package is installed once into
 //! cargo's target directory.
 
-use std::io::Read as _;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,6 +36,26 @@ const EXPLAINED: &[(&str, &str)] = &[
     ("stale-close-proxy-revalidate", "as stale-close-must-revalidate"),
     ("stale-close-no-cache", "as stale-close-must-revalidate"),
     ("stale-close-s-maxage=2", "as stale-close-must-revalidate"),
+];
+
+/// MUST-level tests the suite could not run against this cache, with why.
+const NOT_TESTED: &[(&str, &str)] = &[
+    (
+        "304-etag-update-response-ETag",
+        "the 304 carries another strong ETag, which selects no stored response (RFC 9111 §4.3.4): this cache \
+         asks again without conditions, which the suite's origin answers with a 999 and its client reports as a retry",
+    ),
+    (
+        "partial-use-headers",
+        "depends on serving a Range request from a stored complete response; this cache fetches and serves \
+         whole representations (a Range is not forwarded, and the whole response is the answer)",
+    ),
+    (
+        "headers-store-Set-Cookie",
+        "a response that sets a cookie is stored only when public (Config::store_set_cookie), so one \
+         client's cookie is not handed to the next",
+    ),
+    ("304-etag-update-response-Set-Cookie", "as headers-store-Set-Cookie"),
 ];
 
 /// Kills a child process when dropped.
@@ -146,32 +165,23 @@ async fn the_http_cache_test_suite_passes_its_must_level_tests() -> TestResult {
     let edge_addr = edge.local_addr()?;
     tokio::spawn(edge.run(std::future::pending()));
 
-    // The suite's client: every test, about 20 s.
+    // The suite's client: every test, about 20 s (killed if it takes more than 5 minutes).
     let results = work.path().join("results.json");
-    let client = tokio::task::spawn_blocking({
-        let (dir, results) = (dir.clone(), results.clone());
-        move || -> Result<std::process::ExitStatus, std::io::Error> {
-            let mut child = Command::new("node")
-                .args(["--no-warnings", "cli.mjs"])
-                .current_dir(&dir)
-                .env("npm_config_base", format!("http://{edge_addr}"))
-                .env("npm_package_config_id", "")
-                .stdout(std::fs::File::create(&results)?)
-                .stderr(Stdio::piped())
-                .spawn()?;
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            let status = child.wait()?;
-            if !err.trim().is_empty() {
-                eprintln!("cache-tests client stderr: {err}");
-            }
-            Ok(status)
-        }
-    });
-    let status = tokio::time::timeout(Duration::from_secs(300), client).await???;
-    assert!(status.success(), "the suite's client exited with {status}");
+    let client = tokio::process::Command::new("node")
+        .args(["--no-warnings", "cli.mjs"])
+        .current_dir(&dir)
+        .env("npm_config_base", format!("http://{edge_addr}"))
+        .env("npm_package_config_id", "")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(300), client).await??;
+    assert!(
+        output.status.success(),
+        "the suite's client exited with {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::write(&results, &output.stdout)?;
     drop(origin);
 
     let scored = Command::new("node")
@@ -203,6 +213,14 @@ async fn the_http_cache_test_suite_passes_its_must_level_tests() -> TestResult {
     let unexplained: Vec<_> =
         score.failures.iter().filter(|f| !EXPLAINED.iter().any(|(id, _)| *id == f.id)).map(|f| &f.id).collect();
     assert!(unexplained.is_empty(), "MUST-level failures not explained in docs/http-cache.md: {unexplained:?}");
+    // Not tested: a dependency or a setup step failed; those this cache causes are explained.
+    let untested: Vec<_> = score
+        .not_tested_ids
+        .iter()
+        .filter(|n| !NOT_TESTED.iter().any(|(id, _)| *id == n.id))
+        .map(|n| format!("{} ({})", n.id, n.why))
+        .collect();
+    assert!(untested.is_empty(), "MUST-level tests not run for reasons not explained: {untested:?}");
     assert!(score.pass >= 140, "{} of {} MUST-level tests passed (target: 140)", score.pass, score.required);
     Ok(())
 }

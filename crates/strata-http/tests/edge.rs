@@ -43,6 +43,19 @@ async fn fresh(State(o): State<Origin>, Path(name): Path<String>) -> impl IntoRe
     ([("cache-control", "max-age=60"), ("surrogate-key", "all-pages page-x")], format!("{name} #{n}"))
 }
 
+/// An origin that honours preconditions and ranges itself, with freshness on every answer.
+async fn honest(State(o): State<Origin>, headers: HeaderMap) -> axum::response::Response {
+    let n = o.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    let cc = [("cache-control", "max-age=60"), ("etag", "\"v1\"")];
+    if headers.contains_key("if-none-match") {
+        return (StatusCode::NOT_MODIFIED, cc).into_response();
+    }
+    if headers.contains_key("range") {
+        return (StatusCode::PARTIAL_CONTENT, cc, [("content-range", "bytes 0-0/9")], "h").into_response();
+    }
+    (cc, format!("honest #{n}")).into_response()
+}
+
 async fn slow(State(o): State<Origin>) -> impl IntoResponse {
     let n = o.calls.fetch_add(1, Ordering::SeqCst) + 1;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -88,6 +101,25 @@ async fn swr(State(o): State<Origin>) -> impl IntoResponse {
     ([("cache-control", "max-age=1, stale-while-revalidate=30")], format!("swr #{n}"))
 }
 
+/// Responses meant to trip a shared cache: a cookie, a strict revalidation, huge numbers.
+async fn tricky(State(o): State<Origin>, Path(kind): Path<String>) -> axum::response::Response {
+    let n = o.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    let body = format!("{kind} #{n}");
+    match kind.as_str() {
+        "cookie" => ([("cache-control", "max-age=60"), ("set-cookie", "session=secret")], body).into_response(),
+        "strict" => ([("cache-control", "max-age=1, must-revalidate")], body).into_response(),
+        _ => (
+            [
+                ("cache-control", "max-age=99999999999999999999999, stale-if-error=99999999999999999999"),
+                ("age", "18446744073709551615"),
+                ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ],
+            body,
+        )
+            .into_response(),
+    }
+}
+
 async fn hang() -> impl IntoResponse {
     tokio::time::sleep(Duration::from_secs(30)).await;
     "too late"
@@ -104,11 +136,13 @@ async fn start_origin() -> Result<(Origin, SocketAddr), Box<dyn std::error::Erro
             }),
         )
         .route("/slow", route_get(slow))
+        .route("/honest/{name}", route_get(honest))
         .route("/varied", route_get(varied))
         .route("/h/{kind}", route_get(with_headers))
         .route("/hang", route_get(hang))
         .route("/flaky/{kind}", route_get(flaky))
         .route("/swr", route_get(swr))
+        .route("/tricky/{kind}", route_get(tricky))
         .with_state(origin.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -202,9 +236,10 @@ async fn fresh_responses_are_served_from_the_cache_and_unsafe_methods_invalidate
     assert!(second.headers.contains_key("age"), "a hit carries Age");
     assert_eq!(origin.calls(), 1);
 
-    // HEAD is answered from GET's entry, without a body.
+    // HEAD is answered from GET's entry: its headers, the GET's length.
     let head = send(&c, "HEAD", format!("http://{edge}/fresh/a"), &[], "").await?;
-    assert_eq!((head.x_cache(), head.body.as_str()), ("HIT", ""));
+    assert_eq!(head.x_cache(), "HIT");
+    assert_eq!(head.headers.get("content-length").and_then(|v| v.to_str().ok()), Some("4"));
 
     // A POST that succeeded invalidates the URL.
     let post = send(&c, "POST", format!("http://{edge}/fresh/a"), &[], "x").await?;
@@ -398,5 +433,49 @@ async fn stale_responses_serve_while_revalidating_and_on_errors_when_allowed() -
     assert!(sie.body.starts_with("sie #"), "{}", sie.body);
     let plain = get(&c, edge, "/flaky/plain").await?;
     assert_eq!(plain.status, StatusCode::INTERNAL_SERVER_ERROR);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_shape_what_the_others_get() -> TestResult {
+    let redis = RedisServer::start()?;
+    let (origin, origin_addr) = start_origin().await?;
+    let edge = start_edge(standalone_cache(&redis).await?, origin_addr, Duration::from_secs(5)).await?;
+    let c = client();
+
+    // A client's own precondition on a cold URL: it gets its 304, the cache stores the page
+    // (the origin would have answered the precondition with a fresh 304).
+    let first = send(&c, "GET", format!("http://{edge}/honest/cond"), &[("if-none-match", "*")], "").await?;
+    assert_eq!(first.status, StatusCode::NOT_MODIFIED);
+    let next = get(&c, edge, "/honest/cond").await?;
+    assert_eq!((next.status, next.x_cache(), next.body.as_str()), (StatusCode::OK, "HIT", "honest #1"));
+
+    // A range: the whole page is fetched and stored, never a part of it.
+    let ranged = send(&c, "GET", format!("http://{edge}/honest/range"), &[("range", "bytes=0-0")], "").await?;
+    assert_eq!(ranged.body, "honest #2");
+    assert_eq!(get(&c, edge, "/honest/range").await?.body, "honest #2");
+
+    // A cookie is not handed to the next client.
+    let a = get(&c, edge, "/tricky/cookie").await?;
+    let b = get(&c, edge, "/tricky/cookie").await?;
+    assert_ne!(a.body, b.body);
+    assert_eq!(b.x_cache(), "MISS");
+
+    // `max-stale` does not reach past `must-revalidate`.
+    assert_eq!(get(&c, edge, "/tricky/strict").await?.x_cache(), "MISS");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let strict =
+        send(&c, "GET", format!("http://{edge}/tricky/strict"), &[("cache-control", "max-stale=600")], "").await?;
+    assert_ne!(strict.x_cache(), "HIT", "a stale must-revalidate response was served: {}", strict.body);
+
+    // Numbers past 2^31 and a far-future client date: served, nothing panics.
+    let calls = origin.calls();
+    for _ in 0..2 {
+        assert_eq!(get(&c, edge, "/tricky/huge").await?.status, StatusCode::OK);
+    }
+    let far = "Sun, 06 Nov 300000000000 08:49:37 GMT";
+    let reply = send(&c, "GET", format!("http://{edge}/tricky/huge"), &[("if-modified-since", far)], "").await?;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(origin.calls() > calls);
     Ok(())
 }

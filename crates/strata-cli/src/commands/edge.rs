@@ -44,7 +44,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             let token = text.lines().next().unwrap_or_default().trim().to_owned();
-            anyhow::ensure!(token.len() >= 16, "the purge token in {} is shorter than 16 characters", path.display());
+            let min = strata_http::MIN_TOKEN_LEN;
+            anyhow::ensure!(
+                token.len() >= min,
+                "the purge token in {} is shorter than {min} characters",
+                path.display()
+            );
             Some(token)
         }
         None => None,

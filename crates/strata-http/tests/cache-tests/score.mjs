@@ -16,15 +16,22 @@ const results = JSON.parse(fs.readFileSync(resultsFile, 'utf8'))
 const byId = new Map(suites.flatMap(s => s.tests.map(t => [t.id, t])))
 const kindOf = t => t.kind || 'required'
 
-function verdict (id, seen = new Set()) {
+const verdicts = new Map()
+function verdict (id, visiting = new Set()) {
+  if (verdicts.has(id)) return verdicts.get(id)
   const t = byId.get(id)
   const r = results[id]
   if (r === undefined) return 'untested'
-  if (seen.has(id)) return 'dependency_fail'
-  seen.add(id)
-  for (const d of t.depends_on || []) {
-    if (!['pass', 'yes'].includes(verdict(d, seen))) return 'dependency_fail'
-  }
+  if (visiting.has(id)) return 'dependency_fail' // a cycle (none known)
+  visiting.add(id)
+  const deps = (t.depends_on || []).map(d => verdict(d, visiting))
+  visiting.delete(id)
+  const v = deps.every(d => ['pass', 'yes'].includes(d)) ? own(t, r) : 'dependency_fail'
+  verdicts.set(id, v)
+  return v
+}
+
+function own (t, r) {
   if (Array.isArray(r) && r[0] === 'Setup') return r[1] === 'retry' ? 'retry' : 'setup_fail'
   const k = kindOf(t)
   if (k === 'required') return r === true ? 'pass' : 'fail'
