@@ -20,6 +20,9 @@ use crate::rules::{self, OriginFailure, Vary};
 use crate::store::{Store, Stored};
 use crate::{BoxError, HttpCache};
 
+/// The purge epochs read before a fetch (see [`Store::epochs`]).
+type Epochs = (Option<u64>, Option<u64>);
+
 /// The body of the responses the layer returns.
 pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
@@ -231,7 +234,8 @@ impl HttpCache {
             let mut urls = vec![url.to_owned()];
             urls.extend(rules::invalidated_by(url, response.headers()));
             for url in &urls {
-                if let Err(err) = self.store().invalidate(url).await {
+                let bumped = self.store().bump_url_epoch(url).await;
+                if let Err(err) = bumped.and(self.store().invalidate(url).await) {
                     tracing::warn!(url = %url, error = %err, "could not invalidate after an unsafe request");
                 }
             }
@@ -267,6 +271,7 @@ impl HttpCache {
             match stored.policy.before_request(&asked, now) {
                 BeforeRequest::Fresh(_) => return self.serve(&stored, &parts, head, Outcome::Hit),
                 BeforeRequest::Stale { request, matches: true } => {
+                    let epoch = self.store().epochs(url).await;
                     if self.while_revalidating(&stored, &parts.headers) {
                         // RFC 5861: serve it now and revalidate in the background, once per URL.
                         if let Turn::Lead(leading) = self.shared.flights.turn(&format!("revalidate {url}")) {
@@ -281,6 +286,7 @@ impl HttpCache {
                                     &url,
                                     &as_get,
                                     stored,
+                                    epoch,
                                 )
                                 .await;
                             });
@@ -296,7 +302,7 @@ impl HttpCache {
                                 let headers = rules::merge_not_modified(&stored.headers, &answer.headers);
                                 let updated = self.stored(&as_get, stored.status, headers.clone(), stored.body.clone());
                                 if let Some(updated) = &updated {
-                                    self.keep(url, &as_get, updated).await;
+                                    self.keep(url, &as_get, updated, epoch).await;
                                 }
                                 // Not storable any more (a cookie set by the 304): served to this client only.
                                 let updated =
@@ -309,9 +315,9 @@ impl HttpCache {
                             if let Some(served) = self.stale(&stored, &parts, head, OriginFailure::Error) {
                                 return served;
                             }
-                            return self.answer(url, &as_get, &parts, response).await;
+                            return self.answer(url, &as_get, &parts, response, epoch).await;
                         }
-                        Fetched::Response(response) => return self.answer(url, &as_get, &parts, response).await,
+                        Fetched::Response(response) => return self.answer(url, &as_get, &parts, response, epoch).await,
                         Fetched::Failed(failure, answer) => {
                             return self.stale(&stored, &parts, head, failure).unwrap_or(answer);
                         }
@@ -338,6 +344,7 @@ impl HttpCache {
                 None
             }
         };
+        let epoch = self.store().epochs(url).await;
         if head {
             // Not stored (no body): forwarded as it came.
             return match fetch(inner, Request::from_parts(parts, body), self.config().origin_timeout).await {
@@ -350,7 +357,7 @@ impl HttpCache {
         let mut client = head_of(&as_get, Method::GET);
         client.headers = client_headers;
         match fetch(inner, forwarded, self.config().origin_timeout).await {
-            Fetched::Response(response) => self.answer(url, &as_get, &client, response).await,
+            Fetched::Response(response) => self.answer(url, &as_get, &client, response, epoch).await,
             Fetched::Failed(_, answer) => answer,
         }
     }
@@ -425,6 +432,7 @@ impl HttpCache {
         url: &str,
         as_get: &http::request::Parts,
         stored: Stored,
+        epoch: Epochs,
     ) where
         S: Service<Request<B>, Response = Response<RB>>,
         S::Error: Into<BoxError>,
@@ -438,13 +446,13 @@ impl HttpCache {
                 if rules::selects(&stored.headers, &answer.headers) {
                     let headers = rules::merge_not_modified(&stored.headers, &answer.headers);
                     if let Some(updated) = self.stored(as_get, stored.status, headers, stored.body) {
-                        self.keep(url, as_get, &updated).await;
+                        self.keep(url, as_get, &updated, epoch).await;
                     }
                 }
             }
             // Stored by `fill` when it may be; the body of one that may not is not read.
             Fetched::Response(response) if !rules::is_origin_error(response.status()) => {
-                drop(self.fill(url, as_get, response).await);
+                drop(self.fill(url, as_get, response, epoch).await);
             }
             Fetched::Response(_) | Fetched::Failed(..) => {}
         }
@@ -477,12 +485,13 @@ impl HttpCache {
         as_get: &http::request::Parts,
         client: &http::request::Parts,
         response: Response<RB>,
+        epoch: Epochs,
     ) -> Response<ResponseBody>
     where
         RB: Body<Data = Bytes> + Send + 'static,
         RB::Error: Into<BoxError>,
     {
-        let response = self.fill(url, as_get, response).await;
+        let response = self.fill(url, as_get, response, epoch).await;
         let head = client.method == Method::HEAD;
         let conditional =
             response.status() == StatusCode::OK && rules::not_modified(&client.headers, response.headers());
@@ -498,7 +507,13 @@ impl HttpCache {
     }
 
     /// A response from the origin to a GET: stored if it may be, and returned.
-    async fn fill<RB>(&self, url: &str, as_get: &http::request::Parts, response: Response<RB>) -> Response<ResponseBody>
+    async fn fill<RB>(
+        &self,
+        url: &str,
+        as_get: &http::request::Parts,
+        response: Response<RB>,
+        epoch: Epochs,
+    ) -> Response<ResponseBody>
     where
         RB: Body<Data = Bytes> + Send + 'static,
         RB::Error: Into<BoxError>,
@@ -533,7 +548,7 @@ impl HttpCache {
             }
         };
         if let Some(stored) = self.stored(as_get, answer.status, answer.headers.clone(), bytes.clone()) {
-            self.keep(url, as_get, &stored).await;
+            self.keep(url, as_get, &stored, epoch).await;
         }
         with_outcome(Response::from_parts(answer, full(bytes)), Outcome::Miss)
     }
@@ -569,7 +584,11 @@ impl HttpCache {
 
     /// Puts a response in the store for as long as it can serve: its freshness, plus what it
     /// may be served stale or revalidated for.
-    async fn keep(&self, url: &str, as_get: &http::request::Parts, stored: &Stored) {
+    ///
+    /// `epoch` is the store's purge epoch read before the origin was asked: when a purge came
+    /// since (on any instance, as far as this one has heard), what was written is removed again
+    /// (see [`Store::epochs`]).
+    async fn keep(&self, url: &str, as_get: &http::request::Parts, stored: &Stored, epoch: Epochs) {
         let now = SystemTime::now();
         let headers = &stored.headers;
         let stale_window = rules::seconds(headers, "stale-if-error")
@@ -583,6 +602,11 @@ impl HttpCache {
         let vary = Vary::of(headers);
         if let Err(err) = self.store().put(url, &as_get.headers, &vary, stored, ttl, &tags).await {
             tracing::debug!(url = %url, error = %err, "a response could not be stored");
+        }
+        if self.store().epochs(url).await != epoch
+            && let Err(err) = self.store().invalidate(url).await
+        {
+            tracing::warn!(url = %url, error = %err, "a response fetched before a purge could not be removed");
         }
     }
 

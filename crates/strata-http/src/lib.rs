@@ -135,18 +135,21 @@ impl HttpCache {
         }
         let url = rules::effective_url(scheme, &uri, &http::HeaderMap::new())
             .ok_or_else(|| Error::config("the URL has no host"))?;
+        self.shared.store.bump_url_epoch(&url).await?;
         self.shared.store.invalidate(&url).await
     }
 
     /// Removes every response whose `Surrogate-Key` header named `key`.
     pub async fn purge_key(&self, key: &str) -> Result<(), Error> {
         let tag = self.shared.store.tag(key)?;
+        self.shared.store.bump_epoch().await?;
         Ok(self.cache().invalidate_tag(&tag).await?)
     }
 
     /// Removes every response of this cache's namespace.
     pub async fn purge_all(&self) -> Result<(), Error> {
         let namespace = self.shared.store.namespace()?;
+        self.shared.store.bump_epoch().await?;
         Ok(self.cache().invalidate_namespace(&namespace).await?)
     }
 }

@@ -43,6 +43,10 @@ enum UrlEntry {
     Varied { names: Vec<String>, generation: u64 },
 }
 
+/// The namespace (entity) of the purge epochs ([`Store::epochs`]): apart from the responses,
+/// so that purging every response does not purge the epoch that announces it.
+pub(crate) const EPOCHS: &str = "purge-epochs";
+
 /// The response entries of one cache namespace.
 #[derive(Clone)]
 pub(crate) struct Store {
@@ -55,6 +59,9 @@ impl Store {
     pub(crate) fn new(cache: Cache, schema: KeySchema, entity: &str) -> Result<Self, Error> {
         // Fails early on a bad name rather than on the first request.
         schema.key(entity, "u").map_err(Error::config)?;
+        if entity == EPOCHS {
+            return Err(Error::config(format!("the namespace {EPOCHS} is reserved for the purge epochs")));
+        }
         Ok(Self { cache, schema, entity: entity.to_owned() })
     }
 
@@ -137,6 +144,43 @@ impl Store {
     /// Removes what is stored for `url`, every variant with it.
     pub(crate) async fn invalidate(&self, url: &str) -> Result<(), Error> {
         self.cache.delete(&self.url_key(url)?).await?;
+        Ok(())
+    }
+
+    /// The purge epochs of `url`: the store's and the URL's own, each a random number that a
+    /// purge replaces before it removes anything (a purge by surrogate key or of everything
+    /// replaces the store's; an unsafe request replaces its URLs'). A response fetched while a
+    /// purge ran may be older than what the purge was for: its writer reads the epochs before
+    /// asking the origin and again after storing, and removes what it stored when they differ.
+    /// Whichever of the purge's removal and the write comes last, the response does not stay
+    /// (within the invalidation bound of another instance's L1). `None`s while Redis cannot be
+    /// read.
+    pub(crate) async fn epochs(&self, url: &str) -> (Option<u64>, Option<u64>) {
+        let (Ok(all), Ok(one)) = (self.schema.key(EPOCHS, &self.entity), self.url_epoch_key(url)) else {
+            return (None, None);
+        };
+        let (all, one) = tokio::join!(self.cache.get::<u64>(&all), self.cache.get::<u64>(&one));
+        (all.ok().flatten(), one.ok().flatten())
+    }
+
+    fn url_epoch_key(&self, url: &str) -> Result<Key, Error> {
+        self.schema.key_with_hashed_variant(EPOCHS, &self.entity, url).map_err(Error::config)
+    }
+
+    /// Starts a purge of everything or of a surrogate key: a new store epoch.
+    pub(crate) async fn bump_epoch(&self) -> Result<(), Error> {
+        let key = self.schema.key(EPOCHS, &self.entity).map_err(Error::config)?;
+        self.bump(&key).await
+    }
+
+    /// Starts a purge of `url`: a new epoch of the URL.
+    pub(crate) async fn bump_url_epoch(&self, url: &str) -> Result<(), Error> {
+        self.bump(&self.url_epoch_key(url)?).await
+    }
+
+    async fn bump(&self, key: &Key) -> Result<(), Error> {
+        // Longer than any fetch: an epoch that expired reads as none, which is a change too.
+        self.cache.set(key, &rand::random::<u64>(), Ttl::Exact(Duration::from_secs(24 * 3600))).await?;
         Ok(())
     }
 }

@@ -479,3 +479,29 @@ async fn one_client_cannot_shape_what_the_others_get() -> TestResult {
     assert!(origin.calls() > calls);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_fetched_while_a_purge_ran_does_not_stay() -> TestResult {
+    let redis = RedisServer::start()?;
+    let (origin, origin_addr) = start_origin().await?;
+    let edge = start_edge(standalone_cache(&redis).await?, origin_addr, Duration::from_secs(5)).await?;
+    let c = client();
+    for (round, purge_body) in
+        [r#"{"url": "http://site.example/slow?round=1"}"#, r#"{"all": true}"#].into_iter().enumerate()
+    {
+        let calls = origin.calls();
+        let url = format!("http://{edge}/slow?round={}", round + 1);
+        let slow = {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move { send(&c, "GET", url, &[("host", "site.example")], "").await })
+        };
+        // The origin takes 300 ms; the purge comes while it works.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(purge(&c, edge, purge_body).await?, StatusCode::NO_CONTENT);
+        assert_eq!(slow.await??.x_cache(), "MISS");
+        let after = send(&c, "GET", url, &[("host", "site.example")], "").await?;
+        assert_eq!(after.x_cache(), "MISS", "{purge_body}: the response fetched before the purge was kept");
+        assert_eq!(origin.calls(), calls + 2);
+    }
+    Ok(())
+}
