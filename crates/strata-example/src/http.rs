@@ -22,12 +22,17 @@ pub fn app(services: Services) -> Router {
     let limited = Router::new()
         .route("/limited", get(limited))
         .route_layer(middleware::from_fn_with_state(services.clone(), rate_limit));
+    // The product pages are public: their responses are cached as HTTP responses too
+    // (strata-http, shared by every instance), and a reprice purges them by surrogate key.
+    let pages = Router::new()
+        .route("/products", get(list_products))
+        .route("/products/{id}", get(get_product))
+        .route_layer(services.http.layer());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/stats", get(stats))
         .route("/users/{id}", get(get_user).put(put_user))
-        .route("/products", get(list_products))
-        .route("/products/{id}", get(get_product))
+        .merge(pages)
         .route("/products/bulk-update", post(bulk_update))
         .route("/sessions", post(create_session))
         .route("/sessions/{token}", get(get_session).delete(delete_session))
@@ -87,13 +92,30 @@ struct CategoryQuery {
     category: String,
 }
 
+/// How long a product page may be reused by an HTTP cache: a reprice purges it sooner.
+const PAGE_MAX_AGE: &str = "public, max-age=30";
+
+/// A product page's HTTP caching headers: fresh for [`PAGE_MAX_AGE`], purged with its category.
+fn page(category: &str, body: impl IntoResponse) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert("cache-control", HeaderValue::from_static(PAGE_MAX_AGE));
+    if let Ok(key) = HeaderValue::from_str(&format!("products category-{category}")) {
+        headers.insert("surrogate-key", key);
+    }
+    response
+}
+
 async fn list_products(State(s): State<Services>, Query(q): Query<CategoryQuery>) -> ApiResult {
-    Ok(Json(s.products.list(&q.category).await?).into_response())
+    Ok(page(&q.category, Json(s.products.list(&q.category).await?)))
 }
 
 async fn get_product(State(s): State<Services>, Path(id): Path<i64>) -> ApiResult {
     Ok(match s.products.get(id).await? {
-        Some(p) => Json(p).into_response(),
+        Some(p) => {
+            let category = p.category.clone();
+            page(&category, Json(p))
+        }
         None => not_found("product"),
     })
 }
@@ -107,6 +129,13 @@ struct BulkUpdate {
 
 async fn bulk_update(State(s): State<Services>, Json(b): Json<BulkUpdate>) -> ApiResult {
     let updated = s.products.reprice(&b.category, b.percent).await?;
+    // The category's pages, on every instance (a category name that is no surrogate key has no
+    // page stored under it: nothing to purge).
+    if let Err(err) = s.http.purge_key(&format!("category-{}", b.category)).await
+        && !err.is_config()
+    {
+        return Err(crate::error::Error::new(crate::error::ErrorKind::Cache, err.to_string()));
+    }
     Ok(Json(json!({ "updated": updated })).into_response())
 }
 

@@ -199,7 +199,11 @@ impl HttpCache {
     {
         let (mut parts, body) = request.into_parts();
         let Some(url) = rules::effective_url(&self.config().scheme, &parts.uri, &parts.headers) else {
-            return status_only(StatusCode::BAD_REQUEST);
+            // No host to key it under (an in-process call, HTTP/1.0): passed on, never cached.
+            return match fetch(inner, Request::from_parts(parts, body), self.config().origin_timeout).await {
+                Fetched::Response(response) => with_outcome(response.map(boxed), Outcome::Pass),
+                Fetched::Failed(_, answer) => answer,
+            };
         };
         // An absolute-form target names the host (RFC 9112 §3.2.2): the origin hears the same
         // host the response is stored under.

@@ -73,6 +73,8 @@ pub struct Services {
     pub leaderboard: Leaderboard,
     /// Unique visitors per page.
     pub visitors: Visitors,
+    /// The HTTP response cache of the read endpoints that allow it (the product pages).
+    pub http: strata_http::HttpCache,
     db: Db,
     cache: Cache,
 }
@@ -87,7 +89,9 @@ impl Services {
             sessions: Sessions::new(cache.clone(), redis.clone(), schema.clone(), config)?,
             limiter: RateLimiter::new(redis.clone(), schema.clone(), config.rate_limit, config.rate_window)?,
             leaderboard: Leaderboard::new(redis.clone(), &schema)?,
-            visitors: Visitors::new(redis, schema),
+            visitors: Visitors::new(redis, schema.clone()),
+            http: strata_http::HttpCache::new(cache.clone(), schema, "pages", strata_http::Config::default())
+                .map_err(|e| crate::error::Error::new(crate::error::ErrorKind::Config, e.to_string()))?,
             db,
             cache,
         })

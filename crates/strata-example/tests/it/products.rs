@@ -4,7 +4,7 @@ use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 use strata_example::service::ServiceConfig;
 
-use crate::common::{CATEGORIES, Env, PRODUCTS, TestResult, call, eventually, get};
+use crate::common::{CATEGORIES, Env, PRODUCTS, TestResult, call, call_with, eventually, get};
 
 fn prices(listing: &Value) -> Vec<i64> {
     listing.as_array().expect("array").iter().map(|p| p["price_cents"].as_i64().expect("price")).collect()
@@ -42,6 +42,35 @@ async fn a_bulk_update_invalidates_listings_and_items() -> TestResult {
     let b_fresh =
         eventually(250, || async { prices(&get(&b, "/products?category=cat-1").await.body) == expected }).await;
     assert!(b_fresh, "instance B still serves the old listing");
+    Ok(())
+}
+
+/// The product pages as HTTP responses (strata-http's layer): stored once, shared by both
+/// instances, purged on every instance by a reprice of their category.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn product_pages_are_cached_as_http_responses_and_purged_by_a_reprice() -> TestResult {
+    let env = Env::standalone().await;
+    let (_b_services, b) = env.second_instance(&ServiceConfig::default()).await;
+    let host = [("host", "shop.example")];
+    let page = |app| async move { call_with(app, Method::GET, "/products/1", None, &host).await };
+    let before = env.queries();
+    let first = page(&env.app).await;
+    assert_eq!((first.status, first.header("x-cache")), (StatusCode::OK, Some("MISS")));
+    assert_eq!(first.header("cache-control"), Some("public, max-age=30"));
+    let again = page(&env.app).await;
+    assert_eq!((again.header("x-cache"), &again.body), (Some("HIT"), &first.body));
+    assert_eq!(page(&b).await.header("x-cache"), Some("HIT"), "the other instance shares it");
+    assert_eq!(env.queries(), before + 1);
+
+    let update =
+        call(&env.app, Method::POST, "/products/bulk-update", Some(json!({ "category": "cat-1", "percent": 10 })))
+            .await;
+    assert_eq!(update.status, StatusCode::OK);
+    let expected = (first.body["price_cents"].as_i64().expect("price") * 110 + 50) / 100;
+    let after = page(&env.app).await;
+    assert_eq!((after.header("x-cache"), after.body["price_cents"].as_i64()), (Some("MISS"), Some(expected)));
+    let b_fresh = eventually(250, || async { page(&b).await.body["price_cents"].as_i64() == Some(expected) }).await;
+    assert!(b_fresh, "instance B still serves the old page");
     Ok(())
 }
 
