@@ -1,29 +1,20 @@
-//! Request coalescing: concurrent misses of one URL in this process send one request to the
-//! origin; the others wait for it, then read what it stored.
+//! Background revalidations in flight: one per URL per process (`stale-while-revalidate`).
+//! Misses are coalesced by Strata itself (the layer's fetch marker, see `layer.rs`).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::watch;
-
-/// The origin requests in flight, by URL.
+/// The URLs being revalidated in the background.
 #[derive(Default)]
 pub(crate) struct Flights {
-    running: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
+    running: Arc<Mutex<HashSet<String>>>,
 }
 
-/// What a miss does: lead (fetch, then drop the guard), or follow (wait, then look again).
-pub(crate) enum Turn {
-    Lead(Leading),
-    Follow(watch::Receiver<()>),
-}
-
-/// Held by the request that fetches; dropping it (done, failed or cancelled) releases the
-/// followers.
+/// Held by the one revalidation of a URL; dropping it (done, failed or cancelled) lets the
+/// next one start.
 pub(crate) struct Leading {
     url: String,
-    running: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
-    _done: watch::Sender<()>,
+    running: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Drop for Leading {
@@ -33,38 +24,25 @@ impl Drop for Leading {
 }
 
 impl Flights {
-    pub(crate) fn turn(&self, url: &str) -> Turn {
+    /// The right to revalidate `url`, unless a revalidation of it is running.
+    pub(crate) fn try_lead(&self, url: &str) -> Option<Leading> {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(rx) = running.get(url) {
-            return Turn::Follow(rx.clone());
-        }
-        let (tx, rx) = watch::channel(());
-        running.insert(url.to_owned(), rx);
-        Turn::Lead(Leading { url: url.to_owned(), running: self.running.clone(), _done: tx })
+        running.insert(url.to_owned()).then(|| Leading { url: url.to_owned(), running: self.running.clone() })
     }
-}
-
-/// Waits until the leader's guard is dropped.
-pub(crate) async fn follow(mut rx: watch::Receiver<()>) {
-    // `changed` fails once the sender is gone, which is the only way the leader signals.
-    while rx.changed().await.is_ok() {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn one_leads_the_others_follow_until_it_is_done() {
+    #[test]
+    fn one_revalidation_per_url_at_a_time() {
         let flights = Flights::default();
-        let Turn::Lead(lead) = flights.turn("u") else { panic!("the first must lead") };
-        let Turn::Follow(rx) = flights.turn("u") else { panic!("the second must follow") };
-        assert!(matches!(flights.turn("other"), Turn::Lead(_)));
-        let waiting = tokio::spawn(follow(rx));
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
-        drop(lead);
-        waiting.await.unwrap_or_default();
-        assert!(matches!(flights.turn("u"), Turn::Lead(_)), "a finished flight is gone");
+        let first = flights.try_lead("u");
+        assert!(first.is_some());
+        assert!(flights.try_lead("u").is_none(), "the second waits for the first");
+        assert!(flights.try_lead("other").is_some());
+        drop(first);
+        assert!(flights.try_lead("u").is_some(), "a finished revalidation is gone");
     }
 }

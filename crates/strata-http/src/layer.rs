@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::PoisonError;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -15,10 +16,14 @@ use http_body_util::{BodyExt as _, BodyStream, Full, StreamBody};
 use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy};
 use tower::{Layer, Service, ServiceExt as _};
 
-use crate::flight::{self, Turn};
 use crate::rules::{self, OriginFailure, Vary};
 use crate::store::{Store, Stored};
 use crate::{BoxError, HttpCache};
+
+/// How long the marker of a fetch stays: concurrent misses of a URL within it read what the
+/// fetch stored rather than fetching again (Strata's single-flight and leases make them wait for
+/// it); a miss after it fetches anew.
+const FETCH_MARKER_TTL: strata::Ttl = strata::Ttl::Exact(Duration::from_secs(1));
 
 /// The purge epochs read before a fetch (see [`Store::epochs`]).
 type Epochs = (Option<u64>, Option<u64>);
@@ -278,7 +283,7 @@ impl HttpCache {
                     let epoch = self.store().epochs(url).await;
                     if self.while_revalidating(&stored, &parts.headers) {
                         // RFC 5861: serve it now and revalidate in the background, once per URL.
-                        if let Turn::Lead(leading) = self.shared.flights.turn(&format!("revalidate {url}")) {
+                        if let Some(leading) = self.shared.flights.try_lead(url) {
                             let (http, inner, url, stored) =
                                 (self.clone(), inner.clone(), url.to_owned(), stored.clone());
                             let as_get = head_of(&as_get, Method::GET);
@@ -330,24 +335,6 @@ impl HttpCache {
                 BeforeRequest::Stale { matches: false, .. } => {}
             }
         }
-        // One request per URL goes to the origin at a time; the others then read what it stored.
-        let _leading = match self.shared.flights.turn(url) {
-            Turn::Lead(leading) => {
-                // A leader that finished just before this one began may have stored it.
-                if let Some(hit) = self.fresh_hit(url, &as_get, &parts, head).await {
-                    return hit;
-                }
-                Some(leading)
-            }
-            Turn::Follow(rx) => {
-                // Not longer than the leader may take; then on its own.
-                let _ = tokio::time::timeout(self.config().origin_timeout * 2, flight::follow(rx)).await;
-                if let Some(hit) = self.fresh_hit(url, &as_get, &parts, head).await {
-                    return hit;
-                }
-                None
-            }
-        };
         let epoch = self.store().epochs(url).await;
         if head {
             // Not stored (no body): forwarded as it came.
@@ -357,12 +344,46 @@ impl HttpCache {
             };
         }
         let client_headers = std::mem::replace(&mut parts.headers, as_get.headers.clone());
-        let forwarded = Request::from_parts(parts, body);
         let mut client = head_of(&as_get, Method::GET);
         client.headers = client_headers;
-        match fetch(inner, forwarded, self.config().origin_timeout).await {
-            Fetched::Response(response) => self.answer(url, &as_get, &client, response, epoch).await,
-            Fetched::Failed(_, answer) => answer,
+        let mut forwarded = Some(Request::from_parts(parts, body));
+        // One request per URL goes to the origin at a time, across every process on this
+        // Redis: Strata's single-flight and lease on a short-lived fetch marker. Whoever runs the
+        // load fetches, stores and answers; the others then read what it stored.
+        let answered = std::sync::Mutex::new(None);
+        if let Ok(marker) = self.store().fetch_marker(url) {
+            let (answered, as_get, client, pending, inner) =
+                (&answered, &as_get, &client, &mut forwarded, inner.clone());
+            let load = move || {
+                let request = pending.take();
+                async move {
+                    let response = match request {
+                        Some(request) => match fetch(inner, request, self.config().origin_timeout).await {
+                            Fetched::Response(response) => self.answer(url, as_get, client, response, epoch).await,
+                            Fetched::Failed(_, answer) => answer,
+                        },
+                        None => status_only(StatusCode::BAD_GATEWAY),
+                    };
+                    *answered.lock().unwrap_or_else(PoisonError::into_inner) = Some(response);
+                    Ok::<u64, Infallible>(rand::random())
+                }
+            };
+            let _: Result<u64, strata::Error> = self.cache().get_or_set(&marker, FETCH_MARKER_TTL, load).await;
+        }
+        if let Some(response) = answered.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            return response;
+        }
+        // Another request fetched it, here or in another process.
+        if let Some(hit) = self.fresh_hit(url, &as_get, &client, false).await {
+            return hit;
+        }
+        // Not stored (it may not be, or a purge came since): this request asks on its own.
+        match forwarded.take() {
+            Some(request) => match fetch(inner, request, self.config().origin_timeout).await {
+                Fetched::Response(response) => self.answer(url, &as_get, &client, response, epoch).await,
+                Fetched::Failed(_, answer) => answer,
+            },
+            None => status_only(StatusCode::BAD_GATEWAY),
         }
     }
 

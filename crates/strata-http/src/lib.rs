@@ -14,7 +14,9 @@
 //!   invalidation by unsafe methods (the URL, `Location`, `Content-Location`), stale on
 //!   failure, the client's own conditional requests.
 //! - `store.rs`: how responses sit in Strata (keys, variants, TTLs, surrogate keys as tags).
-//! - `flight.rs`: concurrent misses of one URL in one process send the origin one request.
+//! - `flight.rs`: one background revalidation per URL per process. Concurrent misses of one URL,
+//!   in every process on the same Redis, send the origin one request: Strata's own single-flight
+//!   and lease, on a short-lived fetch marker (`layer.rs`).
 //! - `origin.rs`: [`Origin`], a hyper client service that forwards to one origin: the inner
 //!   service of `strata edge`.
 //! - `edge.rs`: [`Edge`], the `strata edge` reverse proxy: the layer over [`Origin`], plus

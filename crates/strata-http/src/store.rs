@@ -79,6 +79,11 @@ impl Store {
         self.schema.tag(name).map_err(Error::config)
     }
 
+    /// The key of the marker that coalesces the fetches of `url` (see the layer's misses).
+    pub(crate) fn fetch_marker(&self, url: &str) -> Result<Key, Error> {
+        self.schema.key_with_hashed_variant(&self.entity, "f", url).map_err(Error::config)
+    }
+
     fn url_key(&self, url: &str) -> Result<Key, Error> {
         self.schema.key_with_hashed_variant(&self.entity, "u", url).map_err(Error::config)
     }

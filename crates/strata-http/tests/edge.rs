@@ -505,3 +505,29 @@ async fn a_response_fetched_while_a_purge_ran_does_not_stay() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_url_asked_through_two_edges_reaches_the_origin_once() -> TestResult {
+    let cluster = RedisCluster::start(3, 1)?;
+    let (origin, origin_addr) = start_origin().await?;
+    let cache = || Cache::builder().cluster(cluster.seed_urls()).build();
+    let edges = [
+        start_edge(cache().await?, origin_addr, Duration::from_secs(5)).await?,
+        start_edge(cache().await?, origin_addr, Duration::from_secs(5)).await?,
+    ];
+    let c = client();
+    let requests: Vec<_> = (0..400)
+        .map(|i| {
+            let (c, edge) = (c.clone(), edges[i % 2]);
+            tokio::spawn(async move {
+                send(&c, "GET", format!("http://{edge}/slow"), &[("host", "site.example")], "").await
+            })
+        })
+        .collect();
+    for request in requests {
+        let reply = request.await??;
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "slow #1"));
+    }
+    assert_eq!(origin.calls(), 1, "Strata's lease made the other edge wait for the first fetch");
+    Ok(())
+}
