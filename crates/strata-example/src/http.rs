@@ -129,13 +129,13 @@ struct BulkUpdate {
 
 async fn bulk_update(State(s): State<Services>, Json(b): Json<BulkUpdate>) -> ApiResult {
     let updated = s.products.reprice(&b.category, b.percent).await?;
-    // The category's pages, on every instance (a category name that is no surrogate key has no
-    // page stored under it: nothing to purge).
-    if let Err(err) = s.http.purge_key(&format!("category-{}", b.category)).await
-        && !err.is_config()
-    {
-        return Err(crate::error::Error::new(crate::error::ErrorKind::Cache, err.to_string()));
-    }
+    // The category's pages, on every instance; every product page when the category's name
+    // cannot be a surrogate key (too long: its pages carry the `products` key only).
+    let purged = match s.http.purge_key(&format!("category-{}", b.category)).await {
+        Err(err) if err.is_config() => s.http.purge_key("products").await,
+        other => other,
+    };
+    purged.map_err(|err| crate::error::Error::new(crate::error::ErrorKind::Cache, err.to_string()))?;
     Ok(Json(json!({ "updated": updated })).into_response())
 }
 

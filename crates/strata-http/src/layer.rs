@@ -3,7 +3,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::PoisonError;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -19,6 +18,65 @@ use tower::{Layer, Service, ServiceExt as _};
 use crate::rules::{self, OriginFailure, Vary};
 use crate::store::{Store, Stored};
 use crate::{BoxError, HttpCache};
+
+/// What one fetch from the origin needs, owned, so that it can run in a task of its own.
+struct Refresh<S, B> {
+    http: HttpCache,
+    inner: S,
+    url: String,
+    /// The request as the cache sends it (the client's preconditions and ranges removed).
+    as_get: http::request::Parts,
+    /// The client's request head: its preconditions, its method (HEAD: no body).
+    client: http::request::Parts,
+    /// The stored response to revalidate, and the conditional request for it.
+    stale: Option<(Stored, http::request::Parts)>,
+    _body: std::marker::PhantomData<fn() -> B>,
+}
+
+impl<S, B> Refresh<S, B> {
+    fn new(
+        http: &HttpCache,
+        inner: S,
+        url: &str,
+        as_get: &http::request::Parts,
+        client: &http::request::Parts,
+        stale: Option<(Stored, http::request::Parts)>,
+    ) -> Self {
+        Self {
+            http: http.clone(),
+            inner,
+            url: url.to_owned(),
+            as_get: head_of(as_get, Method::GET),
+            client: head_of(client, client.method.clone()),
+            stale: stale.map(|(stored, request)| {
+                let method = request.method.clone();
+                (stored, head_of(&request, method))
+            }),
+            _body: std::marker::PhantomData,
+        }
+    }
+}
+
+/// When a stored response's purge epochs are read again: past Strata's invalidation bound
+/// between instances (docs/reliability.md), so a purge on another instance is seen by then.
+const EPOCH_RECHECK: Duration = Duration::from_secs(2);
+
+/// What a coalesced fetch ended in, the value of its marker: the requests that waited for it
+/// read what it stored, or answer with the origin's failure without asking it again.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+enum Fetch {
+    /// A response came (stored if it may be).
+    Done,
+    /// The origin could not answer: this status (502, 504) was the answer.
+    Failed(u16),
+}
+
+impl Fetch {
+    fn of(response: &Response<ResponseBody>) -> Self {
+        // The cache's own error answers carry no `X-Cache`.
+        if response.headers().contains_key(X_CACHE) { Fetch::Done } else { Fetch::Failed(response.status().as_u16()) }
+    }
+}
 
 /// How long the marker of a fetch stays: concurrent misses of a URL within it read what the
 /// fetch stored rather than fetching again (Strata's single-flight and leases make them wait for
@@ -154,13 +212,15 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// A copy of the request's head without its extensions (the policy keeps heads by value).
+/// A copy of the request's head with `method`, its extensions too (a router's path
+/// parameters: the requests the cache sends the service it wraps need them).
 fn head_of(parts: &http::request::Parts, method: Method) -> http::request::Parts {
     let mut head = Request::new(()).into_parts().0;
     head.method = method;
     head.uri = parts.uri.clone();
     head.version = parts.version;
     head.headers = parts.headers.clone();
+    head.extensions = parts.extensions.clone();
     head
 }
 
@@ -252,13 +312,7 @@ impl HttpCache {
         with_outcome(response.map(boxed), Outcome::Pass)
     }
 
-    async fn read<S, B, RB>(
-        &self,
-        inner: S,
-        mut parts: http::request::Parts,
-        body: B,
-        url: &str,
-    ) -> Response<ResponseBody>
+    async fn read<S, B, RB>(&self, inner: S, parts: http::request::Parts, body: B, url: &str) -> Response<ResponseBody>
     where
         S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
         S::Future: Send,
@@ -273,117 +327,144 @@ impl HttpCache {
         // HEAD is answered from GET's entry; the policy compares methods, so it sees a GET.
         let mut as_get = head_of(&parts, Method::GET);
         rules::strip_client_conditions(&mut as_get.headers);
+        let mut stale = None;
         if let Some(stored) = self.store().lookup(url, &parts.headers).await {
-            let now = SystemTime::now();
             // A client's `max-stale` does not reach past what the response allows (§4.2.4).
             let asked = self.without_disallowed_staleness(&stored, &as_get);
-            match stored.policy.before_request(&asked, now) {
+            match stored.policy.before_request(&asked, SystemTime::now()) {
                 BeforeRequest::Fresh(_) => return self.serve(&stored, &parts, head, Outcome::Hit),
                 BeforeRequest::Stale { request, matches: true } => {
-                    let epoch = self.store().epochs(url).await;
                     if self.while_revalidating(&stored, &parts.headers) {
                         // RFC 5861: serve it now and revalidate in the background, once per URL.
                         if let Some(leading) = self.shared.flights.try_lead(url) {
-                            let (http, inner, url, stored) =
-                                (self.clone(), inner.clone(), url.to_owned(), stored.clone());
-                            let as_get = head_of(&as_get, Method::GET);
+                            let job = Refresh::new(
+                                self,
+                                inner.clone(),
+                                url,
+                                &as_get,
+                                &parts,
+                                Some((stored.clone(), request)),
+                            );
                             tokio::spawn(async move {
                                 let _leading = leading;
-                                http.revalidate_later(
-                                    inner,
-                                    Request::from_parts(request, B::default()),
-                                    &url,
-                                    &as_get,
-                                    stored,
-                                    epoch,
-                                )
-                                .await;
+                                drop(job.http.clone().refresh(job).await);
                             });
                         }
                         return self.serve(&stored, &parts, head, Outcome::Stale);
                     }
-                    let conditional = Request::from_parts(request, B::default());
-                    match fetch(inner.clone(), conditional, self.config().origin_timeout).await {
-                        Fetched::Response(response) if response.status() == StatusCode::NOT_MODIFIED => {
-                            let (mut answer, _) = response.into_parts();
-                            rules::strip_hop_by_hop(&mut answer.headers);
-                            if rules::selects(&stored.headers, &answer.headers) {
-                                let headers = rules::merge_not_modified(&stored.headers, &answer.headers);
-                                let updated = self.stored(&as_get, stored.status, headers.clone(), stored.body.clone());
-                                if let Some(updated) = &updated {
-                                    self.keep(url, &as_get, updated, epoch).await;
-                                }
-                                // Not storable any more (a cookie set by the 304): served to this client only.
-                                let updated =
-                                    updated.unwrap_or_else(|| self.unstored(stored.status, &headers, stored.body));
-                                return self.serve(&updated, &parts, head, Outcome::Revalidated);
-                            }
-                            // A 304 that selects no stored response: ask again, unconditionally.
-                        }
-                        Fetched::Response(response) if rules::is_origin_error(response.status()) => {
-                            if let Some(served) = self.stale(&stored, &parts, head, OriginFailure::Error) {
-                                return served;
-                            }
-                            return self.answer(url, &as_get, &parts, response, epoch).await;
-                        }
-                        Fetched::Response(response) => return self.answer(url, &as_get, &parts, response, epoch).await,
-                        Fetched::Failed(failure, answer) => {
-                            return self.stale(&stored, &parts, head, failure).unwrap_or(answer);
-                        }
-                    }
+                    stale = Some((stored, request));
                 }
                 BeforeRequest::Stale { matches: false, .. } => {}
             }
         }
-        let epoch = self.store().epochs(url).await;
-        if head {
-            // Not stored (no body): forwarded as it came.
+        if stale.is_none() && (head || parts.headers.contains_key(header::RANGE)) {
+            // Nothing stored to answer from: passed on as it came (a HEAD or a 206 is never stored).
             return match fetch(inner, Request::from_parts(parts, body), self.config().origin_timeout).await {
                 Fetched::Response(response) => with_outcome(response.map(boxed), Outcome::Miss),
                 Fetched::Failed(_, answer) => answer,
             };
         }
-        let client_headers = std::mem::replace(&mut parts.headers, as_get.headers.clone());
-        let mut client = head_of(&as_get, Method::GET);
-        client.headers = client_headers;
-        let mut forwarded = Some(Request::from_parts(parts, body));
-        // One request per URL goes to the origin at a time, across every process on this
-        // Redis: Strata's single-flight and lease on a short-lived fetch marker. Whoever runs the
-        // load fetches, stores and answers; the others then read what it stored.
-        let answered = std::sync::Mutex::new(None);
-        if let Ok(marker) = self.store().fetch_marker(url) {
-            let (answered, as_get, client, pending, inner) =
-                (&answered, &as_get, &client, &mut forwarded, inner.clone());
+        let job = Refresh::new(self, inner.clone(), url, &as_get, &parts, stale.clone());
+        let Ok(marker) = self.store().fetch_marker(url) else { return self.refresh(job).await };
+        // One fetch per URL at a time, across every process on this Redis: Strata's
+        // single-flight and lease on a short-lived fetch marker. The request whose loader runs
+        // fetches, stores and gets its answer through `answered`; the others then read what it
+        // stored. It runs in a task of its own, so a client that leaves does not cancel it, and
+        // the fetch in another, so a loader Strata gives up on (its `Freshness` timeouts) does
+        // not abandon the fetch.
+        let (tx, answered) = tokio::sync::oneshot::channel();
+        let (http, cache, mut job) = (self.clone(), self.cache().clone(), Some((job, tx)));
+        let coalesced = tokio::spawn(async move {
             let load = move || {
-                let request = pending.take();
+                let job = job.take();
                 async move {
-                    let response = match request {
-                        Some(request) => match fetch(inner, request, self.config().origin_timeout).await {
-                            Fetched::Response(response) => self.answer(url, as_get, client, response, epoch).await,
-                            Fetched::Failed(_, answer) => answer,
-                        },
-                        None => status_only(StatusCode::BAD_GATEWAY),
-                    };
-                    *answered.lock().unwrap_or_else(PoisonError::into_inner) = Some(response);
-                    Ok::<u64, Infallible>(rand::random())
+                    let Some((job, tx)) = job else { return Ok::<Fetch, Infallible>(Fetch::Failed(502)) };
+                    let fetched = tokio::spawn(async move {
+                        let response = http.refresh(job).await;
+                        let outcome = Fetch::of(&response);
+                        let _ = tx.send(response);
+                        outcome
+                    });
+                    Ok(fetched.await.unwrap_or(Fetch::Failed(502)))
                 }
             };
-            let _: Result<u64, strata::Error> = self.cache().get_or_set(&marker, FETCH_MARKER_TTL, load).await;
-        }
-        if let Some(response) = answered.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            cache.get_or_set(&marker, FETCH_MARKER_TTL, load).await.ok()
+        });
+        let outcome = coalesced.await.ok().flatten();
+        if let Ok(response) = answered.await {
             return response;
         }
-        // Another request fetched it, here or in another process.
-        if let Some(hit) = self.fresh_hit(url, &as_get, &client, false).await {
+        // Another request's fetch, here or in another process.
+        if let Some(Fetch::Failed(status)) = outcome {
+            let failure = if status == 504 { OriginFailure::Unreachable } else { OriginFailure::Error };
+            let served = stale.as_ref().and_then(|(stored, _)| self.stale(stored, &parts, head, failure));
+            return served
+                .unwrap_or_else(|| status_only(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY)));
+        }
+        if let Some(hit) = self.fresh_hit(url, &as_get, &parts, head).await {
             return hit;
         }
-        // Not stored (it may not be, or a purge came since): this request asks on its own.
-        match forwarded.take() {
-            Some(request) => match fetch(inner, request, self.config().origin_timeout).await {
+        // What it fetched was not stored, or not the variant this request selects: on its own.
+        let job = Refresh::new(self, inner, url, &as_get, &parts, stale);
+        self.refresh(job).await
+    }
+
+    /// One fetch from the origin for a read: a revalidation of `stale` when there is one, else
+    /// a plain GET; what it gets is stored when it may be, and answered to the client.
+    async fn refresh<S, B, RB>(&self, job: Refresh<S, B>) -> Response<ResponseBody>
+    where
+        S: Service<Request<B>, Response = Response<RB>> + Clone,
+        S::Error: Into<BoxError>,
+        B: Default,
+        RB: Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        let Refresh { inner, url, as_get, client, stale, .. } = job;
+        let url = url.as_str();
+        let head = client.method == Method::HEAD;
+        let epoch = self.store().epochs(url).await;
+        let Some((stored, request)) = stale else {
+            let request = Request::from_parts(head_of(&as_get, Method::GET), B::default());
+            return match fetch(inner, request, self.config().origin_timeout).await {
                 Fetched::Response(response) => self.answer(url, &as_get, &client, response, epoch).await,
                 Fetched::Failed(_, answer) => answer,
-            },
-            None => status_only(StatusCode::BAD_GATEWAY),
+            };
+        };
+        let conditional = Request::from_parts(request, B::default());
+        match fetch(inner.clone(), conditional, self.config().origin_timeout).await {
+            Fetched::Response(response) if response.status() == StatusCode::NOT_MODIFIED => {
+                let (mut answer, _) = response.into_parts();
+                rules::strip_hop_by_hop(&mut answer.headers);
+                if !rules::selects(&stored.headers, &answer.headers) {
+                    // A 304 that selects no stored response: asked again, without conditions.
+                    let request = Request::from_parts(head_of(&as_get, Method::GET), B::default());
+                    return match fetch(inner, request, self.config().origin_timeout).await {
+                        Fetched::Response(response) => self.answer(url, &as_get, &client, response, epoch).await,
+                        Fetched::Failed(_, answer) => answer,
+                    };
+                }
+                let headers = rules::merge_not_modified(&stored.headers, &answer.headers);
+                let updated = self.stored(&as_get, stored.status, headers.clone(), stored.body.clone());
+                if let Some(updated) = &updated {
+                    self.keep(url, &as_get, updated, epoch).await;
+                }
+                // Not storable any more: served to this client only.
+                let updated = updated.unwrap_or_else(|| self.unstored(stored.status, &headers, stored.body));
+                let mut response = self.serve(&updated, &client, head, Outcome::Revalidated);
+                // A cookie the 304 set is this client's, not stored.
+                for cookie in answer.headers.get_all(header::SET_COOKIE) {
+                    response.headers_mut().append(header::SET_COOKIE, cookie.clone());
+                }
+                response
+            }
+            Fetched::Response(response) if rules::is_origin_error(response.status()) => {
+                match self.stale(&stored, &client, head, OriginFailure::Error) {
+                    Some(served) => served,
+                    None => self.answer(url, &as_get, &client, response, epoch).await,
+                }
+            }
+            Fetched::Response(response) => self.answer(url, &as_get, &client, response, epoch).await,
+            Fetched::Failed(failure, answer) => self.stale(&stored, &client, head, failure).unwrap_or(answer),
         }
     }
 
@@ -446,41 +527,6 @@ impl HttpCache {
             && !asks_validation
             && rules::may_serve_stale(&view.headers)
             && stored.policy.age(now).saturating_sub(stored.lifetime) <= window
-    }
-
-    /// The background revalidation of `stale-while-revalidate`: a 304 refreshes the stored
-    /// response, a new response replaces it; a failure leaves it as it is.
-    async fn revalidate_later<S, B, RB>(
-        &self,
-        inner: S,
-        conditional: Request<B>,
-        url: &str,
-        as_get: &http::request::Parts,
-        stored: Stored,
-        epoch: Epochs,
-    ) where
-        S: Service<Request<B>, Response = Response<RB>>,
-        S::Error: Into<BoxError>,
-        RB: Body<Data = Bytes> + Send + 'static,
-        RB::Error: Into<BoxError>,
-    {
-        match fetch(inner, conditional, self.config().origin_timeout).await {
-            Fetched::Response(response) if response.status() == StatusCode::NOT_MODIFIED => {
-                let (mut answer, _) = response.into_parts();
-                rules::strip_hop_by_hop(&mut answer.headers);
-                if rules::selects(&stored.headers, &answer.headers) {
-                    let headers = rules::merge_not_modified(&stored.headers, &answer.headers);
-                    if let Some(updated) = self.stored(as_get, stored.status, headers, stored.body) {
-                        self.keep(url, as_get, &updated, epoch).await;
-                    }
-                }
-            }
-            // Stored by `fill` when it may be; the body of one that may not is not read.
-            Fetched::Response(response) if !rules::is_origin_error(response.status()) => {
-                drop(self.fill(url, as_get, response, epoch).await);
-            }
-            Fetched::Response(_) | Fetched::Failed(..) => {}
-        }
     }
 
     /// A stored response past its freshness, when it may stand in for a failed origin.
@@ -592,6 +638,11 @@ impl HttpCache {
         if !policy.is_storable() {
             return None;
         }
+        let mut headers = headers;
+        if !self.config().store_set_cookie {
+            // Even a `public` response's cookie belongs to the client that caused it.
+            headers.remove(header::SET_COOKIE);
+        }
         let lifetime = policy.time_to_live(now).saturating_add(policy.age(now));
         Some(Stored { status, headers, policy, lifetime, body })
     }
@@ -628,9 +679,23 @@ impl HttpCache {
         if let Err(err) = self.store().put(url, &as_get.headers, &vary, stored, ttl, &tags).await {
             tracing::debug!(url = %url, error = %err, "a response could not be stored");
         }
-        if self.store().epochs(url).await != epoch
-            && let Err(err) = self.store().invalidate(url).await
-        {
+        if self.store().epochs(url).await != epoch {
+            self.drop_purged(url).await;
+            return;
+        }
+        // Another instance's purge reaches this one's L1 within the invalidation bound: the
+        // epochs are read once more after it.
+        let (http, url) = (self.clone(), url.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(EPOCH_RECHECK).await;
+            if http.store().epochs(&url).await != epoch {
+                http.drop_purged(&url).await;
+            }
+        });
+    }
+
+    async fn drop_purged(&self, url: &str) {
+        if let Err(err) = self.store().invalidate(url).await {
             tracing::warn!(url = %url, error = %err, "a response fetched before a purge could not be removed");
         }
     }

@@ -184,8 +184,9 @@ impl Store {
     }
 
     async fn bump(&self, key: &Key) -> Result<(), Error> {
-        // Longer than any fetch: an epoch that expired reads as none, which is a change too.
-        self.cache.set(key, &rand::random::<u64>(), Ttl::Exact(Duration::from_secs(24 * 3600))).await?;
+        // Longer than a fetch takes; an epoch that expired reads as none, which is a change too
+        // (a fill then removes what it stored, needlessly but safely).
+        self.cache.set(key, &rand::random::<u64>(), Ttl::Exact(Duration::from_secs(600))).await?;
         Ok(())
     }
 }

@@ -59,7 +59,7 @@ async fn honest(State(o): State<Origin>, headers: HeaderMap) -> axum::response::
 async fn slow(State(o): State<Origin>) -> impl IntoResponse {
     let n = o.calls.fetch_add(1, Ordering::SeqCst) + 1;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    ([("cache-control", "max-age=60")], format!("slow #{n}"))
+    ([("cache-control", "max-age=60"), ("surrogate-key", "all-slow")], format!("slow #{n}"))
 }
 
 async fn varied(State(o): State<Origin>, headers: HeaderMap) -> impl IntoResponse {
@@ -107,7 +107,11 @@ async fn tricky(State(o): State<Origin>, Path(kind): Path<String>) -> axum::resp
     let body = format!("{kind} #{n}");
     match kind.as_str() {
         "cookie" => ([("cache-control", "max-age=60"), ("set-cookie", "session=secret")], body).into_response(),
-        "strict" => ([("cache-control", "max-age=1, must-revalidate")], body).into_response(),
+        "public-cookie" => {
+            ([("cache-control", "public, max-age=60"), ("set-cookie", "session=secret")], body).into_response()
+        }
+        // http-cache-semantics checks `must-revalidate` against `max-stale` itself, not these.
+        "strict" => ([("cache-control", "max-age=1, proxy-revalidate")], body).into_response(),
         _ => (
             [
                 ("cache-control", "max-age=99999999999999999999999, stale-if-error=99999999999999999999"),
@@ -450,23 +454,33 @@ async fn one_client_cannot_shape_what_the_others_get() -> TestResult {
     let next = get(&c, edge, "/honest/cond").await?;
     assert_eq!((next.status, next.x_cache(), next.body.as_str()), (StatusCode::OK, "HIT", "honest #1"));
 
-    // A range: the whole page is fetched and stored, never a part of it.
+    // A range with nothing stored: passed on, and the origin's 206 is never stored.
     let ranged = send(&c, "GET", format!("http://{edge}/honest/range"), &[("range", "bytes=0-0")], "").await?;
-    assert_eq!(ranged.body, "honest #2");
-    assert_eq!(get(&c, edge, "/honest/range").await?.body, "honest #2");
+    assert_eq!((ranged.status, ranged.body.as_str()), (StatusCode::PARTIAL_CONTENT, "h"));
+    let whole = get(&c, edge, "/honest/range").await?;
+    assert_eq!((whole.status, whole.x_cache(), whole.body.as_str()), (StatusCode::OK, "MISS", "honest #3"));
+    // A range with the page stored: the whole page, from the cache.
+    let ranged = send(&c, "GET", format!("http://{edge}/honest/range"), &[("range", "bytes=0-0")], "").await?;
+    assert_eq!((ranged.status, ranged.x_cache(), ranged.body.as_str()), (StatusCode::OK, "HIT", "honest #3"));
 
     // A cookie is not handed to the next client.
     let a = get(&c, edge, "/tricky/cookie").await?;
     let b = get(&c, edge, "/tricky/cookie").await?;
     assert_ne!(a.body, b.body);
     assert_eq!(b.x_cache(), "MISS");
+    // A public one is stored, without the cookie: that was the first client's.
+    let first = get(&c, edge, "/tricky/public-cookie").await?;
+    assert!(first.headers.contains_key("set-cookie"));
+    let next = get(&c, edge, "/tricky/public-cookie").await?;
+    assert_eq!((next.x_cache(), next.body.as_str()), ("HIT", first.body.as_str()));
+    assert!(!next.headers.contains_key("set-cookie"), "another client's cookie was handed on");
 
-    // `max-stale` does not reach past `must-revalidate`.
+    // `max-stale` does not reach past `proxy-revalidate`.
     assert_eq!(get(&c, edge, "/tricky/strict").await?.x_cache(), "MISS");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let strict =
         send(&c, "GET", format!("http://{edge}/tricky/strict"), &[("cache-control", "max-stale=600")], "").await?;
-    assert_ne!(strict.x_cache(), "HIT", "a stale must-revalidate response was served: {}", strict.body);
+    assert_ne!(strict.x_cache(), "HIT", "a stale proxy-revalidate response was served: {}", strict.body);
 
     // Numbers past 2^31 and a far-future client date: served, nothing panics.
     let calls = origin.calls();
@@ -485,9 +499,17 @@ async fn a_response_fetched_while_a_purge_ran_does_not_stay() -> TestResult {
     let redis = RedisServer::start()?;
     let (origin, origin_addr) = start_origin().await?;
     let edge = start_edge(standalone_cache(&redis).await?, origin_addr, Duration::from_secs(5)).await?;
+    let other = start_edge(standalone_cache(&redis).await?, origin_addr, Duration::from_secs(5)).await?;
     let c = client();
-    for (round, purge_body) in
-        [r#"{"url": "http://site.example/slow?round=1"}"#, r#"{"all": true}"#].into_iter().enumerate()
+    // Fetched through `edge`, purged through `edge` and then through `other`.
+    for (round, (purger, purge_body)) in [
+        (edge, r#"{"url": "http://site.example/slow?round=1"}"#),
+        (edge, r#"{"all": true}"#),
+        (other, r#"{"url": "http://site.example/slow?round=3"}"#),
+        (other, r#"{"key": "all-slow"}"#),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let calls = origin.calls();
         let url = format!("http://{edge}/slow?round={}", round + 1);
@@ -497,8 +519,10 @@ async fn a_response_fetched_while_a_purge_ran_does_not_stay() -> TestResult {
         };
         // The origin takes 300 ms; the purge comes while it works.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(purge(&c, edge, purge_body).await?, StatusCode::NO_CONTENT);
+        assert_eq!(purge(&c, purger, purge_body).await?, StatusCode::NO_CONTENT);
         assert_eq!(slow.await??.x_cache(), "MISS");
+        // Past the epochs' second reading (EPOCH_RECHECK, 2 s).
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         let after = send(&c, "GET", url, &[("host", "site.example")], "").await?;
         assert_eq!(after.x_cache(), "MISS", "{purge_body}: the response fetched before the purge was kept");
         assert_eq!(origin.calls(), calls + 2);
