@@ -139,7 +139,8 @@ async fn drive(rig: &mut Rig<'_>, options: &Options, started: Instant, progress:
             plain.copy(scratch.as_str(), key.as_str()).await?;
             plain_writes += 1;
         }
-        let seen = futures::future::join_all(readers.iter().map(|r| first_fresh_read(r, key, &value, options.bound)));
+        let seen =
+            futures_util::future::join_all(readers.iter().map(|r| first_fresh_read(r, key, &value, options.bound)));
         for (delay, fresh_after_bound) in seen.await {
             delays.record(delay.as_micros().max(1) as u64)?;
             stale += usize::from(!fresh_after_bound);

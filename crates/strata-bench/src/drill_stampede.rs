@@ -169,7 +169,7 @@ pub async fn worker(
         })
     });
     let (mut served, mut errors, mut max_wait) = (0, 0, Duration::ZERO);
-    for call in futures::future::join_all(calls).await {
+    for call in futures_util::future::join_all(calls).await {
         match call {
             Ok((true, waited)) => {
                 served += 1;

@@ -262,7 +262,7 @@ async fn write_at_rate(writer: &Cache, schema: &KeySchema, options: &Options) ->
             batch.push(schema.key("item", &n.to_string())?);
         }
         let deletes = batch.iter().map(|key| writer.delete(key));
-        for done in futures::future::join_all(deletes).await {
+        for done in futures_util::future::join_all(deletes).await {
             done.context("a delete failed")?;
             made += 1;
         }

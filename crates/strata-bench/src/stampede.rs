@@ -246,7 +246,7 @@ async fn naive_round(raw: &crate::hit_latency::RawConn, key: &str, options: &Opt
 }
 
 async fn collect(calls: Vec<tokio::task::JoinHandle<(bool, Duration)>>, tally: &mut Tally) {
-    for call in futures::future::join_all(calls).await {
+    for call in futures_util::future::join_all(calls).await {
         match call {
             Ok((true, took)) => {
                 let _ = tally.latency.record((took.as_nanos() as u64).max(1));

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures::StreamExt as _;
+use futures_util::StreamExt as _;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
@@ -604,7 +604,7 @@ impl HttpCache {
         let bytes = match read {
             Ok(Ok(Buffered::Whole(bytes))) => bytes,
             Ok(Ok(Buffered::TooLarge(chunks, rest))) => {
-                let first = futures::stream::iter(chunks.into_iter().map(|c| Ok::<_, BoxError>(Frame::data(c))));
+                let first = futures_util::stream::iter(chunks.into_iter().map(|c| Ok::<_, BoxError>(Frame::data(c))));
                 let rest = BodyStream::new(rest.map_err(Into::into));
                 let body = StreamBody::new(first.chain(rest)).boxed_unsync();
                 return with_outcome(Response::from_parts(answer, body), Outcome::Miss);

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures_util::future::join_all;
 use strata::{Cache, HotKeys, Key, KeySchema, Ttl};
 use strata_cluster::{RedisCluster, RedisServer};
 

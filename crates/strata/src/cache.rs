@@ -45,7 +45,9 @@ use crate::error::{Error, Result};
 use crate::fresh::{Freshness, Refreshes};
 use crate::key::Key;
 use crate::l1::L1;
-use crate::l2::{Conn, L2};
+#[cfg(feature = "write-behind")]
+use crate::l2::Conn;
+use crate::l2::L2;
 use crate::lease::LeaseConfig;
 use crate::metrics::{Metrics, MetricsSnapshot, NsCounters};
 use crate::tags::Tag;
@@ -126,6 +128,7 @@ impl Inner {
 
     /// One Redis call outside the cache's key space (write-behind streams), with the retries
     /// and redirect handling of every call but no breaker.
+    #[cfg(feature = "write-behind")]
     pub(crate) async fn run_l2<T, F, Fut>(&self, context: &str, op: F) -> Result<T>
     where
         F: Fn(Conn) -> Fut,
@@ -135,6 +138,7 @@ impl Inner {
     }
 
     /// The per-call Redis timeout.
+    #[cfg(feature = "write-behind")]
     pub(crate) fn op_timeout(&self) -> std::time::Duration {
         self.l2.op_timeout
     }
@@ -163,6 +167,7 @@ impl Cache {
         &self.inner
     }
 
+    #[cfg(feature = "prometheus")]
     pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
         Self { inner }
     }
@@ -314,7 +319,7 @@ impl Cache {
     ///         }).await
     ///     })
     /// });
-    /// for call in futures::future::join_all(calls).await {
+    /// for call in futures_util::future::join_all(calls).await {
     ///     assert_eq!(call??, "profile of user 42");
     /// }
     /// assert_eq!(loads.load(Ordering::SeqCst), 1);

@@ -186,6 +186,7 @@ impl Cache {
 }
 
 /// The collector of a write-behind queue: its counters are this process's, shared by clones.
+#[cfg(feature = "write-behind")]
 #[derive(Debug)]
 struct WriteBehindCollector {
     stream: String,
@@ -193,6 +194,7 @@ struct WriteBehindCollector {
     counters: Weak<crate::write_behind::Counters>,
 }
 
+#[cfg(feature = "write-behind")]
 impl Collector for WriteBehindCollector {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
         let Some(counters) = self.counters.upgrade() else { return Ok(()) };
@@ -219,6 +221,7 @@ impl Collector for WriteBehindCollector {
     }
 }
 
+#[cfg(feature = "write-behind")]
 impl crate::WriteBehind {
     /// Adds this queue's metrics ([`WRITE_BEHIND_METRIC_FAMILIES`], labelled `stream`) to
     /// `registry`, read at each scrape; the registry keeps only a weak handle. Register each

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::cluster_routing::Slot as HashSlot;
+use crate::breaker::redis_slot;
 
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -131,7 +131,7 @@ pub(crate) fn hot_copy_of(name: &str) -> Option<&str> {
 /// its own, none in the key's slot. Tools that delete keys behind Strata's back
 /// should delete these too (a pattern on the key's namespace matches them).
 pub fn hot_copy_keys(key: &str, copies: usize) -> Vec<String> {
-    let mut slots = vec![HashSlot::for_key(key)];
+    let mut slots = vec![redis_slot(key.as_bytes())];
     let mut out = Vec::with_capacity(copies);
     // 16,384 slots: the search ends after about `copies` tries; the bound only guards the loop.
     for n in 0..copies.saturating_mul(64).max(64) {
@@ -139,7 +139,7 @@ pub fn hot_copy_keys(key: &str, copies: usize) -> Vec<String> {
             break;
         }
         let name = format!("{key}{COPY_INFIX}{n}");
-        let slot = HashSlot::for_key(&name);
+        let slot = redis_slot(name.as_bytes());
         if !slots.contains(&slot) {
             slots.push(slot);
             out.push(name);
@@ -157,8 +157,8 @@ mod tests {
         for key in ["app:v1:config:flags", "x", "shop:v2:banner:home:mobile"] {
             let copies = hot_copy_keys(key, MAX_HOT_COPIES);
             assert_eq!(copies.len(), MAX_HOT_COPIES);
-            let mut slots: std::collections::HashSet<HashSlot> = copies.iter().map(HashSlot::for_key).collect();
-            slots.insert(HashSlot::for_key(key));
+            let mut slots: std::collections::HashSet<u16> = copies.iter().map(|c| redis_slot(c.as_bytes())).collect();
+            slots.insert(redis_slot(key.as_bytes()));
             assert_eq!(slots.len(), MAX_HOT_COPIES + 1, "{key}");
             assert_eq!(hot_copy_keys(key, 3), copies[..3], "a prefix of the same names");
             assert!(copies.iter().all(|c| c.starts_with(&format!("{key}:~hot:"))));

@@ -52,7 +52,9 @@ use tokio::sync::mpsc;
 use crate::cache::Inner;
 use crate::error::{Error, Result};
 use crate::l2::{L2Config, Topology, node_client};
-use crate::slots::{Routes, parse_masters};
+use crate::slots::Routes;
+#[cfg(feature = "cluster")]
+use crate::slots::parse_masters;
 
 /// How long `build` waits at most for tracking to be up on every node.
 const STARTUP_WAIT: Duration = Duration::from_secs(3);
@@ -192,6 +194,7 @@ pub(crate) struct Supervisor {
     /// With Sentinel: a connection to each sentinel that answered, kept for the next topology
     /// check (made on first use, and again after it failed), so that a check costs one command,
     /// not a new connection.
+    #[cfg(feature = "sentinel")]
     sentinels: HashMap<String, MultiplexedConnection>,
     /// The masters (and their slots) last seen; a change flushes L1.
     topology: Option<String>,
@@ -216,6 +219,7 @@ impl Supervisor {
             config,
             l2,
             nodes: HashMap::new(),
+            #[cfg(feature = "sentinel")]
             sentinels: HashMap::new(),
             topology: None,
             masters: Vec::new(),
@@ -292,7 +296,7 @@ impl Supervisor {
         wanted.extend(pinned.iter().filter(|p| !wanted.contains(p)).cloned().collect::<Vec<_>>());
         self.nodes.retain(|addr, node| wanted.contains(addr) && node.alive.load(Ordering::SeqCst));
         let missing: Vec<String> = wanted.iter().filter(|a| !self.nodes.contains_key(*a)).cloned().collect();
-        let connected = futures::future::join_all(missing.iter().map(|addr| self.connect(addr))).await;
+        let connected = futures_util::future::join_all(missing.iter().map(|addr| self.connect(addr))).await;
         for (addr, node) in missing.into_iter().zip(connected) {
             match node {
                 Ok(node) => {
@@ -342,7 +346,7 @@ impl Supervisor {
             (addr.clone(), matches!(pong, Ok(Ok(_))))
         });
         let dead: Vec<String> =
-            futures::future::join_all(pings).await.into_iter().filter(|(_, ok)| !ok).map(|(a, _)| a).collect();
+            futures_util::future::join_all(pings).await.into_iter().filter(|(_, ok)| !ok).map(|(a, _)| a).collect();
         for addr in dead {
             tracing::warn!(node = %addr, "tracking connection missed its heartbeat; flushing L1");
             if let Some(node) = self.nodes.remove(&addr) {
@@ -356,15 +360,25 @@ impl Supervisor {
 
     /// The masters to track, with their slot ranges (empty for a standalone server).
     async fn masters(&mut self) -> Result<Vec<(String, String)>> {
-        let seeds = match &self.l2.topology {
-            Topology::Standalone(url) => return Ok(vec![(url.clone(), String::new())]),
-            Topology::Cluster(seeds) => seeds.clone(),
+        match &self.l2.topology {
+            Topology::Standalone(url) => Ok(vec![(url.clone(), String::new())]),
+            #[cfg(feature = "cluster")]
+            Topology::Cluster(seeds) => {
+                let seeds = seeds.clone();
+                self.cluster_masters(&seeds).await
+            }
+            #[cfg(feature = "sentinel")]
             Topology::Sentinel { sentinels, master_name } => {
                 let (sentinels, master_name) = (sentinels.clone(), master_name.clone());
                 let master = self.sentinel_master(&sentinels, &master_name).await?;
-                return Ok(vec![(master, String::new())]);
+                Ok(vec![(master, String::new())])
             }
-        };
+        }
+    }
+
+    /// A cluster's masters, from `CLUSTER NODES`.
+    #[cfg(feature = "cluster")]
+    async fn cluster_masters(&mut self, seeds: &[String]) -> Result<Vec<(String, String)>> {
         let scheme = self.l2.cluster_scheme();
         // Ask a node we already talk to, else the seeds, in turn.
         let mut last_err = Error::config("no cluster seed answered");
@@ -377,7 +391,7 @@ impl Supervisor {
                 return Ok(parse_masters(&text, scheme));
             }
         }
-        for seed in &seeds {
+        for seed in seeds {
             match self.cluster_nodes_from(seed).await {
                 Ok(text) => return Ok(parse_masters(&text, scheme)),
                 Err(err) => last_err = err,
@@ -391,8 +405,9 @@ impl Supervisor {
     /// Each sentinel is asked over the connection kept from the last check ([`Self::sentinels`]);
     /// when there is none, or it fails (the sentinel restarted, or closed it), over a new one,
     /// within the same timeout. A connection that fails is dropped.
+    #[cfg(feature = "sentinel")]
     async fn sentinel_master(&mut self, sentinels: &[String], name: &str) -> Result<String> {
-        let scheme = if self.l2.tls.is_some() { "rediss" } else { "redis" };
+        let scheme = if self.l2.has_tls() { "rediss" } else { "redis" };
         let mut last_err = Error::config("no sentinel configured");
         for sentinel in sentinels {
             // The sentinel URLs carry the sentinels' own credentials, if any.
@@ -427,6 +442,7 @@ impl Supervisor {
         Err(last_err)
     }
 
+    #[cfg(feature = "cluster")]
     async fn cluster_nodes_from(&self, seed: &str) -> Result<String> {
         let client = self.client(seed, ProtocolVersion::RESP2)?;
         let fetch = async {
@@ -534,6 +550,7 @@ pub(crate) fn counters(cache: &Inner) -> (u64, u64, u64, bool) {
 
 /// `SENTINEL get-master-addr-by-name NAME`: the master's host and port, `None` for a name the
 /// sentinel does not monitor.
+#[cfg(feature = "sentinel")]
 async fn master_by_name(conn: &mut MultiplexedConnection, name: &str) -> redis::RedisResult<Option<(String, u16)>> {
     redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(name).query_async(conn).await
 }

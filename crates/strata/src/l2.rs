@@ -18,15 +18,23 @@
 //! from a master its L1 invalidation does not track yet (see [`L2::run`]). Other errors are not
 //! retried: the circuit breaker and the loader fallback deal with them.
 
+#[cfg(feature = "cluster")]
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+#[cfg(any(feature = "cluster", feature = "sentinel"))]
+use std::sync::RwLock;
+#[cfg(feature = "cluster")]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+#[cfg(feature = "cluster")]
 use redis::cluster::ClusterClientBuilder;
+#[cfg(feature = "cluster")]
 use redis::cluster_async::ClusterConnection;
+#[cfg(feature = "sentinel")]
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::time::Instant;
@@ -35,6 +43,7 @@ use crate::breaker::{BreakerConfig, Breakers, Permits};
 use crate::error::{Error, Result};
 use crate::metrics::Globals;
 use crate::retry::{self, Backoff};
+#[cfg(feature = "cluster")]
 use crate::slots::{Routes, parse_masters};
 
 /// Where Redis is.
@@ -44,8 +53,11 @@ pub enum Topology {
     /// One server: `redis://host:port` or `rediss://host:port` for TLS.
     Standalone(String),
     /// A Redis Cluster; give every node you know (the client survives any one of them being down).
+    /// Needs the `cluster` feature.
+    #[cfg(feature = "cluster")]
     Cluster(Vec<String>),
-    /// A master found through Redis Sentinel.
+    /// A master found through Redis Sentinel. Needs the `sentinel` feature.
+    #[cfg(feature = "sentinel")]
     Sentinel {
         /// Sentinel addresses (`redis://host:port`).
         sentinels: Vec<String>,
@@ -67,7 +79,8 @@ pub enum Topology {
 /// # Ok(()) }
 /// ```
 ///
-/// `Debug` shows which parts are set, never their bytes.
+/// `Debug` shows which parts are set, never their bytes. Needs the `tls` feature.
+#[cfg(feature = "tls")]
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct TlsOptions {
@@ -79,6 +92,7 @@ pub struct TlsOptions {
     pub client_key_pem: Option<Vec<u8>>,
 }
 
+#[cfg(feature = "tls")]
 impl std::fmt::Debug for TlsOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsOptions")
@@ -89,6 +103,7 @@ impl std::fmt::Debug for TlsOptions {
     }
 }
 
+#[cfg(feature = "tls")]
 impl TlsOptions {
     /// No CA (the system roots verify the servers) and no client certificate (same as `Default`).
     pub fn new() -> Self {
@@ -134,6 +149,7 @@ pub(crate) struct L2Config {
     pub(crate) topology: Topology,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
+    #[cfg(feature = "tls")]
     pub(crate) tls: Option<TlsOptions>,
     pub(crate) op_timeout: Duration,
     pub(crate) connect_timeout: Duration,
@@ -143,9 +159,28 @@ impl L2Config {
     /// The URL scheme of a cluster's nodes: that of its seeds.
     pub(crate) fn cluster_scheme(&self) -> &'static str {
         match &self.topology {
+            #[cfg(feature = "cluster")]
             Topology::Cluster(seeds) if seeds.iter().any(|s| s.starts_with("rediss://")) => "rediss",
             _ => "redis",
         }
+    }
+
+    /// Whether connections use TLS material given to the builder.
+    #[cfg(feature = "sentinel")]
+    pub(crate) fn has_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
+    /// A client for `info`, with the cache's TLS material when it has some.
+    fn client(&self, info: redis::ConnectionInfo) -> RedisResult<redis::Client> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return redis::Client::build_with_tls(info, tls.certificates());
+        }
+        redis::Client::open(info)
     }
 }
 
@@ -155,17 +190,14 @@ pub(crate) fn node_client(url: &str, config: &L2Config, protocol: redis::Protoco
     let info = connection_info(url, config)?;
     let settings = info.redis_settings().clone().set_protocol(protocol);
     let info = info.set_redis_settings(settings);
-    match &config.tls {
-        Some(tls) => redis::Client::build_with_tls(info, tls.certificates()),
-        None => redis::Client::open(info),
-    }
-    .map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))
+    config.client(info).map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))
 }
 
 /// A connection usable for any command; cheap to clone.
 #[derive(Clone)]
 pub(crate) enum Conn {
     Single(ConnectionManager),
+    #[cfg(feature = "cluster")]
     Cluster(ClusterConnection),
     /// A tracking connection to the key's master ([`L2::call_tracked`]): a read sent after
     /// `CLIENT CACHING YES` on it is remembered by Redis, which then tells this instance of the
@@ -173,6 +205,7 @@ pub(crate) enum Conn {
     Tracked(MultiplexedConnection),
     /// This cache's own (untracked) connection to the key's master, for the first attempt of a
     /// call on a key ([`Masters`]).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     Node(MultiplexedConnection),
 }
 
@@ -208,6 +241,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
             Conn::Cluster(c) => c.req_packed_command(cmd),
             Conn::Tracked(c) | Conn::Node(c) => c.req_packed_command(cmd),
         }
@@ -220,6 +254,7 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(p, offset, count),
+            #[cfg(feature = "cluster")]
             Conn::Cluster(c) => c.req_packed_commands(p, offset, count),
             Conn::Tracked(c) | Conn::Node(c) => c.req_packed_commands(p, offset, count),
         }
@@ -227,23 +262,28 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
+            #[cfg(feature = "cluster")]
             Conn::Cluster(c) => c.get_db(),
             Conn::Tracked(c) | Conn::Node(c) => c.get_db(),
         }
     }
 }
 
+/// One per cache: the size difference between its variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Single(ConnectionManager),
     /// `direct` makes the first attempt of every call, with no retries inside redis-rs, so that
     /// a `MOVED` or `ASK` reply (or a "try again") reaches [`L2::run`]; `managed` makes the
     /// attempt after such a reply, following redirects and retrying by itself.
     /// `masters` makes it instead when it knows the key's master.
+    #[cfg(feature = "cluster")]
     Cluster {
         direct: ClusterConn,
         managed: Box<ClusterConn>,
         masters: Arc<Masters>,
     },
+    #[cfg(feature = "sentinel")]
     Sentinel {
         client: tokio::sync::Mutex<SentinelClient>,
         manager_config: ConnectionManagerConfig,
@@ -251,12 +291,23 @@ enum Backend {
     },
 }
 
+impl Backend {
+    fn is_cluster(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        return matches!(self, Backend::Cluster { .. });
+        #[cfg(not(feature = "cluster"))]
+        false
+    }
+}
+
 /// A cluster client and its connection, made on demand.
+#[cfg(feature = "cluster")]
 struct ClusterConn {
     client: redis::cluster::ClusterClient,
     conn: Slot,
 }
 
+#[cfg(feature = "cluster")]
 impl ClusterConn {
     fn new(client: redis::cluster::ClusterClient) -> Self {
         Self { client, conn: Slot::default() }
@@ -268,14 +319,17 @@ impl ClusterConn {
 }
 
 /// The client name of [`Masters`]' connections (`CLIENT LIST`).
+#[cfg(feature = "cluster")]
 pub(crate) const MASTER_CONNECTION_NAME: &str = "strata-l2";
 
 /// How soon after one refresh of [`Masters`] the next may start.
+#[cfg(feature = "cluster")]
 const REFRESH_SPACING: Duration = Duration::from_millis(200);
 
 /// The same after a refresh that could not read the masters or reach one of them: a master this
 /// cache cannot connect to (an address it cannot use, a node down) is asked for again at this
 /// pace, not at every call on its slots.
+#[cfg(feature = "cluster")]
 const REFRESH_BACKOFF: Duration = Duration::from_secs(2);
 
 /// This cache's own connection to each master of a cluster, by hash slot: the first attempt of
@@ -288,6 +342,7 @@ const REFRESH_BACKOFF: Duration = Duration::from_secs(2);
 /// ([`REFRESH_BACKOFF`] after one that failed or left a master out); meanwhile, and for slots it
 /// does not know, calls go over the cluster connection as before. What is sent over it is
 /// handled as a first attempt over the cluster connection would be (see [`L2::run`]).
+#[cfg(feature = "cluster")]
 struct Masters {
     routes: RwLock<Routes<MultiplexedConnection>>,
     /// The connections of `routes` by URL, kept across refreshes while they answer.
@@ -297,6 +352,7 @@ struct Masters {
     config: L2Config,
 }
 
+#[cfg(feature = "cluster")]
 impl Masters {
     fn new(config: &L2Config) -> Self {
         Self {
@@ -357,7 +413,7 @@ impl Masters {
             .map_err(|e| Error::redis("CLUSTER NODES", e))?;
         let masters = parse_masters(&text, self.config.cluster_scheme());
         let kept = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|p| p.into_inner()));
-        let conns = futures::future::join_all(masters.iter().map(|(url, _)| {
+        let conns = futures_util::future::join_all(masters.iter().map(|(url, _)| {
             let kept = kept.get(url).cloned();
             async move {
                 // A kept connection that still answers stays; any other is made again.
@@ -409,12 +465,14 @@ impl Masters {
 }
 
 /// A connection made on demand and dropped to force a fresh one.
+#[cfg(any(feature = "cluster", feature = "sentinel"))]
 #[derive(Default)]
 struct Slot {
     current: RwLock<Option<Conn>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
+#[cfg(any(feature = "cluster", feature = "sentinel"))]
 impl Slot {
     async fn get<F, Fut>(&self, connect: F) -> RedisResult<Conn>
     where
@@ -476,15 +534,13 @@ impl L2 {
         let backend = match &config.topology {
             Topology::Standalone(url) => {
                 let info = connection_info(url, config)?;
-                let client = match &config.tls {
-                    Some(tls) => redis::Client::build_with_tls(info, tls.certificates()),
-                    None => redis::Client::open(info),
-                }
-                .map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))?;
+                let client =
+                    config.client(info).map_err(|e| Error::config(format!("invalid redis url {url:?}: {e}")))?;
                 let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
                     .map_err(|e| Error::config(format!("cannot create connection manager: {e}")))?;
                 Backend::Single(manager)
             }
+            #[cfg(feature = "cluster")]
             Topology::Cluster(seeds) => {
                 if seeds.is_empty() {
                     return Err(Error::config("a cluster topology needs at least one seed node"));
@@ -504,6 +560,7 @@ impl L2 {
                     if let Some(p) = &config.password {
                         builder = builder.password(p);
                     }
+                    #[cfg(feature = "tls")]
                     if let Some(tls) = &config.tls {
                         builder = builder.certs(tls.certificates());
                     }
@@ -515,6 +572,7 @@ impl L2 {
                     masters: Arc::new(Masters::new(config)),
                 }
             }
+            #[cfg(feature = "sentinel")]
             Topology::Sentinel { sentinels, master_name } => {
                 let infos = sentinels
                     .iter()
@@ -544,6 +602,7 @@ impl L2 {
                 if let Some(p) = &config.password {
                     builder = builder.set_client_to_redis_password(p);
                 }
+                #[cfg(feature = "tls")]
                 if let Some(tls) = &config.tls {
                     builder = builder
                         .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
@@ -554,7 +613,7 @@ impl L2 {
                 Backend::Sentinel { client: tokio::sync::Mutex::new(client), manager_config, conn: Slot::default() }
             }
         };
-        let breakers = Breakers::new(breaker, matches!(backend, Backend::Cluster { .. }));
+        let breakers = Breakers::new(breaker, backend.is_cluster());
         Ok(Self { backend, op_timeout: config.op_timeout, connect_timeout: config.connect_timeout, globals, breakers })
     }
 
@@ -562,7 +621,9 @@ impl L2 {
     fn ready_conn(&self) -> Option<Conn> {
         match &self.backend {
             Backend::Single(m) => Some(Conn::Single(m.clone())),
+            #[cfg(feature = "cluster")]
             Backend::Cluster { direct, .. } => direct.conn.read(),
+            #[cfg(feature = "sentinel")]
             Backend::Sentinel { conn, .. } => conn.read(),
         }
     }
@@ -570,7 +631,9 @@ impl L2 {
     /// The connection of a call's first attempt: on a cluster, for a call on a key, this cache's
     /// own connection to the key's master when it knows it ([`Masters`], which it asks to
     /// learn the key's slot otherwise); else the usual connection when one is ready.
+    #[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
     fn first_conn(&self, key: Option<&[u8]>) -> Option<Conn> {
+        #[cfg(feature = "cluster")]
         if let (Backend::Cluster { direct, masters, .. }, Some(key)) = (&self.backend, key) {
             if let Some(conn) = masters.find(key) {
                 return Some(Conn::Node(conn));
@@ -589,6 +652,7 @@ impl L2 {
     /// connection to read it over (it was reset after every node was lost), forgotten, so that
     /// calls make that connection again and the table is read once it is up.
     fn masters_moved(&self) {
+        #[cfg(feature = "cluster")]
         if let Backend::Cluster { direct, masters, .. } = &self.backend {
             match direct.conn.read() {
                 Some(via) => masters.refresh(via),
@@ -601,7 +665,9 @@ impl L2 {
     async fn connect(&self) -> RedisResult<Conn> {
         match &self.backend {
             Backend::Single(m) => Ok(Conn::Single(m.clone())),
+            #[cfg(feature = "cluster")]
             Backend::Cluster { direct, .. } => direct.get().await,
+            #[cfg(feature = "sentinel")]
             Backend::Sentinel { client, manager_config, conn } => {
                 conn.get(|| async {
                     let master = client.lock().await.async_get_client().await?;
@@ -614,8 +680,11 @@ impl L2 {
 
     /// The cluster connection that follows redirects and retries by itself (`None` elsewhere).
     async fn managed(&self) -> Option<RedisResult<Conn>> {
-        let Backend::Cluster { managed, .. } = &self.backend else { return None };
-        Some(managed.get().await)
+        #[cfg(feature = "cluster")]
+        if let Backend::Cluster { managed, .. } = &self.backend {
+            return Some(managed.get().await);
+        }
+        None
     }
 
     /// Runs `op` on a connection, bounded by the operation timeout, plus the connect timeout
@@ -806,15 +875,20 @@ impl L2 {
 
     /// Whether keys must be grouped by hash slot for multi-key commands and pipelines.
     pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self.backend, Backend::Cluster { .. })
+        self.backend.is_cluster()
     }
 
     fn is_sentinel(&self) -> bool {
-        matches!(self.backend, Backend::Sentinel { .. })
+        #[cfg(feature = "sentinel")]
+        return matches!(self.backend, Backend::Sentinel { .. });
+        #[cfg(not(feature = "sentinel"))]
+        false
     }
 
+    #[cfg_attr(not(any(feature = "cluster", feature = "sentinel")), allow(unused_variables))]
     fn after_error(&self, err: &redis::RedisError) {
         match &self.backend {
+            #[cfg(feature = "sentinel")]
             Backend::Sentinel { conn, .. } => {
                 // A slow master is not a reason to ask the sentinels again; a lost connection or a
                 // demoted master is.
@@ -831,6 +905,7 @@ impl L2 {
             // slots through connections that no longer exist and never goes back to the seeds
             // (observed with 1.8.1: "No connections found" long after the cluster is healthy).
             // Start over from the seeds instead.
+            #[cfg(feature = "cluster")]
             Backend::Cluster { direct, managed, .. } if err.kind() == redis::ErrorKind::ClusterConnectionNotFound => {
                 direct.conn.reset();
                 managed.conn.reset();
@@ -905,15 +980,13 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
 pub(crate) async fn handshake_error(config: &L2Config) -> Option<Error> {
     let url = match &config.topology {
         Topology::Standalone(url) => url,
+        #[cfg(feature = "cluster")]
         Topology::Cluster(seeds) => seeds.first()?,
+        #[cfg(feature = "sentinel")]
         Topology::Sentinel { .. } => return None,
     };
     let info = connection_info(url, config).ok()?;
-    let client = match &config.tls {
-        Some(tls) => redis::Client::build_with_tls(info, tls.certificates()),
-        None => redis::Client::open(info),
-    }
-    .ok()?;
+    let client = config.client(info).ok()?;
     match tokio::time::timeout(config.connect_timeout, client.get_multiplexed_async_connection()).await {
         Ok(Err(err)) => Some(Error::redis("connection handshake", err)),
         Ok(Ok(_)) | Err(_) => None,

@@ -396,10 +396,10 @@ mod tests {
 
     #[test]
     fn coordination_keys_share_the_slot_of_their_key() {
-        use redis::cluster_routing::Slot;
+        use crate::breaker::redis_slot;
         for key in ["app:v1:user:1", "app:v1:user:2:full", "x"] {
-            assert_eq!(Slot::for_key(lease_key(key)), Slot::for_key(key), "{key}");
-            assert_eq!(Slot::for_key(version_key(key)), Slot::for_key(key), "{key}");
+            assert_eq!(redis_slot(&lease_key(key)), redis_slot(key.as_bytes()), "{key}");
+            assert_eq!(redis_slot(&version_key(key)), redis_slot(key.as_bytes()), "{key}");
             for companion in coordination_keys(key) {
                 assert_eq!(coordination_target(&companion), Some(key.as_bytes()));
             }

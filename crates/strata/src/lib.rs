@@ -130,6 +130,21 @@
 //! | `metrics`, `latency` | counters and histograms ([`MetricsSnapshot`]) |
 //! | `audit`, `error`, `timefmt` | the audit log; [`Error`]; time formatting |
 //!
+//! # Features
+//!
+//! `default-features = false` is the core: L1 + L2 on a standalone server, single-flight,
+//! leases, breakers, client-tracking invalidation, stamps and tags, freshness, batches, hot
+//! keys and [`Cache::metrics`]. Features add the rest (docs/ecosystem.md has what each pulls in):
+//!
+//! | feature | default | adds |
+//! |---|---|---|
+//! | `cluster` | yes | Redis Cluster: `Topology::Cluster`, `CacheBuilder::cluster` (redis-rs's cluster client) |
+//! | `tls` | yes | `rediss://` with rustls on ring: `TlsOptions`, `CacheBuilder::tls` |
+//! | `prometheus` | yes | `Cache::register_metrics`, `Cache::prometheus_text`, `METRIC_FAMILIES` (prometheus-client) |
+//! | `sentinel` | no | Redis Sentinel: `Topology::Sentinel`, `CacheBuilder::sentinel` |
+//! | `encryption` | no | AES-256-GCM for sensitive namespaces: `Encryption`, `Keyring` |
+//! | `write-behind` | no | write-behind queues on Redis Streams: `WriteBehind`, `Worker` |
+//!
 //! ## Example
 //!
 //! ```no_run
@@ -149,16 +164,43 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod audit;
 mod batch;
 mod breaker;
 mod cache;
 mod codec;
+#[cfg(feature = "encryption")]
 mod crypt;
+/// Without the `encryption` feature: an encryption with no values, so no cache has one.
+#[cfg(not(feature = "encryption"))]
+mod crypt {
+    use crate::{Key, Result};
+
+    #[derive(Debug, Clone)]
+    pub(crate) enum Encryption {}
+
+    impl Encryption {
+        pub(crate) fn validate(&self) -> Result<()> {
+            match *self {}
+        }
+        pub(crate) fn sensitive(&self, _: &Key) -> bool {
+            match *self {}
+        }
+        pub(crate) fn seal(&self, _: &[u8], _: &[u8]) -> Result<Vec<u8>> {
+            match *self {}
+        }
+        pub(crate) fn open(&self, _: &[u8], _: &[u8]) -> Result<Vec<u8>> {
+            match *self {}
+        }
+    }
+}
 mod error;
+#[cfg(feature = "prometheus")]
 mod exposition;
 mod fresh;
-#[cfg(test)]
+#[cfg(all(test, feature = "encryption"))]
 mod fuzz;
 mod hot;
 mod invalidation;
@@ -174,29 +216,36 @@ mod slots;
 mod tags;
 mod timefmt;
 mod ttl;
+#[cfg(feature = "write-behind")]
 mod write_behind;
 
 pub use audit::{AUDIT_QUEUE, AuditRecord, AuditSink};
 pub use breaker::{BreakerConfig, BreakerState};
 pub use cache::{AutoRecovery, Cache, CacheBuilder, CacheValue};
 pub use codec::Format;
+#[cfg(feature = "encryption")]
 pub use crypt::{Encryption, KEY_LEN, Keyring, MAX_KEY_ID_LEN};
 pub use error::{Error, ErrorKind, Result};
+#[cfg(feature = "prometheus")]
 pub use exposition::{METRIC_FAMILIES, WRITE_BEHIND_METRIC_FAMILIES, openmetrics_to_prometheus};
 pub use fresh::Freshness;
 pub use hot::{HotKeys, MAX_HOT_COPIES, MAX_HOT_COPY_TTL, hot_copy_keys};
 pub use invalidation::Invalidation;
 pub use key::{Key, KeySchema, MAX_ID_LEN, MAX_KEY_LEN, MAX_NAME_LEN, MAX_VARIANT_LEN, namespace_of};
 pub use l1::L1Policy;
-pub use l2::{TlsOptions, Topology};
+#[cfg(feature = "tls")]
+pub use l2::TlsOptions;
+pub use l2::Topology;
 pub use latency::{BUCKETS, L2_BUCKETS_MICROS, LOADER_BUCKETS_MICROS, LatencySnapshot};
 pub use lease::{LeaseConfig, VERSIONED_WINDOW, coordination_keys, coordination_target, lease_key, version_key};
 pub use metrics::{MAX_NAMESPACES, MetricsSnapshot, NamespaceStats, OTHER_NAMESPACE};
 pub use namespace::bump_stamp;
 /// The Prometheus client library whose [`Registry`](prometheus_client::registry::Registry)
 /// [`Cache::register_metrics`] fills: re-exported so an application uses the same version.
+#[cfg(feature = "prometheus")]
 pub use prometheus_client;
 pub use tags::{MAX_TAG_LEN, MAX_TAGS, Tag, is_stamp_key, namespace_stamp_key};
 pub use timefmt::{parse_rfc3339, rfc3339, rfc3339_now, unix_ms_now};
 pub use ttl::{MAX_TTL, Ttl, TtlPolicy};
+#[cfg(feature = "write-behind")]
 pub use write_behind::{Worker, WriteBehind, WriteBehindConfig, WriteBehindStats, WriteRecord};

@@ -66,6 +66,7 @@ fn slot_ranges(slots: &str) -> Option<Vec<(u16, u16)>> {
 
 /// Masters that own slots, from `CLUSTER NODES` output, as (url, slots), sorted. Failed or
 /// address-less nodes are left out; a suspected (`fail?`) one stays, so its loss keeps L1 off until failover.
+#[cfg(feature = "cluster")]
 pub(crate) fn parse_masters(text: &str, scheme: &str) -> Vec<(String, String)> {
     let mut masters: Vec<(String, String)> = text
         .lines()

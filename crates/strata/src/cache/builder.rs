@@ -17,7 +17,9 @@ use crate::hot::HotKeys;
 use crate::invalidation::{Invalidation, Supervisor};
 use crate::l1::Coherence;
 use crate::l1::{L1, L1Policy};
-use crate::l2::{L2, L2Config, TlsOptions, Topology};
+#[cfg(feature = "tls")]
+use crate::l2::TlsOptions;
+use crate::l2::{L2, L2Config, Topology};
 use crate::lease::LeaseConfig;
 use crate::metrics::Metrics;
 use crate::ttl::TtlPolicy;
@@ -43,6 +45,7 @@ pub struct CacheBuilder {
     topology: Option<Topology>,
     username: Option<String>,
     password: Option<String>,
+    #[cfg(feature = "tls")]
     tls: Option<TlsOptions>,
     op_timeout: Duration,
     connect_timeout: Duration,
@@ -72,6 +75,7 @@ impl Default for CacheBuilder {
             topology: None,
             username: None,
             password: None,
+            #[cfg(feature = "tls")]
             tls: None,
             op_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(1),
@@ -105,6 +109,8 @@ impl CacheBuilder {
     }
 
     /// A Redis Cluster. Pass every node you know: the client must start even if some are down.
+    /// Needs the `cluster` feature.
+    #[cfg(feature = "cluster")]
     pub fn cluster<I, S>(mut self, seeds: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -114,7 +120,8 @@ impl CacheBuilder {
         self
     }
 
-    /// A master found through Redis Sentinel.
+    /// A master found through Redis Sentinel. Needs the `sentinel` feature.
+    #[cfg(feature = "sentinel")]
     pub fn sentinel<I, S>(mut self, sentinels: I, master_name: impl Into<String>) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -145,7 +152,9 @@ impl CacheBuilder {
         self
     }
 
-    /// TLS material for `rediss://` URLs.
+    /// TLS material for `rediss://` URLs. Needs the `tls` feature (without it, `rediss://` URLs
+    /// are refused).
+    #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = Some(tls);
         self
@@ -265,7 +274,9 @@ impl CacheBuilder {
     }
 
     /// Client-side AES-256-GCM encryption of the namespaces and prefixes marked sensitive
-    /// (default: none). See [`Encryption`] and [`Keyring`](crate::Keyring).
+    /// (default: none). See [`Encryption`] and [`Keyring`](crate::Keyring). Needs the
+    /// `encryption` feature.
+    #[cfg(feature = "encryption")]
     pub fn encryption(mut self, encryption: Encryption) -> Self {
         self.encryption = Some(encryption);
         self
@@ -335,6 +346,7 @@ impl CacheBuilder {
             topology,
             username,
             password,
+            #[cfg(feature = "tls")]
             tls: self.tls,
             op_timeout: self.op_timeout,
             connect_timeout: self.connect_timeout,
@@ -398,10 +410,12 @@ impl CacheBuilder {
 fn credentials_in(topology: &Topology) -> Result<(Option<String>, Option<String>)> {
     let url = match topology {
         Topology::Standalone(url) => url,
+        #[cfg(feature = "cluster")]
         Topology::Cluster(seeds) => match seeds.first() {
             Some(url) => url,
             None => return Ok((None, None)),
         },
+        #[cfg(feature = "sentinel")]
         Topology::Sentinel { .. } => return Ok((None, None)),
     };
     let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures_util::future::join_all;
 use rand::Rng;
 
 use super::{CacheValue, Inner, Verdict};

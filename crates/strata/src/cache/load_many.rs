@@ -366,7 +366,7 @@ impl Inner {
             })
             .collect();
         let mut out = Vec::new();
-        for (group, got) in futures::future::join_all(calls).await {
+        for (group, got) in futures_util::future::join_all(calls).await {
             let got = got.and_then(|replies| {
                 if replies.len() == group.len() * per_key {
                     Ok(replies)

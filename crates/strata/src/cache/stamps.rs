@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::future::{BoxFuture, join_all};
+use futures_util::future::{BoxFuture, join_all};
 
 use super::Inner;
 use crate::error::{Error, Result};

@@ -21,8 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use futures::future::join_all;
-use redis::cluster_routing::Slot as HashSlot;
+use futures_util::future::join_all;
 
 use super::recovery::{Settle, Target};
 use super::{CacheValue, Inner};
@@ -451,9 +450,9 @@ impl Inner {
         if !self.l2.is_cluster() {
             return wanted.chunks(CHUNK).map(<[usize]>::to_vec).collect();
         }
-        let mut by_slot: std::collections::HashMap<HashSlot, Vec<usize>> = std::collections::HashMap::new();
+        let mut by_slot: std::collections::HashMap<u16, Vec<usize>> = std::collections::HashMap::new();
         for i in wanted {
-            by_slot.entry(HashSlot::for_key(keys[i].as_str())).or_default().push(i);
+            by_slot.entry(crate::breaker::redis_slot(keys[i].as_str().as_bytes())).or_default().push(i);
         }
         by_slot.into_values().flat_map(|g| g.chunks(CHUNK).map(<[usize]>::to_vec).collect::<Vec<_>>()).collect()
     }

@@ -99,7 +99,7 @@ impl Worker {
             shutdown.await;
             let _ = tx.send(true);
         };
-        tokio::join!(stop, futures::future::join_all(loops));
+        tokio::join!(stop, futures_util::future::join_all(loops));
         Ok(())
     }
 

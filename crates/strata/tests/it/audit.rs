@@ -115,6 +115,7 @@ async fn file_sink_is_private_and_names_the_acl_user() -> TestResult {
 
 /// The calls that write without going through `set`: batch writes, write-through (also when
 /// the source fails) and write-behind enqueues.
+#[cfg(feature = "write-behind")]
 async fn batch_and_write_through_are_recorded(redis: Redis) -> TestResult {
     let sink = AuditSink::memory();
     let cache = redis.builder().audit(sink.clone()).build().await?;
@@ -152,4 +153,5 @@ async fn batch_and_write_through_are_recorded(redis: Redis) -> TestResult {
     assert!(records[3]["reason"].as_str().is_some_and(|r| r.contains("source down")), "{}", records[3]);
     Ok(())
 }
+#[cfg(feature = "write-behind")]
 on_both!(batch_and_write_through_are_recorded);

@@ -298,6 +298,7 @@ async fn a_slot_move_or_a_failover_drops_l1() -> TestResult {
 
 /// Sentinel: the tracked node is the master the sentinels name; after a failover, L1 is dropped
 /// and instances stay coherent through the new master.
+#[cfg(feature = "sentinel")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_instances_stay_coherent_through_a_failover() -> TestResult {
     let mut setup = strata_cluster::SentinelSetup::builder()
@@ -396,7 +397,7 @@ async fn racing_sets_leave_no_l1_copy_redis_does_not_hold(redis: Redis) -> TestR
             let (cache, key) = (if i % 2 == 0 { a.clone() } else { b.clone() }, key.clone());
             tokio::spawn(async move { cache.set(&key, &format!("r{round}w{i}"), Ttl::Long).await })
         });
-        for set in futures::future::join_all(sets).await {
+        for set in futures_util::future::join_all(sets).await {
             set??;
         }
         let held: Option<String> = plain.get(&key).await?;

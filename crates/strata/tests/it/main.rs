@@ -7,13 +7,16 @@ mod audit;
 mod batch;
 mod coherence;
 mod corrupt;
+#[cfg(feature = "encryption")]
 mod encryption;
 mod freshness;
 mod hot;
 mod l1_budget;
 mod leases;
 mod namespaces;
+#[cfg(feature = "prometheus")]
 mod prom_text;
+#[cfg(all(feature = "prometheus", feature = "write-behind"))]
 mod prometheus;
 mod recovery;
 mod resilience;
@@ -23,5 +26,6 @@ mod stampede;
 mod topologies;
 mod ttl;
 mod values;
+#[cfg(feature = "write-behind")]
 mod write_behind;
 mod write_through;

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use strata::{Cache, KeySchema, Ttl};
-use strata_cluster::{RedisServer, SentinelSetup};
+use strata_cluster::RedisServer;
+#[cfg(feature = "sentinel")]
+use strata_cluster::SentinelSetup;
 
 use crate::common::TestResult;
 
@@ -147,6 +149,7 @@ async fn a_wrongtype_reply_in_a_pipelined_read_is_a_foreign_key() -> TestResult 
 
 /// Sentinel: a write that reaches a master demoted since the last call (`READONLY`) is retried
 /// on the master the sentinels name now, within the same call.
+#[cfg(feature = "sentinel")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_to_a_demoted_sentinel_master_moves_to_the_new_one() -> TestResult {
     let setup = SentinelSetup::builder()

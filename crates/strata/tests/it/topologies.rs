@@ -1,13 +1,16 @@
 use std::time::{Duration, Instant};
 
 use strata::{Cache, KeySchema, Ttl};
-use strata_cluster::{RedisServer, SentinelSetup};
+use strata_cluster::RedisServer;
+#[cfg(feature = "sentinel")]
+use strata_cluster::SentinelSetup;
 
 use crate::common::TestResult;
 
 /// Sentinel: the cache finds the master through the sentinels, and after the master is killed
 /// and a replica promoted, it follows the new master; callers of `get_or_set` see no error at
 /// any point.
+#[cfg(feature = "sentinel")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_follows_a_failover() -> TestResult {
     let mut setup = SentinelSetup::builder()
@@ -66,6 +69,7 @@ async fn sentinel_follows_a_failover() -> TestResult {
 /// Sentinel: the topology check (every `topology_interval`) asks the sentinels over a kept
 /// connection, not a new one each time: 20 checks cost the sentinel no new connections; and a
 /// kept connection the sentinel closed is replaced within the check, without flushing L1.
+#[cfg(feature = "sentinel")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_topology_checks_reuse_one_connection() -> TestResult {
     let setup = SentinelSetup::builder().replicas(0).sentinels(1).quorum(1).master_name("cache").start()?;
