@@ -68,6 +68,11 @@
 //! # }
 //! ```
 
+// The crate README's example is compiled with the doctests (crates.io shows the README).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod acl;
 mod binaries;
 mod cli;

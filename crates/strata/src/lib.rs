@@ -164,7 +164,14 @@
 //! # Ok(()) }
 //! ```
 
+// docs.rs (nightly, `--cfg docsrs`, Cargo.toml's [package.metadata.docs.rs]) marks each item with
+// the cargo features it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The crate README's example is compiled with the doctests (crates.io shows the README).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod audit;
 mod batch;
