@@ -55,6 +55,10 @@ use crate::ttl::{Ttl, TtlPolicy};
 
 /// Bounds on what a cached value type must provide: serde both ways, and `Clone` because an L1
 /// hit hands out a copy of the decoded value.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a cached value: it must be `Serialize + DeserializeOwned + Clone + Send + Sync + 'static`",
+    note = "derive `Clone`, `serde::Serialize` and `serde::Deserialize` for it"
+)]
 pub trait CacheValue: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> CacheValue for T {}
 

@@ -99,6 +99,67 @@ impl KeySchema {
         let base = self.key(entity, id)?;
         Ok(Key::from_parts(format!("{}:{}", base.as_str(), hash_segment(raw.as_ref())), base.ns_len))
     }
+
+    /// The key of a list of arguments, as [`#[strata::cached]`](crate#cached-functions) builds
+    /// it: call it with the same schema, entity and arguments to read, overwrite or delete what
+    /// a cached function stored.
+    ///
+    /// Each argument is formatted with `Display`; bytes outside `A-Z a-z 0-9 - _ . @ + = /` are
+    /// percent-encoded (`%` + two upper-case hex digits per UTF-8 byte, `%` itself included), an
+    /// empty argument is written `~`, and the arguments are joined with `,`. So any text is
+    /// accepted and two lists of the same length make the same id only when every argument
+    /// formats the same. No argument at all is `~` too. The id is `app:v{N}:entity:ID`; when it
+    /// is longer than [`MAX_ID_LEN`] bytes the key is `app:v{N}:entity:#:h` followed by 32 hex
+    /// digits of the id's SHA-256 (as [`key_with_hashed_variant`](Self::key_with_hashed_variant)),
+    /// which no encoded id can equal.
+    ///
+    /// ```
+    /// let schema = strata::KeySchema::new("shop", 1)?;
+    /// assert_eq!(schema.key_for_args("user", &[&42])?.as_str(), "shop:v1:user:42");
+    /// assert_eq!(schema.key_for_args("search", &[&"red shoes", &10])?.as_str(), "shop:v1:search:red%20shoes,10");
+    /// assert_eq!(schema.key_for_args("search", &[&"a,b"])?.as_str(), "shop:v1:search:a%2Cb");
+    /// assert_eq!(schema.key_for_args("search", &[&"", &""])?.as_str(), "shop:v1:search:~,~");
+    /// assert!(schema.key_for_args("search", &[&"x".repeat(300)])?.as_str().starts_with("shop:v1:search:#:h"));
+    /// # Ok::<(), strata::Error>(())
+    /// ```
+    pub fn key_for_args(&self, entity: &str, args: &[&dyn fmt::Display]) -> Result<Key> {
+        let id = encode_args(args);
+        if id.len() > MAX_ID_LEN { self.key_with_hashed_variant(entity, "#", id) } else { self.key(entity, &id) }
+    }
+}
+
+/// The id of [`KeySchema::key_for_args`]: each argument percent-encoded, `~` when empty, joined
+/// with `,`.
+fn encode_args(args: &[&dyn fmt::Display]) -> String {
+    use fmt::Write as _;
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut id = String::new();
+    let mut text = String::new();
+    for (i, arg) in args.iter().enumerate() {
+        if i > 0 {
+            id.push(',');
+        }
+        text.clear();
+        // Writing into a String cannot fail; a Display impl that reports an error leaves what
+        // it wrote so far, as `to_string` would panic instead.
+        let _ = write!(text, "{arg}");
+        if text.is_empty() {
+            id.push('~');
+        }
+        for byte in text.bytes() {
+            if byte.is_ascii_alphanumeric() || b"-_.@+=/".contains(&byte) {
+                id.push(char::from(byte));
+            } else {
+                id.push('%');
+                id.push(char::from(HEX[usize::from(byte >> 4)]));
+                id.push(char::from(HEX[usize::from(byte & 0xf)]));
+            }
+        }
+    }
+    if id.is_empty() {
+        id.push('~');
+    }
+    id
 }
 
 /// A validated cache key. Cheap to clone.
@@ -274,6 +335,30 @@ mod tests {
         // A literal variant may not take the hashed form, or it could alias a hashed one.
         let hashed_form = &a.as_str()["app:v1:search:q:".len()..];
         assert!(s.key_with_variant("search", "q", hashed_form).expect_err("reserved").is_invalid_key());
+        Ok(())
+    }
+
+    #[test]
+    fn encodes_arguments_without_collisions() -> Result<()> {
+        let s = KeySchema::new("app", 1)?;
+        let key = |args: &[&dyn fmt::Display]| s.key_for_args("f", args).map(|k| k.as_str().to_owned());
+        assert_eq!(key(&[])?, "app:v1:f:~");
+        assert_eq!(key(&[&7u64, &"en-GB"])?, "app:v1:f:7,en-GB");
+        assert_eq!(key(&[&"a b:c*{d}%"])?, "app:v1:f:a%20b%3Ac%2A%7Bd%7D%25");
+        assert_eq!(key(&[&"ü"])?, "app:v1:f:%C3%BC");
+        // Pairs that would collide under a naive join.
+        assert_ne!(key(&[&"a,b", &"c"])?, key(&[&"a", &"b,c"])?);
+        assert_ne!(key(&[&"", &"x"])?, key(&[&"~", &"x"])?);
+        assert_ne!(key(&[&"%2C"])?, key(&[&","])?);
+        // Every key is valid, whatever the input.
+        for raw in ["\n", "\u{0}", "[*?]", "#", "h0123456789abcdef0123456789abcdef"] {
+            Key::parse(&key(&[&raw])?)?;
+        }
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        let hashed = key(&[&long])?;
+        assert!(hashed.starts_with("app:v1:f:#:h") && hashed.len() == "app:v1:f:#:h".len() + 32, "{hashed}");
+        assert_ne!(hashed, key(&[&"x".repeat(MAX_ID_LEN + 2)])?);
+        assert_eq!(key(&[&"x".repeat(MAX_ID_LEN)])?.len(), "app:v1:f:".len() + MAX_ID_LEN);
         Ok(())
     }
 

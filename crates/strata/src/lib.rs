@@ -98,6 +98,20 @@
 //!   [`Cache::prometheus_text`] / [`Cache::register_metrics`] export them to Prometheus
 //!   ([`METRIC_FAMILIES`]; see docs/observability.md), with loader and Redis call latency histograms.
 //!
+//! # Cached functions
+//!
+//! With the `macros` feature, `#[strata::cached]` (`strata::cached`) caches an `async fn`'s
+//! results: its body becomes the loader of [`Cache::get_or_set`], under the key
+//! `app:v{N}:{namespace}:{arguments}` ([`KeySchema::key_for_args`]), so a repeated call is served
+//! by the cache, concurrent misses run the body once, and errors are returned, never cached.
+//!
+//! ```ignore
+//! #[strata::cached(app = "shop", namespace = "user", ttl = "medium")]
+//! async fn load_user(cache: &strata::Cache, id: u64) -> Result<User, AppError> {
+//!     db.fetch_user(id).await // runs on a miss only; the key is shop:v1:user:{id}
+//! }
+//! ```
+//!
 //! # Layout
 //!
 //! One cache miss of [`Cache::get_or_set`] reads top-down through `cache.rs` (the entry point),
@@ -173,6 +187,9 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+#[doc(hidden)]
+#[path = "macro_support.rs"]
+pub mod __private;
 mod audit;
 mod batch;
 mod breaker;
@@ -251,6 +268,78 @@ pub use namespace::bump_stamp;
 /// [`Cache::register_metrics`] fills: re-exported so an application uses the same version.
 #[cfg(feature = "prometheus")]
 pub use prometheus_client;
+/// Caches an async function's results under a key built from its arguments (the `macros`
+/// feature; [Cached functions](crate#cached-functions)).
+///
+/// A complete example (also a test of this crate):
+///
+/// ```no_run
+/// use std::sync::LazyLock;
+///
+/// use strata::{Cache, KeySchema, cached};
+///
+/// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// struct User { id: u64, name: String }
+///
+/// #[derive(Debug)]
+/// enum AppError { NotFound(u64), Cache(strata::Error) }
+///
+/// impl std::fmt::Display for AppError {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         match self {
+///             AppError::NotFound(id) => write!(f, "no user {id}"),
+///             AppError::Cache(err) => write!(f, "cache: {err}"),
+///         }
+///     }
+/// }
+///
+/// impl std::error::Error for AppError {}
+///
+/// // The cache's own failures reach the caller through this conversion.
+/// impl From<strata::Error> for AppError {
+///     fn from(err: strata::Error) -> Self { AppError::Cache(err) }
+/// }
+///
+/// /// Key `shop:v1:user:{id}`, TTL class medium (10 minutes ± jitter by default).
+/// #[cached(app = "shop", namespace = "user", ttl = "medium")]
+/// async fn load_user(cache: &Cache, id: u64) -> Result<User, AppError> {
+///     if id == 0 {
+///         return Err(AppError::NotFound(id)); // returned as it is, not cached
+///     }
+///     Ok(User { id, name: "Ada".into() }) // query the database here
+/// }
+///
+/// static SCHEMA: LazyLock<KeySchema> =
+///     LazyLock::new(|| KeySchema::new("shop", 1).expect("a valid app name"));
+///
+/// /// A service that holds its cache: a method, with the tenant in the key.
+/// struct Search { cache: Cache, tenant: String }
+///
+/// impl Search {
+///     /// Key `shop:v1:search:{tenant},{query},{page}`: any text works (percent-encoded).
+///     #[cached(schema = SCHEMA, namespace = "search", cache = self.cache,
+///              args = [self.tenant, query, page], ttl = "90s")]
+///     async fn run(&self, query: &str, page: u32) -> strata::Result<Vec<u64>> {
+///         Ok(vec![u64::from(page)]) // the search engine here
+///     }
+/// }
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let cache = Cache::builder().redis_url("redis://127.0.0.1:6379").build().await?;
+/// let user = load_user(&cache, 42).await?; // a miss: runs the body, stores the value
+/// let again = load_user(&cache, 42).await?; // a hit: the body does not run
+/// assert!(matches!(load_user(&cache, 0).await, Err(AppError::NotFound(0))));
+///
+/// // The same key, rebuilt to invalidate it.
+/// cache.delete(&SCHEMA.key_for_args("user", &[&42])?).await?;
+///
+/// let search = Search { cache: cache.clone(), tenant: "acme".into() };
+/// let hits = search.run("red shoes", 1).await?; // key shop:v1:search:acme,red%20shoes,1
+/// # let _ = (user, again, hits);
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "macros")]
+pub use strata_macros::cached;
 pub use tags::{MAX_TAG_LEN, MAX_TAGS, Tag, is_stamp_key, namespace_stamp_key};
 pub use timefmt::{parse_rfc3339, rfc3339, rfc3339_now, unix_ms_now};
 pub use ttl::{MAX_TTL, Ttl, TtlPolicy};
