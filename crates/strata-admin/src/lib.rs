@@ -252,6 +252,9 @@ impl Server {
     pub async fn bind(config: ServeConfig) -> Result<Self> {
         strata_web::check_listen(config.listen, config.web.as_ref(), config.insecure_listen)
             .map_err(|e| AdminError::new(e.to_string()))?;
+        if let Some(warning) = strata_web::listen_warning(config.listen, config.web.as_ref()) {
+            tracing::warn!("{warning}");
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| AdminError::new(format!("cannot listen on {}: {e}", config.listen)))?;

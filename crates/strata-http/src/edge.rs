@@ -126,6 +126,9 @@ impl Edge {
         }
         let admin_addr = config.admin_listen.unwrap_or(config.listen);
         strata_web::check_listen(admin_addr, config.web.as_ref(), config.insecure_listen).map_err(Error::config)?;
+        if let Some(warning) = strata_web::listen_warning(admin_addr, config.web.as_ref()) {
+            tracing::warn!("{warning}");
+        }
         let origin = Origin::new(&config.origin, config.connect_timeout)?;
         let admin = Admin { http: http.clone(), token: config.purge_token };
         let metrics = Router::new().route("/_strata/metrics", get(metrics)).with_state(admin.clone());

@@ -56,31 +56,39 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 
 /// The rule for an admin listener: a loopback address may serve without protection; any
 /// other needs a web config with TLS or basic auth, or `insecure_listen` (the operator's word
-/// that something else protects it, a proxy or a private network).
+/// that something else protects it, a proxy or a private network). Logs nothing: see
+/// [`listen_warning`] for what to log once the listener is bound.
 pub fn check_listen(addr: SocketAddr, web: Option<&WebConfig>, insecure_listen: bool) -> Result<(), WebConfigError> {
-    if is_loopback(addr.ip()) {
+    if is_loopback(addr.ip()) || insecure_listen || web.is_some_and(WebConfig::protects) {
         return Ok(());
     }
-    match web {
-        Some(web) if web.protects() => {
-            if !web.has_tls() {
-                tracing::warn!(%addr, "basic auth without TLS: passwords cross the network in clear text");
-            }
-            Ok(())
-        }
-        _ if insecure_listen => {
-            tracing::warn!(%addr, "--insecure-listen: the admin endpoints are served on a non-loopback address without TLS or authentication");
-            Ok(())
-        }
-        Some(_) => Err(WebConfigError::new(format!(
+    Err(WebConfigError::new(match web {
+        Some(_) => format!(
             "refusing to listen on {addr}: it is not a loopback address and the web config has neither \
              tls_server_config nor basic_auth_users; add them, or give --insecure-listen to serve it unprotected"
-        ))),
-        None => Err(WebConfigError::new(format!(
+        ),
+        None => format!(
             "refusing to listen on {addr}: it is not a loopback address and no web config protects it; give \
              --web-config FILE (TLS, basic auth), or --insecure-listen to serve it unprotected (behind a proxy \
              that protects it)"
-        ))),
+        ),
+    }))
+}
+
+/// What an admin listener that [`check_listen`] let through should warn about: served off
+/// loopback without TLS (passwords in clear text), or without any protection.
+pub fn listen_warning(addr: SocketAddr, web: Option<&WebConfig>) -> Option<String> {
+    if is_loopback(addr.ip()) {
+        return None;
+    }
+    match web {
+        Some(web) if web.has_tls() => None,
+        Some(web) if web.has_basic_auth() => {
+            Some(format!("{addr}: basic auth without TLS, passwords cross the network in clear text"))
+        }
+        _ => Some(format!(
+            "{addr}: admin endpoints served off loopback without TLS or authentication (--insecure-listen)"
+        )),
     }
 }
 
@@ -138,5 +146,8 @@ mod tests {
         let auth = WebConfig::from_yaml(&format!("basic_auth_users:\n  u: '{hash}'\n"), std::path::Path::new("."))
             .expect("config");
         assert!(check_listen(public, Some(&auth), false).is_ok());
+        assert!(listen_warning(public, Some(&auth)).is_some_and(|w| w.contains("clear text")));
+        assert!(listen_warning(public, None).is_some_and(|w| w.contains("--insecure-listen")));
+        assert_eq!(listen_warning(local, None), None);
     }
 }
