@@ -11,6 +11,10 @@
 //! | `GET /api/audit?limit=N` | the newest lines of the audit log, newest first |
 //! | `GET /` | the dashboard |
 //!
+//! With [`ServeConfig::web`] (`--web-config`, the Prometheus exporter toolkit's format, crate
+//! `strata-web`) every path is behind its TLS and basic auth; [`Server::bind`] refuses a
+//! non-loopback address that nothing protects unless [`ServeConfig::insecure_listen`].
+//!
 //! ```no_run
 //! # async fn run(deployment: strata_ops::Deployment) -> strata_admin::Result<()> {
 //! let config = strata_admin::ServeConfig::new(deployment, "127.0.0.1:0".parse().expect("address"));
@@ -66,6 +70,11 @@ pub struct ServeConfig {
     pub audit_log: Option<PathBuf>,
     /// Keys measured per master by a namespace scan; past it, figures are extrapolated.
     pub max_scan_keys: usize,
+    /// TLS and basic auth for every endpoint (`--web-config`); none: plain HTTP, no auth.
+    pub web: Option<strata_web::WebConfig>,
+    /// Serve on a non-loopback address without a web config that protects it
+    /// (`--insecure-listen`); otherwise [`Server::bind`] refuses to.
+    pub insecure_listen: bool,
 }
 
 impl ServeConfig {
@@ -78,6 +87,8 @@ impl ServeConfig {
             scan_interval: None,
             audit_log: None,
             max_scan_keys: DEFAULT_MAX_SCAN_KEYS,
+            web: None,
+            insecure_listen: false,
         }
     }
 }
@@ -217,9 +228,15 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// Every route: the API, `/metrics`, `/healthz` and the dashboard.
+/// Every route: the API, `/metrics`, `/healthz` and the dashboard, behind the basic auth of
+/// the state's web config if it has users.
 pub fn router(state: AppState) -> Router {
-    api::routes().merge(dashboard::routes()).with_state(state)
+    let web = state.config().web.clone();
+    let router = api::routes().merge(dashboard::routes()).with_state(state);
+    match web {
+        Some(web) => web.protect(router),
+        None => router,
+    }
 }
 
 /// A bound admin server, not yet serving.
@@ -230,8 +247,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `config.listen`.
+    /// Binds `config.listen`. A non-loopback address needs a web config that protects it (TLS
+    /// or basic auth) or [`ServeConfig::insecure_listen`].
     pub async fn bind(config: ServeConfig) -> Result<Self> {
+        strata_web::check_listen(config.listen, config.web.as_ref(), config.insecure_listen)
+            .map_err(|e| AdminError::new(e.to_string()))?;
+        if let Some(warning) = strata_web::listen_warning(config.listen, config.web.as_ref()) {
+            tracing::warn!("{warning}");
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| AdminError::new(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -241,6 +264,11 @@ impl Server {
     /// The address bound (the actual port when asked for port 0).
     pub fn local_addr(&self) -> Result<SocketAddr> {
         self.listener.local_addr().map_err(|e| AdminError::new(format!("reading the bound address: {e}")))
+    }
+
+    /// `https` when served over TLS, `http` otherwise.
+    pub fn scheme(&self) -> &'static str {
+        self.state.config().web.as_ref().map_or("http", strata_web::WebConfig::scheme)
     }
 
     /// Samples the deployment every interval and serves until `shutdown` completes.
@@ -254,7 +282,8 @@ impl Server {
                 state.sample().await;
             }
         });
-        let served = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown).await;
+        let web = self.state.config().web.clone();
+        let served = strata_web::serve(self.listener, router(self.state), web.as_ref(), shutdown).await;
         sampler.abort();
         served.map_err(|e| AdminError::new(format!("serving HTTP: {e}")))
     }

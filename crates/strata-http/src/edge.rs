@@ -5,7 +5,16 @@
 //!   `{"key": "<surrogate key>"}` or `{"all": true}`; 204 when done, 401 without the token,
 //!   404 when no token was configured (purging is then off), 400 on a bad body, 503 when the
 //!   cache could not do it;
-//! - `GET /_strata/metrics`: the cache's Prometheus metrics.
+//! - `GET /_strata/metrics`: the cache's Prometheus metrics, behind the basic auth of the web
+//!   config if it has users.
+//!
+//! A web config ([`strata_web::WebConfig`], `--web-config`) protects these endpoints: its TLS
+//! covers the listener that serves them, its basic auth `/_strata/metrics` (the purge API keeps
+//! its own bearer token: a request has one `Authorization` header, and a scraper's password
+//! should not purge). With [`EdgeConfig::admin_listen`] they move to a listener of their own,
+//! and the main one only proxies (it answers them 404, they never reach the origin) and
+//! stays plain HTTP. The listener that serves them must be on loopback unless the
+//! web config protects it or [`EdgeConfig::insecure_listen`] says so.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,8 +23,10 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
+use futures_util::FutureExt as _;
 use serde::Deserialize;
+use strata_web::WebConfig;
 
 use crate::{Error, HttpCache, Origin};
 
@@ -34,12 +45,45 @@ pub struct EdgeConfig {
     pub purge_token: Option<String>,
     /// How long a connection to the origin may take.
     pub connect_timeout: Duration,
+    /// A listener of their own for the `/_strata/*` endpoints (none: they share `listen`).
+    pub admin_listen: Option<SocketAddr>,
+    /// TLS and basic auth for the `/_strata/*` endpoints (`--web-config`).
+    pub web: Option<WebConfig>,
+    /// Serve the `/_strata/*` endpoints on a non-loopback address without a web config that
+    /// protects them (`--insecure-listen`); otherwise [`Edge::bind`] refuses to.
+    pub insecure_listen: bool,
 }
 
 impl EdgeConfig {
     /// An edge on `listen` in front of `origin`, without a purge API.
     pub fn new(listen: SocketAddr, origin: &str) -> Self {
-        Self { listen, origin: origin.to_owned(), purge_token: None, connect_timeout: Duration::from_secs(5) }
+        Self {
+            listen,
+            origin: origin.to_owned(),
+            purge_token: None,
+            connect_timeout: Duration::from_secs(5),
+            admin_listen: None,
+            web: None,
+            insecure_listen: false,
+        }
+    }
+
+    /// With the `/_strata/*` endpoints on a listener of their own.
+    pub fn admin_listen(mut self, addr: SocketAddr) -> Self {
+        self.admin_listen = Some(addr);
+        self
+    }
+
+    /// With the `/_strata/*` endpoints behind `web` (TLS, basic auth).
+    pub fn web_config(mut self, web: WebConfig) -> Self {
+        self.web = Some(web);
+        self
+    }
+
+    /// Whether the `/_strata/*` endpoints may be served unprotected on a non-loopback address.
+    pub fn insecure_listen(mut self, insecure: bool) -> Self {
+        self.insecure_listen = insecure;
+        self
     }
 
     /// With the purge API behind `token`.
@@ -54,6 +98,9 @@ impl EdgeConfig {
 pub struct Edge {
     listener: tokio::net::TcpListener,
     router: Router,
+    /// The admin listener and its routes, when apart from the main one.
+    admin: Option<(tokio::net::TcpListener, Router)>,
+    web: Option<WebConfig>,
 }
 
 #[derive(Clone)]
@@ -77,15 +124,33 @@ impl Edge {
         if config.purge_token.as_ref().is_some_and(|t| t.len() < MIN_TOKEN_LEN) {
             return Err(Error::config(format!("the purge token must have at least {MIN_TOKEN_LEN} characters")));
         }
+        let admin_addr = config.admin_listen.unwrap_or(config.listen);
+        strata_web::check_listen(admin_addr, config.web.as_ref(), config.insecure_listen).map_err(Error::config)?;
+        if let Some(warning) = strata_web::listen_warning(admin_addr, config.web.as_ref()) {
+            tracing::warn!("{warning}");
+        }
         let origin = Origin::new(&config.origin, config.connect_timeout)?;
         let admin = Admin { http: http.clone(), token: config.purge_token };
-        let router = Router::new()
-            .route("/_strata/purge", post(purge))
-            .route("/_strata/metrics", get(metrics))
-            .with_state(admin)
-            .fallback_service(http.layer().layer_origin(origin));
+        let metrics = Router::new().route("/_strata/metrics", get(metrics)).with_state(admin.clone());
+        let metrics = match &config.web {
+            Some(web) => web.protect(metrics),
+            None => metrics,
+        };
+        let admin_routes = Router::new().route("/_strata/purge", post(purge)).with_state(admin).merge(metrics);
+        let proxy = http.layer().layer_origin(origin);
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(Error::io)?;
-        Ok(Self { listener, router })
+        let (router, admin) = match config.admin_listen {
+            None => (admin_routes.fallback_service(proxy), None),
+            Some(addr) => {
+                let admin_listener = tokio::net::TcpListener::bind(addr).await.map_err(Error::io)?;
+                let main = Router::new()
+                    .route("/_strata/purge", any(elsewhere))
+                    .route("/_strata/metrics", any(elsewhere))
+                    .fallback_service(proxy);
+                (main, Some((admin_listener, admin_routes)))
+            }
+        };
+        Ok(Self { listener, router, admin, web: config.web })
     }
 
     /// The address it listens on.
@@ -93,9 +158,35 @@ impl Edge {
         self.listener.local_addr().map_err(Error::io)
     }
 
+    /// The address of the `/_strata/*` endpoints' own listener, if they have one.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, Error> {
+        self.admin.as_ref().map(|(listener, _)| listener.local_addr()).transpose().map_err(Error::io)
+    }
+
+    /// `https` when the main listener is TLS (a web config with TLS and no admin listener).
+    pub fn scheme(&self) -> &'static str {
+        match (&self.web, &self.admin) {
+            (Some(web), None) => web.scheme(),
+            _ => "http",
+        }
+    }
+
+    /// `https` when the `/_strata/*` endpoints are served over TLS.
+    pub fn admin_scheme(&self) -> &'static str {
+        self.web.as_ref().map_or("http", WebConfig::scheme)
+    }
+
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), Error> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await.map_err(Error::io)
+        let shutdown = shutdown.boxed().shared();
+        match self.admin {
+            None => strata_web::serve(self.listener, self.router, self.web.as_ref(), shutdown).await.map_err(Error::io),
+            Some((admin_listener, admin_router)) => {
+                let main = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown.clone());
+                let admin = strata_web::serve(admin_listener, admin_router, self.web.as_ref(), shutdown);
+                tokio::try_join!(async { main.await }, admin).map(|_| ()).map_err(Error::io)
+            }
+        }
     }
 }
 
@@ -141,6 +232,11 @@ async fn purge(State(admin): State<Admin>, headers: HeaderMap, body: axum::body:
         Err(err) if err.is_config() => (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
         Err(err) => (StatusCode::SERVICE_UNAVAILABLE, format!("{err}\n")).into_response(),
     }
+}
+
+/// `/_strata/*` on the main listener when they have one of their own: they never reach the origin.
+async fn elsewhere() -> Response {
+    (StatusCode::NOT_FOUND, "this endpoint is on strata edge's admin listener (--admin-listen)\n").into_response()
 }
 
 async fn metrics(State(admin): State<Admin>) -> Response {

@@ -20,7 +20,8 @@
 //! - `origin.rs`: [`Origin`], a hyper client service that forwards to one origin: the inner
 //!   service of `strata edge`.
 //! - `edge.rs`: [`Edge`], the `strata edge` reverse proxy: the layer over [`Origin`], plus
-//!   `/_strata/purge` (token) and `/_strata/metrics`.
+//!   `/_strata/purge` (token) and `/_strata/metrics`, behind a web config (`strata-web`: TLS,
+//!   basic auth) and on a listener of their own if asked.
 //!
 //! Purge by URL, by surrogate key (the `Surrogate-Key` response header; each name becomes a
 //! Strata tag) and by namespace are [`HttpCache::purge_url`], [`HttpCache::purge_key`] and

@@ -125,10 +125,15 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(target: SocketAddr) -> Self {
+        Self::start_with(&format!("  - job_name: strata\n    static_configs:\n      - targets: ['{target}']\n"))
+    }
+
+    /// Prometheus with these `scrape_configs` entries (YAML, indented by two spaces).
+    pub fn start_with(scrape_configs: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: strata\n    static_configs:\n      - targets: ['{target}']\n"
+             scrape_configs:\n{scrape_configs}"
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).expect("write prometheus.yml");
         let port = strata_cluster::free_port().expect("free port");
@@ -150,6 +155,17 @@ impl Prometheus {
         let text = std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// The scrape targets (`/api/v1/targets`'s `activeTargets`), None while it does not answer.
+    pub async fn targets(&self) -> Option<Vec<Value>> {
+        tokio::net::TcpStream::connect(self.addr).await.ok()?;
+        let (status, body) = get(self.addr, "/api/v1/targets").await;
+        if status != 200 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["data"]["activeTargets"].as_array().cloned()
     }
 
     /// The value of an instant query's single result, None while there is none.

@@ -14,16 +14,32 @@ use super::common::{TargetArgs, parse_duration, runtime};
 #[command(after_help = "Responses are cached per RFC 9111 in the deployment's Redis (and each edge's L1), shared by \
                         every edge on it. Every response carries X-Cache: HIT|MISS|STALE|REVALIDATED|PASS. \
                         Endpoints: POST /_strata/purge ({\"url\":...}|{\"key\":...}|{\"all\":true}, bearer token), \
-                        GET /_strata/metrics. Prints `listening on http://ADDR` once bound. Stops on Ctrl-C.")]
+                        GET /_strata/metrics. Prints `listening on http://ADDR` once bound (and `admin on \
+                        http://ADDR` with --admin-listen; https with TLS). Stops on Ctrl-C.\n\n\
+                        --web-config FILE (the Prometheus exporter toolkit's YAML: tls_server_config, \
+                        basic_auth_users, http_server_config.headers) protects /_strata/*: its TLS covers the \
+                        listener that serves them, its basic auth /_strata/metrics (purging keeps its bearer \
+                        token). With --admin-listen they get a listener of their own and --listen only proxies. \
+                        The listener of /_strata/* must be on loopback unless --web-config or --insecure-listen.")]
 pub(crate) struct Args {
     #[command(flatten)]
     target: TargetArgs,
     /// The origin: http://host:port.
     #[arg(long)]
     origin: String,
-    /// Address to listen on (port 0: a free one).
-    #[arg(long, default_value = "127.0.0.1:9480")]
+    /// Address to listen on (IP:PORT or localhost:PORT; port 0: a free one).
+    #[arg(long, default_value = "127.0.0.1:9480", value_parser = strata_web::parse_listen)]
     listen: SocketAddr,
+    /// A listener of their own for /_strata/purge and /_strata/metrics (then --listen only proxies).
+    #[arg(long, value_name = "ADDR", value_parser = strata_web::parse_listen)]
+    admin_listen: Option<SocketAddr>,
+    /// Web config (YAML, the Prometheus exporter toolkit's format) of the /_strata/* endpoints:
+    /// TLS certificate and key, basic-auth users with bcrypt hashes.
+    #[arg(long, value_name = "FILE")]
+    web_config: Option<PathBuf>,
+    /// Serve /_strata/* on a non-loopback address without a web config (something else protects it).
+    #[arg(long)]
+    insecure_listen: bool,
     /// Cache namespace of the responses (purged together by {"all": true}).
     #[arg(long, default_value = "site")]
     namespace: String,
@@ -39,6 +55,9 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let web = args.web_config.as_deref().map(strata_web::WebConfig::load).transpose()?;
+    // Refused before connecting to Redis; Edge::bind checks it again.
+    strata_web::check_listen(args.admin_listen.unwrap_or(args.listen), web.as_ref(), args.insecure_listen)?;
     let deployment = args.target.deployment()?;
     let token = match &args.purge_token_file {
         Some(path) => {
@@ -78,10 +97,21 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         if let Some(token) = token {
             edge_config = edge_config.purge_token(token);
         }
+        if let Some(addr) = args.admin_listen {
+            edge_config = edge_config.admin_listen(addr);
+        }
+        if let Some(web) = web {
+            edge_config = edge_config.web_config(web);
+        }
+        edge_config = edge_config.insecure_listen(args.insecure_listen);
         let edge = strata_http::Edge::bind(http, edge_config).await?;
         let addr = edge.local_addr()?;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on http://{addr}").and_then(|()| out.flush()).context("writing to stdout")?;
+        writeln!(out, "listening on {}://{addr}", edge.scheme()).context("writing to stdout")?;
+        if let Some(admin) = edge.admin_addr()? {
+            writeln!(out, "admin on {}://{admin}", edge.admin_scheme()).context("writing to stdout")?;
+        }
+        out.flush().context("writing to stdout")?;
         drop(out);
         edge.run(async {
             let _ = tokio::signal::ctrl_c().await;
