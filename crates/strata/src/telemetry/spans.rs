@@ -50,22 +50,27 @@ pub(crate) use op_span;
 
 /// Runs `$body` (an expression of type `Result<_>`, which may use `?` and `.await`) as one
 /// cache operation: `traced!("strata.get", key.namespace(), Read, body)`, with `batch = n,`
-/// before the kind for a batch. Without `otel`, the body itself.
+/// before the kind for a batch. Without `otel`, the body itself; with it and the span disabled
+/// (no subscriber, `strata` filtered out), the body inline, after the span's callsite check: a
+/// wrapper, or even an `async` block awaited, moves the operation's future (kilobytes), which
+/// cost an L1 hit 24-35 ns (`examples/otel_cost.rs`). The price: the body is compiled twice,
+/// and the caller's future type is deeper (the integration tests need
+/// `#![recursion_limit = "256"]` with the feature).
 macro_rules! traced {
     ($name:literal, $namespace:expr, batch = $keys:expr, $kind:ident, $body:expr) => {
-        $crate::telemetry::op(
-            $crate::telemetry::op_span!($name, $namespace, batch = $crate::telemetry::int($keys)),
-            $crate::telemetry::Kind::$kind,
-            async { $body },
-        )
-        .await
+        $crate::telemetry::traced!(@run op, $crate::telemetry::op_span!($name, $namespace, batch = $crate::telemetry::int($keys)), $kind, $body)
     };
     ($name:literal, $namespace:expr, $kind:ident, $body:expr) => {
-        $crate::telemetry::op($crate::telemetry::op_span!($name, $namespace), $crate::telemetry::Kind::$kind, async {
-            $body
-        })
-        .await
+        $crate::telemetry::traced!(@run op, $crate::telemetry::op_span!($name, $namespace), $kind, $body)
     };
+    (@run $op:ident, $span:expr, $kind:ident, $body:expr) => {{
+        let span = $span;
+        if span.is_disabled() {
+            $body
+        } else {
+            $crate::telemetry::$op(span, $crate::telemetry::Kind::$kind, async { $body }).await
+        }
+    }};
 }
 pub(crate) use traced;
 
@@ -74,16 +79,16 @@ pub(crate) use traced;
 /// shares one.
 macro_rules! traced_batch {
     ($name:literal, $keys:expr, $kind:ident, $body:expr) => {
-        $crate::telemetry::batch_op(
+        $crate::telemetry::traced!(
+            @run batch_op,
             $crate::telemetry::op_span!(
                 $name,
                 $crate::telemetry::common_namespace($keys),
                 batch = $crate::telemetry::int($keys.len())
             ),
-            $crate::telemetry::Kind::$kind,
-            async { $body },
+            $kind,
+            $body
         )
-        .await
     };
 }
 pub(crate) use traced_batch;
@@ -164,27 +169,22 @@ pub(crate) fn batch_loaded(keys: usize) {
     });
 }
 
-/// Runs one single-key operation in `span`, its facts recorded on the span as it ends.
+/// Runs one operation in `span` (enabled: see [`traced!`]), its facts recorded on the span as
+/// it ends.
 pub(crate) async fn op<X>(span: Span, kind: Kind, fut: impl Future<Output = Result<X>>) -> Result<X> {
-    if span.is_disabled() {
-        return fut.await;
-    }
     let facts = Arc::new(Facts::default());
     let out = OP.scope(Arc::clone(&facts), fut).instrument(span.clone()).await;
     facts.record(&span, kind, false, out.as_ref().map(drop));
     out
 }
 
-/// Runs one batch operation in `span`: how many keys were found (`strata.batch.found`) and
+/// Runs one batch operation in `span` (enabled): how many keys were found (`strata.batch.found`) and
 /// loaded are recorded as it ends.
 pub(crate) async fn batch_op<T>(
     span: Span,
     kind: Kind,
     fut: impl Future<Output = Result<Vec<Option<T>>>>,
 ) -> Result<Vec<Option<T>>> {
-    if span.is_disabled() {
-        return fut.await;
-    }
     let facts = Arc::new(Facts::default());
     let out = OP.scope(Arc::clone(&facts), fut).instrument(span.clone()).await;
     if let Ok(values) = &out {
@@ -264,6 +264,8 @@ pub(crate) fn redis<'a, T: 'a>(
         ),
         Err(_) => Span::none(),
     };
+    // One async block (no `Either` around it): every type of nesting here deepens every
+    // operation's future, which an application proves `Send` (see the ADR's consequences).
     async move {
         if span.is_disabled() {
             return fut.await;
