@@ -11,7 +11,7 @@
 //! The facts of an operation are known deep in the read and load paths (which tier answered,
 //! whether the loader ran, what the lease did, how large the value was). They are noted there
 //! by one-line hooks ([`tier`], [`loader_called`], [`lease`], [`value_size`], [`batch_loaded`])
-//! into the operation's [`Facts`](spans), a task-local of the operation's future, and written
+//! into the operation's `Facts` (`spans.rs`), a task-local of the operation's future, and written
 //! to its span once, when it ends: each attribute is recorded once (tracing-opentelemetry
 //! appends a field recorded twice), and a caller that joined another caller's load in this
 //! process, whose own path noted nothing, is told apart (`strata.tier = "flight"`).
