@@ -12,6 +12,7 @@ use std::future::Future;
 use crate::cache::{Cache, CacheValue};
 use crate::error::Result;
 use crate::key::Key;
+use crate::telemetry::{traced, traced_batch};
 use crate::ttl::Ttl;
 
 impl Cache {
@@ -33,7 +34,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn get_many<T: CacheValue>(&self, keys: &[Key]) -> Result<Vec<Option<T>>> {
-        Ok(self.inner().read_many(keys).await)
+        traced_batch!("strata.get_many", keys, Read, Ok(self.inner().read_many(keys).await))
     }
 
     /// Writes many values, each with its own jittered TTL. Every value is encoded before anything
@@ -44,11 +45,13 @@ impl Cache {
     ///
     /// The audit log gets one `set_many` record per key, with the outcome of the whole call.
     pub async fn set_many<T: CacheValue>(&self, items: &[(Key, T)], ttl: impl Into<Ttl>) -> Result<()> {
-        let outcome = self.inner().write_many(items, ttl.into()).await;
-        for (key, _) in items {
-            self.audit("set_many", key.as_str(), &outcome);
-        }
-        outcome
+        traced!("strata.set_many", items.first().map(|(key, _)| key.namespace()), batch = items.len(), Write, {
+            let outcome = self.inner().write_many(items, ttl.into()).await;
+            for (key, _) in items {
+                self.audit("set_many", key.as_str(), &outcome);
+            }
+            outcome
+        })
     }
 
     /// Batch cache-aside read. Keys found in L1 or Redis are served from there; `loader` is called
@@ -81,7 +84,12 @@ impl Cache {
         Fut: Future<Output = std::result::Result<HashMap<Key, T>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.inner().load_many(keys, ttl.into(), loader, false).await
+        traced_batch!(
+            "strata.get_or_set_many",
+            keys,
+            Load,
+            self.inner().load_many(keys, ttl.into(), loader, false).await
+        )
     }
 
     /// Like [`get_or_set_many`](Self::get_or_set_many), with negative caching: a key the loader
@@ -99,6 +107,11 @@ impl Cache {
         Fut: Future<Output = std::result::Result<HashMap<Key, T>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.inner().load_many(keys, ttl.into(), loader, true).await
+        traced_batch!(
+            "strata.get_or_set_many_optional",
+            keys,
+            Load,
+            self.inner().load_many(keys, ttl.into(), loader, true).await
+        )
     }
 }

@@ -51,6 +51,7 @@ use crate::l2::L2;
 use crate::lease::LeaseConfig;
 use crate::metrics::{Metrics, MetricsSnapshot, NsCounters};
 use crate::tags::Tag;
+use crate::telemetry::traced;
 use crate::ttl::{Ttl, TtlPolicy};
 
 /// Bounds on what a cached value type must provide: serde both ways, and `Clone` because an L1
@@ -203,7 +204,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn get<T: CacheValue>(&self, key: &Key) -> Result<Option<T>> {
-        Ok(self.inner.read::<T>(key).await)
+        traced!("strata.get", key.namespace(), Read, Ok(self.inner.read::<T>(key).await))
     }
 
     /// Writes a value to Redis (with a jittered TTL) and to L1.
@@ -235,7 +236,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn set<T: CacheValue>(&self, key: &Key, value: &T, ttl: impl Into<Ttl>) -> Result<()> {
-        self.set_with_tags(key, value, ttl.into(), &[]).await
+        traced!("strata.set", key.namespace(), Write, self.set_with_tags(key, value, ttl.into(), &[]).await)
     }
 
     /// `set` with validated tags.
@@ -253,10 +254,12 @@ impl Cache {
 
     /// Caches "not found" for `key` with the negative TTL of the [`TtlPolicy`].
     pub async fn set_not_found(&self, key: &Key) -> Result<()> {
-        // A "not found" takes the policy's negative TTL, whatever the class given.
-        let outcome = self.inner.write::<()>(key, None, Ttl::Short, &[]).await;
-        self.audit("set_not_found", key.as_str(), &outcome);
-        outcome
+        traced!("strata.set_not_found", key.namespace(), Write, {
+            // A "not found" takes the policy's negative TTL, whatever the class given.
+            let outcome = self.inner.write::<()>(key, None, Ttl::Short, &[]).await;
+            self.audit("set_not_found", key.as_str(), &outcome);
+            outcome
+        })
     }
 
     /// Removes a key from L1 and Redis, on every instance (their L1 copies go with the
@@ -282,9 +285,11 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn delete(&self, key: &Key) -> Result<bool> {
-        let outcome = self.inner.delete(key).await;
-        self.audit("delete", key.as_str(), &outcome);
-        outcome
+        traced!("strata.delete", key.namespace(), Write, {
+            let outcome = self.inner.delete(key).await;
+            self.audit("delete", key.as_str(), &outcome);
+            outcome
+        })
     }
 
     /// Cache-aside read: returns the cached value, or runs `loader`, caches what it returns
@@ -337,10 +342,12 @@ impl Cache {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let load = || async move { loader().await.map(Some) };
-        match self.inner.get_or_load::<T, _, _, _>(key, ttl.into(), &[], load, false).await? {
-            Some(v) => Ok(v),
-            None => Err(Error::loader("loader produced no value")),
-        }
+        traced!("strata.get_or_set", key.namespace(), Load, {
+            match self.inner.get_or_load::<T, _, _, _>(key, ttl.into(), &[], load, false).await? {
+                Some(v) => Ok(v),
+                None => Err(Error::loader("loader produced no value")),
+            }
+        })
     }
 
     /// Cache-aside with negative caching: the loader returns `Ok(None)` for "not found", which
@@ -358,7 +365,12 @@ impl Cache {
         Fut: Future<Output = std::result::Result<Option<T>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.inner.get_or_load::<T, _, _, _>(key, ttl.into(), &[], loader, true).await
+        traced!(
+            "strata.get_or_set_optional",
+            key.namespace(),
+            Load,
+            self.inner.get_or_load::<T, _, _, _>(key, ttl.into(), &[], loader, true).await
+        )
     }
 
     /// Waits until every value this instance has loaded is in Redis (or its store gave up).
@@ -396,7 +408,12 @@ impl Cache {
         Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        self.inner.get_or_refresh(key, ttl.into(), Arc::new(loader)).await
+        traced!(
+            "strata.get_or_refresh",
+            key.namespace(),
+            Load,
+            self.inner.get_or_refresh(key, ttl.into(), Arc::new(loader)).await
+        )
     }
 
     /// Writes `value` to the source with `store_fn`, then to the cache, so that a crash at any
@@ -450,9 +467,11 @@ impl Cache {
         Fut: Future<Output = std::result::Result<(), E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let outcome = self.inner.set_through(key, value, ttl.into(), store_fn).await;
-        self.audit("set_through", key.as_str(), &outcome);
-        outcome
+        traced!("strata.set_through", key.namespace(), Write, {
+            let outcome = self.inner.set_through(key, value, ttl.into(), store_fn).await;
+            self.audit("set_through", key.as_str(), &outcome);
+            outcome
+        })
     }
 
     /// [`set_through`](Self::set_through) for a source write that answers the value to cache:
@@ -503,9 +522,11 @@ impl Cache {
         Fut: Future<Output = std::result::Result<Option<T>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let outcome = self.inner.update_through(key, ttl.into(), update).await;
-        self.audit("update_through", key.as_str(), &outcome);
-        outcome
+        traced!("strata.update_through", key.namespace(), Write, {
+            let outcome = self.inner.update_through(key, ttl.into(), update).await;
+            self.audit("update_through", key.as_str(), &outcome);
+            outcome
+        })
     }
 
     /// [`update_through`](Self::update_through) for a source that versions its rows: `update`
@@ -572,9 +593,11 @@ impl Cache {
         Fut: Future<Output = std::result::Result<Option<(T, u64)>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let outcome = self.inner.update_through_versioned(key, ttl.into(), update).await;
-        self.audit("update_through_versioned", key.as_str(), &outcome);
-        outcome
+        traced!("strata.update_through_versioned", key.namespace(), Write, {
+            let outcome = self.inner.update_through_versioned(key, ttl.into(), update).await;
+            self.audit("update_through_versioned", key.as_str(), &outcome);
+            outcome
+        })
     }
 
     /// Marks `key` hot at run time: this instance's reads spread over `copies` copies

@@ -97,6 +97,10 @@
 //!   calls, errors, stale serves and refreshes, and the breaker state.
 //!   [`Cache::prometheus_text`] / [`Cache::register_metrics`] export them to Prometheus
 //!   ([`METRIC_FAMILIES`]; see docs/observability.md), with loader and Redis call latency histograms.
+//! - **OpenTelemetry** (feature `otel`): a `tracing` span per operation (`strata.get`,
+//!   `strata.get_or_set`, ...; tier, loader, lease, size as attributes) under the caller's span,
+//!   for `tracing-opentelemetry` to export, and `Cache::register_otel_metrics` on an
+//!   OpenTelemetry `Meter` (docs/decisions/0020-opentelemetry.md).
 //!
 //! # Cached functions
 //!
@@ -143,6 +147,7 @@
 //! | `write_behind` | [`WriteBehind`] queues and their [`Worker`]s |
 //! | `metrics`, `latency` | counters and histograms ([`MetricsSnapshot`]) |
 //! | `audit`, `error`, `timefmt` | the audit log; [`Error`]; time formatting |
+//! | `telemetry` | feature `otel`: a span per operation and the facts it records (tier, loader, lease, size), Redis client spans, metrics through the OpenTelemetry API; without the feature, empty hooks |
 //!
 //! # Features
 //!
@@ -238,6 +243,7 @@ mod namespace;
 mod retry;
 mod slots;
 mod tags;
+mod telemetry;
 mod timefmt;
 mod ttl;
 #[cfg(feature = "write-behind")]
@@ -264,6 +270,11 @@ pub use latency::{BUCKETS, L2_BUCKETS_MICROS, LOADER_BUCKETS_MICROS, LatencySnap
 pub use lease::{LeaseConfig, VERSIONED_WINDOW, coordination_keys, coordination_target, lease_key, version_key};
 pub use metrics::{MAX_NAMESPACES, MetricsSnapshot, NamespaceStats, OTHER_NAMESPACE};
 pub use namespace::bump_stamp;
+/// The OpenTelemetry API whose [`Meter`](opentelemetry::metrics::Meter)
+/// [`Cache::register_otel_metrics`] registers on (feature `otel`): re-exported so an
+/// application uses the same version.
+#[cfg(feature = "otel")]
+pub use opentelemetry;
 /// The Prometheus client library whose [`Registry`](prometheus_client::registry::Registry)
 /// [`Cache::register_metrics`] fills: re-exported so an application uses the same version.
 #[cfg(feature = "prometheus")]
@@ -341,6 +352,8 @@ pub use prometheus_client;
 #[cfg(feature = "macros")]
 pub use strata_macros::cached;
 pub use tags::{MAX_TAG_LEN, MAX_TAGS, Tag, is_stamp_key, namespace_stamp_key};
+#[cfg(feature = "otel")]
+pub use telemetry::OTEL_METRICS;
 pub use timefmt::{parse_rfc3339, rfc3339, rfc3339_now, unix_ms_now};
 pub use ttl::{MAX_TTL, Ttl, TtlPolicy};
 #[cfg(feature = "write-behind")]

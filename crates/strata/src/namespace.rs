@@ -25,6 +25,7 @@ use crate::cache::{Cache, CacheValue};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::tags::{Tag, dedup_tags, namespace_stamp_key};
+use crate::telemetry::traced;
 use crate::ttl::{MAX_TTL, Ttl};
 
 /// Raises a stamp: `max(old + 1, now in ms)`, as a decimal string. A non-numeric value (written
@@ -105,23 +106,27 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn invalidate_namespace(&self, namespace: &str) -> Result<()> {
-        let outcome = match namespace_stamp_key(namespace) {
-            Ok(stamp) => self.inner().invalidate_stamp(&stamp).await,
-            Err(err) => Err(err),
-        };
-        self.audit("invalidate_namespace", namespace, &outcome);
-        outcome?;
-        self.inner().count(namespace, |ns| &ns.invalidations);
-        Ok(())
+        traced!("strata.invalidate_namespace", namespace, Write, {
+            let outcome = match namespace_stamp_key(namespace) {
+                Ok(stamp) => self.inner().invalidate_stamp(&stamp).await,
+                Err(err) => Err(err),
+            };
+            self.audit("invalidate_namespace", namespace, &outcome);
+            outcome?;
+            self.inner().count(namespace, |ns| &ns.invalidations);
+            Ok(())
+        })
     }
 
     /// Invalidates every value written with `tag` ([`set_tagged`](Self::set_tagged),
     /// [`get_or_set_tagged`](Self::get_or_set_tagged)), in any namespace, like
     /// [`invalidate_namespace`](Self::invalidate_namespace): one command on the tag's stamp key.
     pub async fn invalidate_tag(&self, tag: &Tag) -> Result<()> {
-        let outcome = self.inner().invalidate_stamp(&tag.stamp_key()).await;
-        self.audit("invalidate_tag", &format!("{}:{}", tag.app(), tag.name()), &outcome);
-        outcome
+        traced!("strata.invalidate_tag", None::<&str>, Write, {
+            let outcome = self.inner().invalidate_stamp(&tag.stamp_key()).await;
+            self.audit("invalidate_tag", &format!("{}:{}", tag.app(), tag.name()), &outcome);
+            outcome
+        })
     }
 
     /// [`set`](Self::set) for a value that carries tags (at most [`MAX_TAGS`](crate::MAX_TAGS)),
@@ -133,8 +138,10 @@ impl Cache {
         ttl: impl Into<Ttl>,
         tags: &[Tag],
     ) -> Result<()> {
-        let tags = dedup_tags(tags)?;
-        self.set_with_tags(key, value, ttl.into(), &tags).await
+        traced!("strata.set_tagged", key.namespace(), Write, {
+            let tags = dedup_tags(tags)?;
+            self.set_with_tags(key, value, ttl.into(), &tags).await
+        })
     }
 
     /// [`get_or_set`](Self::get_or_set) whose loaded value carries `tags`. Concurrent calls for
@@ -152,11 +159,13 @@ impl Cache {
         Fut: Future<Output = std::result::Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let tags = dedup_tags(tags)?;
         let load = || async move { loader().await.map(Some) };
-        match self.inner().get_or_load::<T, _, _, _>(key, ttl.into(), &tags, load, false).await? {
-            Some(v) => Ok(v),
-            None => Err(Error::loader("loader produced no value")),
-        }
+        traced!("strata.get_or_set_tagged", key.namespace(), Load, {
+            let tags = dedup_tags(tags)?;
+            match self.inner().get_or_load::<T, _, _, _>(key, ttl.into(), &tags, load, false).await? {
+                Some(v) => Ok(v),
+                None => Err(Error::loader("loader produced no value")),
+            }
+        })
     }
 }

@@ -132,6 +132,7 @@ impl Inner {
         };
         NsCounters::inc(&ns.l2_hits);
         NsCounters::inc(&ns.hot_copy_hits);
+        crate::telemetry::served(crate::telemetry::Tier::Hot, bytes.len());
         HotRead::Hit(found)
     }
 

@@ -73,6 +73,7 @@ use crate::l2::Conn;
 use crate::lease::{self, Holder, PRESENT_RETRIES, SCRIPTS, backoff, lease_key, token};
 use crate::metrics::NsCounters;
 use crate::tags::{Marks, Tag};
+use crate::telemetry::{self, Lease, Tier};
 use crate::ttl::{Ttl, now_ms, ttl_millis};
 
 /// What a loader returned for one key, with what its store needs.
@@ -332,10 +333,10 @@ impl Inner {
         if let Some(taken) = first.take_if(|f| f.may_hold() && !coordinated) {
             let pending = Pending::begin(self, key.shared());
             let key = key.clone();
-            tokio::spawn(async move {
+            tokio::spawn(telemetry::background(async move {
                 pending.inner.release_lease(&key, &taken.token).await;
                 drop(pending);
-            });
+            }));
         }
         // Coordinate with other processes only on a true miss (an expired value kept by a grace
         // period counts as one): a stored value this caller cannot use is simply replaced.
@@ -357,14 +358,24 @@ impl Inner {
         let mut lease = None;
         if coordinate && !redis_failed && self.leases.enabled {
             match self.coordinate::<T>(key, ns, negative_is_hit, stale_present, first).await {
-                Coordinated::Found(shared) => return Ok(shared),
-                Coordinated::Holder(token) => lease = Some(token),
-                Coordinated::LoadAlone { redis_failed: failed } => redis_failed = failed,
+                Coordinated::Found(shared) => {
+                    telemetry::lease(Lease::Waited);
+                    return Ok(shared);
+                }
+                Coordinated::Holder(token) => {
+                    telemetry::lease(Lease::Acquired);
+                    lease = Some(token);
+                }
+                Coordinated::LoadAlone { redis_failed: failed } => {
+                    telemetry::lease(if failed { Lease::Unavailable } else { Lease::LoadedAlone });
+                    redis_failed = failed;
+                }
             }
         }
         // Before the load: an invalidation during it must make its value old.
         let marks = self.capture_marks(key, tags).await.unwrap_or_else(|(marks, _)| marks);
         NsCounters::inc(&ns.loader_calls);
+        telemetry::loader_called();
         let started = tokio::time::Instant::now();
         let soft = if caller_waits && fallback.is_some() { self.freshness.soft_timeout } else { None };
         let loaded = match bounded(loader(), soft, self.freshness.hard_timeout).await {
@@ -387,6 +398,7 @@ impl Inner {
                 }
                 if let Some(v) = fallback {
                     NsCounters::inc(&ns.stale_served);
+                    telemetry::tier(Tier::Stale);
                     tracing::warn!(key = %key, error = %err, "load failed; serving the last good value (fail-safe)");
                     return Ok(Arc::new(Some(v)));
                 }
@@ -414,11 +426,11 @@ impl Inner {
         let prepared = self.prepare_loaded(key, loaded);
         let pending = Pending::begin(self, key.shared());
         let key = key.clone();
-        tokio::spawn(async move {
+        tokio::spawn(telemetry::background(async move {
             let via = lease.as_deref().map_or(Via::Plain, |token| Via::Lease(Holder::Load(token)));
             pending.inner.store_prepared(&key, prepared, &before, Some(via)).await;
             drop(pending);
-        });
+        }));
     }
 
     /// The store step of every load (`get_or_set`, `get_or_refresh`; `get_or_set_many` shares
@@ -633,16 +645,19 @@ impl Inner {
             match freshness.age(meta, now_ms()) {
                 Age::Fresh => {
                     NsCounters::inc(&ns.l1_hits);
+                    telemetry::tier(Tier::L1);
                     return Ok(v);
                 }
                 Age::RefreshEarly => {
                     NsCounters::inc(&ns.l1_hits);
+                    telemetry::tier(Tier::L1);
                     self.refresh_in_background::<T, F, Fut, E>(key, ttl, &loader, Trigger::Early, meta);
                     return Ok(v);
                 }
                 Age::Revalidate => {
                     NsCounters::inc(&ns.l1_hits);
                     NsCounters::inc(&ns.stale_served);
+                    telemetry::tier(Tier::Stale);
                     self.refresh_in_background::<T, F, Fut, E>(key, ttl, &loader, Trigger::Stale, meta);
                     return Ok(v);
                 }
@@ -656,6 +671,7 @@ impl Inner {
             Ok(L2Read::Stale(v, meta)) => match freshness.age(meta, now_ms()) {
                 Age::Revalidate => {
                     NsCounters::inc(&ns.stale_served);
+                    telemetry::tier(Tier::Stale);
                     self.refresh_in_background::<T, F, Fut, E>(key, ttl, &loader, Trigger::Stale, meta);
                     return Ok(v);
                 }
@@ -686,7 +702,7 @@ impl Inner {
     {
         let task = {
             let (inner, key) = (Arc::clone(self), key.clone());
-            tokio::spawn(async move {
+            tokio::spawn(telemetry::carry(async move {
                 let flight = inner.join_or_load(&key, (TypeId::of::<T>(), 0), |before| {
                     let (loader, inner, key) = (loader.clone(), &inner, &key);
                     async move {
@@ -700,7 +716,7 @@ impl Inner {
                     Some(None) => Err(Error::loader("loader produced no value")),
                     None => Err(Error::config("internal error: single-flight result of an unexpected type")),
                 }
-            })
+            }))
         };
         let freshness = &self.freshness;
         let soft = fallback.as_ref().and(freshness.soft_timeout);
@@ -718,6 +734,7 @@ impl Inner {
         match fallback {
             Some(v) => {
                 NsCounters::inc(&ns.stale_served);
+                telemetry::tier(Tier::Stale);
                 tracing::warn!(key = %key, error = %failure, "serving the last good value (fail-safe)");
                 Ok(v)
             }
@@ -747,11 +764,11 @@ impl Inner {
             Trigger::Stale => &ns.stale_refreshes,
         });
         let (inner, key, loader) = (Arc::clone(self), key.clone(), loader.clone());
-        tokio::spawn(async move {
+        tokio::spawn(telemetry::refresh(async move {
             let _claim = claim;
             let ns = inner.metrics.ns(key.namespace());
             inner.refresh::<T, F, Fut, E>(&key, ttl, &*loader, ns, seen).await;
-        });
+        }));
     }
 
     /// One background refresh: take the lease (skip if another process holds it, or if the

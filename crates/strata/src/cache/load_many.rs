@@ -144,6 +144,7 @@ impl Inner {
         for ns in &counters {
             NsCounters::inc(&ns.loader_calls);
         }
+        crate::telemetry::batch_loaded(to_load.len());
         let mut tickets: HashMap<usize, Ticket> =
             to_load.iter().map(|(u, _)| (*u, self.l1.ticket(keys[*u].as_str()))).collect();
         // Before the load: an invalidation of a namespace during it must make its values old.

@@ -36,6 +36,7 @@ use crate::lease::{
 };
 use crate::metrics::NsCounters;
 use crate::tags::{Marks, Tag};
+use crate::telemetry::{self, Tier};
 use crate::ttl::{Ttl, expiry_ms, l1_ttl, now_ms, ttl_millis};
 
 /// Most keys sent in one MGET or pipeline.
@@ -150,11 +151,13 @@ impl Inner {
             Slot::Present(shared) => {
                 let v = typed::<T>(shared)?;
                 NsCounters::inc(&ns.l1_hits);
+                telemetry::tier(Tier::L1);
                 tracing::debug!(key = %key, tier = "l1", "cache hit");
                 Some(Some(v))
             }
             Slot::Absent if accept_negative => {
                 NsCounters::inc(&ns.l1_hits);
+                telemetry::tier(Tier::L1);
                 NsCounters::inc(&ns.negative_hits);
                 tracing::debug!(key = %key, tier = "l1", negative = true, "cache hit");
                 Some(None)
@@ -292,6 +295,7 @@ impl Inner {
                     }
                     Some(v) => {
                         NsCounters::inc(&ns.l2_hits);
+                        telemetry::served(Tier::L2, bytes.len());
                         tracing::debug!(key = %key, tier = "l2", "cache hit");
                         fill(&|| Slot::Present(Arc::new(v.clone())), decoded.raw_len);
                         L2Read::Value(v)
@@ -299,6 +303,7 @@ impl Inner {
                     None if accept_negative => {
                         NsCounters::inc(&ns.l2_hits);
                         NsCounters::inc(&ns.negative_hits);
+                        telemetry::served(Tier::L2, bytes.len());
                         fill(&|| Slot::Absent, 0);
                         L2Read::Negative
                     }
@@ -473,6 +478,7 @@ impl Inner {
         };
         let meta = Meta { expires_at_ms: expiry_ms(logical), load_us };
         let encoded = self.codec.encode_marked(key, value.as_ref(), meta, marks)?;
+        telemetry::value_size(encoded.bytes.len());
         let slot = match value {
             Some(v) => Slot::Present(Arc::new(v)),
             None => Slot::Absent,
@@ -920,7 +926,8 @@ impl Inner {
             && let Some(route) = self.l1.coherence().tracking.route(key.as_bytes())
             && route.alive.load(std::sync::atomic::Ordering::SeqCst)
         {
-            let answered = self.l2.call_tracked(key.as_bytes(), route.conn, context, &op, self.on_redirect()).await?;
+            let call = self.l2.call_tracked(key.as_bytes(), route.conn, context, &op, self.on_redirect());
+            let answered = telemetry::redis(context, call).await?;
             if let Some(value) = answered {
                 return Ok((value, route.alive.load(std::sync::atomic::Ordering::SeqCst)));
             }
@@ -984,7 +991,7 @@ impl Inner {
         Fut: Future<Output = redis::RedisResult<T>> + 'a,
         T: 'a,
     {
-        self.l2.call(key, context, op, self.on_redirect())
+        telemetry::redis(context, self.l2.call(key, context, op, self.on_redirect()))
     }
 }
 

@@ -1,6 +1,9 @@
 //! Integration tests of the `strata` library against real Redis processes (standalone and a
 //! 3-master + 3-replica cluster), started on free ports by `strata-cluster`.
 
+// With the `otel` feature an operation's future is a few types deeper (docs/decisions/0020-opentelemetry.md).
+#![recursion_limit = "256"]
+
 mod common;
 
 mod audit;
