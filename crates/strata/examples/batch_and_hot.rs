@@ -1,5 +1,5 @@
 //! Measures batch cache-aside and hot keys on a local Redis server and 3-master Redis Cluster
-//! (started here, on free ports). Run: `cargo run --release -p strata --example batch_and_hot`.
+//! (started here, on free ports). Run: `cargo run --release -p strata-cache --example batch_and_hot`.
 //!
 //! 1. 1,000 keys through one `get_or_set_many` versus 1,000 concurrent `get_or_set`, cold (every
 //!    key loaded from a source that takes 2 ms per call) and warm (every key in Redis; L1 off).

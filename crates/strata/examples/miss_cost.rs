@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! redis-server --port 6392 --save '' &      # a scratch server: this writes 45,000 keys (TTL 10 min)
-//! cargo run --release -p strata --example miss_cost -- redis://127.0.0.1:6392
+//! cargo run --release -p strata-cache --example miss_cost -- redis://127.0.0.1:6392
 //! ```
 //!
 //! Figures and their reading: docs/benchmarks.md, "user-profiles".

@@ -3,8 +3,8 @@
 //! without the feature:
 //!
 //! ```text
-//! cargo run --release -p strata --example otel_cost
-//! cargo run --release -p strata --features otel --example otel_cost
+//! cargo run --release -p strata-cache --example otel_cost
+//! cargo run --release -p strata-cache --features otel --example otel_cost
 //! ```
 //!
 //! With the feature it also measures the hit with a `tracing-opentelemetry` layer over the

@@ -1,7 +1,7 @@
 //! Property-based fuzzing of the envelope decoder and the decryption path (tests only).
 //!
 //! Each property runs 2,000 cases by default (a few seconds in a debug build); set
-//! `PROPTEST_CASES` for a longer run: `PROPTEST_CASES=200000 cargo test -p strata --lib fuzz_`.
+//! `PROPTEST_CASES` for a longer run: `PROPTEST_CASES=200000 cargo test -p strata-cache --lib fuzz_`.
 //! The properties: no input panics; arbitrary bytes never decode under a sensitive key; a
 //! mutated envelope whose checksum was not fixed up never decodes; and a mutated encrypted
 //! envelope, checksum fixed up or not, never decodes to anything but the value encoded.
