@@ -1,6 +1,6 @@
-//! The `#[strata::cached]` attribute macro. Use it through `strata` with the `macros` feature
-//! (`strata = { version = "0.1", features = ["macros"] }`), as `strata::cached`: the code it
-//! generates calls `strata`'s API.
+//! The `#[strata::cached]` attribute macro. Use it through the `strata-cache` crate (library
+//! `strata`; its `macros` feature, on by default: `strata-cache = "0.1"`), as `strata::cached`:
+//! the code it generates calls `strata`'s API.
 
 use proc_macro::TokenStream;
 use proc_macro2::{Delimiter, Group, Span, TokenStream as TokenStream2, TokenTree};
@@ -52,7 +52,7 @@ use syn::{Expr, ExprLit, FnArg, GenericParam, Ident, ItemFn, Lit, LitStr, Pat, R
 /// | `app = "shop"`, `version = 2` | the schema: `KeySchema::new(app, version)`, built once | the crate's package name, version 1 |
 /// | `schema = EXPR` | the schema as an expression of type `KeySchema` or anything that dereferences to one (`&KeySchema`, a `LazyLock<KeySchema>` static, `self.schema`), evaluated on each call; instead of `app`/`version` | |
 /// | `ttl = "short"` | `"short"`, `"medium"`, `"long"` (the cache's [`TtlPolicy`] classes), a duration such as `"90s"`, `"500ms"`, `"5m"`, `"2h"`, `"1d"` ([`Ttl::Custom`]), or any expression that is `Into<Ttl>` (`Duration::from_secs(30)`, `Ttl::Exact(..)`) | `"medium"` |
-/// | `cache = EXPR` | the cache: an expression whose reference dereferences to a `Cache` (`cache = self.cache`, `cache = CACHE` for a static, `cache = app.cache`); when it names an argument, that argument is left out of the key | the first argument of type `&Cache` (any path ending in `Cache`) |
+/// | `cache = EXPR` | the cache: an expression whose reference dereferences to a `Cache` (`cache = self.cache`, `cache = CACHE` for a static, `cache = app.cache`), borrowed for the call (an argument it is a field of is best taken by reference, `app: &App`, when the body uses it too); when it names an argument, that argument is left out of the key | the first argument of type `&Cache` (any path ending in `Cache`) |
 /// | `args = [a, b.id, self.tenant]` | the key's parts, each an expression implementing `Display`, in order | every argument but the cache and `self` |
 /// | `key = "{id}-{lang}"` | one key part made with `format!` (or any `Display` expression): the caller vouches that different calls format differently; instead of `args` | |
 /// | `crate = path` | where `strata` is, when the dependency is renamed | `::strata` |
@@ -67,7 +67,10 @@ use syn::{Expr, ExprLit, FnArg, GenericParam, Ident, ItemFn, Lit, LitStr, Pat, R
 /// when every part formats the same, and `load_user(cache, 42)` is at `shop:v1:user:42`, where
 /// `schema.key_for_args("user", &[&42])` (and `schema.key("user", "42")`) find it again, e.g. to
 /// delete it. Functions that share a namespace share keys: give each its own, or make their
-/// keys differ.
+/// keys differ. **The default namespace is the bare function name**, so two functions of one
+/// crate with the same name (in two modules, or two `impl`s' `get`) share keys, and one can
+/// return the other's value when their types agree: name the namespace of every function
+/// whose name is not unique in the crate.
 ///
 /// A method's receiver is not part of the key (name its fields in `args` when they matter),
 /// and neither are generic type parameters: a function generic over its value type is
@@ -105,15 +108,15 @@ use syn::{Expr, ExprLit, FnArg, GenericParam, Ident, ItemFn, Lit, LitStr, Pat, R
 /// are reported by the compiler at that type or argument, with a note saying what the macro
 /// needs.
 ///
-/// [`strata::Cache`]: https://docs.rs/strata/latest/strata/struct.Cache.html
-/// [`Cache::get_or_set`]: https://docs.rs/strata/latest/strata/struct.Cache.html#method.get_or_set
-/// [`Cache::invalidate_namespace`]: https://docs.rs/strata/latest/strata/struct.Cache.html#method.invalidate_namespace
-/// [`Ttl::Medium`]: https://docs.rs/strata/latest/strata/enum.Ttl.html#variant.Medium
-/// [`Ttl::Custom`]: https://docs.rs/strata/latest/strata/enum.Ttl.html#variant.Custom
-/// [`TtlPolicy`]: https://docs.rs/strata/latest/strata/struct.TtlPolicy.html
-/// [`CacheValue`]: https://docs.rs/strata/latest/strata/trait.CacheValue.html
-/// [`Freshness`]: https://docs.rs/strata/latest/strata/struct.Freshness.html
-/// [`KeySchema::key_for_args`]: https://docs.rs/strata/latest/strata/struct.KeySchema.html#method.key_for_args
+/// [`strata::Cache`]: https://docs.rs/strata-cache/latest/strata/struct.Cache.html
+/// [`Cache::get_or_set`]: https://docs.rs/strata-cache/latest/strata/struct.Cache.html#method.get_or_set
+/// [`Cache::invalidate_namespace`]: https://docs.rs/strata-cache/latest/strata/struct.Cache.html#method.invalidate_namespace
+/// [`Ttl::Medium`]: https://docs.rs/strata-cache/latest/strata/enum.Ttl.html#variant.Medium
+/// [`Ttl::Custom`]: https://docs.rs/strata-cache/latest/strata/enum.Ttl.html#variant.Custom
+/// [`TtlPolicy`]: https://docs.rs/strata-cache/latest/strata/struct.TtlPolicy.html
+/// [`CacheValue`]: https://docs.rs/strata-cache/latest/strata/trait.CacheValue.html
+/// [`Freshness`]: https://docs.rs/strata-cache/latest/strata/struct.Freshness.html
+/// [`KeySchema::key_for_args`]: https://docs.rs/strata-cache/latest/strata/struct.KeySchema.html#method.key_for_args
 #[proc_macro_attribute]
 pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item = TokenStream2::from(item);

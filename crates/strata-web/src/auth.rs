@@ -25,7 +25,7 @@ pub(crate) struct BasicAuth {
     key: [u8; 32],
     verified: Mutex<Verified>,
     /// Bounds the bcrypt checks running at once (each takes a blocking thread for 50-250 ms).
-    running: tokio::sync::Semaphore,
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Default)]
@@ -53,7 +53,8 @@ impl BasicAuth {
             }
             cost = cost.max(parts.get_cost());
         }
-        // The users' highest cost, so a guessed user is answered neither faster nor slower.
+        // The users' highest cost, so a guessed user is answered no faster than the slowest real
+        // one (give every user the same cost, or names can be told apart by timing: docs/security.md).
         let dummy = bcrypt::hash(rand::random::<[u8; 16]>(), cost).map_err(|e| format!("bcrypt: {e}"))?;
         let threads = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
         Ok(Self {
@@ -61,7 +62,7 @@ impl BasicAuth {
             dummy,
             key: rand::random(),
             verified: Mutex::new(Verified::default()),
-            running: tokio::sync::Semaphore::new(threads),
+            running: Arc::new(tokio::sync::Semaphore::new(threads)),
         })
     }
 
@@ -103,11 +104,18 @@ impl BasicAuth {
         if self.remembered(&fingerprint) {
             return true;
         }
-        let Ok(_permit) = self.running.acquire().await else {
+        // The permit goes with the check, not with this future: a client that hangs up does not
+        // free it while bcrypt still runs.
+        let Ok(permit) = self.running.clone().acquire_owned().await else {
             return false;
         };
         let auth = self.clone();
-        let ok = tokio::task::spawn_blocking(move || auth.verify(&user, &password)).await.unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            auth.verify(&user, &password)
+        })
+        .await
+        .unwrap_or(false);
         if ok {
             self.remember(fingerprint);
         }

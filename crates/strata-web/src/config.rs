@@ -86,6 +86,8 @@ pub struct WebConfig {
 
 struct Inner {
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// `client_auth_type: RequireAndVerifyClientCert`: every client shows a certificate the CA signed.
+    client_certs: bool,
     auth: Option<Arc<BasicAuth>>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -117,6 +119,10 @@ impl WebConfig {
     /// A web config from its YAML text, relative paths taken from `base`.
     pub fn from_yaml(text: &str, base: &Path) -> Result<Self, WebConfigError> {
         let raw = parse(text)?;
+        let client_certs = raw
+            .tls_server_config
+            .as_ref()
+            .is_some_and(|tls| tls.client_auth_type.as_deref() == Some("RequireAndVerifyClientCert"));
         let tls = raw.tls_server_config.map(|tls| tls_config(tls, base)).transpose()?;
         let mut headers = Vec::new();
         if let Some(http) = raw.http_server_config {
@@ -143,7 +149,7 @@ impl WebConfig {
         let users = raw.basic_auth_users.unwrap_or_default();
         let auth =
             if users.is_empty() { None } else { Some(Arc::new(BasicAuth::new(users).map_err(WebConfigError::new)?)) };
-        Ok(Self { inner: Arc::new(Inner { tls, auth, headers }) })
+        Ok(Self { inner: Arc::new(Inner { tls, client_certs, auth, headers }) })
     }
 
     /// Whether connections are TLS.
@@ -156,9 +162,11 @@ impl WebConfig {
         self.inner.auth.is_some()
     }
 
-    /// Whether it protects anything (TLS or basic auth): see [`check_listen`](crate::check_listen).
+    /// Whether it authenticates clients (basic auth, or required and verified client
+    /// certificates): see [`check_listen`](crate::check_listen). TLS alone encrypts what anyone
+    /// may read, and does not count.
     pub fn protects(&self) -> bool {
-        self.has_tls() || self.has_basic_auth()
+        self.has_basic_auth() || self.inner.client_certs
     }
 
     /// `https` with TLS, `http` without.
@@ -413,6 +421,17 @@ mod tests {
         );
         let web = load(dir.path(), &yaml).expect("loads");
         assert!(web.has_tls() && !web.has_basic_auth());
+        assert!(web.protects(), "verified client certificates authenticate");
+    }
+
+    #[test]
+    fn tls_without_authentication_protects_nothing() {
+        let dir = certs();
+        let web = load(dir.path(), "tls_server_config:\n  cert_file: tls/server.crt\n  key_file: tls/server.key\n")
+            .expect("loads");
+        assert!(web.has_tls() && !web.protects(), "anyone may still read it");
+        let addr = "0.0.0.0:9460".parse().expect("addr");
+        assert!(crate::check_listen(addr, Some(&web), false).is_err());
     }
 
     #[test]

@@ -64,8 +64,9 @@ pub fn check_listen(addr: SocketAddr, web: Option<&WebConfig>, insecure_listen: 
     }
     Err(WebConfigError::new(match web {
         Some(_) => format!(
-            "refusing to listen on {addr}: it is not a loopback address and the web config has neither \
-             tls_server_config nor basic_auth_users; add them, or give --insecure-listen to serve it unprotected"
+            "refusing to listen on {addr}: it is not a loopback address and the web config authenticates no \
+             one (neither basic_auth_users nor client_auth_type: RequireAndVerifyClientCert; TLS alone lets \
+             anyone read); add them, or give --insecure-listen to serve it unprotected"
         ),
         None => format!(
             "refusing to listen on {addr}: it is not a loopback address and no web config protects it; give \
@@ -82,7 +83,10 @@ pub fn listen_warning(addr: SocketAddr, web: Option<&WebConfig>) -> Option<Strin
         return None;
     }
     match web {
-        Some(web) if web.has_tls() => None,
+        Some(web) if web.has_tls() && web.protects() => None,
+        Some(web) if web.has_tls() => {
+            Some(format!("{addr}: TLS without authentication, anyone may read the admin endpoints (--insecure-listen)"))
+        }
         Some(web) if web.has_basic_auth() => {
             Some(format!("{addr}: basic auth without TLS, passwords cross the network in clear text"))
         }
