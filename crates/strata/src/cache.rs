@@ -172,7 +172,7 @@ impl Cache {
         &self.inner
     }
 
-    #[cfg(feature = "prometheus")]
+    #[cfg(any(feature = "prometheus", feature = "otel"))]
     pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
         Self { inner }
     }

@@ -106,6 +106,7 @@ pub(crate) fn parse_masters(text: &str, scheme: &str) -> Vec<(String, String)> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "cluster")]
     #[test]
     fn masters_are_parsed_from_cluster_nodes() {
         let text = "\
