@@ -259,7 +259,7 @@ async fn methods_schemas_and_key_settings() -> TestResult {
 
 static PLAIN_LOADS: AtomicUsize = AtomicUsize::new(0);
 
-/// No settings: the crate's name (`strata` here), version 1, the function's name.
+/// No settings: the crate's package name (`strata-cache` here), version 1, the function's name.
 #[cached]
 async fn plain(cache: &strata::Cache) -> strata::Result<u32> {
     PLAIN_LOADS.fetch_add(1, Ordering::SeqCst);
@@ -273,7 +273,7 @@ async fn defaults() -> TestResult {
     assert_eq!(plain(&cache).await?, 1);
     assert_eq!(PLAIN_LOADS.load(Ordering::SeqCst), 1);
     cache.settled().await;
-    assert_eq!(keys(&server, "strata:*")?, ["strata:v1:plain:~"]);
+    assert_eq!(keys(&server, "strata-cache:*")?, ["strata-cache:v1:plain:~"]);
     Ok(())
 }
 

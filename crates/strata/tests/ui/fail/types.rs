@@ -19,12 +19,14 @@ async fn not_display(cache: &Cache, ids: Vec<u64>) -> strata::Result<usize> {
     Ok(ids.len())
 }
 
-#[derive(Clone)]
-struct NotSerde;
+// Serde but not `Clone` (a type that is not serde gets the same message, with rustc's list of
+// the types that are, which changes with the dependency graph).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NotClone;
 
 #[cached]
-async fn not_a_cache_value(cache: &Cache, id: u64) -> strata::Result<NotSerde> {
-    Ok(NotSerde)
+async fn not_a_cache_value(cache: &Cache, id: u64) -> strata::Result<NotClone> {
+    Ok(NotClone)
 }
 
 fn main() {}
