@@ -109,10 +109,21 @@
 //! `app:v{N}:{namespace}:{arguments}` ([`KeySchema::key_for_args`]), so a repeated call is served
 //! by the cache, concurrent misses run the body once, and errors are returned, never cached.
 //!
-//! ```ignore
+//! ```no_run
+//! # #[derive(Clone, serde::Serialize, serde::Deserialize)]
+//! # struct User { id: u64 }
+//! # #[derive(Debug)]
+//! # struct AppError;
+//! # impl std::fmt::Display for AppError {
+//! #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("app error") }
+//! # }
+//! # impl From<strata::Error> for AppError {
+//! #     fn from(_: strata::Error) -> Self { AppError }
+//! # }
+//! # async fn fetch_user(id: u64) -> Result<User, AppError> { Ok(User { id }) }
 //! #[strata::cached(app = "shop", namespace = "user", ttl = "medium")]
 //! async fn load_user(cache: &strata::Cache, id: u64) -> Result<User, AppError> {
-//!     db.fetch_user(id).await // runs on a miss only; the key is shop:v1:user:{id}
+//!     fetch_user(id).await // the database; runs on a miss only; the key is shop:v1:user:{id}
 //! }
 //! ```
 //!
